@@ -29,6 +29,85 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", help="Data directory [env AETHER_DATA_DIR, default ./aether-data]"),
 ]
 
+RadiusOpt = Annotated[
+    list[float] | None,
+    typer.Option("--radius", "-r", help="Buffer radius in metres (repeatable) [default 100, 200]"),
+]
+
+
+@app.command()
+def extract(
+    city: Annotated[str | None, typer.Option("--city", "-c", help="City name")] = None,
+    offline: Annotated[bool, typer.Option(help="Use the offline sample city, no network")] = False,
+    pois: Annotated[
+        str | None,
+        typer.Option(help="POI source: osm, pbf:PATH, file:PATH, or a path (read as file:)"),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Embedding source: cog, ee or xee [default ee; cog offline]")
+    ] = None,
+    tiles: Annotated[
+        str | None, typer.Option(help="AlphaEarth COG directory or URL holding aef_index.parquet")
+    ] = None,
+    radius: RadiusOpt = None,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+    which_result: Annotated[
+        int | None, typer.Option(help="Which geocoding result to use (1-based)")
+    ] = None,
+    osm_id: Annotated[str | None, typer.Option(help="OSM id of the boundary, e.g. R54224")] = None,
+    bbox: Annotated[str | None, typer.Option(help="W,S,E,N in degrees instead of a name")] = None,
+    boundary: Annotated[
+        Path | None, typer.Option(help="Boundary polygon file instead of a name")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Accept a very large area")] = False,
+    name_column: Annotated[str | None, typer.Option(help="POI file: name column")] = None,
+    category_column: Annotated[str | None, typer.Option(help="POI file: category column")] = None,
+    top_category_column: Annotated[
+        str | None, typer.Option(help="POI file: top-category column")
+    ] = None,
+    ee_url: Annotated[
+        str | None, typer.Option(envvar="AETHER_EE_URL", help="Earth Engine endpoint")
+    ] = None,
+    ee_project: Annotated[
+        str | None,
+        typer.Option(envvar=["AETHER_EE_PROJECT", "EE_PROJECT"], help="Cloud project for EE"),
+    ] = None,
+    ee_credentials: Annotated[
+        Path | None, typer.Option(help="Service-account JSON key (default: persistent login)")
+    ] = None,
+    export: Annotated[
+        str | None, typer.Option(help="Run as EE Export tasks: gcs://bucket/prefix or drive://dir")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Recompute even when up to date")] = False,
+) -> None:
+    """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
+    from aether.config import DEFAULT_RADII
+    from aether.config import data_dir as resolve_data_dir
+    from aether.extract import ExtractRequest, run_extract
+    from aether.progress import dask_progress
+
+    if pois is not None and ":" not in pois.split("/")[0] and pois != "osm":
+        pois = f"file:{pois}"
+    opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
+            "ee_credentials": ee_credentials, "export": export}
+    place_opts = {"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
+                  "boundary": boundary, "yes": yes}
+    poi_opts = {"name_column": name_column, "category_column": category_column,
+                "top_category_column": top_category_column}
+    req = ExtractRequest(
+        city=city, data_dir=resolve_data_dir(data_dir), offline=offline, pois=pois,
+        source=source, radii=tuple(radius or DEFAULT_RADII), year=year,
+        source_options={k: v for k, v in opts.items() if v is not None},
+        place_options={k: v for k, v in place_opts.items() if v not in (None, False)},
+        poi_options={k: v for k, v in poi_opts.items() if v is not None}, force=force,
+    )
+    with dask_progress("buffer means"):
+        res = run_extract(req)
+    state = "up to date, nothing to do" if res.up_to_date else f"done in {res.seconds:.1f} s"
+    typer.echo(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}")
+    typer.echo(f"  {res.out_dir}")
+
 
 def main() -> None:
     """Console entry point: run the app, mapping typed errors to exit code 2."""

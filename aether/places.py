@@ -9,6 +9,7 @@ from typing import Any
 
 from aether.aef import utm_epsg
 from aether.config import check_slug
+from aether.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Place:
 
 def slugify(name: str) -> str:
     """A path-safe slug: ASCII letters, digits and '-'; never '..' or a separator."""
+    if any(c in name for c in "/\\\x00") or name.strip() in {".", ".."}:
+        raise InputError(f"place name {name!r} looks like a path",
+                         "give a city name, not a path (files go to --pois / --boundary)")
     ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")[:80]
     return check_slug(slug or "place")

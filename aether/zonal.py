@@ -178,21 +178,51 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
 
 
 def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:
-    """Means, weights, valid fractions and norms from the combined partial sums.
+    """Means of circular buffers from their combined partial sums."""
+    return finalize_area(partial, np.pi * radius * radius / pixel_area)
 
-    A buffer with no valid pixel keeps a NaN vector and valid_fraction 0: never zero-filled.
+
+def finalize_area(partial: Partial, area_px: float | np.ndarray) -> Means:
+    """Means, weights, valid fractions and norms; ``area_px`` is each region's area in pixels.
+
+    A region with no valid pixel keeps a NaN vector and valid_fraction 0: never zero-filled.
     """
     vw = partial.valid_weight
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (partial.weighted_sum / vw[:, None]).astype(np.float32)
     mean[vw <= 0] = np.nan
-    buffer_area = np.pi * radius * radius / pixel_area
     return Means(
         mean=mean,
         weight=vw.astype(np.float64),
-        valid_fraction=np.clip(vw / buffer_area, 0.0, 1.0),
+        valid_fraction=np.clip(vw / area_px, 0.0, 1.0),
         norm=np.linalg.norm(mean.astype(np.float64), axis=1),
     )
+
+
+def _overlap(edges: np.ndarray, origin: float, step: float, n: int) -> np.ndarray:
+    """(cells, pixels) length of overlap of each cell interval with each pixel, in pixels."""
+    lo_c, hi_c = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
+    px = origin + np.arange(n + 1) * step
+    lo_p, hi_p = np.minimum(px[:-1], px[1:]), np.maximum(px[:-1], px[1:])
+    ov = np.minimum(hi_c[:, None], hi_p[None, :]) - np.maximum(lo_c[:, None], lo_p[None, :])
+    return np.clip(ov, 0.0, None) / abs(step)
+
+
+def grid_partial_sums(block: PixelBlock, x_edges: np.ndarray, y_edges: np.ndarray) -> Partial:
+    """Sums over the cells of a rectangular grid (edges in the block's crs), row-major.
+
+    Coverage of a rectangle is separable (x overlap × y overlap), so the whole grid reduces
+    with two matrix products instead of a loop over cells.
+    """
+    vals, valid = block._prepared
+    h, w = block.shape
+    wx = _overlap(np.asarray(x_edges, float), block.x0, block.dx, w)  # (nx, W)
+    wy = _overlap(np.asarray(y_edges, float), block.y0, block.dy, h)  # (ny, H)
+    s = np.einsum("ic,jcb->jib", wx, np.einsum("jr,rcb->jcb", wy, vals, optimize=True),
+                  optimize=True)
+    vw = wy @ valid.astype(np.float64) @ wx.T
+    nb = vals.shape[-1]
+    return Partial(s.reshape(-1, nb).astype(np.float64), vw.reshape(-1), nb)
 
 
 def buffer_means(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float) -> Means:

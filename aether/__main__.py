@@ -1,0 +1,5 @@
+"""``python -m aether`` runs the command line."""
+
+from aether.cli import main
+
+main()

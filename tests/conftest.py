@@ -1,0 +1,51 @@
+"""Shared fixtures: the offline sample city, built once per test session, and its tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory shared by the session: the sample is built into it once."""
+    return tmp_path_factory.mktemp("aether-data")
+
+
+@pytest.fixture(scope="session")
+def sample_city(data_root: Path):
+    """The offline sample city (real Helsinki OSM + generated AlphaEarth-format tiles)."""
+    from aether.sample import ensure_sample
+
+    return ensure_sample(data_root)
+
+
+@pytest.fixture(scope="session")
+def sample_extract(sample_city, data_root: Path) -> Path:
+    """The extracted Helsinki tables (pois + poi_embeddings at 100 and 200 m)."""
+    from aether.extract import ExtractRequest, run_extract
+
+    return run_extract(ExtractRequest(city="Helsinki", data_dir=data_root, offline=True)).out_dir
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `aether` CLI in a subprocess and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "aether", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """The `run_cli` helper as a fixture."""
+    return run_cli

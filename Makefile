@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make demo` (the main job on the offline sample city)
+# and `make test` (the test suite). Both set up .venv first; set-up is idempotent.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup system demo test lint docs bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Headless Chromium for the map screenshot test (Debian packages; needs root).
+system:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium for the browser tests (sudo apt-get install chromium)"; fi; }
+
+demo: setup
+	$(BIN)/aether demo
+
+lint: setup
+	$(BIN)/ruff check aether tests pipelines
+
+test: setup system lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python tests/benchmarks/bench_zonal.py
+
+clean:
+	rm -rf $(VENV) aether-data site

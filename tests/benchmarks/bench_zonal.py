@@ -1,0 +1,138 @@
+"""Zonal kernel vs exactextract: throughput ratio and peak memory, side by side.
+
+    .venv/bin/python tests/benchmarks/bench_zonal.py            # sample + 10.24 M px / 100k POIs
+    .venv/bin/python tests/benchmarks/bench_zonal.py --quick    # sample only
+
+Each method runs in its own process (so peak RSS is its own) on the same buffers; the
+results are compared (max abs diff). Generated rasters go to a temp dir, never the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from exactextract_ref import decoded_geotiff, exactextract_means
+
+from aether import aef
+
+RADII = (100.0, 200.0)
+
+
+def _ours_kernel(tile: str, x: np.ndarray, y: np.ndarray, q) -> None:
+    from aether.zonal import buffer_means
+
+    t0 = time.perf_counter()
+    block = aef.read_block(tile)
+    out = [buffer_means(block, x, y, r).mean for r in RADII]
+    q.put((time.perf_counter() - t0, _peak_mb(), out))
+
+
+def _ours_source(tiles: str, lon: np.ndarray, lat: np.ndarray, year: int, q) -> None:
+    import geopandas as gpd
+
+    from aether.sources.cog import CogSource
+
+    pois = gpd.GeoDataFrame({"poi_id": [f"p{i:07d}" for i in range(len(lon))]},
+                            geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
+    t0 = time.perf_counter()
+    df = CogSource(tiles).point_means(pois, RADII, year)
+    dt = time.perf_counter() - t0
+    out = [df[df.radius_m == r][list(aef.BANDS)].to_numpy() for r in RADII]
+    q.put((dt, _peak_mb(), out))
+
+
+def _exact(raster: Path, x: np.ndarray, y: np.ndarray, crs: str, q) -> None:
+    t0 = time.perf_counter()
+    out = [exactextract_means(raster, x, y, r, crs) for r in RADII]
+    q.put((time.perf_counter() - t0, _peak_mb(), out))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run(target, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def compare(label: str, tiles: str, lon: np.ndarray, lat: np.ndarray, year: int,
+            work: Path) -> None:
+    from pyproj import Transformer
+
+    tile = aef.read_index(tiles).iloc[0]
+    x, y = Transformer.from_crs("EPSG:4326", tile.crs, always_xy=True).transform(lon, lat)
+    x, y = np.asarray(x), np.asarray(y)
+    raster = decoded_geotiff(tile.path, work / f"{label}_decoded.tif")
+    with __import__("rasterio").open(tile.path) as ds:
+        npx = ds.width * ds.height
+    ee_t, ee_mb, ee_out = _run(_exact, raster, x, y, tile.crs)
+    k_t, k_mb, k_out = _run(_ours_kernel, tile.path, x, y)
+    s_t, s_mb, s_out = _run(_ours_source, tiles, lon, lat, year)
+    ok = ~np.isnan(ee_out[0][:, 0])
+    diff_k = max(np.nanmax(np.abs(a[ok] - b[ok])) for a, b in zip(k_out, ee_out, strict=True))
+    diff_s = max(np.nanmax(np.abs(a[ok] - b[ok])) for a, b in zip(s_out, ee_out, strict=True))
+    n = len(lon) * len(RADII)
+    print(f"\n## {label}: {npx / 1e6:.2f} M px × 64 bands, {len(lon):,} POIs × {len(RADII)} radii")
+    print(f"{'method':<34}{'seconds':>9}{'buffers/s':>12}{'peak MB':>9}{'vs exactextract':>17}"
+          f"{'max |diff|':>12}")
+    print(f"{'exactextract (raster-sequential)':<34}{ee_t:>9.2f}{n / ee_t:>12,.0f}{ee_mb:>9.0f}"
+          f"{1.0:>16.2f}x{'-':>12}")
+    print(f"{'aether kernel (decode + means)':<34}{k_t:>9.2f}{n / k_t:>12,.0f}{k_mb:>9.0f}"
+          f"{ee_t / k_t:>16.2f}x{diff_k:>12.1e}")
+    print(f"{'aether COG source (int8 tiles)':<34}{s_t:>9.2f}{n / s_t:>12,.0f}{s_mb:>9.0f}"
+          f"{ee_t / s_t:>16.2f}x{diff_s:>12.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="sample city only")
+    ap.add_argument("--size-px", type=int, default=3200, help="side of the large raster")
+    ap.add_argument("--pois", type=int, default=100_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        import geopandas as gpd
+
+        from aether.extract import ExtractRequest, run_extract
+        from aether.sample import ensure_sample
+
+        sample = ensure_sample(work / "data")
+        out = run_extract(ExtractRequest(city="Helsinki", data_dir=work / "data", offline=True))
+        pois = gpd.read_parquet(out.out_dir / "pois.parquet")
+        compare("sample (central Helsinki)", str(sample.tiles), pois.geometry.x.to_numpy(),
+                pois.geometry.y.to_numpy(), sample.year, work)
+        if args.quick:
+            return
+        from pyproj import Transformer
+
+        from aether.sample import synthetic_tiles
+
+        crs, west, south, size = "EPSG:32648", 350_000.0, 130_000.0, args.size_px
+        tiles = synthetic_tiles(work / "large", crs=crs, west=west, south=south,
+                                width_px=size, height_px=size, seed=1, year=2024,
+                                tile_px=size)
+        rng = np.random.default_rng(0)
+        m = 250.0
+        x = rng.uniform(west + m, west + size * 10 - m, args.pois)
+        y = rng.uniform(south + m, south + size * 10 - m, args.pois)
+        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
+        compare("generated raster", str(tiles), np.asarray(lon), np.asarray(lat), 2024, work)
+
+
+if __name__ == "__main__":
+    main()

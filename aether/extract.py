@@ -73,7 +73,7 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, str, str, dict[str, Any
         from aether.sample import ensure_sample, sample_place
 
         if req.city and sample_place(req.city) is not None and req.pois is None:
-            sample = ensure_sample(req.data_dir, year=req.year)
+            sample = ensure_sample(req.data_dir)
             options.setdefault("tiles", str(sample.tiles))
             return sample.place, f"pbf:{sample.pbf}", req.source or "cog", options
         if req.pois is None:

@@ -109,6 +109,65 @@ def extract(
     typer.echo(f"  {res.out_dir}")
 
 
+@app.command("train")
+def train_cmd(
+    city: Annotated[str, typer.Option("--city", "-c", help="City name (as extracted)")],
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    preset: Annotated[str, typer.Option(help="paper (the method as published) or default")] = (
+        "default"),
+    epochs: Annotated[int | None, typer.Option(help="Epochs [preset: 100]")] = None,
+    run: Annotated[str | None, typer.Option(help="Run name [default: the preset]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 42,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if any]")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run with another config")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train the AETHER heads on a city's extracted tables (resumes an interrupted run)."""
+    from aether.config import check_year, city_dir
+    from aether.config import data_dir as resolve_data_dir
+    from aether.places import slugify
+    from aether.tables import read_json
+    from aether.train import SUMMARY_FILE, train
+
+    def show(row: dict) -> None:
+        val = f"  val r@10 {row['val_recall@10']:.3f}" if "val_recall@10" in row else ""
+        typer.echo(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "
+                   f"crossmodal {row['crossmodal']:.4f}{val}", err=True)
+
+    where = city_dir(resolve_data_dir(data_dir), slugify(city), check_year(year))
+    out = train(where, preset=preset, run_name=run, epochs=epochs, seed=seed, device=device,
+                overwrite=overwrite, on_epoch=show)
+    test = read_json(out / SUMMARY_FILE).get("test", {})
+    if test:
+        typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "
+                   f"recall@10 {test['recall@10']:.3f}  (n={test['n']})")
+    typer.echo(f"  {out}")
+
+
+@app.command()
+def grid(
+    city: Annotated[str | None, typer.Option("--city", "-c", help="City name")] = None,
+    offline: Annotated[bool, typer.Option(help="Use the offline sample city, no network")] = False,
+    cell: Annotated[str, typer.Option(help="Square cell size, e.g. 100m or 0.5km")] = "100m",
+    source: Annotated[str | None, typer.Option(help="Embedding source: cog, ee or xee")] = None,
+    tiles: Annotated[str | None, typer.Option(help="AlphaEarth COG directory or URL")] = None,
+    pois: Annotated[str | None, typer.Option(help="POI source, if the place comes from it")] = None,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Area-weighted AlphaEarth means over square grid cells covering a city."""
+    from aether.config import data_dir as resolve_data_dir
+    from aether.extract import ExtractRequest, run_grid
+    from aether.progress import dask_progress
+
+    opts = {"tiles": tiles} if tiles else {}
+    req = ExtractRequest(city=city, data_dir=resolve_data_dir(data_dir), offline=offline,
+                         pois=pois, source=source, year=year, source_options=opts)
+    with dask_progress("grid cells"):
+        path, n = run_grid(req, cell)
+    typer.echo(f"{n} cells — {path}")
+
+
 def main() -> None:
     """Console entry point: run the app, mapping typed errors to exit code 2."""
     try:

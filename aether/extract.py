@@ -197,3 +197,45 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def parse_cell(spec: str | float) -> float:
+    """A square cell size in metres from ``100``, ``'100m'`` or ``'0.5km'``."""
+    from aether.aef import PIXEL_SIZE_M
+    from aether.errors import InputError
+
+    text = str(spec).strip().lower()
+    scale = 1000.0 if text.endswith("km") else 1.0
+    try:
+        value = float(text.removesuffix("km").removesuffix("m")) * scale
+    except ValueError:
+        raise InputError(f"cannot read cell size {spec!r}", "use e.g. --cell 100m") from None
+    if not value >= PIXEL_SIZE_M or value > 100_000:
+        raise InputError(f"cell size {value:g} m is out of range",
+                         f"use at least the {PIXEL_SIZE_M:g} m pixel size, e.g. --cell 100m")
+    return value
+
+
+def grid_file(cell_m: float) -> str:
+    """``grid_embeddings_100m.parquet``: the cell size is part of the name (and cache key)."""
+    return f"grid_embeddings_{cell_m:g}m.parquet"
+
+
+def run_grid(req: ExtractRequest, cell: str | float = 100.0) -> tuple[Path, int]:
+    """Area-weighted cell means over the place: ``grid_embeddings_<cell>m.parquet``."""
+    from aether.sources import get_source
+
+    cell_m = parse_cell(cell)
+    if req.city is not None:
+        slugify(req.city)
+    year = check_year(req.year)
+    place, poi_spec, source_name, options = _resolve(req)
+    if place is None:
+        from aether.pois import load_pois
+
+        place = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options))
+    out = city_dir(req.data_dir, place.slug, year)
+    source = get_source(source_name, workdir=out / ".work" / source_name, **options)
+    cells = source.grid(place, year, cell_m)
+    write_parquet(cells, out / grid_file(cell_m))
+    return out / grid_file(cell_m), len(cells)

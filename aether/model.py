@@ -1,0 +1,130 @@
+"""The AETHER heads and losses (torch only, no I/O).
+
+AE branch, shared by the base and the augmented view: an MLP with a gated linear shortcut,
+L2-normalised, then a projector, L2-normalised again. Text branch: one linear layer over a
+frozen sentence embedding, L2-normalised. The loss is symmetric in-batch InfoNCE, cross-modal
+(AE base view vs text) plus multi-scale (base vs augmented view). The paper preset uses the
+method's one-positive targets; the default preset also counts pairs with the same text or at
+the same location as positives, so true duplicates are not pushed apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AetherModel(nn.Module):
+    """Two projection heads into a shared 128-d space (173,057 weights with the defaults)."""
+
+    def __init__(
+        self,
+        ae_dim: int = 64,
+        text_dim: int = 384,
+        hidden_dim: int = 256,
+        out_dim: int = 128,
+        gate_init: float = -4.0,
+        temperature: float = 0.07,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ae_mlp = nn.Sequential(
+            nn.Linear(ae_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+        )
+        self.ae_shortcut = nn.Linear(ae_dim, out_dim)
+        self.ae_gate = nn.Parameter(torch.tensor(float(gate_init)))
+        self.ae_proj = nn.Sequential(
+            nn.Linear(out_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim)
+        )
+        self.text_proj = nn.Linear(text_dim, out_dim)
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def encode_ae(self, x: Tensor) -> Tensor:
+        """(N, 64) AlphaEarth means -> (N, 128) unit vectors (both stages)."""
+        h = self.ae_mlp(x) + torch.sigmoid(self.ae_gate) * self.ae_shortcut(x)
+        return F.normalize(self.ae_proj(F.normalize(h, dim=-1)), dim=-1)
+
+    def encode_text(self, t: Tensor) -> Tensor:
+        """(N, 384) frozen text embeddings -> (N, 128) unit vectors."""
+        return F.normalize(self.text_proj(t), dim=-1)
+
+    def logit_scale(self) -> Tensor:
+        """1/τ, capped at 100 as in CLIP so a learnt temperature cannot collapse."""
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+
+def info_nce(
+    a: Tensor, b: Tensor, scale: Tensor | float, positives: Tensor | None = None
+) -> Tensor:
+    """Symmetric InfoNCE between rows of ``a`` and ``b`` (unit vectors).
+
+    ``positives`` (N, N, bool, diagonal true) spreads each row's target evenly over all its
+    positives; without it the target is the diagonal, as in the method.
+    """
+    logits = scale * (a @ b.T)
+    if positives is None:
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    p = positives.to(logits.dtype)
+    row = -(p / p.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    col = -(p.T / p.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return 0.5 * (row + col)
+
+
+def aether_losses(
+    model: AetherModel,
+    base: Tensor,
+    aug: Tensor,
+    text: Tensor,
+    *,
+    multiscale_weight: float = 0.2,
+    same_text: Tensor | None = None,
+    same_place: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The training objective: ``w·L_multiscale + (1-w)·L_crossmodal``.
+
+    ``same_text`` / ``same_place`` are (N, N) bool masks of false negatives to treat as
+    positives (None: the method's diagonal targets).
+    """
+    z_base, z_aug, z_text = model.encode_ae(base), model.encode_ae(aug), model.encode_text(text)
+    scale = model.logit_scale()
+    xt_pos = None
+    if same_text is not None or same_place is not None:
+        eye = torch.eye(len(base), dtype=torch.bool, device=base.device)
+        xt_pos = eye | (same_text if same_text is not None else eye) | (
+            same_place if same_place is not None else eye)
+    ii_pos = None if same_place is None else same_place | torch.eye(
+        len(base), dtype=torch.bool, device=base.device)
+    l_ii = info_nce(z_base, z_aug, scale, ii_pos)
+    l_xt = info_nce(z_base, z_text, scale, xt_pos)
+    total = multiscale_weight * l_ii + (1.0 - multiscale_weight) * l_xt
+    return {"loss": total, "multiscale": l_ii, "crossmodal": l_xt}
+
+
+@torch.no_grad()
+def retrieval_ranks(queries: Tensor, keys: Tensor, chunk: int = 2048) -> Tensor:
+    """Rank (1 = best) of key i for query i by cosine, in chunks so N×N never materialises.
+
+    Ties with the true key count in its favour (identical vectors are indistinguishable).
+    """
+    ranks = torch.empty(len(queries), dtype=torch.long)
+    for s in range(0, len(queries), chunk):
+        q = queries[s:s + chunk]
+        sims = q @ keys.T
+        true = (q * keys[s:s + chunk]).sum(1, keepdim=True)
+        ranks[s:s + chunk] = (sims > true + 1e-6).sum(1).cpu() + 1
+    return ranks
+
+
+def recall_at(ranks: Tensor, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """recall@k and mean reciprocal rank from ranks."""
+    out = {f"recall@{k}": float((ranks <= k).float().mean()) for k in ks}
+    out["mrr"] = float((1.0 / ranks.float()).mean())
+    return out

@@ -19,6 +19,7 @@ from importlib import resources
 TEXT_TEMPLATE = "A place of {category}, a type of {top_category}, named {name}."
 TEXT_TEMPLATE_UNNAMED = "A place of {category}, a type of {top_category}."
 WILDCARD = "*"
+OTHER_TOP = "point of interest"  # top category of users' categories the taxonomy lacks
 _OSM_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -39,7 +40,7 @@ class Taxonomy:
                 return hit
         for key, value in values.items():
             if key in self.wildcard and _OSM_VALUE.match(value) and value not in ("no", "yes"):
-                return value.replace("_", " "), self.wildcard[key]
+                return humanise(value), self.wildcard[key]
         return None
 
     def categories(self) -> dict[str, str]:
@@ -84,6 +85,23 @@ def poi_tags() -> dict[str, bool | list[str]]:
 def classify(tags: Mapping[str, str]) -> tuple[str, str] | None:
     """(category, top_category) for OSM tags through the packaged taxonomy."""
     return load_taxonomy().classify(tags)
+
+
+def humanise(value: str) -> str:
+    """An OSM value or a user's category code as words: ``fast_food`` → ``fast food``."""
+    return " ".join(value.replace("_", " ").split()).lower()
+
+
+def map_category(value: str) -> tuple[str, str]:
+    """A user's own category → (category, top_category) through the taxonomy where it knows
+    the category (as an OSM value or a category name), else under OTHER_TOP."""
+    words = humanise(value)
+    for (_, osm_value), (category, top) in load_taxonomy().exact.items():
+        if words == category.lower():
+            return category, top
+        if words == humanise(osm_value):
+            return words, top
+    return words, OTHER_TOP
 
 
 def poi_text(category: str, top_category: str, name: str | None = None) -> str:

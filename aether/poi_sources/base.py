@@ -19,16 +19,16 @@ def raw_frame(rows: list[dict[str, Any]]) -> Any:
                             crs="EPSG:4326")
 
 
-def osm_rows(elements: Iterable[tuple[str, int, Mapping[str, str], Any]]) -> list[dict[str, Any]]:
-    """Rows for OSM elements ``(type, id, tags, geometry)`` the taxonomy classifies as POIs."""
+def osm_rows(elements: Iterable[tuple[str, Mapping[str, str], Any]]) -> list[dict[str, Any]]:
+    """Rows for elements ``(poi_id, OSM tags, geometry)`` the taxonomy classifies as POIs."""
     from aether.taxonomy import load_taxonomy
 
     tax = load_taxonomy()
     rows = []
-    for kind, osm_id, tags, geom in elements:
+    for poi_id, tags, geom in elements:
         hit = tax.classify(tags)
         if hit is None:
             continue
-        rows.append({"poi_id": f"osm:{kind}/{osm_id}", "name": tags.get("name"),
+        rows.append({"poi_id": poi_id, "name": tags.get("name"),
                      "category": hit[0], "top_category": hit[1], "geometry": geom})
     return rows

@@ -27,7 +27,7 @@ def read(path: str) -> Any:
 
 
 def _elements(path: Path) -> Any:
-    """(type, id, tags, shapely geometry) for every tagged element with a POI key."""
+    """(poi_id, tags, shapely geometry) for every tagged element with a POI key."""
     import osmium
     from shapely import wkb
     from shapely.geometry import LineString, Point
@@ -42,14 +42,14 @@ def _elements(path: Path) -> Any:
         tags = dict(obj.tags)
         if obj.is_node():
             if obj.location.valid():
-                yield "node", obj.id, tags, Point(obj.location.lon, obj.location.lat)
+                yield f"osm:node/{obj.id}", tags, Point(obj.location.lon, obj.location.lat)
         elif obj.is_way():
             coords = [(n.lon, n.lat) for n in obj.nodes if n.location.valid()]
             if len(coords) == len(obj.nodes) and len(coords) >= 2:
-                yield "way", obj.id, tags, LineString(coords)
+                yield f"osm:way/{obj.id}", tags, LineString(coords)
         elif obj.is_area() and not obj.from_way():
             try:
                 geom = wkb.loads(factory.create_multipolygon(obj), hex=True)
             except RuntimeError:  # broken relation: osmnx drops it too
                 continue
-            yield "relation", obj.orig_id(), tags, geom
+            yield f"osm:relation/{obj.orig_id()}", tags, geom

@@ -1,0 +1,77 @@
+"""Fault injection: Earth Engine's transient and load-dependent failures, by rate or schedule.
+
+Only compute routes are eligible (value:compute, table:computeFeatures, image:computePixels,
+table:export); discovery, algorithms and operation polling never fail, so ``ee.Initialize``
+and ``task.status()`` stay reliable. Faults are drawn from a seeded RNG (reproducible runs)
+or taken from a schedule keyed by the eligible request number (0-based).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+
+#: kind -> (HTTP status, EE status, message). ``drop`` closes the socket without an answer;
+#: ``export_failed`` lets an export start and then end FAILED.
+KINDS: dict[str, tuple[int, str, str]] = {
+    "quota": (429, "RESOURCE_EXHAUSTED",
+              "Too Many Requests: Request was rejected because the request rate or "
+              "concurrency limit was exceeded."),
+    "internal": (500, "INTERNAL", "An internal error has occurred."),
+    "unavailable": (503, "UNAVAILABLE", "The service is currently unavailable."),
+    "timeout": (400, "INVALID_ARGUMENT", "Computation timed out."),
+    "memory": (400, "INVALID_ARGUMENT", "User memory limit exceeded."),
+    "aggregations": (400, "INVALID_ARGUMENT", "Too many concurrent aggregations."),
+    "drop": (0, "", "connection dropped"),
+    "export_failed": (0, "", "Export failed: an internal error has occurred."),
+}
+ALL_KINDS: tuple[str, ...] = tuple(KINDS)
+EXPORT = "table:export"
+
+
+@dataclass
+class Faults:
+    """What to inject. ``rate`` in [0, 1]; ``schedule`` maps request number -> kind."""
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ALL_KINDS
+    seed: int = 0
+    schedule: dict[int, str] = field(default_factory=dict)
+    latency: float = 0.0  # seconds added to every eligible request
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in (*self.kinds, *self.schedule.values()) if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}; choose from {', '.join(KINDS)}")
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+        self._rng = random.Random(self.seed)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def parse(cls, rate: float = 0.0, kinds: str = "", seed: int = 0, schedule: str = "",
+              latency: float = 0.0) -> Faults:
+        """From CLI strings: ``kinds='quota,drop'``, ``schedule='0:quota,3:drop'``."""
+        ks = tuple(k.strip() for k in kinds.split(",") if k.strip()) or ALL_KINDS
+        sched = {}
+        for item in filter(None, (s.strip() for s in schedule.split(","))):
+            n, _, kind = item.partition(":")
+            sched[int(n)] = kind
+        return cls(rate, ks, seed, sched, latency)
+
+    def draw(self, route: str) -> str | None:
+        """The fault for the next eligible request on ``route`` (None: answer normally)."""
+        with self._lock:
+            n = self._n
+            self._n += 1
+            if n in self.schedule:
+                kind: str | None = self.schedule[n]
+            elif self.rate and self._rng.random() < self.rate:
+                usable = [k for k in self.kinds if k != "export_failed" or route == EXPORT]
+                kind = self._rng.choice(usable) if usable else None
+            else:
+                kind = None
+        # only an export can fail later; elsewhere a scheduled export_failed is a no-op
+        return None if kind == "export_failed" and route != EXPORT else kind

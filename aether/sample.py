@@ -29,7 +29,7 @@ from aether.errors import ConfigError
 from aether.places import Place, slugify
 
 #: Bump when the generator's output changes: older samples are rebuilt.
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 SAMPLE_DIR = "_sample"
 SAMPLE_MANIFEST = "sample.json"
 MARGIN_M = 320.0  # ≥ 300 m around the extract: 200 m buffers of every POI stay inside
@@ -169,7 +169,8 @@ def _build(out: Path, place: Place, pbf: Path, *, seed: int, year: int,
     files = [str(path.relative_to(out)), f"tiles/{INDEX_NAME}"]
     write_json({**manifest, "files": files, "crs": grid.crs, "grid": {
         "west": grid.west, "north": grid.north, "width": grid.width, "height": grid.height},
-        "build_seconds": round(build_s, 3), "calibration": calibration(block)},
+        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"), "build_seconds": round(build_s, 3),
+        "calibration": calibration(block)},
         out / SAMPLE_MANIFEST)
 
 

@@ -45,9 +45,9 @@ class FieldParams:
     """The calibrated knobs: amplitudes of the signal, the shared direction and noise."""
 
     signal: float = 1.0
-    shared: float = 1.0
+    shared: float = 2.5
     #: (lattice spacing in px, amplitude) of each noise octave
-    noise: tuple[tuple[int, float], ...] = ((1, 0.1), (6, 0.3), (40, 0.4), (160, 0.5))
+    noise: tuple[tuple[int, float], ...] = ((1, 0.3), (6, 0.2), (40, 0.3), (160, 1.5))
     hidden: int = 96
     noise_channels: int = 16
     gain: float = 2.5

@@ -169,7 +169,10 @@ def read_osm_features(pbf: str | Path) -> list[Feature]:
                 height = building_height(tags) if layer == "building" else 0.0
                 add(layer, lambda: wkb.create_multipolygon(a), height=height)
 
-    Handler().apply_file(str(pbf), locations=True)
+    # the key filter runs in C++, so Python only sees candidate objects
+    keys = osmium.filter.KeyFilter("building", "natural", "landuse", "landcover", "water",
+                                   "waterway", "highway", "railway")
+    Handler().apply_file(str(pbf), locations=True, filters=[keys])
     return out
 
 
@@ -283,6 +286,9 @@ def value_noise(key: int, spacing: int, row0: int, col0: int, rows: int, cols: i
     Lattice values are hashed from global lattice coordinates, so adjacent windows join
     without seams and a window never depends on what else is generated.
     """
+    if spacing == 1:  # white noise: the lattice is the pixel grid
+        return hash_uniform(key, row0 + np.arange(rows), col0 + np.arange(cols), channels)
+
     def axis(start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = (start + np.arange(n) + 0.5) / spacing
         i0 = np.floor(g).astype(np.int64)

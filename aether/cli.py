@@ -191,6 +191,37 @@ def sample_build(
                f"{cal['area_norm_median']:.3f} (real 0.915)")
 
 
+emulator_app = typer.Typer(help="A local Earth Engine REST emulator.", no_args_is_help=True)
+app.add_typer(emulator_app, name="emulator")
+
+
+@emulator_app.command("serve")
+def emulator_serve(
+    tiles: Annotated[Path | None, typer.Option(help="AEF tile directory or index")] = None,
+    exports: Annotated[Path | None, typer.Option(help="Folder standing in for GCS/Drive")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port)")] = 0,
+    fault_rate: Annotated[float, typer.Option(help="Fraction of compute requests that fail")] = 0.0,
+    fault_kinds: Annotated[str, typer.Option(help="Comma list of fault kinds [all]")] = "",
+    fault_seed: Annotated[int, typer.Option(help="Seed of the fault draws")] = 0,
+    fault_schedule: Annotated[str, typer.Option(help="N:KIND,... by request number")] = "",
+    latency: Annotated[float, typer.Option(help="Seconds added to each compute request")] = 0.0,
+    export_delay: Annotated[float, typer.Option(help="Seconds an export stays RUNNING")] = 0.0,
+) -> None:
+    """Serve the emulator on 127.0.0.1 and print its URL (Ctrl-C stops it)."""
+    from aether.emulator import Emulator, Faults, serve
+
+    faults = Faults.parse(fault_rate, fault_kinds, fault_seed, fault_schedule, latency)
+    server = serve(Emulator(tiles, exports, faults, export_delay), port)
+    typer.echo(f"http://127.0.0.1:{server.server_address[1]}", nl=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     """Console entry point: run the app, mapping typed errors to exit code 2."""
     try:

@@ -12,6 +12,8 @@ import random
 import threading
 from dataclasses import dataclass, field
 
+from aether.errors import InputError
+
 #: kind -> (HTTP status, EE status, message). ``drop`` closes the socket without an answer;
 #: ``export_failed`` lets an export start and then end FAILED.
 KINDS: dict[str, tuple[int, str, str]] = {
@@ -43,9 +45,11 @@ class Faults:
     def __post_init__(self) -> None:
         unknown = [k for k in (*self.kinds, *self.schedule.values()) if k not in KINDS]
         if unknown:
-            raise ValueError(f"unknown fault kind(s) {unknown}; choose from {', '.join(KINDS)}")
-        if not 0 <= self.rate <= 1:
-            raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+            raise InputError(f"unknown fault kind(s) {', '.join(unknown)}",
+                             f"choose from {', '.join(KINDS)}")
+        if not 0 <= self.rate <= 1 or self.latency < 0:
+            raise InputError(f"bad fault rate {self.rate} or latency {self.latency}",
+                             "the rate is a fraction in [0, 1], the latency seconds >= 0")
         self._rng = random.Random(self.seed)
         self._n = 0
         self._lock = threading.Lock()
@@ -58,7 +62,10 @@ class Faults:
         sched = {}
         for item in filter(None, (s.strip() for s in schedule.split(","))):
             n, _, kind = item.partition(":")
-            sched[int(n)] = kind
+            if not n.strip().isdigit():
+                raise InputError(f"bad fault schedule item {item!r}",
+                                 "write REQUEST_NUMBER:KIND pairs, e.g. 0:quota,3:drop")
+            sched[int(n)] = kind.strip()
         return cls(rate, ks, seed, sched, latency)
 
     def draw(self, route: str) -> str | None:

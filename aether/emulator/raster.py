@@ -101,20 +101,15 @@ class Catalog:
     """The image collections the emulator serves, from one AEF tile index."""
 
     def __init__(self, tiles: str | os.PathLike[str] | None) -> None:
-        self.tiles = tiles
-        self._images: list[Img] | None = None
+        """Reads the index now, so a wrong ``tiles`` fails at start-up, not at first request."""
+        self._images: list[Img] = []
+        if tiles is not None:
+            index = aef.read_index(tiles)
+            self._images = [tile_image(r, aef.COLLECTION_ID)
+                            for r in index.sort_values(["year", "path"]).to_dict("records")]
 
     def collection(self, collection_id: str) -> list[Img]:
-        if collection_id != aef.COLLECTION_ID:
-            return []
-        if self._images is None:
-            if self.tiles is None:
-                self._images = []
-            else:
-                index = aef.read_index(self.tiles)
-                self._images = [tile_image(r, collection_id)
-                                for r in index.sort_values(["year", "path"]).to_dict("records")]
-        return self._images
+        return self._images if collection_id == aef.COLLECTION_ID else []
 
     def image(self, image_id: str) -> Img | None:
         coll = image_id.rsplit("/", 1)[0]

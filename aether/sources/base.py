@@ -36,14 +36,19 @@ class EmbeddingSource(Protocol):
         ...
 
 
+#: Short names whose module is named otherwise (``ee`` would shadow the ``ee`` package).
+ALIASES = {"ee": "earthengine"}
+
+
 def get_source(name: str, **options: Any) -> EmbeddingSource:
     """Instantiate the source named ``name`` from ``aether.sources.<name>``."""
     if not name.isidentifier() or name == "base":
         raise InputError(f"unknown source {name!r}", "use one of: cog, ee, xee")
+    module_name = ALIASES.get(name, name)
     try:
-        module = importlib.import_module(f"aether.sources.{name}")
+        module = importlib.import_module(f"aether.sources.{module_name}")
     except ModuleNotFoundError as e:
-        if e.name == f"aether.sources.{name}":
+        if e.name == f"aether.sources.{module_name}":
             raise InputError(f"unknown source {name!r}", "use one of: cog, ee, xee") from None
         raise
     return module.create(**options)

@@ -1,0 +1,130 @@
+"""aether.jobs: retries with backoff, escalation, splitting, checkpoints and resumption."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pandas as pd
+import pytest
+
+from aether.jobs import (
+    Batch,
+    CheckpointStore,
+    RetryPolicy,
+    Stats,
+    Verdict,
+    read_checkpoints,
+    resilient_call,
+    run_batches,
+)
+
+
+class Heavy(Exception):
+    """Stands for a server error that needs a lighter request."""
+
+
+class TooBig(Exception):
+    """Stands for a server error that needs a smaller batch."""
+
+
+def classify(e: BaseException) -> Verdict:
+    if isinstance(e, ConnectionError):
+        return Verdict.RETRY
+    if isinstance(e, Heavy):
+        return Verdict.ESCALATE
+    if isinstance(e, TooBig):
+        return Verdict.SPLIT
+    return Verdict.FAIL
+
+
+def frame(items, level=0):
+    return pd.DataFrame({"item": list(items), "level": level})
+
+
+def test_backoff_is_bounded_full_jitter():
+    p = RetryPolicy(base_s=0.5, cap_s=4.0)
+    rng = random.Random(0)
+    delays = [[p.delay(n, rng) for _ in range(200)] for n in range(6)]
+    assert all(0 <= d <= min(4.0, 0.5 * 2**n) for n, ds in enumerate(delays) for d in ds)
+    assert max(delays[0]) < 0.5 < max(delays[3])  # grows, then capped
+    assert max(delays[5]) <= 4.0
+
+
+def test_retry_escalate_split_recover_every_item_once():
+    slept: list[float] = []
+    calls: list[tuple[int, int]] = []
+
+    def fn(items, level):
+        calls.append((len(items), level))
+        n = len(calls)
+        if n in (1, 2):
+            raise ConnectionError("connection reset")
+        if n == 3:
+            raise Heavy("User memory limit exceeded.")
+        if len(items) > 3:
+            raise TooBig("Computation timed out.")
+        return frame(items, level)
+
+    stats = Stats()
+    out = resilient_call(fn, list(range(10)), classify, RetryPolicy(base_s=0.01), stats=stats,
+                         rng=random.Random(1), sleep=slept.append)
+    assert sorted(out["item"]) == list(range(10))  # none lost, none twice
+    assert (stats.retries, stats.escalations) == (2, 1)
+    assert stats.splits >= 2 and len(slept) == 2
+    assert calls[3][1] == 1  # escalated level used after the memory error
+    assert set(out["level"]) == {1}  # halves keep the escalated level
+
+
+def test_split_falls_back_to_escalation_then_gives_up():
+    def fn(items, level):
+        raise TooBig("Too many concurrent aggregations")
+
+    stats = Stats()
+    with pytest.raises(TooBig):
+        resilient_call(fn, [1], classify, RetryPolicy(attempts=3, max_level=2), stats=stats,
+                       sleep=lambda s: None)
+    assert stats.escalations == 2 and stats.retries == 2
+
+
+def test_fatal_error_is_raised_at_once():
+    stats = Stats()
+    with pytest.raises(ValueError):
+        resilient_call(lambda i, lv: (_ for _ in ()).throw(ValueError("bad")), [1, 2], classify,
+                       RetryPolicy(), stats=stats)
+    assert stats.attempts == 1
+
+
+def test_checkpoints_resume_without_redoing_work(tmp_path):
+    store = CheckpointStore(tmp_path / "ck")
+    batches = [Batch(f"b{i}", list(range(i * 3, i * 3 + 3))) for i in range(6)]
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def failing(batch):
+        with lock:
+            seen.append(batch.key)
+        if batch.key == "b3":
+            raise RuntimeError("killed")
+        return frame(batch.items)
+
+    with pytest.raises(RuntimeError):
+        run_batches(batches, failing, store, concurrency=1)
+    done_first = {p.stem for p in (tmp_path / "ck").glob("*.parquet")}
+    assert done_first == {"b0", "b1", "b2"}
+    assert not list((tmp_path / "ck").glob("*.tmp"))  # nothing half-written
+
+    seen.clear()
+    stats = Stats()
+    paths = run_batches(batches, lambda b: (seen.append(b.key), frame(b.items))[1], store,
+                        concurrency=3, stats=stats)
+    assert sorted(seen) == ["b3", "b4", "b5"]
+    assert stats.batches_skipped == 3 and stats.batches_done == 3
+    out = read_checkpoints(paths)
+    assert sorted(out["item"]) == list(range(18))
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError):
+        run_batches([Batch("a", [1]), Batch("a", [2])], lambda b: frame(b.items),
+                    CheckpointStore(tmp_path))

@@ -79,6 +79,17 @@ def extract(
     export: Annotated[
         str | None, typer.Option(help="Run as EE Export tasks: gcs://bucket/prefix or drive://dir")
     ] = None,
+    export_read: Annotated[
+        str | None,
+        typer.Option(help="fsspec URL the export destination is read back from "
+                          "[default gs://BUCKET; needed for Drive]"),
+    ] = None,
+    ee_batch: Annotated[
+        int | None, typer.Option(help="Features per Earth Engine request [default 500]")
+    ] = None,
+    ee_concurrency: Annotated[
+        int | None, typer.Option(help="Earth Engine requests in flight [default 8]")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even when up to date")] = False,
 ) -> None:
     """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
@@ -90,7 +101,8 @@ def extract(
     if pois is not None and ":" not in pois.split("/")[0] and pois != "osm":
         pois = f"file:{pois}"
     opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
-            "ee_credentials": ee_credentials, "export": export}
+            "ee_credentials": ee_credentials, "export": export, "export_read": export_read,
+            "ee_batch": ee_batch, "ee_concurrency": ee_concurrency}
     place_opts = {"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
                   "boundary": boundary, "yes": yes}
     poi_opts = {"name_column": name_column, "category_column": category_column,

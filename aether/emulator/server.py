@@ -275,6 +275,10 @@ class Emulator:
                 op["metadata"]["endTime"] = _now()
             return True
 
+    def _done(self, op_id: str) -> bool:
+        with self._lock:
+            return bool(self.operations[op_id]["done"])
+
     def _run_export(self, op_id: str, req: dict[str, Any], failed: bool) -> None:
         if not self._set(op_id, state="RUNNING", startTime=_now()):
             return
@@ -282,12 +286,13 @@ class Emulator:
         try:
             if failed:
                 raise EEError(KINDS["export_failed"][2])
+            if self._done(op_id):
+                return
             value = evaluate(req["expression"], self)
             if not isinstance(value, Coll):
                 raise EEError("Export.table: expression is not a FeatureCollection.")
-            with self._lock:
-                if self.operations[op_id]["done"]:
-                    return
+            if self._done(op_id):  # cancelled while computing: write nothing
+                return
             uris = self._write_export(req, value)
         except EEError as e:
             if self._set(op_id, state="FAILED"):

@@ -141,7 +141,6 @@ class EarthEngineSource:
         radii = [float(r) for r in radii]
         export = _parse_export(self.export, self.export_read) if self.export else None
         batches = make_batches(pois, radii, year, self.batch_size)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         store = CheckpointStore(self.workdir / "batches")
         _drop_stale(store, {b.key for b in batches})
         if any(not store.has(b.key) for b in batches):

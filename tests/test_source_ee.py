@@ -1,0 +1,231 @@
+"""The Earth Engine source against the emulator, driven through the genuine ee client.
+
+Everything runs for real: the emulator serves the sample city's tiles on a loopback port,
+the source (or the `aether extract` CLI in a subprocess) talks to it through earthengine-api,
+faults are injected by the emulator, and kills are real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+
+from aether.aef import BANDS
+from aether.emulator import Emulator, Faults, running
+from aether.emulator.server import error_reply
+from aether.sources import get_source
+from aether.tables import POI_EMBEDDING_COLUMNS, sort_poi_embeddings
+
+COMPUTE_KINDS = ("quota", "internal", "unavailable", "timeout", "memory", "aggregations", "drop")
+
+
+@pytest.fixture
+def subset(sample_extract: Path, tmp_path: Path) -> Path:
+    """120 POIs spread over the sample city, as a GeoParquet file the CLI can read."""
+    pois = gpd.read_parquet(sample_extract / "pois.parquet")
+    part = pois.iloc[:: max(1, len(pois) // 120)].head(120).reset_index(drop=True)
+    path = tmp_path / "subset.parquet"
+    part.to_parquet(path)
+    return path
+
+
+@pytest.fixture
+def reset_ee():
+    yield
+    import ee
+
+    ee.Reset()
+
+
+def _source(workdir: Path, url: str, **opts):
+    return get_source("ee", workdir=workdir, ee_url=url, ee_project="demo",
+                      ee_backoff=0.01, **opts)
+
+
+def _means(src, pois_path: Path) -> pd.DataFrame:
+    pois = gpd.read_parquet(pois_path)
+    return sort_poi_embeddings(src.point_means(pois, [100.0, 200.0], 2024))
+
+
+def _routes(emu: Emulator, route: str) -> int:
+    return sum(1 for e in emu.log if e["route"] == route)
+
+
+def _extract(data: Path, url: str, *args: str, project: str = "demo") -> list[str]:
+    return [sys.executable, "-m", "aether", "extract", "--source", "ee", "--ee-url", url,
+            "--ee-project", project, "--data-dir", str(data), *args]
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_matches_cog_source(ee_server, emulator, sample_extract, tmp_path, cli):
+    """`aether extract --city Helsinki --source ee` against the loopback emulator."""
+    data = tmp_path / "data"
+    r = cli("extract", "--offline", "--city", "Helsinki", "--source", "ee", "--ee-url", ee_server,
+            "--ee-project", "demo", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    ee_out = pd.read_parquet(data / "helsinki" / "2024" / "poi_embeddings.parquet")
+    cog = pd.read_parquet(sample_extract / "poi_embeddings.parquet")
+    assert list(ee_out.columns) == list(POI_EMBEDDING_COLUMNS)
+    assert len(ee_out) == len(cog) == 2 * len(pd.read_parquet(sample_extract / "pois.parquet"))
+    pd.testing.assert_frame_equal(ee_out[["poi_id", "year", "radius_m"]],
+                                  cog[["poi_id", "year", "radius_m"]])
+    diff = np.abs(ee_out[list(BANDS)].to_numpy() - cog[list(BANDS)].to_numpy())
+    assert np.nanmax(diff) <= 1e-4
+    assert (np.isnan(ee_out[list(BANDS)].to_numpy()) == np.isnan(cog[list(BANDS)].to_numpy())).all()
+    for col, tol in (("valid_fraction", 1e-5), ("norm", 1e-4), ("weight", 1e-2)):
+        assert np.nanmax(np.abs(ee_out[col] - cog[col])) <= tol, col
+    # the work went to the server: reduceRegions batches, no pixels fetched
+    assert _routes(emulator, "table:computeFeatures") >= 1
+    assert _routes(emulator, "image:computePixels") == 0
+    manifest = (data / "helsinki" / "2024" / "manifest.json").read_text()
+    assert ee_server not in manifest and "credentials" not in manifest
+
+
+def test_faults_on_30_percent_of_requests_change_nothing(ee_server, emulator, subset, tmp_path,
+                                                         reset_ee):
+    clean = _means(_source(tmp_path / "clean", ee_server, ee_batch=12), subset)
+    n_clean = _routes(emulator, "table:computeFeatures")
+    start = len(emulator.log)
+    # 30% of requests at random, every kind at least once (spread over the first ones)
+    emulator.faults = Faults(rate=0.3, kinds=COMPUTE_KINDS, seed=3,
+                             schedule={3 * i + 1: k for i, k in enumerate(COMPUTE_KINDS)})
+    src = _source(tmp_path / "faulty", ee_server, ee_batch=12, ee_concurrency=4)
+    faulty = _means(src, subset)
+    pd.testing.assert_frame_equal(faulty, clean)  # identical: none lost, none duplicated
+    assert not faulty.duplicated(["poi_id", "radius_m"]).any()
+    log = emulator.log[start:]
+    injected = Counter(e["fault"] for e in log if e["fault"])
+    assert set(injected) == set(COMPUTE_KINDS), injected
+    eligible = [e for e in log if e["route"] in ("table:computeFeatures", "value:compute")]
+    print(f"{sum(injected.values())} faults in {len(eligible)} requests: {dict(injected)}")
+    assert 0.3 <= sum(injected.values()) / len(eligible) <= 0.6
+    assert src.stats.retries > 0 and src.stats.splits > 0 and src.stats.escalations > 0
+    assert _routes(emulator, "table:computeFeatures") > 2 * n_clean
+
+
+def _wait_for(pred, timeout: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def test_sigkill_then_rerun_resumes_from_checkpoints(ee_server, emulator, subset, tmp_path,
+                                                     reset_ee):
+    ref = _means(_source(tmp_path / "ref", ee_server, ee_batch=20), subset)
+    emulator.faults = Faults(latency=0.4)
+    data = tmp_path / "data"
+    cmd = _extract(data, ee_server, "--offline", "--pois", str(subset), "--city", "killtest",
+                   "--ee-batch", "20", "--ee-concurrency", "1")
+    ckpt = data / "killtest" / "2024" / ".work" / "ee" / "batches"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: len(list(ckpt.glob("*.parquet"))) >= 3)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = {p.stem for p in ckpt.glob("*.parquet")}
+    n_batches = len(ref) // 20
+    assert 3 <= len(done) < n_batches
+    assert not (data / "killtest" / "2024" / "poi_embeddings.parquet").exists()
+    before = _routes(emulator, "table:computeFeatures")
+    emulator.faults = Faults()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # only the batches without a checkpoint were asked again
+    assert _routes(emulator, "table:computeFeatures") - before == n_batches - len(done)
+    out = pd.read_parquet(data / "killtest" / "2024" / "poi_embeddings.parquet")
+    pd.testing.assert_frame_equal(out, ref)
+
+
+def test_export_tasks_survive_sigkill_and_are_never_started_twice(ee_server, emulator, subset,
+                                                                 tmp_path, reset_ee):
+    ref = _means(_source(tmp_path / "ref", ee_server, ee_batch=60), subset)
+    emulator.export_delay = 1.5
+    emulator.faults = Faults(rate=0.3, kinds=("export_failed", "quota", "drop"), seed=5)
+    exports = emulator.exports
+    data = tmp_path / "data"
+    cmd = _extract(data, ee_server, "--offline", "--pois", str(subset), "--city", "exporttest",
+                   "--ee-batch", "60", "--export", "gcs://bucket/aether/run",
+                   "--export-read", f"file://{exports}/gcs/bucket")
+    book = data / "exporttest" / "2024" / ".work" / "ee" / "export_tasks.json"
+    n_batches = len(ref) // 60
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: book.is_file() and book.read_text().count('"operation"') == n_batches)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    started = _routes(emulator, "table:export")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    failed = sum(1 for e in emulator.log if e["fault"] == "export_failed")
+    # the re-run adopted the running tasks; only failed tasks were started again
+    assert _routes(emulator, "table:export") - started <= failed
+    assert len(emulator.operations) == n_batches + failed
+    out = pd.read_parquet(data / "exporttest" / "2024" / "poi_embeddings.parquet")
+    pd.testing.assert_frame_equal(out, ref)
+    assert "operation" in book.read_text() and "token" not in book.read_text().lower()
+
+
+class NoEarthEngineProject(Emulator):
+    """The emulator, refusing one project as Earth Engine refuses unregistered ones."""
+
+    def _dispatch(self, method, path, query, body, entry):
+        if "/projects/no-ee/" in path:
+            return error_reply(403, "Project 'projects/no-ee' is not registered to use Earth "
+                               "Engine.", "PERMISSION_DENIED")
+        return super()._dispatch(method, path, query, body, entry)
+
+
+def _far_away(tmp_path: Path) -> Path:
+    from shapely.geometry import Point
+
+    gdf = gpd.GeoDataFrame({"poi_id": ["x:1", "x:2"], "name": ["a", "b"],
+                            "category": ["cafe", "cafe"]},
+                           geometry=[Point(18.4, -33.9), Point(18.41, -33.91)], crs="EPSG:4326")
+    path = tmp_path / "capetown.geojson"
+    gdf.to_file(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["no_credentials", "no_ee_access", "unknown_year",
+                                  "outside_coverage", "unwritable_export"])
+def test_bad_input_one_line_exit_2_nothing_written(case, sample_city, subset, tmp_path):
+    emu = NoEarthEngineProject(tiles=sample_city.tiles, exports=tmp_path / "exports")
+    data = tmp_path / "data"
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    with running(emu) as url:
+        base = _extract(data, url, "--offline", "--pois", str(subset), "--city", "bad")
+        cmd, expect = {
+            "no_credentials": ([a for a in base if a not in ("--ee-url", url)],
+                               "earthengine authenticate"),
+            "no_ee_access": (_extract(data, url, "--offline", "--pois", str(subset),
+                                      "--city", "bad", project="no-ee"),
+                             "cannot use Earth Engine"),
+            "unknown_year": ([*base, "--year", "2019"], "years available: 2024"),
+            "outside_coverage": (_extract(data, url, "--offline", "--pois",
+                                          str(_far_away(tmp_path)), "--city", "bad"),
+                                 "outside the dataset's coverage"),
+            "unwritable_export": ([*base, "--export", "gcs://bucket/p", "--export-read",
+                                   f"file://{subset}/not-a-dir"], "cannot be written"),
+        }[case]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    written = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+    assert written == [], written

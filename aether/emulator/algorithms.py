@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import re
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,8 @@ def _lonlat(shape: Any, crs: str | None) -> Any:
     if not crs or is_geographic(str(crs)):
         return shape
     import shapely
-    from pyproj import Transformer
 
-    tr = Transformer.from_crs(str(crs), "EPSG:4326", always_xy=True)
+    tr = _transformer(str(crs), "EPSG:4326")
     return shapely.transform(shape, lambda c: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
 
 
@@ -190,21 +190,39 @@ def rectangle(ctx: Any, coordinates: list, crs: Any = None, geodesic: Any = None
     return Geom(_lonlat(box(*flat[:4]), _crs_name(crs)))
 
 
+@lru_cache(maxsize=64)
+def _transformer(src: str, dst: str) -> Any:
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def circle_polygon(lon: float, lat: float, radius: float, n: int = 32) -> Any:
+    """A geodesic circle as a lon/lat polygon (EE buffers points geodesically)."""
+    from pyproj import Geod
+    from shapely.geometry import Polygon
+
+    az = np.linspace(0.0, 360.0, n, endpoint=False)
+    lons, lats, _ = Geod(ellps="WGS84").fwd(np.full(n, lon), np.full(n, lat), az,
+                                            np.full(n, radius))
+    return Polygon(np.column_stack([lons, lats]))
+
+
 def _buffered(g: Geom, distance: float) -> Geom:
     """EE ``buffer`` in metres: a point keeps its centre and radius for the circle kernel."""
     import shapely
-    from pyproj import Transformer
 
     from aether.aef import utm_epsg
 
+    if g.shape.geom_type == "Point" and distance > 0:
+        x, y = g.shape.x, g.shape.y
+        return Geom(circle_polygon(x, y, distance), (x, y, float(distance)))
     c = g.shape.centroid
-    tr = Transformer.from_crs("EPSG:4326", f"EPSG:{utm_epsg(c.x, c.y)}", always_xy=True)
-    fwd = shapely.transform(g.shape, lambda a: np.column_stack(tr.transform(a[:, 0], a[:, 1])))
-    back = shapely.transform(fwd.buffer(distance, quad_segs=16),
-                             lambda a: np.column_stack(tr.transform(a[:, 0], a[:, 1],
-                                                                     direction="INVERSE")))
-    circle = (c.x, c.y, float(distance)) if g.shape.geom_type == "Point" and distance > 0 else None
-    return Geom(back, circle)
+    utm = f"EPSG:{utm_epsg(c.x, c.y)}"
+    fwd, inv = _transformer("EPSG:4326", utm), _transformer(utm, "EPSG:4326")
+    proj = shapely.transform(g.shape, lambda a: np.column_stack(fwd.transform(a[:, 0], a[:, 1])))
+    return Geom(shapely.transform(proj.buffer(distance, quad_segs=16),
+                                  lambda a: np.column_stack(inv.transform(a[:, 0], a[:, 1]))))
 
 
 @algo("Geometry.buffer")

@@ -164,17 +164,10 @@ def reduce_regions(img: Img, coll: Coll, reducer: Reducer, scale: float | None =
             m, t = _reduce_group(img, proj, x[sel], y[sel], np.nan, [shapes[i] for i in idx], bbox)
         mean[sel], total[sel] = m, t
     names = _output_names(img.bands, leaves)
-    arrays = [mean if kind == "mean" else total for kind, _ in leaves]
-    out = []
-    for i, f in enumerate(feats):
-        props = dict(f.props)
-        k = 0
-        for arr in arrays:
-            for b in range(n_b):
-                v = arr[i, b]
-                props[names[k]] = None if np.isnan(v) else float(v)
-                k += 1
-        out.append(Feat(f.geom, props, f.id))
+    rows = np.concatenate([mean if kind == "mean" else total for kind, _ in leaves], axis=1)
+    out = [Feat(f.geom, {**f.props, **dict(zip(names, [v if v == v else None for v in row],
+                                               strict=True))}, f.id)
+           for f, row in zip(feats, rows.tolist(), strict=True)]
     return Coll(out, "FeatureCollection", dict(coll.props))
 
 

@@ -146,9 +146,15 @@ class Reducer:
 def geometry_json(g: Geom | None) -> dict[str, Any] | None:
     if g is None:
         return None
+    shape = g.shape
+    if shape.geom_type == "Polygon":  # the common case (buffers), without the generic walk
+        rings = [shape.exterior, *shape.interiors]
+        return {"type": "Polygon", "coordinates": [np.asarray(r.coords).tolist() for r in rings]}
+    if shape.geom_type == "Point":
+        return {"type": "Point", "coordinates": [shape.x, shape.y]}
     from shapely.geometry import mapping
 
-    return _lists(mapping(g.shape))
+    return _lists(mapping(shape))
 
 
 def _lists(v: Any) -> Any:
@@ -175,8 +181,12 @@ def feature_json(f: Feat) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "Feature", "geometry": geometry_json(f.geom)}
     if f.id is not None:
         out["id"] = f.id
-    out["properties"] = {k: to_json(v) for k, v in f.props.items()}
+    out["properties"] = {k: v if type(v) in _PLAIN and v == v else to_json(v)
+                         for k, v in f.props.items()}
     return out
+
+
+_PLAIN = (str, int, float, bool, type(None))  # v == v: NaN goes through to_json
 
 
 def image_json(img: Img) -> dict[str, Any]:

@@ -206,3 +206,31 @@ def test_xee_opens_the_collection(ee_emulator, sample_city) -> None:
     want = north_up[r0 : r0 + h, c0 : c0 + w, 3]
     got = a03 if a03.shape == want.shape else a03.T
     np.testing.assert_array_equal(got, want)
+
+
+def test_masked_regions_and_polygons(ee_emulator, sample_city) -> None:
+    """Outside the data: mean is left out by reduceRegions, null in reduceRegion, sum is 0.
+    A pixel-aligned rectangle averages exactly the pixels it covers."""
+    from pyproj import Transformer
+
+    block = _block(sample_city)
+    xmin, ymin, xmax, ymax = block.bounds()
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    far = to_ll.transform(xmax + 5000, ymax + 5000)
+    img = ee.ImageCollection(aef.COLLECTION_ID).first()
+    fc = ee.FeatureCollection([ee.Feature(ee.Geometry.Point(list(far)).buffer(100), {"k": 1})])
+    props = img.reduceRegions(fc, ee.Reducer.mean(), 10, CRS).getInfo()["features"][0][
+        "properties"]
+    assert props == {"k": 1}
+    one = img.select("A00").reduceRegion(ee.Reducer.mean(), ee.Geometry.Point(list(far)).buffer(
+        100), 10, CRS).getInfo()
+    assert one == {"mean": None}  # one band: named after the reducer
+    assert img.select("A00").mask().reduceRegion(
+        ee.Reducer.sum(), ee.Geometry.Point(list(far)).buffer(100), 10, CRS).getInfo() == {
+        "sum": 0.0}
+    x0, y1 = xmin + 200, ymax - 300  # a 12 x 7 pixel rectangle on the tile's lattice
+    rect = ee.Geometry.Rectangle([x0, y1 - 70, x0 + 120, y1], CRS, False)
+    got = img.select(["A01", "A02"]).reduceRegion(ee.Reducer.mean(), rect, 10, CRS).getInfo()
+    north_up = block.values if block.dy < 0 else block.values[::-1]
+    want = np.nanmean(north_up[30:37, 20:32, 1:3].reshape(-1, 2), axis=0)
+    assert [got["A01"], got["A02"]] == pytest.approx(want.tolist(), abs=1e-6)

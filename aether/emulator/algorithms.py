@@ -668,5 +668,6 @@ def image_reduce_region(ctx: Any, image: Img, reducer: Reducer, geometry: Any = 
     if geom.shape is None:
         raise EEError("Image.reduceRegion: Provide 'geometry' parameter when aggregating over "
                       "an unbounded image.")
-    out = reduce_regions(image, Coll([Feat(geom)]), reducer, scale, crs, crsTransform)
+    out = reduce_regions(image, Coll([Feat(geom)]), reducer, scale, crs, crsTransform,
+                         keep_null=True)
     return out.items[0].props

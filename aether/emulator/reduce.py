@@ -125,7 +125,8 @@ def _reduce_group(img: Img, proj: Projection, x: np.ndarray, y: np.ndarray, radi
 
 
 def reduce_regions(img: Img, coll: Coll, reducer: Reducer, scale: float | None = None,
-                   crs: Any = None, crs_transform: Any = None) -> Coll:
+                   crs: Any = None, crs_transform: Any = None, keep_null: bool = False
+                   ) -> Coll:
     """EE ``Image.reduceRegions``: one output feature per input, reducer outputs added."""
     leaves = _flat(reducer)
     proj = working_projection(img, scale, crs, crs_transform)
@@ -165,8 +166,11 @@ def reduce_regions(img: Img, coll: Coll, reducer: Reducer, scale: float | None =
         mean[sel], total[sel] = m, t
     names = _output_names(img.bands, leaves)
     rows = np.concatenate([mean if kind == "mean" else total for kind, _ in leaves], axis=1)
-    out = [Feat(f.geom, {**f.props, **dict(zip(names, [v if v == v else None for v in row],
-                                               strict=True))}, f.id)
+    # a reducer without input (mean of masked pixels) is null: reduceRegions leaves the
+    # property out, reduceRegion keeps the key with null
+    out = [Feat(f.geom, {**f.props, **{k: v if v == v else None
+                                       for k, v in zip(names, row, strict=True)
+                                       if keep_null or v == v}}, f.id)
            for f, row in zip(feats, rows.tolist(), strict=True)]
     return Coll(out, "FeatureCollection", dict(coll.props))
 

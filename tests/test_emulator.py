@@ -214,7 +214,7 @@ def test_masked_regions_and_polygons(ee_emulator, sample_city) -> None:
     from pyproj import Transformer
 
     block = _block(sample_city)
-    xmin, ymin, xmax, ymax = block.bounds()
+    xmin, _, xmax, ymax = block.bounds()
     to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
     far = to_ll.transform(xmax + 5000, ymax + 5000)
     img = ee.ImageCollection(aef.COLLECTION_ID).first()

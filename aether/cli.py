@@ -21,6 +21,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from aether import __version__
+
+        typer.echo(f"aether {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version")
+    ] = False,
+) -> None:
+    """Human-centred place embeddings: AlphaEarth aligned with Points of Interest."""
+
+
 sample_app = typer.Typer(help="The offline sample city (central Helsinki).", no_args_is_help=True)
 app.add_typer(sample_app, name="sample")
 
@@ -367,13 +386,11 @@ def main() -> None:
     except typer.Abort:
         print("aether: aborted", file=sys.stderr)
         sys.exit(130)
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-        sys.exit(code)
-    except Exception as e:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors: click's own message, exit 2
+        show = getattr(e, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(e, "exit_code", 2))

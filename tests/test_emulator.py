@@ -174,6 +174,12 @@ def test_compute_pixels_npy_and_48_mib_limit(ee_emulator, sample_city) -> None:
     assert arr.shape == (15, 20) and arr.dtype.names == ("A00", "A07")
     north_up = block.values if block.dy < 0 else block.values[::-1]
     np.testing.assert_array_equal(arr["A07"], north_up[5:20, 10:30, 7])
+    tif = ee.data.computePixels({"expression": img, "fileFormat": "GEO_TIFF", "grid": grid})
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(tif) as mem, mem.open() as ds:
+        assert ds.crs.to_string() == CRS and ds.descriptions == ("A00", "A07")
+        np.testing.assert_array_equal(ds.read(2), arr["A07"])
     big = {**grid, "dimensions": {"width": 1000, "height": 800}}
     with pytest.raises(ee.EEException, match="must be less than or equal to 50331648 bytes"):
         ee.data.computePixels({"expression": ee.ImageCollection(aef.COLLECTION_ID).first(),

@@ -40,9 +40,11 @@ the same operation (idempotent start). ``toAsset`` keeps the table in memory for
 ``ee.FeatureCollection(asset_id)``.
 
 Semantics: weighted ``Reducer.mean``/``sum`` through ``aether.zonal`` (buffered points use the
-exact circle kernel in the reduction crs); ``mosaic()`` has EE's default projection (EPSG:4326,
-1°) unless ``crs`` is given; getInfo of a collection over 5,000 elements and computePixels
-answers over 48 MiB are refused as EE refuses them; computeFeatures pages with
+exact circle kernel in the reduction crs; other regions the exact polygon coverage);
+``mosaic()`` has EE's default projection (EPSG:4326, 1°) unless ``crs`` is given; a mean over
+no valid pixel is left out of reduceRegions' properties (null in reduceRegion), a sum is 0.
+getInfo of a collection over 5,000 elements and computePixels answers over 48 MiB are refused
+as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures pages with
 pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
 ``algorithms.py`` (an unsupported one answers 400 "Emulator: unsupported algorithm 'X'").
 """

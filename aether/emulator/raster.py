@@ -91,7 +91,7 @@ def tile_image(row: dict, collection_id: str) -> Img:
     return Img(list(aef.BANDS), read, props, f"{collection_id}/{index}", row["geometry"], native)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _read_block(path: str, bounds: tuple[float, float, float, float]) -> object:
     """Cached: paging and xee's one-band-per-request reads hit the same windows again."""
     return aef.read_block(path, bounds)

@@ -206,8 +206,9 @@ class Emulator:
         if not isinstance(img, Img):
             raise EEError("image:computePixels: expression is not an Image.")
         fmt = req.get("fileFormat", "NPY")
-        if fmt != "NPY":
-            raise EEError(f"Emulator: computePixels fileFormat {fmt} is not supported (use NPY).")
+        if fmt not in ("NPY", "GEO_TIFF"):
+            raise EEError(f"Emulator: computePixels fileFormat {fmt} is not supported "
+                          "(NPY or GEO_TIFF).")
         g = req.get("grid") or {}
         if not g and img.native is None:
             raise EEError("image:computePixels: a grid is required for a composite image.")
@@ -230,6 +231,8 @@ class Emulator:
             raise EEError(f"Total request size ({size} bytes) must be less than or equal to "
                           f"{MAX_PIXEL_BYTES} bytes.")
         values = img.read(grid)[..., idx]
+        if fmt == "GEO_TIFF":
+            return Reply(200, _geotiff(values, grid, bands), "image/tiff")
         out = np.empty((grid.height, grid.width), dtype=[(b, "<f4") for b in bands])
         for i, b in enumerate(bands):
             out[b] = values[..., i]
@@ -336,6 +339,18 @@ class Emulator:
             return _json(200, {})
         with self._lock:
             return _json(200, json.loads(json.dumps(op)))
+
+
+def _geotiff(values: np.ndarray, grid: Grid, bands: list[str]) -> bytes:
+    """A float32 GeoTIFF of (H, W, B) values on ``grid``; NaN marks masked pixels."""
+    from rasterio.io import MemoryFile
+
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=len(bands),
+                      dtype="float32", crs=grid.crs, transform=grid.affine, nodata=np.nan) as ds:
+            ds.write(np.moveaxis(values, -1, 0).astype(np.float32))
+            ds.descriptions = tuple(bands)
+        return mem.read()
 
 
 _EXT = {"CSV": "csv", "GEO_JSON": "geojson", "GeoJSON": "geojson"}

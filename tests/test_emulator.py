@@ -240,3 +240,36 @@ def test_masked_regions_and_polygons(ee_emulator, sample_city) -> None:
     north_up = block.values if block.dy < 0 else block.values[::-1]
     want = np.nanmean(north_up[30:37, 20:32, 1:3].reshape(-1, 2), axis=0)
     assert [got["A01"], got["A02"]] == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_graph_variants_the_tool_may_emit(ee_emulator, sample_city) -> None:
+    """map + Feature.buffer, lambdas, filters, lists and element properties."""
+    block = _block(sample_city)
+    lon, lat = _points(block, 4, seed=5, margin=300)[2:]
+    pts = ee.FeatureCollection([ee.Feature(ee.Geometry.Point([float(a), float(b)]),
+                                           {"k": i, "name": f"n{i}"})
+                                for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
+    img = ee.ImageCollection(aef.COLLECTION_ID).filterDate("2024-01-01", "2025-01-01").mosaic()
+    mapped = img.reduceRegions(pts.map(lambda f: f.buffer(100)), ee.Reducer.mean(), 10, CRS)
+    direct = _poi_graph(lon, lat, 100, scale=10, crs=CRS)
+    np.testing.assert_array_equal(_means(mapped.getInfo()["features"]),
+                                  _means(direct.getInfo()["features"]))
+    assert pts.filter(ee.Filter.inList("k", [1, 3])).aggregate_array("k").getInfo() == [1, 3]
+    either = ee.Filter.Or(ee.Filter.eq("k", 0), ee.Filter.eq("name", "n2"))
+    assert pts.filter(either).aggregate_array("name").getInfo() == ["n0", "n2"]
+    both = ee.Filter.And(ee.Filter.eq("k", 0), ee.Filter.eq("name", "n2"))
+    assert pts.filter(both).size().getInfo() == 0
+    assert pts.limit(2, "k", False).aggregate_array("k").getInfo() == [3, 2]
+    tagged = pts.map(lambda f: f.set("z", ee.Number(f.get("k")).multiply(10)))
+    assert tagged.aggregate_array("z").getInfo() == [0, 10, 20, 30]
+    first = ee.Feature(tagged.first())
+    assert first.toDictionary(["k", "z"]).getInfo() == {"k": 0, "z": 0}
+    assert first.setMulti({"a": 1}).toDictionary().getInfo() == {"k": 0, "name": "n0",
+                                                                 "z": 0, "a": 1}
+    assert ee.List([5, 6, 7]).get(1).getInfo() == 6 and ee.List([5, 6]).size().getInfo() == 2
+    c = ee.Geometry.Rectangle([24.0, 60.0, 24.2, 60.1]).centroid().getInfo()["coordinates"]
+    assert c == pytest.approx([24.1, 60.05])
+    coll = ee.ImageCollection(aef.COLLECTION_ID)
+    assert coll.filter(ee.Filter.calendarRange(2024, 2024, "year")).size().getInfo() == 1
+    assert coll.filter(ee.Filter.calendarRange(2020, 2023, "year")).size().getInfo() == 0
+    assert ee.Date("2024-03-01").getInfo()["value"] == 1709251200000

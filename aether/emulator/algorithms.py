@@ -109,11 +109,17 @@ def filter_equals(ctx: Any, leftField: str | None = None, rightValue: Any = None
     return Filter(lambda e: _prop(e, leftField) == rightValue)  # type: ignore[arg-type]
 
 
-@algo("Filter.inList")
-def filter_in_list(ctx: Any, leftField: str | None = None, rightValue: Any = None,
-                   rightField: str | None = None, leftValue: Any = None) -> Filter:
-    values = set(rightValue or [])
-    return Filter(lambda e: _prop(e, leftField) in values)  # type: ignore[arg-type]
+@algo("Filter.listContains")
+def filter_list_contains(ctx: Any, leftField: str | None = None, rightValue: Any = None,
+                         rightField: str | None = None, leftValue: Any = None) -> Filter:
+    """``ee.Filter.inList(field, values)`` arrives as listContains(leftValue=values,
+    rightField=field)."""
+
+    def side(e: Any, field: str | None, value: Any) -> Any:
+        return _prop(e, field) if field is not None else value
+
+    return Filter(lambda e: side(e, rightField, rightValue) in (side(e, leftField, leftValue)
+                                                                 or []))
 
 
 @algo("Filter.and")
@@ -273,18 +279,6 @@ def projection(ctx: Any, crs: str, transform: list[float] | None = None,
                transformWkt: Any = None) -> Projection:
     t = tuple(transform) if transform else (1.0, 0, 0, 0, -1.0, 0)
     return Projection(str(crs), t)  # type: ignore[arg-type]
-
-
-@algo("Projection.atScale")
-def projection_at_scale(ctx: Any, projection: Projection, meters: float) -> Projection:
-    from aether.emulator.reduce import working_projection
-
-    return working_projection(Img([], lambda g: None, native=None), meters, projection, None)  # type: ignore[arg-type,return-value]
-
-
-@algo("Projection.nominalScale")
-def nominal_scale(ctx: Any, proj: Projection) -> float:
-    return proj.nominal_scale_m()
 
 
 # --- features, collections, elements ----------------------------------------------------

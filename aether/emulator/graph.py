@@ -8,8 +8,10 @@ functionDefinitionValue + argumentReference. Algorithms come from a table filled
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from aether.emulator.values import EEError
@@ -93,10 +95,16 @@ class Graph:
         impl = ALGORITHMS.get(name)
         if impl is None:
             raise EEError(f"Emulator: unsupported algorithm '{name}'")
-        try:
-            return impl(self.context, **args)
+        try:  # argument names are checked apart, so a TypeError inside stays a bug
+            _signature(impl).bind(self.context, **args)
         except TypeError as e:
-            raise EEError(f"{name}: {e}") from e
+            raise EEError(f"{name}: {e}") from None
+        return impl(self.context, **args)
+
+
+@cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
 
 
 def evaluate(expression: dict[str, Any], context: Any) -> Any:

@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -154,8 +155,11 @@ class Emulator:
             return self._export(project, req, failed=fault == "export_failed")
         except EEError as e:
             return error_reply(400, str(e))
-        except (KeyError, ValueError) as e:
+        except (KeyError, json.JSONDecodeError) as e:
             return error_reply(400, f"Invalid JSON payload received. {e}")
+        except Exception as e:  # an emulator bug: say so at once (a 5xx would be retried)
+            entry["error"] = traceback.format_exc()
+            return error_reply(400, f"Emulator internal error: {type(e).__name__}: {e}")
 
     def discovery(self) -> bytes:
         if self._discovery is None:

@@ -55,9 +55,6 @@ class Projection:
     def scale(self) -> float:
         return abs(self.transform[0])
 
-    def nominal_scale_m(self) -> float:
-        return self.scale * (METERS_PER_DEGREE if is_geographic(self.crs) else 1.0)
-
 
 DEFAULT_PROJECTION = Projection("EPSG:4326", (1.0, 0, 0, 0, -1.0, 0))
 

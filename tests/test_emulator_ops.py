@@ -174,6 +174,10 @@ def test_cli_serve_subprocess(sample_city, tmp_path) -> None:
         with urllib.request.urlopen(f"{url}/_emulator/log") as r:
             log = json.load(r)["requests"]
         assert [e["status"] for e in log if e["route"] == "value:compute"] == [200, 0, 200]
+        taken = subprocess.run([sys.executable, "-m", "aether", "emulator", "serve", "--port",
+                                url.rsplit(":", 1)[1]], capture_output=True, text=True,
+                               timeout=60)
+        assert taken.returncode == 2 and "cannot listen on 127.0.0.1" in taken.stderr
     finally:
         ee.Reset()
         proc.terminate()

@@ -444,7 +444,13 @@ def serve(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
     Call ``serve_forever()`` on the result (or run it in a thread); its URL is
     ``f"http://127.0.0.1:{server.server_address[1]}"``.
     """
+    from aether.errors import InputError
+
     handler = type("EmulatorHandler", (_Handler,), {"emulator": emulator})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise InputError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}",
+                         "choose another --port, or 0 for any free port") from e
     server.daemon_threads = True
     return server

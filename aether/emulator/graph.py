@@ -41,22 +41,32 @@ class Lambda:
 
     def __call__(self, *args: Any) -> Any:
         env = {**self.env, **dict(zip(self.names, args, strict=False))}
-        return Graph(self.graph.values, self.graph.context, env).value(self.body)
+        return Graph(self.graph.values, self.graph.context, env, self.graph).value(self.body)
 
 
 class Graph:
-    """One evaluation of an expression; ``context`` carries the catalog to algorithms."""
+    """One evaluation of an expression; ``context`` carries the catalog to algorithms.
 
-    def __init__(self, values: dict[str, Any], context: Any, env: dict[str, Any] | None = None
-                 ) -> None:
+    A lambda's body runs in a child graph. Values the enclosing graphs already computed are
+    reused: they cannot depend on the lambda's arguments (the client names every argument
+    uniquely), so an image used inside ``map`` is built once, not once per element.
+    """
+
+    def __init__(self, values: dict[str, Any], context: Any, env: dict[str, Any] | None = None,
+                 parent: Graph | None = None) -> None:
         self.values, self.context, self.env = values, context, env or {}
+        self.parent = parent
         self._memo: dict[str, Any] = {}
 
     def value(self, ref: str) -> Any:
-        if ref not in self._memo:
-            if ref not in self.values:
-                raise EEError(f"Invalid expression: unknown value reference '{ref}'.")
-            self._memo[ref] = self.node(self.values[ref])
+        g: Graph | None = self
+        while g is not None:
+            if ref in g._memo:
+                return g._memo[ref]
+            g = g.parent
+        if ref not in self.values:
+            raise EEError(f"Invalid expression: unknown value reference '{ref}'.")
+        self._memo[ref] = self.node(self.values[ref])
         return self._memo[ref]
 
     def node(self, n: dict[str, Any]) -> Any:

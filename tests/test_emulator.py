@@ -35,12 +35,12 @@ def _points(block, n: int, seed: int = 0, margin: float = 0.0) -> tuple[np.ndarr
     return x, y, lon, lat
 
 
-def _poi_graph(lon, lat, radius: float, **reduce_kw):
+def _poi_graph(lon, lat, radius: float, year: int = YEAR, **reduce_kw):
     """The POI pipeline as the EE source builds it: buffers, filterDate, filterBounds, mosaic."""
     pois = ee.FeatureCollection([
         ee.Feature(ee.Geometry.Point([float(a), float(b)]).buffer(radius), {"poi_id": f"p{i}"})
         for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
-    img = (ee.ImageCollection(aef.COLLECTION_ID).filterDate(f"{YEAR}-01-01", f"{YEAR + 1}-01-01")
+    img = (ee.ImageCollection(aef.COLLECTION_ID).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
            .filterBounds(pois.geometry().bounds()).mosaic())
     return img.reduceRegions(collection=pois, reducer=ee.Reducer.mean(), **reduce_kw)
 
@@ -273,3 +273,35 @@ def test_graph_variants_the_tool_may_emit(ee_emulator, sample_city) -> None:
     assert coll.filter(ee.Filter.calendarRange(2024, 2024, "year")).size().getInfo() == 1
     assert coll.filter(ee.Filter.calendarRange(2020, 2023, "year")).size().getInfo() == 0
     assert ee.Date("2024-03-01").getInfo()["value"] == 1709251200000
+
+
+def test_mosaic_across_tiles_and_years(tmp_path) -> None:
+    """Two adjacent tiles per year: a buffer on the seam sums both tiles' parts (zonal.Partial
+    .add), and filterDate picks the year's tiles."""
+    from pyproj import Transformer
+
+    from aether.emulator import Emulator, connect
+
+    rng = np.random.default_rng(1)
+    records, blocks = [], {}
+    for year in (2023, 2024):
+        for i, west in enumerate((385_000, 385_600)):
+            q = rng.integers(-127, 128, size=(64, 60, 60), dtype=np.int16).astype(np.int8)
+            q[:, 20:24, 50:60] = aef.NODATA  # a nodata patch next to the seam
+            path = tmp_path / str(year) / f"t{i}.tiff"
+            aef.write_tile(path, q, CRS, west, 6_676_000)
+            records.append(aef.tile_record(path, year))
+            blocks.setdefault(year, []).append(aef.read_block(str(path)))
+    aef.write_index(records, tmp_path)
+    x = np.array([385_600.0, 385_580.0, 385_300.0])
+    y = np.array([6_675_700.0, 6_675_780.0, 6_675_500.0])
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    connect(Emulator(tiles=tmp_path))
+    try:
+        for year in (2023, 2024):
+            parts = [zonal.partial_sums(b, x, y, 150) for b in blocks[year]]
+            want = zonal.finalize(parts[0].add(parts[1]), 150, 100.0).mean
+            fc = _poi_graph(lon, lat, 150, year, scale=10, crs=CRS)
+            assert np.abs(_means(fc.getInfo()["features"]) - want).max() <= 1e-5
+    finally:
+        ee.Reset()

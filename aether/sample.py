@@ -29,12 +29,13 @@ from aether.errors import ConfigError
 from aether.places import Place, slugify
 
 #: Bump when the generator's output changes: older samples are rebuilt.
-SAMPLE_VERSION = 2
+SAMPLE_VERSION = 3
 SAMPLE_DIR = "_sample"
 SAMPLE_MANIFEST = "sample.json"
+SYNTHETIC_MANIFEST = "synthetic.json"
 MARGIN_M = 320.0  # ≥ 300 m around the extract: 200 m buffers of every POI stay inside
 TILE_PX = 1024
-STRIP_ROWS = 256  # synthetic tiles are generated in strips to keep memory flat
+STRIP_ROWS = 512  # synthetic tiles are generated in strips to keep memory flat
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,12 @@ def render_city(pbf: str | Path, place: Place, seed: int) -> tuple[np.ndarray, A
     return Field(seed).vectors(layers, halo=0, row0=grid.row0, col0=grid.col0), grid
 
 
-def _manifest_ok(root: Path, want: dict[str, Any]) -> bool:
+def _manifest_ok(root: Path, want: dict[str, Any], name: str = SAMPLE_MANIFEST) -> bool:
+    """True when a finished build with these parameters (and all its files) is there."""
     from aether.tables import read_json
 
     try:
-        got = read_json(root / SAMPLE_MANIFEST)
+        got = read_json(root / name)
     except (OSError, ValueError):
         return False
     return (all(got.get(k) == v for k, v in want.items())
@@ -187,15 +189,22 @@ def synthetic_tiles(out_dir: str | os.PathLike[str], *, crs: str, west: float, s
     """Generate a procedural city's raster over any extent, as tiles + ``aef_index.parquet``.
 
     Tiles are generated strip by strip from global pixel indices, so memory stays flat for
-    any size and the tiles join without seams. Returns the directory holding the index.
+    any size and the tiles join without seams. A finished set (same arguments) is reused:
+    its manifest is written last. Returns the directory holding the index.
     """
     from aether import aef
     from aether.sample_field import HALO_PX, Field
     from aether.sample_layers import Grid, procedural_layers
+    from aether.tables import write_json
 
     out = Path(out_dir)
     grid = Grid(crs, float(np.floor(west / 10.0) * 10.0),
                 float(np.floor(south / 10.0) * 10.0) + height_px * 10.0, width_px, height_px)
+    want = {"version": SAMPLE_VERSION, "crs": crs, "west": grid.west, "north": grid.north,
+            "width": width_px, "height": height_px, "seed": seed, "year": year,
+            "tile_px": tile_px}
+    if _manifest_ok(out, want, SYNTHETIC_MANIFEST):
+        return out
     field = Field(seed)
     records = []
     for yoff in range(0, height_px, tile_px):
@@ -213,4 +222,20 @@ def synthetic_tiles(out_dir: str | os.PathLike[str], *, crs: str, west: float, s
             aef.write_tile(path, q, crs, grid.west + xoff * 10.0, grid.north - yoff * 10.0)
             records.append(aef.tile_record(path, year))
     aef.write_index(records, out)
+    files = [os.path.relpath(str(r["path"]), out) for r in records] + [INDEX_NAME]
+    write_json({**want, "files": files}, out / SYNTHETIC_MANIFEST)
     return out
+
+
+def synthetic_tiles_for_bbox(out_dir: str | os.PathLike[str],
+                             bbox: tuple[float, float, float, float], *,
+                             margin_m: float = MARGIN_M, seed: int = 0,
+                             year: int = DEFAULT_YEAR, tile_px: int = TILE_PX) -> Path:
+    """``synthetic_tiles`` over a lon/lat bbox (plus a margin) in its UTM zone."""
+    from aether.aef import utm_epsg
+    from aether.sample_layers import utm_grid
+
+    crs = f"EPSG:{utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)}"
+    g = utm_grid(bbox, crs, margin_m)
+    return synthetic_tiles(out_dir, crs=crs, west=g.west, south=g.south, width_px=g.width,
+                           height_px=g.height, seed=seed, year=year, tile_px=tile_px)

@@ -45,12 +45,15 @@ class FieldParams:
     """The calibrated knobs: amplitudes of the signal, the shared direction and noise."""
 
     signal: float = 1.0
-    shared: float = 2.5
+    shared: float = 0.5
     #: (lattice spacing in px, amplitude) of each noise octave
-    noise: tuple[tuple[int, float], ...] = ((1, 0.3), (6, 0.2), (40, 0.3), (160, 1.5))
-    hidden: int = 96
-    noise_channels: int = 16
-    gain: float = 2.5
+    noise: tuple[tuple[int, float], ...] = ((1, 0.2), (6, 0.1), (60, 0.5), (200, 0.8))
+    hidden: int = 64
+    noise_channels: int = 8
+    gain: float = 8.0
+    bias: float = 0.5
+    #: weight of the raw layers and of each blur scale in the non-linear map
+    scale_weights: tuple[float, ...] = (0.5, 0.7, 1.0, 1.5, 2.0)
 
 
 class Field:
@@ -61,23 +64,34 @@ class Field:
         self.seed, self.params = seed, p
         rng = np.random.default_rng([int(seed), 0xAE7E])
         n_feat = len(LAYERS) * (1 + len(SIGMAS_PX))
-        self.w1 = rng.normal(0, p.gain / np.sqrt(n_feat), (n_feat, p.hidden)).astype(np.float32)
-        self.b1 = rng.normal(0, 1.0, p.hidden).astype(np.float32)
-        self.w2 = rng.normal(0, 1 / np.sqrt(p.hidden), (p.hidden, N_BANDS)).astype(np.float32)
-        self.noise_maps = [
-            rng.normal(0, 1 / np.sqrt(p.noise_channels), (p.noise_channels, N_BANDS)
-                       ).astype(np.float32) for _ in p.noise]
+        scale = np.repeat(np.asarray(p.scale_weights, np.float64), len(LAYERS))[:, None]
+        self.w1 = (rng.normal(0, p.gain / np.sqrt(n_feat), (n_feat, p.hidden)) * scale
+                   ).astype(np.float32)
+        self.b1 = rng.normal(0, p.bias, p.hidden).astype(np.float32)
+        self.w2 = (rng.normal(0, 1 / np.sqrt(p.hidden), (p.hidden, N_BANDS)) * p.signal
+                   ).astype(np.float32)
+        # uniform noise has variance 1/3: sqrt(3) makes each octave's variance amp²
+        self.w_noise = np.concatenate([
+            rng.normal(0, amp * np.sqrt(3.0 / p.noise_channels), (p.noise_channels, N_BANDS))
+            for _, amp in p.noise]).astype(np.float32)
         shared = rng.normal(0, 1, N_BANDS)
-        self.shared = (shared / np.linalg.norm(shared)).astype(np.float32)
+        self.shared = (p.shared * shared / np.linalg.norm(shared)).astype(np.float32)
 
     def features(self, layers: np.ndarray, halo: int) -> np.ndarray:
-        """Layers and their blurs, cropped by ``halo``: ``(rows, cols, n_features)``."""
-        crop = (slice(halo, layers.shape[1] - halo), slice(halo, layers.shape[2] - halo))
-        feats = [layers[:, crop[0], crop[1]]]
-        for sigma in SIGMAS_PX:
-            blurred = np.stack([blur(layer, sigma) for layer in layers])
-            feats.append(blurred[:, crop[0], crop[1]])
-        return np.moveaxis(np.concatenate(feats), 0, -1)
+        """Layers and their blurs inside ``halo``: ``(n_features, rows, cols)``.
+
+        Each blur only reads the context it needs, so a wide halo costs little.
+        """
+        n, h, w = layers.shape
+        rows, cols = h - 2 * halo, w - 2 * halo
+        out = np.empty((n * (1 + len(SIGMAS_PX)), rows, cols), np.float32)
+        out[:n] = layers[:, halo:halo + rows, halo:halo + cols]
+        for k, sigma in enumerate(SIGMAS_PX, start=1):
+            extra = max(halo - BOX_PASSES * (_box_width(sigma) // 2), 0)
+            inner = halo - extra
+            for i, layer in enumerate(layers[:, extra:h - extra, extra:w - extra]):
+                out[k * n + i] = blur(layer, sigma)[inner:inner + rows, inner:inner + cols]
+        return out
 
     def vectors(self, layers: np.ndarray, *, halo: int, row0: int, col0: int) -> np.ndarray:
         """Unit vectors ``(rows, cols, 64)`` float32 for the window inside ``halo``.
@@ -87,13 +101,18 @@ class Field:
         """
         p = self.params
         f = self.features(np.asarray(layers, np.float32), halo)
-        rows, cols = f.shape[:2]
-        hidden = np.tanh(f.reshape(-1, f.shape[-1]) @ self.w1 + self.b1)
-        v = (hidden @ self.w2).reshape(rows, cols, N_BANDS) * np.float32(p.signal)
-        v += np.float32(p.shared) * self.shared
-        for k, ((spacing, amp), m) in enumerate(zip(p.noise, self.noise_maps, strict=True)):
+        rows, cols = f.shape[1:]
+        hidden = f.reshape(len(f), -1).T @ self.w1  # a transposed view: BLAS, no copy
+        hidden += self.b1
+        np.tanh(hidden, out=hidden)
+        v = hidden @ self.w2
+        v += self.shared
+        c = p.noise_channels
+        noise = np.empty((rows * cols, c * len(p.noise)), np.float32)
+        for k, (spacing, _) in enumerate(p.noise):
             key = (self.seed * 1_000_003 + k) * 0x9E3779B1
-            noise = value_noise(key, spacing, row0, col0, rows, cols, p.noise_channels)
-            v += np.float32(amp * np.sqrt(3.0)) * (noise @ m)  # uniform noise has var 1/3
+            noise[:, k * c:(k + 1) * c] = value_noise(
+                key, spacing, row0, col0, rows, cols, c).reshape(-1, c)
+        v += noise @ self.w_noise
         v /= np.linalg.norm(v, axis=-1, keepdims=True)
-        return v
+        return v.reshape(rows, cols, N_BANDS)

@@ -1,0 +1,228 @@
+"""The offline sample city: layout, round trip, calibration, determinism, POI-blindness."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from aether import aef
+from aether.sample import (
+    SAMPLE_MANIFEST,
+    ensure_sample,
+    render_city,
+    sample_place,
+    sample_report,
+    synthetic_tiles,
+)
+from aether.sample_layers import (
+    AREA_COVER,
+    FUNCTIONAL_LANDUSE,
+    LAYERS,
+    LINE_WIDTH_M,
+    PHYSICAL_KEYS,
+    POI_KEYS,
+    Grid,
+    area_layer,
+    osm_layers,
+    physical_tags,
+    read_osm_features,
+    utm_grid,
+)
+from aether.sample_stats import calibration, reference_stats
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MEDFORD = SHARED_DATA / "alphaearth_2021_h3r8_means_medford.json"
+
+
+@pytest.fixture(scope="module")
+def tile(sample_city) -> str:
+    idx = aef.read_index(sample_city.tiles)
+    assert len(idx) == 1
+    return str(idx.path.iloc[0])
+
+
+@pytest.fixture(scope="module")
+def block(tile):
+    b = aef.read_block(tile)
+    assert b is not None
+    return b
+
+
+def test_sample_place_lookup():
+    place = sample_place("Helsinki")
+    assert place is not None and place.slug == "helsinki" and place.crs == "EPSG:32635"
+    assert sample_place("  HELSINKI ") == place
+    w, s, e, n = place.bbox
+    assert 24.935 <= w < 24.936 and 60.164 <= s < 60.165 and e > 24.953 and n > 60.179
+    assert sample_place("Atlantis") is None
+
+
+def test_tiles_in_public_layout_and_round_trip(sample_city, tile, block):
+    idx = aef.read_index(sample_city.tiles)
+    row = idx.iloc[0]
+    assert row["crs"] == "EPSG:32635" and row["year"] == 2024 and row["utm_zone"] == "35N"
+    rel = Path(tile).relative_to(sample_city.tiles).as_posix()
+    assert re.fullmatch(r"2024/35N/[\w]+-\d{10}-\d{10}\.tiff", rel), rel
+    with rasterio.open(tile) as ds:
+        assert ds.count == 64 and ds.dtypes[0] == "int8" and ds.nodata == aef.NODATA
+        assert list(ds.descriptions) == list(aef.BANDS)
+        t = ds.transform
+        assert t.a == 10.0 and t.e == 10.0  # south-up, like the public COGs
+        assert t.c % 10 == 0 and t.f % 10 == 0  # aligned to multiples of 10 m
+    # decoded unit vectors everywhere (int8 quantisation error only)
+    norms = np.linalg.norm(block.values, axis=-1)
+    assert not np.isnan(block.values).any()
+    assert abs(float(norms.mean()) - 1) < 0.01 and norms.min() > 0.95 and norms.max() < 1.05
+    # the grid covers the extract plus ≥ 300 m, so 200 m buffers of every POI are inside
+    inner = utm_grid(sample_city.place.bbox, "EPSG:32635", 300.0)
+    xmin, ymin, xmax, ymax = block.bounds()
+    assert xmin <= inner.west and ymin <= inner.south and xmax >= inner.east
+    assert ymax >= inner.north
+    assert (row["utm_west"], row["utm_north"]) == (xmin, ymax)
+    # a window read through the south-up transform equals the same part of the whole
+    win = aef.read_block(tile, (xmin + 100, ymin + 200, xmin + 400, ymin + 300))
+    assert win is not None and win.shape == (10, 30)
+    r0 = int((block.y0 - (ymin + 200)) / -block.dy) if block.dy < 0 else int(200 / block.dy)
+    np.testing.assert_array_equal(win.values, block.values[r0:r0 + 10, 10:40])
+
+
+def test_calibration_matches_real_alphaearth(sample_city, block):
+    cal = calibration(block)
+    assert 0.93 <= cal["neighbour_cosine"] <= 0.97, cal
+    assert 0.5 <= cal["random_pair_cosine"] <= 0.7, cal
+    assert 0.86 <= cal["area_norm_median"] <= 0.95, cal
+    assert cal["areas"] > 100
+    assert sample_report(sample_city)["calibration"] == pytest.approx(cal)
+    if MEDFORD.is_file():  # real H3 res-8 (~0.74 km²) means of AlphaEarth 2021
+        real = reference_stats(MEDFORD)
+        assert real["areas"] == 394 and 0.85 < real["area_norm_median"] < 0.95
+        assert abs(cal["area_norm_median"] - real["area_norm_median"]) < 0.04
+
+
+def test_reused_then_rebuilt_identically_when_incomplete(sample_city, tile, tmp_path):
+    manifest = sample_city.tiles.parent / SAMPLE_MANIFEST
+    before = manifest.stat().st_mtime_ns
+    assert ensure_sample(sample_city.tiles.parents[2]) == sample_city
+    assert manifest.stat().st_mtime_ns == before  # reused, not rebuilt
+    # a fresh build with the same seed gives the same bytes; a missing tile is rebuilt
+    fresh = ensure_sample(tmp_path)
+    fresh_tile = fresh.tiles / Path(tile).relative_to(sample_city.tiles)
+    assert fresh_tile.read_bytes() == Path(tile).read_bytes()
+    fresh_tile.unlink()
+    ensure_sample(tmp_path)
+    assert fresh_tile.read_bytes() == Path(tile).read_bytes()
+    assert not [p for p in (tmp_path / "_sample").iterdir() if p.name.startswith(".")]
+
+
+def test_whitelist_excludes_poi_tags_and_functional_landuse():
+    assert not PHYSICAL_KEYS & POI_KEYS
+    pairs = set().union(*AREA_COVER.values()) | set(LINE_WIDTH_M)
+    assert not {k for k, _ in pairs} & POI_KEYS
+    assert not {v for k, v in pairs if k == "landuse"} & FUNCTIONAL_LANDUSE
+    for value in FUNCTIONAL_LANDUSE:
+        assert area_layer(physical_tags({"landuse": value}.items())) is None
+    assert area_layer(physical_tags({"leisure": "park", "amenity": "school"}.items())) is None
+    assert physical_tags({"building": "yes", "shop": "bakery"}.items()) == {"building": "yes"}
+    assert area_layer({"landuse": "grass"}) == "green"
+
+
+def _perturbed_pbf(src: Path, dst: Path) -> Counter:
+    """Drop POI nodes and functional land-use polygons, strip POI tags, tag buildings as POIs.
+
+    Objects that also carry physical form (a named tree, a land-use way that is the outline
+    of a building relation) lose only their POI / land-use tags, not their geometry.
+    """
+    import osmium
+
+    members = {n.ref for w in osmium.FileProcessor(str(src), osmium.osm.WAY) for n in w.nodes}
+    members |= {m.ref for r in osmium.FileProcessor(str(src), osmium.osm.RELATION)
+                for m in r.members}
+    seen: Counter = Counter()
+    with osmium.SimpleWriter(str(dst)) as writer:
+        for o in osmium.FileProcessor(str(src)):
+            tags = dict(o.tags)
+            poi = any(k in POI_KEYS for k in tags)
+            functional = tags.get("landuse") in FUNCTIONAL_LANDUSE
+            physical = physical_tags({k: v for k, v in tags.items() if k != "landuse"}.items())
+            if (poi or functional) and not physical and o.id not in members and not o.is_relation():
+                seen[f"{'land-use' if functional else 'poi'} {o.type_str()} dropped"] += 1
+                continue
+            if poi or functional:
+                tags = {k: v for k, v in tags.items() if k not in POI_KEYS
+                        and not (k == "landuse" and v in FUNCTIONAL_LANDUSE)}
+                seen["tags stripped"] += 1
+            elif "building" in tags:
+                tags.update(amenity="restaurant", shop="bakery", name="Fake")
+                seen["buildings tagged"] += 1
+            writer.add(o.replace(tags=tags))
+    return seen
+
+
+def test_raster_blind_to_pois_and_functional_landuse(sample_city, tmp_path):
+    perturbed = tmp_path / "perturbed.osm.pbf"
+    seen = _perturbed_pbf(sample_city.pbf, perturbed)
+    assert seen["poi n dropped"] > 1000 and seen["land-use w dropped"] > 50
+    assert seen["buildings tagged"] > 100 and seen["tags stripped"] > 50
+    place = sample_city.place
+    original, _ = render_city(sample_city.pbf, place, seed=0)
+    changed, _ = render_city(perturbed, place, seed=0)
+    assert aef.quantize(changed).tobytes() == aef.quantize(original).tobytes()
+
+
+def test_raster_follows_physical_form(sample_city):
+    """Control for the test above: the layers do move when physical form changes."""
+    features = read_osm_features(sample_city.pbf)
+    grid = utm_grid(sample_city.place.bbox, sample_city.place.crs, 320.0)
+    layers = osm_layers(features, grid)
+    no_buildings = osm_layers([f for f in features if f.layer != "building"], grid)
+    b = LAYERS.index("building")
+    assert layers[b].mean() > 0.05 and no_buildings[b].max() == 0
+    assert 0.01 < layers[LAYERS.index("road")].mean() < 0.5
+    fractions = np.delete(layers, LAYERS.index("height"), axis=0)
+    assert layers.min() >= 0 and fractions.max() <= 1
+    height_m = layers[LAYERS.index("height")] * 30
+    assert 10 < height_m.max() < 200  # mean building height over the pixel, in metres
+
+
+def test_synthetic_tiles_seamless_and_reused(tmp_path):
+    kw = dict(crs="EPSG:32648", west=360_000.0, south=140_000.0, width_px=300, height_px=200,
+              seed=3, year=2023)
+    small = synthetic_tiles(tmp_path / "small", tile_px=128, **kw)
+    whole = synthetic_tiles(tmp_path / "whole", tile_px=512, **kw)
+    idx = aef.read_index(small)
+    assert len(idx) == 6 and set(idx["year"]) == {2023} and set(idx["utm_zone"]) == {"48N"}
+    assert (idx.utm_west.min(), idx.utm_south.min()) == (360_000.0, 140_000.0)
+    assert (idx.utm_east.max(), idx.utm_north.max()) == (363_000.0, 142_000.0)
+    ref = aef.read_block(str(aef.read_index(whole).path.iloc[0]))
+    assert ref is not None and ref.shape == (200, 300)
+    for path in idx.path:  # tiles made apart join without seams: same values as one tile
+        part = aef.read_block(path)
+        assert part is not None
+        xmin, ymin, xmax, ymax = part.bounds()
+        same = aef.read_block(str(aef.read_index(whole).path.iloc[0]), (xmin, ymin, xmax, ymax))
+        np.testing.assert_array_equal(part.values, same.values)
+    before = (small / "synthetic.json").stat().st_mtime_ns
+    synthetic_tiles(tmp_path / "small", tile_px=128, **kw)
+    assert (small / "synthetic.json").stat().st_mtime_ns == before
+    cal = calibration(ref)
+    assert 0.9 < cal["neighbour_cosine"] < 0.99
+
+
+def test_grid_keys_noise_by_global_index():
+    g = Grid("EPSG:32648", 360_000.0, 142_000.0, 10, 10)
+    assert (g.row0, g.col0) == (-14_200, 36_000) and g.south == 141_900.0
+
+
+def test_cli_sample_build(cli, sample_city):
+    data = sample_city.tiles.parents[2]
+    res = cli("sample", "build", "--data-dir", str(data))
+    assert res.returncode == 0, res.stderr
+    assert str(sample_city.tiles) in res.stdout and str(sample_city.pbf) in res.stdout
+    assert "aef_index.parquet" in res.stdout and "neighbour cosine 0.9" in res.stdout
+    bad = cli("sample", "build", "--data-dir", str(data), "--year", "1999")
+    assert bad.returncode == 2 and "year 1999" in bad.stderr

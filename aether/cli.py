@@ -361,12 +361,16 @@ def emulator_serve(
     fault_schedule: Annotated[str, typer.Option(help="N:KIND,... by request number")] = "",
     latency: Annotated[float, typer.Option(help="Seconds added to each compute request")] = 0.0,
     export_delay: Annotated[float, typer.Option(help="Seconds an export stays RUNNING")] = 0.0,
+    deny_project: Annotated[list[str] | None, typer.Option(
+        help="Project id refused as not registered for Earth Engine (repeatable)")] = None,
 ) -> None:
     """Serve the emulator on 127.0.0.1 and print its URL (Ctrl-C stops it)."""
     from aether.emulator import Emulator, Faults, serve
 
     faults = Faults.parse(fault_rate, fault_kinds, fault_seed, fault_schedule, latency)
-    server = serve(Emulator(tiles, exports, faults, export_delay), port)
+    emulator = Emulator(tiles, exports, faults, export_delay,
+                        denied_projects=tuple(deny_project or ()))
+    server = serve(emulator, port)
     typer.echo(f"http://127.0.0.1:{server.server_address[1]}", nl=True)
     sys.stdout.flush()
     try:

@@ -158,7 +158,8 @@ def test_loopback_fixture_with_bearer_credentials(ee_server, emulator, sample_ci
 def test_cli_serve_subprocess(sample_city, tmp_path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "aether", "emulator", "serve", "--port", "0", "--tiles",
-         str(sample_city.tiles), "--exports", str(tmp_path / "x"), "--fault-schedule", "1:drop"],
+         str(sample_city.tiles), "--exports", str(tmp_path / "x"), "--fault-schedule", "1:drop",
+         "--deny-project", "no-ee"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()  # type: ignore[union-attr]
@@ -174,6 +175,10 @@ def test_cli_serve_subprocess(sample_city, tmp_path) -> None:
         with urllib.request.urlopen(f"{url}/_emulator/log") as r:
             log = json.load(r)["requests"]
         assert [e["status"] for e in log if e["route"] == "value:compute"] == [200, 0, 200]
+        ee.Reset()
+        ee.deprecation._FetchDataCatalogStac = lambda: {}
+        with pytest.raises(ee.EEException, match="not registered to use Earth Engine"):
+            ee.Initialize(credentials=None, url=url, project="no-ee")
         taken = subprocess.run([sys.executable, "-m", "aether", "emulator", "serve", "--port",
                                 url.rsplit(":", 1)[1]], capture_output=True, text=True,
                                timeout=60)

@@ -37,7 +37,8 @@ RUNNING that long (to poll or cancel it). Exports land in ``<exports>/gcs/<bucke
 or ``<exports>/drive/<folder>/<prefix>.csv`` (``.geojson`` for GeoJSON); the operation's
 ``metadata.destinationUris`` holds the local ``file://`` URI. A ``requestId`` seen before returns
 the same operation (idempotent start). ``toAsset`` keeps the table in memory for
-``ee.FeatureCollection(asset_id)``.
+``ee.FeatureCollection(asset_id)``. ``denied_projects`` (CLI ``--deny-project``) answers 403
+PERMISSION_DENIED "Project ... is not registered to use Earth Engine." for those projects.
 
 Semantics: weighted ``Reducer.mean``/``sum`` through ``aether.zonal`` (buffered points use the
 exact circle kernel in the reduction crs; other regions the exact polygon coverage);

@@ -74,17 +74,21 @@ class Emulator:
 
     ``tiles``: an AEF tile directory or index (``aef.read_index``); ``exports``: the folder
     standing in for Cloud Storage / Drive; ``faults``: what to inject; ``export_delay``:
-    seconds an export stays RUNNING before it writes (room to poll and cancel).
+    seconds an export stays RUNNING before it writes (room to poll and cancel);
+    ``denied_projects``: project ids answered 403 PERMISSION_DENIED, as EE answers projects
+    not registered for Earth Engine.
     """
 
     def __init__(self, tiles: str | os.PathLike[str] | None = None,
                  exports: str | os.PathLike[str] | None = None, faults: Faults | None = None,
-                 export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE) -> None:
+                 export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE,
+                 denied_projects: tuple[str, ...] = ()) -> None:
         self.catalog = Catalog(tiles)
         self.exports = Path(exports) if exports else None
         self.faults = faults or Faults()
         self.export_delay = export_delay
         self.max_page_size = max_page_size
+        self.denied_projects = set(denied_projects)
         self.assets: dict[str, Coll] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []
@@ -125,6 +129,10 @@ class Emulator:
             return error_reply(404, f"Emulator: no route for {method} {path}", "NOT_FOUND")
         project, rest = m["project"], m["rest"]
         entry["route"] = route = re.sub(r"operations/[^/:]+", "operations/{id}", rest)
+        entry["project"] = project
+        if project in self.denied_projects:
+            return error_reply(403, f"Project 'projects/{project}' is not registered to use "
+                               "Earth Engine.", "PERMISSION_DENIED")
         if rest == "algorithms":
             return Reply(200, (_ee_dir() / "tests" / "algorithms.json").read_bytes())
         if route in ("operations/{id}", "operations/{id}:cancel", "operations/{id}:wait"):

@@ -104,7 +104,7 @@ def extract(
                           "[default gs://BUCKET; needed for Drive]"),
     ] = None,
     ee_batch: Annotated[
-        int | None, typer.Option(help="Features per Earth Engine request [default 500]")
+        int | None, typer.Option(help="Features per Earth Engine request [default 1000]")
     ] = None,
     ee_concurrency: Annotated[
         int | None, typer.Option(help="Earth Engine requests in flight [default 8]")

@@ -113,6 +113,23 @@ def test_faults_on_30_percent_of_requests_change_nothing(ee_server, emulator, su
     assert _routes(emulator, "table:computeFeatures") > 2 * n_clean
 
 
+def test_pois_outside_coverage_keep_nan_rows(ee_server, subset, tmp_path, reset_ee):
+    from shapely.geometry import Point
+
+    pois = gpd.read_parquet(subset).head(4)
+    far = gpd.GeoDataFrame({"poi_id": ["x:far"]}, geometry=[Point(25.6, 60.4)], crs="EPSG:4326")
+    both = pd.concat([pois[["poi_id", "geometry"]], far], ignore_index=True)
+    out = _source(tmp_path / "w", ee_server).point_means(both, [100.0, 200.0], 2024)
+    assert len(out) == 10 and set(out["poi_id"]) == set(both["poi_id"])
+    away = out[out["poi_id"] == "x:far"]
+    assert away[list(BANDS)].isna().all().all()
+    assert (away["valid_fraction"] == 0).all() and (away["weight"] == 0).all()
+    near = out[out["poi_id"] != "x:far"]
+    assert np.allclose(near["valid_fraction"], 1.0, atol=1e-5)
+    assert np.allclose(near["norm"], np.linalg.norm(near[list(BANDS)].to_numpy(), axis=1),
+                       atol=1e-5)
+
+
 def _wait_for(pred, timeout: float = 60.0) -> None:
     t0 = time.monotonic()
     while not pred():
@@ -200,7 +217,7 @@ def _far_away(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["no_credentials", "no_ee_access", "unknown_year",
+@pytest.mark.parametrize("case", ["no_credentials", "bad_key", "no_ee_access", "unknown_year",
                                   "outside_coverage", "unwritable_export"])
 def test_bad_input_one_line_exit_2_nothing_written(case, sample_city, subset, tmp_path):
     emu = NoEarthEngineProject(tiles=sample_city.tiles, exports=tmp_path / "exports")
@@ -212,6 +229,8 @@ def test_bad_input_one_line_exit_2_nothing_written(case, sample_city, subset, tm
         cmd, expect = {
             "no_credentials": ([a for a in base if a not in ("--ee-url", url)],
                                "earthengine authenticate"),
+            "bad_key": ([*base, "--ee-credentials", str(subset)],
+                        "cannot read a service-account key"),
             "no_ee_access": (_extract(data, url, "--offline", "--pois", str(subset),
                                       "--city", "bad", project="no-ee"),
                              "cannot use Earth Engine"),

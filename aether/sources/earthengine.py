@@ -55,16 +55,17 @@ from aether.tables import poi_embeddings_frame, read_json, write_json
 if TYPE_CHECKING:
     import geopandas as gpd
 
-#: Features per reduceRegions request: large enough to amortise latency, small enough to
-#: stay well under EE's interactive limits (payload, 5 min) with a 200 m buffer.
-DEFAULT_BATCH = 500
+#: Features per reduceRegions request: one computeFeatures page (EE's default page size),
+#: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
+#: timeouts split it further.
+DEFAULT_BATCH = 1000
 #: Parallel requests in flight (EE's default per-project quota is ~40 concurrent requests).
 DEFAULT_CONCURRENCY = 8
 #: Rows per computeFeatures page.
 PAGE_SIZE = 1000
 VALID_BAND = "valid"
 SCALE_M = 10.0
-#: Seconds between polls of an Export task.
+#: Longest wait between polls of an Export task (polls start at 0.2 s and grow by 1.5×).
 DEFAULT_POLL_S = 5.0
 #: Times a FAILED export of one batch is started again before giving up.
 EXPORT_RESTARTS = 3
@@ -260,6 +261,7 @@ class EarthEngineSource:
         import ee
 
         name = self._ensure_task(batch, tasks, export, year)
+        polls = 0
         while True:
             op = self._call(lambda n=name: ee.data.getOperation(n))
             state = (op.get("metadata") or {}).get("state", "")
@@ -272,7 +274,8 @@ class EarthEngineSource:
                                            "see the task in the Earth Engine console")
                 name = self._ensure_task(batch, tasks, export, year, restart=True)
                 continue
-            time.sleep(self.poll_s)
+            time.sleep(min(self.poll_s, 0.2 * 1.5**polls))  # quick tasks are seen quickly
+            polls += 1
         table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
         return _rows_from_table(table, batch.items, year)
 

@@ -22,7 +22,6 @@ import pytest
 
 from aether.aef import BANDS
 from aether.emulator import Emulator, Faults, running
-from aether.emulator.server import error_reply
 from aether.sources import get_source
 from aether.tables import POI_EMBEDDING_COLUMNS, sort_poi_embeddings
 
@@ -196,16 +195,6 @@ def test_export_tasks_survive_sigkill_and_are_never_started_twice(ee_server, emu
     assert "operation" in book.read_text() and "token" not in book.read_text().lower()
 
 
-class NoEarthEngineProject(Emulator):
-    """The emulator, refusing one project as Earth Engine refuses unregistered ones."""
-
-    def _dispatch(self, method, path, query, body, entry):
-        if "/projects/no-ee/" in path:
-            return error_reply(403, "Project 'projects/no-ee' is not registered to use Earth "
-                               "Engine.", "PERMISSION_DENIED")
-        return super()._dispatch(method, path, query, body, entry)
-
-
 def _far_away(tmp_path: Path) -> Path:
     from shapely.geometry import Point
 
@@ -220,7 +209,8 @@ def _far_away(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["no_credentials", "bad_key", "no_ee_access", "unknown_year",
                                   "outside_coverage", "unwritable_export"])
 def test_bad_input_one_line_exit_2_nothing_written(case, sample_city, subset, tmp_path):
-    emu = NoEarthEngineProject(tiles=sample_city.tiles, exports=tmp_path / "exports")
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports",
+                   denied_projects=("no-ee",))
     data = tmp_path / "data"
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)

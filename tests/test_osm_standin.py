@@ -89,3 +89,52 @@ def test_standin_rejects_other_queries(osm_standin):
     assert r.status_code == 400
     assert requests.get(f"{osm_standin.overpass_url}/status", timeout=10).text.split("\n")[4] \
         .startswith("2 slots available")
+
+
+def test_cli_extract_through_osmnx_equals_pbf(osm_env, cli, sample_city, helsinki, helsinki_pbf,
+                                              tmp_path):
+    """`aether extract --city Helsinki --source cog --tiles ...` without --offline: the place
+    and POIs come through osmnx from the stand-in, and match the pbf: source."""
+    import geopandas as gpd
+    import pandas as pd
+
+    env = osm_env.environment(tmp_path / "cli-cache")
+    data = tmp_path / "data"
+    res = cli("extract", "--city", "Helsinki", "--source", "cog", "--tiles",
+              str(sample_city.tiles), "--data-dir", str(data), env=env)
+    assert res.returncode == 0, res.stderr
+    out = data / "helsinki" / "2024"
+    pois = gpd.read_parquet(out / "pois.parquet")
+    pbf = load_pois(f"pbf:{helsinki_pbf}", helsinki)
+    assert list(pois["poi_id"]) == list(pbf["poi_id"])
+    assert list(pois["category"]) == list(pbf["category"])
+    assert list(pois["top_category"]) == list(pbf["top_category"])
+    emb = pd.read_parquet(out / "poi_embeddings.parquet")
+    assert len(emb) == 2 * len(pois)
+
+
+def test_cli_overpass_failure_leaves_nothing(osm_env, cli, sample_city, tmp_path):
+    env = {**osm_env.environment(tmp_path / "cli-cache"), "AETHER_OSM_BACKOFF_S": "0.05"}
+    osm_env.inject("504", times=RETRIES + 1)
+    data = tmp_path / "data"
+    res = cli("extract", "--city", "Helsinki", "--source", "cog", "--tiles",
+              str(sample_city.tiles), "--data-dir", str(data), env=env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Overpass failed 5 times: HTTP 504" in lines[0]
+    assert not (data / "helsinki").exists()
+
+
+# every other bad place is checked at library level (test_places.py); the CLI maps them alike
+@pytest.mark.parametrize(("args", "message"), [
+    (["--city", "Vuohi"], "'Vuohi' is ambiguous: 1) Vuohi [W33505710"),
+    (["--bbox", "24.96,60.16,24.93,60.18"], "has W >= E"),
+])
+def test_cli_bad_places(osm_env, cli, sample_city, tmp_path, args, message):
+    env = osm_env.environment(tmp_path / "cli-cache")
+    res = cli("extract", *args, "--source", "cog", "--tiles", str(sample_city.tiles),
+              "--data-dir", str(tmp_path / "data"), env=env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))

@@ -13,13 +13,14 @@ raster over any extent from procedural layers, tile by tile, for scale work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from aether.aef import INDEX_NAME, utm_zone_label
 from aether.config import DEFAULT_YEAR, check_year
 from aether.errors import ConfigError
 from aether.places import Place, slugify
+
+if TYPE_CHECKING:
+    from aether.sample_layers import Grid
 
 #: Bump when the generator's output changes: older samples are rebuilt.
 SAMPLE_VERSION = 3
@@ -95,7 +99,7 @@ def tile_path(root: Path, year: int, crs: str, image_id: str, yoff: int, xoff: i
     return root / str(year) / zone / f"{image_id}-{yoff:010d}-{xoff:010d}.tiff"
 
 
-def render_city(pbf: str | Path, place: Place, seed: int) -> tuple[np.ndarray, Any]:
+def render_city(pbf: str | Path, place: Place, seed: int) -> tuple[np.ndarray, Grid]:
     """Unit vectors ``(rows, cols, 64)`` of a city's grid and the grid, from its PBF."""
     from aether.sample_field import Field
     from aether.sample_layers import osm_layers, read_osm_features, utm_grid
@@ -134,9 +138,14 @@ def ensure_sample(data_dir: str | os.PathLike[str], *, seed: int = 0,
         return city
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{place.slug}.", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the sample is shared data
     try:
         _build(tmp, place, pbf, seed=seed, year=year, manifest=want)
-        _swap_in(tmp, root)
+        try:
+            _swap_in(tmp, root)
+        except OSError:  # another process swapped its build in first: fine if it is ours
+            if not _manifest_ok(root, want):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return city
@@ -147,7 +156,8 @@ def _swap_in(tmp: Path, root: Path) -> None:
     old = None
     if root.exists():
         old = root.with_name(f".{root.name}.old.{os.getpid()}.{time.monotonic_ns()}")
-        os.replace(root, old)
+        with contextlib.suppress(FileNotFoundError):  # moved away by a concurrent build
+            os.replace(root, old)
     os.replace(tmp, root)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def place_from_polygon(name: str, boundary: Any, slug: str | None = None) -> Pla
                  crs=f"EPSG:{utm_epsg(c.x, c.y)}")
 
 
-MAX_AREA_KM2 = 2_500.0  # larger places ask for --yes (Overpass and the embedding sources slow)
+MAX_AREA_KM2 = 2_500.0  # larger places ask for --yes (env AETHER_MAX_AREA_KM2 changes it)
 AMBIGUITY_MARGIN = 0.05  # polygon results this close in Nominatim importance are ambiguous
 _OSM_ID = re.compile(r"^[NWR]\d+$")
 
@@ -67,7 +68,7 @@ def resolve_place(
     bbox: str | tuple[float, float, float, float] | None = None,
     boundary: str | Path | None = None,
     which_result: int | None = None,
-    max_area_km2: float = MAX_AREA_KM2,
+    max_area_km2: float | None = None,
     yes: bool = False,
 ) -> Place:
     """A name, OSM id, bbox or boundary file → Place; PlaceError for every way it can fail.
@@ -95,6 +96,8 @@ def resolve_place(
         raise PlaceError("no place given", "use --city NAME, --osm-id R123, --bbox W,S,E,N "
                                            "or --boundary FILE")
     area = place.area_km2
+    if max_area_km2 is None:
+        max_area_km2 = float(os.environ.get("AETHER_MAX_AREA_KM2") or MAX_AREA_KM2)
     if area > max_area_km2 and not yes:
         raise PlaceError(f"{place.name} covers {area:,.0f} km², above the limit of "
                          f"{max_area_km2:,.0f} km²",

@@ -45,12 +45,14 @@ def test_bad_bbox(bbox, match):
         parse_bbox(bbox)
 
 
-def test_area_limit_asks_for_yes():
+def test_area_limit_asks_for_yes(monkeypatch):
     big = "20,55,30,65"
     err = fails(f"above the limit of {MAX_AREA_KM2:,.0f}", bbox=big)
     assert "--yes" in err.hint
     assert resolve_place(bbox=big, yes=True).area_km2 > MAX_AREA_KM2
     fails("above the limit of 1 km", bbox="24.93,60.16,24.96,60.18", max_area_km2=1)
+    monkeypatch.setenv("AETHER_MAX_AREA_KM2", "2")
+    fails("above the limit of 2 km", bbox="24.93,60.16,24.96,60.18")
 
 
 def test_boundary_file(tmp_path):

@@ -206,35 +206,39 @@ def _far_away(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["no_credentials", "bad_key", "no_ee_access", "unknown_year",
-                                  "outside_coverage", "unwritable_export"])
-def test_bad_input_one_line_exit_2_nothing_written(case, sample_city, subset, tmp_path):
+def test_bad_inputs_one_line_exit_2_nothing_written(sample_city, subset, tmp_path):
+    """Each bad input as a real CLI run (run side by side to save time)."""
     emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports",
                    denied_projects=("no-ee",))
-    data = tmp_path / "data"
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    far = _far_away(tmp_path)
     with running(emu) as url:
-        base = _extract(data, url, "--offline", "--pois", str(subset), "--city", "bad")
-        cmd, expect = {
-            "no_credentials": ([a for a in base if a not in ("--ee-url", url)],
+        def cmd(case: str, *extra: str, pois: Path = subset, project: str = "demo") -> list[str]:
+            return _extract(tmp_path / case, url, "--offline", "--pois", str(pois), "--city",
+                            "bad", *extra, project=project)
+
+        cases = {
+            "no_credentials": ([a for a in cmd("no_credentials") if a not in ("--ee-url", url)],
                                "earthengine authenticate"),
-            "bad_key": ([*base, "--ee-credentials", str(subset)],
+            "bad_key": (cmd("bad_key", "--ee-credentials", str(subset)),
                         "cannot read a service-account key"),
-            "no_ee_access": (_extract(data, url, "--offline", "--pois", str(subset),
-                                      "--city", "bad", project="no-ee"),
-                             "cannot use Earth Engine"),
-            "unknown_year": ([*base, "--year", "2019"], "years available: 2024"),
-            "outside_coverage": (_extract(data, url, "--offline", "--pois",
-                                          str(_far_away(tmp_path)), "--city", "bad"),
+            "no_ee_access": (cmd("no_ee_access", project="no-ee"), "cannot use Earth Engine"),
+            "unknown_year": (cmd("unknown_year", "--year", "2019"), "years available: 2024"),
+            "outside_coverage": (cmd("outside_coverage", pois=far),
                                  "outside the dataset's coverage"),
-            "unwritable_export": ([*base, "--export", "gcs://bucket/p", "--export-read",
-                                   f"file://{subset}/not-a-dir"], "cannot be written"),
-        }[case]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and expect in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
-    written = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
-    assert written == [], written
+            "unwritable_export": (cmd("unwritable_export", "--export", "gcs://bucket/p",
+                                      "--export-read", f"file://{subset}/not-a-dir"),
+                                  "cannot be written"),
+        }
+        procs = {case: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env) for case, (c, _) in cases.items()}
+        results = {case: (p.communicate(timeout=180), p.returncode) for case, p in procs.items()}
+    for case, ((_, err), code) in results.items():
+        expect = cases[case][1]
+        lines = err.strip().splitlines()
+        assert code == 2, (case, err)
+        assert len(lines) == 1 and expect in lines[0], (case, err)
+        data = tmp_path / case
+        written = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+        assert written == [], (case, written)

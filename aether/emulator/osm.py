@@ -159,7 +159,7 @@ def _result(kind: str, oid: int, tags: dict[str, str], geom: Any, importance: fl
     point = geom.representative_point()
     cls = "boundary" if "boundary" in tags else "place"
     return {
-        "place_id": abs(hash((kind, oid))) % 10**9, "licence": LICENCE,
+        "place_id": oid * 3 + ("node", "way", "relation").index(kind), "licence": LICENCE,
         "osm_type": kind, "osm_id": oid, "lat": f"{point.y:.7f}", "lon": f"{point.x:.7f}",
         "class": cls, "type": tags.get(cls, "yes"), "place_rank": 16,
         "importance": importance, "addresstype": tags.get("place", cls),

@@ -36,9 +36,10 @@ def _elements(path: Path) -> Any:
 
     keys = load_taxonomy().keys
     factory = osmium.geom.WKBFactory()
-    for obj in osmium.FileProcessor(str(path)).with_areas():
-        if not any(k in obj.tags for k in keys):
-            continue
+    # node locations are stored before the key filter runs, so filtered ways keep them
+    reader = osmium.FileProcessor(str(path)).with_areas().with_filter(
+        osmium.filter.KeyFilter(*keys))
+    for obj in reader:
         tags = dict(obj.tags)
         if obj.is_node():
             if obj.location.valid():

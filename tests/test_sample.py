@@ -18,6 +18,7 @@ from aether.sample import (
     sample_place,
     sample_report,
     synthetic_tiles,
+    synthetic_tiles_for_bbox,
 )
 from aether.sample_layers import (
     AREA_COVER,
@@ -211,6 +212,19 @@ def test_synthetic_tiles_seamless_and_reused(tmp_path):
     assert (small / "synthetic.json").stat().st_mtime_ns == before
     cal = calibration(ref)
     assert 0.9 < cal["neighbour_cosine"] < 0.99
+
+
+def test_synthetic_tiles_for_a_bbox(tmp_path):
+    bbox = (103.80, 1.28, 103.81, 1.29)  # a corner of Singapore, in UTM 48N
+    out = synthetic_tiles_for_bbox(tmp_path, bbox, margin_m=200.0, seed=1)
+    idx = aef.read_index(out)
+    assert list(idx["crs"]) == ["EPSG:32648"] and list(idx["year"]) == [2024]
+    inner = utm_grid(bbox, "EPSG:32648", 200.0)
+    assert (idx.utm_west[0], idx.utm_south[0]) == (inner.west, inner.south)
+    assert (idx.utm_east[0], idx.utm_north[0]) == (inner.east, inner.north)
+    w, s, e, n = bbox
+    assert idx.wgs84_west[0] < w and idx.wgs84_south[0] < s
+    assert idx.wgs84_east[0] > e and idx.wgs84_north[0] > n
 
 
 def test_grid_keys_noise_by_global_index():

@@ -200,6 +200,29 @@ def grid(
     typer.echo(f"{n} cells — {path}")
 
 
+@app.command("run")
+def run_cmd(
+    runfile: Annotated[Path, typer.Argument(help="Run file (YAML), e.g. pipelines/cities.yaml")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Do a run file's cities × years × steps once: skip what is done, redo what changed."""
+    from rich.console import Console
+
+    from aether.runs import DONE, FAILED, UP_TO_DATE, execute, summary_table
+
+    report = execute(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
+    Console(width=120).print(summary_table(report))
+    n = len(report.tasks)
+    if report.nothing_to_do:
+        typer.echo(f"nothing to do: all {n} tasks up to date")
+    else:
+        typer.echo(f"{report.count(DONE)} done, {report.count(UP_TO_DATE)} up to date, "
+                   f"{report.count(FAILED)} failed, of {n} tasks")
+    typer.echo(f"  report: {report.path}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
 CityOpt = Annotated[str, typer.Option("--city", "-c", help="City name (as extracted)")]
 ModelOpt = Annotated[
     list[str] | None,
@@ -384,7 +407,9 @@ def emulator_serve(
 def main() -> None:
     """Console entry point: run the app, mapping typed errors to exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except AetherError as e:
         print(f"aether: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

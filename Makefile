@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup system demo test lint docs bench clean
+.PHONY: setup system ee-scripts demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,13 +24,19 @@ system:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium for the browser tests (sudo apt-get install chromium)"; fi; }
 
+# The @google/earthengine npm client for tests/test_ee_script.py (npm registry only).
+ee_scripts/node_modules/.package-lock.json: ee_scripts/package-lock.json
+	cd ee_scripts && npm ci --no-audit --no-fund
+
+ee-scripts: ee_scripts/node_modules/.package-lock.json
+
 demo: setup
 	$(BIN)/aether demo
 
 lint: setup
 	$(BIN)/ruff check aether tests pipelines
 
-test: setup system lint
+test: setup system ee-scripts lint
 	$(BIN)/pytest -q
 
 bench: setup

@@ -146,7 +146,8 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
     from aether.config import data_dir as resolve_data_dir
 
     run = load_run_file(run_file)
-    root = resolve_data_dir(data_dir or run.data_dir)
+    # --data-dir, then AETHER_DATA_DIR, then the run file's data_dir
+    root = resolve_data_dir(data_dir or os.environ.get("AETHER_DATA_DIR") or run.data_dir)
     cities = plan(run)
     with run_lock(root):
         _hook("locked")

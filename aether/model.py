@@ -109,16 +109,23 @@ def aether_losses(
 
 
 @torch.no_grad()
-def retrieval_ranks(queries: Tensor, keys: Tensor, chunk: int = 2048) -> Tensor:
+def retrieval_ranks(
+    queries: Tensor, keys: Tensor, groups: Tensor | None = None, chunk: int = 2048
+) -> Tensor:
     """Rank (1 = best) of key i for query i by cosine, in chunks so N×N never materialises.
 
-    Ties with the true key count in its favour (identical vectors are indistinguishable).
+    With ``groups`` any key of query i's group counts as a hit (e.g. the same text). Ties with
+    the true key count in its favour (identical vectors are indistinguishable).
     """
     ranks = torch.empty(len(queries), dtype=torch.long)
     for s in range(0, len(queries), chunk):
         q = queries[s:s + chunk]
         sims = q @ keys.T
-        true = (q * keys[s:s + chunk]).sum(1, keepdim=True)
+        if groups is None:
+            true = (q * keys[s:s + chunk]).sum(1, keepdim=True)
+        else:
+            hit = groups[s:s + chunk, None] == groups[None, :]
+            true = sims.masked_fill(~hit, -2.0).amax(1, keepdim=True)
         ranks[s:s + chunk] = (sims > true + 1e-6).sum(1).cpu() + 1
     return ranks
 

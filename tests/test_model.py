@@ -127,6 +127,7 @@ def test_retrieval_ranks():
     queries = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [0, 0.2, 0.1, 0]])
     queries = torch.nn.functional.normalize(queries, dim=1)
     ranks = retrieval_ranks(queries, keys, chunk=3)
+    assert retrieval_ranks(queries, keys, torch.tensor([0, 1, 2, 1])).tolist() == [1, 2, 1, 1]
     assert ranks.tolist() == [1, 2, 1, 3]  # the tie with key 0 counts for the true key
     r = recall_at(ranks, (1, 2))
     assert r == {"recall@1": 0.5, "recall@2": 0.75, "mrr": pytest.approx((1 + 0.5 + 1 + 1 / 3) / 4)}

@@ -43,14 +43,14 @@ def _colours(scores: np.ndarray) -> tuple[list[str | None], float, float]:
     return [to_hex(cmap(v)) if np.isfinite(v) else None for v in t], lo, hi
 
 
-def _legend(lo: float, hi: float, left: float) -> str:
+def _legend(lo: float, hi: float, right: float) -> str:
     import matplotlib
     from matplotlib.colors import to_hex
 
     stops = ", ".join(to_hex(matplotlib.colormaps[CMAP](v)) for v in np.linspace(0, 1, 6))
     return (
-        '<div class="aether-legend" style="position:absolute;z-index:1000;bottom:28px;'
-        f'left:calc({left}% + 10px);background:rgba(255,255,255,.9);padding:6px 8px;'
+        '<div class="aether-legend" style="position:absolute;z-index:1000;top:8px;'
+        f'right:calc({right}% + 10px);background:rgba(255,255,255,.9);padding:6px 8px;'
         'font:12px sans-serif;border-radius:4px">'
         "<b>cosine similarity</b>"
         f'<div style="width:160px;height:12px;background:linear-gradient(to right,{stops})">'
@@ -77,7 +77,7 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
     fig.header.add_child(Element(f"<script>{_asset('leaflet.js')}</script>"), name="leaflet_js")
     w, s, e, n = index.grid.total_bounds
     width = 100.0 / len(results)
-    credit = f"{OSM_CREDIT} | {AEF_CREDIT}"
+    credit = AEF_CREDIT if tiles else f"{OSM_CREDIT} | {AEF_CREDIT}"  # tiles credit OSM
     for i, res in enumerate(results):
         m = OfflineMap(location=[(s + n) / 2, (w + e) / 2], tiles=None, width=f"{width}%",
                        height="100%", left=f"{i * width}%", top="0%", position="absolute",
@@ -100,40 +100,42 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
                            f"{p['distance_m']:.0f} m)</li>" for p in row.nearest_pois)
             popup = (f"<b>#{row.rank}</b> score {row.score:.3f}<br>cell {row.cell_id}"
                      f"<br>nearest POIs:<ul>{pois}</ul>")
-            folium.CircleMarker([row.lat, row.lon], radius=7, color="#08306b", weight=2,
-                                fill=True, fill_color="#2171b5", fill_opacity=0.9,
-                                popup=folium.Popup(popup, max_width=300),
-                                tooltip=f"#{row.rank} {row.score:.3f}").add_to(m)
+            marker = folium.CircleMarker([row.lat, row.lon], radius=7, color="#08306b",
+                                         weight=2, fill=True, fill_color="#2171b5",
+                                         fill_opacity=0.9, tooltip=f"#{row.rank} {row.score:.3f}")
+            marker.add_child(_call("bindPopup", popup)).add_to(m)
         title = (f'<div style="position:absolute;z-index:1000;top:8px;'
                  f'left:calc({i * width}% + 50px);'
                  f'background:rgba(255,255,255,.9);padding:4px 8px;font:bold 14px sans-serif;'
                  f'border-radius:4px">{html.escape(res.query)}</div>')
-        m.add_child(_attribution(credit))
+        m.add_child(_call("attributionControl.addAttribution", credit))
         fig.add_child(m)
-        fig.html.add_child(Element(title + _legend(lo, hi, i * width)))
+        fig.html.add_child(Element(title + _legend(lo, hi, 100 - (i + 1) * width)))
     with atomic_path(path) as tmp:
         fig.save(str(tmp))
+    path.chmod(0o644)  # a page to open and share, not a private temp file
     return path
 
 
-def _attribution(text: str) -> Any:
-    """Both data credits in the map's attribution control (shown with or without tiles)."""
+def _call(method: str, arg: str) -> Any:
+    """A script line ``<parent>.<method>(<arg as a JS string>)``: folium's own Popup needs
+    jQuery from a CDN, and the attribution control has no folium element."""
     import json
 
     from branca.element import MacroElement
     from jinja2 import Template
 
-    class Attribution(MacroElement):
+    class Call(MacroElement):
         _template = Template(
             "{% macro script(this, kwargs) %}"
-            "{{ this._parent.get_name() }}.attributionControl.addAttribution({{ this.text }});"
+            "{{ this._parent.get_name() }}.{{ this.method }}({{ this.arg }});"
             "{% endmacro %}")
 
         def __init__(self) -> None:
             super().__init__()
-            self.text = json.dumps(text)
+            self.method, self.arg = method, json.dumps(arg)
 
-    return Attribution()
+    return Call()
 
 
 def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
@@ -148,7 +150,8 @@ def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 6), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
         ok = np.isfinite(res.scores)
-        cells[~ok].plot(ax=ax, color="#dddddd", linewidth=0)
+        if not ok.all():
+            cells[~ok].plot(ax=ax, color="#dddddd", linewidth=0)
         cells[ok].assign(score=res.scores[ok]).plot(ax=ax, column="score", cmap=CMAP,
                                                     linewidth=0, legend=True,
                                                     legend_kwds={"shrink": 0.6,
@@ -164,4 +167,5 @@ def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    path.chmod(0o644)
     return path

@@ -46,6 +46,19 @@ def fit_predict(
 ) -> np.ndarray:
     """Train one probe; return test predictions (class ids, distributions or values)."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: thread hand-offs cost more than they save
+    try:
+        return _fit_predict(kind, probe, x_train, y_train, x_test, seed, settings, n_classes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_predict(kind: str, probe: str, x_train: np.ndarray, y_train: np.ndarray,
+                 x_test: np.ndarray, seed: int, settings: ProbeSettings,
+                 n_classes: int | None) -> np.ndarray:
+    import torch
     from torch import nn
 
     rng = np.random.default_rng(seed)

@@ -80,7 +80,7 @@ def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_poi
     q = apply_text(run, queries, cache_path)
     sims = index.vectors @ q.T  # NaN rows (masked cells) stay NaN
     tree = cKDTree(np.column_stack([index.pois["x"], index.pois["y"]]))
-    centres = index.grid.geometry.centroid
+    centres = index.grid.geometry.to_crs(index.crs).centroid.to_crs("EPSG:4326")
     out = []
     for j, text in enumerate(queries):
         s = sims[:, j]

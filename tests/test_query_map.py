@@ -1,0 +1,108 @@
+"""query: text → scored grid → self-contained HTML map that a real headless Chromium draws.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``); skipped with that reason if it
+is absent.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def query_out(sample_runs, cli, tmp_path_factory):
+    city_dir, names, data_root = sample_runs
+    stem = tmp_path_factory.mktemp("maps") / "q"
+    r = cli("query", "coffee shop", "late-night bars and live music", "--city", "Helsinki",
+            "--model", names[1], "--k", "8", "--out", str(stem), "--data-dir", str(data_root))
+    assert r.returncode == 0, r.stderr
+    return r, stem
+
+
+def test_query_prints_topk_and_writes_both_maps(query_out) -> None:
+    r, stem = query_out
+    assert r.stdout.count("'coffee shop'") == 1
+    ranks = re.findall(r"^\s+(\d+)\. (-?\d\.\d{3})", r.stdout, flags=re.M)
+    assert len(ranks) == 16
+    scores = [float(s) for _, s in ranks[:8]]
+    assert scores == sorted(scores, reverse=True)
+    html = stem.with_suffix(".html").read_text()
+    png = stem.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # self-contained: no external script or style sheet (tiles are optional imagery only)
+    assert not re.search(r"<script[^>]+src=", html)
+    assert not re.search(r"<link[^>]+href=", html)
+    assert "Leaflet 1.9.4" in html and "$(" not in html
+    assert "OpenStreetMap contributors" in html
+    assert "produced by Google and Google DeepMind" in html
+
+
+def _chromium(html_path, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=8000", *args, html_path.as_uri()],
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_map_renders_in_headless_chromium(query_out, tmp_path) -> None:
+    from PIL import Image
+
+    _, stem = query_out
+    shot = tmp_path / "shot.png"
+    _chromium(stem.with_suffix(".html"), tmp_path, f"--screenshot={shot}",
+              "--window-size=1400,800")
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # not blank
+    heat = (r > 180) & (b < 140) & (r - b > 80) & (g > 20)  # YlOrRd: yellow → red
+    assert heat.mean() > 0.05
+    reds = (r > 150) & (g < 90) & (b < 90)  # the hot end of the scale is drawn too
+    assert reds.sum() > 200
+    markers = (b > 150) & (r < 90) & (g > 80) & (g < 150)  # top-k circles (#2171b5)
+    assert markers.sum() > 50
+    # both maps drawn side by side: heat on the left and on the right half
+    half = heat.shape[1] // 2
+    assert heat[:, :half].mean() > 0.03 and heat[:, half:].mean() > 0.03
+    dom = _chromium(stem.with_suffix(".html"), tmp_path, "--dump-dom").stdout
+    assert dom.count('class="aether-legend"') == 2
+    assert dom.count("<canvas") == 2  # cells and markers are drawn on one canvas per map
+    attribution = re.findall(r'leaflet-control-attribution[^>]*>(.*?)</div>', dom, flags=re.S)
+    assert attribution and "Google DeepMind" in attribution[0]
+    assert "OpenStreetMap contributors" in attribution[0]
+
+
+def test_category_hit_rates_are_well_formed(sample_runs) -> None:
+    from aether.demo import category_queries
+    from aether.encode import load_run
+    from aether.search import hit_rates, load_index
+
+    city_dir, names, _ = sample_runs
+    run = load_run(city_dir, names[1], slug="helsinki", year=2024)
+    index = load_index(city_dir, run, 50.0)
+    queries = category_queries()
+    hits = hit_rates(city_dir, run, index, queries, k=10)
+    assert list(hits["query"]) == list(queries)
+    pois = pd.read_parquet(city_dir / "pois.parquet")
+    cafe = hits.set_index("query").loc["coffee shop"]
+    assert cafe["n_pois"] == (pois["category"] == "cafe").sum() > 20
+    assert 0 < cafe["cell_chance"] < 1 and 0 <= cafe["cell_hit@10"] <= 1
+    assert abs(cafe["poi_chance"] - (pois["category"] == "cafe").mean()) < 0.01
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_query_is_one_line_exit_2(sample_runs, cli, text) -> None:
+    _, _, data_root = sample_runs
+    r = cli("query", text, "--city", "Helsinki", "--data-dir", str(data_root))
+    assert r.returncode == 2
+    assert "query is empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -129,6 +129,18 @@ def test_pois_outside_coverage_keep_nan_rows(ee_server, subset, tmp_path, reset_
                        atol=1e-5)
 
 
+def test_drive_export_reads_back_through_fsspec(ee_server, emulator, subset, tmp_path,
+                                                reset_ee):
+    pois = tmp_path / "few.parquet"
+    gpd.read_parquet(subset).head(15).to_parquet(pois)
+    ref = _means(_source(tmp_path / "ref", ee_server), pois)
+    src = _source(tmp_path / "w", ee_server, ee_batch=10, export="drive://aether_out",
+                  export_read=f"file://{emulator.exports}/drive/aether_out")
+    pd.testing.assert_frame_equal(_means(src, pois), ref)
+    assert _routes(emulator, "table:export") == 3
+    assert len(list((emulator.exports / "drive" / "aether_out").glob("*.csv"))) == 3
+
+
 def _wait_for(pred, timeout: float = 60.0) -> None:
     t0 = time.monotonic()
     while not pred():

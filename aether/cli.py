@@ -332,12 +332,16 @@ def query(
 def demo(
     data_dir: DataDirOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs [presets: 100]")] = None,
+    seeds: Annotated[int, typer.Option(help="Evaluation seeds (of 42, 24, 7, 0, 100)")] = 5,
 ) -> None:
     """The whole chain on the offline sample city; prints where each output is."""
     from aether.config import data_dir as resolve_data_dir
     from aether.demo import run_demo
+    from aether.errors import InputError
 
-    res = run_demo(resolve_data_dir(data_dir), epochs=epochs,
+    if not 1 <= seeds <= 5:
+        raise InputError(f"--seeds {seeds}", "use 1 to 5")
+    res = run_demo(resolve_data_dir(data_dir), epochs=epochs, seeds=seeds,
                    say=lambda s: typer.echo(f"· {s}", err=True))
     for text in res.tables.values():
         typer.echo(text + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aether.encode import Run, encode_city, load_run
+from aether.probes import SEEDS
 from aether.tasks import TASKS_DIR, load_task
 from aether.text import TEXT_EMBEDDINGS_FILE
 
@@ -54,9 +55,9 @@ def write_landuse_labels(pbf: Path, out: Path) -> Path:
     return write_parquet(lu[["landuse", "geometry"]].reset_index(drop=True), out)
 
 
-def run_demo(data_dir: Path, *, epochs: int | None = None,
+def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEEDS),
              say: Callable[[str], None] = print) -> DemoResult:
-    """Run every step on the sample city; ``epochs`` shortens training (tests)."""
+    """Run every step on the sample city; ``epochs`` and ``seeds`` shorten it (tests)."""
     from aether.config import DEFAULT_YEAR
     from aether.evaluate import evaluate, markdown, markdown_table
     from aether.extract import ExtractRequest, run_extract, run_grid
@@ -87,7 +88,8 @@ def run_demo(data_dir: Path, *, epochs: int | None = None,
     res.outputs["land-use labels"] = labels
     for name in TASKS:
         say(f"evaluate: {name}")
-        table = evaluate(city_dir, load_task(TASKS_DIR / f"{name}.yaml"), runs)
+        table = evaluate(city_dir, load_task(TASKS_DIR / f"{name}.yaml"), runs,
+                         seeds=SEEDS[:seeds])
         res.outputs[f"evaluation {name}"] = Path(table["paths"]["markdown"])
         res.tables[name] = markdown(table)
     best = runs[-1]

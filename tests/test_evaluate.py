@@ -131,7 +131,7 @@ def test_poi_mix_uses_heldout_pois(landuse_table) -> None:
     ("name: x\nkind: clustering\nlabels: pois.parquet\ncolumn: landuse\n", "kind"),
 ])
 def test_bad_task_file_is_one_line_exit_2(landuse_table, cli, tmp_path, text, needle) -> None:
-    city_dir, runs = landuse_table
+    city_dir, _ = landuse_table
     path = tmp_path / "task.yaml"
     path.write_text(text)
     r = cli("evaluate", "--city", "Helsinki", "--task", str(path), "--seeds", "1",

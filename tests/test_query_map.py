@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def query_out(sample_runs, cli, tmp_path_factory):
-    city_dir, names, data_root = sample_runs
+    _, names, data_root = sample_runs
     stem = tmp_path_factory.mktemp("maps") / "q"
     r = cli("query", "coffee shop", "late-night bars and live music", "--city", "Helsinki",
             "--model", names[1], "--k", "8", "--out", str(stem), "--data-dir", str(data_root))

@@ -52,6 +52,22 @@ RadiusOpt = Annotated[
     list[float] | None,
     typer.Option("--radius", "-r", help="Buffer radius in metres (repeatable) [default 100, 200]"),
 ]
+EeUrlOpt = Annotated[
+    str | None, typer.Option(envvar="AETHER_EE_URL", help="Earth Engine endpoint")
+]
+EeProjectOpt = Annotated[
+    str | None,
+    typer.Option(envvar=["AETHER_EE_PROJECT", "EE_PROJECT"], help="Cloud project for EE"),
+]
+EeCredentialsOpt = Annotated[
+    Path | None, typer.Option(help="Service-account JSON key (default: persistent login)")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(envvar="AETHER_DASK_SCHEDULER",
+                 help="Dask: threads, cluster[:N] (LocalCluster, N worker processes) "
+                      "or tcp://host:port [default threads]"),
+]
 
 
 @app.command()
@@ -85,16 +101,9 @@ def extract(
     top_category_column: Annotated[
         str | None, typer.Option(help="POI file: top-category column")
     ] = None,
-    ee_url: Annotated[
-        str | None, typer.Option(envvar="AETHER_EE_URL", help="Earth Engine endpoint")
-    ] = None,
-    ee_project: Annotated[
-        str | None,
-        typer.Option(envvar=["AETHER_EE_PROJECT", "EE_PROJECT"], help="Cloud project for EE"),
-    ] = None,
-    ee_credentials: Annotated[
-        Path | None, typer.Option(help="Service-account JSON key (default: persistent login)")
-    ] = None,
+    ee_url: EeUrlOpt = None,
+    ee_project: EeProjectOpt = None,
+    ee_credentials: EeCredentialsOpt = None,
     export: Annotated[
         str | None, typer.Option(help="Run as EE Export tasks: gcs://bucket/prefix or drive://dir")
     ] = None,
@@ -110,8 +119,10 @@ def extract(
         int | None, typer.Option(help="Earth Engine requests in flight [default 8]")
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even when up to date")] = False,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
+    from aether.cluster import dask_scheduler
     from aether.config import DEFAULT_RADII
     from aether.config import data_dir as resolve_data_dir
     from aether.extract import ExtractRequest, run_extract
@@ -133,7 +144,7 @@ def extract(
         place_options={k: v for k, v in place_opts.items() if v not in (None, False)},
         poi_options={k: v for k, v in poi_opts.items() if v is not None}, force=force,
     )
-    with dask_progress("buffer means"):
+    with dask_scheduler(scheduler), dask_progress("buffer means"):
         res = run_extract(req)
     state = "up to date, nothing to do" if res.up_to_date else f"done in {res.seconds:.1f} s"
     typer.echo(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}")
@@ -180,23 +191,35 @@ def train_cmd(
 def grid(
     city: Annotated[str | None, typer.Option("--city", "-c", help="City name")] = None,
     offline: Annotated[bool, typer.Option(help="Use the offline sample city, no network")] = False,
-    cell: Annotated[str, typer.Option(help="Square cell size, e.g. 100m or 0.5km")] = "100m",
+    cell: Annotated[
+        str, typer.Option(help="Square cells (100m, 0.5km) or H3 cells (h3:9)")
+    ] = "100m",
     source: Annotated[str | None, typer.Option(help="Embedding source: cog, ee or xee")] = None,
     tiles: Annotated[str | None, typer.Option(help="AlphaEarth COG directory or URL")] = None,
     pois: Annotated[str | None, typer.Option(help="POI source, if the place comes from it")] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    zarr: Annotated[
+        bool, typer.Option(help="Also write the square grid as a (band, y, x) Zarr store")
+    ] = False,
+    ee_url: EeUrlOpt = None,
+    ee_project: EeProjectOpt = None,
+    ee_credentials: EeCredentialsOpt = None,
+    scheduler: SchedulerOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Area-weighted AlphaEarth means over square grid cells covering a city."""
+    """Area-weighted AlphaEarth means over grid cells (square or H3) covering a city."""
+    from aether.cluster import dask_scheduler
     from aether.config import data_dir as resolve_data_dir
     from aether.extract import ExtractRequest, run_grid
     from aether.progress import dask_progress
 
-    opts = {"tiles": tiles} if tiles else {}
+    opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
+            "ee_credentials": ee_credentials}
     req = ExtractRequest(city=city, data_dir=resolve_data_dir(data_dir), offline=offline,
-                         pois=pois, source=source, year=year, source_options=opts)
-    with dask_progress("grid cells"):
-        path, n = run_grid(req, cell)
+                         pois=pois, source=source, year=year,
+                         source_options={k: v for k, v in opts.items() if v is not None})
+    with dask_scheduler(scheduler), dask_progress("grid cells"):
+        path, n = run_grid(req, cell, zarr=zarr)
     typer.echo(f"{n} cells — {path}")
 
 

@@ -200,32 +200,39 @@ def _versions() -> dict[str, str]:
 
 
 def parse_cell(spec: str | float) -> float:
-    """A square cell size in metres from ``100``, ``'100m'`` or ``'0.5km'``."""
-    from aether.aef import PIXEL_SIZE_M
+    """A square cell size in metres from ``100``, ``'100m'`` or ``'0.5km'`` (see ``grids``)."""
     from aether.errors import InputError
+    from aether.grids import parse_cell as parse_spec
 
-    text = str(spec).strip().lower()
-    scale = 1000.0 if text.endswith("km") else 1.0
-    try:
-        value = float(text.removesuffix("km").removesuffix("m")) * scale
-    except ValueError:
-        raise InputError(f"cannot read cell size {spec!r}", "use e.g. --cell 100m") from None
-    if not value >= PIXEL_SIZE_M or value > 100_000:
-        raise InputError(f"cell size {value:g} m is out of range",
-                         f"use at least the {PIXEL_SIZE_M:g} m pixel size, e.g. --cell 100m")
-    return value
+    cell = parse_spec(spec)
+    if cell.kind != "square":
+        raise InputError(f"{spec!r} is not a square cell size", "use e.g. 100m")
+    return cell.size
 
 
-def grid_file(cell_m: float) -> str:
-    """``grid_embeddings_100m.parquet``: the cell size is part of the name (and cache key)."""
-    return f"grid_embeddings_{cell_m:g}m.parquet"
+def grid_file(cell: str | float) -> str:
+    """``grid_embeddings_100m.parquet``, ``grid_embeddings_h3r9.parquet``: the cell is part
+    of the name (and cache key)."""
+    from aether.grids import parse_cell as parse_spec
+
+    return f"grid_embeddings_{parse_spec(cell).label}.parquet"
 
 
-def run_grid(req: ExtractRequest, cell: str | float = 100.0) -> tuple[Path, int]:
-    """Area-weighted cell means over the place: ``grid_embeddings_<cell>m.parquet``."""
+def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = False
+             ) -> tuple[Path, int]:
+    """Area-weighted cell means over the place: ``grid_embeddings_<cell>.parquet``.
+
+    With ``zarr``, square grids are also written as a (band, y, x) Zarr store of the same
+    means next to it, for array tools (xarray, heat maps).
+    """
+    from aether.grids import parse_cell as parse_spec
     from aether.sources import get_source
 
-    cell_m = parse_cell(cell)
+    spec = parse_spec(cell)
+    if zarr and spec.kind != "square":
+        from aether.errors import InputError
+
+        raise InputError("--zarr needs square cells", "use e.g. --cell 100m with --zarr")
     if req.city is not None:
         slugify(req.city)
     year = check_year(req.year)
@@ -236,6 +243,11 @@ def run_grid(req: ExtractRequest, cell: str | float = 100.0) -> tuple[Path, int]
         place = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options))
     out = city_dir(req.data_dir, place.slug, year)
     source = get_source(source_name, workdir=out / ".work" / source_name, **options)
-    cells = source.grid(place, year, cell_m)
-    write_parquet(cells, out / grid_file(cell_m))
-    return out / grid_file(cell_m), len(cells)
+    cells = source.grid(place, year, spec)
+    path = out / grid_file(spec)
+    write_parquet(cells, path)
+    if zarr:
+        from aether.grids import write_zarr
+
+        write_zarr(cells, path.with_suffix(".zarr"))
+    return path, len(cells)

@@ -515,13 +515,21 @@ def mosaic(ctx: Any, collection: Coll) -> Img:
     """Last image on top; EE's default projection (EPSG:4326, 1°) since the inputs may differ."""
     images = [i for i in collection.items if isinstance(i, Img)]
     bands = images[0].bands if images else []
+    # The latest read, read-only: a graph that selects each band of one mosaic (xee's
+    # band-per-image collections) reads it once per request instead of once per band.
+    last: list[tuple[Grid, np.ndarray]] = []
 
     def read(grid: Grid) -> np.ndarray:
+        hit = last[0] if last else None
+        if hit is not None and hit[0] == grid:
+            return hit[1]
         out = np.full((grid.height, grid.width, len(bands)), np.nan, dtype=np.float32)
         for img in images:
             v = img.read(grid)
             ok = ~np.isnan(v).any(axis=-1)
             out[ok] = v[ok]
+        out.setflags(write=False)
+        last[:] = [(grid, out)]
         return out
 
     from shapely import union_all

@@ -7,6 +7,7 @@ two tiles or two UTM zones are exact.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from aether import aef, zonal
+from aether import aef, grids, zonal
 from aether.errors import CoverageError
-from aether.tables import poi_embeddings_frame
+from aether.sources.base import point_means_table
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 #: POIs are grouped on a square grid of this size (m) so each task reads one small window.
 GROUP_M = 2_000.0
+#: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
+WINDOW_M = 2_560.0
 
 
 @dataclass
@@ -70,56 +73,23 @@ class CogSource:
             for x, y in [_project(lon, lat, t.crs)]
             for idx in _groups(x, y, t, max(radii))
         ]
-        n, nb = len(pois), aef.N_BANDS
-        totals = [zonal.Partial.zeros(n, nb) for _ in radii]
-        for idx, parts in dask.compute(*tasks):
-            for total, part in zip(totals, parts, strict=True):
-                total.weighted_sum[idx] += part.weighted_sum
-                total.valid_weight[idx] += part.valid_weight
-        ids = pois["poi_id"].astype(str).tolist()
-        frames = []
-        for r, total in zip(radii, totals, strict=True):
-            m = zonal.finalize(total, r, aef.PIXEL_SIZE_M**2)
-            frames.append(poi_embeddings_frame(ids, year, r, m.mean, m.weight,
-                                               m.valid_fraction, m.norm))
-        return pd.concat(frames, ignore_index=True)
+        return point_means_table(pois, radii, year, dask.compute(*tasks))
 
-    def grid(self, place: Place, year: int, cell_m: float = 100.0) -> gpd.GeoDataFrame:
-        """Area-weighted means over square cells of ``cell_m`` in the place's UTM crs.
+    def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
+        """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
 
-        Cells are aligned to multiples of ``cell_m`` and cover the place's bounding box;
-        cells whose area has no valid pixel keep NaN vectors with valid_fraction 0.
+        One task per tile window of at most ``WINDOW_M``: memory stays flat whatever the
+        raster's size. Cells whose area has no valid pixel keep NaN vectors with
+        valid_fraction 0.
         """
         import dask
-        import geopandas as gpd
-        from shapely import box
 
-        w, s, e, n = place.bbox
-        tiles = self._tiles_for(year, (w, s, e, n))
-        g = gpd.GeoSeries([place.boundary], crs="EPSG:4326").to_crs(place.crs)
-        xmin, ymin, xmax, ymax = g.total_bounds
-        x_edges = np.arange(np.floor(xmin / cell_m), np.ceil(xmax / cell_m) + 1) * cell_m
-        y_edges = np.arange(np.ceil(ymax / cell_m), np.floor(ymin / cell_m) - 1, -1) * cell_m
-        tasks = [dask.delayed(_tile_grid_sums)(t.path, t.crs, place.crs, x_edges, y_edges)
-                 for t in tiles.itertuples()]
-        total = zonal.Partial.zeros((len(x_edges) - 1) * (len(y_edges) - 1), aef.N_BANDS)
-        for part in dask.compute(*tasks):
-            total = total.add(part)
-        m = zonal.finalize_area(total, cell_m * cell_m / aef.PIXEL_SIZE_M**2)
-        xc = (x_edges[:-1] + x_edges[1:]) / 2
-        yc = (y_edges[:-1] + y_edges[1:]) / 2
-        xx, yy = np.meshgrid(xc, yc)
-        df = pd.DataFrame(m.mean, columns=list(aef.BANDS))
-        df.insert(0, "cell_id", [f"{int(a)}_{int(b)}" for a, b in zip(xx.ravel(), yy.ravel(),
-                                                                     strict=True)])
-        df["weight"] = m.weight.astype(np.float32)
-        df["valid_fraction"] = m.valid_fraction.astype(np.float32)
-        df["norm"] = m.norm.astype(np.float32)
-        df["x"], df["y"] = xx.ravel(), yy.ravel()
-        half = cell_m / 2
-        geom = gpd.GeoSeries(box(df.x - half, df.y - half, df.x + half, df.y + half),
-                             crs=place.crs).to_crs("EPSG:4326")
-        return gpd.GeoDataFrame(df, geometry=geom.values, crs="EPSG:4326")
+        cells = grids.make_cells(place, grids.parse_cell(cell))
+        tiles = self._tiles_for(year, place.bbox)
+        shared = dask.delayed(cells, pure=True)
+        tasks = [dask.delayed(_window_grid_sums)(t.path, t.crs, window, shared)
+                 for t in tiles.itertuples() for window in _windows(t, cells)]
+        return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
 
 
 def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,38 +125,41 @@ def _tile_group_sums(
     return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
 
 
-def _tile_grid_sums(
-    path: str, tile_crs: str, grid_crs: str, x_edges: np.ndarray, y_edges: np.ndarray
-) -> zonal.Partial:
-    """One tile's contribution to every grid cell.
+def _windows(tile: object, cells: grids.Cells) -> list[tuple[float, float, float, float]]:
+    """The parts of a tile under the grid, cut into squares of at most WINDOW_M."""
+    xmin, ymin, xmax, ymax = cells.bounds()
+    if tile.crs != cells.crs:  # type: ignore[attr-defined]
+        from pyproj import Transformer
 
-    A tile in another UTM zone than the grid is read over the grid's extent and its cells
-    are taken as squares around their projected centres (exact in the grid's own zone,
-    within the small rotation between neighbouring zones otherwise).
+        tr = Transformer.from_crs(cells.crs, tile.crs, always_xy=True)  # type: ignore[attr-defined]
+        xmin, ymin, xmax, ymax = tr.transform_bounds(xmin, ymin, xmax, ymax)
+    xmin, ymin = max(xmin, tile.utm_west), max(ymin, tile.utm_south)  # type: ignore[attr-defined]
+    xmax, ymax = min(xmax, tile.utm_east), min(ymax, tile.utm_north)  # type: ignore[attr-defined]
+    if xmin >= xmax or ymin >= ymax:
+        return []
+    xs = _cuts(xmin, xmax, tile.utm_west)  # type: ignore[attr-defined]
+    ys = _cuts(ymin, ymax, tile.utm_south)  # type: ignore[attr-defined]
+    return [(x0, y0, x1, y1) for x0, x1 in itertools.pairwise(xs)
+            for y0, y1 in itertools.pairwise(ys)]
+
+
+def _cuts(lo: float, hi: float, origin: float) -> list[float]:
+    """lo, the multiples of WINDOW_M from the tile's (pixel-aligned) origin inside, hi.
+
+    Inner cuts fall on pixel edges, so no pixel is read by two windows.
     """
-    if tile_crs == grid_crs:
-        bounds = (x_edges[0], y_edges[-1], x_edges[-1], y_edges[0])
-        block = aef.read_block(path, bounds)
-        n = (len(x_edges) - 1) * (len(y_edges) - 1)
-        if block is None:
-            return zonal.Partial.zeros(n, aef.N_BANDS)
-        return zonal.grid_partial_sums(block, x_edges, y_edges)
-    from pyproj import Transformer
+    k0 = np.floor((lo - origin) / WINDOW_M) + 1
+    k1 = np.ceil((hi - origin) / WINDOW_M)
+    return [lo, *(origin + np.arange(k0, k1) * WINDOW_M).tolist(), hi]
 
-    tr = Transformer.from_crs(grid_crs, tile_crs, always_xy=True)
-    xc, yc = np.meshgrid((x_edges[:-1] + x_edges[1:]) / 2, (y_edges[:-1] + y_edges[1:]) / 2)
-    tx, ty = tr.transform(xc.ravel(), yc.ravel())
-    half = abs(x_edges[1] - x_edges[0]) / 2
-    block = aef.read_block(path, (min(tx) - half, min(ty) - half, max(tx) + half, max(ty) + half))
-    total = zonal.Partial.zeros(len(tx), aef.N_BANDS)
+
+def _window_grid_sums(path: str, tile_crs: str, window: tuple[float, float, float, float],
+                      cells: grids.Cells) -> tuple[np.ndarray, zonal.Partial]:
+    """One tile window's contribution to the cells it touches."""
+    block = aef.read_block(path, window)
     if block is None:
-        return total
-    for i, (cx, cy) in enumerate(zip(tx, ty, strict=True)):
-        e = [cx - half, cx + half]
-        part = zonal.grid_partial_sums(block, np.array(e), np.array([cy + half, cy - half]))
-        total.weighted_sum[i] = part.weighted_sum[0]
-        total.valid_weight[i] = part.valid_weight[0]
-    return total
+        return np.zeros(0, np.int64), zonal.Partial.zeros(0, aef.N_BANDS)
+    return cells.sums(block, tile_crs)
 
 
 def create(*, tiles: str | Path, workdir: Path | None = None, **_: object) -> CogSource:

@@ -17,10 +17,7 @@ fraction of it inside the buffer, so the sums are exactly the partial sums of
 feature, and ``zonal.finalize`` turns them into the contract columns, so this source and
 the COG source cannot disagree on their definition.
 
-Credentials are looked up in this order: ``ee_credentials`` (service-account JSON key),
-the persistent login of ``earthengine authenticate``, ``GOOGLE_APPLICATION_CREDENTIALS``.
-A custom ``ee_url`` (an emulator) with none of those is called without credentials.
-Credentials are never printed nor written anywhere.
+Credentials, the session and how EE errors are classified: ``aether.ee_session``.
 """
 
 from __future__ import annotations
@@ -39,13 +36,13 @@ import numpy as np
 import pandas as pd
 
 from aether import aef, zonal
+from aether.ee_session import EESettings, ee_error, verdict
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.jobs import (
     Batch,
     CheckpointStore,
     RetryPolicy,
     Stats,
-    Verdict,
     read_checkpoints,
     resilient_call,
     run_batches,
@@ -54,6 +51,8 @@ from aether.tables import poi_embeddings_frame, read_json, write_json
 
 if TYPE_CHECKING:
     import geopandas as gpd
+
+    from aether.places import Place
 
 #: Features per reduceRegions request: one computeFeatures page (EE's default page size),
 #: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
@@ -69,16 +68,6 @@ SCALE_M = 10.0
 DEFAULT_POLL_S = 5.0
 #: Times a FAILED export of one batch is started again before giving up.
 EXPORT_RESTARTS = 3
-
-_TRANSIENT_TEXT = (
-    "quota", "rate limit", "too many requests", "internal error", "service unavailable",
-    "backend error", "deadline exceeded", "temporarily", "unavailable", "try again",
-)
-_SPLIT_TEXT = ("computation timed out", "too many concurrent aggregations")
-_ESCALATE_TEXT = ("user memory limit exceeded", "out of memory")
-_ACCESS_TEXT = ("permission", "not registered", "has not been used", "denied",
-                "not authorized", "forbidden")
-
 
 @dataclass(frozen=True)
 class Feature:
@@ -111,27 +100,13 @@ class EarthEngineSource:
 
     def _initialize(self) -> None:
         """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
-        import ee
+        self.session.initialize(self.policy, self.stats)
 
-        credentials, project = _credentials(self.ee_credentials, self.ee_url, self.ee_project)
-        if self.ee_url:
-            # The deprecated-asset catalog is fetched from storage.googleapis.com whatever
-            # the endpoint (and without a timeout); it says nothing about another endpoint.
-            ee.deprecation._FetchDataCatalogStac = lambda: {}
-        kwargs: dict[str, Any] = {"credentials": credentials, "project": project}
-        if self.ee_url:
-            kwargs["url"] = self.ee_url.rstrip("/")
-
-        def init(_items: Sequence[Any], _level: int) -> pd.DataFrame:
-            ee.Reset()
-            ee.Initialize(**kwargs)
-            return pd.DataFrame()
-
-        try:
-            resilient_call(init, [None], _init_verdict, self.policy, stats=self.stats)
-        except Exception as e:
-            raise _init_error(e, project, self.ee_url) from None
-        ee.data.setMaxRetries(0)  # retries are ours: counted, bounded, with jitter
+    @property
+    def session(self) -> EESettings:
+        """The picklable session settings (what Dask workers initialise from)."""
+        return EESettings(self.ee_url, self.ee_project,
+                          str(self.ee_credentials) if self.ee_credentials else None)
 
     # --- the protocol --------------------------------------------------------------------
 
@@ -155,6 +130,14 @@ class EarthEngineSource:
         else:
             paths = [store.path(b.key) for b in batches]
         return read_checkpoints(paths)
+
+    def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
+        """Grid cells are pixel work: the same session's pixels through xee, reduced locally
+        (one computePixels request per chunk of every band instead of a reduceRegions
+        feature per cell); see ``aether.sources.xee``."""
+        from aether.sources.xee import XeeSource
+
+        return XeeSource(self.session).grid(place, year, cell)
 
     def _check_coverage(self, pois: gpd.GeoDataFrame, year: int) -> None:
         """One request: the years of the images over the POIs (unknown year, no coverage)."""
@@ -184,9 +167,9 @@ class EarthEngineSource:
             return pd.DataFrame()
 
         try:
-            resilient_call(attempt, [None], _verdict, self.policy, stats=self.stats)
+            resilient_call(attempt, [None], verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise _ee_error(e) from None
+            raise ee_error(e) from None
         return out[-1]
 
     # --- interactive batches (computeFeatures) --------------------------------------------
@@ -196,9 +179,9 @@ class EarthEngineSource:
             return _rows_from_features(self._fetch(items, year, 2**level), items, year)
 
         try:
-            return resilient_call(attempt, batch.items, _verdict, self.policy, stats=self.stats)
+            return resilient_call(attempt, batch.items, verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise _ee_error(e) from None
+            raise ee_error(e) from None
 
     def _fetch(self, items: Sequence[Feature], year: int, tile_scale: int) -> list[dict]:
         """All pages of one reduceRegions request."""
@@ -487,131 +470,6 @@ def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
         for p in store.directory.glob("*.parquet"):
             if p.stem not in keys:
                 p.unlink()
-
-
-# --- credentials and errors ------------------------------------------------------------------
-
-def _credentials(
-    key_file: Path | None, url: str | None, project: str | None
-) -> tuple[Any, str]:
-    """(credentials or None, project id); raises EarthEngineError with what to do."""
-    creds: Any = None
-    if key_file is not None:
-        creds, key_project = _service_account(Path(key_file))
-        project = project or key_project
-    elif Path(os.path.expanduser("~/.config/earthengine/credentials")).is_file():
-        import ee
-
-        try:
-            creds = ee.data.get_persistent_credentials()
-        except Exception as e:
-            raise EarthEngineError(f"stored Earth Engine login is not usable: {e}".split("\n")[0],
-                                   "run `earthengine authenticate` again") from None
-        project = project or getattr(creds, "quota_project_id", None)
-    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        import google.auth
-
-        try:
-            creds, adc_project = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/earthengine",
-                        "https://www.googleapis.com/auth/cloud-platform"])
-        except Exception as e:
-            raise EarthEngineError(f"GOOGLE_APPLICATION_CREDENTIALS is not usable: {e}",
-                                   "point it at a valid key file") from None
-        project = project or adc_project
-    elif not url:
-        raise EarthEngineError(
-            "no Earth Engine credentials found",
-            "run `earthengine authenticate`, pass --ee-credentials KEY.json, "
-            "or use --offline (sample city, COG tiles)",
-        )
-    if not project:
-        raise EarthEngineError("no Earth Engine project given",
-                               "pass --ee-project ID or set EE_PROJECT")
-    return creds, str(project)
-
-
-def _service_account(path: Path) -> tuple[Any, str | None]:
-    try:
-        info = json.loads(path.read_text())
-        email = info["client_email"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise EarthEngineError(f"cannot read a service-account key from {path}",
-                               "pass the JSON key downloaded from the Cloud console") from None
-    import ee
-
-    try:
-        creds = ee.ServiceAccountCredentials(email, key_file=str(path))
-    except Exception:
-        raise EarthEngineError(f"the service-account key {path} is not valid",
-                               "download a new JSON key for the service account") from None
-    return creds, info.get("project_id")
-
-
-def _http_status(e: BaseException) -> int | None:
-    """The HTTP status behind an EEException (the client raises it inside its handler)."""
-    seen = 0
-    cur: BaseException | None = e
-    while cur is not None and seen < 5:
-        resp = getattr(cur, "resp", None)
-        if resp is not None and getattr(resp, "status", None) is not None:
-            return int(resp.status)
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return None
-
-
-def _verdict(e: BaseException) -> Verdict:
-    """Classify a failed request (see ``aether.jobs``)."""
-    if isinstance(e, (ConnectionError, TimeoutError, OSError)) and not isinstance(
-            e, FileNotFoundError):
-        return Verdict.RETRY  # dropped connection, reset, socket timeout (requests too)
-    import http.client
-
-    if isinstance(e, http.client.HTTPException):
-        return Verdict.RETRY
-    text = str(e).lower()
-    if any(t in text for t in _ESCALATE_TEXT):
-        return Verdict.ESCALATE
-    if any(t in text for t in _SPLIT_TEXT):
-        return Verdict.SPLIT
-    status = _http_status(e)
-    if status is not None and (status == 429 or status >= 500):
-        return Verdict.RETRY
-    if any(t in text for t in _TRANSIENT_TEXT):
-        return Verdict.RETRY
-    return Verdict.FAIL
-
-
-def _init_verdict(e: BaseException) -> Verdict:
-    """At Initialize only transient errors are worth another try."""
-    return Verdict.RETRY if _verdict(e) is not Verdict.FAIL else Verdict.FAIL
-
-
-def _ee_error(e: BaseException) -> Exception:
-    """Typed errors pass through; anything else the server said becomes EarthEngineError."""
-    if isinstance(e, EarthEngineError | CoverageError | InputError):
-        return e
-    msg = str(e).strip().split("\n")[0] or type(e).__name__
-    return EarthEngineError(f"Earth Engine request failed: {msg}",
-                            "re-run to resume; finished batches are kept")
-
-
-def _init_error(e: BaseException, project: str, url: str | None) -> Exception:
-    if isinstance(e, EarthEngineError):
-        return e
-    msg = str(e).strip().split("\n")[0] or type(e).__name__
-    low = msg.lower()
-    status = _http_status(e)
-    if status in (401, 403) or any(t in low for t in _ACCESS_TEXT):
-        return EarthEngineError(
-            f"project {project!r} cannot use Earth Engine: {msg}",
-            "register it at https://code.earthengine.google.com/register or pass another "
-            "--ee-project",
-        )
-    where = url or "the Earth Engine service"
-    return EarthEngineError(f"cannot connect to {where}: {msg}",
-                            "check --ee-url and the network, or use --offline")
 
 
 def create(

@@ -60,6 +60,7 @@ class Task:
     rows: int | None = None
     out_dir: str | None = None
     error: str | None = None
+    config_hash: str | None = None
     export_tasks: list[str] = field(default_factory=list)
 
     @property
@@ -129,7 +130,7 @@ def plan(run: RunFile) -> list[tuple[City, list[Task]]]:
     seen: dict[str, str] = {}
     out = []
     for city in run.cities:
-        slug = "helsinki" if city.sample else slugify(city.name)
+        slug = slugify(city.name)
         if slug in seen:
             raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
                               "give them distinct names")
@@ -213,12 +214,13 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
 
 def _extract(run: RunFile, city: City, task: Task, root: Path) -> Path:
     from aether.extract import run_extract
-    from aether.tables import read_json
+    from aether.tables import MANIFEST_FILE, read_json
 
     req = extract_request(run, city, task.year, root)
     res = run_extract(req)
     task.status = UP_TO_DATE if res.up_to_date else DONE
     task.rows, task.out_dir = res.n_rows, str(res.out_dir)
+    task.config_hash = read_json(res.out_dir / MANIFEST_FILE)["config_hash"]
     book = res.out_dir / ".work" / (req.source or "") / "export_tasks.json"
     if book.is_file():
         task.export_tasks = sorted(str(r["operation"]) for r in read_json(book).values()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import geopandas as gpd
 import pandas as pd
@@ -26,6 +27,7 @@ from aether.emulator import Emulator, Faults, running
 from aether.errors import ConfigError
 from aether.runfile import load_run_file
 from aether.runs import KILL_ENV, run_lock
+from aether.tables import MANIFEST_FILE, read_json, sha256_file
 
 SINGAPORE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
     "singapore_osm_pois_2023-01-24.zip"
@@ -53,8 +55,7 @@ def inputs(sample_extract: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def write_run_file(path: Path, inputs: dict[str, Path], url: str, exports: Path, *,
-                   export: bool = True, sg: Path | None = None, extra_city: dict | None = None,
-                   batch: int = 30) -> Path:
+                   export: bool = True, sg: Path | None = None, batch: int = 30) -> Path:
     """The two-city run file (relative data_dir, so it resolves beside the file)."""
     ee = {"ee_url": url, "ee_project": "demo-project", "ee_backoff": 0.01, "ee_batch": batch,
           "ee_concurrency": 2, "ee_poll": 0.05}
@@ -67,8 +68,6 @@ def write_run_file(path: Path, inputs: dict[str, Path], url: str, exports: Path,
          "poi_options": {"category_column": "detail", "top_category_column": "category"},
          "source": {"name": "cog", "options": {"tiles": str(inputs["tiles"])}}},
     ]
-    if extra_city:
-        cities.insert(1, extra_city)
     body = {"data_dir": "data", "years": [2024], "radii": [100, 200], "cities": cities}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -113,35 +112,43 @@ def statuses(data: Path, proc: subprocess.CompletedProcess[str]) -> dict[str, st
     return {f"{t['slug']}/{t['step']}": t["status"] for t in tasks}
 
 
-def test_two_cities_then_nothing_then_only_the_changed_city(inputs, sample_city, tmp_path):
-    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
-    sg = tmp_path / "sg.geojson"
+@pytest.fixture(scope="module")
+def reference(inputs, sample_city, tmp_path_factory):
+    """The first, uninterrupted run (export mode), on its own emulator; its tables in memory."""
+    d = tmp_path_factory.mktemp("run-ref")
+    emu = Emulator(tiles=sample_city.tiles, exports=d / "exports")
+    sg = d / "sg.geojson"  # this run's own POI snapshot: a test changes it
     sg.write_bytes(inputs["sg"].read_bytes())
-    rf = tmp_path / "cities.yaml"
-    data = tmp_path / "data"
     with running(emu) as url:
-        write_run_file(rf, inputs, url, emu.exports, sg=sg)
+        rf = write_run_file(d / "cities.yaml", inputs, url, emu.exports, sg=sg)
         first = run(rf)
         assert first.returncode == 0, first.stderr
-        assert statuses(data, first) == {"helsinki/extract": "done", f"{SG_SLUG}/extract": "done"}
-        check_tables(data)
-        n_ops, n_log = len(emu.operations), len(emu.log)
-        assert n_ops == 4  # 60 POIs × 2 radii in batches of 30: one export task each
+        yield SimpleNamespace(emu=emu, runfile=rf, data=d / "data", sg=sg, first=first,
+                              tables=outputs(d / "data"))
 
-        second = run(rf)
-        assert second.returncode == 0, second.stderr
-        assert "nothing to do: all 2 tasks up to date" in second.stdout
-        assert len(emu.log) == n_log  # not one request to Earth Engine
 
-        # a new POI snapshot for Singapore: 20 POIs closed
-        snap = gpd.read_file(sg)
-        snap.iloc[20:].to_file(sg)
-        before = outputs(data)
-        third = run(rf)
-        assert third.returncode == 0, third.stderr
-        assert statuses(data, third) == {"helsinki/extract": "up to date",
-                                         f"{SG_SLUG}/extract": "done"}
-        assert len(emu.log) == n_log
+def test_two_cities_then_nothing_then_only_the_changed_city(reference):
+    emu, rf, data = reference.emu, reference.runfile, reference.data
+    assert statuses(data, reference.first) == {"helsinki/extract": "done",
+                                               f"{SG_SLUG}/extract": "done"}
+    check_tables(data)
+    n_ops, n_log = len(emu.operations), len(emu.log)
+    assert n_ops == 4  # 60 POIs × 2 radii in batches of 30: one export task each
+
+    second = run(rf)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do: all 2 tasks up to date" in second.stdout
+    assert len(emu.log) == n_log  # not one request to Earth Engine
+
+    # a new POI snapshot for Singapore: 20 POIs closed
+    snap = gpd.read_file(reference.sg)
+    snap.iloc[20:].to_file(reference.sg)
+    before = outputs(data)
+    third = run(rf)
+    assert third.returncode == 0, third.stderr
+    assert statuses(data, third) == {"helsinki/extract": "up to date",
+                                     f"{SG_SLUG}/extract": "done"}
+    assert len(emu.log) == n_log
     after = outputs(data)
     same({k: v for k, v in after.items() if k.startswith("helsinki")},
          {k: v for k, v in before.items() if k.startswith("helsinki")})
@@ -150,14 +157,15 @@ def test_two_cities_then_nothing_then_only_the_changed_city(inputs, sample_city,
     assert len(list((data / "runs").glob("*.json"))) == 3
 
 
-def test_sigkill_at_six_points_then_identical(inputs, sample_city, tmp_path):
-    """Each run is killed at the next point along the run; the last one finishes."""
-    ref_emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "ref-exports")
-    with running(ref_emu) as url:
-        ref_rf = write_run_file(tmp_path / "ref" / "cities.yaml", inputs, url, ref_emu.exports)
-        assert run(ref_rf).returncode == 0
-    ref = outputs(tmp_path / "ref" / "data")
+def consistent(data: Path) -> None:
+    """Whatever a killed run left: a manifest only ever describes the files beside it."""
+    for m in data.glob(f"*/2024/{MANIFEST_FILE}"):
+        for name, o in read_json(m)["outputs"].items():
+            assert sha256_file(m.parent / name) == o["sha256"], m
 
+
+def test_sigkill_at_six_points_then_identical(reference, inputs, sample_city, tmp_path):
+    """Each run is killed at the next point along the run; the last one finishes."""
     emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports", export_delay=0.3)
     data = tmp_path / "data"
     points = ["locked", "before:helsinki/2024/extract", "<export tasks started>",
@@ -177,51 +185,51 @@ def test_sigkill_at_six_points_then_identical(inputs, sample_city, tmp_path):
             else:
                 r = run(rf, {KILL_ENV: point})
                 assert r.returncode == -signal.SIGKILL, (point, r.stderr[-2000:])
+            consistent(data)
         final = run(rf)
         assert final.returncode == 0, final.stderr
     check_tables(data)
-    same(outputs(data), ref)
+    same(outputs(data), reference.tables)
     # export tasks were adopted across kills, never started twice: one per batch
     assert len(emu.operations) == 4
     assert len({e["name"] for e in emu.operations.values()}) == 4
-    # the only complete report is the final run's (killed runs never wrote half a report)
-    reports = list((data / "runs").glob("*.json"))
-    assert len(reports) == 1 and not list((data / "runs").glob(".*"))
+    # the only report is the final run's (killed runs never wrote half a report)
+    assert len(list((data / "runs").glob("*.json"))) == 1
+    assert not list((data / "runs").glob(".*"))
 
 
-def test_thirty_percent_faults_identical(inputs, sample_city, tmp_path):
-    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
-    with running(emu) as url:
-        clean = write_run_file(tmp_path / "clean" / "cities.yaml", inputs, url, emu.exports,
-                               export=False, batch=10)
-        assert run(clean).returncode == 0
-        ok_requests = len(emu.log)
-        emu.faults = Faults(rate=0.3, kinds=COMPUTE_KINDS, seed=11)
-        faulty = write_run_file(tmp_path / "faulty" / "cities.yaml", inputs, url, emu.exports,
-                                export=False, batch=10)
-        r = run(faulty)
-        assert r.returncode == 0, r.stderr
-    faults = sum(1 for e in emu.log[ok_requests:] if e.get("fault"))
-    assert faults >= 3, "the emulator injected too few faults to mean anything"
-    check_tables(tmp_path / "faulty" / "data")
-    same(outputs(tmp_path / "faulty" / "data"), outputs(tmp_path / "clean" / "data"))
-
-
-def test_city_that_fails_to_geocode_does_not_stop_the_others(inputs, sample_city, osm_env,
-                                                            tmp_path):
-    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
+def test_thirty_percent_faults_identical(reference, inputs, sample_city, tmp_path):
+    """Interactive batches (computeFeatures) this time, every compute fault kind mixed in."""
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports",
+                   faults=Faults(rate=0.3, kinds=COMPUTE_KINDS, seed=11))
     with running(emu) as url:
         rf = write_run_file(tmp_path / "cities.yaml", inputs, url, emu.exports, export=False,
-                            extra_city={"name": "Atlantis Under The Sea"})
+                            batch=10)
         r = run(rf)
+    assert r.returncode == 0, r.stderr
+    faults = sum(1 for e in emu.log if e.get("fault"))
+    print(f"\n{faults} of {len(emu.log)} emulator requests faulted")
+    assert faults >= 3, "the emulator injected too few faults to mean anything"
+    check_tables(tmp_path / "data")
+    same(outputs(tmp_path / "data"), reference.tables)
+
+
+def test_city_that_fails_to_geocode_does_not_stop_the_others(inputs, osm_env, tmp_path):
+    rf = tmp_path / "cities.yaml"
+    rf.write_text(yaml.safe_dump({"data_dir": "data", "cities": [
+        {"name": "Atlantis Under The Sea"},
+        {"name": "Singapore CBD", "pois": f"file:{inputs['sg']}",
+         "poi_options": {"category_column": "detail", "top_category_column": "category"},
+         "source": {"name": "cog", "options": {"tiles": str(inputs["tiles"])}}}]}))
+    r = run(rf)
     data = tmp_path / "data"
     assert r.returncode == 1, r.stderr
-    assert statuses(data, r) == {"helsinki/extract": "done",
-                                 "atlantis-under-the-sea/extract": "failed",
+    assert statuses(data, r) == {"atlantis-under-the-sea/extract": "failed",
                                  f"{SG_SLUG}/extract": "done"}
-    assert "1 failed" in r.stdout and "Atlantis" in r.stdout
-    check_tables(data)
+    assert "1 done, 0 up to date, 1 failed" in r.stdout and "Atlantis" in r.stdout
     assert not (data / "atlantis-under-the-sea").exists()
+    pois = gpd.read_parquet(data / SG_SLUG / "2024" / "pois.parquet")
+    assert len(pd.read_parquet(data / SG_SLUG / "2024" / "poi_embeddings.parquet")) == 2 * len(pois)
 
 
 def test_second_concurrent_run_is_refused_in_one_line(inputs, tmp_path):

@@ -1,0 +1,241 @@
+"""The docs cannot drift from the code: every command they show is run or parsed here.
+
+- ```bash blocks of README.md and the docs pages (in nav order) are run as real subprocesses,
+  in order, in one temporary working directory whose ``aether-data`` is ``AETHER_DATA_DIR``
+  (a copy of ``pipelines/`` beside it, as in a clone). Each ``aether …`` command must exit 0
+  and leave the files it promises; a line ending in ``&`` starts a server, which must print
+  its URL and is stopped at the end. ``make X`` lines must name a Makefile target; nothing
+  else belongs in a bash block.
+- ```console blocks (``$ `` prompts) need the network or real accounts: not run, but every
+  ``aether`` command in them must parse against the Typer app (the command exists, its
+  ``--help`` works, every option it uses exists), and every ``python tests/benchmarks/X.py``
+  must name a script and options it has.
+- ```python blocks must compile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+import typer
+import yaml
+
+from aether.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+BIN = Path(sys.executable).parent
+FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n"
+                   r"(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
+OSM_CREDIT = "© OpenStreetMap contributors"
+AEF_CREDIT = ("The AlphaEarth Foundations Satellite Embedding dataset is produced by Google and "
+              "Google DeepMind")
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    lang: str
+    body: str
+
+
+def pages() -> list[Path]:
+    """README.md, then the docs pages in nav order (pages outside the nav last)."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    order = [DOCS / next(iter(item.values())) for item in nav]
+    rest = sorted(p for p in DOCS.glob("*.md") if p not in order)
+    return [ROOT / "README.md", *order, *rest]
+
+
+def blocks(lang: str) -> list[Block]:
+    out = []
+    for page in pages():
+        for m in FENCE.finditer(page.read_text()):
+            if m["lang"] == lang:
+                indent = len(m["indent"])
+                body = "\n".join(line[indent:] for line in m["body"].splitlines())
+                out.append(Block(page.name, lang, body))
+    return out
+
+
+def commands(block: Block) -> list[str]:
+    """The block's command lines: continuations joined, prompts and blank lines dropped."""
+    lines = block.body.replace("\\\n", " ").splitlines()
+    if block.lang == "console":
+        lines = [line[2:] for line in lines if line.startswith("$ ")]
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def argv(line: str) -> list[str]:
+    """Words of a command line without its comment and a trailing ``&``."""
+    words = shlex.split(line, comments=True)
+    return words[:-1] if words and words[-1] == "&" else words
+
+
+def aether_command(words: list[str]) -> tuple[list[str], click.Context]:
+    """Resolve ``aether sub [sub] --opts`` against the Typer app; raises on a bad option."""
+    assert words[0] == "aether", words
+    cmd: click.Command = typer.main.get_command(app)
+    path, rest = [], words[1:]
+    while isinstance(cmd, click.Group):
+        assert rest and rest[0] in cmd.commands, f"no command {' '.join(words[:len(path) + 2])}"
+        path.append(rest[0])
+        cmd, rest = cmd.commands[rest[0]], rest[1:]
+    return path, cmd.make_context(" ".join(["aether", *path]), list(rest))
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([\w.-]+):", text, re.M))
+
+
+# -- what each executed command must leave behind ------------------------------------------
+
+
+def _data(params: dict, cwd: Path) -> Path:
+    d = params.get("data_dir")
+    return cwd / d if d else cwd / "aether-data"
+
+
+def expected_files(path: list[str], params: dict, cwd: Path) -> list[Path]:
+    data = _data(params, cwd)
+    city = data / str(params.get("city") or "helsinki").lower() / str(params.get("year", 2024))
+    match path:
+        case ["sample", "build"]:
+            return [data / "_sample" / "helsinki" / "tiles" / "aef_index.parquet"]
+        case ["extract"]:
+            return [city / "pois.parquet", city / "poi_embeddings.parquet", city / "manifest.json"]
+        case ["grid"]:
+            return [city / f"grid_embeddings_{params['cell']}.parquet"]
+        case ["train"]:
+            run = city / "models" / (params.get("run") or params["preset"])
+            return [run / "model.safetensors", run / "summary.json", run / "metrics.csv"]
+        case ["encode"]:
+            runs = params.get("model") or [p.name for p in (city / "models").iterdir()]
+            return [city / "aether" / r / "pois.parquet" for r in runs]
+        case ["evaluate"]:
+            stem = Path(params["task"]).stem
+            return [city / "evaluation" / f"{stem}.md", city / "evaluation" / f"{stem}.json"]
+        case ["query"]:
+            stem = cwd / params["out"] if params.get("out") else city / "maps" / "query"
+            return [stem.with_suffix(".html"), stem.with_suffix(".png")]
+        case ["demo"]:
+            return [city / "maps" / "demo_queries.html", city / "maps" / "demo_queries.png",
+                    city / "evaluation" / "helsinki_landuse.md",
+                    city / "models" / "paper" / "model.safetensors"]
+        case ["run"]:
+            return [data / "runs"]
+    return []
+
+
+def _start_server(line: str, env: dict, cwd: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["bash", "-c", f"exec {line.rstrip('& ')}"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("http://127.0.0.1:"), (line, first, proc.poll())
+    return proc
+
+
+@pytest.mark.slow
+def test_bash_blocks_run_in_order(tmp_path):
+    """Every ```bash command of README + docs, in order, in one data directory."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    shutil.copytree(ROOT / "pipelines", cwd / "pipelines")
+    env = {**os.environ, "AETHER_DATA_DIR": str(cwd / "aether-data"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    targets = make_targets()
+    servers: list[subprocess.Popen] = []
+    ran: list[tuple[str, float]] = []
+    try:
+        for block in blocks("bash"):
+            for line in commands(block):
+                words = argv(line)
+                if words[0] == "make":
+                    assert set(words[1:]) <= targets, f"{block.page}: {line}: no such target"
+                    continue
+                if words[0] == ".venv/bin/aether":
+                    words[0] = "aether"
+                assert words[0] == "aether", (
+                    f"{block.page}: {line!r}: bash blocks hold aether and make commands only "
+                    "(show other commands in a console block)")
+                path, ctx = aether_command(words)
+                if line.endswith("&"):
+                    servers.append(_start_server(line, env, cwd))
+                    continue
+                t0 = time.perf_counter()
+                r = subprocess.run(["bash", "-c", line.replace(".venv/bin/aether", "aether")],
+                                   cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+                ran.append((line, time.perf_counter() - t0))
+                assert r.returncode == 0, f"{block.page}: {line}\n{r.stdout}\n{r.stderr}"
+                for f in expected_files(path, ctx.params, cwd):
+                    assert f.exists(), f"{block.page}: {line}: {f} missing\n{r.stdout}"
+                if path == ["query"]:
+                    html = expected_files(path, ctx.params, cwd)[0].read_text()
+                    assert OSM_CREDIT in html and AEF_CREDIT in html
+                if path == ["run"] and len([x for x in ran if " run " in f" {x[0]} "]) > 1:
+                    assert "nothing to do" in r.stdout, r.stdout
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(10)
+    print("\n".join(f"{s:6.1f} s  {line}" for line, s in ran))
+    assert ran, "no bash commands found"
+
+
+def test_console_commands_parse():
+    """Commands that need the network are not run, but their commands and options exist."""
+    seen: set[tuple[str, ...]] = set()
+    targets = make_targets()
+    n = 0
+    for block in blocks("console"):
+        for line in commands(block):
+            words = argv(line)
+            if words[0] == "aether":
+                try:
+                    path, _ = aether_command(words)
+                except click.UsageError as e:
+                    pytest.fail(f"{block.page}: {line}: {e.format_message()}")
+                seen.add(tuple(path))
+                n += 1
+            elif words[0] == "make":
+                assert set(words[1:]) <= targets, f"{block.page}: {line}"
+            elif words[0] == "python" and words[1].startswith("tests/benchmarks/"):
+                script = (ROOT / words[1]).read_text()
+                for opt in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
+                    assert f'"{opt}"' in script, f"{block.page}: {line}: {opt} unknown"
+    assert n > 0
+    for path in seen:
+        r = subprocess.run([BIN / "aether", *path, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0, (path, r.stderr)
+
+
+def test_python_blocks_compile():
+    for i, block in enumerate(blocks("python")):
+        compile(block.body, f"{block.page}[python {i}]", "exec")
+
+
+def test_every_benchmark_is_documented():
+    text = (DOCS / "benchmarks.md").read_text()
+    for script in sorted((ROOT / "tests" / "benchmarks").glob("*.py")):
+        assert f"tests/benchmarks/{script.name}" in text, f"{script.name} not in benchmarks.md"
+
+
+def test_readme_picture_and_credits():
+    readme = (ROOT / "README.md").read_text()
+    img = DOCS / "img" / "query-map.png"
+    assert "docs/img/query-map.png" in readme
+    assert img.is_file() and img.stat().st_size < 200_000
+    for page in (ROOT / "README.md", DOCS / "index.md", DOCS / "credits.md"):
+        text = " ".join(page.read_text().split())
+        assert OSM_CREDIT in text and AEF_CREDIT in text, page.name

@@ -216,11 +216,9 @@ def test_thirty_percent_faults_identical(reference, inputs, sample_city, tmp_pat
 
 def test_city_that_fails_to_geocode_does_not_stop_the_others(inputs, osm_env, tmp_path):
     rf = tmp_path / "cities.yaml"
-    rf.write_text(yaml.safe_dump({"data_dir": "data", "cities": [
-        {"name": "Atlantis Under The Sea"},
-        {"name": "Singapore CBD", "pois": f"file:{inputs['sg']}",
-         "poi_options": {"category_column": "detail", "top_category_column": "category"},
-         "source": {"name": "cog", "options": {"tiles": str(inputs["tiles"])}}}]}))
+    body = sg_only(inputs)
+    body["cities"].insert(0, {"name": "Atlantis Under The Sea"})
+    rf.write_text(yaml.safe_dump(body))
     r = run(rf)
     data = tmp_path / "data"
     assert r.returncode == 1, r.stderr
@@ -230,6 +228,33 @@ def test_city_that_fails_to_geocode_does_not_stop_the_others(inputs, osm_env, tm
     assert not (data / "atlantis-under-the-sea").exists()
     pois = gpd.read_parquet(data / SG_SLUG / "2024" / "pois.parquet")
     assert len(pd.read_parquet(data / SG_SLUG / "2024" / "poi_embeddings.parquet")) == 2 * len(pois)
+
+
+def sg_only(inputs: dict[str, Path], **extra: object) -> dict:
+    """A run of the Singapore slice alone (COG source, no Earth Engine)."""
+    return {"data_dir": "data", **extra, "cities": [
+        {"name": "Singapore CBD", "pois": f"file:{inputs['sg']}",
+         "poi_options": {"category_column": "detail", "top_category_column": "category"},
+         "source": {"name": "cog", "options": {"tiles": str(inputs["tiles"])}}}]}
+
+
+@pytest.mark.slow
+def test_train_and_encode_steps_are_done_once(inputs, tmp_path):
+    rf = tmp_path / "cities.yaml"
+    rf.write_text(yaml.safe_dump(sg_only(inputs, steps=["extract", "train", "encode"],
+                                         train={"epochs": 1}, encode={"cell": "100m"})))
+    first = run(rf)
+    assert first.returncode == 0, first.stderr
+    data = tmp_path / "data"
+    assert statuses(data, first) == {f"{SG_SLUG}/{s}": "done"
+                                     for s in ("extract", "train", "encode")}
+    city = data / SG_SLUG / "2024"
+    pois = gpd.read_parquet(city / "pois.parquet")
+    assert len(pd.read_parquet(city / "aether" / "default" / "pois.parquet")) == len(pois)
+    assert (city / "grid_embeddings_100m.parquet").is_file()
+    second = run(rf)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do: all 3 tasks up to date" in second.stdout
 
 
 def test_second_concurrent_run_is_refused_in_one_line(inputs, tmp_path):

@@ -80,8 +80,10 @@ def ensure(settings: EESettings) -> None:
 
     Called at the start of every task that talks to EE, on whatever process runs it.
     """
+    import ee
+
     with _lock:
-        if _state["current"] != settings:
+        if _state["current"] != settings or not ee.data.is_initialized():
             settings.initialize()
 
 

@@ -1,0 +1,113 @@
+"""The xee source through the loopback emulator: the genuine ee client and xee 0.1.x.
+
+Point means agree with the COG source and the Earth Engine source (≤ 1e-4), one
+computePixels request carries all 64 bands of a chunk, and a missing year is a clear error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aether import aef
+from aether.errors import CoverageError
+from aether.sources import get_source
+from aether.sources.xee import CHUNK_PX, REQUEST_BYTES, View
+
+pytest.importorskip("xee")
+
+KEY = ["poi_id", "radius_m"]
+BANDS = list(aef.BANDS)
+QUALITY = ["weight", "valid_fraction", "norm"]
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(KEY).reset_index(drop=True)
+
+
+def _max_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """Largest difference of the means (A00..A63); weights agree to float32 rounding."""
+    a, b = _sorted(a), _sorted(b)
+    assert a[KEY].equals(b[KEY])
+    np.testing.assert_allclose(a[QUALITY].to_numpy(float), b[QUALITY].to_numpy(float),
+                               rtol=1e-6)
+    return float(np.nanmax(np.abs(a[BANDS].to_numpy(float) - b[BANDS].to_numpy(float))))
+
+
+@pytest.fixture
+def pois(sample_extract: Path):
+    import geopandas as gpd
+
+    return gpd.read_parquet(sample_extract / "pois.parquet")
+
+
+def _pixel_requests(emulator) -> int:
+    return sum(e["route"] == "image:computePixels" for e in emulator.log)
+
+
+def test_module_uses_the_real_xee_package() -> None:
+    import xee
+
+    import aether.sources.xee as ours
+
+    assert ours.__name__ == "aether.sources.xee"
+    assert xee.__name__ == "xee" and hasattr(xee, "EarthEngineBackendEntrypoint")
+    assert sys.modules["xee"] is xee
+
+
+def test_chunks_fit_the_pixel_request_limit() -> None:
+    assert CHUNK_PX % 64 == 0
+    assert aef.N_BANDS * CHUNK_PX**2 * 5 <= REQUEST_BYTES  # EE counts a mask byte too
+    assert aef.N_BANDS * (CHUNK_PX + 64) ** 2 * 5 > REQUEST_BYTES
+
+
+def test_point_means_match_cog_in_one_request(ee_server, emulator, pois, sample_extract,
+                                              tmp_path: Path) -> None:
+    src = get_source("xee", workdir=tmp_path, ee_url=ee_server, ee_project="demo-project")
+    got = src.point_means(pois, [100.0, 200.0], 2024)
+    cog = pd.read_parquet(sample_extract / "poi_embeddings.parquet")
+    assert len(got) == len(cog) == 2 * len(pois)
+    assert _max_diff(got, cog) <= 1e-4
+    assert got["valid_fraction"].min() > 0.99  # the sample covers every buffer
+    # the sample's POIs fit in one chunk: one request for all 64 bands and both radii
+    assert _pixel_requests(emulator) == 1
+
+
+def test_xee_cog_and_ee_sources_agree(ee_server, pois, sample_extract, tmp_path: Path) -> None:
+    some = pois.iloc[::10].reset_index(drop=True)
+    opts = {"ee_url": ee_server, "ee_project": "demo-project"}
+    xee_rows = get_source("xee", workdir=tmp_path / "x", **opts).point_means(some, [100.0], 2024)
+    ee_rows = get_source("ee", workdir=tmp_path / "e", **opts).point_means(some, [100.0], 2024)
+    cog_rows = get_source("cog", tiles=sample_extract.parents[1] / "_sample" / "helsinki"
+                          / "tiles").point_means(some, [100.0], 2024)
+    assert len(xee_rows) == len(ee_rows) == len(cog_rows) == len(some)
+    assert _max_diff(xee_rows, cog_rows) <= 1e-4
+    assert _max_diff(xee_rows, ee_rows) <= 1e-4
+
+
+def test_one_request_per_chunk_for_64_bands(ee_server, emulator, sample_city,
+                                            tmp_path: Path) -> None:
+    """Small chunks: a 4×4-chunk view costs exactly 16 pixel requests, not 16 × 64."""
+    from aether.sources.xee import open_array
+
+    src = get_source("xee", ee_url=ee_server, ee_project="demo-project", xee_chunk=64)
+    view = View.over(src.session, 2024, sample_city.place.crs,
+                     (385400.0, 6671600.0, 385400.0 + 2560, 6671600.0 + 2560), chunk=64)
+    arr = open_array(view)
+    assert arr.shape == (64, 256, 256) and arr.chunks[1] == (64,) * 4
+    block = arr[:, 70:120, 30:90].values  # spans 1 × 2 chunks
+    assert _pixel_requests(emulator) == 2 and np.isfinite(block).all()
+    arr.sum().compute()
+    assert _pixel_requests(emulator) == 2 + 16
+    km2 = 2.56 * 2.56
+    assert 16 / km2 < 2.5  # 64-band requests per km² at this (tiny) chunk size
+
+
+def test_year_without_images_is_a_coverage_error(ee_server, pois, tmp_path: Path) -> None:
+    src = get_source("xee", workdir=tmp_path, ee_url=ee_server, ee_project="demo-project")
+    with pytest.raises(CoverageError, match="no AlphaEarth images for year 2019"):
+        src.point_means(pois.iloc[:3], [100.0], 2019)

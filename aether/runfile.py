@@ -19,6 +19,8 @@ from aether.config import DEFAULT_RADII, DEFAULT_YEAR
 from aether.errors import ConfigError
 
 Step = Literal["extract", "train", "encode"]
+#: Source options that are file paths (relative ones are read beside the run file).
+PATH_OPTIONS = ("tiles", "ee_credentials")
 Scalar = str | int | float | bool | None
 
 
@@ -68,6 +70,7 @@ class City(_Strict):
     bbox: tuple[float, float, float, float] | None = None
     boundary: str | None = None
     which_result: int | None = Field(default=None, ge=1)
+    yes: bool = False  # accept an area above the size limit (as --yes)
     pois: str | None = None
     poi_options: PoiOptions | None = None
     years: list[int] | None = Field(default=None, min_length=1)
@@ -184,10 +187,11 @@ def _relative_to(run: RunFile, base: Path) -> RunFile:
         return f"{kind}:{path(rest) or rest}" if kind in ("file", "pbf") else v
 
     def source(s: SourceSpec | None) -> SourceSpec | None:
-        if s is None or not isinstance(s.options.get("tiles"), str):
+        if s is None:
             return s
-        tiles = str(s.options["tiles"])
-        return s.model_copy(update={"options": {**s.options, "tiles": path(tiles) or tiles}})
+        opts = {k: (path(v) or v) if k in PATH_OPTIONS and isinstance(v, str) else v
+                for k, v in s.options.items()}
+        return s.model_copy(update={"options": opts})
 
     cities = [c.model_copy(update={"pois": spec(c.pois), "source": source(c.source),
                                    "boundary": path(c.boundary) or c.boundary})

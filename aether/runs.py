@@ -183,8 +183,8 @@ def _run_city(run: RunFile, city: City, tasks: list[Task], root: Path,
                 _encode(run, city, task, out_dirs[task.year], root)
         except Exception as e:  # one city's failure (or bug) must not stop the others
             task.status = FAILED
-            task.error = str(e).splitlines()[0] if isinstance(e, AetherError) else (
-                f"{type(e).__name__}: {e}".splitlines()[0])
+            text = str(e) if isinstance(e, AetherError) else f"{type(e).__name__}: {e}"
+            task.error = text.strip().split("\n")[0]
             if not isinstance(e, AetherError):
                 say(traceback.format_exc().rstrip())
             out_dirs.pop(task.year, None)
@@ -204,6 +204,8 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
                                ("boundary", city.boundary), ("which_result", city.which_result))
              if v is not None}
     offline = city.sample or (not place and bool(pois) and pois.startswith(("file:", "pbf:")))
+    if city.yes:
+        place["yes"] = True
     poi_opts = (city.poi_options or run.poi_options).model_dump(exclude_none=True)
     return ExtractRequest(
         city=city.name, data_dir=root, offline=offline, pois=pois, source=source.name,

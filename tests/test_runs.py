@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from aether.emulator import Emulator, Faults, running
+from aether.emulator.server import COMPUTE_ROUTES
 from aether.errors import ConfigError
 from aether.runfile import load_run_file
 from aether.runs import KILL_ENV, run_lock
@@ -199,17 +200,22 @@ def test_sigkill_at_six_points_then_identical(reference, inputs, sample_city, tm
 
 
 def test_thirty_percent_faults_identical(reference, inputs, sample_city, tmp_path):
-    """Interactive batches (computeFeatures) this time, every compute fault kind mixed in."""
+    """Interactive batches (computeFeatures) this time, every compute fault kind mixed in.
+
+    The seed is one whose first draws at rate 0.3 hit most kinds (timeouts split batches,
+    memory errors raise tileScale, the rest are retried), so each path runs.
+    """
     emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports",
-                   faults=Faults(rate=0.3, kinds=COMPUTE_KINDS, seed=11))
+                   faults=Faults(rate=0.3, kinds=COMPUTE_KINDS, seed=10))
     with running(emu) as url:
         rf = write_run_file(tmp_path / "cities.yaml", inputs, url, emu.exports, export=False,
                             batch=10)
         r = run(rf)
     assert r.returncode == 0, r.stderr
-    faults = sum(1 for e in emu.log if e.get("fault"))
-    print(f"\n{faults} of {len(emu.log)} emulator requests faulted")
-    assert faults >= 3, "the emulator injected too few faults to mean anything"
+    compute = [e for e in emu.log if e["route"] in COMPUTE_ROUTES]
+    kinds = [e["fault"] for e in compute if e["fault"]]
+    print(f"\n{len(kinds)} of {len(compute)} compute requests faulted: {sorted(set(kinds))}")
+    assert len(kinds) >= 0.2 * len(compute) and len(set(kinds)) >= 4
     check_tables(tmp_path / "data")
     same(outputs(tmp_path / "data"), reference.tables)
 
@@ -305,3 +311,24 @@ def test_example_run_files_validate():
     assert files
     for f in files:
         assert load_run_file(f).cities
+
+
+def test_run_file_paths_are_relative_to_it_and_env_vars_expand(tmp_path, monkeypatch):
+    monkeypatch.setenv("EE_PROJECT", "my-project")
+    p = tmp_path / "sub" / "cities.yaml"
+    p.parent.mkdir()
+    p.write_text("data_dir: data\npois: file:pois.csv\n"
+                 "source: {name: ee, options: {ee_project: '${EE_PROJECT}', "
+                 "ee_credentials: key.json, tiles: gs://bucket/aef}}\n"
+                 "cities:\n  - name: A\n    boundary: a.geojson\n"
+                 "  - name: B\n    pois: pbf:/abs/b.pbf\n"
+                 "    source: {name: cog, options: {tiles: ../tiles}}\n")
+    run = load_run_file(p)
+    base = p.parent
+    assert run.data_dir == str(base / "data") and run.pois == f"file:{base / 'pois.csv'}"
+    assert run.source.options == {"ee_project": "my-project",
+                                  "ee_credentials": str(base / "key.json"),
+                                  "tiles": "gs://bucket/aef"}
+    assert run.cities[0].boundary == str(base / "a.geojson")
+    assert run.cities[1].pois == "pbf:/abs/b.pbf"
+    assert run.cities[1].source.options["tiles"] == str(base / "../tiles")

@@ -277,8 +277,11 @@ def _train(run: RunFile, task: Task, city_dir: Path) -> None:
                               "epochs": spec.epochs, "seed": spec.seed}
     try:
         path = train(city_dir, **kwargs)  # resumes an interrupted run of the same config
-    except ModelError:  # the run's model was trained on older tables: this run replaces it
-        path = train(city_dir, overwrite=True, **kwargs)
+    except ModelError as e:
+        if not (city_dir / STEPS_DIR / "train.json").is_file():
+            # a model someone trained by hand: never replaced behind their back
+            raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
+        path = train(city_dir, overwrite=True, **kwargs)  # ours, on older tables: replace it
     _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
     task.status, task.out_dir = DONE, str(path)
 

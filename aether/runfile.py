@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from aether.config import DEFAULT_RADII, DEFAULT_YEAR
 from aether.errors import ConfigError
@@ -21,7 +28,16 @@ from aether.errors import ConfigError
 Step = Literal["extract", "train", "encode"]
 #: Source options that are file paths (relative ones are read beside the run file).
 PATH_OPTIONS = ("tiles", "ee_credentials")
-Scalar = str | int | float | bool | None
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError("an option is a string, a number, true/false or null")
+
+
+#: One source option value (one check, so a mistake gives one clear message).
+Scalar = Annotated[Any, AfterValidator(_scalar)]
 
 
 class _Strict(BaseModel):

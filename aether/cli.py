@@ -163,6 +163,8 @@ def train_cmd(
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if any]")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default)")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace a run with another config")] = False,
+    option: Annotated[list[str] | None, typer.Option(
+        "--set", help="Training option KEY=VALUE (repeatable), e.g. same_place_m=20")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the AETHER heads on a city's extracted tables (resumes an interrupted run)."""
@@ -170,7 +172,7 @@ def train_cmd(
     from aether.config import data_dir as resolve_data_dir
     from aether.places import slugify
     from aether.tables import read_json
-    from aether.train import SUMMARY_FILE, train
+    from aether.train import SUMMARY_FILE, parse_options, train
 
     def show(row: dict) -> None:
         val = f"  val r@10 {row['val_recall@10']:.3f}" if "val_recall@10" in row else ""
@@ -179,7 +181,8 @@ def train_cmd(
 
     where = city_dir(resolve_data_dir(data_dir), slugify(city), check_year(year))
     out = train(where, preset=preset, run_name=run, epochs=epochs, seed=seed, device=device,
-                threads=threads or None, overwrite=overwrite, on_epoch=show)
+                threads=threads or None, overwrite=overwrite, on_epoch=show,
+                **parse_options(option or []))
     test = read_json(out / SUMMARY_FILE).get("test", {})
     if test:
         typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "

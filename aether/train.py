@@ -225,6 +225,29 @@ def _check_manifest(city_dir: Path) -> dict[str, str]:
     return sums
 
 
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to typed TrainConfig overrides (``--set`` on the CLI)."""
+    types = {f.name: type(getattr(TrainConfig(), f.name)) for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ConfigError(f"bad training option {item!r}",
+                              f"use KEY=VALUE with KEY one of {', '.join(sorted(types))}")
+        kind = types[key]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            else:
+                out[key] = kind(value)
+        except ValueError as e:
+            raise ConfigError(f"{key} wants a {kind.__name__}, not {value!r}",
+                              f"e.g. --set {key}={getattr(TrainConfig(), key)}") from e
+    return out
+
+
 def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any) -> TrainConfig:
     """A preset with explicit overrides applied; unknown names are ConfigErrors."""
     if preset not in PRESETS:

@@ -30,6 +30,7 @@ from aether.train import (
     WEIGHTS_FILE,
     load_model,
     load_pairs,
+    parse_options,
     resolve_config,
     split_labels,
     train,
@@ -142,6 +143,11 @@ def test_bad_options_and_checkpoints(city, tmp_path):
         train(city, preset="fancy")
     with pytest.raises(ConfigError, match="unknown training option"):
         train(city, preset="paper", learning_rate=1.0)
+    assert parse_options(["learn_temperature=yes", "epochs=3", "split=blocks"]) == {
+        "learn_temperature": True, "epochs": 3, "split": "blocks"}
+    for bad in ("lr", "lr=fast", "learn_temperature=maybe", "nope=1"):
+        with pytest.raises(ConfigError):
+            parse_options([bad])
     with pytest.raises(TableError, match="no rows at radius 300 m"):
         train(city, preset="paper", aug_radius_m=300.0)
     run = train(city, preset="paper", run_name="compat", **FAST)
@@ -207,11 +213,13 @@ def test_bad_tables(tmp_path, kind, message):
 def test_cli_incompatible_checkpoint(tmp_path, cli):
     city = write_synthetic_city(tmp_path, 120)
     args = ("train", "--city", "Synthville", "--preset", "paper", "--epochs", "2",
-            "--data-dir", str(tmp_path))
+            "--set", "batch_size=32", "--set", "same_place_m=5", "--data-dir", str(tmp_path))
     ok = cli(*args)
     assert ok.returncode == 0, ok.stderr
     assert "held-out text->POI: recall@1" in ok.stdout
     run = city / "models" / "paper"
+    hyper = read_json(run / CONFIG_FILE)["hyperparameters"]
+    assert (hyper["batch_size"], hyper["same_place_m"]) == (32, 5.0)
     (run / SUMMARY_FILE).unlink()  # unfinished: the next run resumes from the checkpoint
     import torch
 

@@ -50,7 +50,8 @@ def _metrics(run):
 
 
 def test_run_directory_and_model(city):
-    run = train(city, preset="default", run_name="layout", **FAST)
+    run = train(city, preset="default", run_name="layout", learn_temperature=True,
+                val_fraction=0.1, split="blocks", **FAST)
     assert run == city / "models" / "layout"
     config = read_json(run / CONFIG_FILE)
     assert config["preset"] == "default" and config["city"] == "synthville"
@@ -59,7 +60,10 @@ def test_run_directory_and_model(city):
     assert config["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert config["data"]["pois_sha256"] == sha256_file(city / POIS_FILE)
     assert config["data"]["pairs"] == 400 and config["data"]["skipped_nan"] == 0
-    assert [int(r["epoch"]) for r in _metrics(run)] == [1, 2, 3]
+    rows = _metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["temperature"]) != 0.07  # learnt
+    assert config["hyperparameters"]["split"] == "blocks"
     model, cfg = load_model(run)
     assert cfg == config
     import torch
@@ -101,7 +105,7 @@ def test_same_seed_same_bytes_and_resume(city):
 
 def test_early_stopping_keeps_the_best_epoch(city):
     run = train(city, preset="default", run_name="early", epochs=40, batch_size=64, patience=2,
-                min_epochs_fraction=0.25)
+                min_epochs_fraction=0.25, val_fraction=0.1)
     scores = [float(r["val_mrr"]) for r in _metrics(run)]
     best = [int(np.argmax(scores[:e])) + 1 for e in range(1, len(scores) + 1)]
     stops = [e for e in range(10, 41) if e <= len(scores) and e - best[e - 1] >= 2]
@@ -117,7 +121,7 @@ def test_early_stopping_keeps_the_best_epoch(city):
 
 
 def test_spatial_block_split(city):
-    cfg = resolve_config("default", None, 42, split="blocks", block_m=500.0)
+    cfg = resolve_config("default", None, 42, split="blocks", block_m=500.0, val_fraction=0.1)
     pairs = load_pairs(city, cfg)
     labels = split_labels(pairs, cfg)
     blocks = pd.Series(labels).groupby(

@@ -105,11 +105,12 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="run all 100 epochs")
     ap.add_argument("--child")
     ap.add_argument("--city", type=Path)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch CPU thread counts to compare (e.g. 1 2)")
     args = ap.parse_args()
     if args.child:
         fn = run_aether if args.child == "aether" else run_baseline
-        print(json.dumps(fn(args.city, args.epochs, args.threads)))
+        print(json.dumps(fn(args.city, args.epochs, args.threads[0])))
         return
 
     epochs = 100 if args.full else args.epochs
@@ -123,15 +124,17 @@ def main() -> None:
     print(f"CPU training, paper preset (batch 512), {epochs} measured epochs; "
           "'100 ep' is measured with --full, else extrapolated")
     print(f"{'data':<22}{'loop':<22}{'thr':>4}{'pairs':>8}{'pairs/s':>10}{'s/epoch':>9}"
-          f"{'100 ep s':>10}{'peak MB':>9}{'vs base':>9}")
+          f"{'100 ep s':>10}{'peak MB':>9}{'vs base':>9}", flush=True)
     for label, city in (("sample (Helsinki)", sample), (f"synthetic {args.pairs}", synthetic)):
         base = _child("baseline", city, epochs, 1)
-        rows = [("DataLoader per row", 1, base)]
-        rows += [("aether.train", t, _child("aether", city, epochs, t)) for t in (1, 2)]
-        for loop, thr, r in rows:
+        rows = [("DataLoader per row", 1, lambda b=base: b)]
+        rows += [("aether.train", t, lambda t=t, c=city: _child("aether", c, epochs, t))
+                 for t in args.threads]
+        for loop, thr, measure in rows:
+            r = measure()
             print(f"{label:<22}{loop:<22}{thr:>4}{r['pairs']:>8}{r['pairs_per_s']:>10.0f}"
                   f"{r['epoch_s']:>9.3f}{r['est_100_epochs_s']:>10.1f}{r['peak_mb']:>9.0f}"
-                  f"{r['pairs_per_s'] / base['pairs_per_s']:>8.2f}x")
+                  f"{r['pairs_per_s'] / base['pairs_per_s']:>8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

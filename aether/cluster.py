@@ -66,11 +66,14 @@ def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
     if spec.kind == "threads":
         yield None
         return
-    from distributed import Client, LocalCluster
-
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise DaskError(f"--scheduler {text} needs dask.distributed",
+                        "pip install 'aether[ee]', or use --scheduler threads") from None
     if spec.kind == "cluster":
         with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
             yield client
         return

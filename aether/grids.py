@@ -53,7 +53,11 @@ def parse_cell(spec: str | float | CellSpec) -> CellSpec:
     m = re.fullmatch(r"h3[:r]?(\d+)", text)
     if m:
         res = int(m.group(1))
-        import h3
+        try:
+            import h3
+        except ImportError:
+            raise InputError("H3 cells need the h3 package", "pip install 'aether[grid]'"
+                             ) from None
 
         edge = h3.average_hexagon_edge_length(res, "m") if res <= 15 else 0.0
         if not MIN_H3_RES <= res <= 15 or edge < aef.PIXEL_SIZE_M:

@@ -220,8 +220,9 @@ def grid_partial_sums(block: PixelBlock, x_edges: np.ndarray, y_edges: np.ndarra
     h, w = block.shape
     wx = _overlap(np.asarray(x_edges, float), block.x0, block.dx, w)  # (nx, W)
     wy = _overlap(np.asarray(y_edges, float), block.y0, block.dy, h)  # (ny, H)
-    s = np.einsum("ic,jcb->jib", wx, np.einsum("jr,rcb->jcb", wy, vals, optimize=True),
-                  optimize=True)
+    # float32 products, as in partial_sums: no float64 copy of the block (memory per task)
+    rows = np.tensordot(wy.astype(np.float32), vals, axes=(1, 0))  # (ny, W, B)
+    s = np.einsum("ic,jcb->jib", wx.astype(np.float32), rows, optimize=True)
     vw = wy @ valid.astype(np.float64) @ wx.T
     nb = vals.shape[-1]
     return Partial(s.reshape(-1, nb).astype(np.float64), vw.reshape(-1), nb)

@@ -1,0 +1,184 @@
+"""Grid throughput (km²/s) and peak memory: local scheduler vs LocalCluster, COG and xee.
+
+    .venv/bin/python tests/benchmarks/bench_grid.py            # sample + generated 100 km²
+    .venv/bin/python tests/benchmarks/bench_grid.py --quick    # sample only
+
+Every run is its own process, so its peak RSS (VmHWM) is its own; on a LocalCluster the
+workers' peaks are read too. "Δpeak" is the peak above the RSS after imports: what the grid
+itself held, to compare with the decoded raster's size (bounded memory = far below it).
+The xee runs go through a loopback emulator in a separate process (`aether emulator
+serve`); its request log gives the computePixels requests per km², also for xee's plain
+layout (the mosaic as one 64-band image: one request per band and chunk) as the baseline.
+Generated rasters go to a temp dir, never the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+CELL = "100m"
+SCHEDULERS = ("threads", "cluster:2")
+#: A smaller xee chunk (px) than the default, to show peak memory follows the chunk size.
+SMALL_CHUNK = 128
+
+
+def _mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    return _mb("VmHWM")
+
+
+def _run(source: str, opts: dict, place_wkt: str, crs: str, scheduler: str, q) -> None:
+    """One grid in this (fresh) process: seconds, peaks, and the cell means."""
+    import dask  # noqa: F401
+    import distributed  # noqa: F401
+    import shapely
+    import xee  # noqa: F401
+
+    from aether import grids
+    from aether.cluster import dask_scheduler
+    from aether.places import Place
+    from aether.sources import get_source
+
+    place = Place("bench", "bench", shapely.from_wkt(place_wkt), crs)
+    src = get_source(source, **opts)
+    base = _mb("VmRSS")
+    with dask_scheduler(scheduler) as client:
+        t0 = time.perf_counter()
+        frame = src.grid(place, 2024, CELL)
+        dt = time.perf_counter() - t0
+        workers = list(client.run(_peak_mb).values()) if client is not None else []
+    values = frame[[c for c in frame.columns if c.startswith("A")]].to_numpy(np.float32)
+    km2 = len(frame) * grids.parse_cell(CELL).size ** 2 / 1e6
+    q.put((dt, _peak_mb(), base, workers, values, km2))
+
+
+def _log(url: str) -> list[dict]:
+    with urllib.request.urlopen(f"{url}/_emulator/log", timeout=30) as r:
+        data = json.load(r)
+    return data["requests"]
+
+
+def _pixel_requests(url: str) -> int:
+    return sum(e.get("route") == "image:computePixels" for e in _log(url))
+
+
+def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> tuple[int, float]:
+    """xee's plain layout over the same view: all 64 variables loaded; (requests, km²)."""
+    import ee
+    import shapely
+    import xarray as xr
+    import xee  # noqa: F401
+
+    from aether import aef, grids
+    from aether.ee_session import EESettings, ensure
+    from aether.places import Place
+    from aether.sources.xee import View
+
+    session = EESettings(url, "demo-project")
+    ensure(session)
+    place = Place("bench", "bench", shapely.from_wkt(place_wkt), crs)
+    cells = grids.make_cells(place, grids.parse_cell(CELL))
+    view = View.over(session, 2024, crs, cells.bounds())
+    start, end = aef.year_range_ms(2024)
+    mosaic = ee.ImageCollection(aef.COLLECTION_ID).filterDate(start, end).mosaic()
+    ds = xr.open_dataset(ee.ImageCollection([mosaic]), engine="ee", crs=crs,
+                         crs_transform=(10.0, 0.0, view.x0, 0.0, -10.0, view.y0),
+                         shape_2d=(view.width, view.height))
+    before = _pixel_requests(url)
+    ds.to_array().values  # noqa: B018  (loads every band)
+    return _pixel_requests(url) - before, view.width * view.height / 1e4
+
+
+def _dataset(name: str, tmp: Path) -> tuple[Path, str, str, float]:
+    """(tiles, place WKT, crs, raster km²) of the sample or a generated 100 km² raster."""
+    import shapely
+    from pyproj import Transformer
+
+    from aether.sample import ensure_sample, synthetic_tiles
+
+    if name == "sample":
+        s = ensure_sample(tmp / "data")
+        from aether import aef
+
+        idx = aef.read_index(s.tiles)
+        km2 = float(((idx.utm_east - idx.utm_west) * (idx.utm_north - idx.utm_south)).sum()) / 1e6
+        return s.tiles, s.place.boundary.wkt, s.place.crs, km2
+    crs, west, south, n = "EPSG:32635", 380_000.0, 6_660_000.0, 1000
+    tiles = synthetic_tiles(tmp / "synthetic100", crs=crs, west=west, south=south,
+                            width_px=n, height_px=n, tile_px=512)
+    inset = 50.0
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    box = shapely.box(west + inset, south + inset, west + n * 10 - inset, south + n * 10 - inset)
+    ll = shapely.ops.transform(tr.transform, box)
+    return tiles, ll.wkt, crs, n * n * 100 / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="sample only")
+    ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()) / "aether-bench-grid")
+    args = ap.parse_args()
+    args.tmp.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    print(f"grid of {CELL} cells (km² = cells' area); peaks in MB (main process / each worker);"
+          " Δ = above imports; raster MB = the whole raster decoded")
+    print(f"{'raster':>10} {'source':>7} {'scheduler':>10} {'km²':>6} {'s':>7} {'km²/s':>7} "
+          f"{'peak':>6} {'Δpeak':>6} {'workers':>13} {'raster MB':>9} {'req/km²':>8} diff")
+    for name in ("sample",) if args.quick else ("sample", "100km2"):
+        tiles, wkt, crs, raster_km2 = _dataset(name, args.tmp)
+        raster_mb = raster_km2 * 1e4 * 64 * 4 / 2**20
+        emu = subprocess.Popen([sys.executable, "-m", "aether", "emulator", "serve",
+                                "--tiles", str(tiles), "--port", "0"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            url = emu.stdout.readline().strip()  # type: ignore[union-attr]
+            ref = None
+            runs = [("cog", sched, {"tiles": str(tiles)}) for sched in SCHEDULERS] + [
+                ("xee", sched, {"ee_url": url, "ee_project": "demo-project"})
+                for sched in SCHEDULERS]
+            if name != "sample":  # memory follows the chunk in flight, not the raster
+                runs.append(("xee", "threads", {"ee_url": url, "ee_project": "demo-project",
+                                                "xee_chunk": SMALL_CHUNK}))
+            for source, sched, opts in runs:
+                n0 = _pixel_requests(url)
+                q = ctx.Queue()
+                p = ctx.Process(target=_run, args=(source, opts, wkt, crs, sched, q))
+                p.start()
+                dt, peak, base, workers, values, km2 = q.get()
+                p.join()
+                reqs = (_pixel_requests(url) - n0) / km2 if source == "xee" else None
+                ref = values if ref is None else ref
+                diff = float(np.nanmax(np.abs(values - ref)))
+                w = "/".join(f"{x:.0f}" for x in workers) or "-"
+                label = source + (f"/{opts['xee_chunk']}" if "xee_chunk" in opts else "")
+                print(f"{name:>10} {label:>7} {sched:>10} {km2:6.1f} {dt:7.2f} "
+                      f"{km2 / dt:7.2f} {peak:6.0f} {peak - base:6.0f} {w:>13} "
+                      f"{raster_mb:9.0f} {'' if reqs is None else f'{reqs:8.3f}':>8} "
+                      f"{diff:.1e}", flush=True)
+            if name == "sample":  # requests per km² do not depend on the raster's size
+                n, area = _plain_xee_requests(url, wkt, crs)
+                print(f"{name:>10} xee plain layout (64-band image): {n} requests for "
+                      f"{area:.1f} km² = {n / area:.2f} req/km²", flush=True)
+        finally:
+            emu.terminate()
+            emu.wait()
+
+
+if __name__ == "__main__":
+    main()

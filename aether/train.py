@@ -7,8 +7,8 @@ directory (never Earth Engine or OSM) and writes ``<city_dir>/models/<run>/``:
 ``metrics.csv`` (one row per epoch) and ``summary.json`` (held-out retrieval when done).
 
 A stable hash of each POI id puts a fixed test split aside for every preset, so the presets
-can be compared on the same held-out POIs; the default preset also carves a validation split
-for early stopping and best-checkpoint selection.
+can be compared on the same held-out POIs; ``val_fraction`` (an option) also carves a
+validation split for early stopping and best-checkpoint selection.
 """
 
 from __future__ import annotations

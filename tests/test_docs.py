@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -146,6 +147,11 @@ def _start_server(line: str, env: dict, cwd: Path) -> subprocess.Popen:
     return proc
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 @pytest.mark.slow
 def test_bash_blocks_run_in_order(tmp_path):
     """Every ```bash command of README + docs, in order, in one data directory."""
@@ -156,7 +162,7 @@ def test_bash_blocks_run_in_order(tmp_path):
            "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     targets = make_targets()
     servers: list[subprocess.Popen] = []
-    ran: list[tuple[str, float]] = []
+    ran: list[tuple[str, float, float]] = []
     try:
         for block in blocks("bash"):
             for line in commands(block):
@@ -173,10 +179,10 @@ def test_bash_blocks_run_in_order(tmp_path):
                 if line.endswith("&"):
                     servers.append(_start_server(line, env, cwd))
                     continue
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _children_cpu()
                 r = subprocess.run(["bash", "-c", line.replace(".venv/bin/aether", "aether")],
                                    cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-                ran.append((line, time.perf_counter() - t0))
+                ran.append((line, time.perf_counter() - t0, _children_cpu() - c0))
                 assert r.returncode == 0, f"{block.page}: {line}\n{r.stdout}\n{r.stderr}"
                 for f in expected_files(path, ctx.params, cwd):
                     assert f.exists(), f"{block.page}: {line}: {f} missing\n{r.stdout}"
@@ -189,7 +195,8 @@ def test_bash_blocks_run_in_order(tmp_path):
         for proc in servers:
             proc.terminate()
             proc.wait(10)
-    print("\n".join(f"{s:6.1f} s  {line}" for line, s in ran))
+    print("\n".join(f"{w:6.1f} s wall {c:6.1f} s CPU  {line}" for line, w, c in ran))
+    print(f"total: {sum(r[1] for r in ran):.0f} s wall, {sum(r[2] for r in ran):.0f} s CPU")
     assert ran, "no bash commands found"
 
 

@@ -214,7 +214,11 @@ def _check_manifest(city_dir: Path) -> dict[str, str]:
             if (city_dir / name).is_file()}
     if not (city_dir / MANIFEST_FILE).is_file():
         return sums
-    manifest = read_json(city_dir / MANIFEST_FILE)
+    try:
+        manifest = read_json(city_dir / MANIFEST_FILE)
+    except ValueError as e:
+        raise TableError(f"{city_dir / MANIFEST_FILE} is not valid JSON",
+                         "re-run `aether extract`") from e
     place = manifest.get("config", {}).get("place")
     if place not in (None, city_dir.parent.name):
         raise TableError(f"{city_dir} holds the extract of {place!r}",

@@ -16,10 +16,12 @@ from train_data import write_synthetic_city
 
 from aether.errors import ConfigError, ModelError, TableError
 from aether.tables import (
+    MANIFEST_FILE,
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
     read_json,
     sha256_file,
+    write_json,
     write_parquet,
 )
 from aether.train import (
@@ -167,6 +169,21 @@ def test_bad_options_and_checkpoints(city, tmp_path):
         load_model(run)
     with pytest.raises(ModelError, match=r"no readable config\.json"):
         load_model(tmp_path)
+
+
+def test_manifest_guards_against_mixed_tables(tmp_path):
+    """The extract's manifest names the place and the checksums of the tables it wrote."""
+    city = write_synthetic_city(tmp_path, 120)
+    outputs = {n: {"sha256": sha256_file(city / n)} for n in (POIS_FILE, POI_EMBEDDINGS_FILE)}
+    write_json({"config": {"place": "synthville"}, "outputs": outputs}, city / MANIFEST_FILE)
+    load_pairs(city, resolve_config("paper", 1, 42))  # consistent: fine
+    write_json({"config": {"place": "helsinki"}, "outputs": outputs}, city / MANIFEST_FILE)
+    with pytest.raises(TableError, match="holds the extract of 'helsinki'"):
+        load_pairs(city, resolve_config("paper", 1, 42))
+    outputs[POI_EMBEDDINGS_FILE]["sha256"] = "0" * 64
+    write_json({"config": {"place": "synthville"}, "outputs": outputs}, city / MANIFEST_FILE)
+    with pytest.raises(TableError, match="not the table its manifest recorded"):
+        load_pairs(city, resolve_config("paper", 1, 42))
 
 
 # --- bad inputs through the real CLI: one line on stderr, exit 2, nothing written ---------

@@ -150,8 +150,9 @@ class Cells:
                                                   self.x + self.spec.size / 2,
                                                   self.y + self.spec.size / 2))
         tr = Transformer.from_crs(self.crs, crs, always_xy=True)
-        moved = [shapely.ops.transform(tr.transform, p) for p in polys]
-        b = shapely.bounds(np.asarray(moved, dtype=object))
+        moved = shapely.transform(np.asarray(polys, dtype=object),
+                                  lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        b = shapely.bounds(moved)
         xmin, ymin, xmax, ymax = bounds
         idx = np.flatnonzero((b[:, 0] < xmax) & (b[:, 2] > xmin)
                              & (b[:, 1] < ymax) & (b[:, 3] > ymin))

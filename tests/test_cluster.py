@@ -104,6 +104,7 @@ def test_grid_on_local_cluster_with_progress(ee_server, sample_city) -> None:
             got = src.grid(sample_city.place, 2024, "100m")
     values = [c for c in want.columns if c not in ("cell_id", "geometry")]
     assert got["cell_id"].tolist() == want["cell_id"].tolist()
-    np.testing.assert_array_equal(got[values].to_numpy(float), want[values].to_numpy(float))
+    np.testing.assert_allclose(got[values].to_numpy(float), want[values].to_numpy(float),
+                               rtol=0, atol=1e-6)  # float32 BLAS sums may round apart
     total, done = seen[-1]
     assert total == done and done >= 2 * 6  # 2 × 3 chunks of 64 px: read + reduce each

@@ -61,6 +61,26 @@ def test_cells_sum_over_blocks_like_one_block(sample_city, spec) -> None:
     assert (whole.valid_weight[inside] > 0).all()
 
 
+@pytest.mark.parametrize("spec", ["100m", "h3:10"])
+def test_block_in_the_next_utm_zone(sample_city, spec) -> None:
+    """A tile in another UTM zone reduces over the cells' polygons projected into its crs."""
+    from pyproj import Transformer
+
+    cells = grids.make_cells(sample_city.place, grids.parse_cell(spec))
+    xmin, ymin, xmax, ymax = Transformer.from_crs(cells.crs, "EPSG:32634", always_xy=True
+                                                  ).transform_bounds(*cells.bounds())
+    x0, y0 = np.floor(xmin / 10) * 10 - 100, np.ceil(ymax / 10) * 10 + 100
+    h, w = int((y0 - ymin) / 10) + 20, int((xmax - x0) / 10) + 20
+    values = np.broadcast_to(np.linspace(-0.5, 0.5, 64, dtype=np.float32), (h, w, 64))
+    block = zonal.PixelBlock(np.ascontiguousarray(values), x0, y0, 10.0, -10.0)
+    idx, part = cells.sums(block, "EPSG:32634")
+    assert sorted(idx) == list(range(len(cells)))
+    total = grids.accumulate(len(cells), [(idx, part)])
+    m = zonal.finalize_area(total, cells.area_px)
+    np.testing.assert_allclose(m.mean, np.broadcast_to(values[0, 0], m.mean.shape), atol=1e-5)
+    np.testing.assert_allclose(m.valid_fraction, 1.0, atol=2e-3)  # zones' scales differ a little
+
+
 def test_h3_cells_are_area_weighted(sample_city) -> None:
     """Inside the data, each hexagon's weight is its own area in pixels (exact coverage)."""
     import h3

@@ -109,6 +109,7 @@ def _dataset(name: str, tmp: Path) -> tuple[Path, str, str, float]:
     """(tiles, place WKT, crs, raster km²) of the sample or a generated 100 km² raster."""
     import shapely
     from pyproj import Transformer
+    from shapely.ops import transform
 
     from aether.sample import ensure_sample, synthetic_tiles
 
@@ -125,7 +126,7 @@ def _dataset(name: str, tmp: Path) -> tuple[Path, str, str, float]:
     inset = 50.0
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     box = shapely.box(west + inset, south + inset, west + n * 10 - inset, south + n * 10 - inset)
-    ll = shapely.ops.transform(tr.transform, box)
+    ll = transform(tr.transform, box)
     return tiles, ll.wkt, crs, n * n * 100 / 1e6
 
 

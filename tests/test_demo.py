@@ -6,9 +6,13 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 
-def test_demo_runs_the_chain_and_reruns_cheaply(sample_extract, data_root, cli) -> None:
-    args = ("demo", "--epochs", "2", "--seeds", "1", "--data-dir", str(data_root))
+
+@pytest.mark.slow
+def test_demo_runs_the_chain_and_reruns_cheaply(tmp_path, cli) -> None:
+    """On a fresh data directory, as a new user runs it (short training, one seed)."""
+    args = ("demo", "--epochs", "2", "--seeds", "1", "--data-dir", str(tmp_path / "data"))
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     outputs = dict(re.findall(r"^  (.+?)\s{2,}(/\S+)$", r.stdout, flags=re.M))

@@ -125,9 +125,10 @@ def test_poi_mix_uses_heldout_pois(landuse_table) -> None:
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("name: x\nkind: [unclosed\n", "does not parse"),
-    ("name: x\nkind: classification\nlabels: labels/osm_landuse.parquet\ncolumn: nope\n",
-     "has no column 'nope'"),
-    ("name: x\nkind: classification\nlabels: missing.parquet\ncolumn: landuse\n", "not found"),
+    ("name: x\nkind: classification\nlabels: labels/osm_landuse.parquet\ncolumn: nope\n"
+     "cell_m: 50\n", "has no column 'nope'"),
+    ("name: x\nkind: classification\nlabels: missing.parquet\ncolumn: landuse\ncell_m: 50\n",
+     "not found"),
     ("name: x\nkind: clustering\nlabels: pois.parquet\ncolumn: landuse\n", "kind"),
 ])
 def test_bad_task_file_is_one_line_exit_2(landuse_table, cli, tmp_path, text, needle) -> None:

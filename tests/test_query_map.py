@@ -77,7 +77,8 @@ def test_map_renders_in_headless_chromium(query_out, tmp_path) -> None:
     dom = _chromium(stem.with_suffix(".html"), tmp_path, "--dump-dom").stdout
     assert dom.count('class="aether-legend"') == 2
     assert dom.count("<canvas") == 2  # cells and markers are drawn on one canvas per map
-    attribution = re.findall(r'leaflet-control-attribution[^>]*>(.*?)</div>', dom, flags=re.S)
+    attribution = re.findall(r'<div class="leaflet-control-attribution[^"]*"[^>]*>(.*?)</div>',
+                             dom, flags=re.S)
     assert attribution and "Google DeepMind" in attribution[0]
     assert "OpenStreetMap contributors" in attribution[0]
 

@@ -44,10 +44,7 @@ def _colours(scores: np.ndarray) -> tuple[list[str | None], float, float]:
 
 
 def _legend(lo: float, hi: float, right: float) -> str:
-    import matplotlib
-    from matplotlib.colors import to_hex
-
-    stops = ", ".join(to_hex(matplotlib.colormaps[CMAP](v)) for v in np.linspace(0, 1, 6))
+    stops = ", ".join(_hex(v) for v in np.linspace(0, 1, 6))
     return (
         '<div class="aether-legend" style="position:absolute;z-index:1000;top:8px;'
         f'right:calc({right}% + 10px);background:rgba(255,255,255,.9);padding:6px 8px;'
@@ -169,3 +166,42 @@ def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
     plt.close(fig)
     path.chmod(0o644)
     return path
+
+
+def geemap_map(index: CityIndex, results: list[QueryResult]) -> Any:
+    """The same layers on a geemap ``Map`` for notebooks (needs the ``geemap`` extra)."""
+    try:
+        import geemap
+        import ipyleaflet
+    except ImportError as e:
+        from aether.errors import InputError
+
+        raise InputError("geemap is not installed", "pip install 'aether[geemap]'") from e
+    w, s, e, n = index.grid.total_bounds
+    m = geemap.Map(center=[(s + n) / 2, (w + e) / 2], zoom=15, ee_initialize=False)
+    for res in results:
+        colours, lo, hi = _colours(res.scores)
+        cells = index.grid[["cell_id", "geometry"]].assign(
+            score=np.round(res.scores, 4), colour=colours)
+        m.add_gdf(cells[cells["colour"].notna()], layer_name=f"heat: {res.query}",
+                  style={"weight": 0, "fillOpacity": 0.75}, zoom_to_layer=False,
+                  style_callback=lambda f: {"fillColor": f["properties"]["colour"]})
+        top = ipyleaflet.LayerGroup(name=f"top {len(res.top)}: {res.query}", layers=[
+            ipyleaflet.CircleMarker(location=(r.lat, r.lon), radius=7, color="#08306b",
+                                    fill_color="#2171b5", fill_opacity=0.9,
+                                    title=f"#{r.rank} {r.score:.3f}")
+            for r in res.top.itertuples()])
+        m.add_layer(top)
+        m.add_legend(title=f"cosine: {res.query}", layer_name=f"heat: {res.query}",
+                     legend_dict={f"{v:.2f}": _hex(t) for v, t in
+                                  zip(np.linspace(lo, hi, 5), np.linspace(0, 1, 5), strict=True)})
+    m.add_text(f"{OSM_CREDIT}. {AEF_CREDIT}", fontsize=10, position="bottomleft")
+    return m
+
+
+def _hex(t: float) -> str:
+    """Colour of the heat scale at ``t`` in [0, 1]."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    return to_hex(matplotlib.colormaps[CMAP](t))

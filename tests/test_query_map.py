@@ -107,3 +107,22 @@ def test_empty_query_is_one_line_exit_2(sample_runs, cli, text) -> None:
     r = cli("query", text, "--city", "Helsinki", "--data-dir", str(data_root))
     assert r.returncode == 2
     assert "query is empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_geemap_layers_for_notebooks(sample_runs) -> None:
+    pytest.importorskip("geemap")
+    from aether.encode import load_run
+    from aether.maps import AEF_CREDIT, geemap_map
+    from aether.search import load_index, search
+
+    city_dir, names, _ = sample_runs
+    run = load_run(city_dir, names[1], slug="helsinki", year=2024)
+    index = load_index(city_dir, run, 50.0)
+    m = geemap_map(index, search(index, run, ["coffee shop", "hotel"], k=5))
+    layers = [layer.name for layer in m.layers]
+    assert {"heat: coffee shop", "top 5: coffee shop", "heat: hotel", "top 5: hotel"} <= set(
+        layers)
+    top = next(layer for layer in m.layers if layer.name == "top 5: hotel")
+    assert len(top.layers) == 5
+    texts = [getattr(c, "widget", None) for c in m.controls]
+    assert any(AEF_CREDIT in str(getattr(w, "value", "")) for w in texts if w is not None)

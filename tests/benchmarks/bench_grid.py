@@ -78,8 +78,8 @@ def _pixel_requests(url: str) -> int:
     return sum(e.get("route") == "image:computePixels" for e in _log(url))
 
 
-def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> tuple[int, float]:
-    """xee's plain layout over the same view: all 64 variables loaded; (requests, km²)."""
+def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> int:
+    """computePixels requests of xee's plain layout over the same view (all 64 bands)."""
     import ee
     import shapely
     import xarray as xr
@@ -102,7 +102,7 @@ def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> tuple[int, float]
                          shape_2d=(view.width, view.height))
     before = _pixel_requests(url)
     ds.to_array().values  # noqa: B018  (loads every band)
-    return _pixel_requests(url) - before, view.width * view.height / 1e4
+    return _pixel_requests(url) - before
 
 
 def _dataset(name: str, tmp: Path) -> tuple[Path, str, str, float]:
@@ -140,7 +140,8 @@ def main() -> None:
     print(f"grid of {CELL} cells (km² = cells' area); peaks in MB (main process / each worker);"
           " Δ = above imports; raster MB = the whole raster decoded")
     print(f"{'raster':>10} {'source':>7} {'scheduler':>10} {'km²':>6} {'s':>7} {'km²/s':>7} "
-          f"{'peak':>6} {'Δpeak':>6} {'workers':>13} {'raster MB':>9} {'req/km²':>8} diff")
+          f"{'×base':>6} {'peak':>6} {'Δpeak':>6} {'workers':>13} {'raster MB':>9} {'req/km²':>8} "
+          "diff   (×base: km²/s against cog on threads)")
     for name in ("sample",) if args.quick else ("sample", "100km2"):
         tiles, wkt, crs, raster_km2 = _dataset(name, args.tmp)
         raster_mb = raster_km2 * 1e4 * 64 * 4 / 2**20
@@ -149,7 +150,7 @@ def main() -> None:
                                stdout=subprocess.PIPE, text=True)
         try:
             url = emu.stdout.readline().strip()  # type: ignore[union-attr]
-            ref = None
+            ref, base_rate, ours = None, None, None
             runs = [("cog", sched, {"tiles": str(tiles)}) for sched in SCHEDULERS] + [
                 ("xee", sched, {"ee_url": url, "ee_project": "demo-project"})
                 for sched in SCHEDULERS]
@@ -165,17 +166,20 @@ def main() -> None:
                 p.join()
                 reqs = (_pixel_requests(url) - n0) / km2 if source == "xee" else None
                 ref = values if ref is None else ref
+                base_rate = base_rate or km2 / dt
+                ours = ours or reqs
                 diff = float(np.nanmax(np.abs(values - ref)))
                 w = "/".join(f"{x:.0f}" for x in workers) or "-"
                 label = source + (f"/{opts['xee_chunk']}" if "xee_chunk" in opts else "")
                 print(f"{name:>10} {label:>7} {sched:>10} {km2:6.1f} {dt:7.2f} "
-                      f"{km2 / dt:7.2f} {peak:6.0f} {peak - base:6.0f} {w:>13} "
+                      f"{km2 / dt:7.2f} {km2 / dt / base_rate:6.2f} {peak:6.0f} "
+                      f"{peak - base:6.0f} {w:>13} "
                       f"{raster_mb:9.0f} {'' if reqs is None else f'{reqs:8.3f}':>8} "
                       f"{diff:.1e}", flush=True)
             if name == "sample":  # requests per km² do not depend on the raster's size
-                n, area = _plain_xee_requests(url, wkt, crs)
-                print(f"{name:>10} xee plain layout (64-band image): {n} requests for "
-                      f"{area:.1f} km² = {n / area:.2f} req/km²", flush=True)
+                n = _plain_xee_requests(url, wkt, crs)
+                print(f"{name:>10} xee plain layout (64-band image): {n / km2:.2f} req/km², "
+                      f"{n / km2 / ours:.0f}× the requests of ours ({ours:.3f})", flush=True)
         finally:
             emu.terminate()
             emu.wait()

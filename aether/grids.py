@@ -236,6 +236,10 @@ def write_zarr(frame: gpd.GeoDataFrame, path: Path) -> Path:
 
     import xarray as xr
 
+    try:
+        import zarr  # noqa: F401
+    except ImportError:
+        raise InputError("--zarr needs the zarr package", "pip install 'aether[ee]'") from None
     xs, ys = np.unique(frame["x"]), np.unique(frame["y"])[::-1]  # north first
     col = np.searchsorted(xs, frame["x"].to_numpy())
     row = np.searchsorted(-ys, -frame["y"].to_numpy())

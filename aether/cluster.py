@@ -73,7 +73,7 @@ def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
                         "pip install 'aether[ee]', or use --scheduler threads") from None
     if spec.kind == "cluster":
         with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                          dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
                 Client(cluster) as client:
             yield client
         return

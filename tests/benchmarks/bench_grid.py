@@ -105,29 +105,25 @@ def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> int:
     return _pixel_requests(url) - before
 
 
-def _dataset(name: str, tmp: Path) -> tuple[Path, str, str, float]:
-    """(tiles, place WKT, crs, raster km²) of the sample or a generated 100 km² raster."""
+def _dataset(name: str, tmp: Path) -> tuple[Path, str, str]:
+    """(tiles, place WKT, crs): the sample, or a generated 100 km² raster and the place
+    covering all of it (100km2) or a quarter of it (25km2: same tiles, a quarter the area)."""
     import shapely
     from pyproj import Transformer
-    from shapely.ops import transform
 
     from aether.sample import ensure_sample, synthetic_tiles
 
     if name == "sample":
         s = ensure_sample(tmp / "data")
-        from aether import aef
-
-        idx = aef.read_index(s.tiles)
-        km2 = float(((idx.utm_east - idx.utm_west) * (idx.utm_north - idx.utm_south)).sum()) / 1e6
-        return s.tiles, s.place.boundary.wkt, s.place.crs, km2
+        return s.tiles, s.place.boundary.wkt, s.place.crs
     crs, west, south, n = "EPSG:32635", 380_000.0, 6_660_000.0, 1000
     tiles = synthetic_tiles(tmp / "synthetic100", crs=crs, west=west, south=south,
                             width_px=n, height_px=n, tile_px=512)
-    inset = 50.0
+    side, inset = n * 10.0 / (2 if name == "25km2" else 1), 50.0
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    box = shapely.box(west + inset, south + inset, west + n * 10 - inset, south + n * 10 - inset)
-    ll = transform(tr.transform, box)
-    return tiles, ll.wkt, crs, n * n * 100 / 1e6
+    box = shapely.box(west + inset, south + inset, west + side - inset, south + side - inset)
+    ll = shapely.transform(box, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    return tiles, ll.wkt, crs
 
 
 def main() -> None:
@@ -138,13 +134,12 @@ def main() -> None:
     args.tmp.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     print(f"grid of {CELL} cells (km² = cells' area); peaks in MB (main process / each worker);"
-          " Δ = above imports; raster MB = the whole raster decoded")
+          " Δ = above imports; raster MB = the grid's raster, decoded")
     print(f"{'raster':>10} {'source':>7} {'scheduler':>10} {'km²':>6} {'s':>7} {'km²/s':>7} "
           f"{'×base':>6} {'peak':>6} {'Δpeak':>6} {'workers':>13} {'raster MB':>9} {'req/km²':>8} "
           "diff   (×base: km²/s against cog on threads)")
-    for name in ("sample",) if args.quick else ("sample", "100km2"):
-        tiles, wkt, crs, raster_km2 = _dataset(name, args.tmp)
-        raster_mb = raster_km2 * 1e4 * 64 * 4 / 2**20
+    for name in ("sample",) if args.quick else ("sample", "25km2", "100km2"):
+        tiles, wkt, crs = _dataset(name, args.tmp)
         emu = subprocess.Popen([sys.executable, "-m", "aether", "emulator", "serve",
                                 "--tiles", str(tiles), "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
@@ -154,7 +149,9 @@ def main() -> None:
             runs = [("cog", sched, {"tiles": str(tiles)}) for sched in SCHEDULERS] + [
                 ("xee", sched, {"ee_url": url, "ee_project": "demo-project"})
                 for sched in SCHEDULERS]
-            if name != "sample":  # memory follows the chunk in flight, not the raster
+            if name == "25km2":  # Δpeak against 100km2: memory does not grow with the area
+                runs = [r for r in runs if r[1] == "threads"]
+            if name == "100km2":  # memory follows the chunk in flight, not the raster
                 runs.append(("xee", "threads", {"ee_url": url, "ee_project": "demo-project",
                                                 "xee_chunk": SMALL_CHUNK}))
             for source, sched, opts in runs:
@@ -170,6 +167,7 @@ def main() -> None:
                 ours = ours or reqs
                 diff = float(np.nanmax(np.abs(values - ref)))
                 w = "/".join(f"{x:.0f}" for x in workers) or "-"
+                raster_mb = km2 * 1e4 * 64 * 4 / 2**20
                 label = source + (f"/{opts['xee_chunk']}" if "xee_chunk" in opts else "")
                 print(f"{name:>10} {label:>7} {sched:>10} {km2:6.1f} {dt:7.2f} "
                       f"{km2 / dt:7.2f} {km2 / dt / base_rate:6.2f} {peak:6.0f} "

@@ -159,8 +159,9 @@ def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
         ax.set_title(res.query)
         ax.set_axis_off()
         ax.legend(loc="upper left", fontsize=8)
-    fig.text(0.01, 0.01, f"{OSM_CREDIT}. {AEF_CREDIT}", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    # wrapped to the figure's width, so a one-panel map keeps the whole credit
+    fig.text(0.01, 0.01, f"{OSM_CREDIT}.\n{AEF_CREDIT}", fontsize=7, wrap=True, va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -20,6 +20,7 @@ import pandas as pd
 from aether import zonal
 from aether.aef import BANDS, PIXEL_SIZE_M
 from aether.errors import ModelError, TableError
+from aether.grids import grid_file
 from aether.tables import (
     POI_EMBEDDING_COLUMNS,
     POI_EMBEDDINGS_FILE,
@@ -37,11 +38,6 @@ AETHER_DIR = "aether"
 AETHER_POIS_FILE = "pois.parquet"
 GRID_COLUMNS: tuple[str, ...] = ("cell_id", *BANDS, "weight", "valid_fraction", "x", "y")
 _GRID_FILE = re.compile(r"^grid_embeddings_(\d+(?:\.\d+)?)m\.parquet$")
-
-
-def grid_file(cell_m: float) -> str:
-    """Name of the grid table written by ``aether grid`` for a cell size."""
-    return f"grid_embeddings_{cell_m:g}m.parquet"
 
 
 def grid_sizes(city_dir: Path) -> list[float]:

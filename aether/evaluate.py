@@ -205,7 +205,7 @@ def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> 
     """What a result depends on: the task, the models, the tables it reads, the settings."""
     from dataclasses import asdict
 
-    from aether.encode import grid_file
+    from aether.grids import grid_file
     from aether.tasks import label_path
     from aether.train import WEIGHTS_FILE
 

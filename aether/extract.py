@@ -210,14 +210,6 @@ def parse_cell(spec: str | float) -> float:
     return cell.size
 
 
-def grid_file(cell: str | float) -> str:
-    """``grid_embeddings_100m.parquet``, ``grid_embeddings_h3r9.parquet``: the cell is part
-    of the name (and cache key)."""
-    from aether.grids import parse_cell as parse_spec
-
-    return f"grid_embeddings_{parse_spec(cell).label}.parquet"
-
-
 def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = False
              ) -> tuple[Path, int]:
     """Area-weighted cell means over the place: ``grid_embeddings_<cell>.parquet``.
@@ -225,6 +217,7 @@ def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = Fal
     With ``zarr``, square grids are also written as a (band, y, x) Zarr store of the same
     means next to it, for array tools (xarray, heat maps).
     """
+    from aether.grids import grid_file
     from aether.grids import parse_cell as parse_spec
     from aether.sources import get_source
 

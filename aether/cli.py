@@ -122,11 +122,11 @@ def extract(
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
-    from aether.cluster import dask_scheduler
-    from aether.config import DEFAULT_RADII
-    from aether.config import data_dir as resolve_data_dir
-    from aether.extract import ExtractRequest, run_extract
-    from aether.progress import dask_progress
+    from aether.execution.cluster import dask_scheduler
+    from aether.execution.progress import dask_progress
+    from aether.pipeline.extract import ExtractRequest, run_extract
+    from aether.settings import DEFAULT_RADII
+    from aether.settings import data_dir as resolve_data_dir
 
     if pois is not None and ":" not in pois.split("/")[0] and pois != "osm":
         pois = f"file:{pois}"
@@ -168,11 +168,11 @@ def train_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the AETHER heads on a city's extracted tables (resumes an interrupted run)."""
-    from aether.config import check_year, city_dir
-    from aether.config import data_dir as resolve_data_dir
-    from aether.places import slugify
-    from aether.tables import read_json
-    from aether.train import SUMMARY_FILE, parse_options, train
+    from aether.io.tables import read_json
+    from aether.ml.train import SUMMARY_FILE, parse_options, train
+    from aether.places.place import slugify
+    from aether.settings import check_year, city_dir
+    from aether.settings import data_dir as resolve_data_dir
 
     def show(row: dict) -> None:
         val = f"  val r@10 {row['val_recall@10']:.3f}" if "val_recall@10" in row else ""
@@ -211,10 +211,10 @@ def grid(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Area-weighted AlphaEarth means over grid cells (square or H3) covering a city."""
-    from aether.cluster import dask_scheduler
-    from aether.config import data_dir as resolve_data_dir
-    from aether.extract import ExtractRequest, run_grid
-    from aether.progress import dask_progress
+    from aether.execution.cluster import dask_scheduler
+    from aether.execution.progress import dask_progress
+    from aether.pipeline.extract import ExtractRequest, run_grid
+    from aether.settings import data_dir as resolve_data_dir
 
     opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
             "ee_credentials": ee_credentials}
@@ -234,7 +234,7 @@ def run_cmd(
     """Do a run file's cities × years × steps once: skip what is done, redo what changed."""
     from rich.console import Console
 
-    from aether.runs import DONE, FAILED, UP_TO_DATE, execute, summary_table
+    from aether.pipeline.scheduled import DONE, FAILED, UP_TO_DATE, execute, summary_table
 
     report = execute(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
     Console(width=120).print(summary_table(report))
@@ -258,9 +258,9 @@ ModelOpt = Annotated[
 
 def _city(city: str, year: int, data_dir: Path | None) -> tuple[Path, str]:
     """The city directory and slug of a city name and year."""
-    from aether.config import check_year, city_dir
-    from aether.config import data_dir as resolve_data_dir
-    from aether.places import slugify
+    from aether.places.place import slugify
+    from aether.settings import check_year, city_dir
+    from aether.settings import data_dir as resolve_data_dir
 
     slug = slugify(city)
     return city_dir(resolve_data_dir(data_dir), slug, check_year(year)), slug
@@ -274,7 +274,7 @@ def encode(
     data_dir: DataDirOpt = None,
 ) -> None:
     """AETHER vectors for a city's POIs and grid cells, at the scale each model was trained on."""
-    from aether.encode import encode_city, load_runs
+    from aether.ml.encode import encode_city, load_runs
 
     where, slug = _city(city, year, data_dir)
     for run in load_runs(where, model, slug=slug, year=year):
@@ -297,11 +297,11 @@ def evaluate_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
-    from aether.encode import load_runs
     from aether.errors import InputError
-    from aether.evaluate import evaluate, markdown
-    from aether.probes import SEEDS
-    from aether.tasks import load_task
+    from aether.evaluation.evaluate import evaluate, markdown
+    from aether.evaluation.probes import SEEDS
+    from aether.evaluation.tasks import load_task
+    from aether.ml.encode import load_runs
 
     if not 1 <= seeds <= len(SEEDS):
         raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
@@ -329,10 +329,10 @@ def query(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Search a city with text: top-k grid cells, nearest POIs, an HTML map and a PNG."""
-    from aether.encode import encoded_cells, list_runs, load_run
     from aether.errors import TableError
-    from aether.maps import html_map, png_map
-    from aether.search import check_queries, query_city
+    from aether.ml.encode import encoded_cells, list_runs, load_run
+    from aether.query.maps import html_map, png_map
+    from aether.query.search import check_queries, query_city
 
     check_queries(queries)
     where, slug = _city(city, year, data_dir)
@@ -361,9 +361,9 @@ def demo(
     seeds: Annotated[int, typer.Option(help="Evaluation seeds (of 42, 24, 7, 0, 100)")] = 5,
 ) -> None:
     """The whole chain on the offline sample city; prints where each output is."""
-    from aether.config import data_dir as resolve_data_dir
-    from aether.demo import run_demo
     from aether.errors import InputError
+    from aether.pipeline.demo import run_demo
+    from aether.settings import data_dir as resolve_data_dir
 
     if not 1 <= seeds <= 5:
         raise InputError(f"--seeds {seeds}", "use 1 to 5")
@@ -383,8 +383,8 @@ def sample_build(
     year: Annotated[int, typer.Option(help="Year the tiles are filed under")] = 2024,
 ) -> None:
     """Build (once) the offline sample city: Helsinki OSM + generated AlphaEarth tiles."""
-    from aether.config import data_dir as resolve_data_dir
-    from aether.sample import ensure_sample, sample_report
+    from aether.sample.city import ensure_sample, sample_report
+    from aether.settings import data_dir as resolve_data_dir
 
     city = ensure_sample(resolve_data_dir(data_dir), seed=seed, year=year)
     rep = sample_report(city)
@@ -418,7 +418,7 @@ def emulator_serve(
         help="Project id refused as not registered for Earth Engine (repeatable)")] = None,
 ) -> None:
     """Serve the emulator on 127.0.0.1 and print its URL (Ctrl-C stops it)."""
-    from aether.emulator import Emulator, Faults, serve
+    from aether.testing.emulator import Emulator, Faults, serve
 
     faults = Faults.parse(fault_rate, fault_kinds, fault_seed, fault_schedule, latency)
     emulator = Emulator(tiles, exports, faults, export_delay,

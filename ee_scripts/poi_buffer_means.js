@@ -33,7 +33,7 @@ for (var i = 0; i < 64; i++) {
   BANDS.push('A' + (i < 10 ? '0' : '') + i);
 }
 
-/** The EPSG code of the WGS84 UTM zone holding a point (as aether.aef.utm_epsg). */
+/** The EPSG code of the WGS84 UTM zone holding a point (as aether.core.aef.utm_epsg). */
 function utmCrs(lon, lat) {
   var zone = Math.floor((lon + 180) / 6) % 60 + 1;
   return 'EPSG:' + ((lat >= 0 ? 32600 : 32700) + zone);

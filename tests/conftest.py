@@ -24,7 +24,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_city(data_root: Path):
     """The offline sample city (real Helsinki OSM + generated AlphaEarth-format tiles)."""
-    from aether.sample import ensure_sample
+    from aether.sample.city import ensure_sample
 
     return ensure_sample(data_root)
 
@@ -32,7 +32,7 @@ def sample_city(data_root: Path):
 @pytest.fixture(scope="session")
 def sample_extract(sample_city, data_root: Path) -> Path:
     """The extracted Helsinki tables (pois + poi_embeddings at 100 and 200 m)."""
-    from aether.extract import ExtractRequest, run_extract
+    from aether.pipeline.extract import ExtractRequest, run_extract
 
     return run_extract(ExtractRequest(city="Helsinki", data_dir=data_root, offline=True)).out_dir
 
@@ -57,7 +57,7 @@ def emulator(sample_city, tmp_path: Path):
 
     Set ``emulator.faults = Faults(...)`` or ``emulator.export_delay`` inside a test.
     """
-    from aether.emulator import Emulator
+    from aether.testing.emulator import Emulator
 
     return Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
 
@@ -67,7 +67,7 @@ def ee_emulator(emulator):
     """The genuine ``ee`` client initialised in-process against ``emulator`` (no socket)."""
     import ee
 
-    from aether.emulator import connect
+    from aether.testing.emulator import connect
 
     connect(emulator)
     yield emulator
@@ -77,7 +77,7 @@ def ee_emulator(emulator):
 @pytest.fixture
 def ee_server(emulator):
     """``emulator`` served on a 127.0.0.1 loopback port: yields its URL (for subprocesses)."""
-    from aether.emulator import running
+    from aether.testing.emulator import running
 
     with running(emulator) as url:
         yield url
@@ -93,7 +93,7 @@ def helsinki_pbf() -> Path:
 @pytest.fixture(scope="session")
 def osm_standin(helsinki_pbf: Path):
     """The loopback Nominatim + Overpass stand-in serving the Helsinki PBF (one per session)."""
-    from aether.emulator.osm import OsmStandIn
+    from aether.testing.osm import OsmStandIn
 
     with OsmStandIn(helsinki_pbf) as standin:
         yield standin
@@ -114,9 +114,9 @@ def sample_runs(sample_extract: Path, data_root: Path):
 
     Returns (city_dir, run names, data_root); the runs are named ``t7_<preset>``.
     """
-    from aether.encode import encode_city, load_run
-    from aether.extract import ExtractRequest, run_grid
-    from aether.train import train
+    from aether.ml.encode import encode_city, load_run
+    from aether.ml.train import train
+    from aether.pipeline.extract import ExtractRequest, run_grid
 
     run_grid(ExtractRequest(city="Helsinki", data_dir=data_root, offline=True), "50m")
     names = []

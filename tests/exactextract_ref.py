@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aether import aef
+from aether.io import tiles as tile_io
 
 #: 256 segments per circle: polygon area within 1e-4 of the circle.
 QUAD_SEGS = 64
@@ -21,7 +21,7 @@ def decoded_geotiff(tile_path: str, out: Path) -> Path:
     import rasterio
     from rasterio.transform import Affine
 
-    block = aef.read_block(tile_path)
+    block = tile_io.read_block(tile_path)
     assert block is not None
     vals = block.values if block.dy < 0 else block.values[::-1]
     ymax = block.bounds()[3]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aether import aef
+from aether.core import aef
 from aether.errors import TilesError
+from aether.io import tiles as tile_io
 
 
 def test_dequantize_formula_and_nodata() -> None:
@@ -40,27 +41,27 @@ def test_tile_roundtrip_reads_through_transform(tmp_path, south_up: bool) -> Non
     q = rng.integers(-127, 128, size=(64, 12, 9), dtype=np.int16).astype(np.int8)
     q[:, 0, 0] = aef.NODATA  # north-west corner pixel is nodata
     path = tmp_path / "2024" / "35N" / "t-0-0.tiff"
-    aef.write_tile(path, q, "EPSG:32635", 385_000, 6_675_000, south_up=south_up)
-    rec = aef.tile_record(path, 2024)
+    tile_io.write_tile(path, q, "EPSG:32635", 385_000, 6_675_000, south_up=south_up)
+    rec = tile_io.tile_record(path, 2024)
     assert (rec["utm_west"], rec["utm_north"]) == (385_000, 6_675_000)
     assert (rec["utm_east"], rec["utm_south"]) == (385_090, 6_674_880)
-    aef.write_index([rec], tmp_path)
-    index = aef.read_index(tmp_path)
+    tile_io.write_index([rec], tmp_path)
+    index = tile_io.read_index(tmp_path)
     assert list(index.columns) == list(aef.INDEX_COLUMNS)
     assert index.iloc[0].utm_zone == "35N"
     # read the north-west 3x3 pixels by coordinates, whatever the storage order
-    block = aef.read_block(index.iloc[0].path, (385_000, 6_674_970, 385_030, 6_675_000))
+    block = tile_io.read_block(index.iloc[0].path, (385_000, 6_674_970, 385_030, 6_675_000))
     assert block is not None and block.shape == (3, 3)
     north_up = block.values if block.dy < 0 else block.values[::-1]
     assert np.isnan(north_up[0, 0]).all()
     np.testing.assert_array_equal(north_up[1, 2], aef.dequantize(q[:, 1, 2]))
-    assert aef.read_block(index.iloc[0].path, (0, 0, 10, 10)) is None
+    assert tile_io.read_block(index.iloc[0].path, (0, 0, 10, 10)) is None
 
 
 def test_missing_and_corrupt_inputs(tmp_path) -> None:
     with pytest.raises(TilesError, match="no AlphaEarth index"):
-        aef.read_index(tmp_path)
+        tile_io.read_index(tmp_path)
     bad = tmp_path / "bad.tiff"
     bad.write_bytes(b"II*\x00garbage" * 10)
     with pytest.raises(TilesError, match="cannot read tile"):
-        aef.read_block(str(bad))
+        tile_io.read_block(str(bad))

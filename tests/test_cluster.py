@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether.cluster import Scheduler, dask_scheduler, parse_scheduler
 from aether.errors import InputError
+from aether.execution.cluster import Scheduler, dask_scheduler, parse_scheduler
 
 pytest.importorskip("distributed")
 pytest.importorskip("xee")
@@ -70,7 +70,7 @@ def test_extract_on_local_cluster_equals_local_scheduler(cli, ee_server, emulato
                                                          own_data) -> None:
     """`aether extract --source xee --scheduler cluster:2` (worker processes initialise EE
     themselves) writes the same table as the threaded scheduler."""
-    from aether.extract import ExtractRequest, run_extract
+    from aether.pipeline.extract import ExtractRequest, run_extract
 
     opts = {"ee_url": ee_server, "ee_project": "demo-project"}
     local = run_extract(ExtractRequest(city="Helsinki", data_dir=own_data("threads"),
@@ -91,8 +91,8 @@ def test_extract_on_local_cluster_equals_local_scheduler(cli, ee_server, emulato
 
 def test_grid_on_local_cluster_with_progress(ee_server, sample_city) -> None:
     """Two worker processes, not this one, do the work; the progress plugin counts it."""
-    from aether.progress import follow_cluster
-    from aether.sources import get_source
+    from aether.embeddings import get_source
+    from aether.execution.progress import follow_cluster
 
     src = get_source("xee", ee_url=ee_server, ee_project="demo-project", xee_chunk=64)
     want = src.grid(sample_city.place, 2024, "100m")

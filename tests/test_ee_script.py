@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether.aef import BANDS, COLLECTION_ID
-from aether.sources import get_source
-from aether.sources.earthengine import SCALE_M, make_batches, reduce_regions_graph
-from aether.tables import sort_poi_embeddings
+from aether.core.aef import BANDS, COLLECTION_ID
+from aether.embeddings import get_source
+from aether.embeddings.earthengine.source import SCALE_M, make_batches, reduce_regions_graph
+from aether.io.tables import sort_poi_embeddings
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "ee_scripts"
 CLIENT = SCRIPTS / "node_modules" / "@google" / "earthengine"

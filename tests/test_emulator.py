@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aether import aef, zonal
+from aether.core import aef, zonal
+from aether.io import tiles as tile_io
 
 ee = pytest.importorskip("ee")
 
@@ -19,8 +20,8 @@ CRS = "EPSG:32635"
 
 def _block(sample_city):
     """The sample tile of YEAR, decoded (what the COG source reads)."""
-    index = aef.read_index(sample_city.tiles)
-    return aef.read_block(str(index[index.year == YEAR].iloc[0].path))
+    index = tile_io.read_index(sample_city.tiles)
+    return tile_io.read_block(str(index[index.year == YEAR].iloc[0].path))
 
 
 def _points(block, n: int, seed: int = 0, margin: float = 0.0) -> tuple[np.ndarray, ...]:
@@ -280,7 +281,7 @@ def test_mosaic_across_tiles_and_years(tmp_path) -> None:
     .add), and filterDate picks the year's tiles."""
     from pyproj import Transformer
 
-    from aether.emulator import Emulator, connect
+    from aether.testing.emulator import Emulator, connect
 
     rng = np.random.default_rng(1)
     records, blocks = [], {}
@@ -289,10 +290,10 @@ def test_mosaic_across_tiles_and_years(tmp_path) -> None:
             q = rng.integers(-127, 128, size=(64, 60, 60), dtype=np.int16).astype(np.int8)
             q[:, 20:24, 50:60] = aef.NODATA  # a nodata patch next to the seam
             path = tmp_path / str(year) / f"t{i}.tiff"
-            aef.write_tile(path, q, CRS, west, 6_676_000)
-            records.append(aef.tile_record(path, year))
-            blocks.setdefault(year, []).append(aef.read_block(str(path)))
-    aef.write_index(records, tmp_path)
+            tile_io.write_tile(path, q, CRS, west, 6_676_000)
+            records.append(tile_io.tile_record(path, year))
+            blocks.setdefault(year, []).append(tile_io.read_block(str(path)))
+    tile_io.write_index(records, tmp_path)
     x = np.array([385_600.0, 385_580.0, 385_300.0])
     y = np.array([6_675_700.0, 6_675_780.0, 6_675_500.0])
     lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)

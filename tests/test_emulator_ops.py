@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether import aef
-from aether.emulator import ALL_KINDS, Faults
-from aether.emulator.faults import KINDS
+from aether.core import aef
+from aether.testing.emulator import ALL_KINDS, Faults
+from aether.testing.emulator.faults import KINDS
 
 ee = pytest.importorskip("ee")
 

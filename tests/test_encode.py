@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether import zonal
-from aether.aef import BANDS
-from aether.encode import AETHER_COLUMNS, grid_window_means
+from aether.core import zonal
+from aether.core.aef import BANDS
+from aether.ml.encode import AETHER_COLUMNS, grid_window_means
 
 
 def _cell_constant_raster(n_cells: int, cell_px: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

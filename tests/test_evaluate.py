@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aether import probes
-from aether.evaluate import CONCAT, PRIOR, RAW, TEXT, evaluate
-from aether.tasks import TASKS_DIR, load_task
+from aether.evaluation import probes
+from aether.evaluation.evaluate import CONCAT, PRIOR, RAW, TEXT, evaluate
+from aether.evaluation.tasks import TASKS_DIR, load_task
 
 
 def _blobs(n: int, d: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,9 +65,9 @@ def test_block_split_keeps_blocks_whole() -> None:
 
 @pytest.fixture(scope="module")
 def landuse_table(sample_runs):
-    from aether.demo import LABELS_FILE, write_landuse_labels
-    from aether.encode import load_run
-    from aether.sample import ensure_sample
+    from aether.ml.encode import load_run
+    from aether.pipeline.demo import LABELS_FILE, write_landuse_labels
+    from aether.sample.city import ensure_sample
 
     city_dir, names, data_root = sample_runs
     write_landuse_labels(ensure_sample(data_root).pbf, city_dir / LABELS_FILE)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from exactextract_ref import decoded_geotiff, exactextract_means
 
-from aether import aef
+from aether.core import aef
+from aether.io import tiles as tile_io
 
 
 def test_sample_buffer_means_match_exactextract(sample_city, sample_extract, tmp_path) -> None:
@@ -14,7 +15,7 @@ def test_sample_buffer_means_match_exactextract(sample_city, sample_extract, tmp
 
     pois = gpd.read_parquet(sample_extract / "pois.parquet")
     emb = pd.read_parquet(sample_extract / "poi_embeddings.parquet")
-    index = aef.read_index(sample_city.tiles)
+    index = tile_io.read_index(sample_city.tiles)
     assert len(index) == 1, "the parity check assumes the sample is one tile"
     tile = index.iloc[0]
     raster = decoded_geotiff(tile.path, tmp_path / "decoded.tif")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from shapely.geometry import LineString, Point
 
-from aether import aef
+from aether.core import aef
 
 
 def _tree(root: Path) -> set[str]:

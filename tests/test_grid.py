@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether import aef, grids, zonal
+from aether.core import aef, zonal
+from aether.core import cells as grids
+from aether.embeddings import get_source
 from aether.errors import InputError
-from aether.sources import get_source
+from aether.io import tiles as tile_io
 
 VALUES = [*aef.BANDS, "weight", "valid_fraction", "norm"]
 
@@ -36,8 +38,8 @@ def test_bad_cells(spec, match) -> None:
 
 
 def _block(sample_city) -> zonal.PixelBlock:
-    idx = aef.read_index(sample_city.tiles)
-    return aef.read_block(str(idx.path.iloc[0]))
+    idx = tile_io.read_index(sample_city.tiles)
+    return tile_io.read_block(str(idx.path.iloc[0]))
 
 
 def _split(block: zonal.PixelBlock, r: int, c: int) -> list[zonal.PixelBlock]:
@@ -51,7 +53,8 @@ def _split(block: zonal.PixelBlock, r: int, c: int) -> list[zonal.PixelBlock]:
 @pytest.mark.parametrize("spec", ["100m", "h3:10"])
 def test_cells_sum_over_blocks_like_one_block(sample_city, spec) -> None:
     """A cell cut by chunk or tile edges gets exactly what one block would give it."""
-    cells = grids.make_cells(sample_city.place, grids.parse_cell(spec))
+    cells = grids.make_cells(sample_city.place.boundary, sample_city.place.crs,
+                             grids.parse_cell(spec))
     block = _block(sample_city)
     whole = grids.accumulate(len(cells), [cells.sums(block)])
     parts = grids.accumulate(len(cells), [cells.sums(b) for b in _split(block, 77, 53)])
@@ -66,7 +69,8 @@ def test_block_in_the_next_utm_zone(sample_city, spec) -> None:
     """A tile in another UTM zone reduces over the cells' polygons projected into its crs."""
     from pyproj import Transformer
 
-    cells = grids.make_cells(sample_city.place, grids.parse_cell(spec))
+    cells = grids.make_cells(sample_city.place.boundary, sample_city.place.crs,
+                             grids.parse_cell(spec))
     xmin, ymin, xmax, ymax = Transformer.from_crs(cells.crs, "EPSG:32634", always_xy=True
                                                   ).transform_bounds(*cells.bounds())
     x0, y0 = np.floor(xmin / 10) * 10 - 100, np.ceil(ymax / 10) * 10 + 100
@@ -88,7 +92,8 @@ def test_h3_cells_are_area_weighted(sample_city) -> None:
     frame = get_source("cog", tiles=sample_city.tiles).grid(sample_city.place, 2024, "h3:10")
     assert len(frame) > 50 and frame["cell_id"].map(h3.is_valid_cell).all()
     assert all(h3.get_resolution(c) == 10 for c in frame["cell_id"])
-    cells = grids.make_cells(sample_city.place, grids.parse_cell("h3:10"))
+    cells = grids.make_cells(sample_city.place.boundary, sample_city.place.crs,
+                             grids.parse_cell("h3:10"))
     np.testing.assert_allclose(frame["weight"], cells.area_px, rtol=1e-5)
     assert np.allclose(frame["valid_fraction"], 1.0, atol=1e-5)
     # the area-weighted mean of a hexagon, by hand from the exact pixel coverage

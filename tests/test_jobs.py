@@ -1,4 +1,4 @@
-"""aether.jobs: retries with backoff, escalation, splitting, checkpoints and resumption."""
+"""execution.jobs: retries with backoff, escalation, splitting, checkpoints and resumption."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pandas as pd
 import pytest
 
-from aether.jobs import (
+from aether.execution.jobs import (
     Batch,
     CheckpointStore,
     RetryPolicy,

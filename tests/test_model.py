@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from aether.model import AetherModel, aether_losses, info_nce, recall_at, retrieval_ranks  # noqa: E402
-from aether.train import PRESETS  # noqa: E402
+from aether.ml.heads import AetherModel, aether_losses, info_nce, recall_at, retrieval_ranks  # noqa: E402
+from aether.ml.train import PRESETS  # noqa: E402
 
 
 def _w(model, name):

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from aether.errors import PoiError
-from aether.osm_http import RETRIES
-from aether.places import resolve_place
-from aether.pois import load_pois
+from aether.places.osm_http import RETRIES
+from aether.places.place import resolve_place
+from aether.pois.load import load_pois
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_nominatim_429_is_retried(osm_env):
 def test_empty_poi_result(osm_env):
     from shapely.geometry import box
 
-    from aether.places import place_from_polygon
+    from aether.places.place import place_from_polygon
 
     water = place_from_polygon("Harbour", box(24.9535, 60.1640, 24.9536, 60.1641))
     with pytest.raises(PoiError, match="no POIs found in Harbour"):

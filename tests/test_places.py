@@ -6,7 +6,7 @@ import pytest
 import shapely
 
 from aether.errors import PlaceError
-from aether.places import MAX_AREA_KM2, parse_bbox, resolve_place
+from aether.places.place import MAX_AREA_KM2, parse_bbox, resolve_place
 
 
 def fails(match: str, *args, **kwargs) -> PlaceError:

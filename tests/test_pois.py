@@ -9,10 +9,10 @@ import pytest
 import shapely
 
 from aether.errors import PoiError
-from aether.places import place_from_polygon
-from aether.pois import DEDUP_M, load_pois
-from aether.tables import POI_COLUMNS
-from aether.taxonomy import classify, poi_text
+from aether.io.tables import POI_COLUMNS
+from aether.places.place import place_from_polygon
+from aether.pois.load import DEDUP_M, load_pois
+from aether.pois.taxonomy import classify, poi_text
 
 
 @pytest.fixture(scope="module")

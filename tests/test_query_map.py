@@ -84,9 +84,9 @@ def test_map_renders_in_headless_chromium(query_out, tmp_path) -> None:
 
 
 def test_category_hit_rates_are_well_formed(sample_runs) -> None:
-    from aether.demo import category_queries
-    from aether.encode import load_run
-    from aether.search import hit_rates, load_index
+    from aether.ml.encode import load_run
+    from aether.pipeline.demo import category_queries
+    from aether.query.search import hit_rates, load_index
 
     city_dir, names, _ = sample_runs
     run = load_run(city_dir, names[1], slug="helsinki", year=2024)
@@ -111,9 +111,9 @@ def test_empty_query_is_one_line_exit_2(sample_runs, cli, text) -> None:
 
 def test_geemap_layers_for_notebooks(sample_runs) -> None:
     pytest.importorskip("geemap")
-    from aether.encode import load_run
-    from aether.maps import AEF_CREDIT, geemap_map
-    from aether.search import load_index, search
+    from aether.ml.encode import load_run
+    from aether.query.maps import AEF_CREDIT, geemap_map
+    from aether.query.search import load_index, search
 
     city_dir, names, _ = sample_runs
     run = load_run(city_dir, names[1], slug="helsinki", year=2024)

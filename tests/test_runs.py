@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from aether.emulator import Emulator, Faults, running
-from aether.emulator.server import COMPUTE_ROUTES
 from aether.errors import ConfigError
-from aether.runfile import load_run_file
-from aether.runs import KILL_ENV, run_lock
-from aether.tables import MANIFEST_FILE, read_json, sha256_file
+from aether.io.tables import MANIFEST_FILE, read_json, sha256_file
+from aether.pipeline.runfile import load_run_file
+from aether.pipeline.scheduled import KILL_ENV, run_lock
+from aether.testing.emulator import Emulator, Faults, running
+from aether.testing.emulator.server import COMPUTE_ROUTES
 
 SINGAPORE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
     "singapore_osm_pois_2023-01-24.zip"
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(not SINGAPORE.is_file(),
 @pytest.fixture(scope="module")
 def inputs(sample_extract: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """60 sample-city POIs (GeoParquet), ~140 Singapore POIs (GeoJSON) and their raster."""
-    from aether.sample import synthetic_tiles_for_bbox
+    from aether.sample.city import synthetic_tiles_for_bbox
 
     d = tmp_path_factory.mktemp("run-inputs")
     hel = gpd.read_parquet(sample_extract / "pois.parquet")

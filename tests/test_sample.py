@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from aether import aef
-from aether.sample import (
+from aether.core import aef
+from aether.io import tiles as tile_io
+from aether.sample.city import (
     SAMPLE_MANIFEST,
     ensure_sample,
     render_city,
@@ -20,7 +21,7 @@ from aether.sample import (
     synthetic_tiles,
     synthetic_tiles_for_bbox,
 )
-from aether.sample_layers import (
+from aether.sample.layers import (
     AREA_COVER,
     FUNCTIONAL_LANDUSE,
     LAYERS,
@@ -34,7 +35,7 @@ from aether.sample_layers import (
     read_osm_features,
     utm_grid,
 )
-from aether.sample_stats import calibration, reference_stats
+from aether.sample.stats import calibration, reference_stats
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MEDFORD = SHARED_DATA / "alphaearth_2021_h3r8_means_medford.json"
@@ -42,14 +43,14 @@ MEDFORD = SHARED_DATA / "alphaearth_2021_h3r8_means_medford.json"
 
 @pytest.fixture(scope="module")
 def tile(sample_city) -> str:
-    idx = aef.read_index(sample_city.tiles)
+    idx = tile_io.read_index(sample_city.tiles)
     assert len(idx) == 1
     return str(idx.path.iloc[0])
 
 
 @pytest.fixture(scope="module")
 def block(tile):
-    b = aef.read_block(tile)
+    b = tile_io.read_block(tile)
     assert b is not None
     return b
 
@@ -64,7 +65,7 @@ def test_sample_place_lookup():
 
 
 def test_tiles_in_public_layout_and_round_trip(sample_city, tile, block):
-    idx = aef.read_index(sample_city.tiles)
+    idx = tile_io.read_index(sample_city.tiles)
     row = idx.iloc[0]
     assert row["crs"] == "EPSG:32635" and row["year"] == 2024 and row["utm_zone"] == "35N"
     rel = Path(tile).relative_to(sample_city.tiles).as_posix()
@@ -86,7 +87,7 @@ def test_tiles_in_public_layout_and_round_trip(sample_city, tile, block):
     assert ymax >= inner.north
     assert (row["utm_west"], row["utm_north"]) == (xmin, ymax)
     # a window read through the south-up transform equals the same part of the whole
-    win = aef.read_block(tile, (xmin + 100, ymin + 200, xmin + 400, ymin + 300))
+    win = tile_io.read_block(tile, (xmin + 100, ymin + 200, xmin + 400, ymin + 300))
     assert win is not None and win.shape == (10, 30)
     r0 = int((block.y0 - (ymin + 200)) / -block.dy) if block.dy < 0 else int(200 / block.dy)
     np.testing.assert_array_equal(win.values, block.values[r0:r0 + 10, 10:40])
@@ -195,17 +196,18 @@ def test_synthetic_tiles_seamless_and_reused(tmp_path):
               seed=3, year=2023)
     small = synthetic_tiles(tmp_path / "small", tile_px=128, **kw)
     whole = synthetic_tiles(tmp_path / "whole", tile_px=512, **kw)
-    idx = aef.read_index(small)
+    idx = tile_io.read_index(small)
     assert len(idx) == 6 and set(idx["year"]) == {2023} and set(idx["utm_zone"]) == {"48N"}
     assert (idx.utm_west.min(), idx.utm_south.min()) == (360_000.0, 140_000.0)
     assert (idx.utm_east.max(), idx.utm_north.max()) == (363_000.0, 142_000.0)
-    ref = aef.read_block(str(aef.read_index(whole).path.iloc[0]))
+    ref = tile_io.read_block(str(tile_io.read_index(whole).path.iloc[0]))
     assert ref is not None and ref.shape == (200, 300)
     for path in idx.path:  # tiles made apart join without seams: same values as one tile
-        part = aef.read_block(path)
+        part = tile_io.read_block(path)
         assert part is not None
         xmin, ymin, xmax, ymax = part.bounds()
-        same = aef.read_block(str(aef.read_index(whole).path.iloc[0]), (xmin, ymin, xmax, ymax))
+        index = tile_io.read_index(whole)
+        same = tile_io.read_block(str(index.path.iloc[0]), (xmin, ymin, xmax, ymax))
         np.testing.assert_array_equal(part.values, same.values)
     before = (small / "synthetic.json").stat().st_mtime_ns
     synthetic_tiles(tmp_path / "small", tile_px=128, **kw)
@@ -217,7 +219,7 @@ def test_synthetic_tiles_seamless_and_reused(tmp_path):
 def test_synthetic_tiles_for_a_bbox(tmp_path):
     bbox = (103.80, 1.28, 103.81, 1.29)  # a corner of Singapore, in UTM 48N
     out = synthetic_tiles_for_bbox(tmp_path, bbox, margin_m=200.0, seed=1)
-    idx = aef.read_index(out)
+    idx = tile_io.read_index(out)
     assert list(idx["crs"]) == ["EPSG:32648"] and list(idx["year"]) == [2024]
     inner = utm_grid(bbox, "EPSG:32648", 200.0)
     assert (idx.utm_west[0], idx.utm_south[0]) == (inner.west, inner.south)

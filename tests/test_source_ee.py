@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether.aef import BANDS
-from aether.emulator import Emulator, Faults, running
-from aether.sources import get_source
-from aether.tables import POI_EMBEDDING_COLUMNS, sort_poi_embeddings
+from aether.core.aef import BANDS
+from aether.embeddings import get_source
+from aether.io.tables import POI_EMBEDDING_COLUMNS, sort_poi_embeddings
+from aether.testing.emulator import Emulator, Faults, running
 
 COMPUTE_KINDS = ("quota", "internal", "unavailable", "timeout", "memory", "aggregations", "drop")
 

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aether import aef
+from aether.core import aef
+from aether.embeddings import get_source
+from aether.embeddings.xee import CHUNK_PX, REQUEST_BYTES, View
 from aether.errors import CoverageError
-from aether.sources import get_source
-from aether.sources.xee import CHUNK_PX, REQUEST_BYTES, View
 
 pytest.importorskip("xee")
 
@@ -52,9 +52,9 @@ def _pixel_requests(emulator) -> int:
 def test_module_uses_the_real_xee_package() -> None:
     import xee
 
-    import aether.sources.xee as ours
+    import aether.embeddings.xee as ours
 
-    assert ours.__name__ == "aether.sources.xee"
+    assert ours.__name__ == "aether.embeddings.xee"
     assert xee.__name__ == "xee" and hasattr(xee, "EarthEngineBackendEntrypoint")
     assert sys.modules["xee"] is xee
 
@@ -92,7 +92,7 @@ def test_xee_cog_and_ee_sources_agree(ee_server, pois, sample_extract, tmp_path:
 def test_one_request_per_chunk_for_64_bands(ee_server, emulator, sample_city,
                                             tmp_path: Path) -> None:
     """Small chunks: a 4×4-chunk view costs exactly 16 pixel requests, not 16 × 64."""
-    from aether.sources.xee import open_array
+    from aether.embeddings.xee import open_array
 
     src = get_source("xee", ee_url=ee_server, ee_project="demo-project", xee_chunk=64)
     view = View.over(src.session, 2024, sample_city.place.crs,

@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from aether.taxonomy import classify, load_taxonomy, poi_tags, poi_text
+from aether.pois.taxonomy import classify, load_taxonomy, poi_tags, poi_text
 
 REQUIRED_KEYS = ("amenity", "shop", "office", "tourism", "leisure", "healthcare", "craft",
                  "public_transport", "railway", "historic", "sport")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aether.errors import ModelError
-from aether.text import DEFAULT_TEXT_MODEL, cache_vectors, encode_texts, text_hash
+from aether.ml.text import DEFAULT_TEXT_MODEL, cache_vectors, encode_texts, text_hash
 
 pytest.importorskip("sentence_transformers")
 

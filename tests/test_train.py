@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 from train_data import write_synthetic_city
 
 from aether.errors import ConfigError, ModelError, TableError
-from aether.tables import (
+from aether.io.tables import (
     MANIFEST_FILE,
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
@@ -24,7 +24,7 @@ from aether.tables import (
     write_json,
     write_parquet,
 )
-from aether.train import (
+from aether.ml.train import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aether.zonal import (
+from aether.core.zonal import (
     Partial,
     PixelBlock,
     buffer_means,

@@ -14,15 +14,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from aether.aef import BANDS
-from aether.tables import (
+from aether.core.aef import BANDS
+from aether.io.tables import (
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
     poi_embeddings_frame,
     sort_poi_embeddings,
     write_parquet,
 )
-from aether.text import DEFAULT_TEXT_MODEL, TEXT_EMBEDDINGS_FILE, cache_vectors
+from aether.ml.text import DEFAULT_TEXT_MODEL, TEXT_EMBEDDINGS_FILE, cache_vectors
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ def random_pois(tiles: Path, n: int, seed: int = 0):
     import geopandas as gpd
     from shapely.geometry import Point
 
-    from aether.aef import read_index
+    from aether.io.tiles import read_index
 
     idx = read_index(tiles)
     w, s = idx.wgs84_west.max(), idx.wgs84_south.max()
@@ -78,7 +78,7 @@ def compute_requests(log: list[dict], latency: float) -> tuple[int, float]:
 
 
 def run_aether(url: str, pois, radii, workdir: Path, batch: int, concurrency: int):
-    from aether.sources import get_source
+    from aether.embeddings import get_source
 
     src = get_source("ee", workdir=workdir, ee_url=url, ee_project="bench",
                      ee_batch=batch, ee_concurrency=concurrency)
@@ -94,7 +94,7 @@ def run_naive(url: str, pois, radii, max_requests: int) -> tuple[int, int, int]:
     import ee
     import geemap
 
-    from aether.aef import COLLECTION_ID, utm_epsg
+    from aether.core.aef import COLLECTION_ID, utm_epsg
 
     ee.Reset()
     ee.deprecation._FetchDataCatalogStac = lambda: {}
@@ -118,7 +118,7 @@ def run_sequential(url: str, pois, radii, max_requests: int) -> tuple[int, int, 
     """aether's own graph, but one getInfo() per 1,000 features in turn (no concurrency)."""
     import ee
 
-    from aether.sources.earthengine import make_batches, reduce_regions_graph
+    from aether.embeddings.earthengine.source import make_batches, reduce_regions_graph
 
     ee.Reset()
     ee.deprecation._FetchDataCatalogStac = lambda: {}
@@ -145,7 +145,7 @@ def main() -> None:
     import ee  # noqa: F401
     import geemap  # noqa: F401
 
-    from aether.sample import ensure_sample
+    from aether.sample.city import ensure_sample
 
     tiles = ensure_sample(args.data_dir).tiles
     pois = random_pois(tiles, args.pois)

@@ -50,10 +50,10 @@ def _run(source: str, opts: dict, place_wkt: str, crs: str, scheduler: str, q) -
     import shapely
     import xee  # noqa: F401
 
-    from aether import grids
-    from aether.cluster import dask_scheduler
-    from aether.places import Place
-    from aether.sources import get_source
+    from aether.core import cells as grids
+    from aether.embeddings import get_source
+    from aether.execution.cluster import dask_scheduler
+    from aether.places.place import Place
 
     place = Place("bench", "bench", shapely.from_wkt(place_wkt), crs)
     src = get_source(source, **opts)
@@ -85,10 +85,11 @@ def _plain_xee_requests(url: str, place_wkt: str, crs: str) -> int:
     import xarray as xr
     import xee  # noqa: F401
 
-    from aether import aef, grids
-    from aether.ee_session import EESettings, ensure
-    from aether.places import Place
-    from aether.sources.xee import View
+    from aether.core import aef
+    from aether.core import cells as grids
+    from aether.embeddings.earthengine.session import EESettings, ensure
+    from aether.embeddings.xee import View
+    from aether.places.place import Place
 
     session = EESettings(url, "demo-project")
     ensure(session)
@@ -111,7 +112,7 @@ def _dataset(name: str, tmp: Path) -> tuple[Path, str, str]:
     import shapely
     from pyproj import Transformer
 
-    from aether.sample import ensure_sample, synthetic_tiles
+    from aether.sample.city import ensure_sample, synthetic_tiles
 
     if name == "sample":
         s = ensure_sample(tmp / "data")

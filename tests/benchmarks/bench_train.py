@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_train.py [--sample-dir DIR] [--epochs 5] [--full]
 
-Each case runs in its own process (so peak RSS is its own). ``aether.train`` (whole tables as
+Each case runs in its own process (so peak RSS is its own). ``aether.ml.train`` (whole tables as
 tensors, batches by index) is printed beside a baseline in the reference code's style: a
 per-row ``Dataset`` through a ``DataLoader`` (drop_last, default collate), same model, loss
 and optimiser. Without ``--full`` the wall time for 100 epochs is extrapolated from
@@ -38,8 +38,8 @@ def _steady(secs: list[float]) -> float:
 def run_aether(city: Path, epochs: int, threads: int) -> dict:
     import csv
 
-    from aether.tables import read_json
-    from aether.train import METRICS_FILE, SUMMARY_FILE, train
+    from aether.io.tables import read_json
+    from aether.ml.train import METRICS_FILE, SUMMARY_FILE, train
 
     t0 = time.perf_counter()
     run = train(city, preset="paper", run_name=f"bench-{threads}t", epochs=epochs,
@@ -59,8 +59,8 @@ def run_baseline(city: Path, epochs: int, threads: int) -> dict:
     """The reference code's loop: per-row Dataset + DataLoader, fixed batches, drop_last."""
     import torch
 
-    from aether.model import AetherModel, aether_losses
-    from aether.train import load_pairs, resolve_config
+    from aether.ml.heads import AetherModel, aether_losses
+    from aether.ml.train import load_pairs, resolve_config
 
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -126,7 +126,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     sample = args.sample_dir
     if sample is None:
-        from aether.extract import ExtractRequest, run_extract
+        from aether.pipeline.extract import ExtractRequest, run_extract
 
         sample = run_extract(ExtractRequest(city="Helsinki", data_dir=tmp, offline=True)).out_dir
     cases = [("sample (Helsinki)", sample)]
@@ -139,7 +139,7 @@ def main() -> None:
     for label, city in cases:
         base = _child("baseline", city, epochs, 1)
         rows = [("DataLoader per row", 1, lambda b=base: b)]
-        rows += [("aether.train", t, lambda t=t, c=city: _child("aether", c, epochs, t))
+        rows += [("aether.ml.train", t, lambda t=t, c=city: _child("aether", c, epochs, t))
                  for t in args.threads]
         for loop, thr, measure in rows:
             r = measure()

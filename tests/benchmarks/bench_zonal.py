@@ -22,16 +22,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exactextract_ref import decoded_geotiff, exactextract_means
 
-from aether import aef
+from aether.core import aef
+from aether.io import tiles as tile_io
 
 RADII = (100.0, 200.0)
 
 
 def _ours_kernel(tile: str, x: np.ndarray, y: np.ndarray, q) -> None:
-    from aether.zonal import buffer_means
+    from aether.core.zonal import buffer_means
 
     t0 = time.perf_counter()
-    block = aef.read_block(tile)
+    block = tile_io.read_block(tile)
     out = [buffer_means(block, x, y, r).mean for r in RADII]
     q.put((time.perf_counter() - t0, _peak_mb(), out))
 
@@ -39,7 +40,7 @@ def _ours_kernel(tile: str, x: np.ndarray, y: np.ndarray, q) -> None:
 def _ours_source(tiles: str, lon: np.ndarray, lat: np.ndarray, year: int, q) -> None:
     import geopandas as gpd
 
-    from aether.sources.cog import CogSource
+    from aether.embeddings.cog import CogSource
 
     pois = gpd.GeoDataFrame({"poi_id": [f"p{i:07d}" for i in range(len(lon))]},
                             geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
@@ -80,7 +81,7 @@ def compare(label: str, tiles: str, lon: np.ndarray, lat: np.ndarray, year: int,
     only (it is slow on 64 bands), its throughput then measured on that subset."""
     from pyproj import Transformer
 
-    tile = aef.read_index(tiles).iloc[0]
+    tile = tile_io.read_index(tiles).iloc[0]
     x, y = Transformer.from_crs("EPSG:4326", tile.crs, always_xy=True).transform(lon, lat)
     x, y = np.asarray(x), np.asarray(y)
     raster = decoded_geotiff(tile.path, work / f"{label}_decoded.tif")
@@ -120,8 +121,8 @@ def main() -> None:
         work = Path(tmp)
         import geopandas as gpd
 
-        from aether.extract import ExtractRequest, run_extract
-        from aether.sample import ensure_sample
+        from aether.pipeline.extract import ExtractRequest, run_extract
+        from aether.sample.city import ensure_sample
 
         sample = ensure_sample(work / "data")
         out = run_extract(ExtractRequest(city="Helsinki", data_dir=work / "data", offline=True))
@@ -132,7 +133,7 @@ def main() -> None:
             return
         from pyproj import Transformer
 
-        from aether.sample import synthetic_tiles
+        from aether.sample.city import synthetic_tiles
 
         crs, west, south, size = "EPSG:32648", 350_000.0, 130_000.0, args.size_px
         tiles = synthetic_tiles(work / "large", crs=crs, west=west, south=south,

@@ -1,0 +1,213 @@
+"""One Earth Engine session for every source that talks to EE (``ee`` and ``xee``).
+
+``EESettings`` is the picklable description of a session (endpoint, project, key file path):
+the main process and every Dask worker process call ``ensure`` with it and initialise the
+``ee`` client themselves, so no credential object ever crosses a process boundary.
+
+Credentials are looked up in this order: a service-account JSON key, the persistent login
+of ``earthengine authenticate``, ``GOOGLE_APPLICATION_CREDENTIALS``. A custom ``url`` (an
+emulator) with none of those is called without credentials. Credentials are never printed
+nor written anywhere. The error classification here (``verdict``) is what ``aether.execution.jobs``
+retries on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aether.errors import CoverageError, EarthEngineError, InputError
+from aether.execution.jobs import RetryPolicy, Stats, Verdict, resilient_call
+
+_TRANSIENT_TEXT = (
+    "quota", "rate limit", "too many requests", "internal error", "service unavailable",
+    "backend error", "deadline exceeded", "temporarily", "unavailable", "try again",
+)
+_SPLIT_TEXT = ("computation timed out", "too many concurrent aggregations")
+_ESCALATE_TEXT = ("user memory limit exceeded", "out of memory")
+_ACCESS_TEXT = ("permission", "not registered", "has not been used", "denied",
+                "not authorized", "forbidden")
+
+
+
+@dataclass(frozen=True)
+class EESettings:
+    """Where and as whom to talk to Earth Engine; plain strings, so it pickles."""
+
+    url: str | None = None
+    project: str | None = None
+    credentials: str | None = field(default=None, repr=False)
+
+    def initialize(self, policy: RetryPolicy | None = None, stats: Stats | None = None) -> None:
+        """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
+        import ee
+
+        key = Path(self.credentials) if self.credentials else None
+        credentials, project = _credentials(key, self.url, self.project)
+        if self.url:
+            # The deprecated-asset catalog is fetched from storage.googleapis.com whatever
+            # the endpoint (and without a timeout); it says nothing about another endpoint.
+            ee.deprecation._FetchDataCatalogStac = lambda: {}
+        kwargs: dict[str, Any] = {"credentials": credentials, "project": project}
+        if self.url:
+            kwargs["url"] = self.url.rstrip("/")
+
+        def init(_items: Sequence[Any], _level: int) -> Any:
+            ee.Reset()
+            ee.Initialize(**kwargs)
+            return None
+
+        try:
+            resilient_call(init, [None], _init_verdict, policy or RetryPolicy(),
+                           stats=stats or Stats())
+        except Exception as e:
+            raise _init_error(e, project, self.url) from None
+        ee.data.setMaxRetries(0)  # retries are ours: counted, bounded, with jitter
+        _state["current"] = self
+
+
+_state: dict[str, EESettings | None] = {"current": None}
+_lock = threading.Lock()
+
+
+def ensure(settings: EESettings) -> None:
+    """Initialise this process's ``ee`` client for ``settings`` unless it already is.
+
+    Called at the start of every task that talks to EE, on whatever process runs it.
+    """
+    import ee
+
+    with _lock:
+        if _state["current"] != settings or not ee.data.is_initialized():
+            settings.initialize()
+
+
+
+def _credentials(
+    key_file: Path | None, url: str | None, project: str | None
+) -> tuple[Any, str]:
+    """(credentials or None, project id); raises EarthEngineError with what to do."""
+    creds: Any = None
+    if key_file is not None:
+        creds, key_project = _service_account(Path(key_file))
+        project = project or key_project
+    elif Path(os.path.expanduser("~/.config/earthengine/credentials")).is_file():
+        import ee
+
+        try:
+            creds = ee.data.get_persistent_credentials()
+        except Exception as e:
+            raise EarthEngineError(f"stored Earth Engine login is not usable: {e}".split("\n")[0],
+                                   "run `earthengine authenticate` again") from None
+        project = project or getattr(creds, "quota_project_id", None)
+    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        import google.auth
+
+        try:
+            creds, adc_project = google.auth.default(
+                scopes=["https://www.googleapis.com/auth/earthengine",
+                        "https://www.googleapis.com/auth/cloud-platform"])
+        except Exception as e:
+            raise EarthEngineError(f"GOOGLE_APPLICATION_CREDENTIALS is not usable: {e}",
+                                   "point it at a valid key file") from None
+        project = project or adc_project
+    elif not url:
+        raise EarthEngineError(
+            "no Earth Engine credentials found",
+            "run `earthengine authenticate`, pass --ee-credentials KEY.json, "
+            "or use --offline (sample city, COG tiles)",
+        )
+    if not project:
+        raise EarthEngineError("no Earth Engine project given",
+                               "pass --ee-project ID or set EE_PROJECT")
+    return creds, str(project)
+
+
+def _service_account(path: Path) -> tuple[Any, str | None]:
+    try:
+        info = json.loads(path.read_text())
+        email = info["client_email"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EarthEngineError(f"cannot read a service-account key from {path}",
+                               "pass the JSON key downloaded from the Cloud console") from None
+    import ee
+
+    try:
+        creds = ee.ServiceAccountCredentials(email, key_file=str(path))
+    except Exception:
+        raise EarthEngineError(f"the service-account key {path} is not valid",
+                               "download a new JSON key for the service account") from None
+    return creds, info.get("project_id")
+
+
+def http_status(e: BaseException) -> int | None:
+    """The HTTP status behind an EEException (the client raises it inside its handler)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 5:
+        resp = getattr(cur, "resp", None)
+        if resp is not None and getattr(resp, "status", None) is not None:
+            return int(resp.status)
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def verdict(e: BaseException) -> Verdict:
+    """Classify a failed request (see ``aether.execution.jobs``)."""
+    if isinstance(e, (ConnectionError, TimeoutError, OSError)) and not isinstance(
+            e, FileNotFoundError):
+        return Verdict.RETRY  # dropped connection, reset, socket timeout (requests too)
+    import http.client
+
+    if isinstance(e, http.client.HTTPException):
+        return Verdict.RETRY
+    text = str(e).lower()
+    if any(t in text for t in _ESCALATE_TEXT):
+        return Verdict.ESCALATE
+    if any(t in text for t in _SPLIT_TEXT):
+        return Verdict.SPLIT
+    status = http_status(e)
+    if status is not None and (status == 429 or status >= 500):
+        return Verdict.RETRY
+    if any(t in text for t in _TRANSIENT_TEXT):
+        return Verdict.RETRY
+    return Verdict.FAIL
+
+
+def _init_verdict(e: BaseException) -> Verdict:
+    """At Initialize only transient errors are worth another try."""
+    return Verdict.RETRY if verdict(e) is not Verdict.FAIL else Verdict.FAIL
+
+
+def ee_error(e: BaseException) -> Exception:
+    """Typed errors pass through; anything else the server said becomes EarthEngineError."""
+    if isinstance(e, EarthEngineError | CoverageError | InputError):
+        return e
+    msg = str(e).strip().split("\n")[0] or type(e).__name__
+    return EarthEngineError(f"Earth Engine request failed: {msg}",
+                            "re-run to resume; finished batches are kept")
+
+
+def _init_error(e: BaseException, project: str, url: str | None) -> Exception:
+    if isinstance(e, EarthEngineError):
+        return e
+    msg = str(e).strip().split("\n")[0] or type(e).__name__
+    low = msg.lower()
+    status = http_status(e)
+    if status in (401, 403) or any(t in low for t in _ACCESS_TEXT):
+        return EarthEngineError(
+            f"project {project!r} cannot use Earth Engine: {msg}",
+            "register it at https://code.earthengine.google.com/register or pass another "
+            "--ee-project",
+        )
+    where = url or "the Earth Engine service"
+    return EarthEngineError(f"cannot connect to {where}: {msg}",
+                            "check --ee-url and the network, or use --offline")
+
+

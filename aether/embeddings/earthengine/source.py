@@ -1,0 +1,502 @@
+"""Earth Engine source: AlphaEarth buffer means computed server-side by ``reduceRegions``.
+
+No raster is downloaded. POIs × radii become buffered features, cut into spatially compact
+batches (one UTM zone each); every batch is one ``reduceRegions`` graph sent through
+``ee.data.computeFeatures`` (paged), or — with ``export`` — one batch Export task whose
+CSV is read back through fsspec. Batches run a few at a time on threads, each through
+``aether.execution.jobs.resilient_call`` (backoff + jitter on 429/5xx/dropped connections, larger
+``tileScale`` on memory errors, halved batches on timeouts and aggregation limits) and
+each finished batch is a Parquet checkpoint in ``workdir``: a killed run resumes there.
+
+What is asked of the server, and why: the image is the year's mosaic, its 64 bands plus a
+``valid`` band (1 where the embedding has data, masked like it), reduced with the weighted
+``Reducer.sum`` at 10 m in the batch's UTM crs. Earth Engine weights each pixel by the
+fraction of it inside the buffer, so the sums are exactly the partial sums of
+``aether.core.zonal``: mean = Σ w·v / Σ w, ``weight`` = Σ w (covered valid area in pixels),
+``valid_fraction`` = weight / (π r² / 100 m²), ``norm`` = |mean|. One pass, 65 numbers per
+feature, and ``zonal.finalize`` turns them into the contract columns, so this source and
+the COG source cannot disagree on their definition.
+
+Credentials, the session and how EE errors are classified: ``embeddings.earthengine.session``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from aether.core import aef, zonal
+from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
+from aether.errors import CoverageError, EarthEngineError, InputError
+from aether.execution.jobs import (
+    Batch,
+    CheckpointStore,
+    RetryPolicy,
+    Stats,
+    read_checkpoints,
+    resilient_call,
+    run_batches,
+)
+from aether.io.tables import poi_embeddings_frame, read_json, write_json
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from aether.places.place import Place
+
+#: Features per reduceRegions request: one computeFeatures page (EE's default page size),
+#: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
+#: timeouts split it further.
+DEFAULT_BATCH = 1000
+#: Parallel requests in flight (EE's default per-project quota is ~40 concurrent requests).
+DEFAULT_CONCURRENCY = 8
+#: Rows per computeFeatures page.
+PAGE_SIZE = 1000
+VALID_BAND = "valid"
+SCALE_M = 10.0
+#: Longest wait between polls of an Export task (polls start at 0.2 s and grow by 1.5×).
+DEFAULT_POLL_S = 5.0
+#: Times a FAILED export of one batch is started again before giving up.
+EXPORT_RESTARTS = 3
+
+@dataclass(frozen=True)
+class Feature:
+    """One buffered POI: what a batch carries."""
+
+    poi_id: str
+    radius: float
+    lon: float
+    lat: float
+
+
+@dataclass
+class EarthEngineSource:
+    """Buffer means through Earth Engine (the real service or any endpoint that speaks it)."""
+
+    workdir: Path
+    ee_url: str | None = None
+    ee_project: str | None = None
+    ee_credentials: Path | None = field(default=None, repr=False)
+    export: str | None = None
+    export_read: str | None = None
+    batch_size: int = DEFAULT_BATCH
+    concurrency: int = DEFAULT_CONCURRENCY
+    poll_s: float = DEFAULT_POLL_S
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    name: str = "ee"
+    stats: Stats = field(default_factory=Stats)
+
+    # --- session -----------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
+        self.session.initialize(self.policy, self.stats)
+
+    @property
+    def session(self) -> EESettings:
+        """The picklable session settings (what Dask workers initialise from)."""
+        return EESettings(self.ee_url, self.ee_project,
+                          str(self.ee_credentials) if self.ee_credentials else None)
+
+    # --- the protocol --------------------------------------------------------------------
+
+    def point_means(
+        self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
+    ) -> pd.DataFrame:
+        """Rows of the poi_embeddings contract for every POI × radius (see module doc)."""
+        radii = [float(r) for r in radii]
+        export = _parse_export(self.export, self.export_read) if self.export else None
+        batches = make_batches(pois, radii, year, self.batch_size)
+        store = CheckpointStore(self.workdir / "batches")
+        _drop_stale(store, {b.key for b in batches})
+        if any(not store.has(b.key) for b in batches):
+            self._initialize()
+            self._check_coverage(pois, year)
+            if export is not None:
+                paths = self._run_exports(batches, store, export, year)
+            else:
+                paths = run_batches(batches, lambda b: self._compute(b, year), store,
+                                    concurrency=self.concurrency, stats=self.stats)
+        else:
+            paths = [store.path(b.key) for b in batches]
+        return read_checkpoints(paths)
+
+    def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
+        """Grid cells are pixel work: the same session's pixels through xee, reduced locally
+        (one computePixels request per chunk of every band instead of a reduceRegions
+        feature per cell); see ``aether.embeddings.xee``."""
+        from aether.embeddings.xee import XeeSource
+
+        return XeeSource(self.session).grid(place, year, cell)
+
+    def _check_coverage(self, pois: gpd.GeoDataFrame, year: int) -> None:
+        """One request: the years of the images over the POIs (unknown year, no coverage)."""
+        import ee
+
+        w, s, e, n = (float(v) for v in pois.total_bounds)
+        region = ee.Geometry.Rectangle([w, s, e, n])
+        ic = ee.ImageCollection(aef.COLLECTION_ID).filterBounds(region)
+        expr = ic.reduceColumns(ee.Reducer.toList(), ["system:time_start"]).get("list")
+        starts = self._call(lambda: expr.getInfo())
+        years = sorted({time.gmtime(int(t) / 1000).tm_year for t in starts or []})
+        if not years:
+            raise CoverageError(
+                f"no AlphaEarth images cover {w:.4f},{s:.4f},{e:.4f},{n:.4f}",
+                "the place is outside the dataset's coverage; check the place or the endpoint",
+            )
+        if year not in years:
+            raise CoverageError(f"no AlphaEarth images for year {year} over this place",
+                                f"years available: {', '.join(map(str, years))}")
+
+    def _call(self, fn: Any) -> Any:
+        """A single request with the same retry policy as the batches."""
+        out: list[Any] = []
+
+        def attempt(_items: Sequence[Any], _level: int) -> pd.DataFrame:
+            out.append(fn())
+            return pd.DataFrame()
+
+        try:
+            resilient_call(attempt, [None], verdict, self.policy, stats=self.stats)
+        except Exception as e:
+            raise ee_error(e) from None
+        return out[-1]
+
+    # --- interactive batches (computeFeatures) --------------------------------------------
+
+    def _compute(self, batch: Batch[Feature], year: int) -> pd.DataFrame:
+        def attempt(items: Sequence[Feature], level: int) -> pd.DataFrame:
+            return _rows_from_features(self._fetch(items, year, 2**level), items, year)
+
+        try:
+            return resilient_call(attempt, batch.items, verdict, self.policy, stats=self.stats)
+        except Exception as e:
+            raise ee_error(e) from None
+
+    def _fetch(self, items: Sequence[Feature], year: int, tile_scale: int) -> list[dict]:
+        """All pages of one reduceRegions request."""
+        import ee
+
+        expr = reduce_regions_graph(items, year, tile_scale)
+        params: dict[str, Any] = {"expression": expr, "pageSize": PAGE_SIZE}
+        features: list[dict] = []
+        while True:
+            page = ee.data.computeFeatures(params)
+            features.extend(page.get("features") or [])
+            token = page.get("nextPageToken") or page.get("next_page_token")
+            if not token:
+                return features
+            params = {**params, "pageToken": token}
+
+    # --- batch Export tasks ----------------------------------------------------------------
+
+    def _run_exports(
+        self, batches: Sequence[Batch[Feature]], store: CheckpointStore,
+        export: ExportTarget, year: int,
+    ) -> list[Path]:
+        """Start (or adopt) one task per batch, then wait for each and read its table back."""
+        export.check_writable()
+        tasks = TaskBook(self.workdir / "export_tasks.json")
+        todo = [b for b in batches if not store.has(b.key)]
+        for b in todo:
+            self._ensure_task(b, tasks, export, year)
+        return run_batches(batches, lambda b: self._await_export(b, tasks, export, year),
+                           store, concurrency=self.concurrency, stats=self.stats)
+
+    def _ensure_task(
+        self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int,
+        restart: bool = False,
+    ) -> str:
+        """The operation name of the batch's task, starting it only if no live one exists."""
+        import ee
+
+        rec = tasks.get(batch.key)
+        if rec and rec.get("operation") and not restart:
+            return str(rec["operation"])
+        desc = f"aether_{batch.key}"
+        if rec is None or restart:
+            # recorded before the start: a crash in between re-uses the same request id,
+            # which Earth Engine treats as the same task
+            rec = {"request_id": ee.data.newTaskId()[0], "description": desc,
+                   "prefix": export.prefix_for(batch.key), "restarts":
+                   (rec or {}).get("restarts", -1) + 1}
+            tasks.put(batch.key, rec)
+        config = export.task_config(reduce_regions_graph(batch.items, year, 1), desc,
+                                    rec["prefix"])
+        op = self._call(lambda: ee.data.exportTable(rec["request_id"], config))
+        name = str(op["name"])
+        tasks.put(batch.key, {**rec, "operation": name})
+        return name
+
+    def _await_export(
+        self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int
+    ) -> pd.DataFrame:
+        import ee
+
+        name = self._ensure_task(batch, tasks, export, year)
+        polls = 0
+        while True:
+            op = self._call(lambda n=name: ee.data.getOperation(n))
+            state = (op.get("metadata") or {}).get("state", "")
+            if state == "SUCCEEDED":
+                break
+            if op.get("done") or state in ("FAILED", "CANCELLED"):
+                msg = (op.get("error") or {}).get("message", state.lower() or "failed")
+                if (tasks.get(batch.key) or {}).get("restarts", 0) >= EXPORT_RESTARTS:
+                    raise EarthEngineError(f"export task for batch {batch.key} failed: {msg}",
+                                           "see the task in the Earth Engine console")
+                name = self._ensure_task(batch, tasks, export, year, restart=True)
+                continue
+            time.sleep(min(self.poll_s, 0.2 * 1.5**polls))  # quick tasks are seen quickly
+            polls += 1
+        table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
+        return _rows_from_table(table, batch.items, year)
+
+
+# --- the graph ---------------------------------------------------------------------------
+
+def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 1) -> Any:
+    """The ``reduceRegions`` expression of one batch (all features in one UTM zone)."""
+    import ee
+
+    lon0, lat0 = items[0].lon, items[0].lat
+    crs = f"EPSG:{aef.utm_epsg(lon0, lat0)}"
+    fc = ee.FeatureCollection([
+        ee.Feature(ee.Geometry.Point([f.lon, f.lat]).buffer(f.radius),
+                   {"poi_id": f.poi_id, "radius_m": f.radius})
+        for f in items
+    ])
+    image = (
+        ee.ImageCollection(aef.COLLECTION_ID)
+        .filterDate(f"{year}-01-01", f"{year + 1}-01-01")
+        .filterBounds(ee.Geometry.Rectangle(list(_bounds(items))))
+        .mosaic()
+        .select(list(aef.BANDS))
+    )
+    valid = ee.Image.constant(1).updateMask(image.select(aef.BANDS[0]).mask())
+    image = image.addBands(valid.rename(VALID_BAND))
+    sums = image.reduceRegions(collection=fc, reducer=ee.Reducer.sum(), scale=SCALE_M,
+                               crs=crs, tileScale=tile_scale)
+    # properties only: the buffer polygons would be most of the answer's bytes
+    return sums.map(lambda f: ee.Feature(None, f.toDictionary()))
+
+
+def _bounds(items: Sequence[Feature]) -> tuple[float, float, float, float]:
+    """Lon/lat box around a batch's buffers (client-side: no union of circles to compute)."""
+    lon = np.array([f.lon for f in items])
+    lat = np.array([f.lat for f in items])
+    r = max(f.radius for f in items)
+    dlat = r / 111_000.0 * 1.1
+    dlon = dlat / max(np.cos(np.radians(np.abs(lat).max())), 0.01)
+    return (float(lon.min() - dlon), float(lat.min() - dlat),
+            float(lon.max() + dlon), float(lat.max() + dlat))
+
+
+def make_batches(
+    pois: gpd.GeoDataFrame, radii: Sequence[float], year: int, size: int
+) -> list[Batch[Feature]]:
+    """Spatially compact batches of buffered POIs, one UTM zone each, with stable keys.
+
+    Keys hash the batch's content (ids, coordinates, radii, year), so a checkpoint can only
+    ever be re-used for exactly the work it holds.
+    """
+    if size < 1:
+        raise InputError(f"batch size {size} must be at least 1", "use e.g. --ee-batch 500")
+    lon = pois.geometry.x.to_numpy(dtype=np.float64)
+    lat = pois.geometry.y.to_numpy(dtype=np.float64)
+    ids = pois["poi_id"].astype(str).to_numpy()
+    zone = np.array([aef.utm_epsg(a, b) for a, b in zip(lon, lat, strict=True)])
+    # Morton order on a ~1 km lattice keeps each batch's region small
+    cell = _morton(np.floor((lon + 180) * 100).astype(np.int64),
+                   np.floor((lat + 90) * 100).astype(np.int64))
+    order = np.lexsort((ids, cell, zone))
+    batches: list[Batch[Feature]] = []
+    for z in np.unique(zone):
+        sel = order[zone[order] == z]
+        feats = [Feature(str(ids[i]), r, float(lon[i]), float(lat[i])) for i in sel for r in radii]
+        for start in range(0, len(feats), size):
+            chunk = feats[start:start + size]
+            h = hashlib.sha256(json.dumps([year, [(f.poi_id, f.radius, f.lon, f.lat)
+                                                  for f in chunk]]).encode()).hexdigest()[:12]
+            batches.append(Batch(f"{len(batches):05d}-{h}", chunk))
+    return batches
+
+
+def _morton(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x)
+    for bit in range(20):
+        out |= ((x >> bit) & 1) << (2 * bit) | ((y >> bit) & 1) << (2 * bit + 1)
+    return out
+
+
+# --- results ---------------------------------------------------------------------------
+
+def _rows_from_features(
+    features: list[dict], items: Sequence[Feature], year: int
+) -> pd.DataFrame:
+    props = [f.get("properties") or {} for f in features]
+    return _rows_from_table(pd.DataFrame(props), items, year)
+
+
+def _rows_from_table(table: pd.DataFrame, items: Sequence[Feature], year: int) -> pd.DataFrame:
+    """Contract rows for ``items`` from per-feature sums (one row per poi × radius)."""
+    cols = [*aef.BANDS, VALID_BAND]
+    want = pd.DataFrame({"poi_id": [f.poi_id for f in items],
+                         "radius_m": [float(f.radius) for f in items]})
+    if len(table) != len(items):
+        raise EarthEngineError(f"the server returned {len(table)} features for {len(items)}",
+                               "re-run the extraction; completed batches are kept")
+    table = table.assign(poi_id=table["poi_id"].astype(str),
+                         radius_m=table["radius_m"].astype(float))
+    for c in cols:  # no valid pixel: EE leaves the sums out or null
+        table[c] = pd.to_numeric(table[c], errors="coerce") if c in table else np.nan
+    got = want.merge(table[["poi_id", "radius_m", *cols]], on=["poi_id", "radius_m"],
+                     how="left", validate="one_to_one")
+    frames = []
+    for r, part in got.groupby("radius_m", sort=True):
+        sums = part[list(aef.BANDS)].to_numpy(dtype=np.float64)
+        vw = np.nan_to_num(part[VALID_BAND].to_numpy(dtype=np.float64))
+        m = zonal.finalize(zonal.Partial(np.nan_to_num(sums), vw, aef.N_BANDS), float(r),
+                           SCALE_M * SCALE_M)
+        frames.append(poi_embeddings_frame(part["poi_id"].tolist(), year, float(r), m.mean,
+                                           m.weight, m.valid_fraction, m.norm))
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- export destinations and the task book ------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """Where Export tasks write (``gcs://bucket/prefix`` or ``drive://folder``) and where
+    the same files are read back through fsspec (``read_root``)."""
+
+    kind: str  # "gcs" | "drive"
+    place: str  # bucket or folder
+    prefix: str
+    read_root: str
+
+    def prefix_for(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def task_config(self, collection: Any, description: str, prefix: str) -> dict[str, Any]:
+        import ee
+
+        selectors = ["poi_id", "radius_m", *aef.BANDS, VALID_BAND]
+        if self.kind == "gcs":
+            task = ee.batch.Export.table.toCloudStorage(
+                collection=collection, description=description, bucket=self.place,
+                fileNamePrefix=prefix, fileFormat="CSV", selectors=selectors)
+        else:
+            task = ee.batch.Export.table.toDrive(
+                collection=collection, description=description, folder=self.place,
+                fileNamePrefix=prefix, fileFormat="CSV", selectors=selectors)
+        return task.config
+
+    def url(self, prefix: str) -> str:
+        return f"{self.read_root.rstrip('/')}/{prefix}.csv"
+
+    def check_writable(self) -> None:
+        """Write and remove a probe file, before any task starts."""
+        import fsspec
+
+        probe = f"{self.read_root.rstrip('/')}/{self.prefix_for('.aether-write-probe')}"
+        try:
+            fs, path = fsspec.core.url_to_fs(probe)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(path, "wb") as f:
+                f.write(b"ok")
+            fs.rm(path)
+        except Exception as e:
+            raise EarthEngineError(
+                f"export destination {self.kind}://{self.place}/{self.prefix} cannot be "
+                f"written ({type(e).__name__}: {e})".replace("\n", " "),
+                "check the bucket or folder and its permissions, or drop --export",
+            ) from None
+
+    def read(self, prefix: str) -> pd.DataFrame:
+        import fsspec
+
+        with fsspec.open(self.url(prefix), "rb") as f:
+            return pd.read_csv(f)
+
+
+def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
+    """``gcs://bucket/prefix`` or ``drive://folder[/prefix]``; ``read_root`` maps it to fsspec."""
+    kind, sep, rest = spec.partition("://")
+    kind = {"gs": "gcs"}.get(kind, kind)
+    place, _, prefix = rest.partition("/")
+    if not sep or kind not in ("gcs", "drive") or not place:
+        raise InputError(f"export destination {spec!r} is not understood",
+                         "use gcs://BUCKET/PREFIX or drive://FOLDER")
+    if read_root is None:
+        if kind == "drive":
+            raise InputError("Drive exports cannot be read back directly",
+                             "pass --export-read with a synced folder or fsspec URL")
+        read_root = f"gs://{place}"
+    return ExportTarget(kind, place, prefix.strip("/"), read_root)
+
+
+class TaskBook:
+    """Export task ids per batch, in a JSON file shared by every run on this workdir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = read_json(path) if path.is_file() else {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: str, rec: dict[str, Any]) -> None:
+        with self._lock:
+            self._data[key] = rec
+            write_json(self._data, self.path)
+
+
+def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
+    """Remove checkpoints of other inputs, so the workdir only holds this run's work."""
+    if store.directory.is_dir():
+        for p in store.directory.glob("*.parquet"):
+            if p.stem not in keys:
+                p.unlink()
+
+
+def create(
+    *,
+    workdir: Path,
+    ee_url: str | None = None,
+    ee_project: str | None = None,
+    ee_credentials: str | os.PathLike[str] | None = None,
+    export: str | None = None,
+    export_read: str | None = None,
+    ee_batch: int | None = None,
+    ee_concurrency: int | None = None,
+    ee_poll: float | None = None,
+    ee_backoff: float | None = None,
+    **_ignored: Any,
+) -> EarthEngineSource:
+    """The factory ``get_source('ee', ...)`` calls; unknown options (e.g. tiles) are ignored."""
+    policy = RetryPolicy(base_s=ee_backoff) if ee_backoff is not None else RetryPolicy()
+    src = EarthEngineSource(
+        workdir=Path(workdir), ee_url=ee_url, ee_project=ee_project,
+        ee_credentials=Path(ee_credentials) if ee_credentials else None,
+        export=export, export_read=export_read,
+        batch_size=ee_batch or DEFAULT_BATCH,
+        concurrency=ee_concurrency or DEFAULT_CONCURRENCY,
+        poll_s=DEFAULT_POLL_S if ee_poll is None else ee_poll, policy=policy,
+    )
+    if export:
+        _parse_export(export, export_read)  # a bad destination fails before any work
+    return src
+

@@ -1,0 +1,240 @@
+"""AlphaEarth pixels through xee 0.1.x: a dask-backed xarray, reduced by the one zonal kernel.
+
+The year's mosaic is opened with xee on an explicit 10 m grid in a UTM crs (``crs``,
+``crs_transform``, ``shape_2d``), lazily, chunked so that one Dask chunk is one
+``computePixels`` request. Point buffer means and grid cells are then sums over the chunks
+they touch (``zonal.partial_sums`` / ``grids.Cells.sums``), added per POI / cell: the same
+kernel as the COG source and the emulator, so the sources agree to float rounding.
+
+Why the collection is reshaped: xee fetches one *variable* (band) per request. Opened as one
+64-band image, every chunk costs 64 requests. Here the mosaic is handed to xee as 64
+single-band images (``band`` is xee's primary dimension, one variable ``embedding``), so one
+request returns all 64 bands of a chunk: 64 times fewer requests, and chunks are as large as
+EE's 48 MiB pixel-request limit allows (``CHUNK_PX``).
+
+Every chunk task initialises Earth Engine on the process that runs it (``ee_session.ensure``)
+from picklable settings and opens the dataset once per process, so the same graph runs on
+the local scheduler or on any Dask cluster.
+
+``import xee`` below is the real xee package: imports are absolute, and this module is
+``aether.embeddings.xee``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from aether.core import aef, zonal
+from aether.core import cells as grids
+from aether.embeddings.base import point_means_table
+from aether.embeddings.earthengine.session import EESettings, ensure
+from aether.errors import CoverageError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import xarray as xr
+
+    from aether.places.place import Place
+
+#: EE refuses computePixels answers over 48 MiB; EE counts a mask byte per pixel and band.
+REQUEST_BYTES = 48 * 2**20
+#: Side of one chunk = one request (pixels): the largest multiple of 64 under the limit.
+CHUNK_PX = int(np.sqrt(REQUEST_BYTES / (aef.N_BANDS * 5)) // 64 * 64)
+_open_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class View:
+    """A north-up 10 m pixel grid over which xee opens one year: picklable and hashable."""
+
+    session: EESettings
+    year: int
+    crs: str
+    x0: float  # west edge
+    y0: float  # north edge
+    width: int
+    height: int
+    chunk: int = CHUNK_PX
+
+    @classmethod
+    def over(cls, session: EESettings, year: int, crs: str,
+             bounds: tuple[float, float, float, float], chunk: int = CHUNK_PX) -> View:
+        """The pixel-aligned view covering ``bounds`` (xmin, ymin, xmax, ymax in ``crs``)."""
+        px = aef.PIXEL_SIZE_M
+        x0, y0 = np.floor(bounds[0] / px) * px, np.ceil(bounds[3] / px) * px
+        w = int(np.ceil((bounds[2] - x0) / px))
+        h = int(np.ceil((y0 - bounds[1]) / px))
+        return cls(session, year, crs, float(x0), float(y0), max(w, 1), max(h, 1), chunk)
+
+    def starts(self) -> tuple[list[int], list[int]]:
+        """First row / column of every chunk."""
+        return list(range(0, self.height, self.chunk)), list(range(0, self.width, self.chunk))
+
+
+def _collection(year: int) -> Any:
+    """The year's mosaic as 64 single-band images named ``embedding``, property ``band``."""
+    import ee
+
+    start, end = aef.year_range_ms(year)
+    mosaic = ee.ImageCollection(aef.COLLECTION_ID).filterDate(start, end).mosaic()
+    return ee.ImageCollection([mosaic.select([b], ["embedding"]).set("band", b)
+                               for b in aef.BANDS])
+
+
+@lru_cache(maxsize=4)
+def _dataset(view: View) -> xr.DataArray:
+    """The lazily indexed (not yet dask) xee array of a view, once per process."""
+    import xarray as xr
+    import xee  # noqa: F401  (registers the "ee" engine; the real package, imports are absolute)
+
+    ds = xr.open_dataset(
+        _collection(view.year), engine="ee", crs=view.crs,
+        crs_transform=(aef.PIXEL_SIZE_M, 0.0, view.x0, 0.0, -aef.PIXEL_SIZE_M, view.y0),
+        shape_2d=(view.width, view.height), primary_dim_name="band",
+        primary_dim_property="band", request_byte_limit=REQUEST_BYTES,
+        io_chunks={"index": aef.N_BANDS, "width": view.chunk, "height": view.chunk},
+        getitem_kwargs={"max_retries": 4, "initial_delay": 200},
+    )
+    return ds["embedding"]
+
+
+def read_window(view: View, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Pixels [r0:r1, c0:c1] of the view as (band, rows, cols) float32: one request."""
+    ensure(view.session)
+    with _open_lock:
+        arr = _dataset(view)
+    return np.asarray(arr[:, r0:r1, c0:c1].values, dtype=np.float32)
+
+
+def open_array(view: View) -> xr.DataArray:
+    """The view as a dask-backed ``(band, y, x)`` DataArray; each chunk is one xee request."""
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    rows, cols = view.starts()
+    blocks = [[da.from_delayed(
+        dask.delayed(read_window, pure=True)(view, r, min(r + view.chunk, view.height),
+                                             c, min(c + view.chunk, view.width)),
+        (aef.N_BANDS, min(view.chunk, view.height - r), min(view.chunk, view.width - c)),
+        dtype=np.float32) for c in cols] for r in rows]
+    px = aef.PIXEL_SIZE_M
+    return xr.DataArray(
+        da.block(blocks),
+        dims=("band", "y", "x"),
+        coords={"band": list(aef.BANDS),
+                "y": view.y0 - px / 2 - px * np.arange(view.height),
+                "x": view.x0 + px / 2 + px * np.arange(view.width)},
+        attrs={"crs": view.crs, "year": view.year},
+    )
+
+
+def _block(values: np.ndarray, view: View, r: int, c: int) -> zonal.PixelBlock:
+    px = aef.PIXEL_SIZE_M
+    return zonal.PixelBlock(np.moveaxis(values, 0, -1), view.x0 + c * px, view.y0 - r * px,
+                            px, -px)
+
+
+def _point_sums(values: np.ndarray, view: View, r: int, c: int, idx: np.ndarray, x: np.ndarray,
+                y: np.ndarray, radii: list[float]) -> tuple[np.ndarray, list[zonal.Partial]]:
+    block = _block(values, view, r, c)
+    return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
+
+
+def _grid_sums(values: np.ndarray, view: View, r: int, c: int, cells: grids.Cells
+               ) -> tuple[np.ndarray, zonal.Partial]:
+    return cells.sums(_block(values, view, r, c))
+
+
+@dataclass
+class XeeSource:
+    """Buffer means and grids from Earth Engine pixels fetched through xee."""
+
+    session: EESettings
+    chunk: int = CHUNK_PX
+    name: str = "xee"
+
+    def _check_year(self, year: int) -> None:
+        """One small request: a year without images is a clear error, not an empty mosaic."""
+        import ee
+
+        ensure(self.session)
+        start, end = aef.year_range_ms(year)
+        n = ee.ImageCollection(aef.COLLECTION_ID).filterDate(start, end).size().getInfo()
+        if not n:
+            raise CoverageError(f"no AlphaEarth images for year {year}",
+                                "check --year and the endpoint")
+
+    def _chunks(self, view: View) -> list[tuple[int, int, Any]]:
+        """(first row, first column, delayed pixels) of every chunk of the view."""
+        arr = open_array(view)
+        rows, cols = view.starts()
+        delayed = arr.data.to_delayed()[0]
+        return [(r, c, delayed[i, j]) for i, r in enumerate(rows) for j, c in enumerate(cols)]
+
+    def point_means(
+        self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
+    ) -> pd.DataFrame:
+        """Rows of the poi_embeddings contract for every POI × radius."""
+        import dask
+        from pyproj import Transformer
+
+        radii = [float(r) for r in radii]
+        self._check_year(year)
+        lon, lat = pois.geometry.x.to_numpy(), pois.geometry.y.to_numpy()
+        crs = f"EPSG:{aef.utm_epsg(float(np.median(lon)), float(np.median(lat)))}"
+        x, y = (np.asarray(v) for v in Transformer.from_crs(
+            "EPSG:4326", crs, always_xy=True).transform(lon, lat))
+        reach = max(radii) + aef.PIXEL_SIZE_M
+        view = View.over(self.session, year, crs, (x.min() - reach, y.min() - reach,
+                                                   x.max() + reach, y.max() + reach), self.chunk)
+        px, tasks = aef.PIXEL_SIZE_M, []
+        for r, c, pixels in self._chunks(view):
+            bx0, by1 = view.x0 + c * px, view.y0 - r * px
+            bx1, by0 = bx0 + view.chunk * px, by1 - view.chunk * px
+            idx = np.flatnonzero((x + reach > bx0) & (x - reach < bx1)
+                                 & (y + reach > by0) & (y - reach < by1))
+            if len(idx):
+                tasks.append(dask.delayed(_point_sums)(pixels, view, r, c, idx, x[idx],
+                                                       y[idx], radii))
+        return point_means_table(pois, radii, year, dask.compute(*tasks))
+
+    def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
+        """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``)."""
+        import dask
+
+        self._check_year(year)
+        cells = grids.make_cells(place.boundary, place.crs, grids.parse_cell(cell), place.name)
+        view = self.view(place, year, cells)
+        shared = dask.delayed(cells, pure=True)
+        tasks = [dask.delayed(_grid_sums)(pixels, view, r, c, shared)
+                 for r, c, pixels in self._chunks(view)]
+        return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
+
+    def view(self, place: Place, year: int, cells: grids.Cells | None = None) -> View:
+        """The pixel grid over a place's cells (default: 100 m cells) in its UTM crs."""
+        cells = cells or grids.make_cells(place.boundary, place.crs, grids.parse_cell(100.0),
+                                          place.name)
+        return View.over(self.session, year, cells.crs, cells.bounds(), self.chunk)
+
+
+def create(
+    *,
+    workdir: Path | None = None,
+    ee_url: str | None = None,
+    ee_project: str | None = None,
+    ee_credentials: str | Path | None = None,
+    xee_chunk: int | None = None,
+    **_ignored: Any,
+) -> XeeSource:
+    """The factory ``get_source('xee', ...)`` calls; unknown options (e.g. tiles) are ignored."""
+    session = EESettings(ee_url, ee_project, str(ee_credentials) if ee_credentials else None)
+    return XeeSource(session, chunk=int(xee_chunk or CHUNK_PX))

@@ -1,0 +1,278 @@
+"""Downstream evaluation: frozen embeddings of the same units, probed side by side.
+
+Every method sees the same units and splits: raw AlphaEarth (the buffer mean at the models'
+base radius, i.e. exactly the head's input), each trained AETHER run, POI text only (mean
+sentence embedding of the POIs in the unit), and raw AlphaEarth ⊕ POI text. A feature-free
+prior row shows what chance scores, and ``shuffle`` trains every probe on permuted labels,
+so a harness that flatters would show it. Results go to ``<city>/evaluation/<task>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aether.core.aef import BANDS, utm_epsg
+from aether.errors import ModelError, TableError
+from aether.evaluation import probes
+from aether.evaluation.tasks import Task, assign, read_labels
+from aether.io.tables import (
+    POI_EMBEDDINGS_FILE,
+    POIS_FILE,
+    atomic_path,
+    config_hash,
+    read_json,
+    read_table,
+    sha256_file,
+    write_json,
+)
+from aether.ml.encode import Run, apply_ae, base_poi_means, grid_window_means, read_grid
+from aether.ml.text import TEXT_EMBEDDINGS_FILE, encode_texts
+
+EVAL_DIR = "evaluation"
+RAW = "AlphaEarth (raw)"
+TEXT = "POI text only"
+CONCAT = "AlphaEarth ⊕ POI text"
+PRIOR = "prior (no features)"
+SPLITS = ("random", "spatial")
+DEFAULT_RADIUS_M = 100.0
+
+
+@dataclass
+class Units:
+    """The spatial units of a task: centres in a UTM crs, polygons or points in EPSG:4326."""
+
+    frame: Any  # GeoDataFrame with x, y
+    crs: str
+    raw: np.ndarray  # (N, 64) AlphaEarth means at the base radius
+
+
+def aether_label(run: Run) -> str:
+    return f"AETHER ({run.preset})"
+
+
+def _units(task: Task, city_dir: Path, radius: float, pois: Any) -> Units:
+    """Grid cells (window means) or POIs (their buffer means), with their raw features."""
+    if task.unit == "grid":
+        grid = read_grid(city_dir, task.cell_m).reset_index(drop=True)
+        c = grid.geometry.union_all().centroid
+        return Units(grid, f"EPSG:{utm_epsg(c.x, c.y)}", grid_window_means(grid, radius).mean)
+    emb = base_poi_means(city_dir, radius).set_index("poi_id")
+    frame = pois[pois["poi_id"].isin(emb.index)].reset_index(drop=True)
+    c = frame.geometry.union_all().centroid
+    crs = f"EPSG:{utm_epsg(c.x, c.y)}"
+    xy = frame.geometry.to_crs(crs)
+    frame = frame.assign(x=xy.x.to_numpy(), y=xy.y.to_numpy())
+    return Units(frame, crs, emb.loc[frame["poi_id"], list(BANDS)].to_numpy(np.float32))
+
+
+def heldout_pois(pois: Any, run: Run) -> np.ndarray:
+    """Mask of the POIs the trainer held out from every preset (its fixed test split)."""
+    from aether.ml.train import Pairs, TrainConfig, split_labels
+
+    cfg = TrainConfig(**run.config["hyperparameters"])
+    xy = pois.geometry.to_crs(pois.geometry.estimate_utm_crs())
+    empty = np.zeros((len(pois), 0), np.float32)
+    pairs = Pairs(pois["poi_id"].to_numpy(object), empty, empty, np.zeros(len(pois), np.int64),
+                  empty, np.column_stack([xy.x, xy.y]), {})
+    return split_labels(pairs, cfg) == "test"
+
+
+def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
+                   city_dir: Path, text_model: str | None) -> np.ndarray:
+    """Mean text embedding of the (feature) POIs in each unit; zeros where there are none."""
+    import geopandas as gpd
+
+    vec = encode_texts(pois["text"].astype(str).tolist(),
+                       cache_path=city_dir / TEXT_EMBEDDINGS_FILE, model_name=text_model)
+    if task.unit == "poi":
+        pos = pd.Index(pois["poi_id"]).get_indexer(units.frame["poi_id"])
+        return vec[pos]
+    frame = units.frame
+    zones = gpd.GeoDataFrame({"u": np.arange(len(frame))},
+                             geometry=frame.geometry.to_crs(units.crs).values, crs=units.crs)
+    if task.radius_m > 0:
+        zones = zones.assign(geometry=gpd.points_from_xy(frame["x"], frame["y"]).buffer(
+            task.radius_m))
+    pts = gpd.GeoDataFrame({"p": np.flatnonzero(use)},
+                           geometry=pois.geometry[use].to_crs(units.crs).values, crs=units.crs)
+    hit = gpd.sjoin(pts, zones, predicate="within")
+    out = np.zeros((len(frame), vec.shape[1]), np.float32)
+    counts = np.bincount(hit["u"], minlength=len(frame))
+    np.add.at(out, hit["u"].to_numpy(), vec[hit["p"].to_numpy()])
+    return out / np.maximum(counts, 1)[:, None]
+
+
+def features(task: Task, city_dir: Path, runs: list[Run]) -> tuple[dict[str, np.ndarray], Any]:
+    """Feature matrices of every method and the labels, on the units every method covers."""
+    radii = {run.base_radius_m for run in runs}
+    if len(radii) > 1:
+        raise ModelError(f"models trained at different base radii {sorted(radii)}",
+                         "compare runs trained at one base radius")
+    radius = radii.pop() if radii else DEFAULT_RADIUS_M
+    pois = read_table(city_dir / POIS_FILE, ["poi_id", "text", "geometry"], POIS_FILE)
+    units = _units(task, city_dir, radius, pois)
+    held = (heldout_pois(pois, runs[0]) if task.holdout and runs
+            else np.zeros(len(pois), bool))
+    if task.holdout and not held.any():
+        raise TableError(f"task {task.name} needs held-out POIs but the models hold none",
+                         "train with a test_fraction above 0")
+    labels_table = read_labels(task, city_dir)
+    if task.holdout:
+        labels_table = labels_table[labels_table["poi_id"].isin(pois.loc[held, "poi_id"])]
+    labels = assign(task, units.frame, labels_table, units.crs)
+    text_model = runs[0].text_model if runs else None
+    text = _text_features(task, units, pois, ~held, city_dir, text_model)
+    feats: dict[str, np.ndarray] = {RAW: units.raw}
+    for run in runs:
+        feats[aether_label(run)] = apply_ae(run, units.raw)
+    feats[TEXT] = text
+    feats[CONCAT] = np.concatenate([units.raw, text], axis=1)
+    ok = np.isfinite(units.raw[labels.index]).all(1)
+    sel = labels.index[ok]
+    frame = units.frame.iloc[sel]
+    out = {k: v[sel].astype(np.float32) for k, v in feats.items()}
+    labels.index, labels.y = sel, labels.y[ok]
+    return out, (labels, frame["x"].to_numpy(float), frame["y"].to_numpy(float))
+
+
+def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -> np.ndarray:
+    return (probes.random_split(len(x), seed) if kind == "random"
+            else probes.block_split(x, y, block_m, seed))
+
+
+def evaluate(
+    city_dir: Path,
+    task: Task,
+    runs: list[Run],
+    *,
+    seeds: tuple[int, ...] = probes.SEEDS,
+    probe_kinds: tuple[str, ...] = probes.PROBES,
+    splits: tuple[str, ...] = SPLITS,
+    shuffle: bool = False,
+    settings: probes.ProbeSettings | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Probe every method on every split and seed; the result table as a JSON-able dict.
+
+    A written result whose inputs (task, models, tables, settings) are unchanged is reused,
+    so re-running a pipeline costs nothing here.
+    """
+    out = city_dir / EVAL_DIR
+    stem = f"{task.name}{'_shuffled' if shuffle else ''}"
+    key = _inputs_key(task, city_dir, runs, seeds, probe_kinds, splits, shuffle, settings)
+    if write and (out / f"{stem}.json").is_file():
+        old = read_json(out / f"{stem}.json")
+        if old.get("inputs_key") == key:
+            return {**old, "paths": _paths(out, stem)}
+    feats, (labels, ux, uy) = features(task, city_dir, runs)
+    cfg = settings or probes.ProbeSettings()
+    scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for split in splits:
+        for seed in seeds:
+            test = _split(split, ux, uy, seed, task.block_m)
+            y_tr, y_te = labels.y[~test], labels.y[test]
+            if shuffle:
+                y_tr = y_tr[np.random.default_rng(seed + 1).permutation(len(y_tr))]
+            pred = probes.prior_predict(task.kind, y_tr, int(test.sum()))
+            scores.setdefault((PRIOR, "-", split), []).append(
+                probes.score(task.kind, y_te, pred))
+            for name, x in feats.items():
+                for probe in probe_kinds:
+                    pred = probes.fit_predict(task.kind, probe, x[~test], y_tr, x[test], seed,
+                                              cfg, n_classes=len(labels.classes) or None)
+                    scores.setdefault((name, probe, split), []).append(
+                        probes.score(task.kind, y_te, pred))
+    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key}
+    if write:
+        paths = _paths(out, stem)
+        with atomic_path(paths["markdown"]) as tmp:
+            tmp.write_text(markdown(result))
+        write_json(result, paths["json"])
+        result["paths"] = paths
+    return result
+
+
+def _paths(out: Path, stem: str) -> dict[str, str]:
+    return {"json": str(out / f"{stem}.json"), "markdown": str(out / f"{stem}.md")}
+
+
+def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> str:
+    """What a result depends on: the task, the models, the tables it reads, the settings."""
+    from dataclasses import asdict
+
+    from aether.core.cells import grid_file
+    from aether.evaluation.tasks import label_path
+    from aether.ml.train import WEIGHTS_FILE
+
+    tables = [city_dir / POIS_FILE, label_path(task, city_dir)]
+    tables.append(city_dir / grid_file(task.cell_m) if task.unit == "grid"
+                  else city_dir / POI_EMBEDDINGS_FILE)
+    spec = {k: v for k, v in asdict(task).items() if k != "source"}
+    return config_hash({"task": spec, "runs": [r.config.get("config_hash", r.name) for r in runs],
+                        "weights": [sha256_file(r.path / WEIGHTS_FILE) for r in runs
+                                    if (r.path / WEIGHTS_FILE).is_file()],
+                        "tables": [sha256_file(p) for p in tables if p.is_file()],
+                        "settings": [asdict(x) if hasattr(x, "__dataclass_fields__") else x
+                                     for x in settings]})
+
+
+def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]],
+           labels: Any, seeds: tuple[int, ...], shuffle: bool) -> dict[str, Any]:
+    metrics = probes.METRICS[task.kind]
+    rows = []
+    for (method, probe, split), runs in scores.items():
+        stats = {m: {"mean": float(np.mean([r[m] for r in runs])),
+                     "std": float(np.std([r[m] for r in runs])),
+                     "values": [round(r[m], 6) for r in runs]} for m in metrics}
+        rows.append({"method": method, "probe": probe, "split": split, "metrics": stats})
+    for row in rows:
+        base = next((r for r in rows if r["method"] == RAW and r["probe"] == row["probe"]
+                     and r["split"] == row["split"]), None)
+        row["relative_to_raw"] = {} if base is None else {
+            m: _relative(row["metrics"][m]["mean"], base["metrics"][m]["mean"], up)
+            for m, up in metrics.items()}
+    return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
+            "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
+            "shuffled_labels": shuffle, "metrics": list(metrics), "rows": rows}
+
+
+def _relative(value: float, base: float, higher_is_better: bool) -> float | None:
+    """Relative improvement over raw AlphaEarth (positive = better), as a fraction."""
+    if base == 0:
+        return None
+    return (value - base) / abs(base) if higher_is_better else (base - value) / abs(base)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result table as Markdown: mean ± std over seeds, improvement vs raw AlphaEarth."""
+    metrics = result["metrics"]
+    head = metrics[0]
+    lines = [f"### {result['task']} ({result['kind']}, {result['n_units']} {result['unit']} "
+             f"units{', SHUFFLED LABELS' if result['shuffled_labels'] else ''}; "
+             f"{len(result['seeds'])} seeds)", ""]
+    for split in dict.fromkeys(r["split"] for r in result["rows"]):
+        rows = []
+        for r in (r for r in result["rows"] if r["split"] == split):
+            rel = r["relative_to_raw"].get(head)
+            delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
+            rows.append([r["method"], r["probe"], *(
+                f"{r['metrics'][m]['mean']:.3f} ± {r['metrics'][m]['std']:.3f}" for m in metrics),
+                delta])
+        lines += [f"**{split} split**", "",
+                  markdown_table(["method", "probe", *metrics, f"Δ{head} vs raw"], rows), ""]
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (floats with three decimals)."""
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)

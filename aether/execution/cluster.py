@@ -1,0 +1,88 @@
+"""Where Dask work runs: the local threaded scheduler, a LocalCluster, or an existing cluster.
+
+``aether extract`` and ``aether grid`` take ``--scheduler`` (env ``AETHER_DASK_SCHEDULER``):
+
+- ``threads`` (default): Dask's local threaded scheduler, nothing to start;
+- ``cluster`` or ``cluster:N``: a ``distributed.LocalCluster`` of N worker processes
+  (default 2, one thread each) started for the run and closed after it;
+- ``tcp://host:port`` (or ``tls://``, ``ws://``...): an existing Dask scheduler.
+
+Inside ``dask_scheduler`` a distributed ``Client`` is the default, so the sources' plain
+``dask.compute`` calls run there unchanged. Tasks that talk to Earth Engine initialise it on
+whatever process runs them (``earthengine.session.ensure``), from picklable settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aether.errors import DaskError, InputError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+SCHEDULER_ENV = "AETHER_DASK_SCHEDULER"
+#: How long to wait for an existing scheduler to answer before giving up.
+CONNECT_TIMEOUT_S = 5
+DEFAULT_WORKERS = 2
+_ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://[^\s/]+$")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """A parsed ``--scheduler`` value."""
+
+    kind: str  # "threads" | "cluster" | "address"
+    workers: int = DEFAULT_WORKERS
+    address: str | None = None
+
+
+def parse_scheduler(text: str | None) -> Scheduler:
+    """``threads`` / ``cluster[:N]`` / ``tcp://host:port``; anything else is an InputError."""
+    spec = (text or "threads").strip()
+    if spec in ("threads", "local"):
+        return Scheduler("threads")
+    m = re.fullmatch(r"cluster(?::(\d+))?", spec)
+    if m:
+        n = int(m.group(1) or DEFAULT_WORKERS)
+        if not 1 <= n <= 256:
+            raise InputError(f"cannot start a LocalCluster of {n} workers", "use cluster:1..256")
+        return Scheduler("cluster", workers=n)
+    if _ADDRESS.match(spec):
+        return Scheduler("address", address=spec)
+    raise InputError(f"cannot read scheduler {spec!r}",
+                     "use threads, cluster, cluster:N or tcp://host:port")
+
+
+@contextlib.contextmanager
+def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
+    """Run the block on the scheduler ``text`` names; yields the Client (None for threads)."""
+    spec = parse_scheduler(text)
+    if spec.kind == "threads":
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise DaskError(f"--scheduler {text} needs dask.distributed",
+                        "pip install 'aether[ee]', or use --scheduler threads") from None
+    if spec.kind == "cluster":
+        with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError) as e:
+        raise DaskError(f"cannot reach the Dask scheduler at {spec.address} "
+                        f"({type(e).__name__} after {CONNECT_TIMEOUT_S} s)",
+                        f"start it (`dask scheduler`) or unset --scheduler / {SCHEDULER_ENV}"
+                        ) from None
+    with client:
+        yield client

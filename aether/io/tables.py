@@ -1,0 +1,136 @@
+"""Table contracts between steps, Parquet IO with atomic writes, and run manifests.
+
+Every write goes to a temporary file beside its target and is renamed into place, so a
+crash or a bad input never leaves a half-written table behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aether.core.aef import BANDS
+from aether.errors import TableError
+
+POI_COLUMNS: tuple[str, ...] = (
+    "poi_id", "name", "category", "top_category", "text", "source", "geometry",
+)
+QUALITY_COLUMNS: tuple[str, ...] = ("weight", "valid_fraction", "norm")
+POI_EMBEDDING_COLUMNS: tuple[str, ...] = ("poi_id", "year", "radius_m", *BANDS, *QUALITY_COLUMNS)
+
+POIS_FILE = "pois.parquet"
+POI_EMBEDDINGS_FILE = "poi_embeddings.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a (Geo)DataFrame to Parquet atomically; GeoDataFrames become GeoParquet."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write JSON atomically (sorted keys, so equal content gives equal bytes)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Checksum recorded in manifests."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able config: what makes two runs 'the same'."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise TableError naming the missing columns of a table."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TableError(
+            f"{what} lacks column(s) {', '.join(missing[:5])}",
+            "re-create it with `aether extract`",
+        )
+
+
+def read_table(path: str | os.PathLike[str], columns: Sequence[str], what: str) -> pd.DataFrame:
+    """Read a Parquet table and check its contract; GeoParquet comes back as GeoDataFrame."""
+    p = Path(path)
+    if not p.is_file():
+        raise TableError(f"{what} not found at {p}", "run `aether extract` first")
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(p).metadata or {}
+    if b"geo" in meta:
+        import geopandas as gpd
+
+        df: pd.DataFrame = gpd.read_parquet(p)
+    else:
+        df = pd.read_parquet(p)
+    require_columns(df, columns, what)
+    if len(df) == 0:
+        raise TableError(f"{what} at {p} is empty", "re-run the step that writes it")
+    return df
+
+
+def poi_embeddings_frame(
+    poi_ids: Sequence[str],
+    year: int,
+    radius_m: float,
+    mean: np.ndarray,
+    weight: np.ndarray,
+    valid_fraction: np.ndarray,
+    norm: np.ndarray,
+) -> pd.DataFrame:
+    """Rows of the poi_embeddings contract for one (year, radius)."""
+    df = pd.DataFrame(np.asarray(mean, dtype=np.float32), columns=list(BANDS))
+    df.insert(0, "poi_id", pd.Series(list(poi_ids), dtype="string"))
+    df.insert(1, "year", np.int32(year))
+    df.insert(2, "radius_m", np.float32(radius_m))
+    df["weight"] = np.asarray(weight, dtype=np.float32)
+    df["valid_fraction"] = np.asarray(valid_fraction, dtype=np.float32)
+    df["norm"] = np.asarray(norm, dtype=np.float32)
+    return df
+
+
+def sort_poi_embeddings(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical row order, so equal results give byte-equal files whatever the source."""
+    return df.sort_values(["radius_m", "poi_id"], kind="stable").reset_index(drop=True)

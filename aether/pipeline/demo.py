@@ -1,0 +1,112 @@
+"""The whole chain on the offline sample city: what ``aether demo`` runs.
+
+extract → grids → train (paper and default presets) → encode → evaluate (land use, POI mix)
+→ category queries (hit rate@k) → query maps. Every step skips work whose outputs are up to
+date (extract and train check their inputs; encode/evaluate/maps are rewritten, cheaply), so
+running it twice costs little the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aether.evaluation.probes import SEEDS
+from aether.evaluation.tasks import TASKS_DIR, load_task
+from aether.ml.encode import Run, encode_city, load_run
+from aether.ml.text import TEXT_EMBEDDINGS_FILE
+
+CITY = "Helsinki"
+PRESETS = ("paper", "default")
+CELLS_M = (50.0,)
+TASKS = ("helsinki_landuse", "helsinki_poi_mix")
+QUERIES = ("coffee shop", "late-night bars and live music", "hotel")
+LABELS_FILE = "labels/osm_landuse.parquet"
+
+
+@dataclass
+class DemoResult:
+    """Where each output of the demo is."""
+
+    city_dir: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)
+
+
+def category_queries() -> dict[str, list[str]]:
+    """The packaged category queries (query text → categories that count as hits)."""
+    import yaml
+
+    text = resources.files("aether").joinpath("data/category_queries.yaml").read_text()
+    return {str(k): [str(c) for c in v] for k, v in yaml.safe_load(text).items()}
+
+
+def write_landuse_labels(pbf: Path, out: Path) -> Path:
+    """OSM land-use polygons of the PBF as a GeoParquet label table (landuse, geometry)."""
+    import pyrosm
+
+    from aether.io.tables import write_parquet
+
+    lu = pyrosm.OSM(str(pbf)).get_landuse()
+    lu = lu[lu.geom_type.isin(["Polygon", "MultiPolygon"])]
+    return write_parquet(lu[["landuse", "geometry"]].reset_index(drop=True), out)
+
+
+def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEEDS),
+             say: Callable[[str], None] = print) -> DemoResult:
+    """Run every step on the sample city; ``epochs`` and ``seeds`` shorten it (tests)."""
+    from aether.evaluation.evaluate import evaluate, markdown, markdown_table
+    from aether.io.tables import write_json
+    from aether.ml.train import train
+    from aether.pipeline.extract import ExtractRequest, run_extract, run_grid
+    from aether.query.maps import html_map, png_map
+    from aether.query.search import hit_rates, load_index, search
+    from aether.settings import DEFAULT_YEAR
+
+    req = ExtractRequest(city=CITY, data_dir=data_dir, offline=True)
+    say("extract: POIs and buffer means from the sample tiles")
+    city_dir = run_extract(req).out_dir
+    res = DemoResult(city_dir)
+    for cell in CELLS_M:
+        say(f"grid: {cell:g} m cells")
+        res.outputs[f"grid {cell:g} m"] = run_grid(req, f"{cell:g}m")[0]
+    runs: list[Run] = []
+    for preset in PRESETS:
+        say(f"train: {preset} preset")
+        path = train(city_dir, preset=preset, epochs=epochs)
+        run = load_run(city_dir, path, slug=city_dir.parent.name, year=DEFAULT_YEAR)
+        enc = encode_city(city_dir, run, list(CELLS_M))
+        res.outputs[f"model {preset}"] = path
+        res.outputs[f"AETHER vectors {preset}"] = enc.pois_path.parent
+        runs.append(run)
+    from aether.sample.city import ensure_sample
+
+    labels = write_landuse_labels(ensure_sample(data_dir).pbf, city_dir / LABELS_FILE)
+    res.outputs["land-use labels"] = labels
+    for name in TASKS:
+        say(f"evaluate: {name}")
+        table = evaluate(city_dir, load_task(TASKS_DIR / f"{name}.yaml"), runs,
+                         seeds=SEEDS[:seeds])
+        res.outputs[f"evaluation {name}"] = Path(table["paths"]["markdown"])
+        res.tables[name] = markdown(table)
+    best = runs[-1]
+    index = load_index(city_dir, best, CELLS_M[0])
+    say("query: category hit rates and maps")
+    hits = hit_rates(city_dir, best, index, category_queries(), k=10)
+    hits_path = write_json(hits.to_dict(orient="records"),
+                           city_dir / "evaluation" / f"category_queries_{best.name}.json")
+    res.outputs["category query hit rates"] = hits_path
+    res.tables["category queries"] = markdown_table(list(hits.columns),
+                                                    hits.to_numpy().tolist())
+    results = search(index, best, list(QUERIES), cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
+    out = city_dir / "maps"
+    res.outputs["query map (HTML)"] = html_map(index, results, out / "demo_queries.html")
+    res.outputs["query map (PNG)"] = png_map(index, results, out / "demo_queries.png")
+    return res
+
+
+def summary(res: DemoResult) -> dict[str, Any]:
+    return {k: str(v) for k, v in res.outputs.items()}

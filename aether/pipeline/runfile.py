@@ -1,0 +1,217 @@
+"""Run files (``pipelines/*.yaml``): what a scheduled ``aether run`` does, validated by pydantic.
+
+A mistake in the file (an unknown key, a wrong type, bad YAML) is one line that names the
+file and the line, e.g. ``cities.yaml:12: cities[1].radii[0]: Input should be a valid number``.
+Relative paths in the file (``file:``/``pbf:`` POIs, ``boundary``, a ``tiles`` option,
+``data_dir``) are read relative to the file's directory, so a run file works from any cwd;
+``${VAR}`` in strings is expanded from the environment (project ids, buckets in CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from aether.errors import ConfigError
+from aether.settings import DEFAULT_RADII, DEFAULT_YEAR
+
+Step = Literal["extract", "train", "encode"]
+#: Source options that are file paths (relative ones are read beside the run file).
+PATH_OPTIONS = ("tiles", "ee_credentials")
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError("an option is a string, a number, true/false or null")
+
+
+#: One source option value (one check, so a mistake gives one clear message).
+Scalar = Annotated[Any, AfterValidator(_scalar)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class SourceSpec(_Strict):
+    """An embedding source (``ee``, ``cog``, ``xee``) and its options, as ``aether extract``
+    takes them (``tiles``, ``ee_project``, ``export``, ``ee_batch``, ...)."""
+
+    name: Literal["ee", "cog", "xee"] = "ee"
+    options: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class PoiOptions(_Strict):
+    """Column mapping for ``file:`` POIs."""
+
+    name_column: str | None = None
+    category_column: str | None = None
+    top_category_column: str | None = None
+
+
+class TrainSpec(_Strict):
+    """The optional ``train`` step (``aether train``)."""
+
+    preset: str = "default"
+    run: str | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    seed: int = 42
+
+
+class EncodeSpec(_Strict):
+    """The optional ``encode`` step: a grid of ``cell`` and AETHER vectors for it."""
+
+    cell: str = "100m"
+
+
+class City(_Strict):
+    """One place. How it is found, in order: ``sample: true`` (the offline sample city),
+    ``osm_id`` / ``bbox`` / ``boundary``, POIs from a ``file:``/``pbf:`` source (the place
+    is their hull; nothing is geocoded), else the ``name`` through Nominatim."""
+
+    name: str = Field(min_length=1)
+    sample: bool = False
+    osm_id: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    boundary: str | None = None
+    which_result: int | None = Field(default=None, ge=1)
+    yes: bool = False  # accept an area above the size limit (as --yes)
+    pois: str | None = None
+    poi_options: PoiOptions | None = None
+    years: list[int] | None = Field(default=None, min_length=1)
+    radii: list[float] | None = Field(default=None, min_length=1)
+    source: SourceSpec | None = None
+
+
+class RunFile(_Strict):
+    """The whole file; per-city keys override the run-wide defaults."""
+
+    data_dir: str | None = None
+    years: list[int] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
+    radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
+    pois: str = "osm"
+    poi_options: PoiOptions = Field(default_factory=PoiOptions)
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    steps: list[Step] = Field(default_factory=lambda: ["extract"], min_length=1)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    encode: EncodeSpec = Field(default_factory=EncodeSpec)
+    cities: list[City] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _extract_first(cls, steps: list[str]) -> list[str]:
+        if "extract" not in steps:
+            raise ValueError("steps must include extract (train and encode read its tables)")
+        if "encode" in steps and "train" not in steps:
+            raise ValueError("the encode step needs the train step")
+        return steps
+
+
+def load_run_file(path: str | os.PathLike[str]) -> RunFile:
+    """Read and validate a run file; ConfigError with ``file:line`` on any mistake."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read run file {p}: {e.strerror}",
+                          "pass the path of a YAML run file, e.g. pipelines/cities.yaml") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"{mark.line + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p.name}:{line} invalid YAML: {problem}",
+                          "fix the syntax (indentation, colons, quotes)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p.name}:1: a run file is a mapping with a 'cities' list",
+                          "see pipelines/cities.yaml")
+    try:
+        run = RunFile.model_validate(_expand(data))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{p.name}:{_line(root, loc)}: {_dotted(loc)}: {what}{more}",
+                          "see the keys documented in pipelines/README.md") from None
+    return _relative_to(run, p.resolve().parent)
+
+
+def _expand(value: Any) -> Any:
+    """``${VAR}`` in every string, recursively."""
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _line(node: Any, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the deepest YAML node on ``loc`` (a key's own line if unknown)."""
+    import yaml
+
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if k.value == part), None)
+            if hit is None:
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "file"
+
+
+def _relative_to(run: RunFile, base: Path) -> RunFile:
+    """Paths in the file, resolved against its directory."""
+
+    def path(v: str | None) -> str | None:
+        return None if v is None or "://" in v or Path(v).is_absolute() else str(base / v)
+
+    def spec(v: str | None) -> str | None:
+        if v is None or ":" not in v:
+            return v
+        kind, rest = v.split(":", 1)
+        return f"{kind}:{path(rest) or rest}" if kind in ("file", "pbf") else v
+
+    def source(s: SourceSpec | None) -> SourceSpec | None:
+        if s is None:
+            return s
+        opts = {k: (path(v) or v) if k in PATH_OPTIONS and isinstance(v, str) else v
+                for k, v in s.options.items()}
+        return s.model_copy(update={"options": opts})
+
+    cities = [c.model_copy(update={"pois": spec(c.pois), "source": source(c.source),
+                                   "boundary": path(c.boundary) or c.boundary})
+              for c in run.cities]
+    return run.model_copy(update={
+        "data_dir": path(run.data_dir) or run.data_dir, "pois": spec(run.pois),
+        "source": source(run.source), "cities": cities})

@@ -1,0 +1,334 @@
+"""Scheduled runs: read a run file and do each (city, year, step) once (``aether run``).
+
+Why it can run unattended on a timer:
+
+* **Idempotent.** ``extract`` is skipped when its manifest's config hash (POI content, tiles
+  index, radii, year, source options) and output checksums still match; ``train`` and
+  ``encode`` keep a step record (hash of their inputs + checksums of their outputs) in
+  ``<city>/<year>/.aether-steps/``. A new POI snapshot or a new year changes a hash, so only
+  that work is redone.
+* **One run at a time.** ``<data>/.aether-run.lock`` is held with ``fcntl.flock`` for the
+  whole run (the kernel frees it when the process dies, even by SIGKILL); a second run is
+  refused with one line (exit 2).
+* **Failures stay local.** A city that fails (geocoding, POIs, the source) is reported and
+  the others go on; its later steps are skipped. The run ends with a table and exit 1 if
+  anything failed.
+* **Resumable.** Every write is atomic and sources checkpoint their batches, so a killed run
+  is finished by the next one. Earth Engine export tasks live in the source's task book
+  (``<city>/<year>/.work/ee/export_tasks.json``): a later run adopts them instead of
+  starting duplicates; their ids are copied into the run report.
+* **A report per run**: ``<data>/runs/<run_id>.json``.
+
+``AETHER_RUN_KILL_AT=<point>`` makes the process SIGKILL itself at a named point
+(``locked``, ``before:<slug>/<year>/<step>``, ``after:<slug>/<year>/<step>``, ``report``):
+the crash-safety tests use it to kill a run at exact places.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aether.errors import AetherError, ConfigError, LockedError
+from aether.pipeline.runfile import City, RunFile, load_run_file
+
+LOCK_FILE = ".aether-run.lock"
+RUNS_DIR = "runs"
+STEPS_DIR = ".aether-steps"
+KILL_ENV = "AETHER_RUN_KILL_AT"
+
+DONE, UP_TO_DATE, FAILED, SKIPPED = "done", "up to date", "failed", "skipped"
+
+
+@dataclass
+class Task:
+    """One (city, year, step) and what became of it."""
+
+    city: str
+    slug: str
+    year: int
+    step: str
+    status: str = "pending"
+    seconds: float = 0.0
+    rows: int | None = None
+    out_dir: str | None = None
+    error: str | None = None
+    config_hash: str | None = None
+    export_tasks: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.slug}/{self.year}/{self.step}"
+
+
+@dataclass
+class RunReport:
+    """What a run did; written to ``<data>/runs/<run_id>.json``."""
+
+    run_id: str
+    run_file: str
+    data_dir: str
+    started: str
+    finished: str = ""
+    tasks: list[Task] = field(default_factory=list)
+    path: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(t.status == status for t in self.tasks)
+
+    @property
+    def failed(self) -> bool:
+        return self.count(FAILED) > 0
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return all(t.status == UP_TO_DATE for t in self.tasks)
+
+
+def _hook(point: str) -> None:
+    """Die here, hard, if the crash tests asked for it (see the module doc)."""
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def run_lock(data_dir: Path) -> Iterator[Path]:
+    """Hold ``<data>/.aether-run.lock``; LockedError at once if another run holds it."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LockedError(f"another aether run (pid {holder}) is using {data_dir}",
+                          "wait for it to finish; the lock is freed when it exits") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def plan(run: RunFile) -> list[tuple[City, list[Task]]]:
+    """Every city's tasks, in order: for each year, the run's steps."""
+    from aether.places.place import slugify
+
+    seen: dict[str, str] = {}
+    out = []
+    for city in run.cities:
+        slug = slugify(city.name)
+        if slug in seen:
+            raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
+                              "give them distinct names")
+        seen[slug] = city.name
+        tasks = [Task(city.name, slug, year, step)
+                 for year in sorted(set(city.years or run.years)) for step in run.steps]
+        out.append((city, tasks))
+    return out
+
+
+def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
+            say: Callable[[str], None] = lambda s: None) -> RunReport:
+    """Run a run file (see the module doc); returns the report (also written to disk)."""
+    from aether.settings import data_dir as resolve_data_dir
+
+    run = load_run_file(run_file)
+    # --data-dir, then AETHER_DATA_DIR, then the run file's data_dir
+    root = resolve_data_dir(data_dir or os.environ.get("AETHER_DATA_DIR") or run.data_dir)
+    cities = plan(run)
+    with run_lock(root):
+        _hook("locked")
+        report = RunReport(
+            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+            run_file=str(Path(run_file).resolve()), data_dir=str(root.resolve()),
+            started=_now(), tasks=[t for _, tasks in cities for t in tasks])
+        for city, tasks in cities:
+            _run_city(run, city, tasks, root, say)
+        report.finished = _now()
+        _hook("report")
+        report.path = _write_report(report, root)
+    return report
+
+
+def _run_city(run: RunFile, city: City, tasks: list[Task], root: Path,
+              say: Callable[[str], None]) -> None:
+    """The city's tasks in order; a failure skips that year's later steps, nothing else."""
+    out_dirs: dict[int, Path] = {}
+    for task in tasks:
+        if task.step != "extract" and task.year not in out_dirs:
+            task.status, task.error = SKIPPED, "an earlier step failed"
+            continue
+        _hook(f"before:{task.key}")
+        t0 = time.perf_counter()
+        try:
+            if task.step == "extract":
+                out_dirs[task.year] = _extract(run, city, task, root)
+            elif task.step == "train":
+                _train(run, task, out_dirs[task.year])
+            else:
+                _encode(run, city, task, out_dirs[task.year], root)
+        except Exception as e:  # one city's failure (or bug) must not stop the others
+            task.status = FAILED
+            text = str(e) if isinstance(e, AetherError) else f"{type(e).__name__}: {e}"
+            task.error = text.strip().split("\n")[0]
+            if not isinstance(e, AetherError):
+                say(traceback.format_exc().rstrip())
+            out_dirs.pop(task.year, None)
+        task.seconds = round(time.perf_counter() - t0, 3)
+        say(f"{task.key}: {task.status}" + (f" — {task.error}" if task.error else "")
+            + (f" ({task.seconds:.1f} s)" if task.status == DONE else ""))
+        _hook(f"after:{task.key}")
+
+
+def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
+    """The ``ExtractRequest`` of one city and year (city keys override the run's)."""
+    from aether.pipeline.extract import ExtractRequest
+
+    source = city.source or run.source
+    pois = city.pois if (city.pois or city.sample) else run.pois
+    place = {k: v for k, v in (("osm_id", city.osm_id), ("bbox", city.bbox),
+                               ("boundary", city.boundary), ("which_result", city.which_result))
+             if v is not None}
+    offline = city.sample or (not place and bool(pois) and pois.startswith(("file:", "pbf:")))
+    if city.yes:
+        place["yes"] = True
+    poi_opts = (city.poi_options or run.poi_options).model_dump(exclude_none=True)
+    return ExtractRequest(
+        city=city.name, data_dir=root, offline=offline, pois=pois, source=source.name,
+        radii=tuple(city.radii or run.radii), year=year,
+        source_options={k: v for k, v in source.options.items() if v is not None},
+        place_options=place, poi_options=poi_opts)
+
+
+def _extract(run: RunFile, city: City, task: Task, root: Path) -> Path:
+    from aether.io.tables import MANIFEST_FILE, read_json
+    from aether.pipeline.extract import run_extract
+
+    req = extract_request(run, city, task.year, root)
+    res = run_extract(req)
+    task.status = UP_TO_DATE if res.up_to_date else DONE
+    task.rows, task.out_dir = res.n_rows, str(res.out_dir)
+    task.config_hash = read_json(res.out_dir / MANIFEST_FILE)["config_hash"]
+    book = res.out_dir / ".work" / (req.source or "") / "export_tasks.json"
+    if book.is_file():
+        task.export_tasks = sorted(str(r["operation"]) for r in read_json(book).values()
+                                   if r.get("operation"))
+    return res.out_dir
+
+
+# --- train and encode: step records ---------------------------------------------------------
+
+def _step_fresh(city_dir: Path, step: str, inputs: str) -> bool:
+    """True when the step ran on these inputs and its outputs are unchanged since."""
+    from aether.io.tables import read_json, sha256_file
+
+    path = city_dir / STEPS_DIR / f"{step}.json"
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return rec.get("inputs") == inputs and all(
+        (city_dir / f).is_file() and sha256_file(city_dir / f) == h
+        for f, h in rec.get("outputs", {}).items())
+
+
+def _step_record(city_dir: Path, step: str, inputs: str, outputs: list[Path]) -> str:
+    """Write the step record; returns a hash of the outputs (the next step's input)."""
+    from aether.io.tables import config_hash, sha256_file, write_json
+
+    files = {str(p.relative_to(city_dir)): sha256_file(p) for p in sorted(outputs)}
+    write_json({"inputs": inputs, "outputs": files}, city_dir / STEPS_DIR / f"{step}.json")
+    return config_hash(files)
+
+
+def _step_outputs_hash(city_dir: Path, step: str) -> str:
+    from aether.io.tables import config_hash, read_json
+
+    return config_hash(read_json(city_dir / STEPS_DIR / f"{step}.json")["outputs"])
+
+
+def _train(run: RunFile, task: Task, city_dir: Path) -> None:
+    from aether.errors import ModelError
+    from aether.io.tables import MANIFEST_FILE, config_hash, read_json
+    from aether.ml.train import train
+
+    spec = run.train
+    inputs = config_hash({"tables": read_json(city_dir / MANIFEST_FILE)["outputs"],
+                          "train": spec.model_dump()})
+    task.out_dir = str(city_dir)
+    if _step_fresh(city_dir, "train", inputs):
+        task.status = UP_TO_DATE
+        return
+    kwargs: dict[str, Any] = {"preset": spec.preset, "run_name": spec.run,
+                              "epochs": spec.epochs, "seed": spec.seed}
+    try:
+        path = train(city_dir, **kwargs)  # resumes an interrupted run of the same config
+    except ModelError as e:
+        if not (city_dir / STEPS_DIR / "train.json").is_file():
+            # a model someone trained by hand: never replaced behind their back
+            raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
+        path = train(city_dir, overwrite=True, **kwargs)  # ours, on older tables: replace it
+    _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
+    task.status, task.out_dir = DONE, str(path)
+
+
+def _encode(run: RunFile, city: City, task: Task, city_dir: Path, root: Path) -> None:
+    from aether.io.tables import config_hash
+    from aether.ml.encode import encode_city, load_run
+    from aether.pipeline.extract import parse_cell, run_grid
+
+    cell = parse_cell(run.encode.cell)
+    inputs = config_hash({"model": _step_outputs_hash(city_dir, "train"), "cell": cell})
+    task.out_dir = str(city_dir)
+    if _step_fresh(city_dir, "encode", inputs):
+        task.status = UP_TO_DATE
+        return
+    grid_path, _ = run_grid(extract_request(run, city, task.year, root), cell)
+    model = load_run(city_dir, run.train.run or run.train.preset, slug=city_dir.parent.name,
+                     year=task.year)
+    res = encode_city(city_dir, model, [cell])
+    _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
+    task.status, task.rows = DONE, res.n_pois
+
+
+# --- the report -----------------------------------------------------------------------------
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_report(report: RunReport, root: Path) -> Path:
+    from aether.io.tables import write_json
+
+    body = {k: v for k, v in asdict(report).items() if k != "path"}
+    body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED)}
+    return write_json(body, root / RUNS_DIR / f"{report.run_id}.json")
+
+
+def summary_table(report: RunReport) -> Any:
+    """A rich table: one row per task."""
+    from rich.table import Table
+
+    colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow"}
+    table = Table(title=f"aether run {report.run_id}")
+    for col in ("city", "year", "step", "status", "rows", "s", "note"):
+        table.add_column(col, justify="right" if col in ("year", "rows", "s") else "left")
+    for t in report.tasks:
+        note = t.error or (f"{len(t.export_tasks)} export tasks" if t.export_tasks else "")
+        table.add_row(t.city, str(t.year), t.step, f"[{colour.get(t.status, '')}]{t.status}",
+                      "" if t.rows is None else str(t.rows), f"{t.seconds:.1f}", note)
+    return table

@@ -1,0 +1,131 @@
+"""POI sourcing: one entry point, ``load_pois``, over every source, one normalisation.
+
+Sources (``aether.pois.readers``) return raw frames; here they become the pois table of the
+contract: representative points in EPSG:4326, clipped to the place, de-duplicated (same
+name and category within ``DEDUP_M`` metres), with the method's text, sorted by ``poi_id``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aether.errors import PoiError
+from aether.io.tables import POI_COLUMNS
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from aether.places.place import Place
+
+DEDUP_M = 5.0
+SOURCE_KINDS = ("osm", "pbf:PATH", "file:PATH")
+
+
+def load_pois(
+    source: str,
+    place: Place | None = None,
+    *,
+    name_column: str | None = None,
+    category_column: str | None = None,
+    top_category_column: str | None = None,
+) -> gpd.GeoDataFrame:
+    """The pois table from ``source`` (``"osm"``, ``"pbf:PATH"`` or ``"file:PATH"``)."""
+    kind, _, path = source.partition(":")
+    if kind == "pbf" and path:
+        from aether.pois.readers import pbf
+
+        raw, label = pbf.read(path), f"pbf:{_basename(path)}"
+    elif kind == "file" and path:
+        from aether.pois.readers import vector
+
+        raw = vector.read(path, name_column=name_column, category_column=category_column,
+                          top_category_column=top_category_column)
+        label = f"file:{_basename(path)}"
+    elif source == "osm":
+        if place is None:
+            raise PoiError("the osm POI source needs a place", "pass --city, --bbox or --boundary")
+        from aether.pois.readers import overpass
+
+        raw, label = overpass.read(place), "osm"
+    else:
+        raise PoiError(f"unknown POI source {source!r}", f"use one of {', '.join(SOURCE_KINDS)}")
+    return normalise(raw, place, label)
+
+
+def _basename(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).name
+
+
+def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.GeoDataFrame:
+    """Raw source rows → the pois contract (points, clip, de-duplicate, text, sort)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from aether.pois.taxonomy import poi_text
+
+    geoms = gpd.GeoSeries(raw.geometry.values, crs="EPSG:4326")
+    keep = geoms.notna() & ~geoms.is_empty
+    df = raw[keep.values].copy()
+    df["geometry"] = _points(gpd.GeoSeries(df.geometry.values, crs="EPSG:4326")).values
+    df = gpd.GeoDataFrame(df, geometry="geometry", crs="EPSG:4326")
+    if place is not None:
+        df = df[df.geometry.covered_by(place.boundary).values]
+    where = f" in {place.name}" if place is not None else ""
+    if len(df) == 0:
+        raise PoiError(f"no POIs found{where} ({label})",
+                       "check the place and the POI source, or pass --pois FILE")
+    df["name"] = df["name"].where(df["name"].notna(), None)
+    df = df.sort_values("poi_id", kind="stable").drop_duplicates("poi_id")
+    df = _dedup(df, place)
+    df["text"] = [poi_text(c, t, n) for c, t, n in
+                  zip(df["category"], df["top_category"], df["name"], strict=True)]
+    df["source"] = label
+    out = df[list(POI_COLUMNS)].reset_index(drop=True)
+    for col in ("poi_id", "name", "category", "top_category", "text", "source"):
+        out[col] = out[col].astype(pd.StringDtype())
+    return gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")
+
+
+def _points(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
+    """Representative points; closed rings count as areas, geometries are made valid first."""
+    import shapely
+
+    arr = geoms.values
+    rings = (shapely.get_type_id(arr) == 1) & shapely.is_closed(arr) & (
+        shapely.get_num_coordinates(arr) >= 4)
+    if rings.any():
+        arr = arr.copy()
+        arr[rings] = shapely.polygons(
+            [shapely.linearrings(shapely.get_coordinates(g)) for g in arr[rings]])
+    arr = shapely.make_valid(arr)
+    return geoms.__class__(shapely.point_on_surface(arr), crs=geoms.crs)
+
+
+def _dedup(df: Any, place: Place | None) -> Any:
+    """Drop rows with the same name and category as an earlier row within DEDUP_M metres."""
+    import numpy as np
+    import shapely
+
+    from aether.core.aef import utm_epsg
+
+    named = df["name"].notna().to_numpy()
+    if named.sum() < 2:
+        return df
+    if place is not None:
+        crs = place.crs
+    else:
+        c = shapely.MultiPoint(df.geometry.values).centroid
+        crs = f"EPSG:{utm_epsg(c.x, c.y)}"
+    xy = df.geometry.to_crs(crs).values
+    tree = shapely.STRtree(xy)
+    left, right = tree.query(xy, predicate="dwithin", distance=DEDUP_M)
+    names = df["name"].to_numpy(dtype=object)
+    cats = df["category"].to_numpy(dtype=object)
+    pair = (left < right) & named[left] & named[right]
+    left, right = left[pair], right[pair]
+    same = (names[left] == names[right]) & (cats[left] == cats[right])
+    drop = np.zeros(len(df), dtype=bool)
+    drop[right[same]] = True
+    return df[~drop]

@@ -1,0 +1,34 @@
+"""What every POI source shares: the raw frame they return, and OSM tags → taxonomy rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+RAW_COLUMNS: tuple[str, ...] = ("poi_id", "name", "category", "top_category", "geometry")
+
+
+def raw_frame(rows: list[dict[str, Any]]) -> Any:
+    """A raw GeoDataFrame in EPSG:4326 from dicts with the RAW_COLUMNS keys."""
+    import geopandas as gpd
+
+    if not rows:
+        return gpd.GeoDataFrame({c: [] for c in RAW_COLUMNS}, geometry="geometry",
+                                crs="EPSG:4326")
+    return gpd.GeoDataFrame(rows, columns=list(RAW_COLUMNS), geometry="geometry",
+                            crs="EPSG:4326")
+
+
+def osm_rows(elements: Iterable[tuple[str, Mapping[str, str], Any]]) -> list[dict[str, Any]]:
+    """Rows for elements ``(poi_id, OSM tags, geometry)`` the taxonomy classifies as POIs."""
+    from aether.pois.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    rows = []
+    for poi_id, tags, geom in elements:
+        hit = tax.classify(tags)
+        if hit is None:
+            continue
+        rows.append({"poi_id": poi_id, "name": tags.get("name"),
+                     "category": hit[0], "top_category": hit[1], "geometry": geom})
+    return rows

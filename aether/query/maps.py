@@ -1,0 +1,208 @@
+"""Maps of query results: a self-contained HTML map (folium) and a PNG (matplotlib).
+
+The HTML carries Leaflet's JavaScript and CSS inline (vendored in ``data/js``, BSD-2), and
+nothing else: no CDN, so it opens offline. Base tiles are optional; when the tile server is
+unreachable the page still shows the heat layer, markers, legend and attributions. Several
+queries are drawn side by side, one map each, in one page and one figure.
+"""
+
+from __future__ import annotations
+
+import html
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from aether.io.tables import atomic_path
+
+if TYPE_CHECKING:
+    from aether.query.search import CityIndex, QueryResult
+
+OSM_CREDIT = "© OpenStreetMap contributors"
+AEF_CREDIT = ("The AlphaEarth Foundations Satellite Embedding dataset is produced by Google "
+              "and Google DeepMind.")
+CMAP = "YlOrRd"
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+
+
+def _asset(name: str) -> str:
+    return resources.files("aether").joinpath(f"data/js/{name}").read_text(encoding="utf-8")
+
+
+def _colours(scores: np.ndarray) -> tuple[list[str | None], float, float]:
+    """Hex colour per cell from the query's score range (None on masked cells)."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    ok = np.isfinite(scores)
+    lo, hi = (float(np.min(scores[ok])), float(np.max(scores[ok]))) if ok.any() else (0.0, 1.0)
+    cmap = matplotlib.colormaps[CMAP]
+    t = (scores - lo) / (hi - lo if hi > lo else 1.0)
+    return [to_hex(cmap(v)) if np.isfinite(v) else None for v in t], lo, hi
+
+
+def _legend(lo: float, hi: float, right: float) -> str:
+    stops = ", ".join(_hex(v) for v in np.linspace(0, 1, 6))
+    return (
+        '<div class="aether-legend" style="position:absolute;z-index:1000;top:8px;'
+        f'right:calc({right}% + 10px);background:rgba(255,255,255,.9);padding:6px 8px;'
+        'font:12px sans-serif;border-radius:4px">'
+        "<b>cosine similarity</b>"
+        f'<div style="width:160px;height:12px;background:linear-gradient(to right,{stops})">'
+        f'</div><div style="display:flex;justify-content:space-between;width:160px">'
+        f"<span>{lo:.2f}</span><span>{hi:.2f}</span></div>"
+        '<span style="color:#08306b">● top-k cells</span></div>'
+    )
+
+
+def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
+             tiles: bool = True) -> Path:
+    """Write one self-contained HTML page with one map per query, side by side."""
+    import folium
+    from branca.element import Element, Figure
+
+    class OfflineMap(folium.Map):
+        """A Map that links no external script or style sheet."""
+
+        default_js: ClassVar[list[tuple[str, str]]] = []
+        default_css: ClassVar[list[tuple[str, str]]] = []
+
+    fig = Figure()
+    fig.header.add_child(Element(f"<style>{_asset('leaflet.css')}</style>"), name="leaflet_css")
+    fig.header.add_child(Element(f"<script>{_asset('leaflet.js')}</script>"), name="leaflet_js")
+    w, s, e, n = index.grid.total_bounds
+    width = 100.0 / len(results)
+    credit = AEF_CREDIT if tiles else f"{OSM_CREDIT} | {AEF_CREDIT}"  # tiles credit OSM
+    for i, res in enumerate(results):
+        m = OfflineMap(location=[(s + n) / 2, (w + e) / 2], tiles=None, width=f"{width}%",
+                       height="100%", left=f"{i * width}%", top="0%", position="absolute",
+                       control_scale=True, prefer_canvas=True)
+        if tiles:
+            folium.TileLayer(OSM_TILES, attr=OSM_CREDIT, name="OpenStreetMap").add_to(m)
+        m.fit_bounds([[s, w], [n, e]])
+        colours, lo, hi = _colours(res.scores)
+        cells = index.grid[["cell_id", "geometry"]].assign(
+            score=np.round(res.scores, 4), colour=colours)
+        cells = cells[cells["colour"].notna()]
+        folium.GeoJson(
+            cells.to_json(), name=f"heat: {res.query}",
+            style_function=lambda f: {"fillColor": f["properties"]["colour"], "weight": 0,
+                                      "fillOpacity": 0.75},
+            tooltip=folium.GeoJsonTooltip(["cell_id", "score"]),
+        ).add_to(m)
+        for row in res.top.itertuples():
+            pois = "".join(f"<li>{html.escape(p['name'])} ({html.escape(p['category'])}, "
+                           f"{p['distance_m']:.0f} m)</li>" for p in row.nearest_pois)
+            popup = (f"<b>#{row.rank}</b> score {row.score:.3f}<br>cell {row.cell_id}"
+                     f"<br>nearest POIs:<ul>{pois}</ul>")
+            marker = folium.CircleMarker([row.lat, row.lon], radius=7, color="#08306b",
+                                         weight=2, fill=True, fill_color="#2171b5",
+                                         fill_opacity=0.9, tooltip=f"#{row.rank} {row.score:.3f}")
+            marker.add_child(_call("bindPopup", popup)).add_to(m)
+        title = (f'<div style="position:absolute;z-index:1000;top:8px;'
+                 f'left:calc({i * width}% + 50px);'
+                 f'background:rgba(255,255,255,.9);padding:4px 8px;font:bold 14px sans-serif;'
+                 f'border-radius:4px">{html.escape(res.query)}</div>')
+        m.add_child(_call("attributionControl.addAttribution", credit))
+        fig.add_child(m)
+        fig.html.add_child(Element(title + _legend(lo, hi, 100 - (i + 1) * width)))
+    with atomic_path(path) as tmp:
+        fig.save(str(tmp))
+    path.chmod(0o644)  # a page to open and share, not a private temp file
+    return path
+
+
+def _call(method: str, arg: str) -> Any:
+    """A script line ``<parent>.<method>(<arg as a JS string>)``: folium's own Popup needs
+    jQuery from a CDN, and the attribution control has no folium element."""
+    import json
+
+    from branca.element import MacroElement
+    from jinja2 import Template
+
+    class Call(MacroElement):
+        _template = Template(
+            "{% macro script(this, kwargs) %}"
+            "{{ this._parent.get_name() }}.{{ this.method }}({{ this.arg }});"
+            "{% endmacro %}")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.method, self.arg = method, json.dumps(arg)
+
+    return Call()
+
+
+def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
+    """The same maps as a PNG, side by side (cells in the city's UTM crs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = index.grid.to_crs(index.crs)
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 6), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        ok = np.isfinite(res.scores)
+        if not ok.all():
+            cells[~ok].plot(ax=ax, color="#dddddd", linewidth=0)
+        cells[ok].assign(score=res.scores[ok]).plot(ax=ax, column="score", cmap=CMAP,
+                                                    linewidth=0, legend=True,
+                                                    legend_kwds={"shrink": 0.6,
+                                                                 "label": "cosine"})
+        ax.scatter(index.pois["x"], index.pois["y"], s=1, c="#555555", alpha=0.4)
+        ax.scatter(res.top["x"], res.top["y"], s=60, facecolors="none", edgecolors="#08306b",
+                   linewidths=2, label=f"top {len(res.top)}")
+        ax.set_title(res.query)
+        ax.set_axis_off()
+        ax.legend(loc="upper left", fontsize=8)
+    # wrapped to the figure's width, so a one-panel map keeps the whole credit
+    fig.text(0.01, 0.01, f"{OSM_CREDIT}.\n{AEF_CREDIT}", fontsize=7, wrap=True, va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    path.chmod(0o644)
+    return path
+
+
+def geemap_map(index: CityIndex, results: list[QueryResult]) -> Any:
+    """The same layers on a geemap ``Map`` for notebooks (needs the ``geemap`` extra)."""
+    try:
+        import geemap
+        import ipyleaflet
+    except ImportError as e:
+        from aether.errors import InputError
+
+        raise InputError("geemap is not installed", "pip install 'aether[geemap]'") from e
+    w, s, e, n = index.grid.total_bounds
+    m = geemap.Map(center=[(s + n) / 2, (w + e) / 2], zoom=15, ee_initialize=False)
+    for res in results:
+        colours, lo, hi = _colours(res.scores)
+        cells = index.grid[["cell_id", "geometry"]].assign(
+            score=np.round(res.scores, 4), colour=colours)
+        m.add_gdf(cells[cells["colour"].notna()], layer_name=f"heat: {res.query}",
+                  style={"weight": 0, "fillOpacity": 0.75}, zoom_to_layer=False,
+                  style_callback=lambda f: {"fillColor": f["properties"]["colour"]})
+        top = ipyleaflet.LayerGroup(name=f"top {len(res.top)}: {res.query}", layers=[
+            ipyleaflet.CircleMarker(location=(r.lat, r.lon), radius=7, color="#08306b",
+                                    fill_color="#2171b5", fill_opacity=0.9,
+                                    title=f"#{r.rank} {r.score:.3f}")
+            for r in res.top.itertuples()])
+        m.add_layer(top)
+        m.add_legend(title=f"cosine: {res.query}", layer_name=f"heat: {res.query}",
+                     legend_dict={f"{v:.2f}": _hex(t) for v, t in
+                                  zip(np.linspace(lo, hi, 5), np.linspace(0, 1, 5), strict=True)})
+    m.add_text(f"{OSM_CREDIT}. {AEF_CREDIT}", fontsize=10, position="bottomleft")
+    return m
+
+
+def _hex(t: float) -> str:
+    """Colour of the heat scale at ``t`` in [0, 1]."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    return to_hex(matplotlib.colormaps[CMAP](t))

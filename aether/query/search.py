@@ -1,0 +1,158 @@
+"""Natural-language search over a city: a text query against every encoded grid cell.
+
+The query goes through the run's own frozen text encoder and text head, so it lands in the
+space the AE head maps places into; every cell is scored by cosine, and the top-k cells come
+with the POIs nearest to them. ``hit_rate`` measures it: for queries naming a POI category,
+how often the top-k places hold a real POI of that category, against the base rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aether.core.aef import utm_epsg
+from aether.errors import InputError, TableError
+from aether.io.tables import POIS_FILE, read_table
+from aether.ml.encode import AETHER_COLUMNS, AETHER_POIS_FILE, Run, aether_dir, apply_text
+from aether.ml.encode import read_aether_grid as _read_grid
+from aether.ml.text import TEXT_EMBEDDINGS_FILE
+
+MAX_QUERY_CHARS = 500
+
+
+def check_queries(queries: list[str]) -> list[str]:
+    """Queries stripped; an empty or over-long one is an InputError."""
+    if not queries:
+        raise InputError("no query given", 'e.g. aether query "coffee shop" --city Helsinki')
+    out = [q.strip() for q in queries]
+    for q in out:
+        if not q:
+            raise InputError("the query is empty", 'give some words, e.g. "coffee shop"')
+        if len(q) > MAX_QUERY_CHARS:
+            raise InputError(f"a query is {len(q)} characters long",
+                             f"keep queries under {MAX_QUERY_CHARS} characters")
+    return out
+
+
+@dataclass
+class QueryResult:
+    """One query's scores over the grid (NaN on masked cells) and its top-k cells."""
+
+    query: str
+    scores: np.ndarray
+    top: pd.DataFrame  # rank, cell_id, score, lon, lat, x, y, nearest_pois
+
+
+@dataclass
+class CityIndex:
+    """What a query needs, loaded once for many queries: encoded grid cells and POIs."""
+
+    grid: Any  # GeoDataFrame: cell_id, x, y, E000..E127, geometry (EPSG:4326)
+    vectors: np.ndarray  # (N, 128)
+    pois: Any  # GeoDataFrame with x, y in the grid's UTM crs
+    crs: str
+
+
+def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
+    grid = _read_grid(city_dir, run.name, cell_m).reset_index(drop=True)
+    pois = read_table(city_dir / POIS_FILE, ["poi_id", "name", "category", "geometry"],
+                      POIS_FILE)
+    c = grid.geometry.union_all().centroid
+    crs = f"EPSG:{utm_epsg(c.x, c.y)}"
+    xy = pois.geometry.to_crs(crs)
+    pois = pois.assign(x=xy.x.to_numpy(), y=xy.y.to_numpy())
+    return CityIndex(grid, grid[list(AETHER_COLUMNS)].to_numpy(np.float32), pois, crs)
+
+
+def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_pois: int = 3,
+           cache_path: Path | None = None) -> list[QueryResult]:
+    """Score every cell for each query; top-k cells with their nearest POIs."""
+    from scipy.spatial import cKDTree
+
+    if k < 1:
+        raise InputError(f"k = {k}", "ask for at least one result, e.g. --k 10")
+    queries = check_queries(queries)
+    q = apply_text(run, queries, cache_path)
+    sims = index.vectors @ q.T  # NaN rows (masked cells) stay NaN
+    tree = cKDTree(np.column_stack([index.pois["x"], index.pois["y"]]))
+    centres = index.grid.geometry.to_crs(index.crs).centroid.to_crs("EPSG:4326")
+    out = []
+    for j, text in enumerate(queries):
+        s = sims[:, j]
+        order = np.argsort(np.where(np.isnan(s), -np.inf, -s), kind="stable")[:k]
+        order = order[np.isfinite(s[order])]
+        dist, near = tree.query(np.column_stack([index.grid["x"].to_numpy()[order],
+                                                 index.grid["y"].to_numpy()[order]]),
+                                k=min(n_pois, len(index.pois)))
+        near = np.atleast_2d(near.reshape(len(order), -1))
+        dist = np.atleast_2d(dist.reshape(len(order), -1))
+        top = pd.DataFrame({
+            "rank": np.arange(1, len(order) + 1),
+            "cell_id": index.grid["cell_id"].to_numpy()[order],
+            "score": s[order],
+            "lon": centres.x.to_numpy()[order], "lat": centres.y.to_numpy()[order],
+            "x": index.grid["x"].to_numpy()[order], "y": index.grid["y"].to_numpy()[order],
+            "nearest_pois": [
+                [{"name": _name(index.pois, i), "category": str(index.pois["category"].iloc[i]),
+                  "distance_m": round(float(d), 1)} for i, d in zip(row, drow, strict=True)]
+                for row, drow in zip(near, dist, strict=True)],
+        })
+        out.append(QueryResult(text, s, top))
+    return out
+
+
+def _name(pois: Any, i: int) -> str:
+    name = pois["name"].iloc[i]
+    return str(name) if isinstance(name, str) and name else "(unnamed)"
+
+
+def query_city(city_dir: Path, run: Run, queries: list[str], *, cell_m: float, k: int = 10
+               ) -> tuple[CityIndex, list[QueryResult]]:
+    """Load the encoded grid of a run and answer queries over it."""
+    queries = check_queries(queries)
+    index = load_index(city_dir, run, cell_m)
+    return index, search(index, run, queries, k=k, cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
+
+
+def hit_rates(city_dir: Path, run: Run, index: CityIndex, category_queries: dict[str, list[str]],
+              *, k: int = 10) -> pd.DataFrame:
+    """Per category query: share of top-k cells holding a POI of the category (vs the share of
+    all scored cells), and share of the top-k POIs (ranked by their AETHER vectors) of that
+    category (vs its share of all POIs)."""
+    import geopandas as gpd
+
+    queries = list(category_queries)
+    results = search(index, run, queries, k=k, cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
+    cells = gpd.GeoDataFrame({"u": np.arange(len(index.grid))},
+                             geometry=index.grid.geometry.values, crs=index.grid.crs)
+    hit = gpd.sjoin(index.pois[["category", "geometry"]].to_crs(cells.crs), cells,
+                    predicate="within")
+    enc = read_table(aether_dir(city_dir, run.name) / AETHER_POIS_FILE,
+                     ["poi_id", *AETHER_COLUMNS], "aether pois")
+    enc = enc[np.isfinite(enc[AETHER_COLUMNS[0]])]
+    cat = index.pois.set_index("poi_id")["category"].reindex(enc["poi_id"]).to_numpy()
+    poi_sims = enc[list(AETHER_COLUMNS)].to_numpy(np.float32) @ apply_text(
+        run, queries, city_dir / TEXT_EMBEDDINGS_FILE).T
+    scored = np.isfinite(index.vectors[:, 0])
+    rows = []
+    for j, (res, (query, cats)) in enumerate(zip(results, category_queries.items(), strict=True)):
+        with_cat = np.zeros(len(index.grid), bool)
+        with_cat[hit.loc[hit["category"].isin(cats), "u"].to_numpy()] = True
+        top_cells = index.grid.index[index.grid["cell_id"].isin(res.top["cell_id"])]
+        top_pois = np.argsort(-poi_sims[:, j], kind="stable")[:k]
+        is_cat = np.isin(cat, cats)
+        rows.append({
+            "query": query, "categories": ", ".join(cats), "n_pois": int(is_cat.sum()),
+            f"cell_hit@{k}": float(with_cat[top_cells].mean()),
+            "cell_chance": float(with_cat[scored].mean()),
+            f"poi_precision@{k}": float(is_cat[top_pois].mean()),
+            "poi_chance": float(is_cat.mean()),
+        })
+    if not rows:
+        raise TableError("no category queries given", "see aether/data/category_queries.yaml")
+    return pd.DataFrame(rows)

@@ -1,5 +1,0 @@
-"""AlphaEarth embedding sources: one module each, behind the protocol in ``base``."""
-
-from aether.sources.base import EmbeddingSource, get_source
-
-__all__ = ["EmbeddingSource", "get_source"]

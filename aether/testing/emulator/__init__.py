@@ -1,0 +1,86 @@
+"""A local Earth Engine REST emulator over AlphaEarth-format tiles (tests and offline runs).
+
+The genuine ``earthengine-api`` client talks to it unchanged, apart from the one documented
+patch ``ee.deprecation._FetchDataCatalogStac = lambda: {}`` (a hard-coded catalog fetch).
+
+Usage
+-----
+In-process (no socket; unit tests)::
+
+    from aether.testing.emulator import Emulator, Faults, connect
+    emu = Emulator(tiles="path/to/tiles", exports=tmp_path / "exports")
+    connect(emu)                      # ee.Initialize(http_transport=..., project="demo-project")
+    # ... use ee normally; emu.log lists every request (route, status, fault, ms) ...
+    # ee.Reset() afterwards (the pytest fixture ``ee_emulator`` does both).
+
+Loopback server (subprocess / CLI tests, dask workers)::
+
+    aether emulator serve --tiles DIR --exports DIR --port 0     # prints http://127.0.0.1:PORT
+    # client: ee.Initialize(credentials=None, url=URL, project="demo-project")
+    # in Python: ``with running(emu) as url: ...``; GET URL/_emulator/log returns the log.
+
+Faults (``Faults`` / CLI ``--fault-*`` options) hit only the compute routes (value:compute,
+table:computeFeatures, image:computePixels, table:export), by seeded ``rate`` over ``kinds``
+or by ``schedule`` {request number: kind}:
+
+    quota         429 RESOURCE_EXHAUSTED   (the client retries 429/5xx itself with backoff;
+    internal      500 INTERNAL              ``ee.data.setMaxRetries(0)`` shows them directly)
+    unavailable   503 UNAVAILABLE
+    timeout       400 "Computation timed out."          -> ee.EEException
+    memory        400 "User memory limit exceeded."      -> ee.EEException
+    aggregations  400 "Too many concurrent aggregations." -> ee.EEException
+    drop          socket closed without answer -> ConnectionError in the client
+    export_failed table:export starts, then its operation ends FAILED (error.message set)
+
+``latency`` (seconds) is added to every compute request. ``export_delay`` keeps an export
+RUNNING that long (to poll or cancel it). Exports land in ``<exports>/gcs/<bucket>/<prefix>.csv``
+or ``<exports>/drive/<folder>/<prefix>.csv`` (``.geojson`` for GeoJSON); the operation's
+``metadata.destinationUris`` holds the local ``file://`` URI. A ``requestId`` seen before returns
+the same operation (idempotent start). ``toAsset`` keeps the table in memory for
+``ee.FeatureCollection(asset_id)``. ``denied_projects`` (CLI ``--deny-project``) answers 403
+PERMISSION_DENIED "Project ... is not registered to use Earth Engine." for those projects.
+
+Semantics: weighted ``Reducer.mean``/``sum`` through ``aether.core.zonal`` (buffered points use the
+exact circle kernel in the reduction crs; other regions the exact polygon coverage);
+``mosaic()`` has EE's default projection (EPSG:4326, 1°) unless ``crs`` is given; a mean over
+no valid pixel is left out of reduceRegions' properties (null in reduceRegion), a sum is 0.
+getInfo of a collection over 5,000 elements and computePixels answers over 48 MiB are refused
+as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures pages with
+pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
+``algorithms.py`` (an unsupported one answers 400 "Emulator: unsupported algorithm 'X'").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from threading import Thread
+
+from aether.testing.emulator.faults import ALL_KINDS, Faults
+from aether.testing.emulator.server import Emulator, InProcessTransport, serve
+
+__all__ = ["ALL_KINDS", "Emulator", "Faults", "InProcessTransport", "connect", "running", "serve"]
+
+DEMO_PROJECT = "demo-project"
+
+
+def connect(emulator: Emulator, project: str = DEMO_PROJECT) -> None:
+    """Initialise the genuine ``ee`` client against ``emulator`` in-process."""
+    import ee
+
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    ee.Initialize(credentials=None, url="http://emulator.invalid", project=project,
+                  http_transport=InProcessTransport(emulator))
+
+
+@contextmanager
+def running(emulator: Emulator, port: int = 0) -> Iterator[str]:
+    """Serve ``emulator`` on 127.0.0.1 in a background thread; yields its URL."""
+    server = serve(emulator, port)
+    thread = Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,675 @@
+"""The Earth Engine algorithms the emulator implements, one small function each.
+
+Argument names are the REST names the client sends (see ``ee/tests/algorithms.json``);
+``ctx`` is the emulator (its ``catalog`` and in-memory ``assets``). Covered: what the POI
+``reduceRegions`` pipeline, xee 0.1.2 and common variants emit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+import re
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from aether.testing.emulator.graph import algo
+from aether.testing.emulator.reduce import reduce_regions
+from aether.testing.emulator.values import (
+    Coll,
+    Date,
+    DateRange,
+    EEError,
+    Feat,
+    Filter,
+    Geom,
+    Grid,
+    Img,
+    Projection,
+    Reducer,
+    is_geographic,
+)
+
+# --- dates and filters ---------------------------------------------------------------------
+
+
+def _millis(v: Any) -> int:
+    if isinstance(v, Date):
+        return v.millis
+    if isinstance(v, (int, float)):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise EEError(f"Date: Invalid date string: {v}") from None
+        return int((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+    raise EEError(f"Date: cannot interpret {v!r} as a date")
+
+
+@algo("Date")
+def date(ctx: Any, value: Any, timeZone: str | None = None) -> Date:
+    return Date(_millis(value))
+
+
+@algo("DateRange")
+def date_range(ctx: Any, start: Any, end: Any = None, timeZone: str | None = None) -> DateRange:
+    s = _millis(start)
+    return DateRange(s, _millis(end) if end is not None else s + 1)
+
+
+def _prop(element: Any, name: str) -> Any:
+    if name == ".all":
+        return element
+    return element.props.get(name)
+
+
+def _geometry_of(v: Any) -> Any:
+    if isinstance(v, Geom):
+        return v.shape
+    if isinstance(v, Feat):
+        return v.geom.shape if v.geom else None
+    if isinstance(v, Img):
+        return v.footprint
+    if isinstance(v, Coll):
+        return collection_geometry(None, v).shape
+    return None
+
+
+@algo("Filter.dateRangeContains")
+def filter_date_range(ctx: Any, leftValue: Any = None, rightField: str | None = None,
+                      leftField: str | None = None, rightValue: Any = None) -> Filter:
+    rng = leftValue if isinstance(leftValue, DateRange) else date_range(ctx, leftValue)
+
+    def pred(e: Any) -> bool:
+        t = e.props.get(rightField)
+        return t is not None and rng.start <= _millis(t) < rng.end
+
+    return Filter(pred)
+
+
+@algo("Filter.intersects")
+def filter_intersects(ctx: Any, leftField: str = ".all", rightValue: Any = None,
+                      rightField: str | None = None, leftValue: Any = None,
+                      maxError: Any = None) -> Filter:
+    other = _geometry_of(rightValue)
+
+    def pred(e: Any) -> bool:
+        g = _geometry_of(_prop(e, leftField))
+        return g is None or other is None or bool(g.intersects(other))
+
+    return Filter(pred)
+
+
+@algo("Filter.equals")
+def filter_equals(ctx: Any, leftField: str | None = None, rightValue: Any = None,
+                  rightField: str | None = None, leftValue: Any = None) -> Filter:
+    return Filter(lambda e: _prop(e, leftField) == rightValue)  # type: ignore[arg-type]
+
+
+@algo("Filter.listContains")
+def filter_list_contains(ctx: Any, leftField: str | None = None, rightValue: Any = None,
+                         rightField: str | None = None, leftValue: Any = None) -> Filter:
+    """``ee.Filter.inList(field, values)`` arrives as listContains(leftValue=values,
+    rightField=field)."""
+
+    def side(e: Any, field: str | None, value: Any) -> Any:
+        return _prop(e, field) if field is not None else value
+
+    return Filter(lambda e: side(e, rightField, rightValue) in (side(e, leftField, leftValue)
+                                                                 or []))
+
+
+@algo("Filter.and")
+def filter_and(ctx: Any, filters: list[Filter]) -> Filter:
+    return Filter(lambda e: all(f.pred(e) for f in filters))
+
+
+@algo("Filter.or")
+def filter_or(ctx: Any, filters: list[Filter]) -> Filter:
+    return Filter(lambda e: any(f.pred(e) for f in filters))
+
+
+@algo("Filter.calendarRange")
+def filter_calendar_range(ctx: Any, start: int, end: int | None = None, field: str = "year"
+                          ) -> Filter:
+    end = start if end is None else end
+
+    def pred(e: Any) -> bool:
+        t = e.props.get("system:time_start")
+        if t is None:
+            return False
+        when = dt.datetime.fromtimestamp(_millis(t) / 1000, dt.UTC)
+        v = {"year": when.year, "month": when.month, "day_of_year": when.timetuple().tm_yday}
+        return start <= v[field] <= end
+
+    return Filter(pred)
+
+
+# --- geometries ------------------------------------------------------------------------------
+
+
+def _lonlat(shape: Any, crs: str | None) -> Any:
+    if not crs or is_geographic(str(crs)):
+        return shape
+    import shapely
+
+    tr = _transformer(str(crs), "EPSG:4326")
+    return shapely.transform(shape, lambda c: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
+
+
+def _crs_name(crs: Any) -> str | None:
+    return crs.crs if isinstance(crs, Projection) else crs
+
+
+@algo("GeometryConstructors.Point")
+def point(ctx: Any, coordinates: list[float], crs: Any = None, geodesic: Any = None) -> Geom:
+    from shapely.geometry import Point
+
+    return Geom(_lonlat(Point(coordinates[:2]), _crs_name(crs)))
+
+
+@algo("GeometryConstructors.Polygon")
+def polygon(ctx: Any, coordinates: list, crs: Any = None, geodesic: Any = None,
+            maxError: Any = None, evenOdd: Any = None) -> Geom:
+    from shapely.geometry import Polygon
+
+    rings = coordinates if coordinates and isinstance(coordinates[0][0], list) else [coordinates]
+    return Geom(_lonlat(Polygon(rings[0], rings[1:]), _crs_name(crs)))
+
+
+@algo("GeometryConstructors.MultiPoint")
+def multipoint(ctx: Any, coordinates: list, crs: Any = None, geodesic: Any = None) -> Geom:
+    from shapely.geometry import MultiPoint
+
+    return Geom(_lonlat(MultiPoint(coordinates), _crs_name(crs)))
+
+
+@algo("GeometryConstructors.Rectangle")
+def rectangle(ctx: Any, coordinates: list, crs: Any = None, geodesic: Any = None,
+              evenOdd: Any = None) -> Geom:
+    from shapely.geometry import box
+
+    flat = np.asarray(coordinates, dtype=float).ravel()
+    return Geom(_lonlat(box(*flat[:4]), _crs_name(crs)))
+
+
+@lru_cache(maxsize=64)
+def _transformer(src: str, dst: str) -> Any:
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def circle_polygon(lon: float, lat: float, radius: float, n: int = 32) -> Any:
+    """A geodesic circle as a lon/lat polygon (EE buffers points geodesically)."""
+    from pyproj import Geod
+    from shapely.geometry import Polygon
+
+    az = np.linspace(0.0, 360.0, n, endpoint=False)
+    lons, lats, _ = Geod(ellps="WGS84").fwd(np.full(n, lon), np.full(n, lat), az,
+                                            np.full(n, radius))
+    return Polygon(np.column_stack([lons, lats]))
+
+
+def _buffered(g: Geom, distance: float) -> Geom:
+    """EE ``buffer`` in metres: a point keeps its centre and radius for the circle kernel."""
+    import shapely
+
+    from aether.core.aef import utm_epsg
+
+    if g.shape.geom_type == "Point" and distance > 0:
+        x, y = g.shape.x, g.shape.y
+        return Geom(circle_polygon(x, y, distance), (x, y, float(distance)))
+    c = g.shape.centroid
+    utm = f"EPSG:{utm_epsg(c.x, c.y)}"
+    fwd, inv = _transformer("EPSG:4326", utm), _transformer(utm, "EPSG:4326")
+    proj = shapely.transform(g.shape, lambda a: np.column_stack(fwd.transform(a[:, 0], a[:, 1])))
+    return Geom(shapely.transform(proj.buffer(distance, quad_segs=16),
+                                  lambda a: np.column_stack(inv.transform(a[:, 0], a[:, 1]))))
+
+
+@algo("Geometry.buffer")
+def geometry_buffer(ctx: Any, geometry: Geom, distance: float, maxError: Any = None,
+                    proj: Any = None) -> Geom:
+    return _buffered(geometry, float(distance))
+
+
+@algo("Feature.buffer")
+def feature_buffer(ctx: Any, feature: Feat, distance: float, maxError: Any = None,
+                   proj: Any = None) -> Feat:
+    if feature.geom is None:
+        raise EEError("Feature.buffer: Feature has no geometry.")
+    return Feat(_buffered(feature.geom, float(distance)), dict(feature.props), feature.id)
+
+
+@algo("Geometry.bounds")
+def geometry_bounds(ctx: Any, geometry: Geom, maxError: Any = None, proj: Any = None,
+                    geodesics: Any = None) -> Geom:
+    from shapely.geometry import box
+
+    return Geom(box(*geometry.shape.bounds))
+
+
+@algo("Geometry.centroid")
+def geometry_centroid(ctx: Any, geometry: Geom, maxError: Any = None, proj: Any = None) -> Geom:
+    return Geom(geometry.shape.centroid)
+
+
+@algo("Feature.geometry", "Element.geometry")
+def feature_geometry(ctx: Any, feature: Feat, maxError: Any = None, proj: Any = None,
+                     geodesics: Any = None) -> Geom | None:
+    return feature.geom
+
+
+@algo("Collection.geometry")
+def collection_geometry(ctx: Any, collection: Coll, maxError: Any = None) -> Geom:
+    from shapely import GeometryCollection, MultiPolygon
+
+    shapes = [s for s in (_geometry_of(e) for e in collection.items) if s is not None]
+    if shapes and all(s.geom_type == "Polygon" for s in shapes):
+        return Geom(MultiPolygon(shapes))
+    return Geom(GeometryCollection(shapes))
+
+
+@algo("Projection")
+def projection(ctx: Any, crs: str, transform: list[float] | None = None,
+               transformWkt: Any = None) -> Projection:
+    t = tuple(transform) if transform else (1.0, 0, 0, 0, -1.0, 0)
+    return Projection(str(crs), t)  # type: ignore[arg-type]
+
+
+# --- features, collections, elements ----------------------------------------------------
+
+
+@algo("Feature")
+def feature(ctx: Any, geometry: Any = None, metadata: dict | None = None) -> Feat:
+    if isinstance(geometry, Feat):
+        return Feat(geometry.geom, {**geometry.props, **(metadata or {})}, geometry.id)
+    if isinstance(geometry, dict):  # GeoJSON passed as a constant
+        from shapely.geometry import shape
+
+        geometry = Geom(shape(geometry))
+    return Feat(geometry, dict(metadata or {}))
+
+
+def _with_ids(items: list[Any]) -> list[Any]:
+    for i, f in enumerate(items):
+        if isinstance(f, Feat) and f.id is None:
+            f.id = str(i)
+    return items
+
+
+@algo("Collection")
+def collection(ctx: Any, features: list[Any]) -> Coll:
+    items = [f if isinstance(f, Feat) else Feat(f) for f in features]
+    return Coll(_with_ids([Feat(f.geom, dict(f.props), f.id) for f in items]))
+
+
+@algo("Collection.loadTable")
+def load_table(ctx: Any, tableId: str, geometryColumn: Any = None, version: Any = None) -> Coll:
+    table = ctx.assets.get(tableId)
+    if table is None:
+        raise EEError(f"Collection.loadTable: Collection asset '{tableId}' not found.")
+    return table
+
+
+def _collection(c: Any, name: str) -> Coll:
+    if not isinstance(c, Coll):
+        raise EEError(f"{name}: expected a collection, got {type(c).__name__}.")
+    return c
+
+
+def _derive(c: Coll, items: list[Any]) -> Coll:
+    return Coll(items, c.kind, dict(c.props), c.id)
+
+
+@algo("Collection.filter")
+def collection_filter(ctx: Any, collection: Coll, filter: Filter) -> Coll:
+    c = _collection(collection, "Collection.filter")
+    return _derive(c, [e for e in c.items if filter.pred(e)])
+
+
+@algo("Collection.map")
+def collection_map(ctx: Any, collection: Coll, baseAlgorithm: Any, dropNulls: bool = False
+                   ) -> Coll:
+    c = _collection(collection, "Collection.map")
+    out = [baseAlgorithm(e) for e in c.items]
+    return _derive(c, [e for e in out if e is not None] if dropNulls else out)
+
+
+@algo("Collection.iterate")
+def collection_iterate(ctx: Any, collection: Coll, function: Any, first: Any = None) -> Any:
+    acc = first
+    for e in _collection(collection, "Collection.iterate").items:
+        acc = function(e, acc)
+    return acc
+
+
+@algo("Collection.size")
+def collection_size(ctx: Any, collection: Coll) -> int:
+    return len(_collection(collection, "Collection.size").items)
+
+
+@algo("Collection.first")
+def collection_first(ctx: Any, collection: Coll) -> Any:
+    items = _collection(collection, "Collection.first").items
+    if not items:
+        raise EEError("Collection.first: Empty collection.")
+    return items[0]
+
+
+@algo("Collection.limit")
+def collection_limit(ctx: Any, collection: Coll, limit: int | None = None,
+                     key: str | None = None, ascending: bool = True) -> Coll:
+    c = _collection(collection, "Collection.limit")
+    items = list(c.items)
+    if key:
+        items.sort(key=lambda e: (e.props.get(key) is None, e.props.get(key)),
+                   reverse=not ascending)
+    return _derive(c, items[: limit if limit is not None else None])
+
+
+@algo("Collection.toList")
+def collection_to_list(ctx: Any, collection: Coll, count: int, offset: int = 0) -> list:
+    return list(_collection(collection, "Collection.toList").items[offset : offset + count])
+
+
+@algo("Collection.reduceColumns")
+def reduce_columns(ctx: Any, collection: Coll, reducer: Reducer, selectors: list[str],
+                   weightSelectors: Any = None) -> dict:
+    cols = [[e.props.get(s) for e in collection.items] for s in selectors]
+    if reducer.kind == "toList":
+        return {reducer.outputs[0]: cols[0]}
+    if reducer.kind == "repeat" and reducer.parts[0].kind == "toList":
+        return {reducer.parts[0].outputs[0]: cols}
+    raise EEError(f"Emulator: reduceColumns with Reducer.{reducer.kind} is not supported")
+
+
+@algo("AggregateFeatureCollection.array")
+def aggregate_array(ctx: Any, collection: Coll, property: str) -> list:
+    return [e.props[property] for e in collection.items if e.props.get(property) is not None]
+
+
+@algo("Element.get")
+def element_get(ctx: Any, object: Any, property: str) -> Any:
+    return object.props.get(property)
+
+
+def _copy(e: Any, props: dict[str, Any]) -> Any:
+    if isinstance(e, Img):
+        return Img(e.bands, e.read, props, e.id, e.footprint, e.native)
+    if isinstance(e, Coll):
+        return Coll(e.items, e.kind, props, e.id)
+    return Feat(e.geom, props, e.id)
+
+
+@algo("Element.set")
+def element_set(ctx: Any, object: Any, key: str, value: Any) -> Any:
+    return _copy(object, {**object.props, key: value})
+
+
+@algo("Element.setMulti")
+def element_set_multi(ctx: Any, object: Any, properties: dict) -> Any:
+    return _copy(object, {**object.props, **properties})
+
+
+@algo("Element.toDictionary")
+def element_to_dictionary(ctx: Any, element: Any, properties: list[str] | None = None) -> dict:
+    props = element.props
+    keys = properties if properties is not None else [k for k in props
+                                                      if not k.startswith("system:")]
+    return {k: props[k] for k in keys if k in props}
+
+
+@algo("Dictionary.get")
+def dictionary_get(ctx: Any, dictionary: dict, key: str, defaultValue: Any = None) -> Any:
+    if key not in dictionary and defaultValue is None:
+        raise EEError(f"Dictionary.get: Dictionary does not contain key: {key}.")
+    return dictionary.get(key, defaultValue)
+
+
+@algo("List.slice")
+def list_slice(ctx: Any, list: list, start: int, end: int | None = None, step: int | None = None
+               ) -> list:
+    return list[start:end:step]
+
+
+@algo("List.get")
+def list_get(ctx: Any, list: list, index: int) -> Any:
+    return list[index]
+
+
+@algo("List.size")
+def list_size(ctx: Any, list: list) -> int:
+    return len(list)
+
+
+_NUMBER_OPS = {"add": operator.add, "subtract": operator.sub, "multiply": operator.mul,
+               "divide": operator.truediv, "max": max, "min": min}
+for _name, _op in _NUMBER_OPS.items():
+    algo(f"Number.{_name}")(lambda ctx, left, right, _op=_op: _op(left, right))
+
+
+# --- reducers ----------------------------------------------------------------------------
+
+
+@algo("Reducer.mean")
+def reducer_mean(ctx: Any) -> Reducer:
+    return Reducer("mean", ("mean",))
+
+
+@algo("Reducer.sum")
+def reducer_sum(ctx: Any) -> Reducer:
+    return Reducer("sum", ("sum",))
+
+
+@algo("Reducer.toList")
+def reducer_to_list(ctx: Any, tupleSize: Any = None, numOptional: Any = None) -> Reducer:
+    return Reducer("toList", ("list",))
+
+
+@algo("Reducer.repeat")
+def reducer_repeat(ctx: Any, reducer: Reducer, count: int) -> Reducer:
+    return Reducer("repeat", reducer.outputs, (reducer,))
+
+
+@algo("Reducer.combine")
+def reducer_combine(ctx: Any, reducer1: Reducer, reducer2: Reducer, outputPrefix: str = "",
+                    sharedInputs: bool = False) -> Reducer:
+    parts = tuple(Reducer(r.kind, tuple(outputPrefix + o for o in r.outputs), r.parts)
+                  for r in (reducer1, reducer2))
+    return Reducer("combine", tuple(o for r in parts for o in r.outputs), parts)
+
+
+# --- images and image collections --------------------------------------------------------
+
+
+@algo("ImageCollection.load")
+def image_collection_load(ctx: Any, id: str, version: Any = None) -> Coll:
+    images = ctx.catalog.collection(id)
+    if not images:
+        raise EEError(f"ImageCollection.load: ImageCollection asset '{id}' not found "
+                      "(does not exist or caller does not have access).")
+    return Coll(list(images), "ImageCollection", {}, id)
+
+
+@algo("Image.load")
+def image_load(ctx: Any, id: str, version: Any = None) -> Img:
+    img = ctx.catalog.image(id)
+    if img is None:
+        raise EEError(f"Image.load: Image asset '{id}' not found "
+                      "(does not exist or caller does not have access).")
+    return img
+
+
+@algo("ImageCollection.fromImages")
+def image_collection_from_images(ctx: Any, images: list[Img]) -> Coll:
+    return Coll(list(images), "ImageCollection")
+
+
+@algo("ImageCollection.mosaic")
+def mosaic(ctx: Any, collection: Coll) -> Img:
+    """Last image on top; EE's default projection (EPSG:4326, 1°) since the inputs may differ."""
+    images = [i for i in collection.items if isinstance(i, Img)]
+    bands = images[0].bands if images else []
+    # The latest read, read-only: a graph that selects each band of one mosaic (xee's
+    # band-per-image collections) reads it once per request instead of once per band.
+    last: list[tuple[Grid, np.ndarray]] = []
+
+    def read(grid: Grid) -> np.ndarray:
+        hit = last[0] if last else None
+        if hit is not None and hit[0] == grid:
+            return hit[1]
+        out = np.full((grid.height, grid.width, len(bands)), np.nan, dtype=np.float32)
+        for img in images:
+            v = img.read(grid)
+            ok = ~np.isnan(v).any(axis=-1)
+            out[ok] = v[ok]
+        out.setflags(write=False)
+        last[:] = [(grid, out)]
+        return out
+
+    from shapely import union_all
+
+    fp = union_all([i.footprint for i in images]) if images and all(
+        i.footprint is not None for i in images) else None
+    return Img(list(bands), read, {}, None, fp, None)
+
+
+def _image(v: Any) -> Img:
+    if isinstance(v, Img):
+        return v
+    if isinstance(v, (int, float, list)):
+        return image_constant(None, v)
+    raise EEError(f"Expected an image, got {type(v).__name__}.")
+
+
+@algo("Image.constant")
+def image_constant(ctx: Any, value: Any) -> Img:
+    vals = np.atleast_1d(np.asarray(value, dtype=np.float32))
+    names = ["constant"] if len(vals) == 1 else [f"constant_{i}" for i in range(len(vals))]
+    return Img(names, lambda g: np.broadcast_to(vals, (g.height, g.width, len(vals))).copy())
+
+
+def _map_bands(img: Img, bands: list[str], fn: Any) -> Img:
+    return Img(bands, lambda g: fn(img.read(g)), dict(img.props), img.id, img.footprint,
+               img.native)
+
+
+def _match(bands: list[str], selectors: list[Any]) -> list[int]:
+    out: list[int] = []
+    for s in selectors:
+        if isinstance(s, int):
+            if not -len(bands) <= s < len(bands):
+                raise EEError(f"Image.select: Band index out of bounds: {s}.")
+            out.append(s % len(bands))
+            continue
+        hits = [i for i, b in enumerate(bands) if re.fullmatch(str(s), b)]
+        if not hits:
+            raise EEError(f"Image.select: Pattern '{s}' did not match any bands. "
+                          f"Available bands: [{', '.join(bands[:8])}{', ...' * (len(bands) > 8)}]")
+        out.extend(hits)
+    return out
+
+
+@algo("Image.select")
+def image_select(ctx: Any, input: Img, bandSelectors: list[Any], newNames: list[str] | None = None
+                 ) -> Img:
+    idx = _match(input.bands, bandSelectors)
+    names = list(newNames) if newNames else [input.bands[i] for i in idx]
+    return _map_bands(input, names, lambda v: v[..., idx])
+
+
+@algo("Image.rename")
+def image_rename(ctx: Any, input: Img, names: list[str]) -> Img:
+    if len(names) != len(input.bands):
+        raise EEError(f"Image.rename: Can't rename {len(input.bands)} bands to {len(names)} names.")
+    return _map_bands(input, list(names), lambda v: v)
+
+
+@algo("Image.bandNames")
+def image_band_names(ctx: Any, image: Img) -> list[str]:
+    return list(image.bands)
+
+
+@algo("Image.addBands")
+def image_add_bands(ctx: Any, dstImg: Img, srcImg: Img, names: list[str] | None = None,
+                    overwrite: bool = False) -> Img:
+    src_idx = _match(srcImg.bands, names) if names else list(range(len(srcImg.bands)))
+    bands = list(dstImg.bands)
+    keep = list(range(len(bands)))
+    for i in src_idx:  # EE renames duplicates _1, _2 ... unless overwrite
+        name = srcImg.bands[i]
+        if name in bands and overwrite:
+            keep.remove(bands.index(name))
+        elif name in bands:
+            k = 1
+            while f"{name}_{k}" in bands:
+                k += 1
+            name = f"{name}_{k}"
+        bands.append(name)
+    out_bands = [bands[i] for i in keep] + bands[len(dstImg.bands):]
+
+    def read(g: Grid) -> np.ndarray:
+        return np.concatenate([dstImg.read(g)[..., keep], srcImg.read(g)[..., src_idx]], axis=-1)
+
+    return Img(out_bands, read, dict(dstImg.props), dstImg.id, dstImg.footprint, dstImg.native)
+
+
+@algo("Image.mask", "Image.updateMask")
+def image_mask(ctx: Any, image: Img, mask: Any = None) -> Img:
+    """One argument: the mask as an image (1 valid, 0 masked). Two: apply a mask."""
+    if mask is None:
+        return _map_bands(image, image.bands, lambda v: (~np.isnan(v)).astype(np.float32))
+    m = _image(mask)
+
+    def read(g: Grid) -> np.ndarray:
+        v, mv = image.read(g), m.read(g)
+        bad = np.isnan(mv) | (mv == 0)
+        return np.where(bad if mv.shape[-1] == v.shape[-1] else bad.any(-1, keepdims=True),
+                        np.float32(np.nan), v)
+
+    return Img(image.bands, read, dict(image.props), image.id, image.footprint, image.native)
+
+
+@algo("Image.unmask")
+def image_unmask(ctx: Any, input: Img, value: Any = None, sameFootprint: bool = True) -> Img:
+    fill = _image(0 if value is None else value)
+
+    def read(g: Grid) -> np.ndarray:
+        v = input.read(g)
+        return np.where(np.isnan(v), fill.read(g), v).astype(np.float32)
+
+    return Img(input.bands, read, dict(input.props), input.id, input.footprint, input.native)
+
+
+@algo("Image.projection")
+def image_projection(ctx: Any, image: Img) -> Projection:
+    return image.projection
+
+
+@algo("Image.reduceRegions")
+def image_reduce_regions(ctx: Any, image: Img, collection: Coll, reducer: Reducer,
+                         scale: float | None = None, crs: Any = None, crsTransform: Any = None,
+                         tileScale: float = 1, maxPixelsPerRegion: Any = None) -> Coll:
+    if not 0.1 <= float(tileScale) <= 16:
+        raise EEError("Image.reduceRegions: tileScale must be between 0.1 and 16.")
+    return reduce_regions(image, _collection(collection, "Image.reduceRegions"), reducer,
+                          scale, crs, crsTransform)
+
+
+@algo("Image.reduceRegion")
+def image_reduce_region(ctx: Any, image: Img, reducer: Reducer, geometry: Any = None,
+                        scale: float | None = None, crs: Any = None, crsTransform: Any = None,
+                        bestEffort: bool = False, maxPixels: Any = None, tileScale: float = 1
+                        ) -> dict:
+    geom = geometry if isinstance(geometry, Geom) else Geom(image.footprint)
+    if geom.shape is None:
+        raise EEError("Image.reduceRegion: Provide 'geometry' parameter when aggregating over "
+                      "an unbounded image.")
+    out = reduce_regions(image, Coll([Feat(geom)]), reducer, scale, crs, crsTransform,
+                         keep_null=True)
+    return out.items[0].props

@@ -1,0 +1,465 @@
+"""The REST surface: routes, limits, export operations, and the two ways in.
+
+``Emulator.handle(method, path, query, body)`` answers one request; ``InProcessTransport``
+plugs it into ``ee.Initialize(http_transport=...)`` and ``serve()`` puts it behind a
+``ThreadingHTTPServer`` on 127.0.0.1. Errors are shaped as Earth Engine shapes them:
+``{"error": {"code", "message", "status"}}``, 400 INVALID_ARGUMENT for user errors, which the
+client raises as ``ee.EEException(message)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from aether.testing.emulator import algorithms  # noqa: F401  (registers the algorithms)
+from aether.testing.emulator.faults import KINDS, Faults
+from aether.testing.emulator.graph import evaluate
+from aether.testing.emulator.raster import Catalog
+from aether.testing.emulator.values import Coll, EEError, Grid, Img, to_json
+
+#: EE refuses to getInfo collections larger than this.
+MAX_GETINFO_ELEMENTS = 5000
+#: EE's cap on one computePixels answer.
+MAX_PIXEL_BYTES = 48 * 2**20
+#: computeFeatures page size when the request gives none, and the most it may ask for.
+DEFAULT_PAGE_SIZE = 1000
+OPERATION_TYPE = "type.googleapis.com/google.earthengine.v1.OperationMetadata"
+COMPUTE_ROUTES = ("value:compute", "table:computeFeatures", "image:computePixels", "table:export")
+
+_ROUTE = re.compile(r"^/v1(?:alpha|beta)?/projects/(?P<project>[^/]+)/(?P<rest>.+)$")
+
+
+class Dropped(Exception):
+    """The connection is to be closed without an answer (fault ``drop``)."""
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def _json(status: int, payload: Any) -> Reply:
+    return Reply(status, json.dumps(payload).encode())
+
+
+def error_reply(status: int, message: str, ee_status: str = "INVALID_ARGUMENT") -> Reply:
+    return _json(status, {"error": {"code": status, "message": message, "status": ee_status}})
+
+
+def _ee_dir() -> Path:
+    import ee
+
+    return Path(ee.__file__).parent
+
+
+class Emulator:
+    """An Earth Engine REST endpoint over local AlphaEarth tiles.
+
+    ``tiles``: an AEF tile directory or index (``io.tiles.read_index``); ``exports``: the folder
+    standing in for Cloud Storage / Drive; ``faults``: what to inject; ``export_delay``:
+    seconds an export stays RUNNING before it writes (room to poll and cancel);
+    ``denied_projects``: project ids answered 403 PERMISSION_DENIED, as EE answers projects
+    not registered for Earth Engine.
+    """
+
+    def __init__(self, tiles: str | os.PathLike[str] | None = None,
+                 exports: str | os.PathLike[str] | None = None, faults: Faults | None = None,
+                 export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE,
+                 denied_projects: tuple[str, ...] = ()) -> None:
+        self.catalog = Catalog(tiles)
+        self.exports = Path(exports) if exports else None
+        self.faults = faults or Faults()
+        self.export_delay = export_delay
+        self.max_page_size = max_page_size
+        self.denied_projects = set(denied_projects)
+        self.assets: dict[str, Coll] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.log: list[dict[str, Any]] = []
+        self._pages: OrderedDict[str, list[Any]] = OrderedDict()
+        self._by_request_id: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._discovery: bytes | None = None
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]] | None = None,
+               body: bytes = b"") -> Reply:
+        """Answer one request; raises ``Dropped`` when the fault is a dropped connection."""
+        path = unquote(path)
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"method": method, "path": path, "route": "", "fault": None}
+        try:
+            reply = self._dispatch(method, path, query or {}, body, entry)
+        except Dropped:
+            entry["status"] = 0
+            raise
+        finally:
+            entry["ms"] = round(1000 * (time.perf_counter() - t0), 1)
+            with self._lock:
+                self.log.append(entry)
+        entry["status"] = reply.status
+        return reply
+
+    def _dispatch(self, method: str, path: str, query: dict[str, list[str]], body: bytes,
+                  entry: dict[str, Any]) -> Reply:
+        if path.endswith("/$discovery/rest"):
+            return Reply(200, self.discovery())
+        if path == "/_emulator/log":
+            with self._lock:
+                return _json(200, {"requests": list(self.log)})
+        m = _ROUTE.match(path)
+        if not m:
+            return error_reply(404, f"Emulator: no route for {method} {path}", "NOT_FOUND")
+        project, rest = m["project"], m["rest"]
+        entry["route"] = route = re.sub(r"operations/[^/:]+", "operations/{id}", rest)
+        entry["project"] = project
+        if project in self.denied_projects:
+            return error_reply(403, f"Project 'projects/{project}' is not registered to use "
+                               "Earth Engine.", "PERMISSION_DENIED")
+        if rest == "algorithms":
+            return Reply(200, (_ee_dir() / "tests" / "algorithms.json").read_bytes())
+        if route in ("operations/{id}", "operations/{id}:cancel", "operations/{id}:wait"):
+            return self._operation(project, rest, method)
+        if rest == "operations":
+            with self._lock:
+                ops = [dict(op) for op in self.operations.values()]
+            return _json(200, {"operations": ops})
+        if rest not in COMPUTE_ROUTES or method != "POST":
+            return error_reply(404, f"Emulator: no route for {method} {path}", "NOT_FOUND")
+        fault = self.faults.draw(rest)
+        entry["fault"] = fault
+        if self.faults.latency:
+            time.sleep(self.faults.latency)
+        if fault == "drop":
+            raise Dropped()
+        if fault and fault != "export_failed":
+            status, ee_status, message = KINDS[fault]
+            return error_reply(status, message, ee_status)
+        try:
+            req = json.loads(body or b"{}")
+            if rest == "value:compute":
+                return _json(200, {"result": self._get_info(evaluate(req["expression"], self))})
+            if rest == "table:computeFeatures":
+                return self._compute_features(req)
+            if rest == "image:computePixels":
+                return self._compute_pixels(req)
+            return self._export(project, req, failed=fault == "export_failed")
+        except EEError as e:
+            return error_reply(400, str(e))
+        except (KeyError, json.JSONDecodeError) as e:
+            return error_reply(400, f"Invalid JSON payload received. {e}")
+        except Exception as e:  # an emulator bug: say so at once (a 5xx would be retried)
+            entry["error"] = traceback.format_exc()
+            return error_reply(400, f"Emulator internal error: {type(e).__name__}: {e}")
+
+    def discovery(self) -> bytes:
+        if self._discovery is None:
+            text = (_ee_dir() / "tests" / "cloud_api_discovery_document.json").read_text()
+            self._discovery = text.replace("v1alpha", "v1").encode()
+        return self._discovery
+
+    # --- compute routes ---------------------------------------------------------------
+
+    @staticmethod
+    def _get_info(value: Any) -> Any:
+        if isinstance(value, Coll) and len(value.items) > MAX_GETINFO_ELEMENTS:
+            raise EEError(f"Collection query aborted after accumulating over "
+                          f"{MAX_GETINFO_ELEMENTS} elements.")
+        return to_json(value)
+
+    def _compute_features(self, req: dict[str, Any]) -> Reply:
+        token = req.get("pageToken")
+        if token:
+            key, _, offset_s = str(token).partition(":")
+            with self._lock:
+                items = self._pages.get(key)
+            if items is None or not offset_s.isdigit():
+                raise EEError("Invalid page token.")
+            offset = int(offset_s)
+        else:
+            value = evaluate(req["expression"], self)
+            if not isinstance(value, Coll) or value.kind != "FeatureCollection":
+                raise EEError("table:computeFeatures: expression is not a FeatureCollection.")
+            items, offset = value.items, 0
+            key = uuid.uuid4().hex[:16]
+        size = int(req.get("pageSize") or self.max_page_size)
+        size = max(1, min(size, self.max_page_size))
+        page = items[offset : offset + size]
+        out: dict[str, Any] = {"type": "FeatureCollection",
+                               "features": [to_json(f) for f in page]}
+        if offset + size < len(items):
+            with self._lock:
+                self._pages[key] = items
+                self._pages.move_to_end(key)
+                while len(self._pages) > 32:
+                    self._pages.popitem(last=False)
+            out["nextPageToken"] = f"{key}:{offset + size}"
+        return _json(200, out)
+
+    def _compute_pixels(self, req: dict[str, Any]) -> Reply:
+        img = evaluate(req["expression"], self)
+        if not isinstance(img, Img):
+            raise EEError("image:computePixels: expression is not an Image.")
+        fmt = req.get("fileFormat", "NPY")
+        if fmt not in ("NPY", "GEO_TIFF"):
+            raise EEError(f"Emulator: computePixels fileFormat {fmt} is not supported "
+                          "(NPY or GEO_TIFF).")
+        g = req.get("grid") or {}
+        if not g and img.native is None:
+            raise EEError("image:computePixels: a grid is required for a composite image.")
+        dims = g.get("dimensions", {})
+        base = img.native
+        t = g.get("affineTransform")
+        grid = Grid(
+            g.get("crsCode") or (base.crs if base else "EPSG:4326"),
+            tuple(float(t.get(k, 0.0)) for k in ("scaleX", "shearX", "translateX", "shearY",
+                                                 "scaleY", "translateY")) if t else base.transform,  # type: ignore[union-attr]
+            int(dims.get("width") or base.width),  # type: ignore[union-attr]
+            int(dims.get("height") or base.height),  # type: ignore[union-attr]
+        )
+        bands = req.get("bandIds") or img.bands
+        idx = [img.bands.index(b) for b in bands if b in img.bands]
+        if len(idx) != len(bands):
+            raise EEError(f"image:computePixels: unknown band ids {bands}.")
+        size = grid.width * grid.height * len(idx) * 4
+        if size > MAX_PIXEL_BYTES:
+            raise EEError(f"Total request size ({size} bytes) must be less than or equal to "
+                          f"{MAX_PIXEL_BYTES} bytes.")
+        values = img.read(grid)[..., idx]
+        if fmt == "GEO_TIFF":
+            return Reply(200, _geotiff(values, grid, bands), "image/tiff")
+        out = np.empty((grid.height, grid.width), dtype=[(b, "<f4") for b in bands])
+        for i, b in enumerate(bands):
+            out[b] = values[..., i]
+        buf = io.BytesIO()
+        np.save(buf, out)
+        return Reply(200, buf.getvalue(), "application/octet-stream")
+
+    # --- exports and operations -------------------------------------------------------
+
+    def _export(self, project: str, req: dict[str, Any], failed: bool) -> Reply:
+        rid = req.get("requestId")
+        with self._lock:
+            if rid and rid in self._by_request_id:  # idempotent retry of the same start
+                return _json(200, self.operations[self._by_request_id[rid]])
+        opts = req.get("fileExportOptions")
+        asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")
+        if not opts and not asset:
+            raise EEError("table:export: fileExportOptions or assetExportOptions is required.")
+        if opts and self.exports is None:
+            raise EEError("Emulator: start it with an exports folder to export files.")
+        op_id = base64.b32encode(uuid.uuid4().bytes).decode()[:24]
+        now = _now()
+        op = {"name": f"projects/{project}/operations/{op_id}", "done": False,
+              "metadata": {"@type": OPERATION_TYPE, "state": "PENDING",
+                           "description": req.get("description", ""), "type": "EXPORT_FEATURES",
+                           "createTime": now, "updateTime": now, "attempt": 1}}
+        with self._lock:
+            self.operations[op_id] = op
+            if rid:
+                self._by_request_id[rid] = op_id
+        threading.Thread(target=self._run_export, args=(op_id, req, failed), daemon=True).start()
+        return _json(200, op)
+
+    def _set(self, op_id: str, **meta: Any) -> bool:
+        """Update an operation unless it is already done (a cancel wins over a late write)."""
+        with self._lock:
+            op = self.operations[op_id]
+            if op["done"]:
+                return False
+            op["metadata"].update(meta, updateTime=_now())
+            if meta.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                op["done"] = True
+                op["metadata"]["endTime"] = _now()
+            return True
+
+    def _done(self, op_id: str) -> bool:
+        with self._lock:
+            return bool(self.operations[op_id]["done"])
+
+    def _run_export(self, op_id: str, req: dict[str, Any], failed: bool) -> None:
+        if not self._set(op_id, state="RUNNING", startTime=_now()):
+            return
+        time.sleep(self.export_delay)
+        try:
+            if failed:
+                raise EEError(KINDS["export_failed"][2])
+            if self._done(op_id):
+                return
+            value = evaluate(req["expression"], self)
+            if not isinstance(value, Coll):
+                raise EEError("Export.table: expression is not a FeatureCollection.")
+            if self._done(op_id):  # cancelled while computing: write nothing
+                return
+            uris = self._write_export(req, value)
+        except EEError as e:
+            if self._set(op_id, state="FAILED"):
+                with self._lock:
+                    self.operations[op_id]["error"] = {"code": 3, "message": str(e)}
+            return
+        self._set(op_id, state="SUCCEEDED", progress=1.0, destinationUris=uris)
+
+    def _write_export(self, req: dict[str, Any], value: Coll) -> list[str]:
+        asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")
+        if asset:
+            with self._lock:
+                self.assets[asset["name"]] = value
+                self.assets[asset["name"].split("/assets/", 1)[-1]] = value
+            return [asset["name"]]
+        opts = req["fileExportOptions"]
+        fmt = opts.get("fileFormat", "CSV")
+        assert self.exports is not None
+        if "cloudStorageDestination" in opts:
+            d = opts["cloudStorageDestination"]
+            folder = self.exports / "gcs" / d["bucket"]
+        else:
+            d = opts.get("driveDestination", {})
+            folder = self.exports / "drive" / d.get("folder", "")
+        prefix = d.get("filenamePrefix") or req.get("description", "export")
+        path = folder / f"{prefix}.{_EXT.get(fmt, 'csv')}"
+        write_table(value, path, fmt)
+        return [path.resolve().as_uri()]
+
+    def _operation(self, project: str, rest: str, method: str) -> Reply:
+        op_id, _, verb = rest.split("/", 1)[1].partition(":")
+        with self._lock:
+            op = self.operations.get(op_id)
+        if op is None:
+            return error_reply(404, f"Operation {rest} not found.", "NOT_FOUND")
+        if verb == "cancel":
+            self._set(op_id, state="CANCELLED")
+            with self._lock:
+                if op["metadata"]["state"] == "CANCELLED":
+                    op.setdefault("error", {"code": 1, "message": "Cancelled."})
+            return _json(200, {})
+        with self._lock:
+            return _json(200, json.loads(json.dumps(op)))
+
+
+def _geotiff(values: np.ndarray, grid: Grid, bands: list[str]) -> bytes:
+    """A float32 GeoTIFF of (H, W, B) values on ``grid``; NaN marks masked pixels."""
+    from rasterio.io import MemoryFile
+
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=len(bands),
+                      dtype="float32", crs=grid.crs, transform=grid.affine, nodata=np.nan) as ds:
+            ds.write(np.moveaxis(values, -1, 0).astype(np.float32))
+            ds.descriptions = tuple(bands)
+        return mem.read()
+
+
+_EXT = {"CSV": "csv", "GEO_JSON": "geojson", "GeoJSON": "geojson"}
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_table(value: Coll, path: Path, fmt: str) -> None:
+    """Write an exported table as EE does: CSV (system:index, props, .geo) or GeoJSON."""
+    import csv
+
+    from aether.io.tables import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feats = [to_json(f) for f in value.items]
+    with atomic_path(path) as tmp:
+        if _EXT.get(fmt) == "geojson":
+            tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+            return
+        cols: list[str] = []
+        for f in feats:
+            cols.extend(k for k in f["properties"] if k not in cols)
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["system:index", *cols, ".geo"])
+            for f in feats:
+                p = f["properties"]
+                w.writerow([f.get("id", ""), *("" if p.get(c) is None else p[c] for c in cols),
+                            json.dumps(f["geometry"], separators=(",", ":"))])
+
+
+# --- transports -------------------------------------------------------------------------------
+
+
+class InProcessTransport:
+    """An httplib2-like object for ``ee.Initialize(http_transport=...)``: no socket at all."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    def request(self, uri: str, method: str = "GET", body: Any = None, headers: Any = None,
+                redirections: Any = None, connection_type: Any = None) -> tuple[Any, bytes]:
+        import httplib2
+
+        parts = urlsplit(uri)
+        data = body.encode() if isinstance(body, str) else (body or b"")
+        try:
+            reply = self.emulator.handle(method, parts.path, parse_qs(parts.query), data)
+        except Dropped:
+            raise ConnectionResetError("Emulator: connection dropped") from None
+        return httplib2.Response({"status": reply.status, "content-type": reply.content_type}
+                                 ), reply.body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: Emulator
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        try:
+            reply = self.emulator.handle(self.command, parts.path, parse_qs(parts.query), body)
+        except Dropped:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    do_GET = do_POST = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the emulator keeps a log
+        pass
+
+
+def serve(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
+    """A loopback HTTP server for ``emulator`` (127.0.0.1 only; port 0 picks a free port).
+
+    Call ``serve_forever()`` on the result (or run it in a thread); its URL is
+    ``f"http://127.0.0.1:{server.server_address[1]}"``.
+    """
+    from aether.errors import InputError
+
+    handler = type("EmulatorHandler", (_Handler,), {"emulator": emulator})
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise InputError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}",
+                         "choose another --port, or 0 for any free port") from e
+    server.daemon_threads = True
+    return server

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup system ee-scripts demo test lint docs bench clean
+.PHONY: setup system ee-scripts demo test test-unit lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,8 +40,13 @@ lint: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
+# Both tiers; `slow` tests run only with AETHER_ALL_TESTS=1 (as .ci/run sets) or `-m slow`.
 test: setup system ee-scripts lint docs
 	$(BIN)/pytest -q
+
+# The fast tier alone (no servers, no subprocesses): under a minute.
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_zonal.py

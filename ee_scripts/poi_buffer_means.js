@@ -7,7 +7,7 @@
  * 10 m in the POIs' UTM zone. Earth Engine weights each pixel by the fraction of it inside
  * the circle, exactly as aether's zonal kernel does, so the numbers match
  * poi_embeddings.parquet (aether asks for sums plus a valid-pixel band instead, to also get
- * `weight` and `valid_fraction`; the means are the same). tests/test_ee_script.py runs this
+ * `weight` and `valid_fraction`; the means are the same). tests/integration/test_ee_script.py runs this
  * file under Node with the @google/earthengine client and checks that against the emulator.
  *
  * Use: paste into https://code.earthengine.google.com, set the four parameters below, Run,

@@ -1,4 +1,8 @@
-"""Shared fixtures: the offline sample city, built once per test session, and its tables."""
+"""Shared fixtures of both tiers (unit/, integration/): the offline sample city, built once
+per test session, its tables, the emulator and the OSM stand-in.
+
+``slow`` tests are deselected unless ``AETHER_ALL_TESTS=1`` (CI sets it) or ``-m`` is given.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``slow`` locally; CI (``AETHER_ALL_TESTS=1``), any ``-m`` and a test named by
+    its node id (``file.py::test``) run what they ask."""
+    named = any("::" in arg for arg in config.args)
+    if os.environ.get("AETHER_ALL_TESTS") or config.getoption("markexpr") or named:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")

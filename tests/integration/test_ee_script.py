@@ -14,20 +14,20 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from support import REPO
 
 from aether.core.aef import BANDS, COLLECTION_ID
 from aether.embeddings import get_source
 from aether.embeddings.earthengine.source import SCALE_M, make_batches, reduce_regions_graph
 from aether.io.tables import sort_poi_embeddings
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "ee_scripts"
+SCRIPTS = REPO / "ee_scripts"
 CLIENT = SCRIPTS / "node_modules" / "@google" / "earthengine"
 RADII = [100.0, 200.0]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import shapely
+from support import shared_file
 
 from aether.errors import PoiError
 from aether.io.tables import POI_COLUMNS
@@ -138,16 +139,12 @@ def test_empty_result_and_unknown_source(tmp_path, helsinki_pbf):
         load_pois("ftp:x")
 
 
-SINGAPORE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
-    "singapore_osm_pois_2023-01-24.zip"
-
-
-@pytest.mark.skipif(not SINGAPORE.is_file(), reason=f"real Singapore POIs absent ({SINGAPORE})")
 def test_singapore_file_with_its_own_categories():
     import time
 
     import geopandas as gpd
 
+    SINGAPORE = shared_file("singapore_osm_pois_2023-01-24.zip")
     t0, c0 = time.perf_counter(), time.process_time()
     df = load_pois(f"file:{SINGAPORE}", category_column="detail", top_category_column="category")
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -4,13 +4,13 @@ loopback emulator (same table as the local scheduler), progress counts, bad addr
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from support import free_port
 
 from aether.errors import InputError
 from aether.execution.cluster import Scheduler, dask_scheduler, parse_scheduler
@@ -46,16 +46,10 @@ def own_data(sample_city, data_root: Path, tmp_path: Path):
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_scheduler_is_one_line_in_seconds(cli, own_data) -> None:
     """Given by AETHER_DASK_SCHEDULER (the same value as --scheduler): exit 2, no hang."""
     data = own_data("d")
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     env = {"AETHER_DATA_DIR": str(data), "AETHER_DASK_SCHEDULER": addr}
     t0 = time.monotonic()
     r = cli("extract", "--city", "Helsinki", "--offline", env=env, timeout=120)

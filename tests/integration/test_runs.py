@@ -22,6 +22,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
+from support import REPO, free_port, shared_file
 
 from aether.errors import ConfigError
 from aether.io.tables import MANIFEST_FILE, read_json, sha256_file
@@ -30,15 +31,10 @@ from aether.pipeline.scheduled import KILL_ENV, run_lock
 from aether.testing.emulator import Emulator, Faults, running
 from aether.testing.emulator.server import COMPUTE_ROUTES
 
-SINGAPORE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
-    "singapore_osm_pois_2023-01-24.zip"
+SINGAPORE = shared_file("singapore_osm_pois_2023-01-24.zip")
 SG_BBOX = (103.845, 1.278, 103.852, 1.285)
 SG_SLUG = "singapore-cbd"
 COMPUTE_KINDS = ("quota", "internal", "unavailable", "timeout", "memory", "aggregations", "drop")
-
-pytestmark = pytest.mark.skipif(not SINGAPORE.is_file(),
-                                reason=f"real Singapore POIs absent ({SINGAPORE})")
-
 
 @pytest.fixture(scope="module")
 def inputs(sample_extract: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -264,7 +260,8 @@ def test_train_and_encode_steps_are_done_once(inputs, tmp_path):
 
 
 def test_second_concurrent_run_is_refused_in_one_line(inputs, tmp_path):
-    rf = write_run_file(tmp_path / "cities.yaml", inputs, "http://127.0.0.1:9", tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}"  # never contacted: the lock refuses first
+    rf = write_run_file(tmp_path / "cities.yaml", inputs, closed, tmp_path)
     data = tmp_path / "data"
     with run_lock(data):
         r = run(rf)
@@ -306,7 +303,7 @@ def test_bad_run_file_through_the_cli_is_one_line_exit_2(tmp_path, cli):
 
 
 def test_example_run_files_validate():
-    root = Path(__file__).resolve().parents[1] / "pipelines"
+    root = REPO / "pipelines"
     files = sorted(root.glob("*.yaml"))
     assert files
     for f in files:

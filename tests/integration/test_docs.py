@@ -30,10 +30,11 @@ import click
 import pytest
 import typer
 import yaml
+from support import REPO
 
 from aether.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n"
@@ -139,12 +140,28 @@ def expected_files(path: list[str], params: dict, cwd: Path) -> list[Path]:
     return []
 
 
-def _start_server(line: str, env: dict, cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(["bash", "-c", f"exec {line.rstrip('& ')}"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+PORT = re.compile(r"--port (\d+)")
+
+
+def _start_server(line: str, env: dict, cwd: Path,
+                  urls: dict[str, str]) -> subprocess.Popen:
+    """Start a server line; the page's fixed ``--port N`` runs as ``--port 0`` (a free port),
+    and later lines' ``http://127.0.0.1:N`` are rewritten to the URL it printed (``urls``)."""
+    shown = PORT.search(line)
+    proc = subprocess.Popen(["bash", "-c", f"exec {PORT.sub('--port 0', line).rstrip('& ')}"],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     first = proc.stdout.readline()
     assert first.startswith("http://127.0.0.1:"), (line, first, proc.poll())
+    if shown:
+        urls[f"http://127.0.0.1:{shown[1]}"] = first.strip()
     return proc
+
+
+def _with_urls(line: str, urls: dict[str, str]) -> str:
+    for shown, real in urls.items():
+        line = line.replace(shown, real)
+    return line
 
 
 def _children_cpu() -> float:
@@ -162,6 +179,7 @@ def test_bash_blocks_run_in_order(tmp_path):
            "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     targets = make_targets()
     servers: list[subprocess.Popen] = []
+    urls: dict[str, str] = {}
     ran: list[tuple[str, float, float]] = []
     try:
         for block in blocks("bash"):
@@ -177,10 +195,11 @@ def test_bash_blocks_run_in_order(tmp_path):
                     "(show other commands in a console block)")
                 path, ctx = aether_command(words)
                 if line.endswith("&"):
-                    servers.append(_start_server(line, env, cwd))
+                    servers.append(_start_server(line, env, cwd, urls))
                     continue
                 t0, c0 = time.perf_counter(), _children_cpu()
-                r = subprocess.run(["bash", "-c", line.replace(".venv/bin/aether", "aether")],
+                run_line = _with_urls(line.replace(".venv/bin/aether", "aether"), urls)
+                r = subprocess.run(["bash", "-c", run_line],
                                    cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
                 ran.append((line, time.perf_counter() - t0, _children_cpu() - c0))
                 assert r.returncode == 0, f"{block.page}: {line}\n{r.stdout}\n{r.stderr}"

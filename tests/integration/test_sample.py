@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from support import optional_shared_file
 
 from aether.core import aef
 from aether.io import tiles as tile_io
@@ -37,8 +38,7 @@ from aether.sample.layers import (
 )
 from aether.sample.stats import calibration, reference_stats
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MEDFORD = SHARED_DATA / "alphaearth_2021_h3r8_means_medford.json"
+MEDFORD = "alphaearth_2021_h3r8_means_medford.json"
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,9 @@ def test_calibration_matches_real_alphaearth(sample_city, block):
     assert 0.86 <= cal["area_norm_median"] <= 0.95, cal
     assert cal["areas"] > 100
     assert sample_report(sample_city)["calibration"] == pytest.approx(cal)
-    if MEDFORD.is_file():  # real H3 res-8 (~0.74 km²) means of AlphaEarth 2021
-        real = reference_stats(MEDFORD)
+    medford = optional_shared_file(MEDFORD)
+    if medford is not None:  # real H3 res-8 (~0.74 km²) means of AlphaEarth 2021
+        real = reference_stats(medford)
         assert real["areas"] == 394 and 0.85 < real["area_norm_median"] < 0.95
         assert abs(cal["area_norm_median"] - real["area_norm_median"]) < 0.04
 

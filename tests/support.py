@@ -1,0 +1,39 @@
+"""Helpers both test tiers import: where the repository and ../shared/data are, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_SHARED = bool(os.environ.get("AETHER_REQUIRE_SHARED"))  # CI sets it
+
+
+def optional_shared_file(name: str) -> Path | None:
+    """A ../shared/data file, or None when absent; absent in CI (AETHER_REQUIRE_SHARED) fails."""
+    path = SHARED_DATA / name
+    if path.is_file():
+        return path
+    if REQUIRE_SHARED:
+        pytest.fail(f"AETHER_REQUIRE_SHARED is set but {path} is absent", pytrace=False)
+    return None
+
+
+def shared_file(name: str) -> Path:
+    """A ../shared/data file; skips the test (or module) when absent, fails in CI instead."""
+    path = optional_shared_file(name)
+    if path is None:
+        pytest.skip(f"needs {SHARED_DATA / name} (../shared/data beside the clone)",
+                    allow_module_level=True)
+    return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound by the OS, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

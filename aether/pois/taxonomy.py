@@ -43,10 +43,6 @@ class Taxonomy:
                 return humanise(value), self.wildcard[key]
         return None
 
-    def categories(self) -> dict[str, str]:
-        """category -> top_category for every exact row (used to map users' own categories)."""
-        return {cat: top for cat, top in self.exact.values()}
-
 
 def _first_value(value: str) -> str:
     """OSM multi-values ``a;b`` count as their first value."""

@@ -1,6 +1,6 @@
 """Physical layers of a city for the synthetic embedding generator.
 
-The generator may only see physical form (domain-notes §4): building cover and height,
+The generator may only see physical form (docs/sample.md): building cover and height,
 water, green, trees, bare ground, roads and rails. POI tags and functional land-use classes
 are what the POI alignment must add and what the evaluation uses as labels, so they never
 pass: every OSM object is first reduced to ``physical_tags`` (a whitelist of keys), and a

@@ -1,8 +1,8 @@
 """Calibration statistics of an embedding raster, comparable with real AlphaEarth figures.
 
-Real targets (domain-notes §1, §4): neighbouring-pixel cosine ≈ 0.95, random-pair cosine
-≈ 0.6 within a city, norm of ~0.7 km² means ≈ 0.9 (the Medford H3 res-8 means in
-``shared/data`` give a median of 0.891, min 0.80; the notes quote 0.915).
+Real targets (docs/sample.md): neighbouring-pixel cosine ≈ 0.95, random-pair cosine ≈ 0.6
+within a city, norm of ~0.7 km² means ≈ 0.9 (real AlphaEarth 2021 H3 res-8 means of
+Medford, read by ``reference_stats``, give a median of 0.891, min 0.80).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``aether`` command line. Thin: parse, call the library, show progress. No logic.
+"""The ``aether`` command line. Thin: parse, call ``aether.api``, show the result. No logic.
 
 Heavy libraries are imported inside the commands, so ``aether --help`` stays instant.
 Every ``AetherError`` becomes one line on stderr and exit code 2.
@@ -122,30 +122,21 @@ def extract(
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
-    from aether.execution.cluster import dask_scheduler
+    from aether import api
     from aether.execution.progress import dask_progress
-    from aether.pipeline.extract import ExtractRequest, run_extract
     from aether.settings import DEFAULT_RADII
-    from aether.settings import data_dir as resolve_data_dir
 
-    if pois is not None and ":" not in pois.split("/")[0] and pois != "osm":
-        pois = f"file:{pois}"
-    opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
-            "ee_credentials": ee_credentials, "export": export, "export_read": export_read,
-            "ee_batch": ee_batch, "ee_concurrency": ee_concurrency}
-    place_opts = {"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
-                  "boundary": boundary, "yes": yes}
-    poi_opts = {"name_column": name_column, "category_column": category_column,
-                "top_category_column": top_category_column}
-    req = ExtractRequest(
-        city=city, data_dir=resolve_data_dir(data_dir), offline=offline, pois=pois,
-        source=source, radii=tuple(radius or DEFAULT_RADII), year=year,
-        source_options={k: v for k, v in opts.items() if v is not None},
-        place_options={k: v for k, v in place_opts.items() if v not in (None, False)},
-        poi_options={k: v for k, v in poi_opts.items() if v is not None}, force=force,
-    )
-    with dask_scheduler(scheduler), dask_progress("buffer means"):
-        res = run_extract(req)
+    with dask_progress("buffer means"):
+        res = api.extract(
+            city, offline=offline, pois=pois, source=source, radii=radius or DEFAULT_RADII,
+            year=year, data_dir=data_dir, force=force, scheduler=scheduler,
+            place_options={"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
+                           "boundary": boundary, "yes": yes},
+            poi_options={"name_column": name_column, "category_column": category_column,
+                         "top_category_column": top_category_column},
+            tiles=tiles, ee_url=ee_url, ee_project=ee_project, ee_credentials=ee_credentials,
+            export=export, export_read=export_read, ee_batch=ee_batch,
+            ee_concurrency=ee_concurrency)
     state = "up to date, nothing to do" if res.up_to_date else f"done in {res.seconds:.1f} s"
     typer.echo(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}")
     typer.echo(f"  {res.out_dir}")
@@ -168,21 +159,18 @@ def train_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the AETHER heads on a city's extracted tables (resumes an interrupted run)."""
+    from aether import api
     from aether.io.tables import read_json
-    from aether.ml.train import SUMMARY_FILE, parse_options, train
-    from aether.places.place import slugify
-    from aether.settings import check_year, city_dir
-    from aether.settings import data_dir as resolve_data_dir
+    from aether.ml.train import SUMMARY_FILE, parse_options
 
     def show(row: dict) -> None:
         val = f"  val r@10 {row['val_recall@10']:.3f}" if "val_recall@10" in row else ""
         typer.echo(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "
                    f"crossmodal {row['crossmodal']:.4f}{val}", err=True)
 
-    where = city_dir(resolve_data_dir(data_dir), slugify(city), check_year(year))
-    out = train(where, preset=preset, run_name=run, epochs=epochs, seed=seed, device=device,
-                threads=threads or None, overwrite=overwrite, on_epoch=show,
-                **parse_options(option or []))
+    out = api.train(city, preset=preset, year=year, run=run, epochs=epochs, seed=seed,
+                    device=device, threads=threads, overwrite=overwrite,
+                    options=parse_options(option or []), on_epoch=show, data_dir=data_dir)
     test = read_json(out / SUMMARY_FILE).get("test", {})
     if test:
         typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "
@@ -211,18 +199,14 @@ def grid(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Area-weighted AlphaEarth means over grid cells (square or H3) covering a city."""
-    from aether.execution.cluster import dask_scheduler
+    from aether import api
     from aether.execution.progress import dask_progress
-    from aether.pipeline.extract import ExtractRequest, run_grid
-    from aether.settings import data_dir as resolve_data_dir
 
-    opts = {"tiles": tiles, "ee_url": ee_url, "ee_project": ee_project,
-            "ee_credentials": ee_credentials}
-    req = ExtractRequest(city=city, data_dir=resolve_data_dir(data_dir), offline=offline,
-                         pois=pois, source=source, year=year,
-                         source_options={k: v for k, v in opts.items() if v is not None})
-    with dask_scheduler(scheduler), dask_progress("grid cells"):
-        path, n = run_grid(req, cell, zarr=zarr)
+    with dask_progress("grid cells"):
+        path, n = api.grid(city, cell=cell, offline=offline, pois=pois, source=source,
+                           year=year, zarr=zarr, data_dir=data_dir, scheduler=scheduler,
+                           tiles=tiles, ee_url=ee_url, ee_project=ee_project,
+                           ee_credentials=ee_credentials)
     typer.echo(f"{n} cells — {path}")
 
 
@@ -234,9 +218,10 @@ def run_cmd(
     """Do a run file's cities × years × steps once: skip what is done, redo what changed."""
     from rich.console import Console
 
-    from aether.pipeline.scheduled import DONE, FAILED, UP_TO_DATE, execute, summary_table
+    from aether import api
+    from aether.pipeline.scheduled import DONE, FAILED, UP_TO_DATE, summary_table
 
-    report = execute(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
+    report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
     Console(width=120).print(summary_table(report))
     n = len(report.tasks)
     if report.nothing_to_do:
@@ -256,16 +241,6 @@ ModelOpt = Annotated[
 ]
 
 
-def _city(city: str, year: int, data_dir: Path | None) -> tuple[Path, str]:
-    """The city directory and slug of a city name and year."""
-    from aether.places.place import slugify
-    from aether.settings import check_year, city_dir
-    from aether.settings import data_dir as resolve_data_dir
-
-    slug = slugify(city)
-    return city_dir(resolve_data_dir(data_dir), slug, check_year(year)), slug
-
-
 @app.command()
 def encode(
     city: CityOpt,
@@ -274,12 +249,10 @@ def encode(
     data_dir: DataDirOpt = None,
 ) -> None:
     """AETHER vectors for a city's POIs and grid cells, at the scale each model was trained on."""
-    from aether.ml.encode import encode_city, load_runs
+    from aether import api
 
-    where, slug = _city(city, year, data_dir)
-    for run in load_runs(where, model, slug=slug, year=year):
-        res = encode_city(where, run)
-        typer.echo(f"{run.name}: {res.n_pois} POIs, {res.n_cells} cells "
+    for name, res in api.encode(city, model, year=year, data_dir=data_dir).items():
+        typer.echo(f"{name}: {res.n_pois} POIs, {res.n_cells} cells "
                    f"({res.n_masked} masked, kept as NaN)")
         for p in (res.pois_path, *res.grid_paths):
             typer.echo(f"  {p}")
@@ -297,18 +270,11 @@ def evaluate_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
-    from aether.errors import InputError
-    from aether.evaluation.evaluate import evaluate, markdown
-    from aether.evaluation.probes import SEEDS
-    from aether.evaluation.tasks import load_task
-    from aether.ml.encode import load_runs
+    from aether import api
+    from aether.evaluation.evaluate import markdown
 
-    if not 1 <= seeds <= len(SEEDS):
-        raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
-    spec = load_task(task)
-    where, slug = _city(city, year, data_dir)
-    res = evaluate(where, spec, load_runs(where, model, slug=slug, year=year),
-                   seeds=SEEDS[:seeds], shuffle=shuffle)
+    res = api.evaluate(city, task, model, seeds=seeds, shuffle=shuffle, year=year,
+                       data_dir=data_dir)
     typer.echo(markdown(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")
 
@@ -329,29 +295,17 @@ def query(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Search a city with text: top-k grid cells, nearest POIs, an HTML map and a PNG."""
-    from aether.errors import TableError
-    from aether.ml.encode import encoded_cells, list_runs, load_run
-    from aether.query.maps import html_map, png_map
-    from aether.query.search import check_queries, query_city
+    from aether import api
 
-    check_queries(queries)
-    where, slug = _city(city, year, data_dir)
-    runs = list_runs(where)
-    run = load_run(where, model or ("default" if "default" in runs else (runs or ["default"])[-1]),
-                   slug=slug, year=year)
-    cells = encoded_cells(where, run.name)
-    if cell is None and not cells:
-        raise TableError(f"model {run.name} has no encoded grid",
-                         f"run `aether encode --city {city} --model {run.name}`")
-    index, results = query_city(where, run, queries, cell_m=cell or cells[0], k=k)
-    for res in results:
-        typer.echo(f"{res.query!r} (model {run.name}):")
+    answer = api.search(queries, city=city, model=model, k=k, cell=cell, year=year,
+                        data_dir=data_dir)
+    for res in answer.results:
+        typer.echo(f"{res.query!r} (model {answer.run.name}):")
         for row in res.top.itertuples():
             near = ", ".join(p["name"] for p in row.nearest_pois)
             typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
-    stem = out or where / "maps" / "query"
-    typer.echo(f"  {html_map(index, results, stem.with_suffix('.html'), tiles=tiles)}")
-    typer.echo(f"  {png_map(index, results, stem.with_suffix('.png'))}")
+    for path in answer.maps(out, tiles=tiles):
+        typer.echo(f"  {path}")
 
 
 @app.command()
@@ -361,13 +315,9 @@ def demo(
     seeds: Annotated[int, typer.Option(help="Evaluation seeds (of 42, 24, 7, 0, 100)")] = 5,
 ) -> None:
     """The whole chain on the offline sample city; prints where each output is."""
-    from aether.errors import InputError
-    from aether.pipeline.demo import run_demo
-    from aether.settings import data_dir as resolve_data_dir
+    from aether import api
 
-    if not 1 <= seeds <= 5:
-        raise InputError(f"--seeds {seeds}", "use 1 to 5")
-    res = run_demo(resolve_data_dir(data_dir), epochs=epochs, seeds=seeds,
+    res = api.demo(data_dir, epochs=epochs, seeds=seeds,
                    say=lambda s: typer.echo(f"· {s}", err=True))
     for text in res.tables.values():
         typer.echo(text + "\n")
@@ -383,10 +333,10 @@ def sample_build(
     year: Annotated[int, typer.Option(help="Year the tiles are filed under")] = 2024,
 ) -> None:
     """Build (once) the offline sample city: Helsinki OSM + generated AlphaEarth tiles."""
-    from aether.sample.city import ensure_sample, sample_report
-    from aether.settings import data_dir as resolve_data_dir
+    from aether import api
+    from aether.sample.city import sample_report
 
-    city = ensure_sample(resolve_data_dir(data_dir), seed=seed, year=year)
+    city = api.build_sample(data_dir, seed=seed, year=year)
     rep = sample_report(city)
     cal, grid = rep["calibration"], rep["grid"]
     typer.echo(f"{city.place.name} sample (seed {seed}, year {year}), {rep['crs']}, "

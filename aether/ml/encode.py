@@ -89,15 +89,15 @@ def list_runs(city_dir: Path) -> list[str]:
                   if (d / "config.json").is_file())
 
 
-def load_run(city_dir: Path, model: str | Path, *, slug: str, year: int) -> Run:
-    """Load a run and check it was trained for this city and year."""
+def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None) -> Run:
+    """Load a run and check it was trained for this city and year (when given)."""
     from aether.ml.train import load_model
 
     path = run_path(city_dir, model)
     net, config = load_model(path)
     for key, want in (("city", slug), ("year", year)):
         have = config.get(key)
-        if have is not None and str(have) != str(want):
+        if want is not None and have is not None and str(have) != str(want):
             raise ModelError(
                 f"model {path.name} was trained for {key} {have}, not {want}",
                 f"train a model for {slug} {year} or pass --city/--year of the model",

@@ -98,6 +98,28 @@ def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame) -> Place:
     return place_from_polygon(name or "pois", hull, slugify(name) if name else None)
 
 
+@dataclass
+class Inputs:
+    """A request's place and pois table, with the embedding source to use and its options."""
+
+    place: Place
+    pois: gpd.GeoDataFrame
+    poi_spec: str
+    source: str
+    source_options: dict[str, Any]
+
+
+def request_inputs(req: ExtractRequest) -> Inputs:
+    """Resolve the place and load the POIs of a request (what extract and ``aether.pois`` do)."""
+    from aether.pois.load import load_pois
+
+    place, poi_spec, source_name, options = _resolve(req)
+    pois = load_pois(poi_spec, place, **req.poi_options)
+    if len(pois) == 0:
+        raise PoiError("no POIs found in the place", "check the place or the POI source")
+    return Inputs(place or _place_from_pois(req.city, pois), pois, poi_spec, source_name, options)
+
+
 def _pois_hash(pois: gpd.GeoDataFrame) -> str:
     cols = ["poi_id", "text", "category", "top_category", "name"]
     h = hashlib.sha256(pois[cols].to_csv(index=False).encode())
@@ -108,19 +130,15 @@ def _pois_hash(pois: gpd.GeoDataFrame) -> str:
 def run_extract(req: ExtractRequest) -> ExtractResult:
     """Run one extraction; a no-op when the manifest says the same outputs exist."""
     from aether.embeddings import get_source
-    from aether.pois.load import load_pois
 
     t0 = time.perf_counter()
     if req.city is not None:
         slugify(req.city)  # a name that cannot be a safe path fails before any work
     radii = check_radii(tuple(req.radii))
     year = check_year(req.year)
-    place, poi_spec, source_name, options = _resolve(req)
-    pois = load_pois(poi_spec, place, **req.poi_options)
-    if len(pois) == 0:
-        raise PoiError("no POIs found in the place", "check the place or the POI source")
-    if place is None:
-        place = _place_from_pois(req.city, pois)
+    inputs = request_inputs(req)
+    place, pois, poi_spec = inputs.place, inputs.pois, inputs.poi_spec
+    source_name, options = inputs.source, inputs.source_options
     out = city_dir(req.data_dir, place.slug, year)
     config = {
         "place": place.slug,

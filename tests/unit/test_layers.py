@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"places", "pois", "embeddings", "sample", "ml", "evaluation", "query", "testing"},
     {"execution", "io"},
-    {"core", "settings", "errors", "aether"},
+    {"core", "settings", "errors", "aether", "_callable"},
 ]
 # Imports allowed between peers of one layer (importer -> imported); every other peer import
 # is refused. places < pois < embeddings; sample reads places; ml < evaluation, query.

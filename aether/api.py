@@ -1,0 +1,426 @@
+"""The Python API: what the CLI calls, and what a notebook calls.
+
+Two kinds of functions. In memory, nothing written: ``pois`` (a place's POIs) and ``embed``
+(AlphaEarth buffer means of any POIs), and ``Model.load(path).encode(frame)``. On the data
+directory, as the CLI commands: ``extract``, ``grid``, ``train``, ``encode``, ``evaluate``,
+``query``/``search``, ``demo``, ``sample``, ``run``. Every bad input is an ``AetherError``.
+
+    >>> import aether
+    >>> pois = aether.pois("Helsinki", offline=True)
+    >>> emb = aether.embed(pois.head(10), source="cog", tiles="aether-data/_sample/helsinki/tiles")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aether.errors import InputError, TableError
+from aether.settings import DEFAULT_RADII, DEFAULT_YEAR
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import numpy as np
+
+    from aether.evaluation.tasks import Task
+    from aether.ml.encode import EncodeResult, Run
+    from aether.pipeline.demo import DemoResult
+    from aether.pipeline.extract import ExtractRequest, ExtractResult
+    from aether.pipeline.scheduled import RunReport
+    from aether.query.search import CityIndex, QueryResult
+    from aether.sample.city import SampleCity
+
+PathLike = str | os.PathLike[str]
+
+
+def _data(data_dir: PathLike | None) -> Path:
+    from aether.settings import data_dir as resolve_data_dir
+
+    return resolve_data_dir(data_dir)
+
+
+def city_dir(city: str, year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> Path:
+    """``<data>/<slug>/<year>``: where a city-year's tables are."""
+    from aether.places.place import slugify
+    from aether.settings import check_year
+    from aether.settings import city_dir as _city_dir
+
+    return _city_dir(_data(data_dir), slugify(city), check_year(year))
+
+
+def _request(city: str | None, *, offline: bool, pois: str | None, source: str | None,
+             radii: Sequence[float], year: int, data_dir: PathLike | None,
+             place_options: dict[str, Any], poi_options: dict[str, Any],
+             source_options: dict[str, Any], force: bool = False) -> ExtractRequest:
+    from aether.pipeline.extract import ExtractRequest
+
+    if pois is not None and pois != "osm" and ":" not in pois.split("/")[0]:
+        pois = f"file:{pois}"  # a bare path is a POI file
+    return ExtractRequest(
+        city=city, data_dir=_data(data_dir), offline=offline, pois=pois, source=source,
+        radii=tuple(radii), year=year,
+        source_options={k: v for k, v in source_options.items() if v is not None},
+        place_options={k: v for k, v in place_options.items() if v not in (None, False)},
+        poi_options={k: v for k, v in poi_options.items() if v is not None}, force=force)
+
+
+# -- in memory ------------------------------------------------------------------------------
+
+
+def pois(
+    place: str | None = None,
+    *,
+    source: str | None = None,
+    offline: bool = False,
+    bbox: str | Sequence[float] | None = None,
+    boundary: PathLike | None = None,
+    osm_id: str | None = None,
+    which_result: int | None = None,
+    name_column: str | None = None,
+    category_column: str | None = None,
+    top_category_column: str | None = None,
+    data_dir: PathLike | None = None,
+) -> gpd.GeoDataFrame:
+    """A place's POIs as the ``pois`` table (points in EPSG:4326), in memory.
+
+    ``source`` is ``osm`` (Overpass; the default), ``pbf:PATH``, ``file:PATH`` or a path.
+    ``offline=True`` with an offline sample city's name reads its bundled OSM extract.
+    """
+    if bbox is not None and not isinstance(bbox, str):
+        bbox = ",".join(str(v) for v in bbox)
+    req = _request(place, offline=offline, pois=source, source=None, radii=DEFAULT_RADII,
+                   year=DEFAULT_YEAR, data_dir=data_dir,
+                   place_options={"bbox": bbox, "boundary": boundary, "osm_id": osm_id,
+                                  "which_result": which_result},
+                   poi_options={"name_column": name_column, "category_column": category_column,
+                                "top_category_column": top_category_column},
+                   source_options={})
+    from aether.pipeline.extract import request_inputs
+
+    return request_inputs(req).pois
+
+
+def _as_pois(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Points in EPSG:4326 with a string ``poi_id`` (the index when there is none)."""
+    if "geometry" not in frame or frame.crs is None:
+        raise InputError("embed needs a GeoDataFrame with a crs", "e.g. aether.pois(...)")
+    if not (frame.geometry.geom_type == "Point").all():
+        raise InputError("embed needs point geometries",
+                         "use frame.representative_point() for polygons")
+    out = frame.to_crs("EPSG:4326")
+    if "poi_id" not in out:
+        out = out.assign(poi_id=out.index.astype(str))
+    if out["poi_id"].duplicated().any():
+        raise InputError("poi_id values repeat", "give each POI its own poi_id")
+    return out.assign(poi_id=out["poi_id"].astype(str))
+
+
+def embed(
+    pois: gpd.GeoDataFrame,
+    source: str = "cog",
+    *,
+    radii: Sequence[float] = (100.0,),
+    year: int = DEFAULT_YEAR,
+    scheduler: str | None = None,
+    **source_options: Any,
+) -> gpd.GeoDataFrame:
+    """AlphaEarth buffer means of POIs, in memory: one row per POI × radius.
+
+    Columns: the POIs' own columns, then ``year``, ``radius_m``, ``A00``..``A63``, ``weight``,
+    ``valid_fraction``, ``norm`` (the ``poi_embeddings`` contract); POIs outside coverage keep
+    NaN vectors. ``source_options`` are the source's options (``tiles=DIR_OR_URL`` for cog;
+    ``ee_project=...`` for ee and xee). Nothing is written (the source's work files, if any,
+    go to a temporary directory).
+    """
+    import geopandas as gpd
+
+    from aether.embeddings import get_source
+    from aether.execution.cluster import dask_scheduler
+    from aether.io.tables import sort_poi_embeddings
+    from aether.settings import check_radii, check_year
+
+    radii_t, year = check_radii(tuple(radii)), check_year(year)
+    points = _as_pois(pois)
+    with tempfile.TemporaryDirectory(prefix="aether-embed-") as work, dask_scheduler(scheduler):
+        src = get_source(source, workdir=Path(work), **source_options)
+        emb = sort_poi_embeddings(src.point_means(points, radii_t, year))
+    keep = [c for c in points.columns if c not in emb.columns or c == "poi_id"]
+    out = points[keep].merge(emb, on="poi_id", how="right")
+    return gpd.GeoDataFrame(out, geometry=points.geometry.name, crs="EPSG:4326")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained AETHER run: encode AlphaEarth means or text into the 128-d aligned space."""
+
+    run: Run
+
+    @classmethod
+    def load(cls, path: PathLike) -> Model:
+        """Load a run directory (``<city>/<year>/models/<run>``)."""
+        from aether.ml.encode import load_run
+
+        p = Path(path)
+        return cls(load_run(p.parent, p, slug=None, year=None))
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def base_radius_m(self) -> float:
+        """The buffer radius the head was trained on (it is applied at that scale only)."""
+        return self.run.base_radius_m
+
+    def encode(self, frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        """AETHER vectors ``E000``..``E127`` for ``embed`` rows or a grid table.
+
+        ``embed``/``poi_embeddings`` rows: the rows at the model's base radius, encoded.
+        ``grid_embeddings`` rows (``cell_id``, ``x``, ``y``): each cell's mean over a circle of
+        the base radius around it, encoded. Masked inputs give NaN vectors.
+        """
+        import geopandas as gpd
+        import numpy as np
+        import pandas as pd
+
+        from aether.core.aef import BANDS
+        from aether.ml.encode import aether_frame, apply_ae, grid_window_means
+
+        if "radius_m" in frame:
+            rows = frame[np.isclose(frame["radius_m"].astype(float), self.base_radius_m)]
+            if rows.empty:
+                raise TableError(f"no rows at the model's {self.base_radius_m:g} m radius",
+                                 f"embed with radii=[{self.base_radius_m:g}]")
+            rows = rows.reset_index(drop=True)
+            z = apply_ae(self.run, rows[list(BANDS)].to_numpy())
+            keys = [c for c in rows.columns if c not in BANDS and c not in ("weight", "norm")]
+        elif {"cell_id", "x", "y"} <= set(frame.columns):
+            rows = frame.reset_index(drop=True)
+            means = grid_window_means(rows, self.base_radius_m)
+            z = apply_ae(self.run, means.mean)
+            rows = rows.assign(valid_fraction=means.valid_fraction.astype(np.float32))
+            keys = [c for c in rows.columns if c not in BANDS and c != "weight"]
+        else:
+            raise TableError("encode needs embed rows (radius_m) or a grid (cell_id, x, y)",
+                             "pass aether.embed(...) output or a grid_embeddings table")
+        out = pd.concat([rows[keys], aether_frame(z)], axis=1).assign(run=self.name)
+        crs = getattr(frame, "crs", None)
+        return gpd.GeoDataFrame(out, geometry="geometry", crs=crs) if "geometry" in out else out
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, 128) vectors of texts, through the run's own text encoder and head."""
+        from aether.ml.encode import apply_text
+        from aether.query.search import check_queries
+
+        return apply_text(self.run, check_queries(list(texts)))
+
+
+# -- on the data directory (what the CLI commands do) -------------------------------------
+
+
+def extract(
+    city: str | None = None,
+    *,
+    offline: bool = False,
+    pois: str | None = None,
+    source: str | None = None,
+    radii: Sequence[float] = DEFAULT_RADII,
+    year: int = DEFAULT_YEAR,
+    data_dir: PathLike | None = None,
+    place_options: dict[str, Any] | None = None,
+    poi_options: dict[str, Any] | None = None,
+    force: bool = False,
+    scheduler: str | None = None,
+    **source_options: Any,
+) -> ExtractResult:
+    """Write a city's ``pois`` and ``poi_embeddings`` tables (a no-op when up to date).
+
+    ``place_options``: ``bbox``, ``boundary``, ``osm_id``, ``which_result``, ``yes``;
+    ``poi_options``: ``name_column``, ``category_column``, ``top_category_column``.
+    """
+    from aether.execution.cluster import dask_scheduler
+    from aether.pipeline.extract import run_extract
+
+    req = _request(city, offline=offline, pois=pois, source=source, radii=radii, year=year,
+                   data_dir=data_dir, place_options=place_options or {},
+                   poi_options=poi_options or {}, source_options=source_options, force=force)
+    with dask_scheduler(scheduler):
+        return run_extract(req)
+
+
+def grid(
+    city: str | None = None,
+    *,
+    cell: str | float = "100m",
+    offline: bool = False,
+    pois: str | None = None,
+    source: str | None = None,
+    year: int = DEFAULT_YEAR,
+    zarr: bool = False,
+    data_dir: PathLike | None = None,
+    scheduler: str | None = None,
+    **source_options: Any,
+) -> tuple[Path, int]:
+    """Write a city's ``grid_embeddings`` table of ``cell`` (``100m``, ``0.5km``, ``h3:9``)."""
+    from aether.execution.cluster import dask_scheduler
+    from aether.pipeline.extract import run_grid
+
+    req = _request(city, offline=offline, pois=pois, source=source, radii=DEFAULT_RADII,
+                   year=year, data_dir=data_dir, place_options={}, poi_options={},
+                   source_options=source_options)
+    with dask_scheduler(scheduler):
+        return run_grid(req, cell, zarr=zarr)
+
+
+def train(
+    city: str,
+    *,
+    preset: str = "default",
+    year: int = DEFAULT_YEAR,
+    run: str | None = None,
+    epochs: int | None = None,
+    seed: int = 42,
+    device: str | None = None,
+    threads: int | None = 1,
+    overwrite: bool = False,
+    options: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    data_dir: PathLike | None = None,
+) -> Path:
+    """Train (or resume) the AETHER heads on a city's tables; returns the run directory.
+
+    ``options`` set training options (``TrainConfig`` fields, e.g. ``same_place_m=20``).
+    """
+    from aether.ml.train import train as _train
+
+    return _train(city_dir(city, year, data_dir), preset=preset, run_name=run, epochs=epochs,
+                  seed=seed, device=device, threads=threads or None, overwrite=overwrite,
+                  on_epoch=on_epoch, **(options or {}))
+
+
+def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,
+         data_dir: PathLike | None = None) -> list[Run]:
+    """The named runs of a city (or all of them), checked against its slug and year."""
+    from aether.ml.encode import load_runs
+    from aether.places.place import slugify
+
+    return load_runs(city_dir(city, year, data_dir), [str(m) for m in models or []] or None,
+                     slug=slugify(city), year=year)
+
+
+def encode(city: str, models: Sequence[str | Path] | None = None, *,
+           year: int = DEFAULT_YEAR, data_dir: PathLike | None = None
+           ) -> dict[str, EncodeResult]:
+    """Write AETHER vectors of a city's POIs and grids, for each run (default: all)."""
+    from aether.ml.encode import encode_city
+
+    where = city_dir(city, year, data_dir)
+    return {r.name: encode_city(where, r)
+            for r in runs(city, models, year=year, data_dir=data_dir)}
+
+
+def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | None = None,
+             *, seeds: int = 5, shuffle: bool = False, year: int = DEFAULT_YEAR,
+             data_dir: PathLike | None = None) -> dict[str, Any]:
+    """Probe frozen embeddings on a task (YAML file or packaged name); writes its report."""
+    from aether.evaluation.evaluate import evaluate as _evaluate
+    from aether.evaluation.probes import SEEDS
+    from aether.evaluation.tasks import Task, load_task
+
+    if not 1 <= seeds <= len(SEEDS):
+        raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
+    spec = task if isinstance(task, Task) else load_task(task)
+    return _evaluate(city_dir(city, year, data_dir), spec,
+                     runs(city, models, year=year, data_dir=data_dir), seeds=SEEDS[:seeds],
+                     shuffle=shuffle)
+
+
+@dataclass(frozen=True)
+class Search:
+    """Answers to text queries over one run's encoded grid (``table()`` for one frame)."""
+
+    run: Run
+    index: CityIndex
+    results: list[QueryResult]
+    city_dir: Path
+
+    def table(self) -> gpd.GeoDataFrame:
+        """One row per query × rank: query, rank, score, cell_id, lon, lat, nearest_pois,
+        model, and the cell's geometry (EPSG:4326)."""
+        import geopandas as gpd
+        import pandas as pd
+
+        cells = self.index.grid[["cell_id", "geometry"]]
+        frames = [r.top.drop(columns=["x", "y"]).assign(query=r.query) for r in self.results]
+        top = pd.concat(frames, ignore_index=True).merge(cells, on="cell_id", how="left")
+        cols = ["query", "rank", "score", "cell_id", "lon", "lat", "nearest_pois", "geometry"]
+        return gpd.GeoDataFrame(top[cols].assign(model=self.run.name), geometry="geometry",
+                                crs=self.index.grid.crs)
+
+    def maps(self, stem: PathLike | None = None, *, tiles: bool = True) -> tuple[Path, Path]:
+        """The HTML and PNG maps of the answers (default ``<city>/maps/query``)."""
+        from aether.query.maps import html_map, png_map
+
+        base = Path(stem) if stem is not None else self.city_dir / "maps" / "query"
+        return (html_map(self.index, self.results, base.with_suffix(".html"), tiles=tiles),
+                png_map(self.index, self.results, base.with_suffix(".png")))
+
+
+def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
+           cell: float | None = None, year: int = DEFAULT_YEAR,
+           data_dir: PathLike | None = None) -> Search:
+    """Text queries against a run's encoded grid (model: ``default``, else the last run;
+    cell: the smallest encoded grid)."""
+    from aether.ml.encode import encoded_cells, list_runs
+    from aether.query.search import check_queries, query_city
+
+    texts = check_queries(list(queries))
+    where = city_dir(city, year, data_dir)
+    names = list_runs(where)
+    chosen = model or ("default" if "default" in names else (names or ["default"])[-1])
+    run = runs(city, [chosen], year=year, data_dir=data_dir)[0]
+    cells = encoded_cells(where, run.name)
+    if cell is None and not cells:
+        raise TableError(f"model {run.name} has no encoded grid",
+                         f"run `aether encode --city {city} --model {run.name}`")
+    index, results = query_city(where, run, texts, cell_m=cell or cells[0], k=k)
+    return Search(run, index, results, where)
+
+
+def query(queries: str | Sequence[str], *, city: str, model: str | None = None, k: int = 10,
+          cell: float | None = None, year: int = DEFAULT_YEAR,
+          data_dir: PathLike | None = None) -> gpd.GeoDataFrame:
+    """The top-k grid cells of each text query, as one frame (see ``Search.table``)."""
+    texts = [queries] if isinstance(queries, str) else list(queries)
+    return search(texts, city=city, model=model, k=k, cell=cell, year=year,
+                  data_dir=data_dir).table()
+
+
+def demo(data_dir: PathLike | None = None, *, epochs: int | None = None, seeds: int = 5,
+         say: Callable[[str], None] = lambda s: None) -> DemoResult:
+    """The whole chain on the offline sample city."""
+    from aether.pipeline.demo import run_demo
+
+    if not 1 <= seeds <= 5:
+        raise InputError(f"--seeds {seeds}", "use 1 to 5")
+    return run_demo(_data(data_dir), epochs=epochs, seeds=seeds, say=say)
+
+
+def build_sample(data_dir: PathLike | None = None, *, seed: int = 0,
+           year: int = DEFAULT_YEAR) -> SampleCity:
+    """Build (once) the offline sample city; returns where its tiles and PBF are."""
+    from aether.sample.city import ensure_sample
+
+    return ensure_sample(_data(data_dir), seed=seed, year=year)
+
+
+def run(run_file: PathLike, data_dir: PathLike | None = None, *,
+        say: Callable[[str], None] = lambda s: None) -> RunReport:
+    """Do a run file's cities × years × steps once (see docs/scheduling.md)."""
+    from aether.pipeline.scheduled import execute
+
+    return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say)

@@ -10,7 +10,9 @@
   ``aether`` command in them must parse against the Typer app (the command exists, its
   ``--help`` works, every option it uses exists), and every ``python tests/benchmarks/X.py``
   must name a script and options it has.
-- ```python blocks must compile.
+- ```python blocks run too, in the same order and directory (``python -c``, exit 0), after
+  the bash commands before them: the API examples use the tables those commands wrote. All of
+  them must also compile (a fast check without the slow run).
 """
 
 from __future__ import annotations
@@ -59,14 +61,15 @@ def pages() -> list[Path]:
     return [ROOT / "README.md", *order, *rest]
 
 
-def blocks(lang: str) -> list[Block]:
+def blocks(*langs: str) -> list[Block]:
+    """The fenced blocks of these languages, in page order and in order within a page."""
     out = []
     for page in pages():
         for m in FENCE.finditer(page.read_text()):
-            if m["lang"] == lang:
+            if m["lang"] in langs:
                 indent = len(m["indent"])
                 body = "\n".join(line[indent:] for line in m["body"].splitlines())
-                out.append(Block(page.name, lang, body))
+                out.append(Block(page.name, m["lang"], body))
     return out
 
 
@@ -169,9 +172,16 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _run_python(block: Block, env: dict, cwd: Path, urls: dict[str, str]) -> None:
+    r = subprocess.run([sys.executable, "-c", _with_urls(block.body, urls)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{block.page}: python block\n{block.body}\n{r.stdout}\n{r.stderr}"
+
+
 @pytest.mark.slow
-def test_bash_blocks_run_in_order(tmp_path):
-    """Every ```bash command of README + docs, in order, in one data directory."""
+def test_bash_and_python_blocks_run_in_order(tmp_path):
+    """Every ```bash command and ```python block of README + docs, in order, in one data
+    directory."""
     cwd = tmp_path / "work"
     cwd.mkdir()
     shutil.copytree(ROOT / "pipelines", cwd / "pipelines")
@@ -182,7 +192,13 @@ def test_bash_blocks_run_in_order(tmp_path):
     urls: dict[str, str] = {}
     ran: list[tuple[str, float, float]] = []
     try:
-        for block in blocks("bash"):
+        for block in blocks("bash", "python"):
+            if block.lang == "python":
+                t0, c0 = time.perf_counter(), _children_cpu()
+                _run_python(block, env, cwd, urls)
+                ran.append((f"[python block of {block.page}]", time.perf_counter() - t0,
+                            _children_cpu() - c0))
+                continue
             for line in commands(block):
                 words = argv(line)
                 if words[0] == "make":

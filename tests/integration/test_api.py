@@ -1,0 +1,75 @@
+"""The Python API over trained runs of the sample city: ``Model.load(path).encode(frame)`` in
+memory gives what ``aether encode`` writes, ``aether.query`` ranks cells by the cosine of
+the stored vectors, ``aether.train`` makes a run ``Model.load`` reads."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+
+import aether
+from aether.errors import ModelError, TableError
+from aether.ml.encode import AETHER_COLUMNS
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def trained(sample_runs):
+    city_dir, names, data_root = sample_runs
+    return city_dir, names, data_root, aether.Model.load(city_dir / "models" / names[1])
+
+
+def test_model_encodes_embed_rows_as_encode_writes(trained, sample_city) -> None:
+    city_dir, _, _, model = trained
+    pois = gpd.read_parquet(city_dir / "pois.parquet").iloc[::50]
+    emb = aether.embed(pois, tiles=sample_city.tiles, radii=[100, model.base_radius_m])
+    z = model.encode(emb)
+    assert len(z) == len(pois) and (z["radius_m"] == model.base_radius_m).all()
+    assert isinstance(z, gpd.GeoDataFrame) and z.crs == "EPSG:4326"
+    written = pd.read_parquet(city_dir / "aether" / model.name / "pois.parquet")
+    want = written.set_index("poi_id").loc[z["poi_id"], list(AETHER_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(z[list(AETHER_COLUMNS)].to_numpy(), want, atol=1e-5)
+    norms = np.linalg.norm(z[list(AETHER_COLUMNS)].to_numpy(), axis=1)
+    np.testing.assert_allclose(norms[np.isfinite(norms)], 1.0, atol=1e-4)
+
+
+def test_model_encodes_a_grid_as_encode_writes(trained) -> None:
+    city_dir, _, _, model = trained
+    grid = gpd.read_parquet(city_dir / "grid_embeddings_50m.parquet")
+    z = model.encode(grid)
+    written = pd.read_parquet(city_dir / "aether" / model.name / "grid_50m.parquet")
+    assert z["cell_id"].tolist() == written["cell_id"].tolist()
+    np.testing.assert_allclose(z[list(AETHER_COLUMNS)].to_numpy(),
+                               written[list(AETHER_COLUMNS)].to_numpy(), atol=1e-5)
+    with pytest.raises(TableError, match="encode needs"):
+        model.encode(grid.drop(columns=["cell_id"]))
+
+
+def test_query_ranks_cells_by_cosine(trained) -> None:
+    city_dir, names, data_root, model = trained
+    top = aether.query("coffee shop", city="Helsinki", model=names[1], k=5, data_dir=data_root)
+    assert isinstance(top, gpd.GeoDataFrame) and len(top) == 5
+    assert top["rank"].tolist() == [1, 2, 3, 4, 5] and set(top["model"]) == {names[1]}
+    # the oracle: cosine of the stored grid vectors with the query's vector
+    grid = pd.read_parquet(city_dir / "aether" / names[1] / "grid_50m.parquet")
+    q = model.encode_text(["coffee shop"])[0]
+    scores = grid[list(AETHER_COLUMNS)].to_numpy() @ q
+    best = grid["cell_id"].to_numpy()[np.argsort(np.where(np.isnan(scores), -np.inf, -scores))]
+    assert top["cell_id"].tolist() == best[:5].tolist()
+    np.testing.assert_allclose(top["score"], np.sort(scores[np.isfinite(scores)])[::-1][:5],
+                               atol=1e-5)
+    many = aether.query(["hotel", "bar"], city="Helsinki", k=3, data_dir=data_root)
+    assert many["query"].tolist() == ["hotel"] * 3 + ["bar"] * 3
+
+
+def test_train_returns_a_run_model_load_reads(sample_runs) -> None:
+    city_dir, _, data_root = sample_runs
+    path = aether.train("Helsinki", preset="default", run="api_1", epochs=1, data_dir=data_root)
+    assert path == city_dir / "models" / "api_1" and (path / "model.safetensors").is_file()
+    model = aether.Model.load(path)
+    assert model.name == "api_1" and model.encode_text(["cafe"]).shape == (1, 128)
+    with pytest.raises(ModelError, match="no trained model"):
+        aether.Model.load(city_dir / "models" / "nope")

@@ -24,6 +24,16 @@ def test_help_lists_commands_without_heavy_imports() -> None:
     assert "HEAVY []" in res.stdout
 
 
+def test_import_aether_and_its_api_names_stay_light() -> None:
+    code = (
+        "import sys, aether\n"
+        "assert callable(aether.embed) and callable(aether.pois) and aether.Model\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in res.stdout
+
+
 def test_usage_error_and_typed_error_exit_2(cli) -> None:
     usage = cli("extract", "--radius", "abc")
     assert usage.returncode == 2

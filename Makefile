@@ -35,6 +35,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check aether tests pipelines
+	$(BIN)/mypy
 
 # The docs site in strict mode: a broken link, nav entry or API reference fails the build.
 docs: setup

@@ -308,6 +308,93 @@ def query(
         typer.echo(f"  {path}")
 
 
+def _served_runs(where: Path, slug: str, year: int, models: list[str] | None) -> tuple[list, float]:
+    """The runs to show and the smallest grid cell every one of them has encoded."""
+    from aether.errors import TableError
+    from aether.ml.encode import encoded_cells, load_runs
+
+    runs = load_runs(where, models, slug=slug, year=year)
+    common = set.intersection(*(set(encoded_cells(where, r.name)) for r in runs))
+    if not common:
+        raise TableError("the models share no encoded grid",
+                         f"run `aether encode --city {slug}` for each of them")
+    return runs, min(common)
+
+
+@app.command()
+def similar(
+    city: CityOpt,
+    at: Annotated[list[str] | None, typer.Option(
+        help="LON,LAT of a place to find more of (repeatable)")] = None,
+    not_at: Annotated[list[str] | None, typer.Option(
+        "--not", help="LON,LAT of a place to be unlike (repeatable)")] = None,
+    poi: Annotated[list[str] | None, typer.Option(
+        help="A POI id whose AETHER vector is an example (repeatable)")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
+        None),
+    k: Annotated[int, typer.Option(help="Top cells to return")] = 10,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Find places like these: cosine to example places (2·pos − neg) over the encoded grid."""
+    from aether.query.search import load_index
+    from aether.query.similar import parse_lonlat, poi_vectors
+    from aether.query.similar import similar as find_similar
+
+    where, slug = _city(city, year, data_dir)
+    runs, cell = _served_runs(where, slug, year, [model] if model else None)
+    run = next((r for r in runs if r.name == "default"), runs[-1]) if not model else runs[0]
+    index = load_index(where, run, cell)
+    res = find_similar(index, at=[parse_lonlat(a) for a in at or []],
+                       not_at=[parse_lonlat(a) for a in not_at or []],
+                       poi_vectors=poi_vectors(where, run, poi or []), k=k)
+    typer.echo(f"places like the examples (model {run.name}, {cell:g} m cells):")
+    for row in res.top.itertuples():
+        near = ", ".join(p["name"] for p in row.nearest_pois)
+        typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
+
+
+@app.command()
+def serve(
+    city: CityOpt,
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (other than loopback: reachable "
+                                           "from the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port)", min=0, max=65535)] = 8000,
+    tiles: Annotated[bool, typer.Option(help="OSM base tiles under the heat maps")] = True,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Ask a city anything in the browser: a local web app over its encoded grid."""
+    import socket
+
+    from aether.query.serve import CityApp, load_panels
+    from aether.query.serve import serve as run_server
+
+    where, slug = _city(city, year, data_dir)
+    runs, cell = _served_runs(where, slug, year, model)
+    state = CityApp(city, load_panels(where, runs, cell), tiles=tiles)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)  # accepting before the URL is printed: a client may connect at once
+    except OSError as e:
+        from aether.errors import InputError
+
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}",
+                         "pick another --port (0: any free port)") from None
+    bound = sock.getsockname()[1]
+    typer.echo(f"http://{'[' + host + ']' if ':' in host else host}:{bound}/  "
+               f"({', '.join(state.panels)}; Ctrl-C stops it)")
+    sys.stdout.flush()
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_server(state, host=host, port=bound, sock=sock)
+
+
 @app.command()
 def demo(
     data_dir: DataDirOpt = None,

@@ -72,38 +72,42 @@ def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
 def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_pois: int = 3,
            cache_path: Path | None = None) -> list[QueryResult]:
     """Score every cell for each query; top-k cells with their nearest POIs."""
-    from scipy.spatial import cKDTree
-
     if k < 1:
         raise InputError(f"k = {k}", "ask for at least one result, e.g. --k 10")
     queries = check_queries(queries)
     q = apply_text(run, queries, cache_path)
     sims = index.vectors @ q.T  # NaN rows (masked cells) stay NaN
+    return [QueryResult(text, sims[:, j], ranked(index, sims[:, j], k=k, n_pois=n_pois))
+            for j, text in enumerate(queries)]
+
+
+def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,
+           order: np.ndarray | None = None) -> pd.DataFrame:
+    """The top-k cells of scores ``s`` (or the cells ``order``, best first) with their
+    nearest POIs: what every answer over a grid shows."""
+    from scipy.spatial import cKDTree
+
+    if order is None:
+        order = np.argsort(np.where(np.isnan(s), np.inf, -s), kind="stable")[:k]  # masked last
+        order = order[np.isfinite(s[order])]
     tree = cKDTree(np.column_stack([index.pois["x"], index.pois["y"]]))
     centres = index.grid.geometry.to_crs(index.crs).centroid.to_crs("EPSG:4326")
-    out = []
-    for j, text in enumerate(queries):
-        s = sims[:, j]
-        order = np.argsort(np.where(np.isnan(s), -np.inf, -s), kind="stable")[:k]
-        order = order[np.isfinite(s[order])]
-        dist, near = tree.query(np.column_stack([index.grid["x"].to_numpy()[order],
-                                                 index.grid["y"].to_numpy()[order]]),
-                                k=min(n_pois, len(index.pois)))
-        near = np.atleast_2d(near.reshape(len(order), -1))
-        dist = np.atleast_2d(dist.reshape(len(order), -1))
-        top = pd.DataFrame({
-            "rank": np.arange(1, len(order) + 1),
-            "cell_id": index.grid["cell_id"].to_numpy()[order],
-            "score": s[order],
-            "lon": centres.x.to_numpy()[order], "lat": centres.y.to_numpy()[order],
-            "x": index.grid["x"].to_numpy()[order], "y": index.grid["y"].to_numpy()[order],
-            "nearest_pois": [
-                [{"name": _name(index.pois, i), "category": str(index.pois["category"].iloc[i]),
-                  "distance_m": round(float(d), 1)} for i, d in zip(row, drow, strict=True)]
-                for row, drow in zip(near, dist, strict=True)],
-        })
-        out.append(QueryResult(text, s, top))
-    return out
+    dist, near = tree.query(np.column_stack([index.grid["x"].to_numpy()[order],
+                                             index.grid["y"].to_numpy()[order]]),
+                            k=min(n_pois, len(index.pois)))
+    near = np.atleast_2d(near.reshape(len(order), -1))
+    dist = np.atleast_2d(dist.reshape(len(order), -1))
+    return pd.DataFrame({
+        "rank": np.arange(1, len(order) + 1),
+        "cell_id": index.grid["cell_id"].to_numpy()[order],
+        "score": s[order],
+        "lon": centres.x.to_numpy()[order], "lat": centres.y.to_numpy()[order],
+        "x": index.grid["x"].to_numpy()[order], "y": index.grid["y"].to_numpy()[order],
+        "nearest_pois": [
+            [{"name": _name(index.pois, i), "category": str(index.pois["category"].iloc[i]),
+              "distance_m": round(float(d), 1)} for i, d in zip(row, drow, strict=True)]
+            for row, drow in zip(near, dist, strict=True)],
+    })
 
 
 def _name(pois: Any, i: int) -> str:

@@ -1,0 +1,175 @@
+"""Places like this one: cosine similarity to example cells, over a city's grid vectors.
+
+Positives and negatives combine GeoVibes-style, ``2·mean(pos) − mean(neg)`` on unit vectors,
+so "like these, unlike those" is one query vector. Top-k search is exact (one float32 matrix
+product) up to ``EXACT_MAX`` vectors; above that an HNSW index (hnswlib) answers, built once
+per grid, since an exact scan of tens of millions of cells per click is too slow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aether.errors import InputError
+from aether.query.search import CityIndex, QueryResult, ranked
+
+if TYPE_CHECKING:
+    from aether.ml.encode import Run
+
+log = logging.getLogger(__name__)
+
+#: Above this many vectors the top-k search goes through an approximate (HNSW) index.
+EXACT_MAX = 2_000_000
+#: HNSW build and search breadth: recall@10 >= 0.95 on random unit vectors (the hard case).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 256
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32; NaN rows (masked cells) stay NaN."""
+    v = np.asarray(vectors, np.float32)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return v / norm
+
+
+def example_vector(positives: np.ndarray, negatives: np.ndarray | None = None) -> np.ndarray:
+    """The query vector of example vectors (rows): ``2·pos − neg`` of unit means, normalised."""
+    pos = unit_rows(positives)
+    pos = pos[np.isfinite(pos).all(axis=1)]
+    if not len(pos):
+        raise InputError("every example place is masked (no AlphaEarth pixels)",
+                         "pick places inside the covered area")
+    q = pos.mean(axis=0)
+    neg = unit_rows(negatives) if negatives is not None and len(negatives) else pos[:0]
+    neg = neg[np.isfinite(neg).all(axis=1)]
+    if len(neg):
+        q = 2 * q / np.linalg.norm(q) - neg.mean(axis=0)
+    norm = float(np.linalg.norm(q))
+    if not norm > 0:
+        raise InputError("the positive and negative examples cancel out",
+                         "give different examples")
+    return (q / norm).astype(np.float32)
+
+
+@dataclass
+class VectorIndex:
+    """Top-k cosine search over fixed vectors: exact below ``exact_max``, HNSW above."""
+
+    vectors: np.ndarray  # (N, d), NaN rows allowed (never returned)
+    exact_max: int = EXACT_MAX
+    _unit: np.ndarray = field(init=False, repr=False)
+    _ok: np.ndarray = field(init=False, repr=False)
+    _hnsw: Any = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._unit = unit_rows(self.vectors)
+        self._ok = np.flatnonzero(np.isfinite(self._unit).all(axis=1))
+        if len(self._ok) > self.exact_max:
+            self._hnsw = _build_hnsw(self._unit[self._ok])
+
+    @property
+    def approximate(self) -> bool:
+        return self._hnsw is not None
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """Cosine of every vector with the unit query ``q`` (NaN on masked rows)."""
+        return self._unit @ np.asarray(q, np.float32)
+
+    def top(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and cosines of the ``k`` most similar vectors, best first."""
+        if k < 1:
+            raise InputError(f"k = {k}", "ask for at least one result, e.g. --k 10")
+        k = min(k, len(self._ok))
+        q = np.asarray(q, np.float32)
+        if self._hnsw is not None:
+            labels, dist = self._hnsw.knn_query(q[None, :], k=k)
+            idx = self._ok[labels[0].astype(np.int64)]
+            return idx, (1.0 - dist[0]).astype(np.float32)
+        s = self._unit[self._ok] @ q
+        part = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+        part = part[np.argsort(-s[part], kind="stable")]
+        return self._ok[part], s[part]
+
+
+def _build_hnsw(unit: np.ndarray) -> Any:
+    try:
+        import hnswlib
+    except ImportError:
+        raise InputError(f"{len(unit):,} vectors need an approximate index",
+                         "pip install 'aether[serve]' (hnswlib)") from None
+    log.info("building an HNSW index over %d vectors", len(unit))
+    index = hnswlib.Index(space="ip", dim=unit.shape[1])
+    index.init_index(max_elements=len(unit), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M)
+    index.add_items(unit, np.arange(len(unit)))
+    index.set_ef(HNSW_EF_SEARCH)
+    return index
+
+
+def parse_lonlat(text: str) -> tuple[float, float]:
+    """``'24.94,60.17'`` → (lon, lat), checked."""
+    try:
+        lon, lat = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{text!r} is not LON,LAT", "e.g. --at 24.945,60.170") from None
+    if not (np.isfinite(lon) and np.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+        raise InputError(f"{text!r} is not a place on Earth", "longitude first: --at LON,LAT")
+    return lon, lat
+
+
+def cells_at(index: CityIndex, points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Row of the grid cell holding each (lon, lat); InputError for a point off the grid."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    pts = gpd.GeoSeries([Point(p) for p in points], crs="EPSG:4326")
+    hit_pt, hit_cell = index.grid.sindex.query(pts.to_crs(index.grid.crs).values,
+                                               predicate="intersects")
+    rows = np.full(len(points), -1)
+    rows[hit_pt[::-1]] = hit_cell[::-1]  # first hit per point
+    for (lon, lat), r in zip(points, rows, strict=True):
+        if r < 0:
+            raise InputError(f"{lon:g},{lat:g} is outside the encoded grid",
+                             "pick a place inside the city (LON,LAT)")
+    return rows
+
+
+def similar(index: CityIndex, *, at: Sequence[tuple[float, float]] = (),
+            not_at: Sequence[tuple[float, float]] = (),
+            poi_vectors: np.ndarray | None = None, k: int = 10, label: str = "similar"
+            ) -> QueryResult:
+    """Cells most like the example places (cells at ``at`` and POI vectors), unlike ``not_at``."""
+    pos = [index.vectors[cells_at(index, list(at))]] if at else []
+    if poi_vectors is not None and len(poi_vectors):
+        pos.append(np.asarray(poi_vectors, np.float32))
+    if not pos:
+        raise InputError("no example place given", "pass --at LON,LAT or --poi ID")
+    neg = index.vectors[cells_at(index, list(not_at))] if not_at else None
+    q = example_vector(np.concatenate(pos), neg)
+    vi = VectorIndex(index.vectors)
+    order, _ = vi.top(q, k)
+    scores = vi.scores(q)
+    return QueryResult(label, scores, ranked(index, scores, k=k, order=order))
+
+
+def poi_vectors(city_dir: Path, run: Run, poi_ids: Sequence[str]) -> np.ndarray:
+    """The AETHER vectors of POIs by id (the encoded ``pois`` table); unknown ids refused."""
+    from aether.io.tables import read_table
+    from aether.ml.encode import AETHER_COLUMNS, AETHER_POIS_FILE, aether_dir
+
+    if not poi_ids:
+        return np.empty((0, len(AETHER_COLUMNS)), np.float32)
+    enc = read_table(aether_dir(city_dir, run.name) / AETHER_POIS_FILE,
+                     ["poi_id", *AETHER_COLUMNS], "aether pois").set_index("poi_id")
+    missing = [p for p in poi_ids if p not in enc.index]
+    if missing:
+        raise InputError(f"no encoded POI {missing[0]!r} in model {run.name}",
+                         "POI ids look like osm:node/123 (see pois.parquet)")
+    return enc.loc[list(poi_ids), list(AETHER_COLUMNS)].to_numpy(np.float32)

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from aether.places.place import Place
 
 DEDUP_M = 5.0
-SOURCE_KINDS = ("osm", "pbf:PATH", "file:PATH")
+SOURCE_KINDS = ("osm", "overture[:RELEASE]", "pbf:PATH", "file:PATH")
+#: Optional columns a source may add to the pois table (kept when present).
+OPTIONAL_COLUMNS = ("confidence",)
 
 
 def load_pois(
@@ -29,7 +31,8 @@ def load_pois(
     category_column: str | None = None,
     top_category_column: str | None = None,
 ) -> gpd.GeoDataFrame:
-    """The pois table from ``source`` (``"osm"``, ``"pbf:PATH"`` or ``"file:PATH"``)."""
+    """The pois table from ``source`` (``"osm"``, ``"overture[:RELEASE]"``, ``"pbf:PATH"`` or
+    ``"file:PATH"``)."""
     kind, _, path = source.partition(":")
     if kind == "pbf" and path:
         from aether.pois.readers import pbf
@@ -41,6 +44,11 @@ def load_pois(
         raw = vector.read(path, name_column=name_column, category_column=category_column,
                           top_category_column=top_category_column)
         label = f"file:{_basename(path)}"
+    elif kind == "overture":
+        from aether.pois.readers import overture
+
+        raw = overture.read(place, release=path or None)
+        label = f"overture:{path}" if path else "overture"
     elif source == "osm":
         if place is None:
             raise PoiError("the osm POI source needs a place", "pass --city, --bbox or --boundary")
@@ -82,7 +90,8 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
     df["text"] = [poi_text(c, t, n) for c, t, n in
                   zip(df["category"], df["top_category"], df["name"], strict=True)]
     df["source"] = label
-    out = df[list(POI_COLUMNS)].reset_index(drop=True)
+    extra = [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    out = df[[*POI_COLUMNS, *extra]].reset_index(drop=True)
     for col in ("poi_id", "name", "category", "top_category", "text", "source"):
         out[col] = out[col].astype(pd.StringDtype())
     return gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")

@@ -83,6 +83,25 @@ def classify(tags: Mapping[str, str]) -> tuple[str, str] | None:
     return load_taxonomy().classify(tags)
 
 
+def classify_values(values: list[str]) -> tuple[str, str] | None:
+    """(category, top_category) of the first category code the taxonomy knows as an OSM value
+    of any key (``cafe`` → amenity=cafe): how other sources' categories share the table."""
+    by_value = _by_value()
+    for v in values:
+        hit = by_value.get(v.strip().lower())
+        if hit:
+            return hit
+    return None
+
+
+@cache
+def _by_value() -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for (_, value), hit in load_taxonomy().exact.items():
+        out.setdefault(value, hit)
+    return out
+
+
 def humanise(value: str) -> str:
     """An OSM value or a user's category code as words: ``fast_food`` → ``fast food``."""
     return " ".join(value.replace("_", " ").split()).lower()

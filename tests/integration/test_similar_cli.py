@@ -32,7 +32,7 @@ def test_similar_at_a_place_matches_brute_force(sample_runs, cli) -> None:
 
 
 def test_similar_refuses_a_place_off_the_grid(sample_runs, cli) -> None:
-    _, names, data_root = sample_runs
+    _, _, data_root = sample_runs
     r = cli("similar", "--city", "Helsinki", "--at", "0,0", "--data-dir", str(data_root))
     assert r.returncode == 2 and "outside the encoded grid" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

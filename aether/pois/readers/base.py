@@ -8,15 +8,15 @@ from typing import Any
 RAW_COLUMNS: tuple[str, ...] = ("poi_id", "name", "category", "top_category", "geometry")
 
 
-def raw_frame(rows: list[dict[str, Any]]) -> Any:
-    """A raw GeoDataFrame in EPSG:4326 from dicts with the RAW_COLUMNS keys."""
+def raw_frame(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> Any:
+    """A raw GeoDataFrame in EPSG:4326 from dicts with the RAW_COLUMNS keys (and ``extra``
+    optional columns of the pois table, such as ``confidence``)."""
     import geopandas as gpd
 
+    columns = [*RAW_COLUMNS, *extra]
     if not rows:
-        return gpd.GeoDataFrame({c: [] for c in RAW_COLUMNS}, geometry="geometry",
-                                crs="EPSG:4326")
-    return gpd.GeoDataFrame(rows, columns=list(RAW_COLUMNS), geometry="geometry",
-                            crs="EPSG:4326")
+        return gpd.GeoDataFrame({c: [] for c in columns}, geometry="geometry", crs="EPSG:4326")
+    return gpd.GeoDataFrame(rows, columns=columns, geometry="geometry", crs="EPSG:4326")
 
 
 def osm_rows(elements: Iterable[tuple[str, Mapping[str, str], Any]]) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from aether.pipeline.extract import ExtractRequest, ExtractResult
     from aether.pipeline.scheduled import RunReport
     from aether.query.search import CityIndex, QueryResult
+    from aether.query.serve import CityApp
     from aether.sample.city import SampleCity
 
 PathLike = str | os.PathLike[str]
@@ -370,15 +371,12 @@ class Search:
                 png_map(self.index, self.results, base.with_suffix(".png")))
 
 
-def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
-           cell: float | None = None, year: int = DEFAULT_YEAR,
-           data_dir: PathLike | None = None) -> Search:
-    """Text queries against a run's encoded grid (model: ``default``, else the last run;
-    cell: the smallest encoded grid)."""
+def _run_and_cell(city: str, model: str | None, cell: float | None, year: int,
+                  data_dir: PathLike | None) -> tuple[Run, float, Path]:
+    """The run a question goes to (``default``, else the last run) and its grid cell (the
+    smallest encoded, unless given)."""
     from aether.ml.encode import encoded_cells, list_runs
-    from aether.query.search import check_queries, query_city
 
-    texts = check_queries(list(queries))
     where = city_dir(city, year, data_dir)
     names = list_runs(where)
     chosen = model or ("default" if "default" in names else (names or ["default"])[-1])
@@ -387,8 +385,52 @@ def search(queries: Sequence[str], *, city: str, model: str | None = None, k: in
     if cell is None and not cells:
         raise TableError(f"model {run.name} has no encoded grid",
                          f"run `aether encode --city {city} --model {run.name}`")
-    index, results = query_city(where, run, texts, cell_m=cell or cells[0], k=k)
+    return run, cell or cells[0], where
+
+
+def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
+           cell: float | None = None, year: int = DEFAULT_YEAR,
+           data_dir: PathLike | None = None) -> Search:
+    """Text queries against a run's encoded grid (model: ``default``, else the last run;
+    cell: the smallest encoded grid)."""
+    from aether.query.search import check_queries, query_city
+
+    texts = check_queries(list(queries))
+    run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
+    index, results = query_city(where, run, texts, cell_m=cell_m, k=k)
     return Search(run, index, results, where)
+
+
+def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
+            not_at: Sequence[tuple[float, float]] = (), pois: Sequence[str] = (),
+            model: str | None = None, k: int = 10, cell: float | None = None,
+            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> Search:
+    """Grid cells most like example places — cells at ``at`` (lon, lat) and POIs by id — and
+    unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``."""
+    from aether.query.search import load_index
+    from aether.query.similar import poi_vectors
+    from aether.query.similar import similar as _similar
+
+    run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
+    index = load_index(where, run, cell_m)
+    res = _similar(index, at=at, not_at=not_at, poi_vectors=poi_vectors(where, run, pois), k=k)
+    return Search(run, index, [res], where)
+
+
+def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = True,
+            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> CityApp:
+    """The state behind ``aether serve``: each run's encoded grid (the smallest cell all of
+    them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI."""
+    from aether.ml.encode import encoded_cells
+    from aether.query.serve import CityApp, load_panels
+
+    where = city_dir(city, year, data_dir)
+    chosen = runs(city, models, year=year, data_dir=data_dir)
+    common = set.intersection(*(set(encoded_cells(where, r.name)) for r in chosen))
+    if not common:
+        raise TableError("the models share no encoded grid",
+                         f"run `aether encode --city {city}` for each of them")
+    return CityApp(city, load_panels(where, chosen, min(common)), tiles=tiles)
 
 
 def query(queries: str | Sequence[str], *, city: str, model: str | None = None, k: int = 10,

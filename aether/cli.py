@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -308,17 +308,12 @@ def query(
         typer.echo(f"  {path}")
 
 
-def _served_runs(where: Path, slug: str, year: int, models: list[str] | None) -> tuple[list, float]:
-    """The runs to show and the smallest grid cell every one of them has encoded."""
-    from aether.errors import TableError
-    from aether.ml.encode import encoded_cells, load_runs
-
-    runs = load_runs(where, models, slug=slug, year=year)
-    common = set.intersection(*(set(encoded_cells(where, r.name)) for r in runs))
-    if not common:
-        raise TableError("the models share no encoded grid",
-                         f"run `aether encode --city {slug}` for each of them")
-    return runs, min(common)
+def _show(answer: Any, heading: str) -> None:
+    for res in answer.results:
+        typer.echo(heading.format(query=res.query, model=answer.run.name))
+        for row in res.top.itertuples():
+            near = ", ".join(p["name"] for p in row.nearest_pois)
+            typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
 
 
 @app.command()
@@ -337,21 +332,13 @@ def similar(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Find places like these: cosine to example places (2·pos − neg) over the encoded grid."""
-    from aether.query.search import load_index
-    from aether.query.similar import parse_lonlat, poi_vectors
-    from aether.query.similar import similar as find_similar
+    from aether import api
+    from aether.query.similar import parse_lonlat
 
-    where, slug = _city(city, year, data_dir)
-    runs, cell = _served_runs(where, slug, year, [model] if model else None)
-    run = next((r for r in runs if r.name == "default"), runs[-1]) if not model else runs[0]
-    index = load_index(where, run, cell)
-    res = find_similar(index, at=[parse_lonlat(a) for a in at or []],
-                       not_at=[parse_lonlat(a) for a in not_at or []],
-                       poi_vectors=poi_vectors(where, run, poi or []), k=k)
-    typer.echo(f"places like the examples (model {run.name}, {cell:g} m cells):")
-    for row in res.top.itertuples():
-        near = ", ".join(p["name"] for p in row.nearest_pois)
-        typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
+    answer = api.similar(city=city, at=[parse_lonlat(a) for a in at or []],
+                         not_at=[parse_lonlat(a) for a in not_at or []], pois=poi or [],
+                         model=model, k=k, year=year, data_dir=data_dir)
+    _show(answer, "places like the examples (model {model}):")
 
 
 @app.command()
@@ -366,33 +353,18 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Ask a city anything in the browser: a local web app over its encoded grid."""
-    import socket
-
-    from aether.query.serve import CityApp, load_panels
-    from aether.query.serve import serve as run_server
-
-    where, slug = _city(city, year, data_dir)
-    runs, cell = _served_runs(where, slug, year, model)
-    state = CityApp(city, load_panels(where, runs, cell), tiles=tiles)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)  # accepting before the URL is printed: a client may connect at once
-    except OSError as e:
-        from aether.errors import InputError
-
-        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}",
-                         "pick another --port (0: any free port)") from None
-    bound = sock.getsockname()[1]
-    typer.echo(f"http://{'[' + host + ']' if ':' in host else host}:{bound}/  "
-               f"({', '.join(state.panels)}; Ctrl-C stops it)")
-    sys.stdout.flush()
     import contextlib
 
+    from aether import api
+    from aether.query.serve import listen
+    from aether.query.serve import serve as run_server
+
+    state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir)
+    sock, url = listen(host, port)
+    typer.echo(f"{url}  ({', '.join(state.panels)}; Ctrl-C stops it)")
+    sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
-        run_server(state, host=host, port=bound, sock=sock)
+        run_server(state, host=host, sock=sock)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -244,14 +245,29 @@ def load_panels(city_dir: Path, runs: list[Run], cell: float, *, raw: bool = Tru
     return panels
 
 
-def serve(state: CityApp, *, host: str = "127.0.0.1", port: int = 8000,
-          sock: Any = None) -> None:
-    """Run the app until interrupted. A host other than loopback admits any Host header."""
+def listen(host: str, port: int) -> tuple[socket.socket, str]:
+    """A listening socket on ``host:port`` (0: any free port) and the app's URL; accepting
+    before the URL is shown, so a client may connect at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}",
+                         "pick another --port (0: any free port)") from None
+    shown = f"[{host}]" if ":" in host else host
+    return sock, f"http://{shown}:{sock.getsockname()[1]}/"
+
+
+def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
+    """Run the app on a listening socket until interrupted. A host other than loopback
+    admits any Host header."""
     import uvicorn
 
     allowed = list(LOOPBACK) if host in LOOPBACK else ["*"]
-    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), host=host, port=port,
-                            log_level="warning")
-    server = uvicorn.Server(config)
-    log.info("serving %s on http://%s:%d", state.city, host, port)
-    server.run(sockets=[sock] if sock is not None else None)
+    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning")
+    log.info("serving %s on %s:%d", state.city, host, sock.getsockname()[1])
+    uvicorn.Server(config).run(sockets=[sock])

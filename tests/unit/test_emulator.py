@@ -1,7 +1,11 @@
 """The Earth Engine emulator driven by the genuine earthengine-api client (in-process).
 
-Buffer means must equal the project's zonal kernel on the same tiles; paging, limits, band
-naming and default projections must behave as Earth Engine's do.
+The emulator computes from the polygons Earth Engine builds and EE's 8-bit coverage weights
+(shapely), never from aether's zonal kernel: its buffer means must agree with that exact
+kernel to the tolerance real EE implies (<= 1e-3 on means, weight within 0.2%) when the
+buffer is sent with a small maxError in the UTM projection, and must show EE's ~1.3% area
+deficit when it is not. Paging, limits, band naming and default projections must behave as
+Earth Engine's do.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ ee = pytest.importorskip("ee")
 
 YEAR = 2024
 CRS = "EPSG:32635"
+#: Tolerances real EE implies for buffers sent as buffer(r, maxError=r/1e4, proj=UTM).
+MEAN_TOL, WEIGHT_RTOL = 1e-3, 2e-3
 
 
 def _block(sample_city):
@@ -36,10 +42,16 @@ def _points(block, n: int, seed: int = 0, margin: float = 0.0) -> tuple[np.ndarr
     return x, y, lon, lat
 
 
-def _poi_graph(lon, lat, radius: float, year: int = YEAR, **reduce_kw):
+def _buffer(lon: float, lat: float, radius: float, exact: bool):
+    """A buffered point: EE's default (1% error, geodesic) or near-exact in the UTM crs."""
+    point = ee.Geometry.Point([float(lon), float(lat)])
+    return point.buffer(radius, radius / 1e4, CRS) if exact else point.buffer(radius)
+
+
+def _poi_graph(lon, lat, radius: float, year: int = YEAR, exact: bool = True, **reduce_kw):
     """The POI pipeline as the EE source builds it: buffers, filterDate, filterBounds, mosaic."""
     pois = ee.FeatureCollection([
-        ee.Feature(ee.Geometry.Point([float(a), float(b)]).buffer(radius), {"poi_id": f"p{i}"})
+        ee.Feature(_buffer(a, b, radius, exact), {"poi_id": f"p{i}"})
         for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
     img = (ee.ImageCollection(aef.COLLECTION_ID).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
            .filterBounds(pois.geometry().bounds()).mosaic())
@@ -52,7 +64,7 @@ def _means(features: list[dict], bands=aef.BANDS) -> np.ndarray:
 
 
 @pytest.mark.parametrize("radius", [100, 200])
-def test_reduce_regions_equals_zonal_kernel(ee_emulator, sample_city, radius) -> None:
+def test_reduce_regions_agrees_with_the_exact_kernel(ee_emulator, sample_city, radius) -> None:
     block = _block(sample_city)
     x, y, lon, lat = _points(block, 40, seed=radius)
     # one buffer straddles the tile edge: partial coverage must weigh the same way
@@ -68,12 +80,13 @@ def test_reduce_regions_equals_zonal_kernel(ee_emulator, sample_city, radius) ->
     assert [f["properties"]["poi_id"] for f in info["features"]] == [f"p{i}" for i in range(40)]
     assert info["columns"]["A00"] == "Float"
     got = _means(info["features"])
-    assert np.nanmax(np.abs(got - want)) <= 1e-5
+    diff = np.nanmax(np.abs(got - want))
+    assert 1e-7 < diff <= MEAN_TOL  # two independent computations: close, never identical
     assert np.array_equal(np.isnan(got), np.isnan(want))
 
     df = ee.data.computeFeatures({"expression": fc, "fileFormat": "PANDAS_DATAFRAME"})
     assert len(df) == 40 and {"geo", "poi_id", "A63"} <= set(df.columns)
-    assert np.nanmax(np.abs(df[list(aef.BANDS)].to_numpy(float) - want)) <= 1e-5
+    assert np.nanmax(np.abs(df[list(aef.BANDS)].to_numpy(float) - want)) <= MEAN_TOL
     routes = [e["route"] for e in ee_emulator.log]
     assert routes.count("value:compute") == 1 and routes.count("table:computeFeatures") == 1
 
@@ -106,13 +119,19 @@ def test_band_naming_and_weighted_sum(ee_emulator, sample_city) -> None:
     assert set(two["features"][0]["properties"]) == {"A00_mean", "A01_mean", "A00_sum",
                                                      "A01_sum"}
     # the valid-pixel weight as the EE source can ask for it: sum of the mask
+    exact = ee.FeatureCollection([ee.Feature(_buffer(a, b, 100, True))
+                                  for a, b in zip(lon, lat, strict=True)])
     weight = img.select("A00").mask().rename("w").reduceRegions(
-        pois, ee.Reducer.sum(), 10, CRS).getInfo()
+        exact, ee.Reducer.sum(), 10, CRS).getInfo()
     want = zonal.buffer_means(block, x, y, 100)
     got = [f["properties"]["sum"] for f in weight["features"]]
-    np.testing.assert_allclose(got, want.weight, rtol=1e-5)
+    np.testing.assert_allclose(got, want.weight, rtol=WEIGHT_RTOL)
+    # EE's default buffer (maxError 1% of r) is an inscribed 23-gon: ~1.3% of the area short
+    default = img.select("A00").mask().reduceRegions(pois, ee.Reducer.sum(), 10, CRS).getInfo()
+    short = 1 - np.array([f["properties"]["sum"] for f in default["features"]]) / want.weight
+    assert ((0.010 < short) & (short < 0.016)).all(), short
     p0 = one["features"][0]["properties"]["mean"]
-    assert p0 == pytest.approx(float(want.mean[0, 5]), abs=1e-5)
+    assert p0 == pytest.approx(float(want.mean[0, 5]), abs=3e-3)
     with pytest.raises(ee.EEException, match="did not match any bands"):
         img.select("B4").bandNames().getInfo()
 
@@ -252,7 +271,7 @@ def test_graph_variants_the_tool_may_emit(ee_emulator, sample_city) -> None:
                                 for i, (a, b) in enumerate(zip(lon, lat, strict=True))])
     img = ee.ImageCollection(aef.COLLECTION_ID).filterDate("2024-01-01", "2025-01-01").mosaic()
     mapped = img.reduceRegions(pts.map(lambda f: f.buffer(100)), ee.Reducer.mean(), 10, CRS)
-    direct = _poi_graph(lon, lat, 100, scale=10, crs=CRS)
+    direct = _poi_graph(lon, lat, 100, exact=False, scale=10, crs=CRS)
     np.testing.assert_array_equal(_means(mapped.getInfo()["features"]),
                                   _means(direct.getInfo()["features"]))
     assert pts.filter(ee.Filter.inList("k", [1, 3])).aggregate_array("k").getInfo() == [1, 3]
@@ -277,8 +296,8 @@ def test_graph_variants_the_tool_may_emit(ee_emulator, sample_city) -> None:
 
 
 def test_mosaic_across_tiles_and_years(tmp_path) -> None:
-    """Two adjacent tiles per year: a buffer on the seam sums both tiles' parts (zonal.Partial
-    .add), and filterDate picks the year's tiles."""
+    """Two adjacent tiles per year: a buffer on the seam averages both tiles' pixels once
+    (the mosaic), and filterDate picks the year's tiles."""
     from pyproj import Transformer
 
     from aether.testing.emulator import Emulator, connect
@@ -303,6 +322,6 @@ def test_mosaic_across_tiles_and_years(tmp_path) -> None:
             parts = [zonal.partial_sums(b, x, y, 150) for b in blocks[year]]
             want = zonal.finalize(parts[0].add(parts[1]), 150, 100.0).mean
             fc = _poi_graph(lon, lat, 150, year, scale=10, crs=CRS)
-            assert np.abs(_means(fc.getInfo()["features"]) - want).max() <= 1e-5
+            assert np.abs(_means(fc.getInfo()["features"]) - want).max() <= MEAN_TOL
     finally:
         ee.Reset()

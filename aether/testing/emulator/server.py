@@ -397,8 +397,10 @@ def _request_bytes(route: str, body: bytes) -> int | None:
     if route != "image:computePixels":
         return None
     try:
-        dims = (json.loads(body or b"{}").get("grid") or {}).get("dimensions") or {}
-        return pixel_bytes(int(dims["width"]), int(dims["height"]), [np.dtype("f4")])
+        req = json.loads(body or b"{}")
+        dims = (req.get("grid") or {}).get("dimensions") or {}
+        n_bands = len(req.get("bandIds") or [None])  # float bands, as the AEF ones are
+        return pixel_bytes(int(dims["width"]), int(dims["height"]), [np.dtype("f4")] * n_bands)
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -78,11 +78,15 @@ def test_cli_end_to_end_matches_cog_source(ee_server, emulator, sample_extract, 
     assert len(ee_out) == len(cog) == 2 * len(pd.read_parquet(sample_extract / "pois.parquet"))
     pd.testing.assert_frame_equal(ee_out[["poi_id", "year", "radius_m"]],
                                   cog[["poi_id", "year", "radius_m"]])
+    # two independent computations (the emulator models EE's buffer polygon and 8-bit
+    # coverage weights): the agreement real EE implies when aether sends buffers with
+    # maxError in the batch's UTM projection
     diff = np.abs(ee_out[list(BANDS)].to_numpy() - cog[list(BANDS)].to_numpy())
-    assert np.nanmax(diff) <= 1e-4
+    assert np.nanmax(diff) <= 1e-3
     assert (np.isnan(ee_out[list(BANDS)].to_numpy()) == np.isnan(cog[list(BANDS)].to_numpy())).all()
-    for col, tol in (("valid_fraction", 1e-5), ("norm", 1e-4), ("weight", 1e-2)):
-        assert np.nanmax(np.abs(ee_out[col] - cog[col])) <= tol, col
+    assert np.nanmax(np.abs(ee_out["valid_fraction"] - cog["valid_fraction"])) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["weight"] / cog["weight"] - 1)) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["norm"] - cog["norm"])) <= 1e-3
     # the work went to the server: reduceRegions batches, no pixels fetched
     assert _routes(emulator, "table:computeFeatures") >= 1
     assert _routes(emulator, "image:computePixels") == 0
@@ -124,7 +128,8 @@ def test_pois_outside_coverage_keep_nan_rows(ee_server, subset, tmp_path, reset_
     assert away[list(BANDS)].isna().all().all()
     assert (away["valid_fraction"] == 0).all() and (away["weight"] == 0).all()
     near = out[out["poi_id"] != "x:far"]
-    assert np.allclose(near["valid_fraction"], 1.0, atol=1e-5)
+    # EE's polygon and 8-bit weights: within 0.2% of full (buffers sent with maxError + UTM)
+    assert np.allclose(near["valid_fraction"], 1.0, atol=2e-3)
     assert np.allclose(near["norm"], np.linalg.norm(near[list(BANDS)].to_numpy(), axis=1),
                        atol=1e-5)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote
@@ -78,10 +78,8 @@ def open_confined(root: Path, parts: list[str]) -> Iterator[tuple[IO[str], Path]
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
-            try:
+            with suppress(FileExistsError):
                 os.mkdir(part, 0o777, dir_fd=fd)
-            except FileExistsError:
-                pass
             try:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:
@@ -98,10 +96,8 @@ def open_confined(root: Path, parts: list[str]) -> Iterator[tuple[IO[str], Path]
                 yield fh, root.joinpath(*parts)
             os.rename(tmp, parts[-1], src_dir_fd=fd, dst_dir_fd=fd)
         except BaseException:
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
-            except FileNotFoundError:
-                pass
             raise
     finally:
         os.close(fd)

@@ -49,13 +49,14 @@ before returns the same operation, or 409 ALREADY_EXISTS with
 PERMISSION_DENIED "Project ... is not registered to use Earth Engine." for those projects.
 
 Semantics (independent of aether's own code): buffers are EE's inscribed polygons
-(``geometry.py``), ``Reducer.mean``/``sum`` weigh pixels by 8-bit coverage with EE's 0.5% rule,
-``unweighted()`` by pixel centres (``coverage.py``); tiles are decoded by the emulator itself;
-``mosaic()`` puts the last image on top and has EE's default projection (EPSG:4326, 1°) unless ``crs`` is given; a mean over
-no valid pixel is left out of reduceRegions' properties (null in reduceRegion), a sum is 0.
-getInfo of a collection over 5,000 elements and computePixels answers over 48 MiB (value bytes +
-1 mask byte per band-pixel, by pixel type) are refused as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures pages with
-pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
+(``geometry.py``), ``Reducer.mean``/``sum`` weigh pixels by 8-bit coverage with EE's 0.5%
+rule, ``unweighted()`` by pixel centres (``coverage.py``); tiles are decoded by the emulator
+itself; ``mosaic()`` puts the last image on top and has EE's default projection (EPSG:4326,
+1°) unless ``crs`` is given; a mean over no valid pixel is left out of reduceRegions'
+properties (null in reduceRegion), a sum is 0. getInfo of a collection over 5,000 elements
+and computePixels answers over 48 MiB (value bytes + 1 mask byte per band-pixel, by pixel
+type) are refused as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures
+pages with pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
 ``algorithms.py`` (an unsupported one answers 400 "Emulator: unsupported algorithm 'X'").
 """
 

@@ -145,3 +145,20 @@ def test_writes_never_follow_a_symlink(tmp_path) -> None:
     with open_confined(root, ["drive", "t.csv"]) as (fh, path):
         fh.write("new")
     assert target.read_text() == "keep" and not path.is_symlink() and path.read_text() == "new"
+
+
+def test_coverage_of_a_concave_polygon_with_a_hole_matches_plain_intersection() -> None:
+    """The fast path (corner test + vectorised rectangle clip) against GEOS overlay per pixel."""
+    star = shapely.Polygon(
+        [(500, 500), (800, 520), (510, 540), (800, 800), (490, 560), (200, 800), (480, 530),
+         (200, 500)], [[(300, 505.5), (350, 505.5), (350, 510), (300, 510)]])
+    assert star.is_valid
+    t = (10.0, 0.0, 0.0, 0.0, -10.0, 1000.0)
+    rows, cols, w = pixel_weights(star, t, 100, 100)
+    got = np.zeros((100, 100))
+    got[rows, cols] = w
+    r, c = (a.ravel() for a in np.meshgrid(np.arange(100), np.arange(100), indexing="ij"))
+    boxes = shapely.box(c * 10.0, 1000 - 10.0 * r - 10, c * 10.0 + 10, 1000 - 10.0 * r)
+    frac = shapely.area(shapely.intersection(boxes, star)) / 100
+    want = np.where(frac >= 0.005, np.floor(255 * frac + 1e-6) / 255, 0.0)
+    np.testing.assert_array_equal(got[r, c], want)

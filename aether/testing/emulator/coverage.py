@@ -6,7 +6,7 @@ The rules are those of the "Reduce Region" and "Weighted reductions" guides
 of it lies in the region, weighted by that fraction held as an 8-bit integer (0..255, so a
 fraction below ~1/256 rounds down to 0); an *unweighted* reducer takes a pixel, with weight
 1, when its centre lies in the region. Fractions are polygon ∩ pixel areas from shapely,
-computed in the working projection; pixels wholly inside skip the intersection.
+computed in the working projection; pixels wholly inside skip the clipping.
 """
 
 from __future__ import annotations
@@ -54,13 +54,39 @@ def pixel_weights(region: Any, transform: tuple[float, ...], width: int, height:
     if not weighted:
         keep = shapely.contains_xy(region, x0 + a / 2, y0 + e / 2)
         return rows[keep], cols[keep], np.ones(int(keep.sum()))
-    boxes = shapely.box(x0, y0 + e, x0 + a, y0)
-    frac = np.zeros(len(rows))
-    inside = shapely.contains_properly(region, boxes)
-    frac[inside] = 1.0
-    edge = ~inside & shapely.intersects(region, boxes)
+    frac = np.ones(len(rows))
+    edge = ~_wholly_inside(region, a, c, e, f, r0, r1, c0, c1).ravel()
     if edge.any():
-        frac[edge] = shapely.area(shapely.intersection(boxes[edge], region)) / abs(a * e)
+        # the vectorised GEOS rectangle clip behind shapely.clip_by_rect (whose wrapper takes
+        # one rectangle): exact polygon ∩ pixel areas, ~25x faster than a general intersection
+        xs, ys = x0[edge], y0[edge]
+        frac[edge] = shapely.area(shapely.lib.clip_by_rect(region, xs, ys + e, xs + a, ys)
+                                  ) / abs(a * e)
     w = quantise(np.minimum(frac, 1.0))
     keep = w > 0
     return rows[keep], cols[keep], w[keep]
+
+
+def _wholly_inside(region: Any, a: float, c: float, e: float, f: float, r0: int, r1: int,
+                   c0: int, c1: int) -> np.ndarray:
+    """(rows, cols) mask of the window's pixels certainly inside ``region``.
+
+    A pixel whose four corners are strictly inside and which holds no vertex of the region
+    is wholly inside: a straight edge entering it would have to separate its corners.
+    """
+    import shapely
+
+    xs = c + a * np.arange(c0, c1 + 1)
+    ys = f + e * np.arange(r0, r1 + 1)
+    gx, gy = np.meshgrid(xs, ys)
+    corner = shapely.contains_xy(region, gx, gy)
+    inside = corner[:-1, :-1] & corner[1:, :-1] & corner[:-1, 1:] & corner[1:, 1:]
+    v = shapely.get_coordinates(region)
+    vc = np.floor((v[:, 0] - c) / a).astype(np.int64) - c0
+    vr = np.floor((v[:, 1] - f) / e).astype(np.int64) - r0
+    for dr in (-1, 0, 1):  # a vertex on a pixel side or corner touches the neighbours too
+        for dc in (-1, 0, 1):
+            rr, cc = vr + dr, vc + dc
+            ok = (rr >= 0) & (rr < r1 - r0) & (cc >= 0) & (cc < c1 - c0)
+            inside[rr[ok], cc[ok]] = False
+    return inside

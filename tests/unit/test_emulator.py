@@ -325,3 +325,36 @@ def test_mosaic_across_tiles_and_years(tmp_path) -> None:
             assert np.abs(_means(fc.getInfo()["features"]) - want).max() <= MEAN_TOL
     finally:
         ee.Reset()
+
+
+def test_overlapping_and_duplicate_tiles_count_each_pixel_once(tmp_path) -> None:
+    """mosaic(): the last image is on top and a pixel under two tiles (or a tile indexed
+    twice) is counted once, so the weight of a buffer is its area, not twice it."""
+    from pyproj import Transformer
+
+    from aether.testing.emulator import Emulator, connect
+
+    records = []
+    for name, west, q in (("t0", 385_000, 50), ("t1", 385_300, -30)):  # 300 m of overlap
+        path = tmp_path / f"{name}.tiff"
+        tile_io.write_tile(path, np.full((64, 60, 60), q, dtype=np.int8), CRS, west, 6_676_000)
+        records.append(tile_io.tile_record(path, YEAR))
+    records.append(records[1])  # a duplicate index row
+    tile_io.write_index(records, tmp_path)
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(
+        [385_450.0], [6_675_700.0])  # a 100 m buffer inside the overlap
+    connect(Emulator(tiles=tmp_path))
+    try:
+        assert ee.ImageCollection(aef.COLLECTION_ID).size().getInfo() == 3
+        img = ee.ImageCollection(aef.COLLECTION_ID).mosaic()
+        pois = ee.FeatureCollection([ee.Feature(_buffer(lon[0], lat[0], 100, True))])
+        mean = img.select("A07").reduceRegions(pois, ee.Reducer.mean(), 10, CRS).getInfo()
+        assert mean["features"][0]["properties"]["mean"] == pytest.approx(-(30 / 127.5) ** 2,
+                                                                          rel=1e-6)
+        weight = img.select("A07").mask().reduceRegions(pois, ee.Reducer.sum(), 10, CRS
+                                                        ).getInfo()
+        area_px = np.pi * 100**2 / 100
+        assert weight["features"][0]["properties"]["sum"] == pytest.approx(area_px,
+                                                                           rel=WEIGHT_RTOL)
+    finally:
+        ee.Reset()

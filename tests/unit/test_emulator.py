@@ -206,6 +206,40 @@ def test_compute_pixels_npy_and_48_mib_limit(ee_emulator, sample_city) -> None:
                                "fileFormat": "NUMPY_NDARRAY", "grid": big})
 
 
+def test_compute_pixels_answers_and_counts_the_real_pixel_types(ee_emulator, sample_city
+                                                                ) -> None:
+    """(bytes per value + 1 mask byte) per band-pixel of the output's types, as EE counts."""
+    block = _block(sample_city)
+    xmin, _, _, ymax = block.bounds()
+
+    def grid(w: int, h: int) -> dict:
+        return {"dimensions": {"width": w, "height": h}, "crsCode": CRS,
+                "affineTransform": {"scaleX": 10, "shearX": 0, "translateX": xmin,
+                                    "shearY": 0, "scaleY": -10, "translateY": ymax}}
+
+    first = ee.ImageCollection(aef.COLLECTION_ID).first()
+    # 64 float bands on 512 x 384 px: 4 bytes a value would be exactly the limit; 5 are not
+    with pytest.raises(ee.EEException, match=r"Total request size \(62914560 bytes\)"):
+        ee.data.computePixels({"expression": first, "fileFormat": "NUMPY_NDARRAY",
+                               "grid": grid(512, 384)})
+    filled = first.select("A00").unmask(ee.Image.constant(2147483647), False)  # as xee does
+    arr = ee.data.computePixels({"expression": filled, "fileFormat": "NUMPY_NDARRAY",
+                                 "grid": grid(4, 3)})
+    assert arr.dtype["A00"] == np.float64  # float ∪ int32 needs a double
+    arr = ee.data.computePixels({"expression": filled.toFloat(), "fileFormat": "NUMPY_NDARRAY",
+                                 "grid": grid(4, 3)})
+    assert arr.dtype["A00"] == np.float32
+    const = ee.data.computePixels({"expression": ee.Image.constant(7), "fileFormat":
+                                   "NUMPY_NDARRAY", "grid": grid(4, 3)})
+    assert const.dtype["constant"] == np.uint8 and (const["constant"] == 7).all()
+    # 4096 x 2048 px of one band: 41,943,040 bytes as float fit, 75,497,472 as double do not
+    with pytest.raises(ee.EEException, match=r"Total request size \(75497472 bytes\)"):
+        ee.data.computePixels({"expression": filled, "fileFormat": "NUMPY_NDARRAY",
+                               "grid": grid(4096, 2048)})
+    info = filled.getInfo()["bands"][0]["data_type"]
+    assert info == {"type": "PixelType", "precision": "double"}
+
+
 def test_xee_opens_the_collection(ee_emulator, sample_city) -> None:
     xr = pytest.importorskip("xarray")
     xee = pytest.importorskip("xee")

@@ -77,14 +77,12 @@ def _files(root) -> set[str]:
     {"driveDestination": {"folder": "../..", "filenamePrefix": "escaped"}},
     {"driveDestination": {"folder": "%2E%2E", "filenamePrefix": "escaped"}},
 ])
-def test_export_paths_that_escape_fail_and_write_nothing(served, dest) -> None:
+def test_export_paths_that_escape_are_refused_and_write_nothing(served, dest) -> None:
     emu, port, tmp = served
     before = _files(tmp)
-    status, op = _export(port, dest)
-    assert status == 200
-    done = _wait(emu, op["name"])
-    assert done["metadata"]["state"] == "FAILED" and "Invalid" in done["error"]["message"]
-    assert _files(tmp) == before
+    status, body = _export(port, dest)
+    assert status == 400 and body["error"]["message"].startswith("Invalid")
+    assert emu.operations == {} and _files(tmp) == before
 
 
 def test_symlinked_export_folder_is_not_followed(served) -> None:

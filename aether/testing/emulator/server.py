@@ -290,6 +290,8 @@ class Emulator:
             raise EEError("table:export: fileExportOptions or assetExportOptions is required.")
         if opts and self.exports is None:
             raise EEError("Emulator: start it with an exports folder to export files.")
+        # a destination is checked at the start, as EE checks it: refused, nothing runs
+        parts = destination(opts, str(req.get("description") or "")) if opts else []
         op_id = base64.b32encode(uuid.uuid4().bytes).decode()[:24]
         now = _now()
         op = {"name": f"projects/{project}/operations/{op_id}", "done": False,
@@ -300,7 +302,8 @@ class Emulator:
             self.operations[op_id] = op
             if rid:
                 self._by_request_id[rid] = op_id
-        threading.Thread(target=self._run_export, args=(op_id, req, failed), daemon=True).start()
+        threading.Thread(target=self._run_export, args=(op_id, req, parts, failed),
+                         daemon=True).start()
         return _json(200, op)
 
     def _set(self, op_id: str, **meta: Any) -> bool:
@@ -319,7 +322,8 @@ class Emulator:
         with self._lock:
             return bool(self.operations[op_id]["done"])
 
-    def _run_export(self, op_id: str, req: dict[str, Any], failed: bool) -> None:
+    def _run_export(self, op_id: str, req: dict[str, Any], parts: list[str], failed: bool
+                    ) -> None:
         if not self._set(op_id, state="RUNNING", startTime=_now()):
             return
         time.sleep(self.export_delay)
@@ -333,7 +337,7 @@ class Emulator:
                 raise EEError("Export.table: expression is not a FeatureCollection.")
             if self._done(op_id):  # cancelled while computing: write nothing
                 return
-            uris = self._write_export(req, value)
+            uris = self._write_export(req, parts, value)
         except EEError as e:
             if self._set(op_id, state="FAILED"):
                 with self._lock:
@@ -341,7 +345,7 @@ class Emulator:
             return
         self._set(op_id, state="SUCCEEDED", progress=1.0, destinationUris=uris)
 
-    def _write_export(self, req: dict[str, Any], value: Coll) -> list[str]:
+    def _write_export(self, req: dict[str, Any], parts: list[str], value: Coll) -> list[str]:
         asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")
         if asset:
             with self._lock:
@@ -350,7 +354,6 @@ class Emulator:
             return [asset["name"]]
         opts = req["fileExportOptions"]
         assert self.exports is not None
-        parts = destination(opts, str(req.get("description") or ""))
         try:
             path = write_table(value, self.exports, parts, opts.get("fileFormat", "CSV"),
                                req.get("selectors"))

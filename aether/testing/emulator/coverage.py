@@ -47,8 +47,8 @@ def pixel_weights(region: Any, transform: tuple[float, ...], width: int, height:
     empty = np.empty(0, dtype=np.int64)
     if c0 >= c1 or r0 >= r1:
         return empty, empty, np.empty(0)
-    rows, cols = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
+    grid_r, grid_c = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+    rows, cols = grid_r.ravel(), grid_c.ravel()
     x0, y0 = c + a * cols, f + e * rows
     shapely.prepare(region)
     if not weighted:

@@ -243,7 +243,7 @@ class Emulator:
         grid = Grid(
             g.get("crsCode") or (base.crs if base else "EPSG:4326"),
             tuple(float(t.get(k, 0.0)) for k in ("scaleX", "shearX", "translateX", "shearY",
-                                                 "scaleY", "translateY")) if t else base.transform,  # type: ignore[union-attr]
+                                                 "scaleY", "translateY")) if t else base.transform,  # type: ignore[union-attr,arg-type]
             int(dims.get("width") or base.width),  # type: ignore[union-attr]
             int(dims.get("height") or base.height),  # type: ignore[union-attr]
         )
@@ -486,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
         talk to it: a browser page (any ``Origin``, or a "simple" text/plain POST, which
         needs no CORS preflight) and DNS rebinding (a foreign ``Host``) are turned away.
         """
-        port = self.server.server_address[1]
+        port = int(self.server.server_address[1])  # type: ignore[index]
         if self.headers.get("Origin") is not None:
             return error_reply(403, "Emulator: requests from a browser (Origin header) are "
                                "refused.", "PERMISSION_DENIED")

@@ -75,7 +75,7 @@ def open_confined(root: Path, parts: list[str]) -> Iterator[tuple[IO[str], Path]
     Never leaves ``root``, never follows a symlink below it (see the module docstring).
     """
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # resolved at start
     try:
         for part in parts[:-1]:
             with suppress(FileExistsError):

@@ -425,13 +425,17 @@ def emulator_serve(
     export_delay: Annotated[float, typer.Option(help="Seconds an export stays RUNNING")] = 0.0,
     deny_project: Annotated[list[str] | None, typer.Option(
         help="Project id refused as not registered for Earth Engine (repeatable)")] = None,
+    duplicate_request_id: Annotated[str, typer.Option(
+        help="Answer to a re-sent export requestId: 'operation' (the existing task) or "
+             "'error' (409 ALREADY_EXISTS)")] = "operation",
 ) -> None:
     """Serve the emulator on 127.0.0.1 and print its URL (Ctrl-C stops it)."""
     from aether.testing.emulator import Emulator, Faults, serve
 
     faults = Faults.parse(fault_rate, fault_kinds, fault_seed, fault_schedule, latency)
     emulator = Emulator(tiles, exports, faults, export_delay,
-                        denied_projects=tuple(deny_project or ()))
+                        denied_projects=tuple(deny_project or ()),
+                        duplicate_request_id=duplicate_request_id)
     server = serve(emulator, port)
     typer.echo(f"http://127.0.0.1:{server.server_address[1]}", nl=True)
     sys.stdout.flush()

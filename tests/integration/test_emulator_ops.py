@@ -115,6 +115,36 @@ def test_each_error_fault_surfaces_as_ee_exception(ee_emulator, kind) -> None:
     assert [e["status"] for e in ee_emulator.log if e["route"]][-2:] == [status, 200]
 
 
+@pytest.mark.parametrize(("kind", "status", "message"), [
+    ("ee_memory", 400, "Earth Engine memory capacity exceeded."),
+    ("capacity", 400, "Earth Engine capacity exceeded."),
+    ("payload", 400, "Request payload size exceeds the limit: 10485760 bytes."),
+    ("request_size", 400, "Total request size (56623104 bytes) must be less than or equal to "
+                          "50331648 bytes."),
+    ("deadline", 504, "Deadline expired before operation could complete."),
+])
+def test_earth_engine_limit_faults_carry_its_messages(ee_emulator, kind, status, message
+                                                      ) -> None:
+    ee.data.setMaxRetries(0)
+    ee_emulator.faults = Faults(schedule={0: kind})
+    with pytest.raises(ee.EEException) as err:
+        ee.Number(41).add(1).getInfo()
+    assert str(err.value) == message
+    assert [e["status"] for e in ee_emulator.log if e["route"]][-1] == status
+
+
+def test_request_size_fault_names_the_requested_size(ee_emulator, sample_city) -> None:
+    ee.data.setMaxRetries(0)
+    ee_emulator.faults = Faults(schedule={0: "request_size"})
+    grid = {"dimensions": {"width": 512, "height": 512}, "crsCode": CRS,
+            "affineTransform": {"scaleX": 10, "shearX": 0, "translateX": 385_000,
+                                "shearY": 0, "scaleY": -10, "translateY": 6_676_000}}
+    img = ee.ImageCollection(aef.COLLECTION_ID).first()
+    with pytest.raises(ee.EEException, match=r"Total request size \(83886080 bytes\)"):
+        ee.data.computePixels({"expression": img, "fileFormat": "NUMPY_NDARRAY", "grid": grid,
+                               "bandIds": list(aef.BANDS)})
+
+
 def test_dropped_connection_and_client_retries(ee_emulator) -> None:
     ee.data.setMaxRetries(0)
     ee_emulator.faults = Faults(schedule={0: "drop"})
@@ -187,6 +217,28 @@ def test_cli_serve_subprocess(sample_city, tmp_path) -> None:
         ee.Reset()
         proc.terminate()
         proc.wait(timeout=10)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aether", "emulator", "serve", "--port", "0", "--exports",
+         str(tmp_path / "y"), "--duplicate-request-id", "error"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        ee.deprecation._FetchDataCatalogStac = lambda: {}
+        ee.Initialize(credentials=None, url=url, project="demo-project")
+        task = ee.batch.Export.table.toCloudStorage(
+            ee.FeatureCollection([ee.Feature(None, {"k": 1})]), "dup", bucket="b")
+        config = task.config
+        ee.data.exportTable("rid-1", config)
+        with pytest.raises(ee.EEException, match="already been used"):
+            ee.data.exportTable("rid-1", config)
+    finally:
+        ee.Reset()
+        proc.terminate()
+        proc.wait(timeout=10)
+    odd = subprocess.run([sys.executable, "-m", "aether", "emulator", "serve",
+                          "--duplicate-request-id", "maybe"], capture_output=True, text=True,
+                         timeout=60)
+    assert odd.returncode == 2 and "duplicate requestId" in odd.stderr
     bad = subprocess.run([sys.executable, "-m", "aether", "emulator", "serve", "--tiles",
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no AlphaEarth index" in bad.stderr

@@ -78,16 +78,55 @@ def test_cli_end_to_end_matches_cog_source(ee_server, emulator, sample_extract, 
     assert len(ee_out) == len(cog) == 2 * len(pd.read_parquet(sample_extract / "pois.parquet"))
     pd.testing.assert_frame_equal(ee_out[["poi_id", "year", "radius_m"]],
                                   cog[["poi_id", "year", "radius_m"]])
+    # two independent computations (the emulator models EE's buffer polygon and 8-bit
+    # coverage weights): the agreement real EE implies when aether sends buffers with
+    # maxError in the batch's UTM projection
     diff = np.abs(ee_out[list(BANDS)].to_numpy() - cog[list(BANDS)].to_numpy())
-    assert np.nanmax(diff) <= 1e-4
+    assert np.nanmax(diff) <= 1e-3
     assert (np.isnan(ee_out[list(BANDS)].to_numpy()) == np.isnan(cog[list(BANDS)].to_numpy())).all()
-    for col, tol in (("valid_fraction", 1e-5), ("norm", 1e-4), ("weight", 1e-2)):
-        assert np.nanmax(np.abs(ee_out[col] - cog[col])) <= tol, col
+    assert np.nanmax(np.abs(ee_out["valid_fraction"] - cog["valid_fraction"])) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["weight"] / cog["weight"] - 1)) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["norm"] - cog["norm"])) <= 1e-3
     # the work went to the server: reduceRegions batches, no pixels fetched
     assert _routes(emulator, "table:computeFeatures") >= 1
     assert _routes(emulator, "image:computePixels") == 0
     manifest = (data / "helsinki" / "2024" / "manifest.json").read_text()
     assert ee_server not in manifest and "credentials" not in manifest
+
+
+def test_ee_graph_with_max_error_and_utm_proj_agrees_with_cog(ee_emulator, sample_extract):
+    """EE-vs-COG parity between two independent computations, on every 8th sample POI.
+
+    The graph is built here with the parameters issue 13 asks aether to send
+    (``buffer(r, maxError=r/1e4, proj=<UTM>)``, the valid band, weighted ``Reducer.sum`` at
+    10 m in the UTM crs); the emulator answers from EE's polygon and 8-bit weights, the COG
+    table from aether's exact circle kernel. Real EE implies <= 1e-3 on the means and
+    valid_fraction within 0.2%.
+    """
+    import ee
+
+    pois = gpd.read_parquet(sample_extract / "pois.parquet").iloc[::8]
+    cog = pd.read_parquet(sample_extract / "poi_embeddings.parquet").set_index(
+        ["poi_id", "radius_m"])
+    crs = "EPSG:32635"
+    image = (ee.ImageCollection("GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL")
+             .filterDate("2024-01-01", "2025-01-01").mosaic().select(list(BANDS)))
+    image = image.addBands(ee.Image.constant(1).updateMask(image.select("A00").mask())
+                           .rename("valid"))
+    for radius in (100.0, 200.0):
+        fc = ee.FeatureCollection([
+            ee.Feature(ee.Geometry.Point([g.x, g.y]).buffer(radius, radius / 1e4, crs),
+                       {"poi_id": pid}) for pid, g in zip(pois.poi_id, pois.geometry, strict=True)])
+        feats = ee.data.computeFeatures({"expression": image.reduceRegions(
+            fc, ee.Reducer.sum(), 10, crs)})["features"]
+        props = pd.DataFrame([f["properties"] for f in feats]).set_index("poi_id")
+        want = cog.xs(radius, level="radius_m").loc[props.index]
+        weight = props["valid"].to_numpy()
+        means = props[list(BANDS)].to_numpy() / weight[:, None]
+        diff = np.abs(means - want[list(BANDS)].to_numpy(float))
+        assert 1e-7 < diff.max() <= 1e-3, radius
+        valid_fraction = weight / (np.pi * radius**2 / 100.0)
+        assert np.abs(valid_fraction - want["valid_fraction"].to_numpy()).max() <= 2e-3
 
 
 def test_faults_on_30_percent_of_requests_change_nothing(ee_server, emulator, subset, tmp_path,
@@ -124,7 +163,8 @@ def test_pois_outside_coverage_keep_nan_rows(ee_server, subset, tmp_path, reset_
     assert away[list(BANDS)].isna().all().all()
     assert (away["valid_fraction"] == 0).all() and (away["weight"] == 0).all()
     near = out[out["poi_id"] != "x:far"]
-    assert np.allclose(near["valid_fraction"], 1.0, atol=1e-5)
+    # EE's polygon and 8-bit weights: within 0.2% of full (buffers sent with maxError + UTM)
+    assert np.allclose(near["valid_fraction"], 1.0, atol=2e-3)
     assert np.allclose(near["norm"], np.linalg.norm(near[list(BANDS)].to_numpy(), axis=1),
                        atol=1e-5)
 

@@ -29,12 +29,13 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(KEY).reset_index(drop=True)
 
 
-def _max_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
-    """Largest difference of the means (A00..A63); weights agree to float32 rounding."""
+def _max_diff(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-6) -> float:
+    """Largest difference of the means (A00..A63); weights agree to ``rtol`` (float32
+    rounding between sources sharing aether's kernel; 0.2% against the emulator's EE model)."""
     a, b = _sorted(a), _sorted(b)
     assert a[KEY].equals(b[KEY])
     np.testing.assert_allclose(a[QUALITY].to_numpy(float), b[QUALITY].to_numpy(float),
-                               rtol=1e-6)
+                               rtol=rtol)
     return float(np.nanmax(np.abs(a[BANDS].to_numpy(float) - b[BANDS].to_numpy(float))))
 
 
@@ -86,7 +87,9 @@ def test_xee_cog_and_ee_sources_agree(ee_server, pois, sample_extract, tmp_path:
                           / "tiles").point_means(some, [100.0], 2024)
     assert len(xee_rows) == len(ee_rows) == len(cog_rows) == len(some)
     assert _max_diff(xee_rows, cog_rows) <= 1e-4
-    assert _max_diff(xee_rows, ee_rows) <= 1e-4
+    # EE's reduceRegions is modelled independently (EE's buffer polygon, 8-bit weights):
+    # the tolerance real EE implies, for buffers sent with maxError in the UTM proj
+    assert _max_diff(xee_rows, ee_rows, rtol=2e-3) <= 1e-3
 
 
 def test_one_request_per_chunk_for_64_bands(ee_server, emulator, sample_city,

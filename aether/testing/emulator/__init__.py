@@ -13,7 +13,8 @@ In-process (no socket; unit tests)::
     # ... use ee normally; emu.log lists every request (route, status, fault, ms) ...
     # ee.Reset() afterwards (the pytest fixture ``ee_emulator`` does both).
 
-Loopback server (subprocess / CLI tests, dask workers)::
+Loopback server (subprocess / CLI tests, dask workers); it refuses a browser ``Origin``, a
+``Host`` other than ``127.0.0.1:PORT``/``localhost:PORT`` and non-JSON POSTs::
 
     aether emulator serve --tiles DIR --exports DIR --port 0     # prints http://127.0.0.1:PORT
     # client: ee.Initialize(credentials=None, url=URL, project="demo-project")
@@ -29,24 +30,33 @@ or by ``schedule`` {request number: kind}:
     timeout       400 "Computation timed out."          -> ee.EEException
     memory        400 "User memory limit exceeded."      -> ee.EEException
     aggregations  400 "Too many concurrent aggregations." -> ee.EEException
+    ee_memory     400 "Earth Engine memory capacity exceeded."
+    capacity      400 "Earth Engine capacity exceeded."
+    payload       400 "Request payload size exceeds the limit: 10485760 bytes."
+    request_size  400 "Total request size (N bytes) must be less than or equal to 50331648 bytes."
+    deadline      504 "Deadline expired before operation could complete." (retried by the client)
     drop          socket closed without answer -> ConnectionError in the client
     export_failed table:export starts, then its operation ends FAILED (error.message set)
 
 ``latency`` (seconds) is added to every compute request. ``export_delay`` keeps an export
-RUNNING that long (to poll or cancel it). Exports land in ``<exports>/gcs/<bucket>/<prefix>.csv``
-or ``<exports>/drive/<folder>/<prefix>.csv`` (``.geojson`` for GeoJSON); the operation's
-``metadata.destinationUris`` holds the local ``file://`` URI. A ``requestId`` seen before returns
-the same operation (idempotent start). ``toAsset`` keeps the table in memory for
+RUNNING that long (to poll or cancel it). Exports land, confined, in
+``<exports>/gcs/<bucket>/<prefix>.csv`` or ``<exports>/drive/<folder>/<prefix>.csv`` (Drive
+names literal, see ``exports.py``; ``.geojson`` for GeoJSON; ``selectors`` honoured); the
+operation's ``metadata.destinationUris`` holds the local ``file://`` URI. A ``requestId`` seen
+before returns the same operation, or 409 ALREADY_EXISTS with
+``duplicate_request_id="error"``. ``toAsset`` keeps the table in memory for
 ``ee.FeatureCollection(asset_id)``. ``denied_projects`` (CLI ``--deny-project``) answers 403
 PERMISSION_DENIED "Project ... is not registered to use Earth Engine." for those projects.
 
-Semantics: weighted ``Reducer.mean``/``sum`` through ``aether.core.zonal`` (buffered points use the
-exact circle kernel in the reduction crs; other regions the exact polygon coverage);
-``mosaic()`` has EE's default projection (EPSG:4326, 1°) unless ``crs`` is given; a mean over
-no valid pixel is left out of reduceRegions' properties (null in reduceRegion), a sum is 0.
-getInfo of a collection over 5,000 elements and computePixels answers over 48 MiB are refused
-as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures pages with
-pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
+Semantics (independent of aether's own code): buffers are EE's inscribed polygons
+(``geometry.py``), ``Reducer.mean``/``sum`` weigh pixels by 8-bit coverage with EE's 0.5%
+rule, ``unweighted()`` by pixel centres (``coverage.py``); tiles are decoded by the emulator
+itself; ``mosaic()`` puts the last image on top and has EE's default projection (EPSG:4326,
+1°) unless ``crs`` is given; a mean over no valid pixel is left out of reduceRegions'
+properties (null in reduceRegion), a sum is 0. getInfo of a collection over 5,000 elements
+and computePixels answers over 48 MiB (value bytes + 1 mask byte per band-pixel, by pixel
+type) are refused as EE refuses them; computePixels answers NPY or GEO_TIFF; computeFeatures
+pages with pageSize/pageToken (at most ``max_page_size`` = 1000 per page). Algorithms: see
 ``algorithms.py`` (an unsupported one answers 400 "Emulator: unsupported algorithm 'X'").
 """
 

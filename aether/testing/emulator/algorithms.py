@@ -10,18 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import re
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from aether.testing.emulator.geometry import buffer, reproject
 from aether.testing.emulator.graph import algo
 from aether.testing.emulator.reduce import reduce_regions
 from aether.testing.emulator.values import (
+    PIXEL_TYPES,
     Coll,
     Date,
     DateRange,
     EEError,
+    ErrorMargin,
     Feat,
     Filter,
     Geom,
@@ -29,7 +31,6 @@ from aether.testing.emulator.values import (
     Img,
     Projection,
     Reducer,
-    is_geographic,
 )
 
 # --- dates and filters ---------------------------------------------------------------------
@@ -152,12 +153,7 @@ def filter_calendar_range(ctx: Any, start: int, end: int | None = None, field: s
 
 
 def _lonlat(shape: Any, crs: str | None) -> Any:
-    if not crs or is_geographic(str(crs)):
-        return shape
-    import shapely
-
-    tr = _transformer(str(crs), "EPSG:4326")
-    return shapely.transform(shape, lambda c: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
+    return shape if not crs else reproject(shape, str(crs), "EPSG:4326")
 
 
 def _crs_name(crs: Any) -> str | None:
@@ -196,45 +192,10 @@ def rectangle(ctx: Any, coordinates: list, crs: Any = None, geodesic: Any = None
     return Geom(_lonlat(box(*flat[:4]), _crs_name(crs)))
 
 
-@lru_cache(maxsize=64)
-def _transformer(src: str, dst: str) -> Any:
-    from pyproj import Transformer
-
-    return Transformer.from_crs(src, dst, always_xy=True)
-
-
-def circle_polygon(lon: float, lat: float, radius: float, n: int = 32) -> Any:
-    """A geodesic circle as a lon/lat polygon (EE buffers points geodesically)."""
-    from pyproj import Geod
-    from shapely.geometry import Polygon
-
-    az = np.linspace(0.0, 360.0, n, endpoint=False)
-    lons, lats, _ = Geod(ellps="WGS84").fwd(np.full(n, lon), np.full(n, lat), az,
-                                            np.full(n, radius))
-    return Polygon(np.column_stack([lons, lats]))
-
-
-def _buffered(g: Geom, distance: float) -> Geom:
-    """EE ``buffer`` in metres: a point keeps its centre and radius for the circle kernel."""
-    import shapely
-
-    from aether.core.aef import utm_epsg
-
-    if g.shape.geom_type == "Point" and distance > 0:
-        x, y = g.shape.x, g.shape.y
-        return Geom(circle_polygon(x, y, distance), (x, y, float(distance)))
-    c = g.shape.centroid
-    utm = f"EPSG:{utm_epsg(c.x, c.y)}"
-    fwd, inv = _transformer("EPSG:4326", utm), _transformer(utm, "EPSG:4326")
-    proj = shapely.transform(g.shape, lambda a: np.column_stack(fwd.transform(a[:, 0], a[:, 1])))
-    return Geom(shapely.transform(proj.buffer(distance, quad_segs=16),
-                                  lambda a: np.column_stack(inv.transform(a[:, 0], a[:, 1]))))
-
-
 @algo("Geometry.buffer")
 def geometry_buffer(ctx: Any, geometry: Geom, distance: float, maxError: Any = None,
                     proj: Any = None) -> Geom:
-    return _buffered(geometry, float(distance))
+    return buffer(geometry, float(distance), maxError, proj)
 
 
 @algo("Feature.buffer")
@@ -242,7 +203,8 @@ def feature_buffer(ctx: Any, feature: Feat, distance: float, maxError: Any = Non
                    proj: Any = None) -> Feat:
     if feature.geom is None:
         raise EEError("Feature.buffer: Feature has no geometry.")
-    return Feat(_buffered(feature.geom, float(distance)), dict(feature.props), feature.id)
+    return Feat(buffer(feature.geom, float(distance), maxError, proj), dict(feature.props),
+                feature.id)
 
 
 @algo("Geometry.bounds")
@@ -272,6 +234,13 @@ def collection_geometry(ctx: Any, collection: Coll, maxError: Any = None) -> Geo
     if shapes and all(s.geom_type == "Polygon" for s in shapes):
         return Geom(MultiPolygon(shapes))
     return Geom(GeometryCollection(shapes))
+
+
+@algo("ErrorMargin")
+def error_margin(ctx: Any, value: float | None = None, unit: str = "meters") -> ErrorMargin:
+    if unit not in ("meters", "projected", "infinite"):
+        raise EEError(f"ErrorMargin: unknown unit '{unit}'.")
+    return ErrorMargin(float(value or 0.0), unit)
 
 
 @algo("Projection")
@@ -400,7 +369,7 @@ def element_get(ctx: Any, object: Any, property: str) -> Any:
 
 def _copy(e: Any, props: dict[str, Any]) -> Any:
     if isinstance(e, Img):
-        return Img(e.bands, e.read, props, e.id, e.footprint, e.native)
+        return Img(e.bands, e.read, props, e.id, e.footprint, e.native, e.types)
     if isinstance(e, Coll):
         return Coll(e.items, e.kind, props, e.id)
     return Feat(e.geom, props, e.id)
@@ -466,6 +435,13 @@ def reducer_sum(ctx: Any) -> Reducer:
     return Reducer("sum", ("sum",))
 
 
+@algo("Reducer.unweighted")
+def reducer_unweighted(ctx: Any, reducer: Reducer) -> Reducer:
+    """Pixels count whole when their centre is in the region (the 'Weighted reductions' guide)."""
+    parts = tuple(reducer_unweighted(ctx, p) for p in reducer.parts)
+    return Reducer(reducer.kind, reducer.outputs, parts, weighted=False)
+
+
 @algo("Reducer.toList")
 def reducer_to_list(ctx: Any, tupleSize: Any = None, numOptional: Any = None) -> Reducer:
     return Reducer("toList", ("list",))
@@ -479,8 +455,8 @@ def reducer_repeat(ctx: Any, reducer: Reducer, count: int) -> Reducer:
 @algo("Reducer.combine")
 def reducer_combine(ctx: Any, reducer1: Reducer, reducer2: Reducer, outputPrefix: str = "",
                     sharedInputs: bool = False) -> Reducer:
-    parts = tuple(Reducer(r.kind, tuple(outputPrefix + o for o in r.outputs), r.parts)
-                  for r in (reducer1, reducer2))
+    parts = tuple(Reducer(r.kind, tuple(outputPrefix + o for o in r.outputs), r.parts,
+                          r.weighted) for r in (reducer1, reducer2))
     return Reducer("combine", tuple(o for r in parts for o in r.outputs), parts)
 
 
@@ -524,9 +500,9 @@ def mosaic(ctx: Any, collection: Coll) -> Img:
         if hit is not None and hit[0] == grid:
             return hit[1]
         out = np.full((grid.height, grid.width, len(bands)), np.nan, dtype=np.float32)
-        for img in images:
+        for img in images:  # per band value: a later image's data replaces what is under it
             v = img.read(grid)
-            ok = ~np.isnan(v).any(axis=-1)
+            ok = ~np.isnan(v)
             out[ok] = v[ok]
         out.setflags(write=False)
         last[:] = [(grid, out)]
@@ -536,7 +512,8 @@ def mosaic(ctx: Any, collection: Coll) -> Img:
 
     fp = union_all([i.footprint for i in images]) if images and all(
         i.footprint is not None for i in images) else None
-    return Img(list(bands), read, {}, None, fp, None)
+    return Img(list(bands), read, {}, None, fp, None,
+               tuple(images[0].band_types()) if images else None)
 
 
 def _image(v: Any) -> Img:
@@ -547,16 +524,74 @@ def _image(v: Any) -> Img:
     raise EEError(f"Expected an image, got {type(v).__name__}.")
 
 
+def _int_type(lo: float, hi: float) -> str:
+    """EE's smallest integer pixel type holding [lo, hi]."""
+    for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32"):
+        info = np.iinfo(np.dtype(PIXEL_TYPES[t]))
+        if info.min <= lo and hi <= info.max:
+            return t
+    return "int64"
+
+
+def union_type(a: str, b: str) -> str:
+    """The pixel type holding values of both types (what ``unmask`` and ``where`` produce).
+
+    An integer range beyond float's 24-bit mantissa needs a double, as EE promotes it.
+    """
+    if a == b:
+        return a
+    if "double" in (a, b):
+        return "double"
+    ints = [t for t in (a, b) if t not in ("float", "double")]
+    if "float" in (a, b):
+        wide = any(max(abs(np.iinfo(np.dtype(PIXEL_TYPES[t])).min),
+                       np.iinfo(np.dtype(PIXEL_TYPES[t])).max) > 2**24 for t in ints)
+        return "double" if wide else "float"
+    infos = [np.iinfo(np.dtype(PIXEL_TYPES[t])) for t in ints]
+    return _int_type(min(int(i.min) for i in infos), max(int(i.max) for i in infos))
+
+
 @algo("Image.constant")
 def image_constant(ctx: Any, value: Any) -> Img:
-    vals = np.atleast_1d(np.asarray(value, dtype=np.float32))
+    raw = np.atleast_1d(np.asarray(value))
+    vals = raw.astype(np.float32)
     names = ["constant"] if len(vals) == 1 else [f"constant_{i}" for i in range(len(vals))]
-    return Img(names, lambda g: np.broadcast_to(vals, (g.height, g.width, len(vals))).copy())
+    types = tuple(_int_type(float(v), float(v)) if float(v).is_integer()
+                  and np.issubdtype(raw.dtype, np.integer) else "float" for v in raw)
+    return Img(names, lambda g: np.broadcast_to(vals, (g.height, g.width, len(vals))).copy(),
+               types=types)
 
 
-def _map_bands(img: Img, bands: list[str], fn: Any) -> Img:
+def _map_bands(img: Img, bands: list[str], fn: Any, types: list[str] | None = None) -> Img:
     return Img(bands, lambda g: fn(img.read(g)), dict(img.props), img.id, img.footprint,
-               img.native)
+               img.native, tuple(types) if types is not None else img.types)
+
+
+_CASTS = {"toFloat": "float", "float": "float", "toDouble": "double", "double": "double",
+          "toInt8": "int8", "int8": "int8", "toUint8": "uint8", "uint8": "uint8",
+          "toByte": "uint8", "byte": "uint8", "toInt16": "int16", "int16": "int16",
+          "toShort": "int16", "toUint16": "uint16", "uint16": "uint16", "toInt32": "int32",
+          "int32": "int32", "toInt": "int32", "int": "int32", "toUint32": "uint32",
+          "uint32": "uint32", "toInt64": "int64", "toLong": "int64", "int64": "int64"}
+
+
+def _cast(to: str) -> Any:
+    def cast(ctx: Any, value: Img) -> Img:
+        img = _image(value)
+        if to in ("float", "double"):
+            return _map_bands(img, img.bands, lambda v: v, [to] * len(img.bands))
+        info = np.iinfo(np.dtype(PIXEL_TYPES[to]))
+
+        def fn(v: np.ndarray) -> np.ndarray:  # truncate towards zero, clamp to the range
+            return np.where(np.isnan(v), v, np.clip(np.trunc(v), info.min, info.max))
+
+        return _map_bands(img, img.bands, fn, [to] * len(img.bands))
+
+    return cast
+
+
+for _cast_name, _cast_to in _CASTS.items():
+    algo(f"Image.{_cast_name}")(_cast(_cast_to))
 
 
 def _match(bands: list[str], selectors: list[Any]) -> list[int]:
@@ -580,7 +615,8 @@ def image_select(ctx: Any, input: Img, bandSelectors: list[Any], newNames: list[
                  ) -> Img:
     idx = _match(input.bands, bandSelectors)
     names = list(newNames) if newNames else [input.bands[i] for i in idx]
-    return _map_bands(input, names, lambda v: v[..., idx])
+    types = input.band_types()
+    return _map_bands(input, names, lambda v: v[..., idx], [types[i] for i in idx])
 
 
 @algo("Image.rename")
@@ -612,18 +648,22 @@ def image_add_bands(ctx: Any, dstImg: Img, srcImg: Img, names: list[str] | None 
             name = f"{name}_{k}"
         bands.append(name)
     out_bands = [bands[i] for i in keep] + bands[len(dstImg.bands):]
+    dst_t, src_t = dstImg.band_types(), srcImg.band_types()
+    types = tuple([dst_t[i] for i in keep] + [src_t[i] for i in src_idx])
 
     def read(g: Grid) -> np.ndarray:
         return np.concatenate([dstImg.read(g)[..., keep], srcImg.read(g)[..., src_idx]], axis=-1)
 
-    return Img(out_bands, read, dict(dstImg.props), dstImg.id, dstImg.footprint, dstImg.native)
+    return Img(out_bands, read, dict(dstImg.props), dstImg.id, dstImg.footprint, dstImg.native,
+               types)
 
 
 @algo("Image.mask", "Image.updateMask")
 def image_mask(ctx: Any, image: Img, mask: Any = None) -> Img:
     """One argument: the mask as an image (1 valid, 0 masked). Two: apply a mask."""
     if mask is None:
-        return _map_bands(image, image.bands, lambda v: (~np.isnan(v)).astype(np.float32))
+        return _map_bands(image, image.bands, lambda v: (~np.isnan(v)).astype(np.float32),
+                          ["float"] * len(image.bands))
     m = _image(mask)
 
     def read(g: Grid) -> np.ndarray:
@@ -632,7 +672,8 @@ def image_mask(ctx: Any, image: Img, mask: Any = None) -> Img:
         return np.where(bad if mv.shape[-1] == v.shape[-1] else bad.any(-1, keepdims=True),
                         np.float32(np.nan), v)
 
-    return Img(image.bands, read, dict(image.props), image.id, image.footprint, image.native)
+    return Img(image.bands, read, dict(image.props), image.id, image.footprint, image.native,
+               image.types)
 
 
 @algo("Image.unmask")
@@ -643,7 +684,11 @@ def image_unmask(ctx: Any, input: Img, value: Any = None, sameFootprint: bool = 
         v = input.read(g)
         return np.where(np.isnan(v), fill.read(g), v).astype(np.float32)
 
-    return Img(input.bands, read, dict(input.props), input.id, input.footprint, input.native)
+    fill_t = fill.band_types()
+    types = tuple(union_type(t, fill_t[i if len(fill_t) > 1 else 0])
+                  for i, t in enumerate(input.band_types()))
+    return Img(input.bands, read, dict(input.props), input.id, input.footprint, input.native,
+               types)
 
 
 @algo("Image.projection")

@@ -25,11 +25,32 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "timeout": (400, "INVALID_ARGUMENT", "Computation timed out."),
     "memory": (400, "INVALID_ARGUMENT", "User memory limit exceeded."),
     "aggregations": (400, "INVALID_ARGUMENT", "Too many concurrent aggregations."),
+    "ee_memory": (400, "INVALID_ARGUMENT", "Earth Engine memory capacity exceeded."),
+    "capacity": (400, "INVALID_ARGUMENT", "Earth Engine capacity exceeded."),
+    "payload": (400, "INVALID_ARGUMENT",
+                "Request payload size exceeds the limit: 10485760 bytes."),
+    "request_size": (400, "INVALID_ARGUMENT",
+                     "Total request size ({n} bytes) must be less than or equal to "
+                     "50331648 bytes."),
+    "deadline": (504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
     "drop": (0, "", "connection dropped"),
     "export_failed": (0, "", "Export failed: an internal error has occurred."),
 }
 ALL_KINDS: tuple[str, ...] = tuple(KINDS)
 EXPORT = "table:export"
+#: N of a ``request_size`` fault when the request's own size is not over the limit: the
+#: figure real EE gave for xee's old default chunks (github.com/google/Xee/issues/50).
+DEFAULT_REQUEST_BYTES = 56623104
+
+
+def fault_message(kind: str, request_bytes: int | None = None) -> str:
+    """The message of fault ``kind``; ``request_size`` names a size over the limit: the
+    request's own answer size when it is larger, else ``DEFAULT_REQUEST_BYTES``."""
+    message = KINDS[kind][2]
+    if kind != "request_size":
+        return message
+    n = request_bytes if request_bytes and request_bytes > 50331648 else DEFAULT_REQUEST_BYTES
+    return message.format(n=n)
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""``reduceRegions`` / ``reduceRegion`` through the project's zonal kernel.
+"""``reduceRegions`` / ``reduceRegion`` from the polygons Earth Engine would build.
 
 EE semantics copied: the reduction runs in a *working projection* (the given ``crs`` /
 ``crsTransform`` / ``scale``, else the image's default projection, which for a mosaic is
-EPSG:4326 at 1°); pixels count by the fraction of their area inside the region (weighted
-``Reducer.mean`` / ``Reducer.sum``); each band is reduced under its own mask; outputs are
-named after the bands, or after the reducer for a single-band image.
+EPSG:4326 at 1°); each region is the polygon of its geometry moved into that projection, and
+pixels take part by ``coverage.pixel_weights`` (fractional 8-bit weights for weighted
+reducers, pixel centres for ``unweighted()``); each band is reduced under its own mask;
+outputs are named after the bands, or after the reducer for a single-band image. Nothing
+here comes from aether's own zonal kernel: the emulator is the oracle it is checked against.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from aether.core import zonal
+from aether.testing.emulator.coverage import pixel_weights
+from aether.testing.emulator.geometry import reproject
 from aether.testing.emulator.values import (
     METERS_PER_DEGREE,
     Coll,
@@ -29,6 +32,8 @@ from aether.testing.emulator.values import (
 
 #: Side of the square cell (in pixels) that features are grouped by: one read per cell.
 CELL_PIXELS = 256
+#: EE's default maxPixels of a region reduction.
+MAX_PIXELS = 1e8
 
 
 def working_projection(img: Img, scale: float | None, crs: Any, crs_transform: Any
@@ -53,30 +58,13 @@ def working_projection(img: Img, scale: float | None, crs: Any, crs_transform: A
     return base
 
 
-def _flat(reducer: Reducer) -> list[tuple[str, str]]:
-    """(kind, output name) of each leaf reducer."""
+def _flat(reducer: Reducer) -> list[tuple[str, str, bool]]:
+    """(kind, output name, weighted) of each leaf reducer."""
     if reducer.kind == "combine":
         return [leaf for p in reducer.parts for leaf in _flat(p)]
     if reducer.kind not in ("mean", "sum"):
         raise EEError(f"Emulator: Reducer.{reducer.kind} is not supported in region reductions")
-    return [(reducer.kind, reducer.outputs[0])]
-
-
-def _to_crs(geoms: list[Any], crs: str) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    """Circle centres (x, y; NaN for non-circles) and shapes transformed into ``crs``."""
-    import shapely
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    lon = np.array([g.circle[0] if g.circle else np.nan for g in geoms])
-    lat = np.array([g.circle[1] if g.circle else np.nan for g in geoms])
-    x, y = tr.transform(lon, lat)
-
-    def fn(c: np.ndarray) -> np.ndarray:
-        return np.column_stack(tr.transform(c[:, 0], c[:, 1]))
-
-    shapes = [None if g.circle else shapely.transform(g.shape, fn) for g in geoms]
-    return np.asarray(x, dtype=float), np.asarray(y, dtype=float), shapes
+    return [(reducer.kind, reducer.outputs[0], reducer.weighted)]
 
 
 def _window(proj: Projection, xmin: float, ymin: float, xmax: float, ymax: float) -> Grid:
@@ -88,39 +76,17 @@ def _window(proj: Projection, xmin: float, ymin: float, xmax: float, ymax: float
     return Grid(proj.crs, (a, 0.0, c + c0 * a, 0.0, e, f + r0 * e), int(c1 - c0), int(r1 - r0))
 
 
-def _band_groups(values: np.ndarray) -> list[np.ndarray]:
-    """Band indices sharing one mask: each group goes through the kernel once."""
-    nan = np.isnan(values)
-    if (nan == nan[..., :1]).all():
-        return [np.arange(values.shape[-1])]
-    groups: dict[bytes, list[int]] = defaultdict(list)
-    for b in range(values.shape[-1]):
-        groups[np.packbits(nan[..., b]).tobytes()].append(b)
-    return [np.array(g) for g in groups.values()]
-
-
-def _reduce_group(img: Img, proj: Projection, x: np.ndarray, y: np.ndarray, radius: float,
-                  shapes: list[Any] | None, bbox: tuple[float, float, float, float]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Means and weighted sums (P, B) of one spatial group of regions."""
-    grid = _window(proj, *bbox)
-    n_px = grid.width * grid.height
-    if n_px > 1e8:
-        raise EEError(f"Too many pixels in the region. Found {n_px}, but maxPixels allows 1e8.")
-    values = img.read(grid)
-    a, _, c, _, e, f = grid.transform
-    n = len(shapes) if shapes is not None else len(x)
-    mean = np.full((n, len(img.bands)), np.nan, dtype=np.float64)
-    total = np.zeros_like(mean)
-    for idx in _band_groups(values):
-        block = zonal.PixelBlock(values[..., idx], c, f, a, e)
-        if shapes is None:
-            part = zonal.partial_sums(block, x, y, radius)
-        else:
-            part = zonal.polygon_partial_sums(block, shapes)
-        mean[:, idx] = zonal.finalize(part, radius if shapes is None else np.nan,
-                                      block.pixel_area).mean
-        total[:, idx] = part.weighted_sum
+def _reduce_one(values: np.ndarray, grid: Grid, region: Any, weighted: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and weighted sum (B,) of one region over a window's values."""
+    rows, cols, w = pixel_weights(region, grid.transform, grid.width, grid.height, weighted)
+    v = values[rows, cols].astype(np.float64)  # (k, B)
+    valid = ~np.isnan(v)
+    wm = w[:, None] * valid
+    total = (wm * np.where(valid, v, 0.0)).sum(axis=0)
+    wsum = wm.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(wsum > 0, total / wsum, np.nan)
     return mean, total
 
 
@@ -133,52 +99,41 @@ def reduce_regions(img: Img, coll: Coll, reducer: Reducer, scale: float | None =
     feats = [f for f in coll.items if isinstance(f, Feat)]
     if any(f.geom is None for f in feats):
         raise EEError("Image.reduceRegions: Feature has no geometry.")
-    x, y, shapes = _to_crs([f.geom for f in feats], proj.crs)
-    use_circle = not is_geographic(proj.crs)
+    shapes = [reproject(f.geom.shape, "EPSG:4326", proj.crs) for f in feats]  # type: ignore[union-attr]
     cell = CELL_PIXELS * proj.scale
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    boxes = []
-    for i, f in enumerate(feats):
-        circle = f.geom.circle if use_circle else None  # type: ignore[union-attr]
-        if circle:
-            r = circle[2]
-            box = (x[i] - r, y[i] - r, x[i] + r, y[i] + r)
-            key: tuple = ("c", r)
-        else:
-            if shapes[i] is None:  # circle in a geographic grid: its polygon
-                shapes[i] = _to_crs([type(f.geom)(f.geom.shape)], proj.crs)[2][0]  # type: ignore[union-attr]
-            box = shapes[i].bounds
-            key = ("p",)
-        boxes.append(box)
-        groups[(*key, int((box[0] + box[2]) // (2 * cell)), int((box[1] + box[3]) // (2 * cell)))
-               ].append(i)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, s in enumerate(shapes):
+        x0, y0, x1, y1 = s.bounds
+        groups[(int((x0 + x1) // (2 * cell)), int((y0 + y1) // (2 * cell)))].append(i)
+    modes = sorted({weighted for _, _, weighted in leaves})
     n_b = len(img.bands)
-    mean = np.full((len(feats), n_b), np.nan)
-    total = np.zeros((len(feats), n_b))
-    for key, idx in groups.items():
-        sel = np.array(idx)
-        bb = np.array([boxes[i] for i in idx])
-        bbox = (bb[:, 0].min(), bb[:, 1].min(), bb[:, 2].max(), bb[:, 3].max())
-        if key[0] == "c":
-            m, t = _reduce_group(img, proj, x[sel], y[sel], key[1], None, bbox)
-        else:
-            m, t = _reduce_group(img, proj, x[sel], y[sel], np.nan, [shapes[i] for i in idx], bbox)
-        mean[sel], total[sel] = m, t
+    out = {m: (np.full((len(feats), n_b), np.nan), np.zeros((len(feats), n_b))) for m in modes}
+    for idx in groups.values():
+        bb = np.array([shapes[i].bounds for i in idx])
+        grid = _window(proj, bb[:, 0].min(), bb[:, 1].min(), bb[:, 2].max(), bb[:, 3].max())
+        if grid.width * grid.height > MAX_PIXELS:
+            raise EEError(f"Too many pixels in the region. Found {grid.width * grid.height}, "
+                          "but maxPixels allows 1e8.")
+        values = img.read(grid)
+        for i in idx:
+            for m in modes:
+                out[m][0][i], out[m][1][i] = _reduce_one(values, grid, shapes[i], m)
     names = _output_names(img.bands, leaves)
-    rows = np.concatenate([mean if kind == "mean" else total for kind, _ in leaves], axis=1)
+    rows = np.concatenate([out[w][0] if kind == "mean" else out[w][1]
+                           for kind, _, w in leaves], axis=1)
     # a reducer without input (mean of masked pixels) is null: reduceRegions leaves the
     # property out, reduceRegion keeps the key with null
-    out = [Feat(f.geom, {**f.props, **{k: v if v == v else None
-                                       for k, v in zip(names, row, strict=True)
-                                       if keep_null or v == v}}, f.id)
-           for f, row in zip(feats, rows.tolist(), strict=True)]
-    return Coll(out, "FeatureCollection", dict(coll.props))
+    result = [Feat(f.geom, {**f.props, **{k: v if v == v else None
+                                          for k, v in zip(names, row, strict=True)
+                                          if keep_null or v == v}}, f.id)
+              for f, row in zip(feats, rows.tolist(), strict=True)]
+    return Coll(result, "FeatureCollection", dict(coll.props))
 
 
-def _output_names(bands: list[str], leaves: list[tuple[str, str]]) -> list[str]:
+def _output_names(bands: list[str], leaves: list[tuple[str, str, bool]]) -> list[str]:
     """EE naming: band names; the reducer's name for one band; ``band_output`` for several."""
     if len(bands) == 1:
-        return [name for _, name in leaves]
+        return [name for _, name, _ in leaves]
     if len(leaves) == 1:
         return list(bands)
-    return [f"{b}_{name}" for _, name in leaves for b in bands]
+    return [f"{b}_{name}" for _, name, _ in leaves for b in bands]

@@ -27,19 +27,23 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
+from aether.errors import InputError
 from aether.testing.emulator import algorithms  # noqa: F401  (registers the algorithms)
-from aether.testing.emulator.faults import KINDS, Faults
+from aether.testing.emulator.exports import destination, extension, open_confined
+from aether.testing.emulator.faults import KINDS, Faults, fault_message
 from aether.testing.emulator.graph import evaluate
 from aether.testing.emulator.raster import Catalog
-from aether.testing.emulator.values import Coll, EEError, Grid, Img, to_json
+from aether.testing.emulator.values import PIXEL_TYPES, Coll, EEError, Grid, Img, to_json
 
 #: EE refuses to getInfo collections larger than this.
 MAX_GETINFO_ELEMENTS = 5000
-#: EE's cap on one computePixels answer.
+#: EE's cap on one computePixels answer, counted as (bytes per value + 1 mask byte) per
+#: band-pixel of the output's pixel types.
 MAX_PIXEL_BYTES = 48 * 2**20
 #: computeFeatures page size when the request gives none, and the most it may ask for.
 DEFAULT_PAGE_SIZE = 1000
 OPERATION_TYPE = "type.googleapis.com/google.earthengine.v1.OperationMetadata"
+DUPLICATE_MODES = ("operation", "error")
 COMPUTE_ROUTES = ("value:compute", "table:computeFeatures", "image:computePixels", "table:export")
 
 _ROUTE = re.compile(r"^/v1(?:alpha|beta)?/projects/(?P<project>[^/]+)/(?P<rest>.+)$")
@@ -77,15 +81,22 @@ class Emulator:
     standing in for Cloud Storage / Drive; ``faults``: what to inject; ``export_delay``:
     seconds an export stays RUNNING before it writes (room to poll and cancel);
     ``denied_projects``: project ids answered 403 PERMISSION_DENIED, as EE answers projects
-    not registered for Earth Engine.
+    not registered for Earth Engine; ``duplicate_request_id``: what a table:export with a
+    ``requestId`` seen before gets: ``"operation"`` (the existing operation) or ``"error"``
+    (409 ALREADY_EXISTS). Real EE's answer is undocumented; clients must survive both.
     """
 
     def __init__(self, tiles: str | os.PathLike[str] | None = None,
                  exports: str | os.PathLike[str] | None = None, faults: Faults | None = None,
                  export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE,
-                 denied_projects: tuple[str, ...] = ()) -> None:
+                 denied_projects: tuple[str, ...] = (),
+                 duplicate_request_id: str = "operation") -> None:
+        if duplicate_request_id not in DUPLICATE_MODES:
+            raise InputError(f"unknown duplicate requestId behaviour {duplicate_request_id!r}",
+                             f"choose one of {', '.join(DUPLICATE_MODES)}")
         self.catalog = Catalog(tiles)
-        self.exports = Path(exports) if exports else None
+        self.exports = Path(exports).resolve() if exports else None
+        self.duplicate_request_id = duplicate_request_id
         self.faults = faults or Faults()
         self.export_delay = export_delay
         self.max_page_size = max_page_size
@@ -151,8 +162,9 @@ class Emulator:
         if fault == "drop":
             raise Dropped()
         if fault and fault != "export_failed":
-            status, ee_status, message = KINDS[fault]
-            return error_reply(status, message, ee_status)
+            status, ee_status, _ = KINDS[fault]
+            return error_reply(status, fault_message(fault, _request_bytes(rest, body)),
+                               ee_status)
         try:
             req = json.loads(body or b"{}")
             if rest == "value:compute":
@@ -231,7 +243,7 @@ class Emulator:
         grid = Grid(
             g.get("crsCode") or (base.crs if base else "EPSG:4326"),
             tuple(float(t.get(k, 0.0)) for k in ("scaleX", "shearX", "translateX", "shearY",
-                                                 "scaleY", "translateY")) if t else base.transform,  # type: ignore[union-attr]
+                                                 "scaleY", "translateY")) if t else base.transform,  # type: ignore[union-attr,arg-type]
             int(dims.get("width") or base.width),  # type: ignore[union-attr]
             int(dims.get("height") or base.height),  # type: ignore[union-attr]
         )
@@ -239,16 +251,23 @@ class Emulator:
         idx = [img.bands.index(b) for b in bands if b in img.bands]
         if len(idx) != len(bands):
             raise EEError(f"image:computePixels: unknown band ids {bands}.")
-        size = grid.width * grid.height * len(idx) * 4
+        all_types = img.band_types()
+        dtypes = [np.dtype(PIXEL_TYPES[all_types[i]]) for i in idx]
+        size = pixel_bytes(grid.width, grid.height, dtypes)
         if size > MAX_PIXEL_BYTES:
             raise EEError(f"Total request size ({size} bytes) must be less than or equal to "
                           f"{MAX_PIXEL_BYTES} bytes.")
         values = img.read(grid)[..., idx]
         if fmt == "GEO_TIFF":
             return Reply(200, _geotiff(values, grid, bands), "image/tiff")
-        out = np.empty((grid.height, grid.width), dtype=[(b, "<f4") for b in bands])
-        for i, b in enumerate(bands):
-            out[b] = values[..., i]
+        out = np.empty((grid.height, grid.width),
+                       dtype=[(b, t.newbyteorder("<")) for b, t in zip(bands, dtypes, strict=True)])
+        for i, (b, t) in enumerate(zip(bands, dtypes, strict=True)):
+            v = values[..., i]
+            if t.kind in "iu":  # masked pixels of an integer band carry 0 (no NaN in ints)
+                info = np.iinfo(t)
+                v = np.clip(np.nan_to_num(v, nan=0.0), info.min, info.max)
+            out[b] = v
         buf = io.BytesIO()
         np.save(buf, out)
         return Reply(200, buf.getvalue(), "application/octet-stream")
@@ -258,14 +277,21 @@ class Emulator:
     def _export(self, project: str, req: dict[str, Any], failed: bool) -> Reply:
         rid = req.get("requestId")
         with self._lock:
-            if rid and rid in self._by_request_id:  # idempotent retry of the same start
-                return _json(200, self.operations[self._by_request_id[rid]])
+            known = self._by_request_id.get(rid) if rid else None
+            if known and self.duplicate_request_id == "operation":  # idempotent start
+                return _json(200, self.operations[known])
+        if known:
+            return error_reply(409, f"Request ID '{rid}' has already been used: the task "
+                               f"'projects/{project}/operations/{known}' exists.",
+                               "ALREADY_EXISTS")
         opts = req.get("fileExportOptions")
         asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")
         if not opts and not asset:
             raise EEError("table:export: fileExportOptions or assetExportOptions is required.")
         if opts and self.exports is None:
             raise EEError("Emulator: start it with an exports folder to export files.")
+        # a destination is checked at the start, as EE checks it: refused, nothing runs
+        parts = destination(opts, str(req.get("description") or "")) if opts else []
         op_id = base64.b32encode(uuid.uuid4().bytes).decode()[:24]
         now = _now()
         op = {"name": f"projects/{project}/operations/{op_id}", "done": False,
@@ -276,7 +302,8 @@ class Emulator:
             self.operations[op_id] = op
             if rid:
                 self._by_request_id[rid] = op_id
-        threading.Thread(target=self._run_export, args=(op_id, req, failed), daemon=True).start()
+        threading.Thread(target=self._run_export, args=(op_id, req, parts, failed),
+                         daemon=True).start()
         return _json(200, op)
 
     def _set(self, op_id: str, **meta: Any) -> bool:
@@ -295,7 +322,8 @@ class Emulator:
         with self._lock:
             return bool(self.operations[op_id]["done"])
 
-    def _run_export(self, op_id: str, req: dict[str, Any], failed: bool) -> None:
+    def _run_export(self, op_id: str, req: dict[str, Any], parts: list[str], failed: bool
+                    ) -> None:
         if not self._set(op_id, state="RUNNING", startTime=_now()):
             return
         time.sleep(self.export_delay)
@@ -309,7 +337,7 @@ class Emulator:
                 raise EEError("Export.table: expression is not a FeatureCollection.")
             if self._done(op_id):  # cancelled while computing: write nothing
                 return
-            uris = self._write_export(req, value)
+            uris = self._write_export(req, parts, value)
         except EEError as e:
             if self._set(op_id, state="FAILED"):
                 with self._lock:
@@ -317,7 +345,7 @@ class Emulator:
             return
         self._set(op_id, state="SUCCEEDED", progress=1.0, destinationUris=uris)
 
-    def _write_export(self, req: dict[str, Any], value: Coll) -> list[str]:
+    def _write_export(self, req: dict[str, Any], parts: list[str], value: Coll) -> list[str]:
         asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")
         if asset:
             with self._lock:
@@ -325,18 +353,14 @@ class Emulator:
                 self.assets[asset["name"].split("/assets/", 1)[-1]] = value
             return [asset["name"]]
         opts = req["fileExportOptions"]
-        fmt = opts.get("fileFormat", "CSV")
         assert self.exports is not None
-        if "cloudStorageDestination" in opts:
-            d = opts["cloudStorageDestination"]
-            folder = self.exports / "gcs" / d["bucket"]
-        else:
-            d = opts.get("driveDestination", {})
-            folder = self.exports / "drive" / d.get("folder", "")
-        prefix = d.get("filenamePrefix") or req.get("description", "export")
-        path = folder / f"{prefix}.{_EXT.get(fmt, 'csv')}"
-        write_table(value, path, fmt)
-        return [path.resolve().as_uri()]
+        try:
+            path = write_table(value, self.exports, parts, opts.get("fileFormat", "CSV"),
+                               req.get("selectors"))
+        except OSError as e:
+            raise EEError(f"Export failed: cannot write '{'/'.join(parts)}': "
+                          f"{e.strerror or e}.") from e
+        return [path.as_uri()]
 
     def _operation(self, project: str, rest: str, method: str) -> Reply:
         op_id, _, verb = rest.split("/", 1)[1].partition(":")
@@ -366,7 +390,22 @@ def _geotiff(values: np.ndarray, grid: Grid, bands: list[str]) -> bytes:
         return mem.read()
 
 
-_EXT = {"CSV": "csv", "GEO_JSON": "geojson", "GeoJSON": "geojson"}
+def pixel_bytes(width: int, height: int, dtypes: list[np.dtype]) -> int:
+    """Bytes EE counts for a computePixels answer: (value bytes + 1 mask byte) per band-pixel."""
+    return width * height * sum(t.itemsize + 1 for t in dtypes)
+
+
+def _request_bytes(route: str, body: bytes) -> int | None:
+    """The answer size a computePixels request asks for (for the request_size fault)."""
+    if route != "image:computePixels":
+        return None
+    try:
+        req = json.loads(body or b"{}")
+        dims = (req.get("grid") or {}).get("dimensions") or {}
+        n_bands = len(req.get("bandIds") or [None])  # float bands, as the AEF ones are
+        return pixel_bytes(int(dims["width"]), int(dims["height"]), [np.dtype("f4")] * n_bands)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _now() -> str:
@@ -375,28 +414,42 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def write_table(value: Coll, path: Path, fmt: str) -> None:
-    """Write an exported table as EE does: CSV (system:index, props, .geo) or GeoJSON."""
+def write_table(value: Coll, root: Path, parts: list[str], fmt: str,
+                selectors: list[str] | None = None) -> Path:
+    """Write an exported table as EE does, confined under ``root`` (see ``exports.py``).
+
+    CSV: ``system:index``, the properties, ``.geo``; with ``selectors``, exactly those columns
+    in that order (``system:index`` and ``.geo`` only if selected), as Export.table writes.
+    GeoJSON: a FeatureCollection, properties limited to ``selectors`` when given.
+    """
     import csv
 
-    from aether.io.tables import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     feats = [to_json(f) for f in value.items]
-    with atomic_path(path) as tmp:
-        if _EXT.get(fmt) == "geojson":
-            tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-            return
-        cols: list[str] = []
+    if selectors is not None:
+        keep = [str(c) for c in selectors]
         for f in feats:
-            cols.extend(k for k in f["properties"] if k not in cols)
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["system:index", *cols, ".geo"])
+            f["properties"] = {k: f["properties"].get(k) for k in keep
+                               if k not in ("system:index", ".geo")}
+    with open_confined(root, parts) as (fh, path):
+        if extension(fmt) == "geojson":
+            fh.write(json.dumps({"type": "FeatureCollection", "features": feats}))
+            return path
+        if selectors is not None:
+            header = [str(c) for c in selectors]
+        else:
+            cols: list[str] = []
             for f in feats:
-                p = f["properties"]
-                w.writerow([f.get("id", ""), *("" if p.get(c) is None else p[c] for c in cols),
-                            json.dumps(f["geometry"], separators=(",", ":"))])
+                cols.extend(k for k in f["properties"] if k not in cols)
+            header = ["system:index", *cols, ".geo"]
+        w = csv.writer(fh)
+        w.writerow(header)
+        for f in feats:
+            p = f["properties"]
+            cells = {"system:index": f.get("id", ""),
+                     ".geo": json.dumps(f["geometry"], separators=(",", ":"))}
+            w.writerow([cells[c] if c in cells else ("" if p.get(c) is None else p[c])
+                        for c in header])
+    return path
 
 
 # --- transports -------------------------------------------------------------------------------
@@ -426,12 +479,37 @@ class _Handler(BaseHTTPRequestHandler):
     emulator: Emulator
     protocol_version = "HTTP/1.1"
 
+    def _refusal(self) -> Reply | None:
+        """Why this request is refused before it reaches the emulator (None: it is not).
+
+        The emulator writes files and has no authentication, so only the local client may
+        talk to it: a browser page (any ``Origin``, or a "simple" text/plain POST, which
+        needs no CORS preflight) and DNS rebinding (a foreign ``Host``) are turned away.
+        """
+        port = int(self.server.server_address[1])  # type: ignore[index]
+        if self.headers.get("Origin") is not None:
+            return error_reply(403, "Emulator: requests from a browser (Origin header) are "
+                               "refused.", "PERMISSION_DENIED")
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            return error_reply(403, f"Emulator: Host '{host}' is refused; it serves only "
+                               f"127.0.0.1:{port}.", "PERMISSION_DENIED")
+        if self.command == "POST":
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return error_reply(415, "Emulator: POST bodies must be application/json, "
+                                   f"not '{ctype}'.", "INVALID_ARGUMENT")
+        return None
+
     def _serve(self) -> None:
         parts = urlsplit(self.path)
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
+        reply = self._refusal()
         try:
-            reply = self.emulator.handle(self.command, parts.path, parse_qs(parts.query), body)
+            if reply is None:
+                reply = self.emulator.handle(self.command, parts.path, parse_qs(parts.query),
+                                             body)
         except Dropped:
             self.close_connection = True
             return

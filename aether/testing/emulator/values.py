@@ -1,9 +1,9 @@
 """The emulator's value model: what an expression graph evaluates to, and its getInfo JSON.
 
-Geometries are shapely in lon/lat (EPSG:4326). A buffered point remembers its centre and
-radius, so a reduction can use the exact circle kernel of ``aether.core.zonal`` in the reduction
-crs instead of the polygon approximation. Images are lazy: ``read(grid)`` composes readers
-and nothing is decoded until a reduction or a pixel request asks for a grid.
+Geometries are shapely in lon/lat (EPSG:4326): a buffer is the polygon Earth Engine builds
+(``geometry.py``), never an exact circle. Images are lazy: ``read(grid)`` composes readers
+and nothing is decoded until a reduction or a pixel request asks for a grid; each band has
+an EE pixel type (``types``), which sets what ``computePixels`` answers and counts.
 """
 
 from __future__ import annotations
@@ -65,10 +65,22 @@ def is_geographic(crs: str) -> bool:
 
 @dataclass
 class Geom:
-    """A geometry in lon/lat; ``circle`` = (lon, lat, radius_m) for a buffered point."""
+    """A geometry in lon/lat."""
 
     shape: Any
-    circle: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ErrorMargin:
+    """``ee.ErrorMargin``: a value and its unit ('meters', 'projected' or 'infinite')."""
+
+    value: float
+    unit: str = "meters"
+
+
+#: EE pixel types the emulator models, as numpy dtypes.
+PIXEL_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4",
+               "uint32": "u4", "int64": "i8", "float": "f4", "double": "f8"}
 
 
 @dataclass
@@ -93,6 +105,10 @@ class Img:
     id: str | None = None
     footprint: Any = None  # shapely lon/lat, None = unbounded
     native: Grid | None = None  # None: EE's default projection (EPSG:4326, 1 degree)
+    types: tuple[str, ...] | None = None  # a PIXEL_TYPES key per band; None: all "float"
+
+    def band_types(self) -> list[str]:
+        return list(self.types) if self.types else ["float"] * len(self.bands)
 
     def get(self, name: str) -> Any:
         return self.props.get(name)
@@ -136,6 +152,7 @@ class Reducer:
     kind: str
     outputs: tuple[str, ...]
     parts: tuple[Reducer, ...] = ()
+    weighted: bool = True  # False after ``Reducer.unweighted``
 
 
 # --- getInfo JSON ---------------------------------------------------------------------
@@ -186,13 +203,22 @@ def feature_json(f: Feat) -> dict[str, Any]:
 _PLAIN = (str, int, float, bool, type(None))  # v == v: NaN goes through to_json
 
 
+def _pixel_type(t: str) -> dict[str, Any]:
+    if t in ("float", "double"):
+        return {"type": "PixelType", "precision": t}
+    info = np.iinfo(np.dtype(PIXEL_TYPES[t]))
+    return {"type": "PixelType", "precision": "int", "min": int(info.min), "max": int(info.max)}
+
+
 def image_json(img: Img) -> dict[str, Any]:
-    band: dict[str, Any] = {"data_type": {"type": "PixelType", "precision": "float"}}
+    band: dict[str, Any] = {}
     proj = img.projection
     band.update(crs=proj.crs, crs_transform=list(proj.transform))
     if img.native:
         band["dimensions"] = [img.native.width, img.native.height]
-    out: dict[str, Any] = {"type": "Image", "bands": [{"id": b, **band} for b in img.bands]}
+    out: dict[str, Any] = {"type": "Image", "bands": [
+        {"id": b, "data_type": _pixel_type(t), **band}
+        for b, t in zip(img.bands, img.band_types(), strict=True)]}
     if img.id:
         out["id"] = img.id
         out["version"] = 1
@@ -244,6 +270,6 @@ def to_json(v: Any) -> Any:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    if isinstance(v, (Filter, Reducer)) or callable(v):
+    if isinstance(v, (Filter, Reducer, ErrorMargin)) or callable(v):
         raise EEError(f"Emulator: cannot serialize a {type(v).__name__}")
     return v

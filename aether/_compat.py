@@ -18,8 +18,9 @@ from typing import Any
 
 from aether.errors import AetherError
 
-#: distribution -> the major version aether is tested with (pyproject bounds say the same).
-TESTED_MAJORS: dict[str, int] = {"earthengine-api": 1, "xee": 0, "osmnx": 2}
+#: distribution -> the release series aether is tested with: the major, or major.minor below
+#: 1.0, where a minor release may break (pyproject's upper bounds say the same).
+TESTED: dict[str, str] = {"earthengine-api": "1", "xee": "0.1", "osmnx": "2"}
 
 #: dotted symbol -> the distribution it belongs to. ``tests/unit/test_compat.py`` resolves
 #: every one, so a release that removes one fails a test that names it.
@@ -43,11 +44,16 @@ def _check_version(dist: str) -> None:
     except PackageNotFoundError:
         raise DependencyError(f"{dist} is not installed",
                               "pip install 'aether[ee]' (or aether[osm])") from None
-    major = int(found.split(".")[0])
-    if major != TESTED_MAJORS[dist]:
-        raise DependencyError(
-            f"{dist} {found} is not a tested release (tested: {TESTED_MAJORS[dist]}.x)",
-            f"pip install '{dist}<{TESTED_MAJORS[dist] + 1}'")
+    series = TESTED[dist]
+    if found.split(".")[:series.count(".") + 1] != series.split("."):
+        raise DependencyError(f"{dist} {found} is not a tested release (tested: {series}.x)",
+                              f"pip install '{dist}<{upper_bound(series)}'")
+
+
+def upper_bound(series: str) -> str:
+    """The first release after a series: ``"1"`` -> ``"2"``, ``"0.1"`` -> ``"0.2"``."""
+    *head, last = series.split(".")
+    return ".".join([*head, str(int(last) + 1)])
 
 
 def private(symbol: str) -> Any:
@@ -59,7 +65,7 @@ def private(symbol: str) -> Any:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):
         raise DependencyError(f"{dist} {version(dist)} has no {symbol}",
-                              f"pip install '{dist}<{TESTED_MAJORS[dist] + 1}' or update "
+                              f"pip install '{dist}<{upper_bound(TESTED[dist])}' or update "
                               "aether") from None
 
 
@@ -110,6 +116,20 @@ def ee_retries_off() -> Iterator[None]:
             if _retries_users == 0 and _retries_saved is not None:
                 ee.data.setMaxRetries(_retries_saved)
                 _retries_saved = None
+
+
+@contextlib.contextmanager
+def retries_kept() -> Iterator[None]:
+    """Keep the ``ee`` client's retry count across an ``ee.Reset()`` + ``ee.Initialize``
+    (a reset forgets it, and it may be a notebook user's own choice)."""
+    import ee
+
+    get_state = private("ee._state.get_state")
+    saved = int(get_state().max_retries)
+    try:
+        yield
+    finally:
+        ee.data.setMaxRetries(saved)
 
 
 def nominatim_search(query: str, limit: int) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from typing import Any
 
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.execution.jobs import RetryPolicy, Stats, Verdict, resilient_call
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT_TEXT = (
     "quota", "rate limit", "too many requests", "internal error", "service unavailable",
@@ -55,7 +58,7 @@ class EESettings:
         """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
         import ee
 
-        from aether._compat import no_catalog_fetch
+        from aether._compat import no_catalog_fetch, retries_kept
 
         key = Path(self.credentials) if self.credentials else None
         credentials, project = _credentials(key, self.url, self.project)
@@ -64,12 +67,13 @@ class EESettings:
             kwargs["url"] = self.url.rstrip("/")
 
         def init(_items: Sequence[Any], _level: int) -> Any:
-            ee.Reset()
-            if self.url:  # the public catalog says nothing about another endpoint
-                with no_catalog_fetch():
+            with retries_kept():
+                ee.Reset()
+                if self.url:  # the public catalog says nothing about another endpoint
+                    with no_catalog_fetch():
+                        ee.Initialize(**kwargs)
+                else:
                     ee.Initialize(**kwargs)
-            else:
-                ee.Initialize(**kwargs)
             return None
 
         try:
@@ -118,6 +122,8 @@ def _credentials(
                     "run `earthengine authenticate` (or `gcloud auth application-default "
                     "login`), pass --ee-credentials KEY.json, or use --offline",
                 ) from None
+            log.info("no Earth Engine login (%s): calling %s anonymously",
+                     str(e).split("\n")[0], url)
             creds = None  # an emulator on this machine: no login needed
         project = project or getattr(creds, "quota_project_id", None)
     if not project:

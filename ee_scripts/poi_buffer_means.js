@@ -57,7 +57,7 @@ function utmCrsOf(pois) {
                           {crs: utmCrs(west + 3, -1)}));
   }
   var centroid = pois.geometry().centroid(1);
-  return ee.String(ee.FeatureCollection(zones).filterBounds(centroid).first().get('crs'));
+  return ee.FeatureCollection(zones).filterBounds(centroid).first().get('crs');
 }
 
 /** Largest relative area a buffer polygon may lack against the true circle. */

@@ -246,6 +246,11 @@ def test_bad_inputs_one_line_exit_2_nothing_written(sample_city, subset, tmp_pat
         cases = {
             "no_credentials": ([a for a in cmd("no_credentials") if a not in ("--ee-url", url)],
                                "earthengine authenticate"),
+            # never anonymous against an endpoint that is not this machine
+            "anonymous_remote": (_extract(tmp_path / "anonymous_remote",
+                                          "http://ee-mirror.example.org", "--offline", "--pois",
+                                          str(subset), "--city", "bad"),
+                                 "no Earth Engine credentials found"),
             "bad_key": (cmd("bad_key", "--ee-credentials", str(subset)),
                         "cannot read a service-account key"),
             "no_ee_access": (cmd("no_ee_access", project="no-ee"), "cannot use Earth Engine"),

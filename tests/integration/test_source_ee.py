@@ -78,11 +78,15 @@ def test_cli_end_to_end_matches_cog_source(ee_server, emulator, sample_extract, 
     assert len(ee_out) == len(cog) == 2 * len(pd.read_parquet(sample_extract / "pois.parquet"))
     pd.testing.assert_frame_equal(ee_out[["poi_id", "year", "radius_m"]],
                                   cog[["poi_id", "year", "radius_m"]])
+    # two independent computations: EE reduces over its buffer polygon (area within 1e-3
+    # of the circle, see buffer_max_error) with coverage weights quantised to 1/255; the COG
+    # source integrates the exact circle. Real EE implies: means within 1e-3, coverage 0.2%
     diff = np.abs(ee_out[list(BANDS)].to_numpy() - cog[list(BANDS)].to_numpy())
-    assert np.nanmax(diff) <= 1e-4
+    assert np.nanmax(diff) <= 1e-3
     assert (np.isnan(ee_out[list(BANDS)].to_numpy()) == np.isnan(cog[list(BANDS)].to_numpy())).all()
-    for col, tol in (("valid_fraction", 1e-5), ("norm", 1e-4), ("weight", 1e-2)):
-        assert np.nanmax(np.abs(ee_out[col] - cog[col])) <= tol, col
+    assert np.nanmax(np.abs(ee_out["valid_fraction"] - cog["valid_fraction"])) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["weight"] / cog["weight"] - 1)) <= 2e-3
+    assert np.nanmax(np.abs(ee_out["norm"] - cog["norm"])) <= 1e-3
     # the work went to the server: reduceRegions batches, no pixels fetched
     assert _routes(emulator, "table:computeFeatures") >= 1
     assert _routes(emulator, "image:computePixels") == 0
@@ -124,7 +128,7 @@ def test_pois_outside_coverage_keep_nan_rows(ee_server, subset, tmp_path, reset_
     assert away[list(BANDS)].isna().all().all()
     assert (away["valid_fraction"] == 0).all() and (away["weight"] == 0).all()
     near = out[out["poi_id"] != "x:far"]
-    assert np.allclose(near["valid_fraction"], 1.0, atol=1e-5)
+    assert np.allclose(near["valid_fraction"], 1.0, atol=2e-3)  # EE polygon, 8-bit weights
     assert np.allclose(near["norm"], np.linalg.norm(near[list(BANDS)].to_numpy(), axis=1),
                        atol=1e-5)
 

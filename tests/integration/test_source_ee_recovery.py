@@ -165,3 +165,30 @@ def test_users_retry_setting_survives_a_run(ee_server, pois, tmp_path, reset_ee)
     ee.data.setMaxRetries(3)  # a notebook user's own choice
     _means(_source(tmp_path / "w", ee_server), pois.head(3))
     assert ee._state.get_state().max_retries == 3
+
+
+def test_a_resent_id_whose_task_is_gone_starts_a_fresh_task(sample_city, pois, tmp_path,
+                                                            reset_ee):
+    """EE refuses the re-sent id but no longer lists its task (old tasks leave the list):
+    only then is a new task started, under a new request id."""
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports",
+                   duplicate_request_id="error")
+    with running(emu) as url:
+        def src():
+            return _source(tmp_path / "w", url, ee_batch=10, export="gcs://bucket/run",
+                           export_read=f"file://{emu.exports}/gcs/bucket")
+
+        ref = _means(src(), pois)
+        book = tmp_path / "w" / "export_tasks.json"
+        tasks = json.loads(book.read_text())
+        book.write_text(json.dumps({k: {f: v for f, v in rec.items() if f != "operation"}
+                                    for k, rec in tasks.items()}))
+        for p in (tmp_path / "w" / "batches").glob("*.parquet"):
+            p.unlink()
+        emu.operations.clear()  # the old tasks are no longer listed
+        again = _means(src(), pois)
+    pd.testing.assert_frame_equal(again, ref)
+    after = json.loads(book.read_text())
+    assert len(emu.operations) == 3  # one fresh task per batch, no more
+    assert all(after[k]["request_id"] != tasks[k]["request_id"] for k in tasks)
+    assert {after[k]["operation"] for k in after} == {op["name"] for op in emu.operations.values()}

@@ -5,9 +5,10 @@
  *
  * POIS.json is [{poi_id, lon, lat}, ...]. The client is initialised against URL (the aether
  * emulator, or any endpoint that speaks the Earth Engine REST API), the script's graph is
- * built, serialised with ee.Serializer, and evaluated by the client (value:compute).
- * Prints one JSON object: {crs, expressions: [one per radius], rows: [{poi_id, radius_m,
- * A00..A63}]}. Exit 1 with the message on stderr if anything fails.
+ * built with the crs left to the script (it derives the POIs' UTM zone on the server),
+ * serialised with ee.Serializer, and evaluated by the client (value:compute).
+ * Prints one JSON object: {crs (as the server derived it), expressions: [one per radius],
+ * rows: [{poi_id, radius_m, A00..A63}]}. Exit 1 with the message on stderr if anything fails.
  */
 'use strict';
 
@@ -38,8 +39,8 @@ ee.initialize(url, url, async () => {
   try {
     const fc = ee.FeatureCollection(pois.map(
         (p) => ee.Feature(ee.Geometry.Point([p.lon, p.lat]), {poi_id: p.poi_id})));
-    const crs = script.utmCrs(pois[0].lon, pois[0].lat);
-    const tables = script.poiBufferMeans(fc, radii, year, crs);
+    const crs = await evaluate(script.utmCrsOf(fc));
+    const tables = script.poiBufferMeans(fc, radii, year, null);
     const expressions = tables.map((t) => JSON.parse(ee.Serializer.toCloudApiJSON(t)));
     const rows = [];
     for (const t of tables) {

@@ -36,7 +36,7 @@ from aether.core import aef, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.embeddings.earthengine.session import EESettings, ensure
-from aether.errors import CoverageError
+from aether.errors import CoverageError, InputError
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -44,10 +44,34 @@ if TYPE_CHECKING:
 
     from aether.places.place import Place
 
-#: EE refuses computePixels answers over 48 MiB; EE counts a mask byte per pixel and band.
+#: EE refuses a computePixels answer whose "Total request size" exceeds 50,331,648 bytes;
+#: it counts (bytes per value + 1 mask byte) for every band-pixel.
 REQUEST_BYTES = 48 * 2**20
-#: Side of one chunk = one request (pixels): the largest multiple of 64 under the limit.
-CHUNK_PX = int(np.sqrt(REQUEST_BYTES / (aef.N_BANDS * 5)) // 64 * 64)
+#: The bands are cast to float32 (``.toFloat()``) so their type is known whatever the
+#: asset stores; xee then ``unmask``es them with its int32 sentinel (2**31 - 1), and a pixel
+#: type holding both float32 and that int is float64: 8 bytes a value are served.
+SERVED_DTYPE = np.dtype(np.float64)
+BYTES_PER_BAND_PIXEL = SERVED_DTYPE.itemsize + 1
+#: Fraction of the limit a request may use (headroom for EE's own accounting).
+REQUEST_MARGIN = 0.9
+#: Side of one chunk = one request (pixels): the largest multiple of 64 within the margin.
+CHUNK_PX = int(np.sqrt(REQUEST_MARGIN * REQUEST_BYTES / (aef.N_BANDS * BYTES_PER_BAND_PIXEL))
+               // 64 * 64)
+
+
+def request_bytes(chunk: int) -> int:
+    """What EE counts against ``REQUEST_BYTES`` for one full chunk of all 64 bands."""
+    return aef.N_BANDS * chunk * chunk * BYTES_PER_BAND_PIXEL
+
+
+def check_chunk(chunk: int) -> int:
+    """``chunk`` if one request of it fits EE's limit with the margin, else InputError."""
+    if chunk < 1 or request_bytes(chunk) > REQUEST_MARGIN * REQUEST_BYTES:
+        raise InputError(
+            f"--xee-chunk {chunk} asks {request_bytes(chunk):,} bytes per request; Earth "
+            f"Engine allows {REQUEST_BYTES:,}",
+            f"use a chunk between 1 and {CHUNK_PX} pixels (the default)")
+    return chunk
 _open_lock = threading.Lock()
 
 
@@ -85,7 +109,7 @@ def _collection(year: int) -> Any:
 
     start, end = aef.year_range_ms(year)
     mosaic = ee.ImageCollection(aef.COLLECTION_ID).filterDate(start, end).mosaic()
-    return ee.ImageCollection([mosaic.select([b], ["embedding"]).set("band", b)
+    return ee.ImageCollection([mosaic.select([b], ["embedding"]).toFloat().set("band", b)
                                for b in aef.BANDS])
 
 
@@ -108,10 +132,13 @@ def _dataset(view: View) -> xr.DataArray:
 
 def read_window(view: View, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     """Pixels [r0:r1, c0:c1] of the view as (band, rows, cols) float32: one request."""
+    from aether._compat import ee_retries_off
+
     ensure(view.session)
     with _open_lock:
         arr = _dataset(view)
-    return np.asarray(arr[:, r0:r1, c0:c1].values, dtype=np.float32)
+    with ee_retries_off():  # xee retries (getitem_kwargs); the client must not multiply them
+        return np.asarray(arr[:, r0:r1, c0:c1].values, dtype=np.float32)
 
 
 def open_array(view: View) -> xr.DataArray:
@@ -161,6 +188,9 @@ class XeeSource:
     session: EESettings
     chunk: int = CHUNK_PX
     name: str = "xee"
+
+    def __post_init__(self) -> None:
+        check_chunk(self.chunk)  # a request EE would refuse fails here, before any work
 
     def _check_year(self, year: int) -> None:
         """One small request: a year without images is a clear error, not an empty mosaic."""

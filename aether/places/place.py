@@ -208,9 +208,9 @@ def _nominatim() -> Iterator[Any]:
 def _search(ox: Any, query: str) -> list[dict[str, Any]]:
     """All Nominatim results for a name, most important first (the same request, hence the
     same cache entry, as ``geocode_to_gdf(query)``)."""
-    from osmnx import _nominatim
+    from aether._compat import nominatim_search
 
-    results = _nominatim._download_nominatim_element(query, limit=50)
+    results = nominatim_search(query, limit=50)
     return sorted(results, key=lambda r: r.get("importance", 0), reverse=True)
 
 

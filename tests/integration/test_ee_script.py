@@ -24,7 +24,12 @@ from support import REPO
 
 from aether.core.aef import BANDS, COLLECTION_ID
 from aether.embeddings import get_source
-from aether.embeddings.earthengine.source import SCALE_M, make_batches, reduce_regions_graph
+from aether.embeddings.earthengine.source import (
+    SCALE_M,
+    buffer_max_error,
+    make_batches,
+    reduce_regions_graph,
+)
 from aether.io.tables import sort_poi_embeddings
 
 SCRIPTS = REPO / "ee_scripts"
@@ -57,6 +62,9 @@ def calls(expression: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             return constant(shared.get(v["valueReference"]))
         if isinstance(v, dict) and "constantValue" in v:
             return v["constantValue"]
+        inv = v.get("functionInvocationValue") if isinstance(v, dict) else None
+        if inv and inv.get("functionName") == "ErrorMargin":  # a number, as EE promotes it
+            return constant(inv["arguments"].get("value"))
         if isinstance(v, dict) and "arrayValue" in v:
             items = [constant(x) for x in v["arrayValue"].get("values", [])]
             return None if any(x is None for x in items) else items
@@ -90,15 +98,18 @@ def facts(expression: dict[str, Any]) -> dict[str, Any]:
         return hits[0]
 
     rr = one("Image.reduceRegions")
+    crs = {a.get("crs") for n, a in c if n == "Projection"}
     return {
         "collection": one("ImageCollection.load")["id"],
         "dates": (one("DateRange")["start"], one("DateRange")["end"]),
         "bounds filter": any(n == "Filter.intersects" for n, _ in c),
         "bands": [a["bandSelectors"] for n, a in c
                   if n == "Image.select" and len(a.get("bandSelectors", [])) == len(BANDS)],
-        "crs": rr.get("crs") or one("Projection")["crs"], "scale": rr["scale"],
+        # None: no constant crs in the graph (the script derives it on the server)
+        "crs": rr.get("crs") or (crs.pop() if len(crs) == 1 else None), "scale": rr["scale"],
         "tileScale": rr.get("tileScale", 1),
         "buffers": {a["distance"] for n, a in c if n == "Geometry.buffer"},
+        "max_errors": {a.get("maxError") for n, a in c if n == "Geometry.buffer"} - {None},
         "reducers": sorted({n for n, _ in c if n.startswith("Reducer.")}),
     }
 
@@ -128,15 +139,20 @@ def test_code_editor_script_matches_the_python_source(sample_extract, ee_server,
     py_f = facts(py_expr)
     for i, expr in enumerate(out["expressions"]):
         js_f = facts(expr)
-        for key in ("collection", "dates", "bounds filter", "bands", "crs", "scale",
-                    "tileScale"):
+        for key in ("collection", "dates", "bounds filter", "bands", "scale", "tileScale"):
             assert js_f[key] == py_f[key], (key, js_f[key], py_f[key])
+        assert js_f["crs"] is None  # no hard-coded zone: the server derives it from the POIs
         assert RADII[i] in js_f["buffers"]
+        # the same buffer polygons: drawn in the UTM projection with the same maxError
+        assert len(js_f["max_errors"]) == 1
+        assert abs(js_f["max_errors"].pop() - buffer_max_error(RADII[i])) < 1e-9
         # the JS asks for means; Python for sums plus a valid band (to also get weights)
         assert js_f["reducers"] == ["Reducer.mean"] and py_f["reducers"] == ["Reducer.sum"]
     assert py_f["collection"] == COLLECTION_ID and py_f["scale"] == SCALE_M
-    assert py_f["dates"] == ("2024-01-01", "2025-01-01") and py_f["crs"] == out["crs"]
+    assert py_f["dates"] == ("2024-01-01", "2025-01-01")
+    assert out["crs"] == py_f["crs"] == "EPSG:32635"  # as the server derived it: Helsinki's
     assert set(RADII) <= py_f["buffers"]
+    assert py_f["max_errors"] == {buffer_max_error(r) for r in RADII}
 
     # 2. and get the same numbers
     js = pd.DataFrame(out["rows"]).reindex(columns=["poi_id", "radius_m", *BANDS])

@@ -1,7 +1,9 @@
 """The xee source through the loopback emulator: the genuine ee client and xee 0.1.x.
 
-Point means agree with the COG source and the Earth Engine source (≤ 1e-4), one
-computePixels request carries all 64 bands of a chunk, and a missing year is a clear error.
+Point means agree with the COG source (≤ 1e-4) and the Earth Engine source (≤ 1e-3: EE
+reduces over its buffer polygon with 8-bit coverage weights), one computePixels request
+carries all 64 bands of a chunk and fits EE's request size for the dtype served, and a
+missing year is a clear error.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 def _max_diff(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-6) -> float:
     """Largest difference of the means (A00..A63); weights agree to ``rtol`` (float32
-    rounding between sources sharing aether's kernel; 0.2% against the emulator's EE model)."""
+    rounding between pixel sources)."""
     a, b = _sorted(a), _sorted(b)
     assert a[KEY].equals(b[KEY])
     np.testing.assert_allclose(a[QUALITY].to_numpy(float), b[QUALITY].to_numpy(float),
@@ -62,8 +64,25 @@ def test_module_uses_the_real_xee_package() -> None:
 
 def test_chunks_fit_the_pixel_request_limit() -> None:
     assert CHUNK_PX % 64 == 0
-    assert aef.N_BANDS * CHUNK_PX**2 * 5 <= REQUEST_BYTES  # EE counts a mask byte too
-    assert aef.N_BANDS * (CHUNK_PX + 64) ** 2 * 5 > REQUEST_BYTES
+    # served float64 (float32 bands unmasked with xee's int32 sentinel) + EE's mask byte
+    assert aef.N_BANDS * CHUNK_PX**2 * 9 <= REQUEST_BYTES
+
+
+def test_the_served_bytes_are_what_the_server_counts(ee_server, emulator, sample_city) -> None:
+    """The emulator counts (value bytes + 1) for the dtype it serves after xee's unmask: the
+    default chunk passes; a chunk fitted to 5-byte float32 values is refused as EE refuses."""
+    from aether.embeddings.earthengine.session import EESettings
+    from aether.embeddings.xee import read_window
+
+    session = EESettings(ee_server, "demo-project")
+    x0, y0 = 385400.0, 6671600.0 + 4000
+    for chunk, fits in ((CHUNK_PX, True), (384, False)):
+        view = View(session, 2024, sample_city.place.crs, x0, y0, chunk, chunk, chunk)
+        if fits:
+            assert read_window(view, 0, chunk, 0, chunk).shape == (64, chunk, chunk)
+        else:
+            with pytest.raises(Exception, match="must be less than or equal to 50331648 bytes"):
+                read_window(view, 0, chunk, 0, chunk)
 
 
 def test_point_means_match_cog_in_one_request(ee_server, emulator, pois, sample_extract,
@@ -87,8 +106,8 @@ def test_xee_cog_and_ee_sources_agree(ee_server, pois, sample_extract, tmp_path:
                           / "tiles").point_means(some, [100.0], 2024)
     assert len(xee_rows) == len(ee_rows) == len(cog_rows) == len(some)
     assert _max_diff(xee_rows, cog_rows) <= 1e-4
-    # EE's reduceRegions is modelled independently (EE's buffer polygon, 8-bit weights):
-    # the tolerance real EE implies, for buffers sent with maxError in the UTM proj
+    # Earth Engine reduces over its buffer polygon (area within 1e-3 of the circle) with
+    # coverage weights quantised to 1/255: weights within 0.2%, means within 1e-3
     assert _max_diff(xee_rows, ee_rows, rtol=2e-3) <= 1e-3
 
 

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"places", "pois", "embeddings", "sample", "ml", "evaluation", "query", "testing"},
     {"execution", "io"},
-    {"core", "settings", "errors", "aether", "_callable"},
+    {"core", "settings", "errors", "aether", "_callable", "_compat"},
 ]
 # Imports allowed between peers of one layer (importer -> imported); every other peer import
 # is refused. places < pois < embeddings; sample reads places; ml < evaluation, query.
@@ -35,6 +35,7 @@ PEERS: dict[str, set[str]] = {
     "execution": {"io"},
     "settings": {"core", "errors"},
     "core": {"errors"},
+    "_compat": {"errors"},  # the one home of dependencies' private APIs (lazy imports)
 }
 HEAVY = ("torch", "ee", "xee", "sentence_transformers")
 HEAVY_ALLOWED = ("ml", "embeddings")

@@ -4,17 +4,20 @@
 the main process and every Dask worker process call ``ensure`` with it and initialise the
 ``ee`` client themselves, so no credential object ever crosses a process boundary.
 
-Credentials are looked up in this order: a service-account JSON key, the persistent login
-of ``earthengine authenticate``, ``GOOGLE_APPLICATION_CREDENTIALS``. A custom ``url`` (an
-emulator) with none of those is called without credentials. Credentials are never printed
-nor written anywhere. The error classification here (``verdict``) is what ``aether.execution.jobs``
-retries on.
+Credentials: a service-account JSON key when one is given; otherwise whatever
+``ee.data.get_persistent_credentials()`` finds — the ``earthengine authenticate`` file, else
+Google's Application Default Credentials (``gcloud auth application-default login``, which
+``earthengine authenticate`` writes in gcloud mode; Colab; ``GOOGLE_APPLICATION_CREDENTIALS``;
+the metadata server of Compute Engine, Cloud Run, Vertex). Only a loopback ``url`` (an
+emulator) may be called without credentials. Credentials are never printed nor written.
+The error classification here (``verdict``) is what ``aether.execution.jobs`` retries on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import os
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,11 +27,19 @@ from typing import Any
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.execution.jobs import RetryPolicy, Stats, Verdict, resilient_call
 
+log = logging.getLogger(__name__)
+
 _TRANSIENT_TEXT = (
     "quota", "rate limit", "too many requests", "internal error", "service unavailable",
     "backend error", "deadline exceeded", "temporarily", "unavailable", "try again",
 )
-_SPLIT_TEXT = ("computation timed out", "too many concurrent aggregations")
+#: Load that a smaller request avoids: halve the batch (or the chunk), never re-send as is.
+_SPLIT_TEXT = (
+    "computation timed out", "too many concurrent aggregations",
+    "earth engine memory capacity exceeded", "earth engine capacity exceeded",
+    "request payload size exceeds the limit", "total request size",
+    "deadline expired",
+)
 _ESCALATE_TEXT = ("user memory limit exceeded", "out of memory")
 _ACCESS_TEXT = ("permission", "not registered", "has not been used", "denied",
                 "not authorized", "forbidden")
@@ -47,19 +58,22 @@ class EESettings:
         """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
         import ee
 
+        from aether._compat import no_catalog_fetch, retries_kept
+
         key = Path(self.credentials) if self.credentials else None
         credentials, project = _credentials(key, self.url, self.project)
-        if self.url:
-            # The deprecated-asset catalog is fetched from storage.googleapis.com whatever
-            # the endpoint (and without a timeout); it says nothing about another endpoint.
-            ee.deprecation._FetchDataCatalogStac = lambda: {}
         kwargs: dict[str, Any] = {"credentials": credentials, "project": project}
         if self.url:
             kwargs["url"] = self.url.rstrip("/")
 
         def init(_items: Sequence[Any], _level: int) -> Any:
-            ee.Reset()
-            ee.Initialize(**kwargs)
+            with retries_kept():
+                ee.Reset()
+                if self.url:  # the public catalog says nothing about another endpoint
+                    with no_catalog_fetch():
+                        ee.Initialize(**kwargs)
+                else:
+                    ee.Initialize(**kwargs)
             return None
 
         try:
@@ -67,7 +81,6 @@ class EESettings:
                            stats=stats or Stats())
         except Exception as e:
             raise _init_error(e, project, self.url) from None
-        ee.data.setMaxRetries(0)  # retries are ours: counted, bounded, with jitter
         _state["current"] = self
 
 
@@ -96,36 +109,42 @@ def _credentials(
     if key_file is not None:
         creds, key_project = _service_account(Path(key_file))
         project = project or key_project
-    elif Path(os.path.expanduser("~/.config/earthengine/credentials")).is_file():
+    else:
         import ee
 
         try:
             creds = ee.data.get_persistent_credentials()
         except Exception as e:
-            raise EarthEngineError(f"stored Earth Engine login is not usable: {e}".split("\n")[0],
-                                   "run `earthengine authenticate` again") from None
+            if not is_loopback(url):  # never anonymous against a real endpoint
+                why = str(e).strip().split("\n")[0]
+                raise EarthEngineError(
+                    f"no Earth Engine credentials found ({why})",
+                    "run `earthengine authenticate` (or `gcloud auth application-default "
+                    "login`), pass --ee-credentials KEY.json, or use --offline",
+                ) from None
+            log.info("no Earth Engine login (%s): calling %s anonymously",
+                     str(e).split("\n")[0], url)
+            creds = None  # an emulator on this machine: no login needed
         project = project or getattr(creds, "quota_project_id", None)
-    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        import google.auth
-
-        try:
-            creds, adc_project = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/earthengine",
-                        "https://www.googleapis.com/auth/cloud-platform"])
-        except Exception as e:
-            raise EarthEngineError(f"GOOGLE_APPLICATION_CREDENTIALS is not usable: {e}",
-                                   "point it at a valid key file") from None
-        project = project or adc_project
-    elif not url:
-        raise EarthEngineError(
-            "no Earth Engine credentials found",
-            "run `earthengine authenticate`, pass --ee-credentials KEY.json, "
-            "or use --offline (sample city, COG tiles)",
-        )
     if not project:
         raise EarthEngineError("no Earth Engine project given",
                                "pass --ee-project ID or set EE_PROJECT")
     return creds, str(project)
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether ``url`` names this machine (127.0.0.0/8, ::1, localhost)."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname if url else None
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _service_account(path: Path) -> tuple[Any, str | None]:

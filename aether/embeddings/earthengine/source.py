@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
     from aether.places.place import Place
+
+log = logging.getLogger(__name__)
 
 #: Features per reduceRegions request: one computeFeatures page (EE's default page size),
 #: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
@@ -120,13 +123,16 @@ class EarthEngineSource:
         store = CheckpointStore(self.workdir / "batches")
         _drop_stale(store, {b.key for b in batches})
         if any(not store.has(b.key) for b in batches):
+            from aether._compat import ee_retries_off
+
             self._initialize()
-            self._check_coverage(pois, year)
-            if export is not None:
-                paths = self._run_exports(batches, store, export, year)
-            else:
-                paths = run_batches(batches, lambda b: self._compute(b, year), store,
-                                    concurrency=self.concurrency, stats=self.stats)
+            with ee_retries_off():  # retries are ours: counted, bounded, with jitter
+                self._check_coverage(pois, year)
+                if export is not None:
+                    paths = self._run_exports(batches, store, export, year)
+                else:
+                    paths = run_batches(batches, lambda b: self._compute(b, year), store,
+                                        concurrency=self.concurrency, stats=self.stats)
         else:
             paths = [store.path(b.key) for b in batches]
         return read_checkpoints(paths)
@@ -217,26 +223,57 @@ class EarthEngineSource:
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int,
         restart: bool = False,
     ) -> str:
-        """The operation name of the batch's task, starting it only if no live one exists."""
+        """The operation name of the batch's task, starting it only if no task exists.
+
+        The start's request id is recorded before it is sent, so after a crash the same id
+        is sent again. What Earth Engine answers to a repeated id is not documented, so any
+        error then is settled by looking the task up by its description (which carries the
+        id) in ``ee.data.listOperations()``; only if none exists is a fresh task started.
+        """
         import ee
 
         rec = tasks.get(batch.key)
         if rec and rec.get("operation") and not restart:
             return str(rec["operation"])
-        desc = f"aether_{batch.key}"
+        resent = rec is not None and not restart
         if rec is None or restart:
-            # recorded before the start: a crash in between re-uses the same request id,
-            # which Earth Engine treats as the same task
-            rec = {"request_id": ee.data.newTaskId()[0], "description": desc,
-                   "prefix": export.prefix_for(batch.key), "restarts":
-                   (rec or {}).get("restarts", -1) + 1}
-            tasks.put(batch.key, rec)
-        config = export.task_config(reduce_regions_graph(batch.items, year, 1), desc,
-                                    rec["prefix"])
-        op = self._call(lambda: ee.data.exportTable(rec["request_id"], config))
+            rec = self._new_task(batch, tasks, export, (rec or {}).get("restarts", -1) + 1)
+        config = export.task_config(reduce_regions_graph(batch.items, year, 1),
+                                    rec["description"], rec["prefix"])
+        try:
+            op = self._call(lambda: ee.data.exportTable(rec["request_id"], config))
+        except Exception:
+            found = self._find_task(rec["description"])
+            if found is None and not resent:
+                raise
+            if found is None:  # the recorded start never reached the server: start afresh
+                return self._ensure_task(batch, tasks, export, year, restart=True)
+            op = found
+            log.info("export of batch %s: adopted task %s", batch.key, op["name"])
         name = str(op["name"])
         tasks.put(batch.key, {**rec, "operation": name})
         return name
+
+    def _new_task(self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget,
+                  restarts: int) -> dict[str, Any]:
+        """A task record (request id, description, prefix), written before the start."""
+        import ee
+
+        rid = ee.data.newTaskId()[0]
+        rec = {"request_id": rid, "description": f"aether_{batch.key}_{rid}",
+               "prefix": export.prefix_for(batch.key), "restarts": restarts}
+        tasks.put(batch.key, rec)
+        return rec
+
+    def _find_task(self, description: str) -> dict[str, Any] | None:
+        """The newest operation whose metadata carries ``description`` (None: no such task)."""
+        import ee
+
+        ops = self._call(lambda: ee.data.listOperations())
+        mine = [op for op in ops or []
+                if (op.get("metadata") or {}).get("description") == description]
+        mine.sort(key=lambda op: str((op.get("metadata") or {}).get("createTime", "")))
+        return mine[-1] if mine else None
 
     def _await_export(
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int
@@ -250,7 +287,11 @@ class EarthEngineSource:
             state = (op.get("metadata") or {}).get("state", "")
             if state == "SUCCEEDED":
                 break
-            if op.get("done") or state in ("FAILED", "CANCELLED"):
+            if state == "CANCELLED":  # someone stopped it on purpose: report, never restart
+                raise EarthEngineError(
+                    f"export task {name} for batch {batch.key} was cancelled",
+                    f"remove its entry from {tasks.path} to start it again, or drop --export")
+            if op.get("done") or state == "FAILED":
                 msg = (op.get("error") or {}).get("message", state.lower() or "failed")
                 if (tasks.get(batch.key) or {}).get("restarts", 0) >= EXPORT_RESTARTS:
                     raise EarthEngineError(f"export task for batch {batch.key} failed: {msg}",
@@ -265,14 +306,41 @@ class EarthEngineSource:
 
 # --- the graph ---------------------------------------------------------------------------
 
+#: Largest relative area EE's buffer polygon may lack against the true circle.
+BUFFER_AREA_TOLERANCE = 1e-3
+
+
+def buffer_max_error(radius: float, tolerance: float = BUFFER_AREA_TOLERANCE) -> float:
+    """The ``maxError`` (m) for ``Geometry.buffer`` whose polygon keeps the circle's area to
+    within ``tolerance``.
+
+    EE approximates the circle by an inscribed polygon whose edges stray at most ``maxError``
+    from it (the default, 1% of r, loses ~1.3% of the area). A regular inscribed n-gon lacks
+    the fraction 1 − sin(2π/n)/(2π/n) of the area and strays r·(1 − cos(π/n)) from the
+    circle; both shrink as n grows. So take the smallest n whose area deficit is within
+    ``tolerance`` and return that n-gon's stray: any polygon held to it has at least n
+    vertices and hence a deficit ≤ ``tolerance`` (≈ 0.73e-3·r for 1e-3).
+    """
+    n = 3
+    while 1 - np.sin(2 * np.pi / n) / (2 * np.pi / n) > tolerance:
+        n += 1
+    return float(radius * (1 - np.cos(np.pi / n)))
+
+
 def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 1) -> Any:
-    """The ``reduceRegions`` expression of one batch (all features in one UTM zone)."""
+    """The ``reduceRegions`` expression of one batch (all features in one UTM zone).
+
+    Buffers are drawn in the batch's UTM projection with ``buffer_max_error``: the local
+    circle the COG source integrates over, not EE's default geodesic 1%-error polygon.
+    """
     import ee
 
     lon0, lat0 = items[0].lon, items[0].lat
     crs = f"EPSG:{aef.utm_epsg(lon0, lat0)}"
+    proj = ee.Projection(crs)
     fc = ee.FeatureCollection([
-        ee.Feature(ee.Geometry.Point([f.lon, f.lat]).buffer(f.radius),
+        ee.Feature(ee.Geometry.Point([f.lon, f.lat]).buffer(
+            f.radius, maxError=buffer_max_error(f.radius), proj=proj),
                    {"poi_id": f.poi_id, "radius_m": f.radius})
         for f in items
     ])
@@ -377,8 +445,13 @@ def _rows_from_table(table: pd.DataFrame, items: Sequence[Feature], year: int) -
 
 @dataclass(frozen=True)
 class ExportTarget:
-    """Where Export tasks write (``gcs://bucket/prefix`` or ``drive://folder``) and where
-    the same files are read back through fsspec (``read_root``)."""
+    """Where Export tasks write (``gcs://bucket/prefix`` or ``drive://folder[/prefix]``) and
+    where the same files are read back through fsspec (``read_root``).
+
+    In Cloud Storage a ``/`` in an object name is a path: batch files go to
+    ``prefix/<key>.csv``. Drive has no paths: ``folder`` is a literal folder name and
+    ``fileNamePrefix`` a file name, so batch files are ``<prefix>_<key>.csv`` in that folder.
+    """
 
     kind: str  # "gcs" | "drive"
     place: str  # bucket or folder
@@ -386,7 +459,9 @@ class ExportTarget:
     read_root: str
 
     def prefix_for(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
+        if not self.prefix:
+            return key
+        return f"{self.prefix}/{key}" if self.kind == "gcs" else f"{self.prefix}_{key}"
 
     def task_config(self, collection: Any, description: str, prefix: str) -> dict[str, Any]:
         import ee
@@ -426,18 +501,22 @@ class ExportTarget:
     def read(self, prefix: str) -> pd.DataFrame:
         import fsspec
 
-        with fsspec.open(self.url(prefix), "rb") as f:
-            return pd.read_csv(f)
+        with fsspec.open(self.url(prefix), "rb") as f:  # ids like "007" stay strings
+            return pd.read_csv(f, dtype={"poi_id": str})
 
 
 def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
-    """``gcs://bucket/prefix`` or ``drive://folder[/prefix]``; ``read_root`` maps it to fsspec."""
+    """``gcs://bucket/prefix`` or ``drive://folder[/file_prefix]``; ``read_root`` maps it to
+    fsspec."""
     kind, sep, rest = spec.partition("://")
     kind = {"gs": "gcs"}.get(kind, kind)
     place, _, prefix = rest.partition("/")
     if not sep or kind not in ("gcs", "drive") or not place:
         raise InputError(f"export destination {spec!r} is not understood",
                          "use gcs://BUCKET/PREFIX or drive://FOLDER")
+    if kind == "drive" and "/" in prefix.strip("/"):
+        raise InputError(f"Drive export {spec!r} nests folders, which Drive exports cannot",
+                         "use drive://FOLDER or drive://FOLDER/FILE_PREFIX (one level)")
     if read_root is None:
         if kind == "drive":
             raise InputError("Drive exports cannot be read back directly",

@@ -28,6 +28,7 @@ QUALITY_COLUMNS: tuple[str, ...] = ("weight", "valid_fraction", "norm")
 POI_EMBEDDING_COLUMNS: tuple[str, ...] = ("poi_id", "year", "radius_m", *BANDS, *QUALITY_COLUMNS)
 
 POIS_FILE = "pois.parquet"
+BASEMAP_FILE = "basemap.parquet"  # roads, water, green of the POIs' PBF (maps only)
 POI_EMBEDDINGS_FILE = "poi_embeddings.parquet"
 MANIFEST_FILE = "manifest.json"
 

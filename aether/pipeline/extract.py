@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aether import __version__
 from aether.errors import PlaceError, PoiError
 from aether.io.tables import (
+    BASEMAP_FILE,
     MANIFEST_FILE,
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
@@ -158,6 +159,10 @@ def run_extract(req: ExtractRequest) -> ExtractResult:
     emb = sort_poi_embeddings(source.point_means(pois, radii, year))
     write_parquet(pois, out / POIS_FILE)
     write_parquet(emb, out / POI_EMBEDDINGS_FILE)
+    if poi_spec.startswith("pbf:"):  # the maps' offline base layer
+        from aether.pipeline.basemap import write_basemap
+
+        write_basemap(poi_spec.split(":", 1)[1], place, out / BASEMAP_FILE)
     manifest = {
         "run_id": f"extract-{chash}",
         "aether_version": __version__,

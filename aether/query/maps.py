@@ -24,6 +24,16 @@ OSM_CREDIT = "© OpenStreetMap contributors"
 AEF_CREDIT = ("The AlphaEarth Foundations Satellite Embedding dataset is produced by Google "
               "and Google DeepMind.")
 CMAP = "YlOrRd"
+POI_COLOUR = "#6a3d9a"
+#: Base-map styles (the city's own OSM data, for maps without tiles): light, thin, on top of
+#: the heat so streets and shores stay readable.
+BASE_STYLE = {
+    "road": {"color": "#ffffff", "weight": 1.2, "opacity": 0.7},
+    "rail": {"color": "#555555", "weight": 1.0, "opacity": 0.6, "dashArray": "4 3"},
+    "water": {"color": "#4a90c2", "weight": 0.8, "fillColor": "#a6cee3", "fillOpacity": 0.8},
+    "green": {"color": "#6a9a4a", "weight": 0, "fillColor": "#b2df8a", "fillOpacity": 0.25},
+    "building": {"color": "#777777", "weight": 0.4, "fill": False, "opacity": 0.5},
+}
 OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 
@@ -43,17 +53,29 @@ def _colours(scores: np.ndarray) -> tuple[list[str | None], float, float]:
     return [to_hex(cmap(v)) if np.isfinite(v) else None for v in t], lo, hi
 
 
-def _legend(lo: float, hi: float, right: float) -> str:
+#: Page layout of each panel: the title across the top (it wraps, never clipped), the legend
+#: bottom left above the scale bar, the credits bottom right beside it (never over the bar).
+PANEL_CSS = """
+.aether-title{position:absolute;z-index:1000;top:8px;background:rgba(255,255,255,.92);
+ padding:4px 8px;font:bold 14px sans-serif;border-radius:4px;white-space:normal;
+ overflow-wrap:anywhere;box-sizing:border-box}
+.aether-legend{position:absolute;z-index:1000;background:rgba(255,255,255,.92);padding:6px 8px;
+ font:12px sans-serif;border-radius:4px}
+.leaflet-control-attribution{max-width:62%;white-space:normal;text-align:right;
+ font-size:10px !important;line-height:1.25}
+"""
+
+
+def _legend(lo: float, hi: float, left: float) -> str:
     stops = ", ".join(_hex(v) for v in np.linspace(0, 1, 6))
     return (
-        '<div class="aether-legend" style="position:absolute;z-index:1000;top:8px;'
-        f'right:calc({right}% + 10px);background:rgba(255,255,255,.9);padding:6px 8px;'
-        'font:12px sans-serif;border-radius:4px">'
+        f'<div class="aether-legend" style="left:calc({left}% + 10px);bottom:64px">'
         "<b>cosine similarity</b>"
         f'<div style="width:160px;height:12px;background:linear-gradient(to right,{stops})">'
         f'</div><div style="display:flex;justify-content:space-between;width:160px">'
         f"<span>{lo:.2f}</span><span>{hi:.2f}</span></div>"
-        '<span style="color:#08306b">● top-k cells</span></div>'
+        '<span style="color:#08306b">● top-k cells</span> '
+        f'<span style="color:{POI_COLOUR}">● top-k POIs</span></div>'
     )
 
 
@@ -70,7 +92,8 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
         default_css: ClassVar[list[tuple[str, str]]] = []
 
     fig = Figure()
-    fig.header.add_child(Element(f"<style>{_asset('leaflet.css')}</style>"), name="leaflet_css")
+    fig.header.add_child(Element(f"<style>{_asset('leaflet.css')}{PANEL_CSS}</style>"),
+                         name="leaflet_css")
     fig.header.add_child(Element(f"<script>{_asset('leaflet.js')}</script>"), name="leaflet_js")
     w, s, e, n = index.grid.total_bounds
     width = 100.0 / len(results)
@@ -92,6 +115,17 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
                                       "fillOpacity": 0.75},
             tooltip=folium.GeoJsonTooltip(["cell_id", "score"]),
         ).add_to(m)
+        if index.basemap is not None and len(index.basemap):
+            folium.GeoJson(
+                index.basemap.to_json(), name="base map (OpenStreetMap)",
+                style_function=lambda f: BASE_STYLE[f["properties"]["layer"]],
+            ).add_to(m)
+        for row in (res.top_pois.itertuples() if res.top_pois is not None else ()):
+            folium.CircleMarker([row.lat, row.lon], radius=4, color="#ffffff", weight=1,
+                                fill=True, fill_color=POI_COLOUR, fill_opacity=1,
+                                tooltip=f"POI #{row.rank} {html.escape(row.name)} "
+                                        f"({html.escape(row.category)}) {row.score:.3f}",
+                                ).add_to(m)
         for row in res.top.itertuples():
             pois = "".join(f"<li>{html.escape(p['name'])} ({html.escape(p['category'])}, "
                            f"{p['distance_m']:.0f} m)</li>" for p in row.nearest_pois)
@@ -101,13 +135,11 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
                                          weight=2, fill=True, fill_color="#2171b5",
                                          fill_opacity=0.9, tooltip=f"#{row.rank} {row.score:.3f}")
             marker.add_child(_call("bindPopup", popup)).add_to(m)
-        title = (f'<div style="position:absolute;z-index:1000;top:8px;'
-                 f'left:calc({i * width}% + 50px);'
-                 f'background:rgba(255,255,255,.9);padding:4px 8px;font:bold 14px sans-serif;'
-                 f'border-radius:4px">{html.escape(res.query)}</div>')
+        title = (f'<div class="aether-title" style="left:calc({i * width}% + 50px);'
+                 f'max-width:calc({width}% - 60px)">{html.escape(res.query)}</div>')
         m.add_child(_call("attributionControl.addAttribution", credit))
         fig.add_child(m)
-        fig.html.add_child(Element(title + _legend(lo, hi, 100 - (i + 1) * width)))
+        fig.html.add_child(Element(title + _legend(lo, hi, i * width)))
     with atomic_path(path) as tmp:
         fig.save(str(tmp))
     path.chmod(0o644)  # a page to open and share, not a private temp file
@@ -137,6 +169,21 @@ def _call(method: str, arg: str) -> Any:
 
 def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
     """The same maps as a PNG, side by side (cells in the city's UTM crs)."""
+    import matplotlib.pyplot as plt
+
+    fig = png_figure(index, results)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    path.chmod(0o644)
+    return path
+
+
+def png_figure(index: CityIndex, results: list[QueryResult]) -> Any:
+    """The matplotlib figure of ``png_map``: a panel per query with the heat, the top cells
+    and POIs, the city's own streets and water when known, a scale bar and a north arrow."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,20 +200,56 @@ def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
                                                     linewidth=0, legend=True,
                                                     legend_kwds={"shrink": 0.6,
                                                                  "label": "cosine"})
+        if index.basemap is not None and len(index.basemap):
+            base = index.basemap.to_crs(index.crs)
+            for layer, style in (("water", {"color": "#a6cee3"}),
+                                 ("road", {"color": "white", "linewidth": 0.6, "alpha": 0.8})):
+                part = base[base["layer"] == layer]
+                if len(part):
+                    part.plot(ax=ax, **style)
         ax.scatter(index.pois["x"], index.pois["y"], s=1, c="#555555", alpha=0.4)
         ax.scatter(res.top["x"], res.top["y"], s=60, facecolors="none", edgecolors="#08306b",
-                   linewidths=2, label=f"top {len(res.top)}")
-        ax.set_title(res.query)
+                   linewidths=2, label=f"top {len(res.top)} cells")
+        if res.top_pois is not None and len(res.top_pois):
+            ax.scatter(res.top_pois["x"], res.top_pois["y"], s=18, c=POI_COLOUR,
+                       edgecolors="white", linewidths=0.5, label=f"top {len(res.top_pois)} POIs")
+        ax.set_title(textwrap.fill(res.query, 38), fontsize=11)
         ax.set_axis_off()
         ax.legend(loc="upper left", fontsize=8)
+        _scale_bar(ax)
+        _north_arrow(ax)
     # wrapped to the figure's width, so a one-panel map keeps the whole credit
     fig.text(0.01, 0.01, f"{OSM_CREDIT}.\n{AEF_CREDIT}", fontsize=7, wrap=True, va="bottom")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    path.chmod(0o644)
-    return path
+    return fig
+
+
+def _nice_length(span_m: float) -> float:
+    """A round bar length (1, 2 or 5 × 10^n m) near a fifth of the map's width."""
+    target = span_m / 5
+    base = 10 ** np.floor(np.log10(target))
+    return float(max(m * base for m in (1, 2, 5) if m * base <= target))
+
+
+def _scale_bar(ax: Any) -> None:
+    """A scale bar in the lower left: the axes are UTM metres, so a bar is its length."""
+    from matplotlib.patches import Rectangle
+
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    length = _nice_length(x1 - x0)
+    x, y = x0 + 0.04 * (x1 - x0), y0 + 0.04 * (y1 - y0)
+    ax.add_patch(Rectangle((x, y), length, 0.008 * (y1 - y0), color="black", zorder=5))
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    ax.text(x + length / 2, y + 0.015 * (y1 - y0), label, ha="center", va="bottom",
+            fontsize=8, zorder=5, gid="scale-bar")
+
+
+def _north_arrow(ax: Any) -> None:
+    """A north arrow in the upper right (UTM grid north is true north to within ~2°)."""
+    ax.annotate("N", xy=(0.95, 0.97), xytext=(0.95, 0.87), xycoords="axes fraction",
+                ha="center", va="center", fontsize=10, fontweight="bold", gid="north-arrow",
+                arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 1.5})
 
 
 def geemap_map(index: CityIndex, results: list[QueryResult]) -> Any:

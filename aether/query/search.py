@@ -17,7 +17,7 @@ import pandas as pd
 
 from aether.core.aef import utm_epsg
 from aether.errors import InputError, TableError
-from aether.io.tables import POIS_FILE, read_table
+from aether.io.tables import BASEMAP_FILE, POIS_FILE, read_table
 from aether.ml.encode import AETHER_COLUMNS, AETHER_POIS_FILE, Run, aether_dir, apply_text
 from aether.ml.encode import read_aether_grid as _read_grid
 from aether.ml.text import TEXT_EMBEDDINGS_FILE
@@ -41,11 +41,13 @@ def check_queries(queries: list[str]) -> list[str]:
 
 @dataclass
 class QueryResult:
-    """One query's scores over the grid (NaN on masked cells) and its top-k cells."""
+    """One query's scores over the grid (NaN on masked cells), its top-k cells and, where the
+    POIs' own AETHER vectors are known, its top-k POIs."""
 
     query: str
     scores: np.ndarray
     top: pd.DataFrame  # rank, cell_id, score, lon, lat, x, y, nearest_pois
+    top_pois: pd.DataFrame | None = None  # rank, poi_id, name, category, score, lon, lat, x, y
 
 
 @dataclass
@@ -56,6 +58,8 @@ class CityIndex:
     vectors: np.ndarray  # (N, 128)
     pois: Any  # GeoDataFrame with x, y in the grid's UTM crs
     crs: str
+    poi_vectors: np.ndarray | None = None  # (len(pois), 128) AETHER vectors, NaN where masked
+    basemap: Any = None  # GeoDataFrame (layer, geometry) of roads, water, green, buildings
 
 
 def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
@@ -66,7 +70,17 @@ def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
     crs = f"EPSG:{utm_epsg(c.x, c.y)}"
     xy = pois.geometry.to_crs(crs)
     pois = pois.assign(x=xy.x.to_numpy(), y=xy.y.to_numpy())
-    return CityIndex(grid, grid[list(AETHER_COLUMNS)].to_numpy(np.float32), pois, crs)
+    enc_path = aether_dir(city_dir, run.name) / AETHER_POIS_FILE
+    poi_vectors = None
+    if enc_path.is_file():
+        enc = read_table(enc_path, ["poi_id", *AETHER_COLUMNS], "aether pois")
+        poi_vectors = (enc.set_index("poi_id")[list(AETHER_COLUMNS)].reindex(pois["poi_id"])
+                       .to_numpy(np.float32))
+    basemap = None
+    if (city_dir / BASEMAP_FILE).is_file():
+        basemap = read_table(city_dir / BASEMAP_FILE, ["layer", "geometry"], BASEMAP_FILE)
+    return CityIndex(grid, grid[list(AETHER_COLUMNS)].to_numpy(np.float32), pois, crs,
+                     poi_vectors, basemap)
 
 
 def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_pois: int = 3,
@@ -77,8 +91,23 @@ def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_poi
     queries = check_queries(queries)
     q = apply_text(run, queries, cache_path)
     sims = index.vectors @ q.T  # NaN rows (masked cells) stay NaN
-    return [QueryResult(text, sims[:, j], ranked(index, sims[:, j], k=k, n_pois=n_pois))
+    poi_sims = index.poi_vectors @ q.T if index.poi_vectors is not None else None
+    return [QueryResult(text, sims[:, j], ranked(index, sims[:, j], k=k, n_pois=n_pois),
+                        None if poi_sims is None else top_pois(index, poi_sims[:, j], k))
             for j, text in enumerate(queries)]
+
+
+def top_pois(index: CityIndex, s: np.ndarray, k: int) -> pd.DataFrame:
+    """The k POIs whose own AETHER vectors score highest (masked POIs last, never shown)."""
+    order = np.argsort(np.where(np.isnan(s), np.inf, -s), kind="stable")[:k]
+    order = order[np.isfinite(s[order])]
+    pois = index.pois.iloc[order]
+    return pd.DataFrame({
+        "rank": np.arange(1, len(order) + 1), "poi_id": pois["poi_id"].to_numpy(),
+        "name": [_name(index.pois, i) for i in order],
+        "category": pois["category"].astype(str).to_numpy(), "score": s[order],
+        "lon": pois.geometry.x.to_numpy(), "lat": pois.geometry.y.to_numpy(),
+        "x": pois["x"].to_numpy(), "y": pois["y"].to_numpy()})
 
 
 def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,

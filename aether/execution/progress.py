@@ -42,7 +42,7 @@ def dask_progress(description: str) -> Iterator[None]:
         return
     from dask.callbacks import Callback
 
-    class _Bar(Callback):  # type: ignore[misc]
+    class _Bar(Callback):
         def _start_state(self, dsk: Any, state: Any) -> None:
             progress.update(task, total=len(dsk), completed=0)
 
@@ -70,7 +70,7 @@ def follow_cluster(client: Any, update: Callable[[int, int], None]) -> Iterator[
     """Call ``update(total, done)`` with the cluster's task counts while the block runs."""
     from distributed.diagnostics.plugin import SchedulerPlugin
 
-    class _Counter(SchedulerPlugin):  # type: ignore[misc]
+    class _Counter(SchedulerPlugin):
         """Tasks that entered the graph / finished since the plugin was added."""
 
         def __init__(self) -> None:

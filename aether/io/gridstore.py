@@ -31,7 +31,8 @@ def write_zarr(frame: gpd.GeoDataFrame, path: Path) -> Path:
     row = np.searchsorted(-ys, -frame["y"].to_numpy())
     emb = np.full((aef.N_BANDS, len(ys), len(xs)), np.nan, np.float32)
     emb[:, row, col] = frame[list(aef.BANDS)].to_numpy(np.float32).T
-    layers = {"embedding": (("band", "y", "x"), emb)}
+    layers: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "embedding": (("band", "y", "x"), emb)}
     for name in ("weight", "valid_fraction", "norm"):
         a = np.full((len(ys), len(xs)), np.nan, np.float32)
         a[row, col] = frame[name].to_numpy(np.float32)

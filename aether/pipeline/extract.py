@@ -259,7 +259,7 @@ def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = Fal
         place = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options))
     out = city_dir(req.data_dir, place.slug, year)
     source = get_source(source_name, workdir=out / ".work" / source_name, **options)
-    cells = source.grid(place, year, spec)
+    cells = source.grid(place, year, cell)
     path = out / grid_file(spec)
     write_parquet(cells, path)
     if zarr:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -103,7 +103,7 @@ class RunFile(_Strict):
     pois: str = "osm"
     poi_options: PoiOptions = Field(default_factory=PoiOptions)
     source: SourceSpec = Field(default_factory=SourceSpec)
-    steps: list[Step] = Field(default_factory=lambda: ["extract"], min_length=1)
+    steps: list[Step] = Field(default_factory=lambda: cast(list[Step], ["extract"]), min_length=1)
     train: TrainSpec = Field(default_factory=TrainSpec)
     encode: EncodeSpec = Field(default_factory=EncodeSpec)
     cities: list[City] = Field(min_length=1)

@@ -203,7 +203,8 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
     place = {k: v for k, v in (("osm_id", city.osm_id), ("bbox", city.bbox),
                                ("boundary", city.boundary), ("which_result", city.which_result))
              if v is not None}
-    offline = city.sample or (not place and bool(pois) and pois.startswith(("file:", "pbf:")))
+    offline = city.sample or (not place and pois is not None
+                              and pois.startswith(("file:", "pbf:")))
     if city.yes:
         place["yes"] = True
     poi_opts = (city.poi_options or run.poi_options).model_dump(exclude_none=True)

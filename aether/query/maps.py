@@ -88,8 +88,8 @@ def html_map(index: CityIndex, results: list[QueryResult], path: Path, *,
     class OfflineMap(folium.Map):
         """A Map that links no external script or style sheet."""
 
-        default_js: ClassVar[list[tuple[str, str]]] = []
-        default_css: ClassVar[list[tuple[str, str]]] = []
+        default_js: ClassVar[list[tuple[str, str]]] = []  # type: ignore[misc]
+        default_css: ClassVar[list[tuple[str, str]]] = []  # type: ignore[misc]
 
     fig = Figure()
     fig.header.add_child(Element(f"<style>{_asset('leaflet.css')}{PANEL_CSS}</style>"),
@@ -257,10 +257,10 @@ def geemap_map(index: CityIndex, results: list[QueryResult]) -> Any:
     try:
         import geemap
         import ipyleaflet
-    except ImportError as e:
+    except ImportError as err:
         from aether.errors import InputError
 
-        raise InputError("geemap is not installed", "pip install 'aether[geemap]'") from e
+        raise InputError("geemap is not installed", "pip install 'aether[geemap]'") from err
     w, s, e, n = index.grid.total_bounds
     m = geemap.Map(center=[(s + n) / 2, (w + e) / 2], zoom=15, ee_initialize=False)
     for res in results:

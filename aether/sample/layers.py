@@ -152,7 +152,7 @@ def read_osm_features(pbf: str | Path) -> list[Feature]:
             return  # a geometry cut by the extract's edge
         out.append(Feature(layer, geom, width, height))
 
-    class Handler(osmium.SimpleHandler):  # type: ignore[misc]
+    class Handler(osmium.SimpleHandler):
         def node(self, n: Any) -> None:
             if physical_tags(n.tags).get("natural") == "tree":
                 add("trees", lambda: wkb.create_point(n), width=2 * TREE_CROWN_M)
@@ -271,7 +271,7 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def hash_uniform(key: int, iy: np.ndarray, ix: np.ndarray, channels: int) -> np.ndarray:
     """Uniform values in [-1, 1) for integer lattice points: ``(len(iy), len(ix), channels)``."""
     with np.errstate(over="ignore"):
-        base = _mix(np.uint64(key & 0xFFFFFFFFFFFFFFFF) + np.uint64(0x9E3779B97F4A7C15))
+        base = _mix(np.asarray(np.uint64(key & 0xFFFFFFFFFFFFFFFF) + np.uint64(0x9E3779B97F4A7C15)))
         y = _mix(iy.astype(np.int64).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93) ^ base)
         x = ix.astype(np.int64).astype(np.uint64) * np.uint64(0xA0761D6478BD642F)
         c = np.arange(channels, dtype=np.uint64) * np.uint64(0xE7037ED1A0B428DB)

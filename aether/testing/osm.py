@@ -61,6 +61,7 @@ class OsmData:
         import osmium
 
         data = cls()
+        obj: Any  # a Node, Way or Relation: the is_*() checks below tell which
         for obj in osmium.FileProcessor(str(path)):
             if obj.is_node():
                 kind = "node"
@@ -116,7 +117,7 @@ class OsmData:
         import numpy as np
 
         xy = np.array(list(self.nodes.values()))
-        return (*xy.min(axis=0), *xy.max(axis=0))  # type: ignore[return-value]
+        return (*xy.min(axis=0), *xy.max(axis=0))
 
 
 class Gazetteer:

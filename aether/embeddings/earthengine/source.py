@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -475,7 +475,7 @@ class ExportTarget:
             task = ee.batch.Export.table.toDrive(
                 collection=collection, description=description, folder=self.place,
                 fileNamePrefix=prefix, fileFormat="CSV", selectors=selectors)
-        return task.config
+        return cast(dict[str, Any], task.config)
 
     def url(self, prefix: str) -> str:
         return f"{self.read_root.rstrip('/')}/{prefix}.csv"

@@ -39,6 +39,7 @@ def _elements(path: Path) -> Any:
     # node locations are stored before the key filter runs, so filtered ways keep them
     reader = osmium.FileProcessor(str(path)).with_areas().with_filter(
         osmium.filter.KeyFilter(*keys))
+    obj: Any  # a Node, Way or Area: the is_*() checks below tell which
     for obj in reader:
         tags = dict(obj.tags)
         if obj.is_node():

@@ -49,7 +49,7 @@ def working_projection(img: Img, scale: float | None, crs: Any, crs_transform: A
         t = tuple(float(v) for v in crs_transform)
         if len(t) != 6:
             raise EEError("crsTransform must have 6 elements.")
-        return Projection(base.crs, t)  # type: ignore[arg-type]
+        return Projection(base.crs, t)
     if scale is not None:
         if scale <= 0:
             raise EEError(f"Invalid scale: {scale}.")

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 #: The names of ``aether.api`` offered as ``aether.<name>``; ``aether.pois`` and ``aether.query``
 #: are the subpackages of those names, made callable as the API functions (``_callable``).
 __all__ = ["Model", "Search", "build_sample", "demo", "embed", "encode", "evaluate", "extract",
-           "grid", "pois", "query", "run", "runs", "search", "train"]
+           "grid", "pois", "query", "run", "runs", "search", "similar", "train"]
 
 if TYPE_CHECKING:
     from aether.api import (
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         run,
         runs,
         search,
+        similar,
         train,
     )
 

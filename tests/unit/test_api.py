@@ -101,5 +101,6 @@ def test_api_names_survive_submodule_imports() -> None:
     assert callable(aether.pois) and callable(aether.query)
     assert aether.pois.load.load_pois is not None and aether.query.search.search is not None
     assert aether.embed is aether.api.embed and aether.Model is aether.api.Model
+    assert aether.similar is aether.api.similar
     with pytest.raises(AttributeError):
         _ = aether.no_such_name

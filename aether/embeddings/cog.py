@@ -77,7 +77,7 @@ class CogSource:
         margin = max(radii) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
-        zone = np.array([aef.utm_epsg(a, b) for a, b in zip(lon, lat, strict=True)])
+        zone = aef.utm_epsgs(lon, lat)
         reach = max(radii) + aef.PIXEL_SIZE_M
         tasks = []
         for epsg in np.unique(zone):

@@ -11,16 +11,20 @@ from aether.core import aef
 from aether.io import tiles as tile_io
 
 
-def smooth_q(rows: int, cols: int, seed: int = 0, period_px: float = 300.0) -> np.ndarray:
-    """int8 ``(64, rows, cols)``, row 0 north: slowly varying unit vectors."""
+def smooth_q(rows: int, cols: int, seed: int = 0, patch_px: int = 4) -> np.ndarray:
+    """int8 ``(64, rows, cols)``, row 0 north: slowly varying unit vectors, constant over
+    ``patch_px`` squares (cheap to make, and deflate shrinks them well)."""
     rng = np.random.default_rng(seed)
-    r, c = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi, (aef.N_BANDS, 2))
-    freq = rng.uniform(0.5, 1.5, (aef.N_BANDS, 2)) * 2 * np.pi / period_px
-    v = np.stack([np.sin(freq[b, 0] * r + phase[b, 0]) + np.cos(freq[b, 1] * c + phase[b, 1])
-                  for b in range(aef.N_BANDS)], axis=-1)
+    pr, pc = -(-rows // patch_px), -(-cols // patch_px)
+    phase = rng.uniform(0, 2 * np.pi, (2, aef.N_BANDS))
+    freq = rng.uniform(0.5, 1.5, (2, aef.N_BANDS)) * 2 * np.pi / 60.0
+    r = np.sin(np.arange(pr)[:, None] * freq[0] + phase[0])
+    c = np.cos(np.arange(pc)[:, None] * freq[1] + phase[1])
+    v = r[:, None, :] + c[None, :, :]  # (pr, pc, 64)
     v /= np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.moveaxis(aef.quantize(v), -1, 0)
+    q = np.moveaxis(aef.quantize(v), -1, 0)
+    q = np.repeat(np.repeat(q, patch_px, axis=1), patch_px, axis=2)
+    return np.ascontiguousarray(q[:, :rows, :cols])
 
 
 def constant_q(rows: int, cols: int, seed: int) -> np.ndarray:

@@ -7,6 +7,7 @@ records the bytes sent per request, so tests can assert how much of a tile was f
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 _CONF = """\
+{user}
 worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
@@ -41,6 +43,17 @@ http {{
     }}
 }}
 """
+
+
+def _user_directive() -> str:
+    """Workers run as the current user (a root master would switch them to ``nobody``, who
+    cannot read the test's private files)."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    return f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};"
 
 
 def free_port() -> int:
@@ -75,7 +88,8 @@ class Nginx:
         for attempt in range(5):
             self.port = free_port()
             conf = self.prefix / "nginx.conf"
-            conf.write_text(_CONF.format(prefix=self.prefix, port=self.port, root=self.root))
+            conf.write_text(_CONF.format(prefix=self.prefix, port=self.port, root=self.root,
+                                         user=_user_directive()))
             self.proc = subprocess.Popen(
                 [NGINX, "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
                  "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -22,10 +22,11 @@ from shapely.geometry import Point
 from aether.core import aef
 from aether.embeddings.cog import CogSource
 from aether.io import tiles as tile_io
-from aether.settings import DEFAULT_TILES
 
 BANDS = list(aef.BANDS)
 KEY = ["poi_id", "radius_m"]
+#: The public index the issue names as the default of ``--source cog``.
+PUBLIC_INDEX = "https://data.source.coop/tge-labs/aef/v1/annual/aef_index.parquet"
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +54,8 @@ def test_remote_means_equal_local(sample_city, nginx) -> None:
     remote = CogSource(server.url + "/").point_means(pois, [100.0, 200.0], 2024)
     a, b = _sorted(local), _sorted(remote)
     assert a[KEY].equals(b[KEY])
-    np.testing.assert_array_equal(a[BANDS + ["weight", "valid_fraction"]].to_numpy(),
-                                  b[BANDS + ["weight", "valid_fraction"]].to_numpy())
+    np.testing.assert_array_equal(a[[*BANDS, "weight", "valid_fraction"]].to_numpy(),
+                                  b[[*BANDS, "weight", "valid_fraction"]].to_numpy())
     gets = [r for r in server.requests() if r.uri.endswith(".tiff") and r.method == "GET"]
     assert gets and all(r.status == 206 and r.range for r in gets)  # range requests only
 
@@ -188,7 +189,7 @@ def test_tiles_default_to_aether_tiles_then_the_public_index(big_tile, nginx, tm
     assert res.returncode == 0, res.stderr
     assert any(r.uri == "/aef_index.parquet" for r in server.requests())
     # no flag, no AETHER_TILES: the public index, named in the one-line error when offline
-    host = DEFAULT_TILES.split("/")[2]
+    host = PUBLIC_INDEX.split("/")[2]
     try:
         socket.getaddrinfo(host, 443)
         pytest.skip(f"{host} resolves: the public index would really be downloaded")
@@ -198,7 +199,7 @@ def test_tiles_default_to_aether_tiles_then_the_public_index(big_tile, nginx, tm
     res = cli("extract", "--pois", str(csv), "--source", "cog", "--data-dir",
               str(tmp_path / "d2"), env=env)
     line = _one_line_exit_2(res)
-    assert DEFAULT_TILES in line
+    assert PUBLIC_INDEX in line
 
 
 def test_nginx_is_really_serving(big_tile, nginx) -> None:

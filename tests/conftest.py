@@ -152,6 +152,8 @@ def nginx(tmp_path: Path):
     from nginx_server import NGINX, Nginx
 
     if not Path(NGINX).exists():
+        if os.environ.get("AETHER_REQUIRE_NGINX"):
+            pytest.fail("nginx is required here (AETHER_REQUIRE_NGINX) but not installed")
         pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
     servers: list[Nginx] = []
 

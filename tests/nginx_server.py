@@ -25,7 +25,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format bytes '$request_method $uri $status $body_bytes_sent "$http_range"';
+    log_format bytes '$request_method\t$uri\t$status\t$body_bytes_sent\t$http_range\t'
+                     '$http_user_agent';
     access_log {prefix}/access.log bytes;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
@@ -68,7 +69,8 @@ class Request:
     uri: str
     status: int
     bytes_sent: int
-    range: str
+    range: str  # "-" when the request had none
+    agent: str
 
 
 class Nginx:
@@ -132,8 +134,8 @@ class Nginx:
             return []
         out = []
         for line in path.read_text().splitlines():
-            method, uri, status, sent, rng = line.split(" ", 4)
-            out.append(Request(method, uri, int(status), int(sent), rng.strip('"')))
+            method, uri, status, sent, rng, agent = line.split("\t", 5)
+            out.append(Request(method, uri, int(status), int(sent), rng, agent))
         return out
 
     def clear_log(self) -> None:

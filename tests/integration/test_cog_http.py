@@ -202,6 +202,20 @@ def test_tiles_default_to_aether_tiles_then_the_public_index(big_tile, nginx, tm
     assert PUBLIC_INDEX in line
 
 
+def test_changing_aether_tiles_redoes_the_extract(big_tile, nginx, tmp_path: Path, cli) -> None:
+    root, _ = big_tile
+    server = nginx(root)
+    csv = _pois_csv(tmp_path / "pois.csv", _corner_pois())
+    args = ["extract", "--pois", str(csv), "--source", "cog", "--data-dir", str(tmp_path / "d")]
+    env = {"AETHER_CACHE_DIR": str(tmp_path / "cache")}
+    first = cli(*args, env={**env, "AETHER_TILES": server.url})
+    same = cli(*args, env={**env, "AETHER_TILES": server.url})
+    other = cli(*args, env={**env, "AETHER_TILES": str(root)})
+    assert first.returncode == same.returncode == other.returncode == 0, other.stderr
+    assert "up to date" in same.stdout
+    assert "up to date" not in other.stdout  # other tiles: not the same extraction
+
+
 def test_nginx_is_really_serving(big_tile, nginx) -> None:
     """The fixture's server answers range requests itself (206 with the asked bytes)."""
     import urllib.request

@@ -207,8 +207,8 @@ def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
                 gdf = gpd.read_parquet(f)
         else:
             gdf = gpd.read_parquet(src)
-    except ImportError as e:
-        raise TilesError(f"cannot read {loc}: {e.name or e} is not installed",
+    except ImportError as e:  # fsspec without the s3fs / gcsfs backend
+        raise TilesError(f"cannot read {loc}: {' '.join(str(e).split())}",
                          "use the HTTPS mirror (the default) or a local copy of the index"
                          ) from None
     except Exception as e:  # unreadable or not an index at all
@@ -260,9 +260,10 @@ def open_tile(path: str) -> DatasetReader:
     """The thread's open dataset for a tile (opened once, checked once)."""
     import rasterio
 
-    cache: OrderedDict[tuple[str, int, int], DatasetReader] = getattr(_local, "tiles", None) \
-        or OrderedDict()
-    _local.tiles = cache
+    cache: OrderedDict[tuple[str, int, int], DatasetReader] | None = getattr(_local, "tiles",
+                                                                              None)
+    if cache is None:
+        cache = _local.tiles = OrderedDict()
     key = _tile_key(path)
     ds = cache.get(key)
     if ds is not None:

@@ -216,6 +216,16 @@ def test_changing_aether_tiles_redoes_the_extract(big_tile, nginx, tmp_path: Pat
     assert "up to date" not in other.stdout  # other tiles: not the same extraction
 
 
+def test_a_cached_index_outlives_the_server(big_tile, nginx, caplog) -> None:
+    root, _ = big_tile
+    server = nginx(root)
+    first = tile_io.read_index(server.url)
+    server.stop()
+    again = tile_io.read_index(server.url)  # unreachable now: the cached copy, with a warning
+    assert again["path"].tolist() == first["path"].tolist()
+    assert any("using the cached index" in r.getMessage() for r in caplog.records)
+
+
 def test_nginx_is_really_serving(big_tile, nginx) -> None:
     """The fixture's server answers range requests itself (206 with the asked bytes)."""
     import urllib.request

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 GDAL_COG_ENV: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per open
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    "GDAL_CACHEMAX": 256,  # MB of decoded blocks, per process
+    "GDAL_CACHEMAX": 256 * 2**20,  # bytes (rasterio passes it to GDALSetCacheMax64)
     "VSI_CACHE": "TRUE",  # keep fetched byte ranges (headers, IFDs) per open file
     "VSI_CACHE_SIZE": str(32 * 2**20),
     "GDAL_HTTP_MULTIRANGE": "YES",

@@ -64,7 +64,11 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
         for p in reversed(procs):
             p.terminate()
         for p in procs:
-            p.wait(30)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def _spread_pois_csv(path: Path, n: int = 60) -> Path:

@@ -3,7 +3,8 @@
 Two generated tiles, one in zone 34N and one in 35N, each reaching 1 km past the zone
 boundary (24°E), so they overlap there. Each buffer is reduced in its POI's zone over the
 year's mosaic (the 35N tile, later in index order, on top): the Earth Engine source (through
-the genuine client against the emulator) and xee are the oracles for the COG source.
+the genuine client against the emulator) and xee are the oracles for the COG source, at
+the tolerances of the other EE-parity tests.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def test_cog_ee_and_xee_agree_across_a_zone_edge(two_zones: Path, tmp_path: Path
                                                                                   2024))
         xee = _sorted(get_source("xee", workdir=tmp_path / "x", **opts).point_means(pois, radii,
                                                                                     2024))
-    for other in (ee, xee):
+    # xee hands pixels to the exact kernel; EE (the emulator) reduces its buffer polygons
+    # with 8-bit coverage weights, so real EE implies 1e-3 on means, 2e-3 on coverage
+    for other, tol, vtol in ((xee, 1e-4, 1e-5), (ee, 1e-3, 2e-3)):
         assert other[KEY].equals(cog[KEY])
         assert np.nanmax(np.abs(other[BANDS].to_numpy(float) - cog[BANDS].to_numpy(float))) \
-            <= 1e-4
-        np.testing.assert_allclose(other["valid_fraction"], cog["valid_fraction"], atol=1e-5)
+            <= tol
+        np.testing.assert_allclose(other["valid_fraction"], cog["valid_fraction"], atol=vtol)
     # every buffer lies inside the mosaic and counts its area once
     np.testing.assert_allclose(cog["valid_fraction"], 1.0, atol=1e-6)
     np.testing.assert_allclose(cog["weight"], np.pi * cog["radius_m"] ** 2 / 100, rtol=1e-6)

@@ -82,7 +82,10 @@ def extract(
         str | None, typer.Option(help="Embedding source: cog, ee or xee [default ee; cog offline]")
     ] = None,
     tiles: Annotated[
-        str | None, typer.Option(help="AlphaEarth COG directory or URL holding aef_index.parquet")
+        str | None,
+        typer.Option(help="AlphaEarth COG directory, index or URL (a directory URL means its "
+                          "aef_index.parquet) [default: AETHER_TILES, else the public AEF index "
+                          "on data.source.coop]"),
     ] = None,
     radius: RadiusOpt = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
@@ -186,7 +189,9 @@ def grid(
         str, typer.Option(help="Square cells (100m, 0.5km) or H3 cells (h3:9)")
     ] = "100m",
     source: Annotated[str | None, typer.Option(help="Embedding source: cog, ee or xee")] = None,
-    tiles: Annotated[str | None, typer.Option(help="AlphaEarth COG directory or URL")] = None,
+    tiles: Annotated[str | None, typer.Option(
+        help="AlphaEarth COG directory, index or URL [default: AETHER_TILES, else the public "
+             "AEF index]")] = None,
     pois: Annotated[str | None, typer.Option(help="POI source, if the place comes from it")] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     zarr: Annotated[

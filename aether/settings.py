@@ -9,6 +9,9 @@ from pathlib import Path
 from aether.errors import InputError
 
 DEFAULT_DATA_DIR = "aether-data"
+#: The public AlphaEarth COG index (Source Cooperative's free HTTPS mirror of
+#: ``gs://alphaearth_foundations``, which is requester-pays): ``--source cog``'s default tiles.
+DEFAULT_TILES = "https://data.source.coop/tge-labs/aef/v1/annual/aef_index.parquet"
 DEFAULT_YEAR = 2024
 DEFAULT_RADII: tuple[float, ...] = (100.0, 200.0)
 MAX_RADIUS_M = 5_000.0
@@ -18,6 +21,19 @@ _SLUG_OK = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
 def data_dir(value: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: the option, else ``AETHER_DATA_DIR``, else ``./aether-data``."""
     return Path(value or os.environ.get("AETHER_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def tiles(value: str | os.PathLike[str] | None = None) -> str:
+    """The COG tiles: the option, else ``AETHER_TILES``, else the public index (DEFAULT_TILES)."""
+    return str(value or os.environ.get("AETHER_TILES") or DEFAULT_TILES)
+
+
+def cache_dir(value: str | os.PathLike[str] | None = None) -> Path:
+    """Where downloaded indexes are kept: ``AETHER_CACHE_DIR``, else ``$XDG_CACHE_HOME/aether``."""
+    if value or os.environ.get("AETHER_CACHE_DIR"):
+        return Path(value or os.environ["AETHER_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "aether"
 
 
 def check_radii(radii: list[float] | tuple[float, ...]) -> tuple[float, ...]:

@@ -140,3 +140,28 @@ def sample_runs(sample_extract: Path, data_root: Path):
         encode_city(sample_extract, run, [50.0])
         names.append(path.name)
     return sample_extract, names, data_root
+
+
+@pytest.fixture
+def nginx(tmp_path: Path):
+    """Start Debian's nginx on a free 127.0.0.1 port serving a directory: ``nginx(root)``.
+
+    Each server has its own prefix and access log (``server.requests()``) and is stopped
+    after the test.
+    """
+    from nginx_server import NGINX, Nginx
+
+    if not Path(NGINX).exists():
+        if os.environ.get("AETHER_REQUIRE_NGINX"):
+            pytest.fail("nginx is required here (AETHER_REQUIRE_NGINX) but not installed")
+        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
+    servers: list[Nginx] = []
+
+    def serve(root: Path) -> Nginx:
+        server = Nginx(root, tmp_path / f"nginx-{len(servers)}").start()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()

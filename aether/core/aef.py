@@ -83,6 +83,12 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+def utm_epsgs(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """``utm_epsg`` of many points at once: the zone each POI's buffer is reduced in."""
+    zone = ((np.asarray(lon, dtype=np.float64) + 180.0) // 6.0).astype(np.int64) % 60 + 1
+    return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
+
+
 def utm_zone_label(epsg: int) -> str:
     """``'35N'`` for EPSG:32635: the zone folder name of the public COG layout."""
     return f"{epsg % 100}{'N' if epsg // 100 == 326 else 'S'}"

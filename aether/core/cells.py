@@ -113,16 +113,11 @@ class Cells:
 
         return shapely.bounds(np.asarray(self.polygons, dtype=object))
 
-    def sums(self, block: zonal.PixelBlock, block_crs: str | None = None
-             ) -> tuple[np.ndarray, zonal.Partial]:
+    def sums(self, block: zonal.PixelBlock) -> tuple[np.ndarray, zonal.Partial]:
         """(indices of the cells the block touches, their partial sums from this block).
 
-        A block in another crs than the grid (a tile in the next UTM zone) is reduced over
-        the cells' polygons projected into its crs, by exact polygon coverage.
+        The block is in the cells' crs: sources mosaic other zones' tiles onto it first.
         """
-        if block_crs not in (None, self.crs):
-            idx, shapes = self._shapes_in(block_crs, block.bounds())
-            return idx, zonal.polygon_partial_sums(block, shapes)
         if self.x_edges is None or self.y_edges is None:
             idx = self._touching(block.bounds())
             return idx, zonal.polygon_partial_sums(block, [self.polygons[i] for i in idx])
@@ -143,24 +138,6 @@ class Cells:
         xmin, ymin, xmax, ymax = bounds
         return np.flatnonzero((b[:, 0] < xmax) & (b[:, 2] > xmin)
                               & (b[:, 1] < ymax) & (b[:, 3] > ymin))
-
-    def _shapes_in(self, crs: str, bounds: tuple[float, float, float, float]
-                   ) -> tuple[np.ndarray, list]:
-        import shapely
-        from pyproj import Transformer
-
-        polys = self.polygons or list(shapely.box(self.x - self.spec.size / 2,
-                                                  self.y - self.spec.size / 2,
-                                                  self.x + self.spec.size / 2,
-                                                  self.y + self.spec.size / 2))
-        tr = Transformer.from_crs(self.crs, crs, always_xy=True)
-        moved = shapely.transform(np.asarray(polys, dtype=object),
-                                  lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-        b = shapely.bounds(moved)
-        xmin, ymin, xmax, ymax = bounds
-        idx = np.flatnonzero((b[:, 0] < xmax) & (b[:, 2] > xmin)
-                             & (b[:, 1] < ymax) & (b[:, 3] > ymin))
-        return idx, [moved[i] for i in idx]
 
     def frame(self, total: zonal.Partial) -> gpd.GeoDataFrame:
         """The grid_embeddings table from the summed partials of every cell."""

@@ -1,8 +1,14 @@
 """AlphaEarth COG tiles (a local directory or a URL with an ``aef_index.parquet``).
 
 Only the windows that POI buffers touch are read; the work is a Dask graph of
-(tile × spatial POI group) tasks whose partial sums are added per POI, so buffers spanning
-two tiles or two UTM zones are exact.
+(UTM zone × spatial POI group) tasks whose partial sums are added per POI.
+
+What a pixel covered by two tiles means (docs/formats.md, "Overlapping tiles"): each buffer
+is reduced in ONE crs, its POI's UTM zone (as the Earth Engine source's per-batch ``crs``),
+on that zone's 10 m lattice, over the year's mosaic: tiles in index order, the last one with
+data on top (Earth Engine's ``mosaic()``), tiles of the next zone warped in by nearest
+neighbour. So duplicate index rows and overlapping tiles count each ground pixel once.
+Grids are reduced in the place's crs the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 GROUP_M = 2_000.0
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
+#: The tiles a window reads, in index order: ``(path, crs)``.
+TileList = list[tuple[str, str]]
 
 
 @dataclass
@@ -41,16 +49,16 @@ class CogSource:
     name: str = "cog"
 
     def _tiles_for(self, year: int, bbox: tuple[float, float, float, float]) -> pd.DataFrame:
+        """The year's index rows (in index order) whose footprint meets a lon/lat bbox."""
         index = tile_io.read_index(self.tiles)
         years = sorted(int(y) for y in index["year"].unique())
         in_year = index[index["year"] == year]
         if in_year.empty:
             raise CoverageError(f"no AlphaEarth tiles for year {year} in {self.tiles}",
                                 f"years available: {', '.join(map(str, years)) or 'none'}")
-        w, s, e, n = bbox
-        hit = in_year[(in_year.wgs84_west <= e) & (in_year.wgs84_east >= w)
-                      & (in_year.wgs84_south <= n) & (in_year.wgs84_north >= s)]
+        hit = in_year[_meets(in_year, bbox)]
         if hit.empty:
+            w, s, e, n = bbox
             raise CoverageError(
                 f"no AlphaEarth tile for {year} covers {w:.4f},{s:.4f},{e:.4f},{n:.4f}",
                 "check --tiles, or use a source that covers this place",
@@ -69,29 +77,60 @@ class CogSource:
         margin = max(radii) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
-        tasks = [
-            dask.delayed(_tile_group_sums)(t.path, idx, x[idx], y[idx], radii)
-            for t in tiles.itertuples()
-            for x, y in [_project(lon, lat, t.crs)]
-            for idx in _groups(x, y, t, max(radii))
-        ]
+        zone = aef.utm_epsgs(lon, lat)
+        reach = max(radii) + aef.PIXEL_SIZE_M
+        tasks = []
+        for epsg in np.unique(zone):
+            crs = f"EPSG:{epsg}"
+            in_zone = np.flatnonzero(zone == epsg)
+            x, y = _project(lon[in_zone], lat[in_zone], crs)
+            for group in _groups(x, y):
+                bounds = (x[group].min() - reach, y[group].min() - reach,
+                          x[group].max() + reach, y[group].max() + reach)
+                under = _tiles_under(tiles, crs, bounds)
+                if under:
+                    tasks.append(dask.delayed(_group_sums)(
+                        under, crs, bounds, in_zone[group], x[group], y[group], radii))
         return point_means_table(pois, radii, year, dask.compute(*tasks))
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
 
-        One task per tile window of at most ``WINDOW_M``: memory stays flat whatever the
-        raster's size. Cells whose area has no valid pixel keep NaN vectors with
-        valid_fraction 0.
+        One task per window of at most ``WINDOW_M`` in the place's crs: memory stays flat
+        whatever the raster's size. Cells whose area has no valid pixel keep NaN vectors
+        with valid_fraction 0.
         """
         import dask
 
         cells = grids.make_cells(place.boundary, place.crs, grids.parse_cell(cell), place.name)
         tiles = self._tiles_for(year, place.bbox)
         shared = dask.delayed(cells, pure=True)
-        tasks = [dask.delayed(_window_grid_sums)(t.path, t.crs, window, shared)
-                 for t in tiles.itertuples() for window in _windows(t, cells)]
+        tasks = [dask.delayed(_window_grid_sums)(under, cells.crs, window, shared)
+                 for window in _windows(cells.bounds())
+                 for under in [_tiles_under(tiles, cells.crs, window)] if under]
         return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
+
+
+def _meets(index: pd.DataFrame, bbox: tuple[float, float, float, float]) -> pd.Series:
+    w, s, e, n = bbox
+    return ((index.wgs84_west <= e) & (index.wgs84_east >= w)
+            & (index.wgs84_south <= n) & (index.wgs84_north >= s))
+
+
+def _tiles_under(tiles: pd.DataFrame, crs: str, bounds: tuple[float, float, float, float]
+                 ) -> TileList:
+    """The tiles (index order) that may hold pixels of a window given in ``crs``."""
+    same = tiles["crs"] == crs
+    xmin, ymin, xmax, ymax = bounds
+    hit = same & (tiles.utm_west < xmax) & (tiles.utm_east > xmin) \
+        & (tiles.utm_south < ymax) & (tiles.utm_north > ymin)
+    if not same.all():
+        from pyproj import Transformer
+
+        lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform_bounds(
+            xmin, ymin, xmax, ymax, densify_pts=21)
+        hit |= ~same & _meets(tiles, lonlat)
+    return list(zip(tiles["path"][hit].astype(str), tiles["crs"][hit].astype(str), strict=True))
 
 
 def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np.ndarray]:
@@ -102,72 +141,55 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
     return np.asarray(x), np.asarray(y)
 
 
-def _groups(x: np.ndarray, y: np.ndarray, tile: Any, radius: float) -> list[np.ndarray]:
-    """Indices of POIs whose largest buffer touches the tile, grouped on a square grid."""
-    near = np.flatnonzero(
-        (x + radius >= tile.utm_west) & (x - radius <= tile.utm_east)
-        & (y + radius >= tile.utm_south) & (y - radius <= tile.utm_north)
-    )
-    if len(near) == 0:
+def _groups(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """Indices of POIs grouped on a square grid of GROUP_M."""
+    if len(x) == 0:
         return []
-    key = np.floor(x[near] / GROUP_M) * 1e6 + np.floor(y[near] / GROUP_M)
+    key = np.floor(x / GROUP_M) * 1e6 + np.floor(y / GROUP_M)
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
-    return np.split(near[order], bounds)
+    return np.split(order, bounds)
 
 
-def _tile_group_sums(
-    path: str, idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
-) -> tuple[np.ndarray, list[zonal.Partial]]:
-    """Read one window of one tile and return the partial sums of its POIs' buffers."""
-    r = max(radii) + aef.PIXEL_SIZE_M
-    block = tile_io.read_block(path, (x.min() - r, y.min() - r, x.max() + r, y.max() + r))
-    if block is None:
+def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, float],
+                idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
+                ) -> tuple[np.ndarray, list[zonal.Partial]]:
+    """The mosaic under one POI group's buffers, and the partial sums of those buffers."""
+    raw = tile_io.mosaic_window(tiles, crs, bounds)
+    if raw is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
+    block = tile_io.decode(raw)
     return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
 
 
-def _windows(tile: object, cells: grids.Cells) -> list[tuple[float, float, float, float]]:
-    """The parts of a tile under the grid, cut into squares of at most WINDOW_M."""
-    xmin, ymin, xmax, ymax = cells.bounds()
-    if tile.crs != cells.crs:  # type: ignore[attr-defined]
-        from pyproj import Transformer
-
-        tr = Transformer.from_crs(cells.crs, tile.crs, always_xy=True)  # type: ignore[attr-defined]
-        xmin, ymin, xmax, ymax = tr.transform_bounds(xmin, ymin, xmax, ymax)
-    xmin, ymin = max(xmin, tile.utm_west), max(ymin, tile.utm_south)  # type: ignore[attr-defined]
-    xmax, ymax = min(xmax, tile.utm_east), min(ymax, tile.utm_north)  # type: ignore[attr-defined]
-    if xmin >= xmax or ymin >= ymax:
-        return []
-    xs = _cuts(xmin, xmax, tile.utm_west)  # type: ignore[attr-defined]
-    ys = _cuts(ymin, ymax, tile.utm_south)  # type: ignore[attr-defined]
+def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
+    """Squares of at most WINDOW_M covering ``bounds``, cut on multiples of WINDOW_M (pixel
+    edges of the 10 m lattice), so no pixel is read by two windows."""
+    xs, ys = _cuts(bounds[0], bounds[2]), _cuts(bounds[1], bounds[3])
     return [(x0, y0, x1, y1) for x0, x1 in itertools.pairwise(xs)
             for y0, y1 in itertools.pairwise(ys)]
 
 
-def _cuts(lo: float, hi: float, origin: float) -> list[float]:
-    """lo, the multiples of WINDOW_M from the tile's (pixel-aligned) origin inside, hi.
-
-    Inner cuts fall on pixel edges, so no pixel is read by two windows.
-    """
-    k0 = np.floor((lo - origin) / WINDOW_M) + 1
-    k1 = np.ceil((hi - origin) / WINDOW_M)
-    return [lo, *(origin + np.arange(k0, k1) * WINDOW_M).tolist(), hi]
+def _cuts(lo: float, hi: float) -> list[float]:
+    """lo, the multiples of WINDOW_M strictly inside, hi."""
+    k0 = np.floor(lo / WINDOW_M) + 1
+    k1 = np.ceil(hi / WINDOW_M)
+    return [lo, *(np.arange(k0, k1) * WINDOW_M).tolist(), hi]
 
 
-def _window_grid_sums(path: str, tile_crs: str, window: tuple[float, float, float, float],
+def _window_grid_sums(tiles: TileList, crs: str, window: tuple[float, float, float, float],
                       cells: grids.Cells) -> tuple[np.ndarray, zonal.Partial]:
-    """One tile window's contribution to the cells it touches."""
-    block = tile_io.read_block(path, window)
-    if block is None:
+    """One window's contribution to the cells it touches."""
+    raw = tile_io.mosaic_window(tiles, crs, window)
+    if raw is None:
         return np.zeros(0, np.int64), zonal.Partial.zeros(0, aef.N_BANDS)
-    return cells.sums(block, tile_crs)
+    return cells.sums(tile_io.decode(raw))
 
 
-def create(*, tiles: str | Path, workdir: Path | None = None, **_: object) -> CogSource:
-    """Factory used by ``get_source('cog', tiles=...)``."""
-    if tiles is None:
-        from aether.errors import InputError
+def create(*, tiles: str | Path | None = None, workdir: Path | None = None,
+           **_: object) -> CogSource:
+    """Factory used by ``get_source('cog', tiles=...)``: without ``tiles``, ``AETHER_TILES``
+    or else the public AEF index (``settings.DEFAULT_TILES``)."""
+    from aether.settings import tiles as default_tiles
 
-        raise InputError("the cog source needs --tiles DIR_OR_URL", "or use --offline")
-    return CogSource(tiles=str(tiles))
+    return CogSource(tiles=default_tiles(tiles))

@@ -215,12 +215,25 @@ class XeeSource:
     ) -> pd.DataFrame:
         """Rows of the poi_embeddings contract for every POI × radius."""
         import dask
-        from pyproj import Transformer
 
         radii = [float(r) for r in radii]
         self._check_year(year)
         lon, lat = pois.geometry.x.to_numpy(), pois.geometry.y.to_numpy()
-        crs = f"EPSG:{aef.utm_epsg(float(np.median(lon)), float(np.median(lat)))}"
+        # each buffer is reduced in its POI's UTM zone, as the COG and EE sources do
+        zone = aef.utm_epsgs(lon, lat)
+        tasks = []
+        for epsg in np.unique(zone):
+            in_zone = np.flatnonzero(zone == epsg)
+            tasks += self._zone_tasks(f"EPSG:{epsg}", in_zone, lon[in_zone], lat[in_zone],
+                                      radii, year)
+        return point_means_table(pois, radii, year, dask.compute(*tasks))
+
+    def _zone_tasks(self, crs: str, ids: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+                    radii: list[float], year: int) -> list[Any]:
+        """Delayed partial sums of one UTM zone's POIs (``ids``: their rows in the table)."""
+        import dask
+        from pyproj import Transformer
+
         x, y = (np.asarray(v) for v in Transformer.from_crs(
             "EPSG:4326", crs, always_xy=True).transform(lon, lat))
         reach = max(radii) + aef.PIXEL_SIZE_M
@@ -233,9 +246,9 @@ class XeeSource:
             idx = np.flatnonzero((x + reach > bx0) & (x - reach < bx1)
                                  & (y + reach > by0) & (y - reach < by1))
             if len(idx):
-                tasks.append(dask.delayed(_point_sums)(pixels, view, r, c, idx, x[idx],
+                tasks.append(dask.delayed(_point_sums)(pixels, view, r, c, ids[idx], x[idx],
                                                        y[idx], radii))
-        return point_means_table(pois, radii, year, dask.compute(*tasks))
+        return tasks
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``)."""

@@ -1,11 +1,23 @@
 """AlphaEarth GeoTIFF tiles and their index: every reader of the tiles (COG source, sample
-city, emulator) goes through these, so the south-up and nodata traps are handled once."""
+city, emulator) goes through these, so the south-up and nodata traps are handled once.
+
+Tiles may be local files or URLs (``https://``, ``s3://``, ``gs://``): GDAL reads remote COGs
+by HTTP range requests (``/vsicurl/``), fetching only the blocks a window touches, with the
+settings in ``GDAL_COG_ENV``. Each thread keeps its open datasets (``open_tile``), so GDAL's
+block cache survives from one window of a tile to the next.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +37,33 @@ from aether.io.tables import atomic_path, write_parquet
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    from affine import Affine
+    from rasterio.io import DatasetReader
 
     from aether.core.zonal import PixelBlock
+
+log = logging.getLogger(__name__)
+
+#: GDAL settings for reading COGs over HTTP; a variable set in the environment wins.
+GDAL_COG_ENV: dict[str, str | int] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per open
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_CACHEMAX": 256 * 2**20,  # bytes (rasterio passes it to GDALSetCacheMax64)
+    "VSI_CACHE": "TRUE",  # keep fetched byte ranges (headers, IFDs) per open file
+    "VSI_CACHE_SIZE": str(32 * 2**20),
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",  # on 429 / 5xx, with a growing delay
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+}
+#: Open datasets kept per thread; a city touches a handful of 8192² tiles.
+OPEN_TILES = 16
+#: The public index names its tiles by S3 URL; the same objects are served over HTTPS.
+_MIRROR_S3 = "s3://us-west-2.opendata.source.coop/"
+_MIRROR_HTTPS = "https://data.source.coop/"
+_local = threading.local()
 
 
 
@@ -107,81 +144,277 @@ def write_index(records: list[dict[str, object]], root: str | os.PathLike[str]) 
     return write_parquet(gdf, root / INDEX_NAME)
 
 
-def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read an AEF index from a directory, a local ``.parquet`` file, or a URL.
+def gdal_options() -> dict[str, str | int]:
+    """``GDAL_COG_ENV`` less what the environment sets (GDAL reads those itself)."""
+    return {k: v for k, v in GDAL_COG_ENV.items() if k not in os.environ}
 
-    Relative tile paths are resolved against the index's own location, so a copied tile
-    directory keeps working.
-    """
-    import geopandas as gpd
 
+@contextmanager
+def gdal_env() -> Iterator[None]:
+    """The COG-friendly GDAL settings, for opening and reading tiles."""
+    import rasterio
+
+    with rasterio.Env(**gdal_options()):
+        yield
+
+
+def _is_url(loc: str) -> bool:
+    return "://" in loc
+
+
+def index_location(location: str | os.PathLike[str]) -> str:
+    """Where the index file of ``location`` is: a directory (or URL not naming a
+    ``.parquet``) stands for its ``aef_index.parquet``."""
     loc = str(location)
-    is_url = "://" in loc
-    if not is_url and Path(loc).is_dir():
-        loc = str(Path(loc) / INDEX_NAME)
-    if not is_url and not Path(loc).is_file():
+    if _is_url(loc):
+        return loc if loc.split("?")[0].endswith(".parquet") else f"{loc.rstrip('/')}/{INDEX_NAME}"
+    return str(Path(loc) / INDEX_NAME) if Path(loc).is_dir() else loc
+
+
+def _local_index(loc: str, location: object) -> str:
+    """A local path to read the index at ``loc`` from (HTTP(S) indexes via the disk cache)."""
+    if loc.startswith(("http://", "https://")):
+        from aether.io.index_cache import cached_index
+        from aether.settings import cache_dir
+
+        return str(cached_index(loc, cache_dir() / "index"))
+    if _is_url(loc):
+        return loc  # s3:// gs:// ...: read by fsspec when its backend is installed
+    if not Path(loc).is_file():
         raise TilesError(
             f"no AlphaEarth index at {location}",
             f"point --tiles at a directory holding {INDEX_NAME} (`aether sample build` makes one)",
         )
+    return loc
+
+
+def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
+    """Read an AEF index from a directory, a local ``.parquet`` file, or a URL.
+
+    Relative tile paths are resolved against the index's own location, so a copied tile
+    directory (or a mirror of the public layout) keeps working. Rows naming the same tile
+    twice are kept once (the first), so no pixel is counted twice.
+    """
+    import geopandas as gpd
+
+    loc = index_location(location)
+    src = _local_index(loc, location)
     try:
-        if is_url:
+        if _is_url(src):
             import fsspec
 
-            with fsspec.open(loc, "rb") as f:
+            with fsspec.open(src, "rb") as f:
                 gdf = gpd.read_parquet(f)
         else:
-            gdf = gpd.read_parquet(loc)
+            gdf = gpd.read_parquet(src)
+    except ImportError as e:  # fsspec without the s3fs / gcsfs backend
+        raise TilesError(f"cannot read {loc}: {' '.join(str(e).split())}",
+                         "use the HTTPS mirror (the default) or a local copy of the index"
+                         ) from None
     except Exception as e:  # unreadable or not an index at all
-        raise TilesError(f"cannot read AlphaEarth index {loc}: {e}", "re-create the index") from e
+        raise TilesError(f"cannot read AlphaEarth index {loc}: {' '.join(str(e).split())}",
+                         "check that it is an aef_index.parquet (GeoParquet)") from e
     missing = [c for c in INDEX_COLUMNS if c not in gdf.columns]
     if missing:
         raise TilesError(f"{loc} is not an AEF index (lacks {', '.join(missing)})",
                          f"use the public {INDEX_NAME} layout")
     base = loc.rsplit("/", 1)[0]
-    gdf["path"] = [
-        p if "://" in p or os.path.isabs(p) else f"{base}/{p}" for p in gdf["path"].astype(str)
-    ]
+    gdf["path"] = [resolve_tile_path(p, base) for p in gdf["path"].astype(str)]
+    n = len(gdf)
+    gdf = gdf.drop_duplicates(subset=["path", "year"], keep="first").reset_index(drop=True)
+    if len(gdf) < n:
+        log.warning("%s lists %d tile(s) twice: each is read once", loc, n - len(gdf))
     return gdf
+
+
+def resolve_tile_path(path: str, base: str) -> str:
+    """A tile path of an index as something GDAL opens: relative paths join the index's
+    location; the mirror's ``s3://`` names become its public HTTPS URLs."""
+    if path.startswith(_MIRROR_S3):
+        return _MIRROR_HTTPS + path[len(_MIRROR_S3):]
+    if _is_url(path) or os.path.isabs(path):
+        return path
+    return f"{base}/{path}"
+
+
+def _tile_key(path: str) -> tuple[str, int, int]:
+    """Cache key of an open tile: a local file rewritten in place is opened afresh."""
+    if _is_url(path):
+        return path, 0, 0
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, -1, -1
+    return path, st.st_mtime_ns, st.st_size
+
+
+def _read_error(path: str, e: Exception) -> TilesError:
+    msg = " ".join(str(e).split())
+    if _is_url(path):
+        return TilesError(f"cannot read tile {path}: {msg}",
+                          "check that the tile server is up and serves the index's files")
+    return TilesError(f"cannot read tile {path}: {msg}", "the file may be corrupt; re-download it")
+
+
+def open_tile(path: str) -> DatasetReader:
+    """The thread's open dataset for a tile (opened once, checked once)."""
+    import rasterio
+
+    cache: OrderedDict[tuple[str, int, int], DatasetReader] | None = getattr(_local, "tiles",
+                                                                              None)
+    if cache is None:
+        cache = _local.tiles = OrderedDict()
+    key = _tile_key(path)
+    ds = cache.get(key)
+    if ds is not None:
+        cache.move_to_end(key)
+        return ds
+    try:
+        with gdal_env():
+            ds = rasterio.open(path)
+    except rasterio.errors.RasterioError as e:
+        raise _read_error(path, e) from None
+    if ds.count != N_BANDS or ds.dtypes[0] != "int8":
+        ds.close()
+        raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
+                         "check the tile directory")
+    cache[key] = ds
+    while len(cache) > OPEN_TILES:
+        cache.popitem(last=False)[1].close()
+    return ds
+
+
+@dataclass(frozen=True)
+class RawWindow:
+    """Stored int8 values of a window, ``(64, rows, cols)``, and its transform (which may
+    be south-up). What the tile reader hands to the decoder."""
+
+    q: np.ndarray
+    transform: Affine
+
+
+def read_window(path: str, bounds: tuple[float, float, float, float] | None = None
+                ) -> RawWindow | None:
+    """The stored values of a tile under ``bounds`` (tile crs); None when nothing overlaps.
+
+    The window comes from the file's own transform, so south-up and north-up files read
+    the same; only the blocks it touches are read (over HTTP: fetched).
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    ds = open_tile(path)
+    t = ds.transform
+    if bounds is None:
+        win = Window(0, 0, ds.width, ds.height)
+    else:
+        xmin, ymin, xmax, ymax = bounds
+        cs = [(x - t.c) / t.a for x in (xmin, xmax)]
+        rs = [(y - t.f) / t.e for y in (ymin, ymax)]
+        c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
+        r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
+        if c0 >= c1 or r0 >= r1:
+            return None
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+    try:
+        with gdal_env():
+            q = ds.read(window=win)
+    except rasterio.errors.RasterioError as e:
+        raise _read_error(path, e) from None
+    return RawWindow(q, ds.window_transform(win))
+
+
+def decode(raw: RawWindow) -> PixelBlock:
+    """De-quantised, band-last pixels of a window; nodata masked before decoding."""
+    from aether.core.zonal import PixelBlock
+
+    values = np.moveaxis(dequantize(raw.q), 0, -1)
+    values[~valid_mask(raw.q)] = np.nan
+    return PixelBlock.from_transform(values, raw.transform)
 
 
 def read_block(
     path: str, bounds: tuple[float, float, float, float] | None = None
 ) -> PixelBlock | None:
-    """Read the part of a tile that overlaps ``bounds`` (tile crs), decoded, band-last.
+    """Read and decode the part of a tile that overlaps ``bounds`` (tile crs), band-last."""
+    raw = read_window(path, bounds)
+    return None if raw is None else decode(raw)
 
-    The window comes from the file's own transform, so south-up and north-up files read
-    the same; nodata is masked before de-quantisation. Returns None when nothing overlaps.
+
+def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
+                  bounds: tuple[float, float, float, float]) -> RawWindow | None:
+    """The year's mosaic under ``bounds`` on ``crs``'s 10 m lattice (aligned to multiples
+    of 10 m, as Earth Engine's ``crs`` + ``scale`` grid is).
+
+    ``tiles`` are ``(path, crs)`` in index order; where two hold data, the later one wins
+    (Earth Engine's ``mosaic()``), so every ground pixel counts once. Tiles of another crs
+    (the next UTM zone) are warped onto the lattice by nearest neighbour, as Earth Engine
+    does. A single aligned tile of the same crs is returned as read, without a copy.
     """
-    import rasterio
-    from rasterio.windows import Window
+    px = PIXEL_SIZE_M
+    x0, y1 = np.floor(bounds[0] / px) * px, np.ceil(bounds[3] / px) * px
+    x1, y0 = np.ceil(bounds[2] / px) * px, np.floor(bounds[1] / px) * px
+    if len(tiles) == 1 and tiles[0][1] == crs:
+        raw = read_window(tiles[0][0], (x0, y0, x1, y1))
+        if raw is None or _on_lattice(raw.transform):
+            return raw
+    from rasterio.transform import Affine
 
-    from aether.core.zonal import PixelBlock
+    w, h = round((x1 - x0) / px), round((y1 - y0) / px)
+    out = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
+    dst = Affine(px, 0.0, float(x0), 0.0, -px, float(y1))
+    hit = False
+    for path, tile_crs in tiles:
+        part = _onto(path, tile_crs, crs, dst, (h, w))
+        if part is None:
+            continue
+        ok = valid_mask(part)
+        out[:, ok] = part[:, ok]
+        hit = hit or bool(ok.any())
+    return RawWindow(out, dst) if hit else None
 
-    try:
-        with rasterio.open(path) as ds:
-            if ds.count != N_BANDS or ds.dtypes[0] != "int8":
-                raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
-                                 "check the tile directory")
-            t = ds.transform
-            if bounds is None:
-                win = Window(0, 0, ds.width, ds.height)
+
+def _on_lattice(t: Any) -> bool:
+    px = PIXEL_SIZE_M
+    return (abs(abs(t.a) - px) < 1e-9 and abs(abs(t.e) - px) < 1e-9 and t.b == 0 and t.d == 0
+            and abs(t.c / px - round(t.c / px)) < 1e-6 and abs(t.f / px - round(t.f / px)) < 1e-6)
+
+
+def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
+          ) -> np.ndarray | None:
+    """One tile's stored values on the north-up lattice ``dst`` of ``shape`` (nodata outside)."""
+    h, w = shape
+    x0, y1 = dst.c, dst.f
+    x1, y0 = x0 + w * dst.a, y1 + h * dst.e
+    if tile_crs == crs:
+        raw = read_window(path, (x0, y0, x1, y1))
+        if raw is not None and _on_lattice(raw.transform):
+            q, t = raw.q, raw.transform
+            if t.e > 0:  # south-up: flip to north-up
+                q, top = q[:, ::-1], t.f + t.e * q.shape[1]
             else:
-                xmin, ymin, xmax, ymax = bounds
-                cs = [(x - t.c) / t.a for x in (xmin, xmax)]
-                rs = [(y - t.f) / t.e for y in (ymin, ymax)]
-                c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
-                r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
-                if c0 >= c1 or r0 >= r1:
-                    return None
-                win = Window(c0, r0, c1 - c0, r1 - r0)
-            q = ds.read(window=win)
-            wt = ds.window_transform(win)
-    except TilesError:
-        raise
-    except rasterio.errors.RasterioError as e:
-        raise TilesError(f"cannot read tile {path}: {e}", "the file may be corrupt; re-download it"
-                         ) from e
-    values = np.moveaxis(dequantize(q), 0, -1)
-    values[~valid_mask(q)] = np.nan
-    return PixelBlock.from_transform(values, wt)
+                top = t.f
+            r0, c0 = round((y1 - top) / dst.a), round((t.c - x0) / dst.a)
+            part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
+            rh, rw = q.shape[1:]
+            rs, cs = max(r0, 0), max(c0, 0)
+            re_, ce = min(r0 + rh, h), min(c0 + rw, w)
+            if rs < re_ and cs < ce:
+                part[:, rs:re_, cs:ce] = q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
+            return part
+    else:
+        from rasterio.warp import transform_bounds
+
+        pad = PIXEL_SIZE_M
+        b = transform_bounds(crs, tile_crs, x0, y0, x1, y1, densify_pts=21)
+        raw = read_window(path, (b[0] - pad, b[1] - pad, b[2] + pad, b[3] + pad))
+    if raw is None:
+        return None
+    from rasterio.warp import Resampling, reproject
+
+    part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
+    with gdal_env():
+        reproject(np.ascontiguousarray(raw.q), part, src_transform=raw.transform,
+                  src_crs=tile_crs, src_nodata=NODATA, dst_transform=dst, dst_crs=crs,
+                  dst_nodata=NODATA, resampling=Resampling.nearest)
+    return part

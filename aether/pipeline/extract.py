@@ -30,6 +30,7 @@ from aether.io.tables import (
 )
 from aether.places.place import Place, place_from_polygon, slugify
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year, city_dir
+from aether.settings import tiles as default_tiles
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -139,7 +140,9 @@ def run_extract(req: ExtractRequest) -> ExtractResult:
     year = check_year(req.year)
     inputs = request_inputs(req)
     place, pois, poi_spec = inputs.place, inputs.pois, inputs.poi_spec
-    source_name, options = inputs.source, inputs.source_options
+    source_name, options = inputs.source, dict(inputs.source_options)
+    if source_name == "cog":  # the default tiles too, so the hash names what is read
+        options.setdefault("tiles", default_tiles())
     out = city_dir(req.data_dir, place.slug, year)
     config = {
         "place": place.slug,

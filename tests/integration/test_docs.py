@@ -281,3 +281,44 @@ def test_readme_picture_and_credits():
     for page in (ROOT / "README.md", DOCS / "index.md", DOCS / "credits.md"):
         text = " ".join(page.read_text().split())
         assert OSM_CREDIT in text and AEF_CREDIT in text, page.name
+
+
+# --- Quickstart §3 (your own city, no Earth Engine account) against nginx on loopback ---
+
+OWN_CITY = "## 3. Your own city, no Earth Engine account"
+PUBLIC_TILES = "https://data.source.coop/tge-labs/aef/v1/annual/"
+
+
+def test_own_city_section_runs_against_loopback_tiles(sample_city, helsinki_pbf, nginx,
+                                                      tmp_path):
+    """Every command of the section runs: the public mirror is played by nginx serving the
+    sample tiles in the public layout (also as the no-``--tiles`` default, via
+    ``AETHER_TILES``), the PBF is the real Helsinki extract, the POI file a CSV in it."""
+    import pandas as pd
+
+    text = (DOCS / "quickstart.md").read_text()
+    section = text[text.index(OWN_CITY):]
+    section = section[:section.index("\n## ", len(OWN_CITY))]
+    server = nginx(sample_city.tiles)
+    w, s, e, n = sample_city.place.bbox
+    csv = tmp_path / "my_pois.csv"
+    pd.DataFrame({"name": ["a", "b", "c"], "amenity": ["cafe", "bar", "school"],
+                  "lon": [w + (e - w) * f for f in (0.3, 0.5, 0.7)],
+                  "lat": [s + (n - s) * f for f in (0.4, 0.5, 0.6)]}).to_csv(csv, index=False)
+    swap = {PUBLIC_TILES: f"{server.url}/", "/data/aef/v1/annual": str(sample_city.tiles),
+            "pbf:tartu.osm.pbf": f"pbf:{helsinki_pbf}", "my_pois.csv": str(csv)}
+    lines = [c for m in FENCE.finditer(section) if m["lang"] == "console"
+             for c in commands(Block("quickstart.md", "console", m["body"]))]
+    assert len(lines) >= 4 and any("--tiles" not in c for c in lines)
+    for i, line in enumerate(lines):
+        for old, new in swap.items():
+            line = line.replace(old, new)
+        data = tmp_path / f"data-{i}"
+        env = {**os.environ, "AETHER_TILES": server.url, "AETHER_DATA_DIR": str(data),
+               "AETHER_CACHE_DIR": str(tmp_path / "cache")}
+        r = subprocess.run(argv(line.replace("aether", str(BIN / "aether"), 1)),
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert r.returncode == 0, (line, r.stderr)
+        (table,) = data.rglob("poi_embeddings.parquet")
+        assert (pd.read_parquet(table)["valid_fraction"] > 0).any(), line
+    assert any(r.uri.endswith(".tiff") for r in server.requests())

@@ -65,24 +65,27 @@ def test_cells_sum_over_blocks_like_one_block(sample_city, spec) -> None:
 
 
 @pytest.mark.parametrize("spec", ["100m", "h3:10"])
-def test_block_in_the_next_utm_zone(sample_city, spec) -> None:
-    """A tile in another UTM zone reduces over the cells' polygons projected into its crs."""
+def test_tile_in_the_next_utm_zone(sample_city, spec, tmp_path) -> None:
+    """A tile in another UTM zone is warped onto the place's grid (as Earth Engine does)."""
+    from aef_tiles import constant_q, write
     from pyproj import Transformer
+
+    from aether.core import aef
+    from aether.io import tiles as tile_io
 
     cells = grids.make_cells(sample_city.place.boundary, sample_city.place.crs,
                              grids.parse_cell(spec))
     xmin, ymin, xmax, ymax = Transformer.from_crs(cells.crs, "EPSG:32634", always_xy=True
                                                   ).transform_bounds(*cells.bounds())
-    x0, y0 = np.floor(xmin / 10) * 10 - 100, np.ceil(ymax / 10) * 10 + 100
-    h, w = int((y0 - ymin) / 10) + 20, int((xmax - x0) / 10) + 20
-    values = np.broadcast_to(np.linspace(-0.5, 0.5, 64, dtype=np.float32), (h, w, 64))
-    block = zonal.PixelBlock(np.ascontiguousarray(values), x0, y0, 10.0, -10.0)
-    idx, part = cells.sums(block, "EPSG:32634")
-    assert sorted(idx) == list(range(len(cells)))
-    total = grids.accumulate(len(cells), [(idx, part)])
-    m = zonal.finalize_area(total, cells.area_px)
-    np.testing.assert_allclose(m.mean, np.broadcast_to(values[0, 0], m.mean.shape), atol=1e-5)
-    np.testing.assert_allclose(m.valid_fraction, 1.0, atol=2e-3)  # zones' scales differ a little
+    x0, y0 = np.floor(xmin / 10) * 10 - 300, np.ceil(ymax / 10) * 10 + 300
+    h, w = int((y0 - ymin) / 10) + 60, int((xmax - x0) / 10) + 60
+    q = constant_q(h, w, seed=7)
+    tile_io.write_index([write(tmp_path, "z34", q, "EPSG:32634", x0, y0)], tmp_path)
+    frame = get_source("cog", tiles=tmp_path).grid(sample_city.place, 2024, spec)
+    want = aef.dequantize(q[:, 0, 0])
+    np.testing.assert_allclose(frame[list(aef.BANDS)].to_numpy(float),
+                               np.broadcast_to(want, (len(frame), 64)), atol=1e-6)
+    np.testing.assert_allclose(frame["valid_fraction"], 1.0, atol=1e-6)
 
 
 def test_h3_cells_are_area_weighted(sample_city) -> None:

@@ -72,14 +72,13 @@ def _units(task: Task, city_dir: Path, radius: float, pois: Any) -> Units:
 
 def heldout_pois(pois: Any, run: Run) -> np.ndarray:
     """Mask of the POIs the trainer held out from every preset (its fixed test split)."""
-    from aether.ml.train import Pairs, TrainConfig, split_labels
+    from aether.ml.config import TrainConfig
+    from aether.ml.data import split_of
 
     cfg = TrainConfig(**run.config["hyperparameters"])
     xy = pois.geometry.to_crs(pois.geometry.estimate_utm_crs())
-    empty = np.zeros((len(pois), 0), np.float32)
-    pairs = Pairs(pois["poi_id"].to_numpy(object), empty, empty, np.zeros(len(pois), np.int64),
-                  empty, np.column_stack([xy.x, xy.y]), {})
-    return split_labels(pairs, cfg) == "test"
+    return split_of(pois["poi_id"].to_numpy(object), np.column_stack([xy.x, xy.y]),
+                    cfg) == "test"
 
 
 def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
@@ -207,7 +206,7 @@ def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> 
 
     from aether.core.cells import grid_file
     from aether.evaluation.tasks import label_path
-    from aether.ml.train import WEIGHTS_FILE
+    from aether.ml.checkpoints import WEIGHTS_FILE
 
     tables = [city_dir / POIS_FILE, label_path(task, city_dir)]
     tables.append(city_dir / grid_file(task.cell_m) if task.unit == "grid"

@@ -21,9 +21,10 @@ def data_dir(value: str | os.PathLike[str] | None = None) -> Path:
 
 
 def check_radii(radii: list[float] | tuple[float, ...]) -> tuple[float, ...]:
-    """Radii in metres: positive, at most MAX_RADIUS_M, de-duplicated and sorted."""
+    """Radii in metres, de-duplicated and sorted: positive for circles, negative for square
+    pixel windows (``aether.core.windows``), at most MAX_RADIUS_M either way."""
     for r in radii:
-        if not (r > 0) or r > MAX_RADIUS_M:
+        if not (abs(r) > 0) or abs(r) > MAX_RADIUS_M:
             raise InputError(
                 f"radius {r:g} m is out of range",
                 f"use a radius between 1 and {MAX_RADIUS_M:g} m, e.g. --radius 100",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from aether.core import aef, zonal
+from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.errors import CoverageError
@@ -66,14 +66,14 @@ class CogSource:
         radii = [float(r) for r in radii]
         lon = pois.geometry.x.to_numpy()
         lat = pois.geometry.y.to_numpy()
-        margin = max(radii) / 111_000 * 2 + 1e-3
+        margin = max(map(windows.reach, radii)) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
         tasks = [
             dask.delayed(_tile_group_sums)(t.path, idx, x[idx], y[idx], radii)
             for t in tiles.itertuples()
             for x, y in [_project(lon, lat, t.crs)]
-            for idx in _groups(x, y, t, max(radii))
+            for idx in _groups(x, y, t, max(map(windows.reach, radii)))
         ]
         return point_means_table(pois, radii, year, dask.compute(*tasks))
 
@@ -120,11 +120,11 @@ def _tile_group_sums(
     path: str, idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
 ) -> tuple[np.ndarray, list[zonal.Partial]]:
     """Read one window of one tile and return the partial sums of its POIs' buffers."""
-    r = max(radii) + aef.PIXEL_SIZE_M
+    r = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
     block = tile_io.read_block(path, (x.min() - r, y.min() - r, x.max() + r, y.max() + r))
     if block is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
-    return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
+    return idx, [windows.partial_sums(block, x, y, rad) for rad in radii]
 
 
 def _windows(tile: object, cells: grids.Cells) -> list[tuple[float, float, float, float]]:

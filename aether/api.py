@@ -287,6 +287,7 @@ def train(
     seed: int = 42,
     device: str | None = None,
     threads: int | None = 1,
+    checkpoint_every: int = 1,
     overwrite: bool = False,
     options: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -299,8 +300,8 @@ def train(
     from aether.ml.train import train as _train
 
     return _train(city_dir(city, year, data_dir), preset=preset, run_name=run, epochs=epochs,
-                  seed=seed, device=device, threads=threads or None, overwrite=overwrite,
-                  on_epoch=on_epoch, **(options or {}))
+                  seed=seed, device=device, threads=threads, checkpoint_every=checkpoint_every,
+                  overwrite=overwrite, on_epoch=on_epoch, **(options or {}))
 
 
 def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,

@@ -63,7 +63,6 @@ def run_config(city_dir: Path, preset: str, cfg: TrainConfig, pairs: Pairs) -> d
         "year": year_of(city_dir),
         "base_radius_m": cfg.base_radius_m,
         "aug_radius_m": cfg.aug_radius_m,
-        "window": cfg.window,
         "text_model": cfg.text_model,
         "input_schema": {"ae_columns": list(BANDS), "ae_dim": len(BANDS), "text_dim": text_dim,
                          "tables": [POIS_FILE, POI_EMBEDDINGS_FILE]},
@@ -87,8 +86,13 @@ def build_model(config: dict[str, Any]) -> AetherModel:
 
 
 def load_model(run: Path) -> tuple[AetherModel, dict[str, Any]]:
-    """The trained model of a run directory and its config; ModelError if they do not fit."""
+    """The trained model of a run directory (or of an official AETHER ``.pth`` checkpoint)
+    and its config; ModelError if they do not fit."""
     run = Path(run)
+    if run.is_file() and run.suffix == ".pth":
+        from aether.ml.reference import reference_model
+
+        return reference_model(run)
     try:
         config = read_json(run / CONFIG_FILE)
     except (OSError, ValueError) as e:

@@ -14,6 +14,9 @@ from aether.errors import ConfigError
 from aether.ml.text import DEFAULT_TEXT_MODEL
 
 BATCHING = ("even", "drop_last")
+#: (base, aug) radius_m: 100 / 200 m circles, and the reference's 9 × 9 / 19 × 19 px squares.
+DEFAULT_WINDOWS = (100.0, 200.0)
+REFERENCE_WINDOWS = (-45.0, -95.0)
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,11 @@ class TrainConfig:
     same_text_positive: bool = False
     same_place_m: float = 0.0  # POIs closer than this are positives; 0 = off
     normalize_input: bool = False  # L2-normalise each 64-d mean before the head
-    base_radius_m: float = 100.0
-    aug_radius_m: float = 200.0
-    #: "circle" (exact buffers of the radii) or "square" (pixel windows; radii are the half
-    #: sides in metres, e.g. 45 m and 95 m for the reference's 9 × 9 and 19 × 19 px).
-    window: str = "circle"
+    #: windows as ``poi_embeddings`` keys them: circles of a radius, or squares when negative
+    #: (-45 / -95: the reference's 9 × 9 / 19 × 19 px, see ``aether.core.windows``). None
+    #: (the paper preset): those squares when the table has them, else 100 / 200 m circles.
+    base_radius_m: float | None = 100.0
+    aug_radius_m: float | None = 200.0
     hidden_dim: int = 256
     out_dim: int = 128
     test_fraction: float = 0.1  # held out from every preset, for comparison
@@ -57,10 +60,10 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # The reference's batching and input normalisation. Its windows are 9 × 9 and 19 × 19 px
-    # squares (window="square", base 45 m, aug 95 m) when the table holds them; the preset keeps
-    # the circles so it trains on any extract (docs/training.md says which numbers use which).
-    "paper": TrainConfig(batching="drop_last", normalize_input=True),
+    # The reference's batching, input normalisation and 9 × 9 / 19 × 19 px windows (when the
+    # extract has them: `aether extract --window square:4,9`; else 100 / 200 m circles).
+    "paper": TrainConfig(batching="drop_last", normalize_input=True, base_radius_m=None,
+                         aug_radius_m=None),
     # Only what proved better on the sample city's held-out POIs: same-text and same-place
     # pairs as positives (recall@1/@10 and MRR equal or higher for every seed tried). A learnt
     # temperature (learn_temperature=true) and best-epoch selection with early stopping
@@ -73,6 +76,7 @@ PRESETS: dict[str, TrainConfig] = {
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to typed TrainConfig overrides (``--set`` on the CLI)."""
     types = {f.name: type(getattr(TrainConfig(), f.name)) for f in dataclasses.fields(TrainConfig)}
+    types.update(base_radius_m=float, aug_radius_m=float)
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -105,17 +109,20 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
     if epochs is not None:
         overrides["epochs"] = epochs
     cfg = dataclasses.replace(PRESETS[preset], seed=seed, **overrides)
+    if (cfg.base_radius_m is None) != (cfg.aug_radius_m is None):  # one set: circles
+        cfg = dataclasses.replace(cfg, base_radius_m=cfg.base_radius_m or DEFAULT_WINDOWS[0],
+                                  aug_radius_m=cfg.aug_radius_m or DEFAULT_WINDOWS[1])
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2", "e.g. --epochs 100")
-    if cfg.base_radius_m >= cfg.aug_radius_m:
-        raise ConfigError("the augmented radius must be larger than the base radius",
-                          "e.g. base_radius_m=100, aug_radius_m=200")
+    if cfg.base_radius_m is not None and cfg.aug_radius_m is not None and (
+            abs(cfg.base_radius_m) >= abs(cfg.aug_radius_m)
+            or (cfg.base_radius_m < 0) != (cfg.aug_radius_m < 0)):
+        raise ConfigError("the augmented window must be larger than the base one, same shape",
+                          "e.g. base_radius_m=100, aug_radius_m=200 (squares: -45, -95)")
     if not 0 <= cfg.test_fraction + cfg.val_fraction < 1:
         raise ConfigError("test_fraction + val_fraction must be in [0, 1)", "e.g. 0.1 + 0.1")
     if cfg.batching not in BATCHING:
         raise ConfigError(f"unknown batching {cfg.batching!r}", f"use one of {', '.join(BATCHING)}")
-    if cfg.window not in ("circle", "square"):
-        raise ConfigError(f"unknown window {cfg.window!r}", "use 'circle' or 'square'")
     if min(cfg.hidden_dim, cfg.out_dim) < 1 or not 0 <= cfg.lr_min_ratio <= 1:
         raise ConfigError("hidden_dim and out_dim must be >= 1, lr_min_ratio in [0, 1]",
                           "e.g. --set out_dim=128")

@@ -24,7 +24,7 @@ from aether.io.tables import (
     read_table,
     sha256_file,
 )
-from aether.ml.config import TrainConfig
+from aether.ml.config import DEFAULT_WINDOWS, REFERENCE_WINDOWS, TrainConfig
 from aether.ml.text import TEXT_EMBEDDINGS_FILE, encode_texts
 
 
@@ -39,6 +39,7 @@ class Pairs:
     text_vectors: np.ndarray  # (U, D) float32
     xy: np.ndarray  # (N, 2) float64 metres in a local UTM crs
     counts: dict[str, int]
+    radii: tuple[float, float] = (100.0, 200.0)  # the (base, aug) windows the rows come from
     checksums: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -80,7 +81,8 @@ def _radius_rows(emb: pd.DataFrame, radius: float, radii: np.ndarray) -> pd.Data
         have = ", ".join(f"{r:g}" for r in radii)
         raise TableError(
             f"poi_embeddings has no rows at radius {radius:g} m (it has {have} m)",
-            f"re-run `aether extract` with --radius {radius:g}, or train with radii it has",
+            f"re-run `aether extract` with --radius {radius:g} (squares: --window), or train "
+            "with radii it has",
         )
     if rows["poi_id"].duplicated().any():
         raise TableError(f"poi_embeddings repeats POIs at radius {radius:g} m",
@@ -113,8 +115,9 @@ def load_pairs(city_dir: Path, cfg: TrainConfig) -> Pairs:
             "re-run `aether extract` so both tables come from one run",
         )
     radii = np.unique(emb["radius_m"].to_numpy(np.float64))
-    base = _radius_rows(emb, cfg.base_radius_m, radii)
-    aug = _radius_rows(emb, cfg.aug_radius_m, radii)
+    r_base, r_aug = windows_for(cfg, radii)
+    base = _radius_rows(emb, r_base, radii)
+    aug = _radius_rows(emb, r_aug, radii)
     pois = pois.drop_duplicates("poi_id").set_index("poi_id")
     ids = pois.index.intersection(base.index).intersection(aug.index)
     b = base.loc[ids, list(BANDS)].to_numpy(np.float32)
@@ -142,7 +145,16 @@ def load_pairs(city_dir: Path, cfg: TrainConfig) -> Pairs:
         geom = geom.to_crs(geom.estimate_utm_crs())
     xy = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]).astype(np.float64)
     return Pairs(np.asarray(ids, dtype=object), b[ok], a[ok], text_id.astype(np.int64).ravel(),
-                 vectors, xy, counts, checksums)
+                 vectors, xy, counts, checksums=checksums, radii=(r_base, r_aug))
+
+
+def windows_for(cfg: TrainConfig, radii: np.ndarray) -> tuple[float, float]:
+    """The (base, aug) windows of a config; unset ones (the paper preset) are the reference's
+    squares when the table holds both, else the 100 / 200 m circles."""
+    if cfg.base_radius_m is not None and cfg.aug_radius_m is not None:
+        return cfg.base_radius_m, cfg.aug_radius_m
+    have = np.isclose(radii[:, None], np.array(REFERENCE_WINDOWS)[None, :]).any(0).all()
+    return REFERENCE_WINDOWS if have else DEFAULT_WINDOWS
 
 
 def _check_manifest(city_dir: Path) -> dict[str, str]:

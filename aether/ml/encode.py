@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from aether.core import zonal
+from aether.core import windows, zonal
 from aether.core.aef import BANDS, PIXEL_SIZE_M
 from aether.core.cells import grid_file
 from aether.errors import ModelError, TableError
@@ -171,7 +171,8 @@ def read_grid(city_dir: Path, cell_m: float) -> gpd.GeoDataFrame:
 
 
 def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
-    """Means over a circle of ``radius_m`` around each cell centre, from the cell means.
+    """Means over the window of ``radius_m`` (a circle, or a square when negative, see
+    ``aether.core.windows``) around each cell centre, from the cell means.
 
     The grid is turned into a raster whose pixels are the cells and whose last band is each
     cell's valid pixel count, so the kernel's coverage weights times that count give the
@@ -190,11 +191,11 @@ def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
     vals[row, col] = np.concatenate([a * wt, wt], axis=1)
     vals[(vals[..., -1] <= 0) | np.isnan(vals[..., -1])] = np.nan
     block = zonal.PixelBlock(vals, xs[0] - cell / 2, ys[-1] + cell / 2, cell, -cell)
-    part = zonal.partial_sums(block, x, y, radius_m)
+    part = windows.partial_sums(block, x, y, radius_m)
     sums = part.weighted_sum  # in cell areas; last band: Σ coverage·pixel count
     px = sums[:, -1]
     summed = zonal.Partial(sums[:, :-1], px, len(BANDS))
-    return zonal.finalize_area(summed, np.pi * radius_m**2 / PIXEL_SIZE_M**2)
+    return windows.finalize(summed, radius_m, PIXEL_SIZE_M**2)
 
 
 def aether_frame(vectors: np.ndarray) -> pd.DataFrame:

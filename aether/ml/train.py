@@ -6,6 +6,7 @@ held-out split), ``fit`` (the loop), ``checkpoints`` (what a run directory holds
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,21 @@ from aether.ml.data import Pairs, load_pairs, split_labels
 from aether.settings import check_slug
 
 __all__ = [
-    "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "PRESETS", "SUMMARY_FILE", "WEIGHTS_FILE",
-    "Pairs", "TrainConfig", "load_model", "load_pairs", "parse_options", "resolve_config",
-    "split_labels", "train",
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "PRESETS",
+    "SUMMARY_FILE",
+    "WEIGHTS_FILE",
+    "Pairs",
+    "TrainConfig",
+    "check_run_name",
+    "load_model",
+    "load_pairs",
+    "parse_options",
+    "resolve_config",
+    "split_labels",
+    "train",
 ]
 
 
@@ -60,8 +73,9 @@ def train(
     cfg = resolve_config(preset, epochs, seed, **overrides)
     if checkpoint_every < 1:
         raise InputError("checkpoint_every must be >= 1", "e.g. checkpoint_every=5")
-    run = city_dir / MODELS_DIR / _run_slug(run_name or preset)
+    run = city_dir / MODELS_DIR / check_run_name(run_name or preset)
     pairs = load_pairs(city_dir, cfg)
+    cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])
     labels = split_labels(pairs, cfg)
     if (labels == "train").sum() < 2:
         raise TableError(f"only {(labels == 'train').sum()} training pairs after the held-out "
@@ -85,7 +99,7 @@ def train(
     return run
 
 
-def _run_slug(name: str) -> str:
+def check_run_name(name: str) -> str:
     try:
         return check_slug(name)
     except InputError as e:

@@ -326,9 +326,10 @@ def encode(city: str, models: Sequence[str | Path] | None = None, *,
 
 
 def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | None = None,
-             *, seeds: int = 5, shuffle: bool = False, year: int = DEFAULT_YEAR,
-             data_dir: PathLike | None = None) -> dict[str, Any]:
-    """Probe frozen embeddings on a task (YAML file or packaged name); writes its report."""
+             *, protocol: str = "default", seeds: int = 5, shuffle: bool = False,
+             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> dict[str, Any]:
+    """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
+    (``default`` or ``cityrep``); writes its report."""
     from aether.evaluation.evaluate import evaluate as _evaluate
     from aether.evaluation.probes import SEEDS
     from aether.evaluation.tasks import Task, load_task
@@ -337,8 +338,8 @@ def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | 
         raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
     spec = task if isinstance(task, Task) else load_task(task)
     return _evaluate(city_dir(city, year, data_dir), spec,
-                     runs(city, models, year=year, data_dir=data_dir), seeds=SEEDS[:seeds],
-                     shuffle=shuffle)
+                     runs(city, models, year=year, data_dir=data_dir), protocol=protocol,
+                     seeds=SEEDS[:seeds], shuffle=shuffle)
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,9 @@ def evaluate_cmd(
     seeds: Annotated[int, typer.Option(help="Number of seeds (of 42, 24, 7, 0, 100)")] = 5,
     shuffle: Annotated[bool, typer.Option(help="Train probes on shuffled labels (a check)")] = (
         False),
+    protocol: Annotated[str, typer.Option(
+        help="default (random + 250 m blocks, linear + MLP) or cityrep (10x10 blocks, "
+             "MLP of 1,024 units, paired test vs raw AlphaEarth)")] = "default",
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -308,7 +311,8 @@ def evaluate_cmd(
     from aether import api
     from aether.evaluation.evaluate import markdown
 
-    res = api.evaluate(city, task, model, seeds=seeds, shuffle=shuffle, year=year,
+    res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
+                       year=year,
                        data_dir=data_dir)
     typer.echo(markdown(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")

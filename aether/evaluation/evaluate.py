@@ -280,7 +280,7 @@ def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> 
 def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]],
            labels: Any, seeds: tuple[int, ...], shuffle: bool) -> dict[str, Any]:
     metrics = probes.METRICS[task.kind]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (method, probe, split), runs in scores.items():
         stats = {m: {"mean": float(np.mean([r[m] for r in runs])),
                      "std": float(np.std([r[m] for r in runs])),

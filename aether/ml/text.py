@@ -70,12 +70,12 @@ class _OpenAI:
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         import openai
 
-        extra = {"dimensions": self.dimensions} if self.dimensions else {}
         out: list[list[float]] = []
         for s in range(0, len(texts), batch_size):
             try:
-                resp = self.client.embeddings.create(input=texts[s:s + batch_size],
-                                                     model=self.model, **extra)
+                resp = self.client.embeddings.create(
+                    input=texts[s:s + batch_size], model=self.model,
+                    dimensions=self.dimensions if self.dimensions else openai.omit)
             except openai.OpenAIError as e:  # the message never holds the key
                 raise ModelError(f"OpenAI embeddings failed: {type(e).__name__}",
                                  "check OPENAI_API_KEY, OPENAI_BASE_URL and the model") from e

@@ -56,6 +56,7 @@ def _prepare_reference(ref: Path, work: Path, pairs: object, epochs: int) -> Pat
     import train as ref_train  # the reference's train.py (not aether's)
 
     cfg = yaml.safe_load((ref / "config.yaml").read_text())
+    work.mkdir(parents=True, exist_ok=True)
     poi_path, aef_tif = work / "pois.geojson", work / "aef.tif"
     poi_path.write_text("{}")  # stat()-ed for its cache keys only
     aef_tif.write_bytes(b"")

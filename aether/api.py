@@ -287,6 +287,7 @@ def train(
     seed: int = 42,
     device: str | None = None,
     threads: int | None = 1,
+    checkpoint_every: int = 1,
     overwrite: bool = False,
     options: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -299,8 +300,8 @@ def train(
     from aether.ml.train import train as _train
 
     return _train(city_dir(city, year, data_dir), preset=preset, run_name=run, epochs=epochs,
-                  seed=seed, device=device, threads=threads or None, overwrite=overwrite,
-                  on_epoch=on_epoch, **(options or {}))
+                  seed=seed, device=device, threads=threads, checkpoint_every=checkpoint_every,
+                  overwrite=overwrite, on_epoch=on_epoch, **(options or {}))
 
 
 def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,
@@ -325,9 +326,10 @@ def encode(city: str, models: Sequence[str | Path] | None = None, *,
 
 
 def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | None = None,
-             *, seeds: int = 5, shuffle: bool = False, year: int = DEFAULT_YEAR,
-             data_dir: PathLike | None = None) -> dict[str, Any]:
-    """Probe frozen embeddings on a task (YAML file or packaged name); writes its report."""
+             *, protocol: str = "default", seeds: int = 5, shuffle: bool = False,
+             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> dict[str, Any]:
+    """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
+    (``default`` or ``cityrep``); writes its report."""
     from aether.evaluation.evaluate import evaluate as _evaluate
     from aether.evaluation.probes import SEEDS
     from aether.evaluation.tasks import Task, load_task
@@ -336,8 +338,8 @@ def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | 
         raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
     spec = task if isinstance(task, Task) else load_task(task)
     return _evaluate(city_dir(city, year, data_dir), spec,
-                     runs(city, models, year=year, data_dir=data_dir), seeds=SEEDS[:seeds],
-                     shuffle=shuffle)
+                     runs(city, models, year=year, data_dir=data_dir), protocol=protocol,
+                     seeds=SEEDS[:seeds], shuffle=shuffle)
 
 
 @dataclass(frozen=True)

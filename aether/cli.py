@@ -88,6 +88,9 @@ def extract(
                           "on data.source.coop]"),
     ] = None,
     radius: RadiusOpt = None,
+    window: Annotated[list[str] | None, typer.Option(
+        help="Square pixel windows by half-width, e.g. square:4,9 (9x9 and 19x19 px), or "
+             "circle:100,200 (repeatable; beside --radius)")] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
     which_result: Annotated[
@@ -127,11 +130,10 @@ def extract(
     """Per-POI AlphaEarth buffer means for a city, as Parquet tables."""
     from aether import api
     from aether.execution.progress import dask_progress
-    from aether.settings import DEFAULT_RADII
 
     with dask_progress("buffer means"):
         res = api.extract(
-            city, offline=offline, pois=pois, source=source, radii=radius or DEFAULT_RADII,
+            city, offline=offline, pois=pois, source=source, radii=_radii(radius, window),
             year=year, data_dir=data_dir, force=force, scheduler=scheduler,
             place_options={"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
                            "boundary": boundary, "yes": yes},
@@ -145,6 +147,15 @@ def extract(
     typer.echo(f"  {res.out_dir}")
 
 
+def _radii(radius: list[float] | None, window: list[str] | None) -> tuple[float, ...]:
+    """--radius circles and --window shapes as one list of ``radius_m`` keys."""
+    from aether.core.windows import parse_window
+    from aether.settings import DEFAULT_RADII
+
+    shapes = tuple(r for spec in window or [] for r in parse_window(spec))
+    return (*(radius or ()), *shapes) or tuple(DEFAULT_RADII)
+
+
 @app.command("train")
 def train_cmd(
     city: Annotated[str, typer.Option("--city", "-c", help="City name (as extracted)")],
@@ -155,7 +166,9 @@ def train_cmd(
     run: Annotated[str | None, typer.Option(help="Run name [default: the preset]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 42,
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if any]")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default)")] = 1,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads for torch (0: the faster of 1 and 2, measured at start)")] = 1,
+    checkpoint_every: Annotated[int, typer.Option(help="Epochs between resume checkpoints")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace a run with another config")] = False,
     option: Annotated[list[str] | None, typer.Option(
         "--set", help="Training option KEY=VALUE (repeatable), e.g. same_place_m=20")] = None,
@@ -172,7 +185,8 @@ def train_cmd(
                    f"crossmodal {row['crossmodal']:.4f}{val}", err=True)
 
     out = api.train(city, preset=preset, year=year, run=run, epochs=epochs, seed=seed,
-                    device=device, threads=threads, overwrite=overwrite,
+                    device=device, threads=threads, checkpoint_every=checkpoint_every,
+                    overwrite=overwrite,
                     options=parse_options(option or []), on_epoch=show, data_dir=data_dir)
     test = read_json(out / SUMMARY_FILE).get("test", {})
     if test:
@@ -246,6 +260,27 @@ ModelOpt = Annotated[
 ]
 
 
+@app.command("import-checkpoint")
+def import_checkpoint_cmd(
+    path: Annotated[Path, typer.Argument(help="An official AETHER checkpoint (.pth)")],
+    city: CityOpt,
+    run: Annotated[str, typer.Option(help="Run name to create")] = "reference",
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    text_model: Annotated[str | None, typer.Option(
+        help="Text model for queries [the checkpoint's, e.g. openai:text-embedding-3-large:384]"
+    )] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Load an official AETHER checkpoint as a run of a city (then `aether encode` it)."""
+    from aether.api import city_dir
+    from aether.ml.reference import import_checkpoint
+    from aether.ml.train import check_run_name
+
+    where = city_dir(city, year, data_dir)
+    out = import_checkpoint(path, where, check_run_name(run), text_model=text_model)
+    typer.echo(f"imported {path.name} as run {out.name}\n  {out}")
+
+
 @app.command()
 def encode(
     city: CityOpt,
@@ -271,6 +306,9 @@ def evaluate_cmd(
     seeds: Annotated[int, typer.Option(help="Number of seeds (of 42, 24, 7, 0, 100)")] = 5,
     shuffle: Annotated[bool, typer.Option(help="Train probes on shuffled labels (a check)")] = (
         False),
+    protocol: Annotated[str, typer.Option(
+        help="default (random + 250 m blocks, linear + MLP) or cityrep (10x10 blocks, "
+             "MLP of 1,024 units, paired test vs raw AlphaEarth)")] = "default",
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -278,7 +316,8 @@ def evaluate_cmd(
     from aether import api
     from aether.evaluation.evaluate import markdown
 
-    res = api.evaluate(city, task, model, seeds=seeds, shuffle=shuffle, year=year,
+    res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
+                       year=year,
                        data_dir=data_dir)
     typer.echo(markdown(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")

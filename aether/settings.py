@@ -37,13 +37,18 @@ def cache_dir(value: str | os.PathLike[str] | None = None) -> Path:
 
 
 def check_radii(radii: list[float] | tuple[float, ...]) -> tuple[float, ...]:
-    """Radii in metres: positive, at most MAX_RADIUS_M, de-duplicated and sorted."""
+    """Radii in metres, de-duplicated and sorted: positive for circles, negative for square
+    pixel windows (``aether.core.windows``: -(p + 0.5) × 10 m for a (2p + 1)² px square), at
+    most MAX_RADIUS_M either way."""
     for r in radii:
-        if not (r > 0) or r > MAX_RADIUS_M:
+        if not (abs(r) > 0) or abs(r) > MAX_RADIUS_M:
             raise InputError(
                 f"radius {r:g} m is out of range",
                 f"use a radius between 1 and {MAX_RADIUS_M:g} m, e.g. --radius 100",
             )
+        if r < 0 and (-r / 10.0 - 0.5) % 1:
+            raise InputError(f"radius {r:g} m is not a square pixel window",
+                             "use --window square:P (e.g. square:4,9), or a positive radius")
     return tuple(sorted({float(r) for r in radii}))
 
 

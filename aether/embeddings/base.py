@@ -71,7 +71,7 @@ def point_means_table(
     """
     import pandas as pd
 
-    from aether.core import aef, zonal
+    from aether.core import aef, windows, zonal
     from aether.io.tables import poi_embeddings_frame
 
     totals = [zonal.Partial.zeros(len(pois), aef.N_BANDS) for _ in radii]
@@ -82,7 +82,7 @@ def point_means_table(
     ids = pois["poi_id"].astype(str).tolist()
     frames = []
     for r, total in zip(radii, totals, strict=True):
-        m = zonal.finalize(total, r, aef.PIXEL_SIZE_M**2)
+        m = windows.finalize(total, r, aef.PIXEL_SIZE_M**2)
         frames.append(poi_embeddings_frame(ids, year, float(r), m.mean, m.weight,
                                            m.valid_fraction, m.norm))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

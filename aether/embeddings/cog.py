@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from aether.core import aef, zonal
+from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.errors import CoverageError
@@ -74,11 +74,11 @@ class CogSource:
         radii = [float(r) for r in radii]
         lon = pois.geometry.x.to_numpy()
         lat = pois.geometry.y.to_numpy()
-        margin = max(radii) / 111_000 * 2 + 1e-3
+        margin = max(map(windows.reach, radii)) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
         zone = aef.utm_epsgs(lon, lat)
-        reach = max(radii) + aef.PIXEL_SIZE_M
+        reach = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
         tasks = []
         for epsg in np.unique(zone):
             crs = f"EPSG:{epsg}"
@@ -159,7 +159,7 @@ def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, fl
     if raw is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
-    return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
+    return idx, [windows.partial_sums(block, x, y, rad) for rad in radii]
 
 
 def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:

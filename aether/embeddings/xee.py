@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from aether.core import aef, zonal
+from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.embeddings.earthengine.session import EESettings, ensure
@@ -173,7 +173,7 @@ def _block(values: np.ndarray, view: View, r: int, c: int) -> zonal.PixelBlock:
 def _point_sums(values: np.ndarray, view: View, r: int, c: int, idx: np.ndarray, x: np.ndarray,
                 y: np.ndarray, radii: list[float]) -> tuple[np.ndarray, list[zonal.Partial]]:
     block = _block(values, view, r, c)
-    return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
+    return idx, [windows.partial_sums(block, x, y, rad) for rad in radii]
 
 
 def _grid_sums(values: np.ndarray, view: View, r: int, c: int, cells: grids.Cells
@@ -236,7 +236,7 @@ class XeeSource:
 
         x, y = (np.asarray(v) for v in Transformer.from_crs(
             "EPSG:4326", crs, always_xy=True).transform(lon, lat))
-        reach = max(radii) + aef.PIXEL_SIZE_M
+        reach = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
         view = View.over(self.session, year, crs, (x.min() - reach, y.min() - reach,
                                                    x.max() + reach, y.max() + reach), self.chunk)
         px, tasks = aef.PIXEL_SIZE_M, []

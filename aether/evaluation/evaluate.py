@@ -5,6 +5,13 @@ base radius, i.e. exactly the head's input), each trained AETHER run, POI text o
 sentence embedding of the POIs in the unit), and raw AlphaEarth ⊕ POI text. A feature-free
 prior row shows what chance scores, and ``shuffle`` trains every probe on permuted labels,
 so a harness that flatters would show it. Results go to ``<city>/evaluation/<task>.{json,md}``.
+
+A protocol names the splits, probes and methods. ``default``: random and 250 m spatial-block
+splits, linear and 64-unit MLP probes, every method. ``cityrep`` (the AETHER authors'
+benchmark): the units' extent cut into 10 × 10 blocks, whole blocks held out per seed, an MLP
+probe with 1,024 hidden units, AETHER against raw AlphaEarth. Every row carries a paired
+t-test against raw AlphaEarth over the same seeds and folds, so a gain within the seed noise
+is shown as such.
 """
 
 from __future__ import annotations
@@ -40,6 +47,25 @@ CONCAT = "AlphaEarth ⊕ POI text"
 PRIOR = "prior (no features)"
 SPLITS = ("random", "spatial")
 DEFAULT_RADIUS_M = 100.0
+SYNTHETIC_NOTE = "synthetic AlphaEarth raster: tests the machinery, not the method"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How methods are compared: splits, probes, probe settings, and which methods."""
+
+    name: str
+    splits: tuple[str, ...]
+    probe_kinds: tuple[str, ...]
+    settings: probes.ProbeSettings
+    text_methods: bool = True  # POI text and raw ⊕ text beside raw and AETHER
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "default": Protocol("default", SPLITS, probes.PROBES, probes.ProbeSettings()),
+    "cityrep": Protocol("cityrep", ("blocks10x10",), ("mlp",),
+                        probes.ProbeSettings(hidden=1024), text_methods=False),
+}
 
 
 @dataclass
@@ -72,14 +98,13 @@ def _units(task: Task, city_dir: Path, radius: float, pois: Any) -> Units:
 
 def heldout_pois(pois: Any, run: Run) -> np.ndarray:
     """Mask of the POIs the trainer held out from every preset (its fixed test split)."""
-    from aether.ml.train import Pairs, TrainConfig, split_labels
+    from aether.ml.config import TrainConfig
+    from aether.ml.data import split_of
 
     cfg = TrainConfig(**run.config["hyperparameters"])
     xy = pois.geometry.to_crs(pois.geometry.estimate_utm_crs())
-    empty = np.zeros((len(pois), 0), np.float32)
-    pairs = Pairs(pois["poi_id"].to_numpy(object), empty, empty, np.zeros(len(pois), np.int64),
-                  empty, np.column_stack([xy.x, xy.y]), {})
-    return split_labels(pairs, cfg) == "test"
+    return split_of(pois["poi_id"].to_numpy(object), np.column_stack([xy.x, xy.y]),
+                    cfg) == "test"
 
 
 def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
@@ -107,7 +132,8 @@ def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
     return out / np.maximum(counts, 1)[:, None]
 
 
-def features(task: Task, city_dir: Path, runs: list[Run]) -> tuple[dict[str, np.ndarray], Any]:
+def features(task: Task, city_dir: Path, runs: list[Run], text_methods: bool = True
+             ) -> tuple[dict[str, np.ndarray], Any]:
     """Feature matrices of every method and the labels, on the units every method covers."""
     radii = {run.base_radius_m for run in runs}
     if len(radii) > 1:
@@ -125,13 +151,14 @@ def features(task: Task, city_dir: Path, runs: list[Run]) -> tuple[dict[str, np.
     if task.holdout:
         labels_table = labels_table[labels_table["poi_id"].isin(pois.loc[held, "poi_id"])]
     labels = assign(task, units.frame, labels_table, units.crs)
-    text_model = runs[0].text_model if runs else None
-    text = _text_features(task, units, pois, ~held, city_dir, text_model)
     feats: dict[str, np.ndarray] = {RAW: units.raw}
     for run in runs:
         feats[aether_label(run)] = apply_ae(run, units.raw)
-    feats[TEXT] = text
-    feats[CONCAT] = np.concatenate([units.raw, text], axis=1)
+    if text_methods:
+        text_model = runs[0].text_model if runs else None
+        text = _text_features(task, units, pois, ~held, city_dir, text_model)
+        feats[TEXT] = text
+        feats[CONCAT] = np.concatenate([units.raw, text], axis=1)
     ok = np.isfinite(units.raw[labels.index]).all(1)
     sel = labels.index[ok]
     frame = units.frame.iloc[sel]
@@ -141,8 +168,24 @@ def features(task: Task, city_dir: Path, runs: list[Run]) -> tuple[dict[str, np.
 
 
 def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -> np.ndarray:
-    return (probes.random_split(len(x), seed) if kind == "random"
-            else probes.block_split(x, y, block_m, seed))
+    if kind == "random":
+        return probes.random_split(len(x), seed)
+    if kind == "blocks10x10":
+        return probes.grid_block_split(x, y, 10, seed)
+    return probes.block_split(x, y, block_m, seed)
+
+
+def is_synthetic(city_dir: Path) -> bool:
+    """Whether the city's tables come from the generated sample raster (its manifest's tiles
+    are the sample's): such figures test the machinery, not the method."""
+    from aether.io.tables import MANIFEST_FILE
+    from aether.sample.city import SAMPLE_DIR
+
+    try:
+        tiles = read_json(city_dir / MANIFEST_FILE)["config"]["source_options"].get("tiles", "")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return SAMPLE_DIR in Path(str(tiles)).parts
 
 
 def evaluate(
@@ -150,27 +193,38 @@ def evaluate(
     task: Task,
     runs: list[Run],
     *,
+    protocol: str = "default",
     seeds: tuple[int, ...] = probes.SEEDS,
-    probe_kinds: tuple[str, ...] = probes.PROBES,
-    splits: tuple[str, ...] = SPLITS,
+    probe_kinds: tuple[str, ...] | None = None,
+    splits: tuple[str, ...] | None = None,
     shuffle: bool = False,
     settings: probes.ProbeSettings | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """Probe every method on every split and seed; the result table as a JSON-able dict.
 
-    A written result whose inputs (task, models, tables, settings) are unchanged is reused,
-    so re-running a pipeline costs nothing here.
+    ``protocol`` (see PROTOCOLS) gives the splits, probes and settings not passed. A written
+    result whose inputs (task, models, tables, settings) are unchanged is reused, so
+    re-running a pipeline costs nothing here.
     """
+    if protocol not in PROTOCOLS:
+        from aether.errors import ConfigError
+
+        raise ConfigError(f"unknown protocol {protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
+    proto = PROTOCOLS[protocol]
+    probe_kinds = probe_kinds or proto.probe_kinds
+    splits = splits or proto.splits
+    settings = settings or proto.settings
     out = city_dir / EVAL_DIR
-    stem = f"{task.name}{'_shuffled' if shuffle else ''}"
+    stem = (f"{task.name}{'' if protocol == 'default' else '_' + protocol}"
+            f"{'_shuffled' if shuffle else ''}")
     key = _inputs_key(task, city_dir, runs, seeds, probe_kinds, splits, shuffle, settings)
     if write and (out / f"{stem}.json").is_file():
         old = read_json(out / f"{stem}.json")
         if old.get("inputs_key") == key:
             return {**old, "paths": _paths(out, stem)}
-    feats, (labels, ux, uy) = features(task, city_dir, runs)
-    cfg = settings or probes.ProbeSettings()
+    feats, (labels, ux, uy) = features(task, city_dir, runs, proto.text_methods)
+    cfg = settings
     scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for split in splits:
         for seed in seeds:
@@ -187,7 +241,9 @@ def evaluate(
                                               cfg, n_classes=len(labels.classes) or None)
                     scores.setdefault((name, probe, split), []).append(
                         probes.score(task.kind, y_te, pred))
-    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key}
+    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key,
+              "protocol": protocol, "probe_hidden": cfg.hidden,
+              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
     if write:
         paths = _paths(out, stem)
         with atomic_path(paths["markdown"]) as tmp:
@@ -207,7 +263,7 @@ def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> 
 
     from aether.core.cells import grid_file
     from aether.evaluation.tasks import label_path
-    from aether.ml.train import WEIGHTS_FILE
+    from aether.ml.checkpoints import WEIGHTS_FILE
 
     tables = [city_dir / POIS_FILE, label_path(task, city_dir)]
     tables.append(city_dir / grid_file(task.cell_m) if task.unit == "grid"
@@ -228,6 +284,8 @@ def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]
     for (method, probe, split), runs in scores.items():
         stats = {m: {"mean": float(np.mean([r[m] for r in runs])),
                      "std": float(np.std([r[m] for r in runs])),
+                     "sd": float(np.std([r[m] for r in runs], ddof=1)) if len(runs) > 1
+                     else 0.0,
                      "values": [round(r[m], 6) for r in runs]} for m in metrics}
         rows.append({"method": method, "probe": probe, "split": split, "metrics": stats})
     for row in rows:
@@ -236,6 +294,9 @@ def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]
         row["relative_to_raw"] = {} if base is None else {
             m: _relative(row["metrics"][m]["mean"], base["metrics"][m]["mean"], up)
             for m, up in metrics.items()}
+        row["paired_vs_raw"] = {} if base is None or row is base else {
+            m: probes.paired_test(row["metrics"][m]["values"], base["metrics"][m]["values"])
+            for m in metrics}
     return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
             "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
             "shuffled_labels": shuffle, "metrics": list(metrics), "rows": rows}
@@ -249,22 +310,30 @@ def _relative(value: float, base: float, higher_is_better: bool) -> float | None
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The result table as Markdown: mean ± std over seeds, improvement vs raw AlphaEarth."""
+    """The result table as Markdown: mean ± std over seeds (the sample sd under the cityrep
+    protocol), improvement vs raw AlphaEarth and its paired-test p-value."""
     metrics = result["metrics"]
     head = metrics[0]
+    protocol = result.get("protocol", "default")
+    spread = "sd" if protocol == "cityrep" else "std"
     lines = [f"### {result['task']} ({result['kind']}, {result['n_units']} {result['unit']} "
              f"units{', SHUFFLED LABELS' if result['shuffled_labels'] else ''}; "
-             f"{len(result['seeds'])} seeds)", ""]
+             f"{len(result['seeds'])} seeds"
+             f"{'' if protocol == 'default' else f'; {protocol} protocol'})", ""]
+    if result.get("note"):
+        lines += [f"*{result['note']}*", ""]
     for split in dict.fromkeys(r["split"] for r in result["rows"]):
         rows = []
         for r in (r for r in result["rows"] if r["split"] == split):
             rel = r["relative_to_raw"].get(head)
             delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
+            p = r.get("paired_vs_raw", {}).get(head, {}).get("p")
             rows.append([r["method"], r["probe"], *(
-                f"{r['metrics'][m]['mean']:.3f} ± {r['metrics'][m]['std']:.3f}" for m in metrics),
-                delta])
+                f"{r['metrics'][m]['mean']:.3f} ± {r['metrics'][m][spread]:.3f}"
+                for m in metrics), delta, "" if p is None else f"{p:.3g}"])
         lines += [f"**{split} split**", "",
-                  markdown_table(["method", "probe", *metrics, f"Δ{head} vs raw"], rows), ""]
+                  markdown_table(["method", "probe", *metrics, f"Δ{head} vs raw",
+                                  "p (paired t vs raw)"], rows), ""]
     return "\n".join(lines)
 
 

@@ -173,14 +173,43 @@ def block_split(x: np.ndarray, y: np.ndarray, block_m: float, seed: int,
     until it holds about ``test_fraction`` of the units (so neighbours cannot leak)."""
     bx = np.floor(x / block_m).astype(np.int64)
     by = np.floor(y / block_m).astype(np.int64)
+    return _blocks_to_test(bx, by, seed, test_fraction)
+
+
+def grid_block_split(x: np.ndarray, y: np.ndarray, n: int, seed: int,
+                     test_fraction: float = 0.2) -> np.ndarray:
+    """Like ``block_split`` with the units' extent cut into n × n blocks (CityRep: 10 × 10)."""
+    def index(v: np.ndarray) -> np.ndarray:
+        span = float(v.max() - v.min()) or 1.0
+        return np.clip(np.floor((v - v.min()) / span * n), 0, n - 1).astype(np.int64)
+
+    return _blocks_to_test(index(x), index(y), seed, test_fraction)
+
+
+def _blocks_to_test(bx: np.ndarray, by: np.ndarray, seed: int, test_fraction: float
+                    ) -> np.ndarray:
+    """Whole blocks, in a seeded random order, to the test side until it holds
+    ``test_fraction`` of the units."""
     blocks, inverse = np.unique(np.stack([bx, by], 1), axis=0, return_inverse=True)
     inverse = inverse.ravel()
     sizes = np.bincount(inverse, minlength=len(blocks))
     rng = np.random.default_rng(seed)
     chosen, total = [], 0
     for b in rng.permutation(len(blocks)):
-        if total >= test_fraction * len(x):
+        if total >= test_fraction * len(bx):
             break
         chosen.append(b)
         total += sizes[b]
     return np.isin(inverse, chosen)
+
+
+def paired_test(values: list[float], baseline: list[float]) -> dict[str, float | None]:
+    """Paired t-test of a method against the baseline over the same seeds and folds; None
+    where it is undefined (one seed, or identical differences)."""
+    from scipy import stats
+
+    d = np.asarray(values, float) - np.asarray(baseline, float)
+    if len(d) < 2 or np.allclose(d, d[0]):
+        return {"t": None, "p": None}
+    res = stats.ttest_rel(values, baseline)
+    return {"t": float(res.statistic), "p": float(res.pvalue)}

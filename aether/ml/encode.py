@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from aether.core import zonal
+from aether.core import windows, zonal
 from aether.core.aef import BANDS, PIXEL_SIZE_M
 from aether.core.cells import grid_file
 from aether.errors import ModelError, TableError
@@ -27,13 +27,21 @@ from aether.io.tables import (
     read_table,
     write_parquet,
 )
+from aether.ml.checkpoints import CONFIG_FILE, MODELS_DIR, load_model
+from aether.ml.config import TrainConfig
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
-AETHER_DIM = 128
-AETHER_COLUMNS: tuple[str, ...] = tuple(f"E{i:03d}" for i in range(AETHER_DIM))
-MODELS_DIR = "models"
+
+
+def aether_columns(dim: int) -> tuple[str, ...]:
+    """Names of the AETHER vector columns of a head with ``dim`` outputs: E000, E001, …"""
+    return tuple(f"E{i:03d}" for i in range(dim))
+
+
+#: The columns of the default architecture's output.
+AETHER_COLUMNS: tuple[str, ...] = aether_columns(TrainConfig().out_dim)
 AETHER_DIR = "aether"
 AETHER_POIS_FILE = "pois.parquet"
 GRID_COLUMNS: tuple[str, ...] = ("cell_id", *BANDS, "weight", "valid_fraction", "x", "y")
@@ -64,6 +72,15 @@ class Run:
         return self.config.get("text_model")
 
     @property
+    def out_dim(self) -> int:
+        """The head's output size, as its config records it."""
+        return int(self.config["model"]["out_dim"])
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return aether_columns(self.out_dim)
+
+    @property
     def preset(self) -> str:
         return str(self.config.get("preset", self.name))
 
@@ -86,13 +103,11 @@ def run_path(city_dir: Path, model: str | Path) -> Path:
 def list_runs(city_dir: Path) -> list[str]:
     """Names of the trained runs of a city, sorted."""
     return sorted(d.name for d in (city_dir / MODELS_DIR).glob("*")
-                  if (d / "config.json").is_file())
+                  if (d / CONFIG_FILE).is_file())
 
 
 def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None) -> Run:
     """Load a run and check it was trained for this city and year (when given)."""
-    from aether.ml.train import load_model
-
     path = run_path(city_dir, model)
     net, config = load_model(path)
     for key, want in (("city", slug), ("year", year)):
@@ -114,7 +129,7 @@ def apply_ae(run: Run, x: np.ndarray) -> np.ndarray:
     import torch
 
     x = np.asarray(x, dtype=np.float32)
-    out = np.full((len(x), AETHER_DIM), np.nan, np.float32)
+    out = np.full((len(x), run.out_dim), np.nan, np.float32)
     ok = ~np.isnan(x).any(axis=1)
     if ok.any():
         with torch.no_grad():
@@ -156,7 +171,8 @@ def read_grid(city_dir: Path, cell_m: float) -> gpd.GeoDataFrame:
 
 
 def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
-    """Means over a circle of ``radius_m`` around each cell centre, from the cell means.
+    """Means over the window of ``radius_m`` (a circle, or a square when negative, see
+    ``aether.core.windows``) around each cell centre, from the cell means.
 
     The grid is turned into a raster whose pixels are the cells and whose last band is each
     cell's valid pixel count, so the kernel's coverage weights times that count give the
@@ -175,16 +191,17 @@ def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
     vals[row, col] = np.concatenate([a * wt, wt], axis=1)
     vals[(vals[..., -1] <= 0) | np.isnan(vals[..., -1])] = np.nan
     block = zonal.PixelBlock(vals, xs[0] - cell / 2, ys[-1] + cell / 2, cell, -cell)
-    part = zonal.partial_sums(block, x, y, radius_m)
+    part = windows.partial_sums(block, x, y, radius_m)
     sums = part.weighted_sum  # in cell areas; last band: Σ coverage·pixel count
     px = sums[:, -1]
     summed = zonal.Partial(sums[:, :-1], px, len(BANDS))
-    return zonal.finalize_area(summed, np.pi * radius_m**2 / PIXEL_SIZE_M**2)
+    return windows.finalize(summed, radius_m, PIXEL_SIZE_M**2)
 
 
 def aether_frame(vectors: np.ndarray) -> pd.DataFrame:
-    """AETHER vector columns E000..E127."""
-    return pd.DataFrame(np.asarray(vectors, np.float32), columns=list(AETHER_COLUMNS))
+    """AETHER vector columns E000, E001, … (one per output of the head)."""
+    vectors = np.asarray(vectors, np.float32)
+    return pd.DataFrame(vectors, columns=list(aether_columns(vectors.shape[1])))
 
 
 def aether_dir(city_dir: Path, run_name: str) -> Path:
@@ -237,13 +254,13 @@ def encode_city(city_dir: Path, run: Run, cell_sizes: list[float] | None = None)
     return EncodeResult(pois_path, grid_paths, len(poi_df), n_cells, n_masked)
 
 
-def read_aether_grid(city_dir: Path, run_name: str, cell_m: float) -> gpd.GeoDataFrame:
+def read_aether_grid(city_dir: Path, run: Run, cell_m: float) -> gpd.GeoDataFrame:
     """An encoded grid; raises with the command to run when it is missing."""
-    path = aether_dir(city_dir, run_name) / aether_grid_file(cell_m)
+    path = aether_dir(city_dir, run.name) / aether_grid_file(cell_m)
     if not path.is_file():
-        raise TableError(f"no encoded {cell_m:g} m grid for model {run_name}",
-                         f"run `aether encode --model {run_name}` first")
-    return read_table(path, ("cell_id", "x", "y", *AETHER_COLUMNS), "aether grid")
+        raise TableError(f"no encoded {cell_m:g} m grid for model {run.name}",
+                         f"run `aether encode --model {run.name}` first")
+    return read_table(path, ("cell_id", "x", "y", *run.columns), "aether grid")
 
 
 

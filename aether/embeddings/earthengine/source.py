@@ -13,9 +13,10 @@ What is asked of the server, and why: the image is the year's mosaic, its 64 ban
 ``Reducer.sum`` at 10 m in the batch's UTM crs. Earth Engine weights each pixel by the
 fraction of it inside the buffer, so the sums are exactly the partial sums of
 ``aether.core.zonal``: mean = Σ w·v / Σ w, ``weight`` = Σ w (covered valid area in pixels),
-``valid_fraction`` = weight / (π r² / 100 m²), ``norm`` = |mean|. One pass, 65 numbers per
-feature, and ``zonal.finalize`` turns them into the contract columns, so this source and
-the COG source cannot disagree on their definition.
+``valid_fraction`` = weight / (window area / 100 m²), ``norm`` = |mean|. One pass, 65 numbers
+per feature, and ``windows.finalize`` turns them into the contract columns, so this source
+and the COG source cannot disagree on their definition. A square window (negative radius) is
+a ``Geometry.Rectangle`` on the 10 m grid of the batch's UTM crs.
 
 Credentials, the session and how EE errors are classified: ``embeddings.earthengine.session``.
 """
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
-from aether.core import aef, zonal
+from aether.core import aef, windows, zonal
 from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.execution.jobs import (
@@ -339,9 +340,7 @@ def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 
     crs = f"EPSG:{aef.utm_epsg(lon0, lat0)}"
     proj = ee.Projection(crs)
     fc = ee.FeatureCollection([
-        ee.Feature(ee.Geometry.Point([f.lon, f.lat]).buffer(
-            f.radius, maxError=buffer_max_error(f.radius), proj=proj),
-                   {"poi_id": f.poi_id, "radius_m": f.radius})
+        ee.Feature(_region(f, crs, proj), {"poi_id": f.poi_id, "radius_m": f.radius})
         for f in items
     ])
     image = (
@@ -359,11 +358,27 @@ def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 
     return sums.map(lambda f: ee.Feature(None, f.toDictionary()))
 
 
+def _region(f: Feature, crs: str, proj: Any) -> Any:
+    """A circle buffer, or a square pixel window as a ``Rectangle`` on the 10 m grid of the
+    batch's UTM crs (the grid ``reduceRegions`` reduces on), see ``aether.core.windows``."""
+    import ee
+
+    if not windows.is_square(f.radius):
+        return ee.Geometry.Point([f.lon, f.lat]).buffer(
+            f.radius, maxError=buffer_max_error(f.radius), proj=proj)
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(f.lon, f.lat)
+    box = windows.snapped_squares(np.array([x]), np.array([y]), -f.radius, 0.0, 0.0, SCALE_M,
+                                    -SCALE_M)
+    return ee.Geometry.Rectangle([float(v) for v in box[0]], proj=crs, geodesic=False)
+
+
 def _bounds(items: Sequence[Feature]) -> tuple[float, float, float, float]:
     """Lon/lat box around a batch's buffers (client-side: no union of circles to compute)."""
     lon = np.array([f.lon for f in items])
     lat = np.array([f.lat for f in items])
-    r = max(f.radius for f in items)
+    r = max(windows.reach(f.radius) for f in items)
     dlat = r / 111_000.0 * 1.1
     dlon = dlat / max(np.cos(np.radians(np.abs(lat).max())), 0.01)
     return (float(lon.min() - dlon), float(lat.min() - dlat),
@@ -434,8 +449,8 @@ def _rows_from_table(table: pd.DataFrame, items: Sequence[Feature], year: int) -
     for r, part in got.groupby("radius_m", sort=True):
         sums = part[list(aef.BANDS)].to_numpy(dtype=np.float64)
         vw = np.nan_to_num(part[VALID_BAND].to_numpy(dtype=np.float64))
-        m = zonal.finalize(zonal.Partial(np.nan_to_num(sums), vw, aef.N_BANDS), float(r),
-                           SCALE_M * SCALE_M)
+        m = windows.finalize(zonal.Partial(np.nan_to_num(sums), vw, aef.N_BANDS), float(r),
+                             SCALE_M * SCALE_M)
         frames.append(poi_embeddings_frame(part["poi_id"].tolist(), year, float(r), m.mean,
                                            m.weight, m.valid_fraction, m.norm))
     return pd.concat(frames, ignore_index=True)

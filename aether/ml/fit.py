@@ -1,0 +1,244 @@
+"""The training loop: batches, AdamW with a per-batch cosine schedule, metrics, checkpoints.
+
+Whole tables live as tensors and batches are index slices (no per-row ``Dataset``). Each
+epoch's order comes from a generator seeded by (seed, epoch), so a resumed run repeats the
+batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aether.errors import ModelError
+from aether.io.tables import write_json
+from aether.ml.checkpoints import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    write_metrics,
+)
+from aether.ml.config import TrainConfig
+from aether.ml.data import Pairs
+
+if TYPE_CHECKING:
+    import torch
+
+    from aether.ml.heads import AetherModel
+
+log = logging.getLogger(__name__)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The shuffled order of the training rows in one epoch (a function of seed and epoch)."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batches(order: torch.Tensor, cfg: TrainConfig) -> list[torch.Tensor]:
+    """The batches of one epoch: near-equal ones, or exactly ``batch_size`` with the rest dropped.
+
+    With ``drop_last`` and fewer rows than a batch, all rows form one batch.
+    """
+    import torch
+
+    if cfg.batching == "drop_last":
+        k = max(1, len(order) // cfg.batch_size)
+        size = min(cfg.batch_size, len(order))
+        return list(torch.split(order[: k * size], size))
+    return list(torch.tensor_split(order, math.ceil(len(order) / cfg.batch_size)))
+
+
+def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    if cfg.batching == "drop_last":
+        return max(1, n_train // cfg.batch_size)
+    return math.ceil(n_train / cfg.batch_size)
+
+
+def _masks(t: dict[str, torch.Tensor], idx: torch.Tensor, cfg: TrainConfig
+           ) -> dict[str, torch.Tensor | None]:
+    """False-negative masks for one batch (None where the preset keeps diagonal targets)."""
+    import torch
+
+    same_text = same_place = None
+    if cfg.same_text_positive:
+        ti = t["text_id"][idx]
+        same_text = ti[:, None] == ti[None, :]
+    if cfg.same_place_m > 0:
+        xy = t["xy"][idx]
+        same_place = torch.cdist(xy, xy) <= cfg.same_place_m
+    return {"same_text": same_text, "same_place": same_place}
+
+
+def evaluate_retrieval(model: AetherModel, t: dict[str, torch.Tensor], idx: torch.Tensor
+                       ) -> dict[str, float]:
+    """Text -> POI retrieval among the POIs of a split: the POI itself (chance recall@k is
+    k / n) and, as ``text_*``, any POI with the same text (what a text query asks for)."""
+    import torch
+
+    from aether.ml.heads import recall_at, retrieval_ranks
+
+    model.eval()
+    with torch.no_grad():
+        z_ae = model.encode_ae(t["base"][idx])
+        z_text = model.encode_text(t["text_vectors"][t["text_id"][idx]])
+        out = recall_at(retrieval_ranks(z_text, z_ae))
+        same = recall_at(retrieval_ranks(z_text, z_ae, t["text_id"][idx]))
+    model.train()
+    return {**out, **{f"text_{k}": v for k, v in same.items()}}
+
+
+def optimiser(model: AetherModel, cfg: TrainConfig, total_steps: int
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over every weight (the temperature undecayed) and a per-batch cosine schedule
+    from ``lr`` to ``lr_min``. ``foreach`` is bit-identical to the per-tensor loop, faster."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if n != "log_scale"]
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if cfg.learn_temperature:
+        groups.append({"params": [model.log_scale], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    floor = cfg.lr_min_ratio
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: floor + (1 - floor) * 0.5 * (
+        1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return opt, sched
+
+
+def _step(model: AetherModel, opt: torch.optim.Optimizer, t: dict[str, torch.Tensor],
+          idx: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    from aether.ml.heads import aether_losses
+
+    losses = aether_losses(model, t["base"][idx], t["aug"][idx],
+                           t["text_vectors"][t["text_id"][idx]],
+                           multiscale_weight=cfg.multiscale_weight, **_masks(t, idx, cfg))
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    opt.step()
+    return losses
+
+
+def pick_threads(model: AetherModel, cfg: TrainConfig, t: dict[str, torch.Tensor],
+                 idx: torch.Tensor, candidates: tuple[int, ...] = (1, 2), steps: int = 3) -> int:
+    """The fastest thread count for a few real steps on copies of the model (the run itself
+    is untouched): two threads win on an idle machine and lose badly on a loaded one."""
+    import torch
+
+    best, best_s = candidates[0], math.inf
+    for n in candidates:
+        torch.set_num_threads(n)
+        m = copy.deepcopy(model)
+        opt, _ = optimiser(m, cfg, 1)
+        _step(m, opt, t, idx, cfg)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            _step(m, opt, t, idx, cfg)
+        secs = time.perf_counter() - t0
+        if secs < best_s:
+            best, best_s = n, secs
+    log.debug("threads: %d (%.1f ms a step)", best, 1000 * best_s / steps)
+    return best
+
+
+def fit(run: Path, config: dict[str, Any], cfg: TrainConfig, pairs: Pairs, labels: np.ndarray,
+        state: str, device: str | None, on_epoch: Callable[[dict[str, Any]], None] | None, *,
+        threads: int | None = 1, checkpoint_every: int = 1) -> None:
+    """Train from a fresh start or the last checkpoint; write weights, metrics and summary.
+
+    ``threads``: torch's CPU threads (0 = measured at start, None = torch's own choice).
+    The resume checkpoint is written every ``checkpoint_every`` epochs and after the last.
+    """
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t = {
+        "base": torch.from_numpy(pairs.base), "aug": torch.from_numpy(pairs.aug),
+        "text_id": torch.from_numpy(pairs.text_id),
+        "text_vectors": torch.from_numpy(pairs.text_vectors.astype(np.float32)),
+        "xy": torch.from_numpy((pairs.xy - pairs.xy.mean(0)).astype(np.float32)),
+    }
+    t = {k: v.to(dev) for k, v in t.items()}
+    split = {s: torch.from_numpy(np.flatnonzero(labels == s)).to(dev)
+             for s in ("train", "val", "test")}
+    n_train = len(split["train"])
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(config).to(dev)
+    opt, sched = optimiser(model, cfg, cfg.epochs * steps_per_epoch(n_train, cfg))
+    if threads == 0:
+        threads = pick_threads(model, cfg, t, split["train"][: cfg.batch_size])
+    if threads:
+        torch.set_num_threads(threads)
+
+    ckpt: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0,
+                            "best_model": None}
+    if state == "resume":
+        ckpt = load_checkpoint(run / CHECKPOINT_FILE)
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            sched.load_state_dict(ckpt["sched"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ModelError(f"checkpoint {run / CHECKPOINT_FILE} does not fit the run config",
+                             "train again with --overwrite") from e
+
+    use_val = len(split["val"]) > 0
+    for epoch in range(ckpt["epoch"] + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        order = split["train"][epoch_order(cfg.seed, epoch, n_train).to(dev)]
+        parts = batches(order, cfg)
+        seen = sum(len(b) for b in parts)
+        sums = {k: torch.zeros((), device=dev) for k in ("loss", "multiscale", "crossmodal")}
+        for idx in parts:
+            losses = _step(model, opt, t, idx, cfg)
+            sched.step()
+            for k in sums:
+                sums[k] += losses[k].detach() * (len(idx) / seen)
+        row: dict[str, Any] = {"epoch": epoch,
+                               **{k: round(float(v), 6) for k, v in sums.items()},
+                               "temperature": round(1 / model.logit_scale().item(), 6),
+                               "lr": float(f"{sched.get_last_lr()[0]:.6g}")}
+        if use_val:
+            row.update({f"val_{k}": round(v, 6) for k, v in
+                        evaluate_retrieval(model, t, split["val"]).items()})
+            if row["val_mrr"] > ckpt["best_score"]:
+                ckpt.update(best_score=row["val_mrr"], best_epoch=epoch,
+                            best_model={k: v.detach().clone() for k, v in
+                                        model.state_dict().items()})
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        ckpt["history"].append(row)
+        ckpt.update(epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
+                    sched=sched.state_dict())
+        stop = (use_val and epoch >= cfg.min_epochs_fraction * cfg.epochs
+                and epoch - ckpt["best_epoch"] >= cfg.patience)
+        if stop or epoch == cfg.epochs or epoch % checkpoint_every == 0:
+            save_checkpoint(ckpt, run / CHECKPOINT_FILE)
+            write_metrics(ckpt["history"], run / METRICS_FILE)
+        if on_epoch:
+            on_epoch(row)
+        if stop:
+            break
+
+    final = ckpt["best_model"] if use_val else model.state_dict()
+    model.load_state_dict(final)
+    save_weights(final, run / WEIGHTS_FILE, {"config_hash": config["config_hash"]})
+    summary = {"epochs_run": ckpt["epoch"], "selected_epoch": ckpt["best_epoch"] if use_val
+               else ckpt["epoch"], "pairs": {s: len(v) for s, v in split.items()},
+               "final_train": ckpt["history"][-1]}
+    if len(split["test"]):
+        summary["test"] = evaluate_retrieval(model, t, split["test"])
+        summary["test"]["n"] = len(split["test"])
+    write_json(summary, run / SUMMARY_FILE)

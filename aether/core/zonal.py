@@ -17,8 +17,10 @@ from functools import cached_property
 
 import numpy as np
 
-#: Upper bound on the gathered pixel values of one batch (bytes); keeps memory flat.
-BATCH_BYTES = 48 * 2**20
+from aether.core import aef
+
+#: Circles × window pixels classified per batch: the batch's arrays stay in the CPU cache.
+BATCH_PIXELS = 2**18
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,9 @@ class PixelBlock:
 
     ``x0``/``y0`` are the coordinates of the outer edge of column 0 / row 0; ``dy`` is
     negative for north-up rasters and positive for south-up ones (AlphaEarth COGs).
-    NaN marks no data; a pixel with NaN in any band is invalid in all.
+    NaN marks no data; a pixel with NaN in any band is invalid in all. A block decoded from
+    int8 (``from_int8``) carries ``valid`` instead: its values are 0 where not valid and
+    C-contiguous, so the kernel uses them without a copy.
     """
 
     values: np.ndarray
@@ -35,14 +39,22 @@ class PixelBlock:
     y0: float
     dx: float
     dy: float
+    valid: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def from_transform(cls, values: np.ndarray, transform: object) -> PixelBlock:
+    def from_transform(cls, values: np.ndarray, transform: object,
+                       valid: np.ndarray | None = None) -> PixelBlock:
         """Build from a rasterio/affine transform without rotation."""
         a, b, c, d, e, f = (getattr(transform, k) for k in "abcdef")
         if b != 0 or d != 0:
             raise ValueError("rotated rasters are not supported")
-        return cls(values, float(c), float(f), float(a), float(e))
+        return cls(values, float(c), float(f), float(a), float(e), valid)
+
+    @classmethod
+    def from_int8(cls, q: np.ndarray, transform: object) -> PixelBlock:
+        """Decode band-last AlphaEarth int8 ``(rows, cols, 64)`` (``aef.decode``)."""
+        values, valid = aef.decode(q)
+        return cls.from_transform(values, transform, valid)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,6 +66,9 @@ class PixelBlock:
 
     @cached_property
     def _prepared(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values with 0 at invalid pixels, C-contiguous float32; valid mask)."""
+        if self.valid is not None:
+            return np.ascontiguousarray(self.values, dtype=np.float32), self.valid
         vals = np.asarray(self.values, dtype=np.float32)
         invalid = np.asarray(np.isnan(vals).any(axis=-1))
         return np.where(invalid[..., None], np.float32(0), vals), ~invalid
@@ -132,9 +147,20 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     """Sum of coverage-weighted pixel vectors of circles (x, y, radius) over one block.
 
     Pixels of a circle that fall outside the block contribute nothing here; another
-    block's partial sums add them. Coordinates are in the block's crs. The weights of a
-    batch of circles form a sparse (circles × pixels) matrix, so the sums are one sparse
-    product with the block: no per-circle copies of pixel windows.
+    block's partial sums add them. Coordinates are in the block's crs.
+    """
+    return radii_partial_sums(block, x, y, [radius])[0]
+
+
+def radii_partial_sums(
+    block: PixelBlock, x: np.ndarray, y: np.ndarray, radii: list[float]
+) -> list[Partial]:
+    """``partial_sums`` for several radii around the same centres, one Partial per radius.
+
+    The weights of a batch of circles × radii form one sparse (circles·radii × pixels)
+    matrix, so the sums of every radius are one sparse product with the block: no
+    per-circle copies of pixel windows. The valid weight is a float64 product with the same
+    weights (fractions stay exact to 1e-12).
     """
     from scipy.sparse import csr_matrix
 
@@ -142,41 +168,78 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     y = np.asarray(y, dtype=np.float64)
     h, w = block.shape
     n_bands = block.values.shape[-1]
-    out = Partial.zeros(len(x), n_bands)
-    if len(x) == 0 or radius <= 0:
-        return out
+    outs = [Partial.zeros(len(x), n_bands) for _ in radii]
+    live = [k for k, r in enumerate(radii) if r > 0]
+    if len(x) == 0 or not live:
+        return outs
     vals, valid = block._prepared
-    flat_vals = vals.reshape(h * w, n_bands)
+    flat_vals = vals.reshape(h * w, n_bands)  # a view: the block is C-contiguous
     flat_valid = valid.reshape(-1).astype(np.float64)
+    r_max = max(radii[k] for k in live)
+    c0, r0, nx, ny = _window(block, x, y, r_max)
+    idx = np.flatnonzero((c0 + nx > 0) & (c0 < w) & (r0 + ny > 0) & (r0 < h))
+    step = max(1, BATCH_PIXELS // (nx * ny))
+    for s in range(0, len(idx), step):
+        sel = idx[s : s + step]
+        pieces = [_ring_weights(block, x[sel], y[sel], radii[k]) for k in live]
+        counts = np.concatenate([p[0] for p in pieces])
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        pix = np.concatenate([p[1] for p in pieces])
+        frac = np.concatenate([p[2] for p in pieces])
+        shape = (len(counts), h * w)
+        sums = csr_matrix((frac.astype(np.float32), pix, indptr), shape=shape) @ flat_vals
+        vw = csr_matrix((frac, pix, indptr), shape=shape) @ flat_valid
+        for j, k in enumerate(live):
+            rows = slice(j * len(sel), (j + 1) * len(sel))
+            outs[k].weighted_sum[sel] = sums[rows]
+            outs[k].valid_weight[sel] = vw[rows]
+    return outs
+
+
+def _window(
+    block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """First column and row whose pixel may touch each circle, and the window's size."""
     nx = int(np.ceil(2 * radius / abs(block.dx))) + 1
     ny = int(np.ceil(2 * radius / abs(block.dy))) + 1
-    # first column / row whose pixel may touch the circle
     c0 = np.floor((x - radius - block.x0) / block.dx).astype(np.int64)
     r_a = np.floor((y - radius - block.y0) / block.dy)
     r_b = np.floor((y + radius - block.y0) / block.dy)
-    r0 = np.minimum(r_a, r_b).astype(np.int64)
-    # only circles whose window touches the block
-    idx = np.flatnonzero((c0 + nx > 0) & (c0 < w) & (r0 + ny > 0) & (r0 < h))
-    step = max(1, BATCH_BYTES // (nx * ny * 8))
-    cols_off = np.arange(nx)
-    rows_off = np.arange(ny)
-    for s in range(0, len(idx), step):
-        sel = idx[s : s + step]
-        cols = c0[sel, None] + cols_off  # (P, nx)
-        rows = r0[sel, None] + rows_off  # (P, ny)
-        x_edges = block.x0 + np.concatenate([cols, cols[:, -1:] + 1], axis=1) * block.dx
-        y_edges = block.y0 + np.concatenate([rows, rows[:, -1:] + 1], axis=1) * block.dy
-        wts = coverage(x[sel], y[sel], radius, x_edges, y_edges)  # (P, ny, nx)
-        inside = ((cols >= 0) & (cols < w))[:, None, :] & ((rows >= 0) & (rows < h))[:, :, None]
-        keep = inside & (wts > 0)
-        pix = rows[:, :, None] * w + cols[:, None, :]
-        indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(sel), -1).sum(axis=1))])
-        weights = csr_matrix((wts[keep], pix[keep], indptr), shape=(len(sel), h * w))
-        out.valid_weight[sel] = weights @ flat_valid  # float64: fractions stay exact
-        out.weighted_sum[sel] = weights.astype(np.float32) @ flat_vals  # no float64 block copy
-    out.weighted_sum /= block.pixel_area
-    out.valid_weight /= block.pixel_area
-    return out
+    return c0, np.minimum(r_a, r_b).astype(np.int64), nx, ny
+
+
+def _ring_weights(
+    block: PixelBlock, cx: np.ndarray, cy: np.ndarray, r: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per circle: how many pixels it touches, their flat indices, their covered fraction.
+
+    Pixels whose farthest corner is inside the circle count 1 and those whose nearest point
+    is outside 0; only the ring between (about 2πr/px pixels) gets the exact analytic area.
+    """
+    h, w = block.shape
+    c0, r0, nx, ny = _window(block, cx, cy, r)
+    cols = c0[:, None] + np.arange(nx)  # (P, nx)
+    rows = r0[:, None] + np.arange(ny)  # (P, ny)
+    xl = block.x0 + cols * block.dx - cx[:, None]
+    xh = xl + block.dx
+    yl = block.y0 + rows * block.dy - cy[:, None]
+    yh = yl + block.dy
+    far_x, far_y = np.maximum(xl * xl, xh * xh), np.maximum(yl * yl, yh * yh)
+    near_x = np.where(xl * xh <= 0, 0.0, np.minimum(xl * xl, xh * xh))
+    near_y = np.where(yl * yh <= 0, 0.0, np.minimum(yl * yl, yh * yh))
+    in_block = ((cols >= 0) & (cols < w))[:, None, :] & ((rows >= 0) & (rows < h))[:, :, None]
+    r2 = r * r
+    touch = ((near_y[:, :, None] + near_x[:, None, :]) < r2) & in_block
+    full = (far_y[:, :, None] + far_x[:, None, :]) <= r2
+    wts = (touch & full).astype(np.float64)
+    p, i, j = np.nonzero(touch & ~full)
+    x_lo, x_hi, y_lo, y_hi = xl[p, j], xh[p, j], yl[p, i], yh[p, i]
+    g = _disk_quadrant_area
+    area = g(x_hi, y_hi, r) - g(x_lo, y_hi, r) - g(x_hi, y_lo, r) + g(x_lo, y_lo, r)
+    wts[p, i, j] = np.abs(area) / block.pixel_area
+    keep = wts > 0
+    pix = rows[:, :, None] * w + cols[:, None, :]
+    return keep.reshape(len(cx), -1).sum(axis=1), pix[keep], wts[keep]
 
 
 def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:

@@ -1,8 +1,9 @@
 """AlphaEarth COG tiles (a local directory or a URL with an ``aef_index.parquet``).
 
-Only the windows that POI buffers touch are read; the work is a Dask graph of
-(tile × spatial POI group) tasks whose partial sums are added per POI, so buffers spanning
-two tiles or two UTM zones are exact.
+Only the windows that POI buffers touch are read. For POIs the work is a Dask graph of
+(tile × block-aligned window) tasks: every compressed block is decoded once, and a buffer
+that crosses windows, tiles or UTM zones is the sum of its partial sums, folded per POI as
+tasks finish.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from aether.core import aef, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.errors import CoverageError
+from aether.execution import cluster
 from aether.io import tiles as tile_io
 
 if TYPE_CHECKING:
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
 
     from aether.places.place import Place
 
-#: POIs are grouped on a square grid of this size (m) so each task reads one small window.
-GROUP_M = 2_000.0
+#: POI tasks read windows of this many pixels a side, aligned to the tile's blocks: no block
+#: is decoded twice, and a decoded window (64 MiB) stays small beside the work.
+WINDOW_PX = 512
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
 
@@ -70,12 +73,12 @@ class CogSource:
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
         tasks = [
-            dask.delayed(_tile_group_sums)(t.path, idx, x[idx], y[idx], radii)
+            dask.delayed(_window_sums)(t.path, window, idx, x[idx], y[idx], radii)
             for t in tiles.itertuples()
             for x, y in [_project(lon, lat, t.crs)]
-            for idx in _groups(x, y, t, max(radii))
+            for window, idx in _windows_of_pois(t.path, x, y, max(radii))
         ]
-        return point_means_table(pois, radii, year, dask.compute(*tasks))
+        return point_means_table(pois, radii, year, cluster.as_completed(tasks))
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
@@ -102,29 +105,56 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
     return np.asarray(x), np.asarray(y)
 
 
-def _groups(x: np.ndarray, y: np.ndarray, tile: Any, radius: float) -> list[np.ndarray]:
-    """Indices of POIs whose largest buffer touches the tile, grouped on a square grid."""
-    near = np.flatnonzero(
-        (x + radius >= tile.utm_west) & (x - radius <= tile.utm_east)
-        & (y + radius >= tile.utm_south) & (y - radius <= tile.utm_north)
-    )
-    if len(near) == 0:
+def _windows_of_pois(
+    path: str, x: np.ndarray, y: np.ndarray, radius: float
+) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """(col_off, row_off, width, height) of each block-aligned window that buffers touch,
+    with the indices of those POIs; a POI near a window's edge is in each window it touches.
+    """
+    with tile_io.open_tile(path) as ds:
+        t, width, height = ds.transform, ds.width, ds.height
+        bw, bh = ds.block_shapes[0][1], ds.block_shapes[0][0]
+    # windows of whole blocks (the last ones cut by the tile's edge)
+    wc, wr = max(WINDOW_PX // bw, 1) * bw, max(WINDOW_PX // bh, 1) * bh
+    col, row = (x - t.c) / t.a, (y - t.f) / t.e
+    pad_c, pad_r = radius / abs(t.a) + 1, radius / abs(t.e) + 1
+    lo_c = np.floor(np.clip(col - pad_c, 0, width - 1) / wc).astype(np.int64)
+    hi_c = np.floor(np.clip(col + pad_c, 0, width - 1) / wc).astype(np.int64)
+    lo_r = np.floor(np.clip(row - pad_r, 0, height - 1) / wr).astype(np.int64)
+    hi_r = np.floor(np.clip(row + pad_r, 0, height - 1) / wr).astype(np.int64)
+    near = ((col + pad_c >= 0) & (col - pad_c <= width)
+            & (row + pad_r >= 0) & (row - pad_r <= height))
+    n_cols = (width + wc - 1) // wc
+    keys, members = [], []
+    for dc, dr in itertools.product(range(2), range(2)):  # a buffer is smaller than a window
+        c, r = lo_c + dc, lo_r + dr
+        hit = np.flatnonzero(near & (c <= hi_c) & (r <= hi_r))
+        keys.append(r[hit] * n_cols + c[hit])
+        members.append(hit)
+    key, idx = np.concatenate(keys), np.concatenate(members)
+    order = np.lexsort((idx, key))
+    key, idx = key[order], idx[order]
+    if len(key) == 0:
         return []
-    key = np.floor(x[near] / GROUP_M) * 1e6 + np.floor(y[near] / GROUP_M)
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    return np.split(near[order], bounds)
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    out = []
+    for k, group in zip(key[np.r_[0, cuts]], np.split(idx, cuts), strict=True):
+        r, c = divmod(int(k), n_cols)
+        c0, r0 = c * wc, r * wr
+        out.append(((c0, r0, min(wc, width - c0), min(wr, height - r0)), group))
+    return out
 
 
-def _tile_group_sums(
-    path: str, idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
+def _window_sums(
+    path: str, window: tuple[int, int, int, int], idx: np.ndarray, x: np.ndarray,
+    y: np.ndarray, radii: list[float]
 ) -> tuple[np.ndarray, list[zonal.Partial]]:
-    """Read one window of one tile and return the partial sums of its POIs' buffers."""
-    r = max(radii) + aef.PIXEL_SIZE_M
-    block = tile_io.read_block(path, (x.min() - r, y.min() - r, x.max() + r, y.max() + r))
-    if block is None:
-        return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
-    return idx, [zonal.partial_sums(block, x, y, rad) for rad in radii]
+    """Decode one window of one tile; the partial sums of its POIs' buffers, every radius."""
+    from rasterio.windows import Window
+
+    with tile_io.open_tile(path) as ds:
+        block = tile_io.read_window(ds, Window(*window))
+    return idx, zonal.radii_partial_sums(block, x, y, radii)
 
 
 def _windows(tile: object, cells: grids.Cells) -> list[tuple[float, float, float, float]]:

@@ -3,7 +3,9 @@ city, emulator) goes through these, so the south-up and nodata traps are handled
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,18 +18,17 @@ from aether.core.aef import (
     N_BANDS,
     NODATA,
     PIXEL_SIZE_M,
-    dequantize,
     utm_zone_label,
-    valid_mask,
 )
 from aether.errors import TilesError
 from aether.io.tables import atomic_path, write_parquet
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    from rasterio.io import DatasetReader
+    from rasterio.windows import Window
 
     from aether.core.zonal import PixelBlock
-
 
 
 def write_tile(
@@ -145,43 +146,63 @@ def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     return gdf
 
 
-def read_block(
-    path: str, bounds: tuple[float, float, float, float] | None = None
-) -> PixelBlock | None:
-    """Read the part of a tile that overlaps ``bounds`` (tile crs), decoded, band-last.
+def read_window(ds: DatasetReader, window: Window) -> PixelBlock:
+    """Decode one window of an open tile into a kernel block: band-last float32, valid mask.
 
-    The window comes from the file's own transform, so south-up and north-up files read
-    the same; nodata is masked before de-quantisation. Returns None when nothing overlaps.
+    GDAL writes the pixel-interleaved int8 straight into a band-last buffer (no transpose),
+    which ``PixelBlock.from_int8`` decodes in place of a NaN-masked copy.
     """
-    import rasterio
-    from rasterio.windows import Window
-
     from aether.core.zonal import PixelBlock
+
+    q = np.empty((int(window.height), int(window.width), N_BANDS), dtype=np.int8)
+    ds.read(out=np.moveaxis(q, -1, 0), window=window)
+    return PixelBlock.from_int8(q, ds.window_transform(window))
+
+
+@contextlib.contextmanager
+def open_tile(path: str) -> Iterator[DatasetReader]:
+    """Open an AlphaEarth tile; a file that is not one, or unreadable, is a TilesError."""
+    import rasterio
 
     try:
         with rasterio.open(path) as ds:
             if ds.count != N_BANDS or ds.dtypes[0] != "int8":
                 raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
                                  "check the tile directory")
-            t = ds.transform
-            if bounds is None:
-                win = Window(0, 0, ds.width, ds.height)
-            else:
-                xmin, ymin, xmax, ymax = bounds
-                cs = [(x - t.c) / t.a for x in (xmin, xmax)]
-                rs = [(y - t.f) / t.e for y in (ymin, ymax)]
-                c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
-                r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
-                if c0 >= c1 or r0 >= r1:
-                    return None
-                win = Window(c0, r0, c1 - c0, r1 - r0)
-            q = ds.read(window=win)
-            wt = ds.window_transform(win)
+            yield ds
     except TilesError:
         raise
     except rasterio.errors.RasterioError as e:
         raise TilesError(f"cannot read tile {path}: {e}", "the file may be corrupt; re-download it"
                          ) from e
-    values = np.moveaxis(dequantize(q), 0, -1)
-    values[~valid_mask(q)] = np.nan
-    return PixelBlock.from_transform(values, wt)
+
+
+def read_block(
+    path: str, bounds: tuple[float, float, float, float] | None = None
+) -> PixelBlock | None:
+    """Read the part of a tile that overlaps ``bounds`` (tile crs), decoded, band-last.
+
+    The window comes from the file's own transform, so south-up and north-up files read
+    the same; nodata pixels are NaN in every band. Returns None when nothing overlaps.
+    """
+    from rasterio.windows import Window
+
+    from aether.core.zonal import PixelBlock
+
+    with open_tile(path) as ds:
+        t = ds.transform
+        if bounds is None:
+            win = Window(0, 0, ds.width, ds.height)
+        else:
+            xmin, ymin, xmax, ymax = bounds
+            cs = [(x - t.c) / t.a for x in (xmin, xmax)]
+            rs = [(y - t.f) / t.e for y in (ymin, ymax)]
+            c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
+            r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
+            if c0 >= c1 or r0 >= r1:
+                return None
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+        block = read_window(ds, win)
+    assert block.valid is not None
+    block.values[~block.valid] = np.nan
+    return PixelBlock(block.values, block.x0, block.y0, block.dx, block.dy)

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from aether.places.place import Place
 
 #: POI tasks read windows of this many pixels a side, aligned to the tile's blocks: no block
-#: is decoded twice, and a decoded window (64 MiB) stays small beside the work.
-WINDOW_PX = 512
+#: is decoded twice and no untouched block is read (a decoded window is 16 MiB).
+WINDOW_PX = 256
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
 

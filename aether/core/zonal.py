@@ -120,16 +120,32 @@ def _disk_quadrant_area(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     Inclusion–exclusion of this function at a pixel's four corners gives the exact area
     of the pixel inside the circle.
     """
-    sx, sy = np.sign(x), np.sign(y)
+    return _quadrant(_x_terms(x, r), _y_terms(y, r), r)
+
+
+def _prim(t: np.ndarray, r: float) -> np.ndarray:
+    """∫_0^t sqrt(r² − s²) ds."""
+    return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
+
+
+def _x_terms(x: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """What the quadrant area needs of x alone (shared by a pixel column's corners)."""
     ax = np.minimum(np.abs(x), r)
+    return np.sign(x), ax, _prim(ax, r)
+
+
+def _y_terms(y: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """What it needs of y alone: |y|, and where the circle's height equals it (shared by
+    a pixel row's corners)."""
     ay = np.minimum(np.abs(y), r)
-    xs = np.sqrt(r * r - ay * ay)  # where the circle's height equals ay
+    xs = np.sqrt(r * r - ay * ay)
+    return np.sign(y), ay, xs, _prim(xs, r)
 
-    def prim(t: np.ndarray) -> np.ndarray:  # ∫_0^t sqrt(r² − s²) ds
-        return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
 
-    area = np.where(ax <= xs, ax * ay, xs * ay + prim(ax) - prim(np.maximum(xs, 0.0)))
-    return sx * sy * area
+def _quadrant(xt: tuple[np.ndarray, ...], yt: tuple[np.ndarray, ...], r: float) -> np.ndarray:
+    sx, ax, pa = xt
+    sy, ay, xs, ps = yt
+    return sx * sy * np.where(ax <= xs, ax * ay, xs * ay + pa - ps)
 
 
 def coverage(
@@ -277,13 +293,16 @@ def _circle_entries(
     starts = np.stack([t0c, right0], -1).ravel()
     seg = np.repeat(np.arange(len(counts)), counts)
     col = starts[seg] + np.arange(len(seg)) - np.repeat(np.cumsum(counts) - counts, counts)
-    p, i = np.divmod(seg // 2, ny)
+    row = seg // 2  # flat (circle, window row)
+    p = row // ny
     xl = part.x0 + col * dx - cx[p]
-    y_lo, y_hi = yl[p, i], yh[p, i]
-    g = _disk_quadrant_area
-    area = g(xl + dx, y_hi, r) - g(xl, y_hi, r) - g(xl + dx, y_lo, r) + g(xl, y_lo, r)
+    xa, xb = _x_terms(xl, r), _x_terms(xl + dx, r)  # two arcsines per cut pixel, not eight
+    ya, yb = ([t.ravel().take(row) for t in _y_terms(v, r)] for v in (yl, yh))
+    q = _quadrant
+    area = q(xb, yb, r) - q(xa, yb, r) - q(xb, ya, r) + q(xa, ya, r)
     frac = np.abs(area) / part.pixel_area
-    cut_i = np.stack([base[p, i] + col + 1, base[p, i] + col], 1).ravel()
+    at = base.ravel().take(row) + col
+    cut_i = np.stack([at + 1, at], 1).ravel()
     cut_w = np.stack([frac, -frac], 1).ravel()
     return [(np.repeat(pi, 2), run_i, run_w), (np.repeat(p, 2), cut_i, cut_w)]
 

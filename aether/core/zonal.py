@@ -21,6 +21,8 @@ from aether.core import aef
 
 #: Blocks are reduced in parts of at most this many pixels a side (one COG block).
 PART_PX = 256
+#: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
+FINALIZE_ROWS = 65_536
 #: Circles per sparse product: the batch's index arrays stay in the CPU cache.
 BATCH_CIRCLES = 2048
 
@@ -278,6 +280,7 @@ def _circle_entries(
     full = far_y2 <= r2
     f0 = np.where(full, np.ceil(u - hf), t1 + 1).astype(np.int64)
     f1 = np.where(full, np.floor(u + hf) - 1, t1).astype(np.int64)
+    f1 = np.maximum(f1, f0 - 1)  # a chord shorter than a pixel: no whole pixel, no overlap
     t0c, t1c = np.clip(t0, 0, w), np.clip(t1, -1, w - 1)
     f0c, f1c = np.clip(f0, 0, w), np.clip(f1, -1, w - 1)
     n_left = np.where(on, np.maximum(np.minimum(f0c, t1c + 1) - t0c, 0), 0)
@@ -324,20 +327,31 @@ def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:
     return finalize_area(partial, np.pi * radius * radius / pixel_area)
 
 
-def finalize_area(partial: Partial, area_px: float | np.ndarray) -> Means:
+def finalize_area(
+    partial: Partial, area_px: float | np.ndarray, *, in_place: bool = False
+) -> Means:
     """Means, weights, valid fractions and norms; ``area_px`` is each region's area in pixels.
 
     A region with no valid pixel keeps a NaN vector and valid_fraction 0: never zero-filled.
+    Rows go in chunks (float64 temporaries stay small); ``in_place`` writes the means over
+    float32 sums, so a million regions' means take no second copy.
     """
     vw = partial.valid_weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (partial.weighted_sum / vw[:, None]).astype(np.float32)
-    mean[vw <= 0] = np.nan
+    ws = partial.weighted_sum
+    inplace = in_place and ws.dtype == np.float32
+    mean = ws if inplace else np.empty(ws.shape, np.float32)
+    norm = np.empty(len(vw))
+    for s in range(0, len(vw), FINALIZE_ROWS):
+        rows = slice(s, s + FINALIZE_ROWS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[rows] = ws[rows] / vw[rows, None]
+        mean[rows][vw[rows] <= 0] = np.nan
+        norm[rows] = np.linalg.norm(mean[rows].astype(np.float64), axis=1)
     return Means(
         mean=mean,
         weight=vw.astype(np.float64),
         valid_fraction=np.clip(vw / area_px, 0.0, 1.0),
-        norm=np.linalg.norm(mean.astype(np.float64), axis=1),
+        norm=norm,
     )
 
 

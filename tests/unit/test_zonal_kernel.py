@@ -92,3 +92,15 @@ def test_all_radii_in_one_product_equal_each_radius_and_the_dense_sums() -> None
                                    atol=2e-4)  # sums of ≤ 1,257 px: 2e-7 in the mean
     zero = radii_partial_sums(block, x, y, [0.0, 100.0])[0]
     assert not zero.weighted_sum.any() and not zero.valid_weight.any()
+
+
+@pytest.mark.parametrize("dy", [-10.0, 10.0])
+def test_many_random_circles_match_the_dense_analytic_coverage(dy: float) -> None:
+    """Chords shorter than a pixel, circles past every edge, radii of a few pixels."""
+    rng = np.random.default_rng(11)
+    vals = rng.uniform(-0.3, 0.3, (30, 40, 3)).astype(np.float32)
+    block = PixelBlock(vals, 0.0, 0.0 if dy > 0 else 300.0, 10.0, dy)
+    x, y = rng.uniform(-60, 460, 400), rng.uniform(-60, 360, 400)
+    for r in (7.0, 23.0, 100.0):
+        got = partial_sums(block, x, y, r).weighted_sum
+        np.testing.assert_allclose(got, _dense_reference(block, x, y, r), atol=1e-5)

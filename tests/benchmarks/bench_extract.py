@@ -42,7 +42,7 @@ POIS_ZIP = Path("/work/shared/data/singapore_osm_pois_2023-01-24.zip")
 SINGAPORE = (103.59, 1.15, 104.10, 1.48)
 QUICK = (103.80, 1.27, 103.91, 1.33)
 TILE_PX = 2048
-QUAD_SEGS = 64  # 256 segments per circle, as in the parity test
+QUAD_SEGS = 128  # 512-gons: their area is within 2.5e-5 of the circle's
 
 
 def singapore_pois(bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +105,7 @@ def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int) -> dict:
     df = CogSource(tiles).point_means(pois, RADII, YEAR)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     out = []
-    for r in RADII:
+    for r in RADII if keep else ():
         part = df[(df.radius_m == r)].set_index("poi_id").loc[pois.poi_id[:keep]]
         out.append(part[list(aef.BANDS)].to_numpy(np.float64))
     return {"means": out, "rows": len(df), "cpu_s": cpu, "wall_s": wall}

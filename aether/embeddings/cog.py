@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 #: POI tasks read windows of this many pixels a side, aligned to the tile's blocks: no block
 #: is decoded twice and no untouched block is read (a decoded window is 16 MiB).
 WINDOW_PX = 256
+#: Windows per task: a task opens its tile once for all of them.
+WINDOWS_PER_TASK = 8
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
 
@@ -72,13 +74,15 @@ class CogSource:
         margin = max(radii) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
-        tasks = [
-            dask.delayed(_window_sums)(t.path, window, idx, x[idx], y[idx], radii)
-            for t in tiles.itertuples()
-            for x, y in [_project(lon, lat, t.crs)]
-            for window, idx in _windows_of_pois(t.path, x, y, max(radii))
-        ]
-        return point_means_table(pois, radii, year, cluster.as_completed(tasks))
+        tasks = []
+        for t in tiles.itertuples():
+            x, y = _project(lon, lat, t.crs)
+            work = [(window, idx, x[idx], y[idx])
+                    for window, idx in _windows_of_pois(t.path, x, y, max(radii))]
+            tasks += [dask.delayed(_windows_sums)(t.path, work[i : i + WINDOWS_PER_TASK], radii)
+                      for i in range(0, len(work), WINDOWS_PER_TASK)]
+        results = itertools.chain.from_iterable(cluster.as_completed(tasks))
+        return point_means_table(pois, radii, year, results)
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
@@ -145,16 +149,20 @@ def _windows_of_pois(
     return out
 
 
-def _window_sums(
-    path: str, window: tuple[int, int, int, int], idx: np.ndarray, x: np.ndarray,
-    y: np.ndarray, radii: list[float]
-) -> tuple[np.ndarray, list[zonal.Partial]]:
-    """Decode one window of one tile; the partial sums of its POIs' buffers, every radius."""
+def _windows_sums(
+    path: str, work: list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, np.ndarray]],
+    radii: list[float],
+) -> list[tuple[np.ndarray, list[zonal.Partial]]]:
+    """Decode windows of one tile, opened once; each window's POI indices and partial sums
+    (every radius)."""
     from rasterio.windows import Window
 
+    out = []
     with tile_io.open_tile(path) as ds:
-        block = tile_io.read_window(ds, Window(*window))
-    return idx, zonal.radii_partial_sums(block, x, y, radii)
+        for window, idx, x, y in work:
+            block = tile_io.read_window(ds, Window(*window))
+            out.append((idx, zonal.radii_partial_sums(block, x, y, radii)))
+    return out
 
 
 def _windows(tile: object, cells: grids.Cells) -> list[tuple[float, float, float, float]]:

@@ -86,7 +86,7 @@ def zonal(r: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
-           "grid": "bench_grid.py", "train": "bench_train.py"}
+           "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py"}
 
 
 def section(name: str) -> str:

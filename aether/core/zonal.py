@@ -300,7 +300,7 @@ def _circle_entries(
     p = row // ny
     xl = part.x0 + col * dx - cx[p]
     xa, xb = _x_terms(xl, r), _x_terms(xl + dx, r)  # two arcsines per cut pixel, not eight
-    ya, yb = ([t.ravel().take(row) for t in _y_terms(v, r)] for v in (yl, yh))
+    ya, yb = (tuple(t.ravel().take(row) for t in _y_terms(v, r)) for v in (yl, yh))
     q = _quadrant
     area = q(xb, yb, r) - q(xa, yb, r) - q(xb, ya, r) + q(xa, ya, r)
     frac = np.abs(area) / part.pixel_area

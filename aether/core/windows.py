@@ -89,6 +89,16 @@ def partial_sums(block: zonal.PixelBlock, x: np.ndarray, y: np.ndarray,
     return zonal.polygon_partial_sums(block, list(shapely.box(*boxes.T)))
 
 
+def radii_partial_sums(block: zonal.PixelBlock, x: np.ndarray, y: np.ndarray,
+                       radii: list[float]) -> list[zonal.Partial]:
+    """Partial sums of every window shape, in ``radii`` order: the circles in one pass of the
+    kernel over the block, the squares one by one."""
+    circles = [r for r in radii if not is_square(r)]
+    done = dict(zip(circles, zonal.radii_partial_sums(block, x, y, circles), strict=True)
+                ) if circles else {}
+    return [done[r] if r in done else partial_sums(block, x, y, r) for r in radii]
+
+
 def finalize(partial: zonal.Partial, radius_m: float, pixel_area: float) -> zonal.Means:
     """Means of one window shape from combined partial sums."""
     return zonal.finalize_area(partial, area_px(radius_m, pixel_area))

@@ -17,8 +17,14 @@ from functools import cached_property
 
 import numpy as np
 
-#: Upper bound on the gathered pixel values of one batch (bytes); keeps memory flat.
-BATCH_BYTES = 48 * 2**20
+from aether.core import aef
+
+#: Blocks are reduced in parts of at most this many pixels a side (one COG block).
+PART_PX = 256
+#: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
+FINALIZE_ROWS = 65_536
+#: Circles per sparse product: the batch's index arrays stay in the CPU cache.
+BATCH_CIRCLES = 2048
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,9 @@ class PixelBlock:
 
     ``x0``/``y0`` are the coordinates of the outer edge of column 0 / row 0; ``dy`` is
     negative for north-up rasters and positive for south-up ones (AlphaEarth COGs).
-    NaN marks no data; a pixel with NaN in any band is invalid in all.
+    NaN marks no data; a pixel with NaN in any band is invalid in all. A block decoded from
+    int8 (``from_int8``) carries ``valid`` instead: its values are 0 where not valid and
+    C-contiguous, so the kernel uses them without a copy.
     """
 
     values: np.ndarray
@@ -35,14 +43,22 @@ class PixelBlock:
     y0: float
     dx: float
     dy: float
+    valid: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def from_transform(cls, values: np.ndarray, transform: object) -> PixelBlock:
+    def from_transform(cls, values: np.ndarray, transform: object,
+                       valid: np.ndarray | None = None) -> PixelBlock:
         """Build from a rasterio/affine transform without rotation."""
         a, b, c, d, e, f = (getattr(transform, k) for k in "abcdef")
         if b != 0 or d != 0:
             raise ValueError("rotated rasters are not supported")
-        return cls(values, float(c), float(f), float(a), float(e))
+        return cls(values, float(c), float(f), float(a), float(e), valid)
+
+    @classmethod
+    def from_int8(cls, q: np.ndarray, transform: object) -> PixelBlock:
+        """Decode band-last AlphaEarth int8 ``(rows, cols, 64)`` (``aef.decode``)."""
+        values, valid = aef.decode(q)
+        return cls.from_transform(values, transform, valid)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,6 +70,9 @@ class PixelBlock:
 
     @cached_property
     def _prepared(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values with 0 at invalid pixels, C-contiguous float32; valid mask)."""
+        if self.valid is not None:
+            return np.ascontiguousarray(self.values, dtype=np.float32), self.valid
         vals = np.asarray(self.values, dtype=np.float32)
         invalid = np.asarray(np.isnan(vals).any(axis=-1))
         return np.where(invalid[..., None], np.float32(0), vals), ~invalid
@@ -103,16 +122,32 @@ def _disk_quadrant_area(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     Inclusion–exclusion of this function at a pixel's four corners gives the exact area
     of the pixel inside the circle.
     """
-    sx, sy = np.sign(x), np.sign(y)
+    return _quadrant(_x_terms(x, r), _y_terms(y, r), r)
+
+
+def _prim(t: np.ndarray, r: float) -> np.ndarray:
+    """∫_0^t sqrt(r² − s²) ds."""
+    return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
+
+
+def _x_terms(x: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """What the quadrant area needs of x alone (shared by a pixel column's corners)."""
     ax = np.minimum(np.abs(x), r)
+    return np.sign(x), ax, _prim(ax, r)
+
+
+def _y_terms(y: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """What it needs of y alone: |y|, and where the circle's height equals it (shared by
+    a pixel row's corners)."""
     ay = np.minimum(np.abs(y), r)
-    xs = np.sqrt(r * r - ay * ay)  # where the circle's height equals ay
+    xs = np.sqrt(r * r - ay * ay)
+    return np.sign(y), ay, xs, _prim(xs, r)
 
-    def prim(t: np.ndarray) -> np.ndarray:  # ∫_0^t sqrt(r² − s²) ds
-        return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
 
-    area = np.where(ax <= xs, ax * ay, xs * ay + prim(ax) - prim(np.maximum(xs, 0.0)))
-    return sx * sy * area
+def _quadrant(xt: tuple[np.ndarray, ...], yt: tuple[np.ndarray, ...], r: float) -> np.ndarray:
+    sx, ax, pa = xt
+    sy, ay, xs, ps = yt
+    return sx * sy * np.where(ax <= xs, ax * ay, xs * ay + pa - ps)
 
 
 def coverage(
@@ -132,51 +167,159 @@ def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float)
     """Sum of coverage-weighted pixel vectors of circles (x, y, radius) over one block.
 
     Pixels of a circle that fall outside the block contribute nothing here; another
-    block's partial sums add them. Coordinates are in the block's crs. The weights of a
-    batch of circles form a sparse (circles × pixels) matrix, so the sums are one sparse
-    product with the block: no per-circle copies of pixel windows.
+    block's partial sums add them. Coordinates are in the block's crs.
     """
-    from scipy.sparse import csr_matrix
+    return radii_partial_sums(block, x, y, [radius])[0]
 
+
+def radii_partial_sums(
+    block: PixelBlock, x: np.ndarray, y: np.ndarray, radii: list[float]
+) -> list[Partial]:
+    """``partial_sums`` for several radii around the same centres, one Partial per radius.
+
+    The block is cut into parts of at most ``PART_PX`` a side (their row prefix sums stay
+    small, precise in float32 and in cache); each part's sums of every radius are one
+    sparse product.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     h, w = block.shape
     n_bands = block.values.shape[-1]
-    out = Partial.zeros(len(x), n_bands)
-    if len(x) == 0 or radius <= 0:
-        return out
+    outs = [Partial.zeros(len(x), n_bands) for _ in radii]
+    live = [k for k, r in enumerate(radii) if r > 0]
+    if len(x) == 0 or not live:
+        return outs
     vals, valid = block._prepared
-    flat_vals = vals.reshape(h * w, n_bands)
-    flat_valid = valid.reshape(-1).astype(np.float64)
+    c0, r0, nx, ny = _window(block, x, y, max(radii[k] for k in live))
+    for pr in range(0, h, PART_PX):
+        for pc in range(0, w, PART_PX):
+            ph, pw = min(PART_PX, h - pr), min(PART_PX, w - pc)
+            sel = np.flatnonzero((c0 + nx > pc) & (c0 < pc + pw) & (r0 + ny > pr) & (r0 < pr + ph))
+            if len(sel) == 0:
+                continue
+            part = PixelBlock(vals[pr : pr + ph, pc : pc + pw], block.x0 + pc * block.dx,
+                              block.y0 + pr * block.dy, block.dx, block.dy,
+                              valid[pr : pr + ph, pc : pc + pw])
+            prefix = _row_prefix(part)
+            for s in range(0, len(sel), BATCH_CIRCLES):
+                batch = sel[s : s + BATCH_CIRCLES]
+                sums, vw = _part_sums(part, prefix, x[batch], y[batch], [radii[k] for k in live])
+                for j, k in enumerate(live):
+                    rows = slice(j * len(batch), (j + 1) * len(batch))
+                    outs[k].weighted_sum[batch] += sums[rows]
+                    outs[k].valid_weight[batch] += vw[rows]
+    return outs
+
+
+def _row_prefix(part: PixelBlock) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
+    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``."""
+    vals, valid = part.values, part.valid
+    assert valid is not None
+    h, w, nb = vals.shape
+    s = np.zeros((h, w + 1, nb), dtype=np.float32)
+    s[:, 1:] = vals
+    for c in range(1, w):  # in place, column by column: no temporary of the part
+        s[:, c + 1] += s[:, c]
+    sv = np.zeros((h, w + 1))
+    np.cumsum(valid, axis=1, out=sv[:, 1:])
+    return s, sv
+
+
+def _part_sums(
+    part: PixelBlock, prefix: tuple[np.ndarray, np.ndarray], cx: np.ndarray, cy: np.ndarray,
+    radii: list[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(circles·radii, B) float64 weighted sums and (circles·radii,) valid weights.
+
+    A circle covers, per pixel row, a run of whole pixels (weight 1) between two short runs
+    of cut pixels (its boundary ring, exact analytic area). A run costs two entries on the
+    row prefix sums and a cut pixel two: about 2·(8r + 2r)/px entries per circle instead of
+    πr²/px². The valid mask is summed with the same entries in float64 (fractions stay
+    exact to 1e-12), the bands in float32.
+    """
+    from scipy.sparse import csr_matrix
+
+    s, sv = prefix
+    h, w = part.shape
+    flat, flat_valid = s.reshape(h * (w + 1), -1), sv.reshape(-1)
+    n = len(cx)
+    sums = np.zeros((n * len(radii), flat.shape[1]))
+    vw = np.zeros(n * len(radii))
+    for k, r in enumerate(radii):
+        rows = slice(k * n, (k + 1) * n)
+        for circle, index, coef in _circle_entries(part, cx, cy, r):  # runs, then cut pixels
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(circle, minlength=n))])
+            m = csr_matrix((coef, index, indptr), shape=(n, len(flat_valid)))
+            vw[rows] += m @ flat_valid
+            m.data = coef.astype(np.float32)
+            sums[rows] += m @ flat
+    return sums, vw
+
+
+def _circle_entries(
+    part: PixelBlock, cx: np.ndarray, cy: np.ndarray, r: float
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(circle, prefix index, coefficient) of the circles' sums over ``part``, sorted by
+    circle: one triple for the whole-pixel runs, one for the cut pixels."""
+    h, w = part.shape
+    dx, dy = part.dx, part.dy
+    _, r0, _, ny = _window(part, cx, cy, r)
+    rows = r0[:, None] + np.arange(ny)  # (P, ny)
+    yl = part.y0 + rows * dy - cy[:, None]
+    yh = yl + dy
+    near_y2 = np.where(yl * yh <= 0, 0.0, np.minimum(yl * yl, yh * yh))
+    far_y2 = np.maximum(yl * yl, yh * yh)
+    r2 = r * r
+    on = (rows >= 0) & (rows < h) & (near_y2 < r2)
+    u = ((cx - part.x0) / dx)[:, None]  # the centre in column units
+    ht = np.sqrt(np.maximum(r2 - near_y2, 0.0)) / abs(dx)  # half chord touching the row
+    hf = np.sqrt(np.maximum(r2 - far_y2, 0.0)) / abs(dx)  # half chord across the whole row
+    t0 = np.floor(u - ht).astype(np.int64)
+    t1 = np.ceil(u + ht).astype(np.int64) - 1
+    full = far_y2 <= r2
+    f0 = np.where(full, np.ceil(u - hf), t1 + 1).astype(np.int64)
+    f1 = np.where(full, np.floor(u + hf) - 1, t1).astype(np.int64)
+    f1 = np.maximum(f1, f0 - 1)  # a chord shorter than a pixel: no whole pixel, no overlap
+    t0c, t1c = np.clip(t0, 0, w), np.clip(t1, -1, w - 1)
+    f0c, f1c = np.clip(f0, 0, w), np.clip(f1, -1, w - 1)
+    n_left = np.where(on, np.maximum(np.minimum(f0c, t1c + 1) - t0c, 0), 0)
+    right0 = np.maximum(f1c + 1, 0)
+    n_right = np.where(on, np.maximum(t1c - right0 + 1, 0), 0)
+    base = np.clip(rows, 0, h - 1) * (w + 1)
+    # whole-pixel runs: +S[f1 + 1] − S[f0]
+    pi, ri = np.nonzero(on & (f0c <= f1c))
+    run_i = np.stack([base[pi, ri] + f1c[pi, ri] + 1, base[pi, ri] + f0c[pi, ri]], 1).ravel()
+    run_w = np.tile([1.0, -1.0], len(pi))
+    # cut pixels, row by row: the run left of the whole pixels, then the one right of them
+    counts = np.stack([n_left, n_right], -1).ravel()
+    starts = np.stack([t0c, right0], -1).ravel()
+    seg = np.repeat(np.arange(len(counts)), counts)
+    col = starts[seg] + np.arange(len(seg)) - np.repeat(np.cumsum(counts) - counts, counts)
+    row = seg // 2  # flat (circle, window row)
+    p = row // ny
+    xl = part.x0 + col * dx - cx[p]
+    xa, xb = _x_terms(xl, r), _x_terms(xl + dx, r)  # two arcsines per cut pixel, not eight
+    ya, yb = (tuple(t.ravel().take(row) for t in _y_terms(v, r)) for v in (yl, yh))
+    q = _quadrant
+    area = q(xb, yb, r) - q(xa, yb, r) - q(xb, ya, r) + q(xa, ya, r)
+    frac = np.abs(area) / part.pixel_area
+    at = base.ravel().take(row) + col
+    cut_i = np.stack([at + 1, at], 1).ravel()
+    cut_w = np.stack([frac, -frac], 1).ravel()
+    return [(np.repeat(pi, 2), run_i, run_w), (np.repeat(p, 2), cut_i, cut_w)]
+
+
+def _window(
+    block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """First column and row whose pixel may touch each circle, and the window's size."""
     nx = int(np.ceil(2 * radius / abs(block.dx))) + 1
     ny = int(np.ceil(2 * radius / abs(block.dy))) + 1
-    # first column / row whose pixel may touch the circle
     c0 = np.floor((x - radius - block.x0) / block.dx).astype(np.int64)
     r_a = np.floor((y - radius - block.y0) / block.dy)
     r_b = np.floor((y + radius - block.y0) / block.dy)
-    r0 = np.minimum(r_a, r_b).astype(np.int64)
-    # only circles whose window touches the block
-    idx = np.flatnonzero((c0 + nx > 0) & (c0 < w) & (r0 + ny > 0) & (r0 < h))
-    step = max(1, BATCH_BYTES // (nx * ny * 8))
-    cols_off = np.arange(nx)
-    rows_off = np.arange(ny)
-    for s in range(0, len(idx), step):
-        sel = idx[s : s + step]
-        cols = c0[sel, None] + cols_off  # (P, nx)
-        rows = r0[sel, None] + rows_off  # (P, ny)
-        x_edges = block.x0 + np.concatenate([cols, cols[:, -1:] + 1], axis=1) * block.dx
-        y_edges = block.y0 + np.concatenate([rows, rows[:, -1:] + 1], axis=1) * block.dy
-        wts = coverage(x[sel], y[sel], radius, x_edges, y_edges)  # (P, ny, nx)
-        inside = ((cols >= 0) & (cols < w))[:, None, :] & ((rows >= 0) & (rows < h))[:, :, None]
-        keep = inside & (wts > 0)
-        pix = rows[:, :, None] * w + cols[:, None, :]
-        indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(sel), -1).sum(axis=1))])
-        weights = csr_matrix((wts[keep], pix[keep], indptr), shape=(len(sel), h * w))
-        out.valid_weight[sel] = weights @ flat_valid  # float64: fractions stay exact
-        out.weighted_sum[sel] = weights.astype(np.float32) @ flat_vals  # no float64 block copy
-    out.weighted_sum /= block.pixel_area
-    out.valid_weight /= block.pixel_area
-    return out
+    return c0, np.minimum(r_a, r_b).astype(np.int64), nx, ny
 
 
 def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:
@@ -184,20 +327,31 @@ def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:
     return finalize_area(partial, np.pi * radius * radius / pixel_area)
 
 
-def finalize_area(partial: Partial, area_px: float | np.ndarray) -> Means:
+def finalize_area(
+    partial: Partial, area_px: float | np.ndarray, *, in_place: bool = False
+) -> Means:
     """Means, weights, valid fractions and norms; ``area_px`` is each region's area in pixels.
 
     A region with no valid pixel keeps a NaN vector and valid_fraction 0: never zero-filled.
+    Rows go in chunks (float64 temporaries stay small); ``in_place`` writes the means over
+    float32 sums, so a million regions' means take no second copy.
     """
     vw = partial.valid_weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (partial.weighted_sum / vw[:, None]).astype(np.float32)
-    mean[vw <= 0] = np.nan
+    ws = partial.weighted_sum
+    inplace = in_place and ws.dtype == np.float32
+    mean = ws if inplace else np.empty(ws.shape, np.float32)
+    norm = np.empty(len(vw))
+    for s in range(0, len(vw), FINALIZE_ROWS):
+        rows = slice(s, s + FINALIZE_ROWS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[rows] = ws[rows] / vw[rows, None]
+        mean[rows][vw[rows] <= 0] = np.nan
+        norm[rows] = np.linalg.norm(mean[rows].astype(np.float64), axis=1)
     return Means(
         mean=mean,
         weight=vw.astype(np.float64),
         valid_fraction=np.clip(vw / area_px, 0.0, 1.0),
-        norm=np.linalg.norm(mean.astype(np.float64), axis=1),
+        norm=norm,
     )
 
 

@@ -67,22 +67,24 @@ def point_means_table(
     """poi_embeddings rows from per-block sums ``(POI indices, [Partial per radius])``.
 
     What sources with pixels (COG tiles, xee chunks) share: a POI's sums from every block
-    its buffers touch add up before the means, so buffers across blocks are exact.
+    its buffers touch add up before the means, so buffers across blocks are exact. Results
+    are folded as they arrive into one float32 array (POI × radius rows) that becomes the
+    means and then the table's band columns: memory is the output's size, once.
     """
-    import pandas as pd
+    import numpy as np
 
     from aether.core import aef, windows, zonal
     from aether.io.tables import poi_embeddings_frame
 
-    totals = [zonal.Partial.zeros(len(pois), aef.N_BANDS) for _ in radii]
+    n, n_radii = len(pois), len(radii)
+    sums = np.zeros((n * n_radii, aef.N_BANDS), dtype=np.float32)
+    valid = np.zeros(n * n_radii)
     for idx, parts in results:
-        for total, part in zip(totals, parts, strict=True):
-            total.weighted_sum[idx] += part.weighted_sum
-            total.valid_weight[idx] += part.valid_weight
-    ids = pois["poi_id"].astype(str).tolist()
-    frames = []
-    for r, total in zip(radii, totals, strict=True):
-        m = windows.finalize(total, r, aef.PIXEL_SIZE_M**2)
-        frames.append(poi_embeddings_frame(ids, year, float(r), m.mean, m.weight,
-                                           m.valid_fraction, m.norm))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        for k, part in enumerate(parts):
+            sums[k * n + idx] += part.weighted_sum
+            valid[k * n + idx] += part.valid_weight
+    area = np.repeat([windows.area_px(float(r), aef.PIXEL_SIZE_M**2) for r in radii], n)
+    m = zonal.finalize_area(zonal.Partial(sums, valid, aef.N_BANDS), area, in_place=True)
+    ids = pois["poi_id"].astype(str).tolist() * n_radii
+    radius = np.repeat(np.asarray(radii, dtype=np.float32), n)
+    return poi_embeddings_frame(ids, year, radius, m.mean, m.weight, m.valid_fraction, m.norm)

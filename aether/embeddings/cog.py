@@ -26,6 +26,7 @@ from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.errors import CoverageError
+from aether.execution import cluster
 from aether.io import tiles as tile_io
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class CogSource:
                 if under:
                     tasks.append(dask.delayed(_group_sums)(
                         under, crs, bounds, in_zone[group], x[group], y[group], radii))
-        return point_means_table(pois, radii, year, dask.compute(*tasks))
+        return point_means_table(pois, radii, year, cluster.as_completed(tasks))
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
@@ -159,7 +160,7 @@ def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, fl
     if raw is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
-    return idx, [windows.partial_sums(block, x, y, rad) for rad in radii]
+    return idx, windows.radii_partial_sums(block, x, y, radii)
 
 
 def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:

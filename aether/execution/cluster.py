@@ -17,19 +17,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aether.errors import DaskError, InputError
 
 if TYPE_CHECKING:
+    from dask.delayed import Delayed
     from distributed import Client
 
 SCHEDULER_ENV = "AETHER_DASK_SCHEDULER"
 #: How long to wait for an existing scheduler to answer before giving up.
 CONNECT_TIMEOUT_S = 5
 DEFAULT_WORKERS = 2
+#: Tasks in flight per batch on the local scheduler (results held at once: this many).
+LOCAL_BATCH = 16
 _ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://[^\s/]+$")
 
 
@@ -86,3 +89,27 @@ def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
                         ) from None
     with client:
         yield client
+
+
+def as_completed(tasks: Sequence[Delayed]) -> Iterator[Any]:
+    """Results of delayed tasks as they finish, so callers fold them in bounded memory.
+
+    On a distributed Client (inside ``dask_scheduler``) in completion order; on the local
+    scheduler in batches of ``LOCAL_BATCH``, never all results at once.
+    """
+    import dask
+
+    try:
+        from distributed import as_completed as futures_completed
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):  # no distributed, or no Client running
+        client = None
+    if client is not None:
+        for future in futures_completed(client.compute(list(tasks))):
+            yield future.result()
+            future.release()
+        return
+    for s in range(0, len(tasks), LOCAL_BATCH):
+        yield from dask.compute(*tasks[s : s + LOCAL_BATCH])

@@ -115,14 +115,17 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], what: str) 
 def poi_embeddings_frame(
     poi_ids: Sequence[str],
     year: int,
-    radius_m: float,
+    radius_m: float | np.ndarray,
     mean: np.ndarray,
     weight: np.ndarray,
     valid_fraction: np.ndarray,
     norm: np.ndarray,
 ) -> pd.DataFrame:
-    """Rows of the poi_embeddings contract for one (year, radius)."""
-    df = pd.DataFrame(np.asarray(mean, dtype=np.float32), columns=list(BANDS))
+    """Rows of the poi_embeddings contract for one year (one radius, or one per row).
+
+    The band columns are ``mean`` itself (no copy): callers hand over a fresh array.
+    """
+    df = pd.DataFrame(np.asarray(mean, dtype=np.float32), columns=list(BANDS), copy=False)
     df.insert(0, "poi_id", pd.Series(list(poi_ids), dtype="string"))
     df.insert(1, "year", np.int32(year))
     df.insert(2, "radius_m", np.float32(radius_m))

@@ -28,7 +28,6 @@ from aether.core.aef import (
     N_BANDS,
     NODATA,
     PIXEL_SIZE_M,
-    dequantize,
     utm_zone_label,
     valid_mask,
 )
@@ -64,7 +63,6 @@ OPEN_TILES = 16
 _MIRROR_S3 = "s3://us-west-2.opendata.source.coop/"
 _MIRROR_HTTPS = "https://data.source.coop/"
 _local = threading.local()
-
 
 
 def write_tile(
@@ -325,20 +323,27 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
 
 
 def decode(raw: RawWindow) -> PixelBlock:
-    """De-quantised, band-last pixels of a window; nodata masked before decoding."""
+    """A window as a kernel block: band-last float32 (``aef.decode``: nodata 0) and its
+    valid mask, in one pass over the stored values."""
     from aether.core.zonal import PixelBlock
 
-    values = np.moveaxis(dequantize(raw.q), 0, -1)
-    values[~valid_mask(raw.q)] = np.nan
-    return PixelBlock.from_transform(values, raw.transform)
+    return PixelBlock.from_int8(np.moveaxis(raw.q, 0, -1), raw.transform)
 
 
 def read_block(
     path: str, bounds: tuple[float, float, float, float] | None = None
 ) -> PixelBlock | None:
-    """Read and decode the part of a tile that overlaps ``bounds`` (tile crs), band-last."""
+    """Read and decode the part of a tile that overlaps ``bounds`` (tile crs), band-last,
+    nodata pixels NaN in every band (for readers that want NaN, not the kernel's mask)."""
+    from aether.core.zonal import PixelBlock
+
     raw = read_window(path, bounds)
-    return None if raw is None else decode(raw)
+    if raw is None:
+        return None
+    block = decode(raw)
+    assert block.valid is not None
+    block.values[~block.valid] = np.nan
+    return PixelBlock(block.values, block.x0, block.y0, block.dx, block.dy)
 
 
 def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,

@@ -1,0 +1,106 @@
+"""The fast kernel's pieces: float32 decode, cut-pixel (ring) coverage, all radii at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aether.core import aef
+from aether.core.zonal import PixelBlock, coverage, partial_sums, radii_partial_sums
+
+
+def test_float32_decode_is_bit_identical_to_the_lut() -> None:
+    q = np.arange(-127, 128, dtype=np.int16).astype(np.int8)
+    q = np.broadcast_to(q[:, None], (255, aef.N_BANDS)).copy()  # a pixel per value
+    values, valid = aef.decode(q)
+    lut = aef.DEQUANT_LUT[q.astype(np.int16) + 128]
+    assert values.dtype == np.float32 and values.flags.c_contiguous
+    np.testing.assert_array_equal(values.view(np.uint32), lut.view(np.uint32))
+    assert valid.all()
+
+
+def test_decode_nodata_is_zero_and_invalid() -> None:
+    q = np.full((2, 3, aef.N_BANDS), 100, dtype=np.int8)
+    q[1, 2] = aef.NODATA
+    values, valid = aef.decode(q)
+    assert valid.tolist() == [[True] * 3, [True, True, False]]
+    assert (values[1, 2] == 0).all()
+    assert values[0, 0, 0] == np.float32(100 * 100 / 16256.25)
+    with pytest.raises(TypeError):
+        aef.decode(q.astype(np.int16))
+
+
+def _one_hot_block(h: int, w: int, dy: float) -> PixelBlock:
+    """A block whose band k is 1 at pixel k only: its weighted sums are the pixel weights."""
+    vals = np.eye(h * w, dtype=np.float32).reshape(h, w, h * w)
+    y0 = 0.0 if dy > 0 else h * abs(dy)
+    return PixelBlock(vals, 0.0, y0, 10.0, dy)
+
+
+def _shapely_fractions(block: PixelBlock, x: float, y: float, r: float) -> np.ndarray:
+    """Oracle: pixel boxes ∩ an 8,192-gon of the circle (within 1e-6 px of the disc)."""
+    import shapely
+
+    h, w = block.shape
+    circle = shapely.Point(x, y).buffer(r, quad_segs=2048)
+    xe = block.x0 + np.arange(w + 1) * block.dx
+    ye = block.y0 + np.arange(h + 1) * block.dy
+    boxes = shapely.box(xe[None, :-1], np.minimum(ye[:-1], ye[1:])[:, None],
+                        xe[None, 1:], np.maximum(ye[:-1], ye[1:])[:, None])
+    return shapely.area(shapely.intersection(boxes, circle)) / block.pixel_area
+
+
+@pytest.mark.parametrize("dy", [-10.0, 10.0])
+def test_cut_pixel_coverage_matches_exact_areas_on_random_circles(dy: float) -> None:
+    rng = np.random.default_rng(3)
+    block = _one_hot_block(14, 16, dy)
+    xmin, ymin, xmax, ymax = block.bounds()
+    for _ in range(6):  # some circles reach past the block's edges
+        r = rng.uniform(8, 90)
+        x, y = rng.uniform(xmin - 20, xmax + 20), rng.uniform(ymin - 20, ymax + 20)
+        part = partial_sums(block, np.array([x]), np.array([y]), r)
+        got = part.weighted_sum[0].reshape(block.shape)
+        want = _shapely_fractions(block, x, y, r)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+        assert abs(part.valid_weight[0] - want.sum()) < 1e-5
+
+
+def _dense_reference(block: PixelBlock, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    """Weighted sums with the analytic coverage of every pixel of the block (no ring, no
+    prefix sums, no parts)."""
+    h, w = block.shape
+    xe = block.x0 + np.arange(w + 1) * block.dx
+    ye = block.y0 + np.arange(h + 1) * block.dy
+    wts = coverage(x, y, r, np.tile(xe, (len(x), 1)), np.tile(ye, (len(x), 1)))
+    return np.einsum("pij,ijb->pb", wts / block.pixel_area, block.values.astype(np.float64))
+
+
+def test_all_radii_in_one_product_equal_each_radius_and_the_dense_sums() -> None:
+    rng = np.random.default_rng(5)
+    h, w = 50, 560  # wider than a 256 px part: circles cross the parts' edges
+    vals = rng.uniform(-0.3, 0.3, (h, w, 4)).astype(np.float32)
+    block = PixelBlock(vals, 500_000.0, 100_000.0 + h * 10, 10.0, -10.0)
+    x = rng.uniform(500_000 - 150, 500_000 + w * 10 + 150, 24)
+    y = rng.uniform(100_000 - 150, 100_000 + h * 10 + 150, 24)
+    x[:5] = 500_000 + 2560 + rng.uniform(-3, 3, 5)  # right on a part boundary
+    both = radii_partial_sums(block, x, y, [100.0, 200.0])
+    for r, got in zip((100.0, 200.0), both, strict=True):
+        alone = partial_sums(block, x, y, r)
+        np.testing.assert_allclose(got.weighted_sum, alone.weighted_sum, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.valid_weight, alone.valid_weight, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.weighted_sum, _dense_reference(block, x, y, r),
+                                   atol=2e-4)  # sums of ≤ 1,257 px: 2e-7 in the mean
+    zero = radii_partial_sums(block, x, y, [0.0, 100.0])[0]
+    assert not zero.weighted_sum.any() and not zero.valid_weight.any()
+
+
+@pytest.mark.parametrize("dy", [-10.0, 10.0])
+def test_many_random_circles_match_the_dense_analytic_coverage(dy: float) -> None:
+    """Chords shorter than a pixel, circles past every edge, radii of a few pixels."""
+    rng = np.random.default_rng(11)
+    vals = rng.uniform(-0.3, 0.3, (30, 40, 3)).astype(np.float32)
+    block = PixelBlock(vals, 0.0, 0.0 if dy > 0 else 300.0, 10.0, dy)
+    x, y = rng.uniform(-60, 460, 400), rng.uniform(-60, 360, 400)
+    for r in (7.0, 23.0, 100.0):
+        got = partial_sums(block, x, y, r).weighted_sum
+        np.testing.assert_allclose(got, _dense_reference(block, x, y, r), atol=1e-5)

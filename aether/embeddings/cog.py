@@ -18,7 +18,7 @@ import pandas as pd
 
 from aether.core import aef, zonal
 from aether.core import cells as grids
-from aether.embeddings.base import point_means_table
+from aether.embeddings.base import SourceOptions, point_means_table
 from aether.errors import CoverageError
 from aether.io import tiles as tile_io
 
@@ -164,10 +164,16 @@ def _window_grid_sums(path: str, tile_crs: str, window: tuple[float, float, floa
     return cells.sums(block, tile_crs)
 
 
-def create(*, tiles: str | Path, workdir: Path | None = None, **_: object) -> CogSource:
-    """Factory used by ``get_source('cog', tiles=...)``."""
-    if tiles is None:
+class CogOptions(SourceOptions):
+    """Options of the ``cog`` source (``--tiles``)."""
+
+    tiles: str | Path | None = None
+
+
+def create(options: CogOptions, workdir: Path | None = None) -> CogSource:
+    """Factory used by ``get_source('cog', tiles=...)`` (COG reads need no work directory)."""
+    if options.tiles is None:
         from aether.errors import InputError
 
         raise InputError("the cog source needs --tiles DIR_OR_URL", "or use --offline")
-    return CogSource(tiles=str(tiles))
+    return CogSource(tiles=str(options.tiles))

@@ -138,11 +138,25 @@ def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     if missing:
         raise TilesError(f"{loc} is not an AEF index (lacks {', '.join(missing)})",
                          f"use the public {INDEX_NAME} layout")
+    _check_crs(gdf, loc)
     base = loc.rsplit("/", 1)[0]
     gdf["path"] = [
         p if "://" in p or os.path.isabs(p) else f"{base}/{p}" for p in gdf["path"].astype(str)
     ]
     return gdf
+
+
+def _check_crs(index: gpd.GeoDataFrame, loc: str) -> None:
+    """Every tile's ``crs`` must be one pyproj knows (a typo would fail mid-extraction)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    for crs in index["crs"].astype(str).unique():
+        try:
+            CRS.from_user_input(crs)
+        except CRSError:
+            raise TilesError(f"{loc}: tile crs {crs!r} is not a valid CRS",
+                             "fix the index's crs column (e.g. EPSG:32635)") from None
 
 
 def read_block(

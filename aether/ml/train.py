@@ -92,6 +92,11 @@ PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(same_text_positive=True, same_place_m=10.0),
 }
 
+#: Options that must be > 0 and >= 0 (a zero temperature divides by zero in the loss).
+_POSITIVE = ("lr", "lr_min", "temperature", "base_radius_m", "aug_radius_m", "block_m")
+_NON_NEGATIVE = ("weight_decay", "multiscale_weight", "same_place_m", "patience",
+                 "min_epochs_fraction")
+
 #: The architecture (AetherModel kwargs) beside the hyper-parameters that shape it.
 _ARCH_KEYS = ("ae_dim", "text_dim", "hidden_dim", "out_dim", "gate_init")
 
@@ -248,6 +253,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
                 out[key] = value.lower() in ("true", "1", "yes")
             else:
                 out[key] = kind(value)
+                if kind is float and not math.isfinite(out[key]):
+                    raise ValueError(value)
         except ValueError as e:
             raise ConfigError(f"{key} wants a {kind.__name__}, not {value!r}",
                               f"e.g. --set {key}={getattr(TrainConfig(), key)}") from e
@@ -268,6 +275,14 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
     cfg = dataclasses.replace(PRESETS[preset], seed=seed, **overrides)
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2", "e.g. --epochs 100")
+    for name in _POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, not {getattr(cfg, name)}",
+                              f"e.g. --set {name}={getattr(TrainConfig(), name)}")
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, not {getattr(cfg, name)}",
+                              f"e.g. --set {name}={getattr(TrainConfig(), name)}")
     if cfg.base_radius_m >= cfg.aug_radius_m:
         raise ConfigError("the augmented radius must be larger than the base radius",
                           "e.g. base_radius_m=100, aug_radius_m=200")
@@ -395,6 +410,24 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def check_device(device: str | None) -> None:
+    """A device torch can use here, checked before anything is written."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a torch device",
+                         "use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this torch has no usable CUDA GPU",
+                         "use --device cpu, or install a CUDA build of torch")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r} is not supported", "use cpu or cuda")
+
+
 def train(
     city_dir: Path,
     *,
@@ -417,6 +450,7 @@ def train(
     """
     city_dir = Path(city_dir)
     cfg = resolve_config(preset, epochs, seed, **overrides)
+    check_device(device)
     run = city_dir / MODELS_DIR / _run_slug(run_name or preset)
     pairs = load_pairs(city_dir, cfg)
     labels = split_labels(pairs, cfg)

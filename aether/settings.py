@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("ee_project", "AETHER_EE_PROJECT", "EE_PROJECT"),
         description="Cloud project for Earth Engine (also EE_PROJECT)")
     dask_scheduler: str | None = Field(None, description="Dask scheduler [threads]")
+    overture_release: str | None = Field(None, description="Overture Places release")
+    overture_root: str | None = Field(None, description="Overture release root (s3:// or dir)")
+    overture_endpoint: str | None = Field(None, description="S3 endpoint for Overture")
 
     @classmethod
     def settings_customise_sources(

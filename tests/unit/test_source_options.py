@@ -64,7 +64,7 @@ def test_poi_options_are_typed_too(tmp_path) -> None:
 
     f = tmp_path / "p.csv"
     f.write_text("title,kind,lon,lat\nKahvila,cafe,24.94,60.17\n")
-    with pytest.raises(PoiError, match="unknown POI option 'name_colum'.*name_column"):
+    with pytest.raises(PoiError, match=r"unknown POI option 'name_colum'.*name_column"):
         load_pois(f"file:{f}", name_colum="title")
     df = load_pois(f"file:{f}", name_column="title", category_column="kind")
     assert df["name"].tolist() == ["Kahvila"]

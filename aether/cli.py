@@ -6,7 +6,12 @@ Every ``AetherError`` becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -36,8 +43,52 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True,
+                          help="More log lines: -v info, -vv debug (every retry)")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only")] = False,
+    settings: Annotated[
+        Path | None, typer.Option("--settings", metavar="FILE", envvar="AETHER_SETTINGS",
+                                  help="YAML settings file (see docs/settings.md)")] = None,
 ) -> None:
     """Human-centred place embeddings: AlphaEarth aligned with Points of Interest."""
+    if settings is not None:  # read by aether.settings, also in worker processes
+        os.environ["AETHER_SETTINGS"] = str(settings)
+    _logging(logging.ERROR if quiet else
+             (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+
+
+def _logging(level: int) -> None:
+    """aether's log records on stderr: the CLI's handler, not the library's; rich on a
+    terminal, one plain line per record otherwise (logs piped to a file stay greppable)."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("aether")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _number(lo: float, hi: float = math.inf) -> Callable[..., object]:
+    """An option callback refusing what is not finite or outside [lo, hi] (click's ranges let
+    NaN through)."""
+
+    def check(value: float | list[float] | None) -> float | list[float] | None:
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None and not (math.isfinite(v) and lo <= v <= hi):
+                upper = "" if hi == math.inf else f" and {hi:g}"
+                raise typer.BadParameter(f"{v} is not a number between {lo:g}{upper}")
+        return value
+
+    return check
 
 
 sample_app = typer.Typer(help="The offline sample city (central Helsinki).", no_args_is_help=True)
@@ -50,23 +101,23 @@ DataDirOpt = Annotated[
 
 RadiusOpt = Annotated[
     list[float] | None,
-    typer.Option("--radius", "-r", help="Buffer radius in metres (repeatable) [default 100, 200]"),
+    typer.Option("--radius", "-r", callback=_number(1, 5000),
+                 help="Buffer radius in metres, 1 to 5000 (repeatable) [default 100, 200]"),
 ]
 EeUrlOpt = Annotated[
-    str | None, typer.Option(envvar="AETHER_EE_URL", help="Earth Engine endpoint")
+    str | None, typer.Option(help="Earth Engine endpoint [setting ee_url]")
 ]
 EeProjectOpt = Annotated[
     str | None,
-    typer.Option(envvar=["AETHER_EE_PROJECT", "EE_PROJECT"], help="Cloud project for EE"),
+    typer.Option(help="Cloud project for EE [setting ee_project, env EE_PROJECT]"),
 ]
 EeCredentialsOpt = Annotated[
     Path | None, typer.Option(help="Service-account JSON key (default: persistent login)")
 ]
 SchedulerOpt = Annotated[
     str | None,
-    typer.Option(envvar="AETHER_DASK_SCHEDULER",
-                 help="Dask: threads, cluster[:N] (LocalCluster, N worker processes) "
-                      "or tcp://host:port [default threads]"),
+    typer.Option(help="Dask: threads, cluster[:N] (LocalCluster, N worker processes) "
+                      "or tcp://host:port [setting dask_scheduler, default threads]"),
 ]
 
 
@@ -119,10 +170,11 @@ def extract(
                           "[default gs://BUCKET; needed for Drive]"),
     ] = None,
     ee_batch: Annotated[
-        int | None, typer.Option(help="Features per Earth Engine request [default 1000]")
+        int | None, typer.Option(help="Features per Earth Engine request, 1 to 10000 "
+                                      "[default 1000]")
     ] = None,
     ee_concurrency: Annotated[
-        int | None, typer.Option(help="Earth Engine requests in flight [default 8]")
+        int | None, typer.Option(help="Earth Engine requests in flight, 1 to 64 [default 8]")
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even when up to date")] = False,
     scheduler: SchedulerOpt = None,
@@ -162,13 +214,15 @@ def train_cmd(
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     preset: Annotated[str, typer.Option(help="paper (the method as published) or default")] = (
         "default"),
-    epochs: Annotated[int | None, typer.Option(help="Epochs [preset: 100]")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [preset: 100]")] = None,
     run: Annotated[str | None, typer.Option(help="Run name [default: the preset]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 42,
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if any]")] = None,
     threads: Annotated[int, typer.Option(
-        help="CPU threads for torch (0: the faster of 1 and 2, measured at start)")] = 1,
-    checkpoint_every: Annotated[int, typer.Option(help="Epochs between resume checkpoints")] = 1,
+        min=0, max=1024, help="CPU threads for torch (0: the faster of 1 and 2, measured at start)"
+    )] = 1,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Epochs between resume checkpoints"
+                                                  )] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace a run with another config")] = False,
     option: Annotated[list[str] | None, typer.Option(
         "--set", help="Training option KEY=VALUE (repeatable), e.g. same_place_m=20")] = None,
@@ -202,7 +256,8 @@ def grid(
     cell: Annotated[
         str, typer.Option(help="Square cells (100m, 0.5km) or H3 cells (h3:9)")
     ] = "100m",
-    source: Annotated[str | None, typer.Option(help="Embedding source: cog, ee or xee")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Embedding source: cog, ee or xee [default ee; cog offline]")] = None,
     tiles: Annotated[str | None, typer.Option(
         help="AlphaEarth COG directory, index or URL [default: AETHER_TILES, else the public "
              "AEF index]")] = None,
@@ -231,7 +286,8 @@ def grid(
 
 @app.command("run")
 def run_cmd(
-    runfile: Annotated[Path, typer.Argument(help="Run file (YAML), e.g. pipelines/cities.yaml")],
+    runfile: Annotated[Path, typer.Argument(
+        metavar="RUNFILE", help="Run file (YAML), e.g. pipelines/cities.yaml")],
     data_dir: DataDirOpt = None,
 ) -> None:
     """Do a run file's cities × years × steps once: skip what is done, redo what changed."""
@@ -325,12 +381,14 @@ def evaluate_cmd(
 
 @app.command()
 def query(
-    queries: Annotated[list[str], typer.Argument(help="One or more text queries")],
+    queries: Annotated[list[str], typer.Argument(metavar="QUERY...",
+                                                 help="One or more text queries")],
     city: CityOpt,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
         None),
-    k: Annotated[int, typer.Option(help="Top cells to return")] = 10,
-    cell: Annotated[float | None, typer.Option(help="Grid cell size in m [smallest encoded]")] = (
+    k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
+    cell: Annotated[float | None, typer.Option(callback=_number(1, 100_000),
+                                               help="Grid cell size in m [smallest encoded]")] = (
         None),
     out: Annotated[Path | None, typer.Option(help="Map file stem [<city>/maps/query]")] = None,
     tiles: Annotated[bool, typer.Option(help="OSM base tiles in the HTML (when reachable)")] = (
@@ -343,21 +401,19 @@ def query(
 
     answer = api.search(queries, city=city, model=model, k=k, cell=cell, year=year,
                         data_dir=data_dir)
-    for res in answer.results:
-        typer.echo(f"{res.query!r} (model {answer.run.name}):")
-        for row in res.top.itertuples():
-            near = ", ".join(p["name"] for p in row.nearest_pois)
-            typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
+    _show(answer, "{query!r} (model {model}):")
     for path in answer.maps(out, tiles=tiles):
         typer.echo(f"  {path}")
 
 
 def _show(answer: Any, heading: str) -> None:
+    """Top cells and their nearest POIs, without the terminal controls data may hold."""
     for res in answer.results:
-        typer.echo(heading.format(query=res.query, model=answer.run.name))
+        typer.echo(printable(heading.format(query=res.query, model=answer.run.name)))
         for row in res.top.itertuples():
-            near = ", ".join(p["name"] for p in row.nearest_pois)
-            typer.echo(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}  {near}")
+            near = ", ".join(str(p["name"]) for p in row.nearest_pois)
+            typer.echo(printable(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}"
+                                 f"  {near}"))
 
 
 @app.command()
@@ -371,7 +427,7 @@ def similar(
         help="A POI id whose AETHER vector is an example (repeatable)")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
         None),
-    k: Annotated[int, typer.Option(help="Top cells to return")] = 10,
+    k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -414,7 +470,8 @@ def serve(
 @app.command()
 def demo(
     data_dir: DataDirOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [presets: 100]")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs [presets: 100]")] = (
+        None),
     seeds: Annotated[int, typer.Option(help="Evaluation seeds (of 42, 24, 7, 0, 100)")] = 5,
 ) -> None:
     """The whole chain on the offline sample city; prints where each output is."""
@@ -460,13 +517,17 @@ app.add_typer(emulator_app, name="emulator")
 def emulator_serve(
     tiles: Annotated[Path | None, typer.Option(help="AEF tile directory or index")] = None,
     exports: Annotated[Path | None, typer.Option(help="Folder standing in for GCS/Drive")] = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port)")] = 0,
-    fault_rate: Annotated[float, typer.Option(help="Fraction of compute requests that fail")] = 0.0,
+    port: Annotated[int, typer.Option(min=0, max=65535,
+                                      help="Port on 127.0.0.1 (0: any free port)")] = 0,
+    fault_rate: Annotated[float, typer.Option(
+        callback=_number(0, 1), help="Fraction of compute requests that fail")] = 0.0,
     fault_kinds: Annotated[str, typer.Option(help="Comma list of fault kinds [all]")] = "",
     fault_seed: Annotated[int, typer.Option(help="Seed of the fault draws")] = 0,
     fault_schedule: Annotated[str, typer.Option(help="N:KIND,... by request number")] = "",
-    latency: Annotated[float, typer.Option(help="Seconds added to each compute request")] = 0.0,
-    export_delay: Annotated[float, typer.Option(help="Seconds an export stays RUNNING")] = 0.0,
+    latency: Annotated[float, typer.Option(
+        callback=_number(0, 3600), help="Seconds added to each compute request")] = 0.0,
+    export_delay: Annotated[float, typer.Option(
+        callback=_number(0, 86_400), help="Seconds an export stays RUNNING")] = 0.0,
     deny_project: Annotated[list[str] | None, typer.Option(
         help="Project id refused as not registered for Earth Engine (repeatable)")] = None,
     duplicate_request_id: Annotated[str, typer.Option(
@@ -491,23 +552,58 @@ def emulator_serve(
         server.server_close()
 
 
+#: C0/C1 control characters (ESC, BEL, CSI, ...) except tab and newline: a POI name or a
+#: file name must not be able to move the cursor or retitle the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters removed (what is printed from data)."""
+    return _CONTROL.sub("", text)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(printable(f"aether: error: {message}"), file=sys.stderr)
+    sys.exit(code)
+
+
+def _plain_metavars(command: Any) -> Any:
+    """``--city CITY``, ``QUERY...`` (nothing after flags) instead of typer's ``<str>``,
+    ``<bool>`` and ``{queries}``: the help reads like any other command's."""
+    for param in command.params:
+        kind = getattr(param, "param_type_name", "")
+        if kind == "argument":  # an instance override: typer has no option for this
+            shown = param.metavar or str(param.name).upper()
+            param.get_usage_pieces = lambda ctx, shown=shown: [shown]
+            param.display_type_rich = lambda ctx: None
+        elif kind == "option" and param.metavar is None:
+            param.metavar = "" if param.is_flag or param.count else str(param.name).upper()
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+    return command
+
+
 def main() -> None:
-    """Console entry point: run the app, mapping typed errors to exit code 2."""
+    """Console entry point: run the app, mapping typed errors, usage errors and OS errors on
+    files (disk full, read-only, permissions, not a directory) to one line and exit code 2."""
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
+        command = _plain_metavars(typer.main.get_command(app))
+        code = command(standalone_mode=False, prog_name="aether")
         if isinstance(code, int) and code:
             sys.exit(code)
     except AetherError as e:
-        print(f"aether: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except typer.Abort:
+        _fail(str(e), e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         print("aether: aborted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.TyperException as e:  # usage errors: click's own message, exit 2
-        show = getattr(e, "show", None)
-        if show is None:
-            raise
-        show()
-        sys.exit(getattr(e, "exit_code", 2))
+    except typer.TyperException as e:  # usage errors: click's message, on one line, exit 2
+        ctx = getattr(e, "ctx", None)
+        see = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
+        _fail(f"{e.format_message()}{see}", getattr(e, "exit_code", 2))
+    except OSError as e:  # a path that cannot be written or read: the user's to fix
+        what = e.strerror or (str(e).splitlines() or [type(e).__name__])[0][:200]
+        path = f": {e.filename}" if e.filename else ""
+        _fail(f"{what}{path} — check the path (free space, permissions, a directory where "
+              "one is expected)")

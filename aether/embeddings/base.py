@@ -1,15 +1,20 @@
 """The one protocol every AlphaEarth source implements.
 
 A source turns POIs (points, EPSG:4326) into buffer means per radius, and a place into grid
-cell means (``aether.core.cells``). Sources are registered in ``SOURCES``, each module
-exposing a ``create(**options) -> EmbeddingSource`` factory.
+cell means (``aether.core.cells``). Sources are registered in ``SOURCES``: a name, a pydantic
+options model (``extra="forbid"``: a misspelt option is an error, not a silent default) and a
+factory ``create(options, workdir) -> EmbeddingSource``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aether.errors import InputError
 
@@ -44,20 +49,70 @@ class EmbeddingSource(Protocol):
         ...
 
 
-#: The registered sources: name -> module exposing ``create(**options)`` (imported lazily,
-#: so ``ee`` and ``xee`` cost nothing unless used). Adding a source is a module and a line here.
-SOURCES: dict[str, str] = {
-    "cog": "aether.embeddings.cog",
-    "ee": "aether.embeddings.earthengine.source",
-    "xee": "aether.embeddings.xee",
+class SourceOptions(BaseModel):
+    """Base of every source's options: unknown keys are refused, numbers must be finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A source in the registry: ``module:Name`` of its options model and of its factory.
+
+    Imported only when the source is used, so ``ee`` and ``xee`` cost nothing otherwise.
+    """
+
+    options: str
+    factory: str
+
+    @staticmethod
+    def _load(ref: str) -> Any:
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def options_model(self) -> type[SourceOptions]:
+        return self._load(self.options)
+
+    def create(self) -> Callable[[Any, Path | None], EmbeddingSource]:
+        return self._load(self.factory)
+
+
+#: The registered sources. Adding a source is a module (options model + factory) and a line.
+SOURCES: dict[str, Registered] = {
+    "cog": Registered("aether.embeddings.cog:CogOptions", "aether.embeddings.cog:create"),
+    "ee": Registered("aether.embeddings.earthengine.source:EeOptions",
+                     "aether.embeddings.earthengine.source:create"),
+    "xee": Registered("aether.embeddings.xee:XeeOptions", "aether.embeddings.xee:create"),
 }
 
 
-def get_source(name: str, **options: Any) -> EmbeddingSource:
-    """Instantiate the registered source ``name`` with its options."""
+def source_options(name: str, options: dict[str, Any]) -> SourceOptions:
+    """``options`` checked against source ``name``'s model; InputError naming the bad key."""
     if name not in SOURCES:
         raise InputError(f"unknown source {name!r}", f"use one of: {', '.join(SOURCES)}")
-    return importlib.import_module(SOURCES[name]).create(**options)
+    model = SOURCES[name].options_model()
+    try:
+        return model(**options)
+    except ValidationError as e:
+        raise InputError(*option_error(name, model, e)) from None
+
+
+def option_error(name: str, model: type[BaseModel], e: ValidationError) -> tuple[str, str]:
+    """(message, hint) of the first error of a source's options: the key and the valid ones."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "options"
+    valid = ", ".join(model.model_fields)
+    if err["type"] == "extra_forbidden":
+        return f"source {name}: unknown option {key!r}", f"valid options: {valid}"
+    if err["type"] == "missing":
+        return f"source {name}: option {key!r} is required", f"valid options: {valid}"
+    return f"source {name}: option {key}: {err['msg']}", f"got {err.get('input')!r}"
+
+
+def get_source(name: str, workdir: Path | None = None, **options: Any) -> EmbeddingSource:
+    """Instantiate the registered source ``name``; InputError for an unknown or bad option."""
+    checked = source_options(name, options)
+    return SOURCES[name].create()(checked, Path(workdir) if workdir is not None else None)
 
 
 def point_means_table(

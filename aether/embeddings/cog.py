@@ -24,7 +24,7 @@ import pandas as pd
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
-from aether.embeddings.base import point_means_table
+from aether.embeddings.base import SourceOptions, point_means_table
 from aether.errors import CoverageError
 from aether.execution import cluster
 from aether.io import tiles as tile_io
@@ -187,10 +187,15 @@ def _window_grid_sums(tiles: TileList, crs: str, window: tuple[float, float, flo
     return cells.sums(tile_io.decode(raw))
 
 
-def create(*, tiles: str | Path | None = None, workdir: Path | None = None,
-           **_: object) -> CogSource:
+class CogOptions(SourceOptions):
+    """Options of the ``cog`` source (``--tiles``)."""
+
+    tiles: str | Path | None = None
+
+
+def create(options: CogOptions, workdir: Path | None = None) -> CogSource:
     """Factory used by ``get_source('cog', tiles=...)``: without ``tiles``, ``AETHER_TILES``
-    or else the public AEF index (``settings.DEFAULT_TILES``)."""
+    or else the public AEF index (``settings.DEFAULT_TILES``); COG reads need no work dir."""
     from aether.settings import tiles as default_tiles
 
-    return CogSource(tiles=default_tiles(tiles))
+    return CogSource(tiles=default_tiles(options.tiles))

@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.base import point_means_table
 from aether.embeddings.earthengine.session import EESettings, ensure
+from aether.embeddings.earthengine.source import EeConnectionOptions
 from aether.errors import CoverageError, InputError
 
 if TYPE_CHECKING:
@@ -125,7 +127,7 @@ def _dataset(view: View) -> xr.DataArray:
         shape_2d=(view.width, view.height), primary_dim_name="band",
         primary_dim_property="band", request_byte_limit=REQUEST_BYTES,
         io_chunks={"index": aef.N_BANDS, "width": view.chunk, "height": view.chunk},
-        getitem_kwargs={"max_retries": 4, "initial_delay": 200},
+        getitem_kwargs={"max_retries": 0},  # retries are aether's (read_window)
     )
     return ds["embedding"]
 
@@ -133,12 +135,18 @@ def _dataset(view: View) -> xr.DataArray:
 def read_window(view: View, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     """Pixels [r0:r1, c0:c1] of the view as (band, rows, cols) float32: one request."""
     from aether._compat import ee_retries_off
+    from aether.embeddings.earthengine.session import transient_verdict
+    from aether.execution.jobs import RetryPolicy, resilient_call
 
     ensure(view.session)
     with _open_lock:
         arr = _dataset(view)
-    with ee_retries_off():  # xee retries (getitem_kwargs); the client must not multiply them
-        return np.asarray(arr[:, r0:r1, c0:c1].values, dtype=np.float32)
+
+    def fetch(_: object, level: int) -> np.ndarray:
+        with ee_retries_off():  # the retries are these; the client must not multiply them
+            return np.asarray(arr[:, r0:r1, c0:c1].values, dtype=np.float32)
+
+    return resilient_call(fetch, [None], transient_verdict, RetryPolicy(attempts=5, base_s=0.2))
 
 
 def open_array(view: View) -> xr.DataArray:
@@ -269,15 +277,12 @@ class XeeSource:
         return View.over(self.session, year, cells.crs, cells.bounds(), self.chunk)
 
 
-def create(
-    *,
-    workdir: Path | None = None,
-    ee_url: str | None = None,
-    ee_project: str | None = None,
-    ee_credentials: str | Path | None = None,
-    xee_chunk: int | None = None,
-    **_ignored: Any,
-) -> XeeSource:
-    """The factory ``get_source('xee', ...)`` calls; unknown options (e.g. tiles) are ignored."""
-    session = EESettings(ee_url, ee_project, str(ee_credentials) if ee_credentials else None)
-    return XeeSource(session, chunk=int(xee_chunk or CHUNK_PX))
+class XeeOptions(EeConnectionOptions):
+    """Options of the ``xee`` source: the connection and the chunk edge in pixels."""
+
+    xee_chunk: int | None = Field(None, ge=1, le=CHUNK_PX)
+
+
+def create(options: XeeOptions, workdir: Path | None = None) -> XeeSource:
+    """The factory ``get_source('xee', ...)`` calls (xee keeps no work directory)."""
+    return XeeSource(options.session(), chunk=options.xee_chunk or CHUNK_PX)

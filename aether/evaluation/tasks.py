@@ -58,7 +58,7 @@ class Task:
 
 def load_task(path: str | Path) -> Task:
     """Read and validate a task file; a packaged task may be named without its path."""
-    import yaml
+    from aether.yamlfile import load_yaml
 
     p = Path(path)
     if not p.is_file() and (TASKS_DIR / f"{p.name}.yaml").is_file():
@@ -66,12 +66,7 @@ def load_task(path: str | Path) -> Task:
     if not p.is_file():
         packaged = ", ".join(sorted(q.stem for q in TASKS_DIR.glob("*.yaml")))
         raise ConfigError(f"task file {p} not found", f"packaged tasks: {packaged}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"task file {p} does not parse{where}", "fix the YAML syntax") from e
+    raw, _ = load_yaml(p, what="task file")
     if not isinstance(raw, dict):
         raise ConfigError(f"task file {p} is not a mapping", "see aether/data/tasks/*.yaml")
     known = set(Task.__dataclass_fields__) - {"source"}

@@ -64,7 +64,11 @@ def parse_scheduler(text: str | None) -> Scheduler:
 
 @contextlib.contextmanager
 def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
-    """Run the block on the scheduler ``text`` names; yields the Client (None for threads)."""
+    """Run the block on the scheduler ``text`` names (default: the ``dask_scheduler``
+    setting); yields the Client (None for threads)."""
+    from aether.settings import current
+
+    text = text or current().dask_scheduler
     spec = parse_scheduler(text)
     if spec.kind == "threads":
         yield None

@@ -19,6 +19,7 @@ terminates after a bounded number of attempts.
 from __future__ import annotations
 
 import enum
+import logging
 import random
 import threading
 import time
@@ -26,13 +27,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pandas as pd
 
 from aether.io.tables import write_parquet
 
 T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 class Verdict(enum.Enum):
@@ -84,8 +87,16 @@ class Stats:
             setattr(self, name, getattr(self, name) + n)
 
 
+class _Transient(Exception):
+    """A failed attempt worth retrying after a back-off (the original error is its cause)."""
+
+
+class _Escalated(Exception):
+    """A failed attempt retried at once at a higher level."""
+
+
 def resilient_call(
-    fn: Callable[[Sequence[T], int], pd.DataFrame],
+    fn: Callable[[Sequence[T], int], R],
     items: Sequence[T],
     classify: Callable[[BaseException], Verdict],
     policy: RetryPolicy,
@@ -94,43 +105,99 @@ def resilient_call(
     rng: random.Random | None = None,
     sleep: Callable[[float], None] = time.sleep,
     level: int = 0,
-) -> pd.DataFrame:
-    """``fn(items, level)`` with retries, escalation and splitting; halves are concatenated.
+) -> R:
+    """``fn(items, level)`` with retries, escalation and splitting; halves are concatenated
+    (splitting is for calls returning frames; a ``classify`` that never says SPLIT may
+    return anything).
 
-    Halves start at the level their parent reached. Raises the last error when a failure
-    is fatal or the attempts are used up.
+    The retry loop is tenacity's: transient failures back off (``policy.delay``), escalations
+    go again at once one level up, and each retry is logged at debug level. Halves start at
+    the level their parent reached. Raises the last error when a failure is fatal or the
+    attempts are used up.
     """
+    import tenacity
+
     stats = stats or Stats()
     rng = rng or random.Random()
-    transient = 0
-    while True:
+    state = {"level": level, "transient": 0}
+
+    def attempt() -> R:
         stats.bump("attempts")
         try:
-            return fn(items, level)
+            return fn(items, state["level"])
         except Exception as e:
-            verdict = classify(e)
-            if verdict is Verdict.ESCALATE and level >= policy.max_level:
-                verdict = Verdict.SPLIT
-            if verdict is Verdict.SPLIT and len(items) <= policy.min_items:
-                verdict = Verdict.ESCALATE if level < policy.max_level else Verdict.RETRY
-            if verdict is Verdict.FAIL:
-                raise
-            if verdict is Verdict.SPLIT:
-                stats.bump("splits")
-                mid = len(items) // 2
-                halves = [resilient_call(fn, part, classify, policy, stats=stats, rng=rng,
-                                         sleep=sleep, level=level)
-                          for part in (items[:mid], items[mid:])]
-                return pd.concat(halves, ignore_index=True)
+            verdict = _remedy(classify(e), state["level"], len(items), policy)
             if verdict is Verdict.ESCALATE:
                 stats.bump("escalations")
-                level += 1
-                continue
-            transient += 1
-            if transient >= policy.attempts:
-                raise
+                state["level"] += 1
+                log.debug("escalating to level %d after: %s", state["level"], _short(e))
+                raise _Escalated() from e
+            if verdict is Verdict.RETRY:
+                state["transient"] += 1
+                raise _Transient() from e
+            raise  # FAIL, or SPLIT (done below, outside the retry loop)
+
+    def wait(retry: tenacity.RetryCallState) -> float:
+        if _last(retry, _Escalated):
+            return 0.0
+        return policy.delay(state["transient"] - 1, rng)
+
+    def before_sleep(retry: tenacity.RetryCallState) -> None:
+        if _last(retry, _Transient):
             stats.bump("retries")
-            sleep(policy.delay(transient - 1, rng))
+            log.debug("retry %d of %d in a moment after: %s", state["transient"],
+                      policy.attempts - 1, _short(_cause(retry)))
+
+    def pause(seconds: float) -> None:
+        if state.pop("sleeping", 0):
+            sleep(seconds)
+
+    def stop(retry: tenacity.RetryCallState) -> bool:
+        transient = _last(retry, _Transient)
+        state["sleeping"] = int(transient)
+        return transient and state["transient"] >= policy.attempts
+
+    def give_up(retry: tenacity.RetryCallState) -> R:
+        raise _cause(retry)
+
+    try:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((_Transient, _Escalated)), stop=stop,
+            wait=wait, before_sleep=before_sleep, sleep=pause, retry_error_callback=give_up,
+        )(attempt)
+    except Exception as e:
+        if _remedy(classify(e), state["level"], len(items), policy) is not Verdict.SPLIT:
+            raise
+    stats.bump("splits")
+    mid = len(items) // 2
+    log.debug("splitting %d items in two", len(items))
+    halves = [resilient_call(fn, part, classify, policy, stats=stats, rng=rng, sleep=sleep,
+                             level=state["level"])
+              for part in (items[:mid], items[mid:])]
+    return cast(R, pd.concat(halves, ignore_index=True))
+
+
+def _remedy(verdict: Verdict, level: int, n_items: int, policy: RetryPolicy) -> Verdict:
+    """The verdict, moved on to the next remedy when its own is exhausted."""
+    if verdict is Verdict.ESCALATE and level >= policy.max_level:
+        verdict = Verdict.SPLIT
+    if verdict is Verdict.SPLIT and n_items <= policy.min_items:
+        verdict = Verdict.ESCALATE if level < policy.max_level else Verdict.RETRY
+    return verdict
+
+
+def _last(retry: Any, kind: type[BaseException]) -> bool:
+    return retry.outcome is not None and isinstance(retry.outcome.exception(), kind)
+
+
+def _cause(retry: Any) -> BaseException:
+    """The original error behind the last attempt's wrapper."""
+    err = retry.outcome.exception()
+    return err.__cause__ or err
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
 
 class CheckpointStore:

@@ -44,6 +44,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as e:  # name the file being written, not its temp file (or none: Arrow)
+        raise OSError(e.errno, e.strerror or str(e), str(target)) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

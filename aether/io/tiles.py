@@ -216,6 +216,7 @@ def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     if missing:
         raise TilesError(f"{loc} is not an AEF index (lacks {', '.join(missing)})",
                          f"use the public {INDEX_NAME} layout")
+    _check_crs(gdf, loc)
     base = loc.rsplit("/", 1)[0]
     gdf["path"] = [resolve_tile_path(p, base) for p in gdf["path"].astype(str)]
     n = len(gdf)
@@ -328,6 +329,19 @@ def decode(raw: RawWindow) -> PixelBlock:
     from aether.core.zonal import PixelBlock
 
     return PixelBlock.from_int8(np.moveaxis(raw.q, 0, -1), raw.transform)
+
+
+def _check_crs(index: gpd.GeoDataFrame, loc: str) -> None:
+    """Every tile's ``crs`` must be one pyproj knows (a typo would fail mid-extraction)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    for crs in index["crs"].astype(str).unique():
+        try:
+            CRS.from_user_input(crs)
+        except CRSError:
+            raise TilesError(f"{loc}: tile crs {crs!r} is not a valid CRS",
+                             "fix the index's crs column (e.g. EPSG:32635)") from None
 
 
 def read_block(

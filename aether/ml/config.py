@@ -7,6 +7,7 @@ lists each point against the reference); ``default`` changes only what proved be
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,12 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+#: Options that must be > 0 and >= 0 (a zero temperature divides by zero in the loss).
+_POSITIVE = ("lr", "temperature", "base_radius_m", "aug_radius_m", "block_m")
+_NON_NEGATIVE = ("weight_decay", "multiscale_weight", "same_place_m", "patience",
+                 "min_epochs_fraction")
+
+
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to typed TrainConfig overrides (``--set`` on the CLI)."""
     types = {f.name: type(getattr(TrainConfig(), f.name)) for f in dataclasses.fields(TrainConfig)}
@@ -91,6 +98,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
                 out[key] = value.lower() in ("true", "1", "yes")
             else:
                 out[key] = kind(value)
+                if kind is float and not math.isfinite(out[key]):
+                    raise ValueError(value)
         except ValueError as e:
             raise ConfigError(f"{key} wants a {kind.__name__}, not {value!r}",
                               f"e.g. --set {key}={getattr(TrainConfig(), key)}") from e
@@ -114,6 +123,14 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
                                   aug_radius_m=cfg.aug_radius_m or DEFAULT_WINDOWS[1])
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2", "e.g. --epochs 100")
+    for name in _POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, not {getattr(cfg, name)}",
+                              f"e.g. --set {name}={getattr(TrainConfig(), name)}")
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, not {getattr(cfg, name)}",
+                              f"e.g. --set {name}={getattr(TrainConfig(), name)}")
     if cfg.base_radius_m is not None and cfg.aug_radius_m is not None and (
             abs(cfg.base_radius_m) >= abs(cfg.aug_radius_m)
             or (cfg.base_radius_m < 0) != (cfg.aug_radius_m < 0)):

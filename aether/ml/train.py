@@ -46,6 +46,24 @@ __all__ = [
 ]
 
 
+def check_device(device: str | None) -> None:
+    """A device torch can use here, checked before anything is written."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a torch device",
+                         "use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this torch has no usable CUDA GPU",
+                         "use --device cpu, or install a CUDA build of torch")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r} is not supported", "use cpu or cuda")
+
+
 def train(
     city_dir: Path,
     *,
@@ -73,6 +91,7 @@ def train(
     cfg = resolve_config(preset, epochs, seed, **overrides)
     if checkpoint_every < 1:
         raise InputError("checkpoint_every must be >= 1", "e.g. checkpoint_every=5")
+    check_device(device)
     run = city_dir / MODELS_DIR / check_run_name(run_name or preset)
     pairs = load_pairs(city_dir, cfg)
     cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])

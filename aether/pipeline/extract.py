@@ -29,7 +29,14 @@ from aether.io.tables import (
     write_parquet,
 )
 from aether.places.place import Place, place_from_polygon, slugify
-from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year, city_dir
+from aether.settings import (
+    DEFAULT_RADII,
+    DEFAULT_YEAR,
+    check_radii,
+    check_year,
+    city_dir,
+    use_settings,
+)
 from aether.settings import tiles as default_tiles
 
 if TYPE_CHECKING:
@@ -76,22 +83,37 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, str, str, dict[str, Any
 
         if req.city and sample_place(req.city) is not None and req.pois is None:
             sample = ensure_sample(req.data_dir)
-            options.setdefault("tiles", str(sample.tiles))
-            return sample.place, f"pbf:{sample.pbf}", req.source or "cog", options
+            if _source_name(req) == "cog":
+                options.setdefault("tiles", str(sample.tiles))
+            return sample.place, f"pbf:{sample.pbf}", _source_name(req), options
         if req.pois is None:
             raise PlaceError(
                 f"{req.city!r} is not an offline sample city",
                 "use --city Helsinki with --offline, or give --pois FILE and --tiles DIR",
             )
-        return None, req.pois, req.source or "cog", options
+        return None, req.pois, _source_name(req), options
     if req.city is None and not req.place_options and req.pois is None:
         raise PlaceError("no place given", "use --city NAME, --osm-id, --bbox or --boundary")
     if req.city is None and not req.place_options:
-        return None, req.pois or "osm", req.source or "ee", options
+        return None, req.pois or "osm", _source_name(req), options
     from aether.places.place import resolve_place
 
     place = resolve_place(req.city, **req.place_options)
-    return place, req.pois or "osm", req.source or "ee", options
+    return place, req.pois or "osm", _source_name(req), options
+
+
+def _source_name(req: ExtractRequest) -> str:
+    """The embedding source a request uses: as given, else cog offline and ee online."""
+    return req.source or ("cog" if req.offline else "ee")
+
+
+def _check_request(req: ExtractRequest) -> None:
+    """What can be refused before any work: the city's slug and the source's options."""
+    from aether.embeddings.base import source_options
+
+    if req.city is not None:
+        slugify(req.city)  # a name that cannot be a safe path fails before any work
+    source_options(_source_name(req), req.source_options)
 
 
 def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame) -> Place:
@@ -131,11 +153,15 @@ def _pois_hash(pois: gpd.GeoDataFrame) -> str:
 
 def run_extract(req: ExtractRequest) -> ExtractResult:
     """Run one extraction; a no-op when the manifest says the same outputs exist."""
+    with use_settings(data_dir=req.data_dir):  # the osmnx cache lives in the data dir
+        return _extract(req)
+
+
+def _extract(req: ExtractRequest) -> ExtractResult:
     from aether.embeddings import get_source
 
     t0 = time.perf_counter()
-    if req.city is not None:
-        slugify(req.city)  # a name that cannot be a safe path fails before any work
+    _check_request(req)
     radii = check_radii(tuple(req.radii))
     year = check_year(req.year)
     inputs = request_inputs(req)
@@ -243,6 +269,11 @@ def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = Fal
     With ``zarr``, square grids are also written as a (band, y, x) Zarr store of the same
     means next to it, for array tools (xarray, heat maps).
     """
+    with use_settings(data_dir=req.data_dir):
+        return _grid(req, cell, zarr)
+
+
+def _grid(req: ExtractRequest, cell: str | float, zarr: bool) -> tuple[Path, int]:
     from aether.core.cells import grid_file
     from aether.core.cells import parse_cell as parse_spec
     from aether.embeddings import get_source
@@ -252,8 +283,7 @@ def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = Fal
         from aether.errors import InputError
 
         raise InputError("--zarr needs square cells", "use e.g. --cell 100m with --zarr")
-    if req.city is not None:
-        slugify(req.city)
+    _check_request(req)
     year = check_year(req.year)
     place, poi_spec, source_name, options = _resolve(req)
     if place is None:

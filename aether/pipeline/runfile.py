@@ -10,6 +10,7 @@ Relative paths in the file (``file:``/``pbf:`` POIs, ``boundary``, a ``tiles`` o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from aether.errors import ConfigError
+from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR
 
 Step = Literal["extract", "train", "encode"]
@@ -50,14 +52,6 @@ class SourceSpec(_Strict):
 
     name: Literal["ee", "cog", "xee"] = "ee"
     options: dict[str, Scalar] = Field(default_factory=dict)
-
-
-class PoiOptions(_Strict):
-    """Column mapping for ``file:`` POIs."""
-
-    name_column: str | None = None
-    category_column: str | None = None
-    top_category_column: str | None = None
 
 
 class TrainSpec(_Strict):
@@ -118,30 +112,23 @@ class RunFile(_Strict):
         return steps
 
 
-def load_run_file(path: str | os.PathLike[str]) -> RunFile:
-    """Read and validate a run file; ConfigError with ``file:line`` on any mistake."""
-    import yaml
+def load_run_file(path: str | os.PathLike[str], *, strict: bool = False) -> RunFile:
+    """Read and validate a run file; ConfigError with ``file:line`` on any mistake.
+
+    Options no source knows (a misspelt ``ee_bacth``) and bad values are always refused.
+    ``strict`` (what ``aether run`` uses, before any work) also refuses an unset ``${VAR}``
+    and an option of another source (``tiles`` given to ``ee``); without it an unset
+    variable stays as written, so a file can be checked without its environment.
+    """
+    from aether.yamlfile import load_yaml
 
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read run file {p}: {e.strerror}",
-                          "pass the path of a YAML run file, e.g. pipelines/cities.yaml") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"{mark.line + 1}:" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p.name}:{line} invalid YAML: {problem}",
-                          "fix the syntax (indentation, colons, quotes)") from None
+    data, root = load_yaml(p, what="run file")
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}:1: a run file is a mapping with a 'cities' list",
                           "see pipelines/cities.yaml")
     try:
-        run = RunFile.model_validate(_expand(data))
+        run = RunFile.model_validate(_expand(data, (), root, p, strict))
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
@@ -149,18 +136,51 @@ def load_run_file(path: str | os.PathLike[str]) -> RunFile:
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(f"{p.name}:{_line(root, loc)}: {_dotted(loc)}: {what}{more}",
                           "see the keys documented in pipelines/README.md") from None
+    _check_sources(run, root, p, strict)
     return _relative_to(run, p.resolve().parent)
 
 
-def _expand(value: Any) -> Any:
-    """``${VAR}`` in every string, recursively."""
+_VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _expand(value: Any, loc: tuple[Any, ...], root: Any, path: Path, strict: bool) -> Any:
+    """``${VAR}`` in every string, recursively; strict: an unset variable is refused."""
     if isinstance(value, str):
+        for m in _VAR.finditer(value) if strict else ():
+            name = m.group(1) if m.group(1) is not None else m.group(2)
+            if name not in os.environ:
+                raise ConfigError(f"{path.name}:{_line(root, loc)}: {_dotted(loc)}: "
+                                  f"${{{name}}} is not set",
+                                  f"export {name}=... before the run, or write the value")
         return os.path.expandvars(value)
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, (*loc, k), root, path, strict) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, (*loc, i), root, path, strict) for i, v in enumerate(value)]
     return value
+
+
+def _check_sources(run: RunFile, root: Any, path: Path, strict: bool) -> None:
+    """Every source's options against that source's model (a misspelt option is refused;
+    one of another source only when ``strict``)."""
+    from aether.embeddings.base import SOURCES, option_error
+
+    known = {k for entry in SOURCES.values() for k in entry.options_model().model_fields}
+
+    specs: list[tuple[tuple[Any, ...], SourceSpec]] = [(("source",), run.source)]
+    specs += [(("cities", i, "source"), c.source) for i, c in enumerate(run.cities)
+              if c.source is not None]
+    for loc, spec in specs:
+        model = SOURCES[spec.name].options_model()
+        options = {k: v for k, v in spec.options.items()
+                   if strict or k in model.model_fields or k not in known}
+        try:
+            model(**options)
+        except ValidationError as e:
+            key = tuple(e.errors()[0]["loc"])
+            message, hint = option_error(spec.name, model, e)
+            where = (*loc, "options", *key)
+            raise ConfigError(f"{path.name}:{_line(root, where)}: {message}", hint) from None
 
 
 def _line(node: Any, loc: tuple[Any, ...]) -> int:

@@ -144,13 +144,15 @@ def plan(run: RunFile) -> list[tuple[City, list[Task]]]:
 def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
             say: Callable[[str], None] = lambda s: None) -> RunReport:
     """Run a run file (see the module doc); returns the report (also written to disk)."""
-    from aether.settings import data_dir as resolve_data_dir
+    from aether.settings import current, use_settings
 
-    run = load_run_file(run_file)
-    # --data-dir, then AETHER_DATA_DIR, then the run file's data_dir
-    root = resolve_data_dir(data_dir or os.environ.get("AETHER_DATA_DIR") or run.data_dir)
+    run = load_run_file(run_file, strict=True)
+    # --data-dir, then the settings' data_dir (AETHER_DATA_DIR, settings file), then the file's
+    settings = current()
+    given = "data_dir" in settings.model_fields_set or not run.data_dir
+    root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
     cities = plan(run)
-    with run_lock(root):
+    with run_lock(root), use_settings(settings, data_dir=root):  # the osmnx cache goes there
         _hook("locked")
         report = RunReport(
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -12,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aether.core.aef import utm_epsg
 from aether.errors import InputError, PlaceError
+from aether.settings import MAX_AREA_KM2 as MAX_AREA_KM2  # larger places ask for --yes
 from aether.settings import check_slug
 
 
@@ -33,10 +35,18 @@ class Place:
 
     @property
     def area_km2(self) -> float:
-        import geopandas as gpd
+        """Area on the WGS84 ellipsoid, right from a block to the whole world (one UTM zone's
+        projection gave the world 0 km²). Edges are straight in lon/lat (a bbox's are
+        parallels), so the boundary is densified and measured in the equal-area cylindrical
+        projection EPSG:6933, which keeps a lon/lat box a box; geodesic edges (``pyproj.Geod``)
+        would make the world box degenerate."""
+        import shapely
+        from pyproj import Transformer
 
-        g = gpd.GeoSeries([self.boundary], crs="EPSG:4326").to_crs(self.crs)
-        return float(g.area.iloc[0]) / 1e6
+        dense = shapely.segmentize(self.boundary, 0.05)
+        to_ea = Transformer.from_crs("EPSG:4326", "EPSG:6933", always_xy=True)
+        return float(shapely.transform(dense, lambda xy: np.column_stack(
+            to_ea.transform(xy[:, 0], xy[:, 1])) if len(xy) else xy).area) / 1e6
 
 
 def slugify(name: str) -> str:
@@ -56,7 +66,6 @@ def place_from_polygon(name: str, boundary: Any, slug: str | None = None) -> Pla
                  crs=f"EPSG:{utm_epsg(c.x, c.y)}")
 
 
-MAX_AREA_KM2 = 2_500.0  # larger places ask for --yes (env AETHER_MAX_AREA_KM2 changes it)
 AMBIGUITY_MARGIN = 0.05  # polygon results this close in Nominatim importance are ambiguous
 _OSM_ID = re.compile(r"^[NWR]\d+$")
 
@@ -97,7 +106,9 @@ def resolve_place(
                                            "or --boundary FILE")
     area = place.area_km2
     if max_area_km2 is None:
-        max_area_km2 = float(os.environ.get("AETHER_MAX_AREA_KM2") or MAX_AREA_KM2)
+        from aether.settings import current
+
+        max_area_km2 = current().max_area_km2
     if area > max_area_km2 and not yes:
         raise PlaceError(f"{place.name} covers {area:,.0f} km², above the limit of "
                          f"{max_area_km2:,.0f} km²",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from aether.errors import PoiError
 from aether.io.tables import POI_COLUMNS
 
@@ -23,16 +25,33 @@ SOURCE_KINDS = ("osm", "overture[:RELEASE]", "pbf:PATH", "file:PATH")
 OPTIONAL_COLUMNS = ("confidence",)
 
 
-def load_pois(
-    source: str,
-    place: Place | None = None,
-    *,
-    name_column: str | None = None,
-    category_column: str | None = None,
-    top_category_column: str | None = None,
-) -> gpd.GeoDataFrame:
+class PoiOptions(BaseModel):
+    """Options of the POI sources: the column mapping of ``file:`` POIs (``--name-column``,
+    ...; ``poi_options`` in run files). Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name_column: str | None = None
+    category_column: str | None = None
+    top_category_column: str | None = None
+
+
+def poi_options(options: dict[str, Any]) -> PoiOptions:
+    """``options`` checked; PoiError naming a bad key and the valid ones."""
+    try:
+        return PoiOptions(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "unknown POI option" if err["type"] == "extra_forbidden" else err["msg"]
+        raise PoiError(f"{what} {key!r}",
+                       f"valid options: {', '.join(PoiOptions.model_fields)}") from None
+
+
+def load_pois(source: str, place: Place | None = None, **options: Any) -> gpd.GeoDataFrame:
     """The pois table from ``source`` (``"osm"``, ``"overture[:RELEASE]"``, ``"pbf:PATH"`` or
-    ``"file:PATH"``)."""
+    ``"file:PATH"``); ``options`` are ``PoiOptions``."""
+    opts = poi_options(options)
     kind, _, path = source.partition(":")
     if kind == "pbf" and path:
         from aether.pois.readers import pbf
@@ -41,8 +60,7 @@ def load_pois(
     elif kind == "file" and path:
         from aether.pois.readers import vector
 
-        raw = vector.read(path, name_column=name_column, category_column=category_column,
-                          top_category_column=top_category_column)
+        raw = vector.read(path, **opts.model_dump())
         label = f"file:{_basename(path)}"
     elif kind == "overture":
         from aether.pois.readers import overture

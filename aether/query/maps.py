@@ -213,7 +213,8 @@ def png_figure(index: CityIndex, results: list[QueryResult]) -> Any:
         if res.top_pois is not None and len(res.top_pois):
             ax.scatter(res.top_pois["x"], res.top_pois["y"], s=18, c=POI_COLOUR,
                        edgecolors="white", linewidths=0.5, label=f"top {len(res.top_pois)} POIs")
-        ax.set_title(textwrap.fill(res.query, 38), fontsize=11)
+        ax.set_title(textwrap.fill(res.query, 38), fontsize=11,
+                     parse_math=False)  # "$5 _x^2" is text, not mathtext
         ax.set_axis_off()
         ax.legend(loc="upper left", fontsize=8)
         _scale_bar(ax)

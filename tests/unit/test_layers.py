@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"places", "pois", "embeddings", "sample", "ml", "evaluation", "query", "testing"},
     {"execution", "io"},
-    {"core", "settings", "errors", "aether", "_callable", "_compat"},
+    {"core", "settings", "errors", "aether", "_callable", "_compat", "yamlfile"},
 ]
 # Imports allowed between peers of one layer (importer -> imported); every other peer import
 # is refused. places < pois < embeddings; sample reads places; ml < evaluation, query.
@@ -33,7 +33,8 @@ PEERS: dict[str, set[str]] = {
     "evaluation": {"ml"},
     "query": {"ml"},
     "execution": {"io"},
-    "settings": {"core", "errors"},
+    "settings": {"core", "errors", "yamlfile"},
+    "yamlfile": {"errors"},  # bounded YAML for run, task and settings files
     "core": {"errors"},
     "_compat": {"errors"},  # the one home of dependencies' private APIs (lazy imports)
 }

@@ -77,7 +77,7 @@ class EESettings:
             return None
 
         try:
-            resilient_call(init, [None], _init_verdict, policy or RetryPolicy(),
+            resilient_call(init, [None], transient_verdict, policy or RetryPolicy(),
                            stats=stats or Stats())
         except Exception as e:
             raise _init_error(e, project, self.url) from None
@@ -199,8 +199,8 @@ def verdict(e: BaseException) -> Verdict:
     return Verdict.FAIL
 
 
-def _init_verdict(e: BaseException) -> Verdict:
-    """At Initialize only transient errors are worth another try."""
+def transient_verdict(e: BaseException) -> Verdict:
+    """Only transient errors are worth another try (Initialize, pixel reads)."""
     return Verdict.RETRY if verdict(e) is not Verdict.FAIL else Verdict.FAIL
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -36,8 +35,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from aether.core import aef, windows, zonal
+from aether.embeddings.base import SourceOptions
 from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.execution.jobs import (
@@ -50,6 +51,7 @@ from aether.execution.jobs import (
     run_batches,
 )
 from aether.io.tables import poi_embeddings_frame, read_json, write_json
+from aether.settings import current
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -62,8 +64,11 @@ log = logging.getLogger(__name__)
 #: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
 #: timeouts split it further.
 DEFAULT_BATCH = 1000
+#: Largest batch accepted (ten computeFeatures pages).
+MAX_BATCH = 10_000
 #: Parallel requests in flight (EE's default per-project quota is ~40 concurrent requests).
 DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
 #: Rows per computeFeatures page.
 PAGE_SIZE = 1000
 VALID_BAND = "valid"
@@ -566,31 +571,42 @@ def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
                 p.unlink()
 
 
-def create(
-    *,
-    workdir: Path,
-    ee_url: str | None = None,
-    ee_project: str | None = None,
-    ee_credentials: str | os.PathLike[str] | None = None,
-    export: str | None = None,
-    export_read: str | None = None,
-    ee_batch: int | None = None,
-    ee_concurrency: int | None = None,
-    ee_poll: float | None = None,
-    ee_backoff: float | None = None,
-    **_ignored: Any,
-) -> EarthEngineSource:
-    """The factory ``get_source('ee', ...)`` calls; unknown options (e.g. tiles) are ignored."""
-    policy = RetryPolicy(base_s=ee_backoff) if ee_backoff is not None else RetryPolicy()
-    src = EarthEngineSource(
-        workdir=Path(workdir), ee_url=ee_url, ee_project=ee_project,
-        ee_credentials=Path(ee_credentials) if ee_credentials else None,
-        export=export, export_read=export_read,
-        batch_size=ee_batch or DEFAULT_BATCH,
-        concurrency=ee_concurrency or DEFAULT_CONCURRENCY,
-        poll_s=DEFAULT_POLL_S if ee_poll is None else ee_poll, policy=policy,
-    )
-    if export:
-        _parse_export(export, export_read)  # a bad destination fails before any work
-    return src
+class EeConnectionOptions(SourceOptions):
+    """How to reach Earth Engine: shared by the ``ee`` and ``xee`` sources. The endpoint and
+    project default to the settings (``AETHER_EE_URL``, ``AETHER_EE_PROJECT``/``EE_PROJECT``)."""
 
+    ee_url: str | None = Field(default_factory=lambda: current().ee_url)
+    ee_project: str | None = Field(default_factory=lambda: current().ee_project)
+    ee_credentials: Path | None = None
+
+    def session(self) -> EESettings:
+        return EESettings(self.ee_url, self.ee_project,
+                          str(self.ee_credentials) if self.ee_credentials else None)
+
+
+class EeOptions(EeConnectionOptions):
+    """Options of the ``ee`` source; the ranges are refused, not clamped, when exceeded."""
+
+    export: str | None = None
+    export_read: str | None = None
+    ee_batch: int = Field(DEFAULT_BATCH, ge=1, le=MAX_BATCH)
+    ee_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+    ee_poll: float = Field(DEFAULT_POLL_S, ge=0, le=3600)
+    ee_backoff: float | None = Field(None, ge=0, le=600)
+
+
+def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource:
+    """The factory ``get_source('ee', ...)`` calls; its batches are checkpointed in workdir."""
+    if workdir is None:
+        raise InputError("the ee source needs a work directory for its checkpoints",
+                         "pass workdir=PATH")
+    o = options
+    policy = RetryPolicy(base_s=o.ee_backoff) if o.ee_backoff is not None else RetryPolicy()
+    src = EarthEngineSource(
+        workdir=workdir, ee_url=o.ee_url, ee_project=o.ee_project,
+        ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
+        batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
+    )
+    if o.export:
+        _parse_export(o.export, o.export_read)  # a bad destination fails before any work
+    return src

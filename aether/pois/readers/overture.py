@@ -13,7 +13,6 @@ scheduled runs can avoid it entirely.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -36,7 +35,9 @@ COLUMNS = ("id", "geometry", "names", "categories", "taxonomy", "confidence", "b
 
 def dataset_path(release: str, root: str | None = None) -> str:
     """Where a release's places live: ``<root>/<release>/theme=places/type=place``."""
-    root = (root or os.environ.get("AETHER_OVERTURE_ROOT") or DEFAULT_ROOT).rstrip("/")
+    from aether.settings import current
+
+    root = (root or current().overture_root or DEFAULT_ROOT).rstrip("/")
     return f"{root}/{release}/theme=places/type=place"
 
 
@@ -47,7 +48,9 @@ def _filesystem(path: str) -> tuple[Any, str]:
 
     parts = urlsplit(path)
     if parts.scheme == "s3":
-        endpoint = os.environ.get("AETHER_OVERTURE_ENDPOINT")
+        from aether.settings import current
+
+        endpoint = current().overture_endpoint
         kw: dict[str, Any] = {"anonymous": True, "region": REGION}
         if endpoint:
             ep = urlsplit(endpoint)
@@ -69,7 +72,9 @@ def read(place: Place | None, *, release: str | None = None, root: str | None = 
     if not 0.0 <= min_confidence <= 1.0:
         raise PoiError(f"min confidence {min_confidence} is not in [0, 1]",
                        "Overture's confidence is a probability, e.g. 0.5")
-    release = release or os.environ.get("AETHER_OVERTURE_RELEASE") or DEFAULT_RELEASE
+    from aether.settings import current
+
+    release = release or current().overture_release or DEFAULT_RELEASE
     path = dataset_path(release, root)
     fs, where = _filesystem(path)
     # bbox columns are float32: pad by more than their rounding, the clip to the place follows

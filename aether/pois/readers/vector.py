@@ -41,6 +41,7 @@ def read(
     gdf = _read_any(p)
     if len(gdf) == 0:
         raise PoiError(f"POI file {p} has no rows", "pass a file with at least one POI")
+    _check_finite(gdf, p)
     if gdf.crs is not None and gdf.crs.to_epsg() != 4326:
         gdf = gdf.to_crs("EPSG:4326")
     kinds = set(gdf.geometry.dropna().geom_type)
@@ -91,6 +92,20 @@ def _read_any(p: Path) -> Any:
     except Exception as e:  # the readers' own errors (GDAL, Arrow, CSV) are input errors here
         raise PoiError(f"cannot read POI file {p}: {str(e).splitlines()[0][:200]}",
                        "use GeoJSON, GeoParquet, GPKG, Shapefile or CSV with lon/lat") from e
+
+
+def _check_finite(gdf: Any, p: Path) -> None:
+    """Refuse rows whose coordinates are NaN or infinite (GEOS cannot place them)."""
+    import numpy as np
+    import shapely
+
+    coords, rows = shapely.get_coordinates(gdf.geometry.values, return_index=True)
+    bad = np.unique(rows[~np.isfinite(coords).all(axis=1)])
+    if len(bad):
+        first = ", ".join(str(int(i) + 1) for i in bad[:5])
+        raise PoiError(f"POI file {p}: {len(bad)} row(s) have NaN or infinite coordinates "
+                       f"(row {first}{', ...' if len(bad) > 5 else ''})",
+                       "fix or remove those rows")
 
 
 def _zip_member(p: Path) -> str:

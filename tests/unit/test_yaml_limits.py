@@ -1,0 +1,110 @@
+"""User YAML (run, task, settings files): alias and size budgets, UTF-8, unset ${VAR}."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aether.errors import ConfigError
+from aether.evaluation.tasks import load_task
+from aether.pipeline.runfile import load_run_file
+
+#: The nested-alias run file from the report: 430 bytes that expand to 9^9 strings.
+BOMB = "\n".join(
+    ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]"
+       for a, b in zip("abcdefgh", "bcdefghi", strict=True)]
+    + ["cities: [{name: Oslo}]"]) + "\n"
+
+
+def test_bomb_is_about_430_bytes() -> None:
+    assert 420 <= len(BOMB.encode()) <= 440
+
+
+@pytest.mark.parametrize("loader", [load_run_file, load_task])
+def test_alias_bomb_is_refused_fast(tmp_path, loader) -> None:
+    f = tmp_path / "bomb.yaml"
+    f.write_text(BOMB)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml:[0-9]+: (more than 100 YAML aliases"
+                                          r"|YAML expands to more than)") as e:
+        loader(f)
+    assert time.perf_counter() - t0 < 0.5
+    assert "\n" not in str(e.value)
+
+
+def test_few_aliases_still_work(tmp_path) -> None:
+    f = tmp_path / "ok.yaml"
+    f.write_text("radii: &r [100, 200]\ncities:\n  - {name: Oslo, radii: *r}\n"
+                 "  - {name: Bergen, radii: *r}\n")
+    run = load_run_file(f)
+    assert [c.radii for c in run.cities] == [[100.0, 200.0], [100.0, 200.0]]
+
+
+def test_recursive_alias_is_refused(tmp_path) -> None:
+    f = tmp_path / "loop.yaml"
+    f.write_text("cities: &c [{name: Oslo, more: *c}]\n")
+    with pytest.raises(ConfigError, match="recursive YAML alias"):
+        load_run_file(f)
+
+
+def test_huge_file_is_refused(tmp_path) -> None:
+    f = tmp_path / "big.yaml"
+    f.write_text("cities: [{name: Oslo}]\n" + "# padding\n" * 120_000)
+    with pytest.raises(ConfigError, match="bytes, above"):
+        load_run_file(f)
+
+
+def test_not_utf8_names_file_and_line(tmp_path) -> None:
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("cities:\n  - name: Malm\xf6\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2: run file is not UTF-8"):
+        load_run_file(f)
+
+
+def test_unset_variable_is_refused_with_file_and_line(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AETHER_TEST_UNSET_PROJECT", raising=False)
+    monkeypatch.setenv("AETHER_TEST_BUCKET", "my-bucket")
+    f = tmp_path / "ee.yaml"
+    f.write_text("source:\n  name: ee\n  options:\n    export: gcs://${AETHER_TEST_BUCKET}/x\n"
+                 "    ee_project: ${AETHER_TEST_UNSET_PROJECT}\ncities: [{name: Oslo}]\n")
+    with pytest.raises(ConfigError, match=r"ee.yaml:5: source.options.ee_project: "
+                                          r"\$\{AETHER_TEST_UNSET_PROJECT\} is not set"):
+        load_run_file(f, strict=True)
+    monkeypatch.setenv("AETHER_TEST_UNSET_PROJECT", "p1")
+    run = load_run_file(f, strict=True)
+    assert run.source.options == {"export": "gcs://my-bucket/x", "ee_project": "p1"}
+
+
+def test_misspelt_source_option_in_run_file(tmp_path) -> None:
+    f = tmp_path / "typo.yaml"
+    f.write_text("source:\n  name: ee\n  options: {ee_project: p}\ncities:\n  - name: Oslo\n"
+                 "    source:\n      name: ee\n      options:\n        ee_bacth: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_file(f)
+    msg = str(e.value)
+    assert msg.startswith("typo.yaml:9: source ee: unknown option 'ee_bacth'"), msg
+    assert "ee_batch" in msg and "\n" not in msg
+
+
+def test_option_of_another_source_is_refused_when_strict(tmp_path) -> None:
+    f = tmp_path / "other.yaml"
+    f.write_text("source:\n  name: ee\n  options:\n    tiles: gs://b/aef\ncities: [{name: Oslo}]\n")
+    assert load_run_file(f).source.options == {"tiles": "gs://b/aef"}
+    with pytest.raises(ConfigError, match=r"other.yaml:4: source ee: unknown option 'tiles'"):
+        load_run_file(f, strict=True)
+
+
+def test_out_of_range_source_option_in_run_file(tmp_path) -> None:
+    f = tmp_path / "zero.yaml"
+    f.write_text("source:\n  name: ee\n  options:\n    ee_batch: 0\ncities: [{name: Oslo}]\n")
+    with pytest.raises(ConfigError, match=r"zero.yaml:4: source ee: option ee_batch"):
+        load_run_file(f)
+
+
+def test_many_aliases_are_refused(tmp_path) -> None:
+    f = tmp_path / "aliases.yaml"
+    f.write_text("x: &x 1\nys: [" + ", ".join(["*x"] * 101) + "]\ncities: [{name: Oslo}]\n")
+    with pytest.raises(ConfigError, match=r"aliases.yaml:\d+: more than 100 YAML aliases"):
+        load_run_file(f)

@@ -178,8 +178,7 @@ def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -
 def is_synthetic(city_dir: Path) -> bool:
     """Whether the city's tables come from the generated sample raster (its manifest's tiles
     are the sample's): such figures test the machinery, not the method."""
-    from aether.io.tables import MANIFEST_FILE
-    from aether.sample.city import SAMPLE_DIR
+    from aether.io.tables import MANIFEST_FILE, SAMPLE_DIR
 
     try:
         tiles = read_json(city_dir / MANIFEST_FILE)["config"]["source_options"].get("tiles", "")

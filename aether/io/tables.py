@@ -28,6 +28,8 @@ QUALITY_COLUMNS: tuple[str, ...] = ("weight", "valid_fraction", "norm")
 POI_EMBEDDING_COLUMNS: tuple[str, ...] = ("poi_id", "year", "radius_m", *BANDS, *QUALITY_COLUMNS)
 
 POIS_FILE = "pois.parquet"
+#: The offline sample city's folder under the data directory (its tiles are synthetic).
+SAMPLE_DIR = "_sample"
 BASEMAP_FILE = "basemap.parquet"  # roads, water, green of the POIs' PBF (maps only)
 POI_EMBEDDINGS_FILE = "poi_embeddings.parquet"
 MANIFEST_FILE = "manifest.json"

@@ -26,6 +26,7 @@ import numpy as np
 
 from aether.core.aef import INDEX_NAME, utm_zone_label
 from aether.errors import ConfigError
+from aether.io.tables import SAMPLE_DIR
 from aether.places.place import Place, slugify
 from aether.settings import DEFAULT_YEAR, check_year
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 #: Bump when the generator's output changes: older samples are rebuilt.
 SAMPLE_VERSION = 3
-SAMPLE_DIR = "_sample"
 SAMPLE_MANIFEST = "sample.json"
 SYNTHETIC_MANIFEST = "synthetic.json"
 MARGIN_M = 320.0  # ≥ 300 m around the extract: 200 m buffers of every POI stay inside

@@ -75,7 +75,7 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 #: Options that must be > 0 and >= 0 (a zero temperature divides by zero in the loss).
-_POSITIVE = ("lr", "temperature", "base_radius_m", "aug_radius_m", "block_m")
+_POSITIVE = ("lr", "temperature", "block_m")  # radii: None or negative (squares) too
 _NON_NEGATIVE = ("weight_decay", "multiscale_weight", "same_place_m", "patience",
                  "min_epochs_fraction")
 

@@ -72,6 +72,7 @@ def bar(description: str, total: float | None = None) -> Iterator[Bar]:
     try:
         yield Bar(task)
     finally:
+        _live.refresh()  # its last count is drawn once, however short the step
         _live.remove_task(task)
         _open -= 1
         if _open == 0:

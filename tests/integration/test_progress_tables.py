@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 
 
-def run_in_terminal(*args: str, timeout: float = 600) -> tuple[int, str]:
+def run_in_terminal(*args: str, timeout: float = 600, python: tuple[str, ...] = ("-m", "aether")
+                    ) -> tuple[int, str]:
     """The real CLI with stdin/stdout/stderr on a pseudo-terminal; (exit code, all output)."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "aether", *args], stdin=slave, stdout=slave,
+    proc = subprocess.Popen([sys.executable, *python, *args], stdin=slave, stdout=slave,
                             stderr=slave, env=env, close_fds=True)
     os.close(slave)
     chunks = []
@@ -36,6 +37,23 @@ def run_in_terminal(*args: str, timeout: float = 600) -> tuple[int, str]:
     code = proc.wait(timeout=timeout)
     os.close(master)
     return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+
+
+@pytest.mark.parametrize(("level", "shown"), [("WARNING", True), ("ERROR", False)])
+def test_bars_follow_the_aether_log_level(level: str, shown: bool) -> None:
+    """--quiet raises the aether logger to ERROR: then no bar, even on a terminal."""
+    code, out = run_in_terminal(python=("-c", f"""
+import logging, time
+logging.getLogger("aether").setLevel(logging.{level})
+from aether.execution.progress import bar
+with bar("counting things", 3) as b:
+    for _ in range(3):
+        time.sleep(0.05)
+        b.advance()
+print("end")
+"""))
+    assert code == 0 and "end" in out, out
+    assert ("counting things" in out and "3/3" in out) is shown, out
 
 
 @pytest.fixture(scope="module")

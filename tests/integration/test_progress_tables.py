@@ -158,6 +158,7 @@ def test_training_on_five_pois_warns_how_many_are_needed(sample_city, sample_ext
     assert "only 4 training POIs" in line
     # default preset: batch_size 512, test_fraction 0.1 -> ceil(512 / 0.9) = 569
     assert "at least one full batch (512)" in line and "about 569 POIs extracted" in line
+    assert "Loading weights" not in r.stderr  # transformers' bar is off too, off a terminal
     # that city has a model but no grid: the query error names both steps, with the city
     q = cli("query", "coffee", "--city", "Helsinki", "--data-dir", str(data))
     assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1, q.stderr

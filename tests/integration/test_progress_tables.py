@@ -72,6 +72,10 @@ def test_train_shows_epochs_and_loss_on_a_terminal_only(sample_runs, cli) -> Non
                                 "--data-dir", str(data_root))
     assert code == 0, out
     assert "train ux_tty: epochs" in out and re.search(r"3/3 .*loss \d\.\d{4}", out), out
+    code, quiet = run_in_terminal("--quiet", "train", "--city", "Helsinki", "--epochs", "3",
+                                  "--run", "ux_quiet", "--data-dir", str(data_root))
+    assert code == 0 and "ux_quiet" in quiet, quiet  # its output path, and no bar
+    assert "epochs" not in quiet and "loss" not in quiet, quiet
     piped = cli("train", "--city", "Helsinki", "--epochs", "3", "--run", "ux_pipe",
                 "--data-dir", str(data_root))
     assert piped.returncode == 0, piped.stderr

@@ -28,5 +28,5 @@ def test_reference_names_every_command_and_option() -> None:
     for command in ("extract", "train", "grid", "run", "encode", "evaluate", "query", "similar",
                     "serve", "demo", "sample build", "emulator serve"):
         assert f"## `aether {command}`" in text
-    assert "| `--ee-batch` | Features per Earth Engine request [default 1000] |" in text
-    assert "| `--version` |" in text
+    assert "| `--ee-batch` | Features per Earth Engine request, 1 to 10000 [default 1000] |" in text
+    assert "| `--version` |" in text and "| `--quiet`, `-q` |" in text

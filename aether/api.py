@@ -385,8 +385,11 @@ def _run_and_cell(city: str, model: str | None, cell: float | None, year: int,
     run = runs(city, [chosen], year=year, data_dir=data_dir)[0]
     cells = encoded_cells(where, run.name)
     if cell is None and not cells:
+        encode = f"`aether encode --city {city} --model {run.name}`"
+        grids = any(where.glob("grid_embeddings_*.parquet"))  # core.cells.grid_file's names
         raise TableError(f"model {run.name} has no encoded grid",
-                         f"run `aether encode --city {city} --model {run.name}`")
+                         f"run {encode}" if grids else
+                         f"run `aether grid --city {city}`, then {encode}")
     return run, cell or cells[0], where
 
 

@@ -233,15 +233,14 @@ def train_cmd(
     from aether.io.tables import read_json
     from aether.ml.train import SUMMARY_FILE, parse_options
 
-    def show(row: dict) -> None:
-        val = f"  val r@10 {row['val_recall@10']:.3f}" if "val_recall@10" in row else ""
-        typer.echo(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "
-                   f"crossmodal {row['crossmodal']:.4f}{val}", err=True)
-
+    epochs_run: list[dict] = []
     out = api.train(city, preset=preset, year=year, run=run, epochs=epochs, seed=seed,
                     device=device, threads=threads, checkpoint_every=checkpoint_every,
-                    overwrite=overwrite,
-                    options=parse_options(option or []), on_epoch=show, data_dir=data_dir)
+                    overwrite=overwrite, options=parse_options(option or []),
+                    on_epoch=epochs_run.append, data_dir=data_dir)
+    if not epochs_run:
+        typer.echo(f"model {out.name} is already trained with this config: kept "
+                   "(--run NAME trains another, --overwrite replaces one with another config)")
     test = read_json(out / SUMMARY_FILE).get("test", {})
     if test:
         typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "
@@ -370,12 +369,12 @@ def evaluate_cmd(
 ) -> None:
     """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
     from aether import api
-    from aether.evaluation.evaluate import markdown
+    from aether.evaluation.evaluate import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
                        year=year,
                        data_dir=data_dir)
-    typer.echo(markdown(res))
+    _print(*rich_tables(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")
 
 
@@ -404,6 +403,16 @@ def query(
     _show(answer, "{query!r} (model {model}):")
     for path in answer.maps(out, tiles=tiles):
         typer.echo(f"  {path}")
+
+
+def _print(*renderables: Any) -> None:
+    """Rich tables on stdout, as wide as the terminal (120 columns when piped)."""
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    for r in renderables:
+        console.print(r)
+        console.print()
 
 
 def _show(answer: Any, heading: str) -> None:
@@ -479,8 +488,8 @@ def demo(
 
     res = api.demo(data_dir, epochs=epochs, seeds=seeds,
                    say=lambda s: typer.echo(f"· {s}", err=True))
-    for text in res.tables.values():
-        typer.echo(text + "\n")
+    for tables in res.tables.values():
+        _print(*tables)
     typer.echo("Outputs:")
     for name, path in res.outputs.items():
         typer.echo(f"  {name:<28} {path}")

@@ -27,6 +27,7 @@ from aether.core.aef import BANDS, utm_epsg
 from aether.errors import ModelError, TableError
 from aether.evaluation import probes
 from aether.evaluation.tasks import Task, assign, read_labels
+from aether.execution.progress import Bar, bar
 from aether.io.tables import (
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
@@ -225,6 +226,27 @@ def evaluate(
     feats, (labels, ux, uy) = features(task, city_dir, runs, proto.text_methods)
     cfg = settings
     scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    with bar(f"evaluate {task.name}: split × seed × method × probe",
+             len(splits) * len(seeds) * len(feats) * len(probe_kinds)) as shown:
+        _probe_all(task, feats, labels, ux, uy, splits, seeds, probe_kinds, shuffle, cfg,
+                   scores, shown)
+    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key,
+              "protocol": protocol, "probe_hidden": cfg.hidden,
+              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
+    if write:
+        paths = _paths(out, stem)
+        with atomic_path(paths["markdown"]) as tmp:
+            tmp.write_text(markdown(result))
+        write_json(result, paths["json"])
+        result["paths"] = paths
+    return result
+
+
+def _probe_all(task: Task, feats: dict[str, np.ndarray], labels: Any, ux: np.ndarray,
+               uy: np.ndarray, splits: tuple[str, ...], seeds: tuple[int, ...],
+               probe_kinds: tuple[str, ...], shuffle: bool, cfg: probes.ProbeSettings,
+               scores: dict[tuple[str, str, str], list[dict[str, float]]], shown: Bar) -> None:
+    """Fill ``scores`` with every split × seed × method × probe, one bar step each."""
     for split in splits:
         for seed in seeds:
             test = _split(split, ux, uy, seed, task.block_m)
@@ -240,16 +262,7 @@ def evaluate(
                                               cfg, n_classes=len(labels.classes) or None)
                     scores.setdefault((name, probe, split), []).append(
                         probes.score(task.kind, y_te, pred))
-    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key,
-              "protocol": protocol, "probe_hidden": cfg.hidden,
-              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
-    if write:
-        paths = _paths(out, stem)
-        with atomic_path(paths["markdown"]) as tmp:
-            tmp.write_text(markdown(result))
-        write_json(result, paths["json"])
-        result["paths"] = paths
-    return result
+                    shown.advance()
 
 
 def _paths(out: Path, stem: str) -> dict[str, str]:
@@ -309,31 +322,80 @@ def _relative(value: float, base: float, higher_is_better: bool) -> float | None
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The result table as Markdown: mean ± std over seeds (the sample sd under the cityrep
-    protocol), improvement vs raw AlphaEarth and its paired-test p-value."""
-    metrics = result["metrics"]
-    head = metrics[0]
-    protocol = result.get("protocol", "default")
-    spread = "sd" if protocol == "cityrep" else "std"
-    lines = [f"### {result['task']} ({result['kind']}, {result['n_units']} {result['unit']} "
-             f"units{', SHUFFLED LABELS' if result['shuffled_labels'] else ''}; "
-             f"{len(result['seeds'])} seeds"
-             f"{'' if protocol == 'default' else f'; {protocol} protocol'})", ""]
+    """The result table as Markdown: mean ± spread over seeds, improvement vs raw AlphaEarth
+    and its paired-test p-value, the caption saying how to read them."""
+    lines = [f"### {title(result)}", ""]
     if result.get("note"):
         lines += [f"*{result['note']}*", ""]
+    lines += [f"*{caption(result)}*", ""]
     for split in dict.fromkeys(r["split"] for r in result["rows"]):
-        rows = []
-        for r in (r for r in result["rows"] if r["split"] == split):
-            rel = r["relative_to_raw"].get(head)
-            delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
-            p = r.get("paired_vs_raw", {}).get(head, {}).get("p")
-            rows.append([r["method"], r["probe"], *(
-                f"{r['metrics'][m]['mean']:.3f} ± {r['metrics'][m][spread]:.3f}"
-                for m in metrics), delta, "" if p is None else f"{p:.3g}"])
         lines += [f"**{split} split**", "",
-                  markdown_table(["method", "probe", *metrics, f"Δ{head} vs raw",
-                                  "p (paired t vs raw)"], rows), ""]
+                  markdown_table(_header(result), _cells(result, split)), ""]
     return "\n".join(lines)
+
+
+def rich_tables(result: dict[str, Any]) -> list[Any]:
+    """The result as rich tables for a terminal, one per split, the caption under each."""
+    from rich.table import Table
+
+    out = []
+    note = f"{result['note']}. " if result.get("note") else ""
+    for split in dict.fromkeys(r["split"] for r in result["rows"]):
+        table = Table(*_header(result), title=f"{title(result)} — {split} split",
+                      caption=note + caption(result), caption_justify="left")
+        for row in _cells(result, split):
+            table.add_row(*row)
+        out.append(table)
+    return out
+
+
+def title(result: dict[str, Any]) -> str:
+    protocol = result.get("protocol", "default")
+    n = len(result["seeds"])
+    return (f"{result['task']} ({result['kind']}, {result['n_units']} {result['unit']} "
+            f"units{', SHUFFLED LABELS' if result['shuffled_labels'] else ''}; "
+            f"{n} seed{'' if n == 1 else 's'}"
+            f"{'' if protocol == 'default' else f'; {protocol} protocol'})")
+
+
+def caption(result: dict[str, Any]) -> str:
+    """How to read the table: the spread shown, the sign of the Δ column, the p-value."""
+    head = result["metrics"][0]
+    n = len(result["seeds"])
+    lower = [m for m, up in probes.METRICS[result["kind"]].items() if not up]
+    spread = ("mean over 1 seed (no spread)" if n == 1 else
+              f"mean ± {_spread(result)} over {n} seeds")
+    flipped = (f" ({', '.join(lower)}: lower is better, so a lower value gives a positive Δ)"
+               if lower else "")
+    return (f"{spread}. Δ{head} vs raw: relative change of the mean {head} against raw "
+            f"AlphaEarth with the same probe and split; + is better, − is worse{flipped}. "
+            f"p: paired t-test of {head} against raw AlphaEarth over the same seeds.")
+
+
+def _spread(result: dict[str, Any]) -> str:
+    """``sd`` (sample) under the cityrep protocol, ``std`` (population) otherwise."""
+    return "sd" if result.get("protocol", "default") == "cityrep" else "std"
+
+
+def _header(result: dict[str, Any]) -> list[str]:
+    head = result["metrics"][0]
+    return ["method", "probe", *result["metrics"], f"Δ{head} vs raw", "p (paired t vs raw)"]
+
+
+def _cells(result: dict[str, Any], split: str) -> list[list[str]]:
+    """The rows of one split as text: mean (± spread when there are several seeds), Δ, p."""
+    head = result["metrics"][0]
+    spread = _spread(result) if len(result["seeds"]) > 1 else None
+    rows = []
+    for r in (r for r in result["rows"] if r["split"] == split):
+        rel = r["relative_to_raw"].get(head)
+        delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
+        p = r.get("paired_vs_raw", {}).get(head, {}).get("p")
+        rows.append([r["method"], r["probe"], *(
+            f"{r['metrics'][m]['mean']:.3f}"
+            + ("" if spread is None else f" ± {r['metrics'][m][spread]:.3f}")
+            for m in result["metrics"]), delta, "" if p is None else f"{p:.3g}"])
+    return rows
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -1,13 +1,19 @@
-"""Rich progress bars that follow Dask's work, whatever the scheduler.
+"""The one place progress is shown: rich bars on stderr, one live display for all of them.
 
-On the local scheduler a Dask callback counts finished tasks. On a distributed cluster the
-tasks run elsewhere, so a small scheduler plugin counts tasks entering the graph and tasks
-finishing, and a thread here polls those counts (``follow_cluster``).
+``bar`` is a counted step (features, epochs, seeds); bars opened while another is open stack
+in the same display. Bars are shown only when stderr is a terminal and the ``aether`` logger
+lets warnings through (``--quiet`` raises it to errors), so logs, pipes and tests stay clean.
+
+``dask_progress`` follows Dask's work, whatever the scheduler. On the local scheduler a Dask
+callback counts finished tasks (its bar appears when a graph starts, not before). On a
+distributed cluster the tasks run elsewhere, so a small scheduler plugin counts tasks entering
+the graph and tasks finishing, and a thread here polls those counts (``follow_cluster``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import uuid
@@ -18,39 +24,96 @@ from typing import Any
 POLL_S = 0.25
 
 
-@contextlib.contextmanager
-def dask_progress(description: str) -> Iterator[None]:
-    """Show a progress bar of finished Dask tasks on stderr while the block runs.
+_live: Any = None  # the rich Progress shown while any bar is open
+_open = 0  # bars open in it
 
-    Follows the current distributed Client when there is one (``aether.execution.cluster``), the
-    local scheduler otherwise. Silent when stderr is not a terminal, so logs and tests
-    stay clean.
-    """
-    if not sys.stderr.isatty():
-        yield
+
+def enabled() -> bool:
+    """Whether bars are shown: stderr is a terminal and aether is not told to be quiet."""
+    return sys.stderr.isatty() and logging.getLogger("aether").isEnabledFor(logging.WARNING)
+
+
+class Bar:
+    """One counted step; every method is a no-op when bars are not shown."""
+
+    def __init__(self, task: Any = None) -> None:
+        self._task = task
+
+    def advance(self, n: float = 1) -> None:
+        if self._task is not None:
+            _live.advance(self._task, n)
+
+    def update(self, *, total: float | None = None, completed: float | None = None,
+               note: str | None = None) -> None:
+        """Set the total, the count, or the note shown after the count (e.g. the loss)."""
+        if self._task is None:
+            return
+        fields = {} if note is None else {"note": note}
+        _live.update(self._task, total=total, completed=completed, **fields)
+
+
+@contextlib.contextmanager
+def bar(description: str, total: float | None = None) -> Iterator[Bar]:
+    """A bar for the block (``total`` None: unknown until ``update(total=...)``)."""
+    global _live, _open
+    if not enabled():
+        yield Bar()
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-    task = progress.add_task(description, total=None)
+    if _live is None:
+        _live = Progress("[progress.description]{task.description}", BarColumn(),
+                         MofNCompleteColumn(), TimeElapsedColumn(), "{task.fields[note]}",
+                         console=Console(stderr=True), transient=True)
+        _live.start()
+    _open += 1
+    task = _live.add_task(description, total=total, note="")
+    try:
+        yield Bar(task)
+    finally:
+        _live.refresh()  # its last count is drawn once, however short the step
+        _live.remove_task(task)
+        _open -= 1
+        if _open == 0:
+            _live.stop()
+            _live = None
+
+
+@contextlib.contextmanager
+def dask_progress(description: str) -> Iterator[None]:
+    """Show a bar of finished Dask tasks while the block runs (see the module doc).
+
+    Follows the current distributed Client when there is one (``aether.execution.cluster``),
+    the local scheduler otherwise.
+    """
+    if not enabled():
+        yield
+        return
     client = _current_client()
     if client is not None:
-        with progress, follow_cluster(
-                client, lambda total, done: progress.update(task, total=total, completed=done)):
+        with bar(description) as b, follow_cluster(
+                client, lambda total, done: b.update(total=total, completed=done)):
             yield
         return
     from dask.callbacks import Callback
 
-    class _Bar(Callback):
-        def _start_state(self, dsk: Any, state: Any) -> None:
-            progress.update(task, total=len(dsk), completed=0)
+    with contextlib.ExitStack() as stack:
 
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-            progress.advance(task)
+        class _Bar(Callback):
+            current: Bar | None = None
 
-    with progress, _Bar():
-        yield
+            def _start_state(self, dsk: Any, state: Any) -> None:
+                if self.current is None:
+                    self.current = stack.enter_context(bar(description))
+                self.current.update(total=len(dsk), completed=0)
+
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+                if self.current is not None:
+                    self.current.advance()
+
+        with _Bar():
+            yield
 
 
 def _current_client() -> Any:

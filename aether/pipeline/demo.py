@@ -33,7 +33,7 @@ class DemoResult:
 
     city_dir: Path
     outputs: dict[str, Path] = field(default_factory=dict)
-    tables: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, list[Any]] = field(default_factory=dict)  # rich tables to print
 
 
 def category_queries() -> dict[str, list[str]]:
@@ -58,7 +58,25 @@ def write_landuse_labels(pbf: Path, out: Path) -> Path:
 def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEEDS),
              say: Callable[[str], None] = print) -> DemoResult:
     """Run every step on the sample city; ``epochs`` and ``seeds`` shorten it (tests)."""
-    from aether.evaluation.evaluate import evaluate, markdown, markdown_table
+    from aether.execution.progress import bar
+
+    with bar("demo stages", 2 + len(CELLS_M) + len(PRESETS) + len(TASKS)) as shown:
+        begun: list[str] = []
+
+        def stage(text: str) -> None:  # the stages before this one are done
+            say(text)
+            shown.update(completed=len(begun), note=text.split(":")[0])
+            begun.append(text)
+
+        return _run_stages(data_dir, epochs, seeds, stage)
+
+
+def _run_stages(data_dir: Path, epochs: int | None, seeds: int,
+                say: Callable[[str], None]) -> DemoResult:
+    """The demo's steps; ``say`` announces each stage."""
+    from rich.table import Table
+
+    from aether.evaluation.evaluate import evaluate, rich_tables
     from aether.io.tables import write_json
     from aether.ml.train import train
     from aether.pipeline.extract import ExtractRequest, run_extract, run_grid
@@ -91,7 +109,7 @@ def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEED
         table = evaluate(city_dir, load_task(TASKS_DIR / f"{name}.yaml"), runs,
                          seeds=SEEDS[:seeds])
         res.outputs[f"evaluation {name}"] = Path(table["paths"]["markdown"])
-        res.tables[name] = markdown(table)
+        res.tables[name] = rich_tables(table)
     best = runs[-1]
     index = load_index(city_dir, best, CELLS_M[0])
     say("query: category hit rates and maps")
@@ -99,8 +117,10 @@ def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEED
     hits_path = write_json(hits.to_dict(orient="records"),
                            city_dir / "evaluation" / f"category_queries_{best.name}.json")
     res.outputs["category query hit rates"] = hits_path
-    res.tables["category queries"] = markdown_table(list(hits.columns),
-                                                    hits.to_numpy().tolist())
+    hits_table = Table(*map(str, hits.columns), title="category queries: hit rate@10")
+    for row in hits.itertuples(index=False):
+        hits_table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    res.tables["category queries"] = [hits_table]
     results = search(index, best, list(QUERIES), cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
     out = city_dir / "maps"
     res.outputs["query map (HTML)"] = html_map(index, results, out / "demo_queries.html")

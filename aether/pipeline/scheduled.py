@@ -328,8 +328,8 @@ def summary_table(report: RunReport) -> Any:
 
     colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow"}
     table = Table(title=f"aether run {report.run_id}")
-    for col in ("city", "year", "step", "status", "rows", "s", "note"):
-        table.add_column(col, justify="right" if col in ("year", "rows", "s") else "left")
+    for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):
+        table.add_column(col, justify="right" if col in ("year", "rows", "seconds") else "left")
     for t in report.tasks:
         note = t.error or (f"{len(t.export_tasks)} export tasks" if t.export_tasks else "")
         table.add_row(t.city, str(t.year), t.step, f"[{colour.get(t.status, '')}]{t.status}",

@@ -93,3 +93,16 @@ def test_measured_threads_leave_the_model_alone():
     n = pick_threads(model, resolve_config("paper", None, 42), t, torch.arange(64))
     assert n in (1, 2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_presets_resolve_with_windows_from_the_extract() -> None:
+    """No window set (None: read from the extract) is valid; a 0 m window is refused."""
+    import pytest
+
+    from aether.errors import ConfigError
+    from aether.ml.config import resolve_config
+
+    for preset in ("paper", "default"):
+        assert resolve_config(preset, 5, 42).epochs == 5
+    with pytest.raises(ConfigError, match="0 m is empty"):
+        resolve_config("default", 5, 42, base_radius_m=0.0, aug_radius_m=200.0)

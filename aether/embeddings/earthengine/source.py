@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -130,15 +130,21 @@ class EarthEngineSource:
         _drop_stale(store, {b.key for b in batches})
         if any(not store.has(b.key) for b in batches):
             from aether._compat import ee_retries_off
+            from aether.execution.progress import bar
 
             self._initialize()
-            with ee_retries_off():  # retries are ours: counted, bounded, with jitter
+            todo = [b for b in batches if not store.has(b.key)]
+            # EE's own retries off: ours are counted, bounded, with jitter
+            with ee_retries_off(), bar("Earth Engine: buffers",
+                                       sum(len(b.items) for b in todo)) as shown:
                 self._check_coverage(pois, year)
                 if export is not None:
-                    paths = self._run_exports(batches, store, export, year)
+                    paths = self._run_exports(batches, store, export, year,
+                                              on_done=lambda b: shown.advance(len(b.items)))
                 else:
                     paths = run_batches(batches, lambda b: self._compute(b, year), store,
-                                        concurrency=self.concurrency, stats=self.stats)
+                                        concurrency=self.concurrency, stats=self.stats,
+                                        on_done=lambda b: shown.advance(len(b.items)))
         else:
             paths = [store.path(b.key) for b in batches]
         return read_checkpoints(paths)
@@ -215,6 +221,7 @@ class EarthEngineSource:
     def _run_exports(
         self, batches: Sequence[Batch[Feature]], store: CheckpointStore,
         export: ExportTarget, year: int,
+        on_done: Callable[[Batch[Feature]], None] | None = None,
     ) -> list[Path]:
         """Start (or adopt) one task per batch, then wait for each and read its table back."""
         export.check_writable()
@@ -223,7 +230,7 @@ class EarthEngineSource:
         for b in todo:
             self._ensure_task(b, tasks, export, year)
         return run_batches(batches, lambda b: self._await_export(b, tasks, export, year),
-                           store, concurrency=self.concurrency, stats=self.stats)
+                           store, concurrency=self.concurrency, stats=self.stats, on_done=on_done)
 
     def _ensure_task(
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int,

@@ -2,7 +2,7 @@
 
 Prints recall@10 of the approximate index against exact search, and the query time of both,
 on N random unit vectors (no structure: the hardest case for a graph index), 128-d like the
-AETHER vectors. Writes ``bench-out/similar.json`` for the docs page.
+AETHER vectors. Writes ``tests/benchmarks/results/similar.json`` for the docs page.
 
     python tests/benchmarks/bench_similar.py            # 1,000,000 vectors
     python tests/benchmarks/bench_similar.py --n 100000 # quicker
@@ -11,14 +11,14 @@ AETHER vectors. Writes ``bench-out/similar.json`` for the docs page.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from results import measured_at, write_results
 
-from aether.query.similar import VectorIndex
+from aether.query.similar import HNSW_EF_SEARCH, HNSW_M, VectorIndex
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=Path("bench-out/similar.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "similar.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     v = rng.standard_normal((args.n, args.dim), dtype=np.float32)
@@ -47,15 +47,15 @@ def main() -> None:
     res = {"n": args.n, "dim": args.dim, "queries": args.queries, "recall_at_10": recall,
            "exact_ms_per_query": 1e3 * (t3 - t2) / args.queries,
            "hnsw_ms_per_query": 1e3 * (t4 - t3) / args.queries,
-           "exact_setup_s": t1 - t0, "hnsw_build_s": t2 - t1, "load_avg": load}
+           "exact_setup_s": t1 - t0, "hnsw_build_s": t2 - t1, "load_avg": load,
+           "hnsw_m": HNSW_M, "hnsw_ef": HNSW_EF_SEARCH, **measured_at()}
     res["speedup"] = res["exact_ms_per_query"] / res["hnsw_ms_per_query"]
     print(f"{args.n:,} random unit vectors, {args.dim}-d, {args.queries} queries (load {load:.1f})")
     print(f"  exact: {res['exact_ms_per_query']:.2f} ms/query")
     print(f"  hnsw:  {res['hnsw_ms_per_query']:.3f} ms/query "
           f"({res['speedup']:.0f}x faster), recall@10 {recall:.3f}, built in "
           f"{res['hnsw_build_s']:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+    write_results(args.out, res)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ def extract(r: dict) -> str:
     return "\n\n".join([head, table, diff, "Scaling, clustered POIs on the same tiles:", scale])
 
 
+def similar(r: dict) -> str:
+    head = (f"**{r['n']:,} random unit vectors**, {r['dim']}-d ({r['date']}, load "
+            f"{r['load_avg']:.1f}), {r['queries']} queries; HNSW M={r['hnsw_m']}, "
+            f"ef={r['hnsw_ef']}, built in {r['hnsw_build_s']:.0f} s.")
+    rows = [["exact (float32 matrix product)", f"{r['exact_ms_per_query']:.2f}", "1.000"],
+            ["HNSW (hnswlib)", f"{r['hnsw_ms_per_query']:.3f}", f"{r['recall_at_10']:.3f}"]]
+    return head + "\n\n" + _table(["search", "ms per query", "recall@10 vs exact"], rows)
+
+
 def zonal(r: dict) -> str:
     parts = []
     for c in r["cases"]:
@@ -84,7 +93,8 @@ def zonal(r: dict) -> str:
     return "\n\n".join(parts)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal}
+RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
+                                              "similar": similar}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py"}
 

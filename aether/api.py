@@ -425,12 +425,21 @@ def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
 def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = True,
             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> CityApp:
     """The state behind ``aether serve``: each run's encoded grid (the smallest cell all of
-    them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI."""
+    them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI.
+    Without ``models``, every run that has an encoded grid (the others are named in the log)."""
+    import logging
+
     from aether.ml.encode import encoded_cells
     from aether.query.serve import CityApp, load_panels
 
     where = city_dir(city, year, data_dir)
     chosen = runs(city, models, year=year, data_dir=data_dir)
+    if not models:
+        unencoded = [r.name for r in chosen if not encoded_cells(where, r.name)]
+        if unencoded:
+            logging.getLogger(__name__).info("not served (no encoded grid): %s",
+                                             ", ".join(unencoded))
+        chosen = [r for r in chosen if r.name not in unencoded] or chosen
     common = set.intersection(*(set(encoded_cells(where, r.name)) for r in chosen))
     if not common:
         raise TableError("the models share no encoded grid",

@@ -29,7 +29,7 @@ EXACT_MAX = 2_000_000
 #: HNSW build and search breadth: recall@10 >= 0.95 on random unit vectors (the hard case).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 512
+HNSW_EF_SEARCH = 1024
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:

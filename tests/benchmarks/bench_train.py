@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import measured_at, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -132,6 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=100_000)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train.json")
     ap.add_argument("--reference", type=Path, default=MIRROR,
                     help="bare git dir of inwind0212/AETHER (fetched beside the project)")
     args = ap.parse_args()
@@ -159,6 +161,10 @@ def main() -> None:
     diff = np.abs(np.array(a["losses"]) - np.array(r["losses"][:len(a["losses"])]))
     print(f"loss curves: max |diff| {diff.max():.4f} (same initial weights for the seed; the "
           "shuffles differ, so equal within batch noise, not bit-equal)")
+    write_results(args.out, {
+        "pairs": len(pairs.base), "epochs": args.epochs, "load_start": round(load0, 1),
+        "aether": a, "reference": r, "ratio": a["pairs_per_s"] / r["pairs_per_s"],
+        "max_loss_diff": float(diff.max()), **measured_at()})
 
 
 if __name__ == "__main__":

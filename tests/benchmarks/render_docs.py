@@ -67,6 +67,20 @@ def extract(r: dict) -> str:
     return "\n\n".join([head, table, diff, "Scaling, clustered POIs on the same tiles:", scale])
 
 
+def train(r: dict) -> str:
+    head = (f"**{r['pairs']:,} synthetic pairs**, {r['epochs']} epochs, batch 512 drop_last "
+            f"({r['date']}, load {r['load_start']:.1f} → {r['load_at_end']:.1f} on "
+            f"{r['cpus']} cores).")
+    rows = [[name, f"{m['pairs_per_s']:,.0f}", f"{m['epoch_s']:.2f}",
+             " ".join(f"{x:.4f}" for x in m["losses"])]
+            for name, m in (("aether `paper` preset (threads measured at start)", r["aether"]),
+                            ("official AETHER `train.py` (4 loader workers)", r["reference"]))]
+    tail = (f"aether / reference: **{r['ratio']:.1f}×** pairs/s; loss curves within "
+            f"{r['max_loss_diff']:.4f} (same initial weights; the two shuffle differently).")
+    return (head + "\n\n" + _table(["loop", "pairs/s", "s/epoch", "epoch losses"], rows)
+            + "\n\n" + tail)
+
+
 def similar(r: dict) -> str:
     head = (f"**{r['n']:,} random unit vectors**, {r['dim']}-d ({r['date']}, load "
             f"{r['load_avg']:.1f}), {r['queries']} queries; HNSW M={r['hnsw_m']}, "
@@ -94,7 +108,7 @@ def zonal(r: dict) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
-                                              "similar": similar}
+                                              "similar": similar, "train": train}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py"}
 

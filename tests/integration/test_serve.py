@@ -25,12 +25,14 @@ def server(sample_runs):
     _, names, data_root = sample_runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "aether", "serve", "--city", "Helsinki", "--port", "0",
-         "--no-tiles", "--data-dir", str(data_root)],
+         "--no-tiles", "--model", names[0], "--model", names[1], "--data-dir", str(data_root)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = proc.stdout.readline()
     m = re.match(r"(http://127\.0\.0\.1:\d+/)", line)
-    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+    if not m:
+        proc.wait(timeout=30)
+        pytest.fail(f"serve did not start: {line!r} {proc.stderr.read()}")
     yield m.group(1), names, sample_runs[0]
     proc.terminate()
     proc.wait(timeout=20)

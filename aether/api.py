@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import numpy as np
 
-    from aether.evaluation.tasks import Task
-    from aether.ml.encode import EncodeResult, Run
+    from aether.core.cells import CellSpec
+    from aether.evaluation.tasks import ProbeTask
+    from aether.ml.encode import EncodeResult, ModelRun
     from aether.pipeline.demo import DemoResult
-    from aether.pipeline.extract import ExtractRequest, ExtractResult
+    from aether.pipeline.extract import ExtractRequest, ExtractResult, GridResult
     from aether.pipeline.scheduled import RunReport
     from aether.query.search import CityIndex, QueryResult
     from aether.query.serve import CityApp
@@ -46,24 +47,25 @@ def _data(data_dir: PathLike | None) -> Path:
 
 def city_dir(city: str, year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> Path:
     """``<data>/<slug>/<year>``: where a city-year's tables are."""
+    from aether.io.store import CityStore
     from aether.places.place import slugify
     from aether.settings import check_year
-    from aether.settings import city_dir as _city_dir
 
-    return _city_dir(_data(data_dir), slugify(city), check_year(year))
+    return CityStore.of(_data(data_dir), slugify(city), check_year(year)).dir
 
 
 def _request(city: str | None, *, offline: bool, pois: str | None, source: str | None,
              radii: Sequence[float], year: int, data_dir: PathLike | None,
              place_options: dict[str, Any], poi_options: dict[str, Any],
-             source_options: dict[str, Any], force: bool = False) -> ExtractRequest:
+             source_options: dict[str, Any], force: bool = False, geocode: bool = True
+             ) -> ExtractRequest:
     from aether.pipeline.extract import ExtractRequest
 
     if pois is not None and pois != "osm" and ":" not in pois.split("/")[0]:
         pois = f"file:{pois}"  # a bare path is a POI file
     return ExtractRequest(
-        city=city, data_dir=_data(data_dir), offline=offline, pois=pois, source=source,
-        radii=tuple(radii), year=year,
+        city=city, data_dir=_data(data_dir), offline=offline, geocode=geocode, pois=pois,
+        source=source, radii=tuple(radii), year=year,
         source_options={k: v for k, v in source_options.items() if v is not None},
         place_options={k: v for k, v in place_options.items() if v not in (None, False)},
         poi_options={k: v for k, v in poi_options.items() if v is not None}, force=force)
@@ -158,7 +160,7 @@ def embed(
 class Model:
     """A trained AETHER run: encode AlphaEarth means or text into the 128-d aligned space."""
 
-    run: Run
+    run: ModelRun
 
     @classmethod
     def load(cls, path: PathLike) -> Model:
@@ -235,6 +237,7 @@ def extract(
     place_options: dict[str, Any] | None = None,
     poi_options: dict[str, Any] | None = None,
     force: bool = False,
+    geocode: bool = True,
     scheduler: str | None = None,
     **source_options: Any,
 ) -> ExtractResult:
@@ -242,13 +245,15 @@ def extract(
 
     ``place_options``: ``bbox``, ``boundary``, ``osm_id``, ``which_result``, ``yes``;
     ``poi_options``: ``name_column``, ``category_column``, ``top_category_column``.
+    ``geocode=False``: a POI file's place is the extent of its POIs (no Nominatim).
     """
     from aether.execution.cluster import dask_scheduler
     from aether.pipeline.extract import run_extract
 
     req = _request(city, offline=offline, pois=pois, source=source, radii=radii, year=year,
                    data_dir=data_dir, place_options=place_options or {},
-                   poi_options=poi_options or {}, source_options=source_options, force=force)
+                   poi_options=poi_options or {}, source_options=source_options, force=force,
+                   geocode=geocode)
     with dask_scheduler(scheduler):
         return run_extract(req)
 
@@ -256,7 +261,7 @@ def extract(
 def grid(
     city: str | None = None,
     *,
-    cell: str | float = "100m",
+    cell: str | float | CellSpec = "100m",
     offline: bool = False,
     pois: str | None = None,
     source: str | None = None,
@@ -265,8 +270,9 @@ def grid(
     data_dir: PathLike | None = None,
     scheduler: str | None = None,
     **source_options: Any,
-) -> tuple[Path, int]:
-    """Write a city's ``grid_embeddings`` table of ``cell`` (``100m``, ``0.5km``, ``h3:9``)."""
+) -> GridResult:
+    """Write a city's ``grid_embeddings`` table of ``cell`` (``100m``, ``0.5km``, ``h3:9``);
+    the place, source and tiles of the city's extract are reused when not given."""
     from aether.execution.cluster import dask_scheduler
     from aether.pipeline.extract import run_grid
 
@@ -305,7 +311,7 @@ def train(
 
 
 def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,
-         data_dir: PathLike | None = None) -> list[Run]:
+         data_dir: PathLike | None = None) -> list[ModelRun]:
     """The named runs of a city (or all of them), checked against its slug and year."""
     from aether.ml.encode import load_runs
     from aether.places.place import slugify
@@ -315,28 +321,36 @@ def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = D
 
 
 def encode(city: str, models: Sequence[str | Path] | None = None, *,
-           year: int = DEFAULT_YEAR, data_dir: PathLike | None = None
-           ) -> dict[str, EncodeResult]:
-    """Write AETHER vectors of a city's POIs and grids, for each run (default: all)."""
+           cells: Sequence[str | float] | None = None, year: int = DEFAULT_YEAR,
+           data_dir: PathLike | None = None) -> dict[str, EncodeResult]:
+    """Write AETHER vectors of a city's POIs and grids (``cells``, default: every grid), for
+    each run (default: all)."""
     from aether.ml.encode import encode_city
 
     where = city_dir(city, year, data_dir)
-    return {r.name: encode_city(where, r)
+    return {r.name: encode_city(where, r, None if cells is None else list(cells))
             for r in runs(city, models, year=year, data_dir=data_dir)}
 
 
-def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | None = None,
-             *, protocol: str = "default", seeds: int = 5, shuffle: bool = False,
+def evaluate(city: str, task: str | Path | ProbeTask,
+             models: Sequence[str | Path] | None = None, *, protocol: str = "default",
+             seeds: int = 5, shuffle: bool = False, cell: str | None = None,
              year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> dict[str, Any]:
     """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
-    (``default`` or ``cityrep``); writes its report."""
+    (``default`` or ``cityrep``); writes its report. ``cell`` (``100m``, ``h3:9``) replaces
+    a grid task's cells."""
+    import dataclasses
+
     from aether.evaluation.evaluate import evaluate as _evaluate
     from aether.evaluation.probes import SEEDS
-    from aether.evaluation.tasks import Task, load_task
+    from aether.evaluation.tasks import ProbeTask, load_task
 
     if not 1 <= seeds <= len(SEEDS):
         raise InputError(f"--seeds {seeds}", f"use 1 to {len(SEEDS)}")
-    spec = task if isinstance(task, Task) else load_task(task)
+    if isinstance(task, ProbeTask):
+        spec = task if cell is None else dataclasses.replace(task, cell=cell)
+    else:
+        spec = load_task(task, cell=cell)
     return _evaluate(city_dir(city, year, data_dir), spec,
                      runs(city, models, year=year, data_dir=data_dir), protocol=protocol,
                      seeds=SEEDS[:seeds], shuffle=shuffle)
@@ -346,7 +360,7 @@ def evaluate(city: str, task: str | Path | Task, models: Sequence[str | Path] | 
 class Search:
     """Answers to text queries over one run's encoded grid (``table()`` for one frame)."""
 
-    run: Run
+    run: ModelRun
     index: CityIndex
     results: list[QueryResult]
     city_dir: Path
@@ -366,17 +380,20 @@ class Search:
 
     def maps(self, stem: PathLike | None = None, *, tiles: bool = True) -> tuple[Path, Path]:
         """The HTML and PNG maps of the answers (default ``<city>/maps/query``)."""
+        from aether.io.store import CityStore
         from aether.query.maps import html_map, png_map
 
-        base = Path(stem) if stem is not None else self.city_dir / "maps" / "query"
+        base = Path(stem) if stem is not None else CityStore.at(self.city_dir).maps_dir / "query"
         return (html_map(self.index, self.results, base.with_suffix(".html"), tiles=tiles),
                 png_map(self.index, self.results, base.with_suffix(".png")))
 
 
-def _run_and_cell(city: str, model: str | None, cell: float | None, year: int,
-                  data_dir: PathLike | None) -> tuple[Run, float, Path]:
+def _run_and_cell(city: str, model: str | None, cell: str | float | None, year: int,
+                  data_dir: PathLike | None) -> tuple[ModelRun, CellSpec, Path]:
     """The run a question goes to (``default``, else the last run) and its grid cell (the
-    smallest encoded, unless given)."""
+    smallest encoded, unless given: ``100m``, ``h3:9``)."""
+    from aether.core.cells import parse_cell
+    from aether.io.store import CityStore
     from aether.ml.encode import encoded_cells, list_runs
 
     where = city_dir(city, year, data_dir)
@@ -386,15 +403,15 @@ def _run_and_cell(city: str, model: str | None, cell: float | None, year: int,
     cells = encoded_cells(where, run.name)
     if cell is None and not cells:
         encode = f"`aether encode --city {city} --model {run.name}`"
-        grids = any(where.glob("grid_embeddings_*.parquet"))  # core.cells.grid_file's names
+        grids = bool(CityStore.at(where).grids())
         raise TableError(f"model {run.name} has no encoded grid",
                          f"run {encode}" if grids else
                          f"run `aether grid --city {city}`, then {encode}")
-    return run, cell or cells[0], where
+    return run, cells[0] if cell is None else parse_cell(cell), where
 
 
 def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
-           cell: float | None = None, year: int = DEFAULT_YEAR,
+           cell: str | float | None = None, year: int = DEFAULT_YEAR,
            data_dir: PathLike | None = None) -> Search:
     """Text queries against a run's encoded grid (model: ``default``, else the last run;
     cell: the smallest encoded grid)."""
@@ -402,13 +419,13 @@ def search(queries: Sequence[str], *, city: str, model: str | None = None, k: in
 
     texts = check_queries(list(queries))
     run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
-    index, results = query_city(where, run, texts, cell_m=cell_m, k=k)
+    index, results = query_city(where, run, texts, cell=cell_m, k=k)
     return Search(run, index, results, where)
 
 
 def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
             not_at: Sequence[tuple[float, float]] = (), pois: Sequence[str] = (),
-            model: str | None = None, k: int = 10, cell: float | None = None,
+            model: str | None = None, k: int = 10, cell: str | float | None = None,
             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> Search:
     """Grid cells most like example places — cells at ``at`` (lon, lat) and POIs by id — and
     unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``."""
@@ -440,15 +457,16 @@ def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = Tru
             logging.getLogger(__name__).info("not served (no encoded grid): %s",
                                              ", ".join(unencoded))
         chosen = [r for r in chosen if r.name not in unencoded] or chosen
-    common = set.intersection(*(set(encoded_cells(where, r.name)) for r in chosen))
+    common = [c for c in encoded_cells(where, chosen[0].name)  # smallest cells first
+              if all(c in encoded_cells(where, r.name) for r in chosen[1:])]
     if not common:
         raise TableError("the models share no encoded grid",
                          f"run `aether encode --city {city}` for each of them")
-    return CityApp(city, load_panels(where, chosen, min(common)), tiles=tiles)
+    return CityApp(city, load_panels(where, chosen, common[0]), tiles=tiles)
 
 
 def query(queries: str | Sequence[str], *, city: str, model: str | None = None, k: int = 10,
-          cell: float | None = None, year: int = DEFAULT_YEAR,
+          cell: str | float | None = None, year: int = DEFAULT_YEAR,
           data_dir: PathLike | None = None) -> gpd.GeoDataFrame:
     """The top-k grid cells of each text query, as one frame (see ``Search.table``)."""
     texts = [queries] if isinstance(queries, str) else list(queries)

@@ -129,8 +129,11 @@ def extract(
         str | None,
         typer.Option(help="POI source: osm, pbf:PATH, file:PATH, or a path (read as file:)"),
     ] = None,
+    no_geocode: Annotated[bool, typer.Option(
+        "--no-geocode", help="Take the place from the POI file's extent (no Nominatim)")] = False,
     source: Annotated[
-        str | None, typer.Option(help="Embedding source: cog, ee or xee [default ee; cog offline]")
+        str | None, typer.Option(help="Embedding source: cog, ee or xee "
+                                      "[default ee; cog offline or with --tiles]")
     ] = None,
     tiles: Annotated[
         str | None,
@@ -186,7 +189,8 @@ def extract(
     with dask_progress("buffer means"):
         res = api.extract(
             city, offline=offline, pois=pois, source=source, radii=_radii(radius, window),
-            year=year, data_dir=data_dir, force=force, scheduler=scheduler,
+            year=year, data_dir=data_dir, force=force, geocode=not no_geocode,
+            scheduler=scheduler,
             place_options={"which_result": which_result, "osm_id": osm_id, "bbox": bbox,
                            "boundary": boundary, "yes": yes},
             poi_options={"name_column": name_column, "category_column": category_column,
@@ -276,11 +280,13 @@ def grid(
     from aether.execution.progress import dask_progress
 
     with dask_progress("grid cells"):
-        path, n = api.grid(city, cell=cell, offline=offline, pois=pois, source=source,
-                           year=year, zarr=zarr, data_dir=data_dir, scheduler=scheduler,
-                           tiles=tiles, ee_url=ee_url, ee_project=ee_project,
-                           ee_credentials=ee_credentials)
-    typer.echo(f"{n} cells — {path}")
+        res = api.grid(city, cell=cell, offline=offline, pois=pois, source=source,
+                       year=year, zarr=zarr, data_dir=data_dir, scheduler=scheduler,
+                       tiles=tiles, ee_url=ee_url, ee_project=ee_project,
+                       ee_credentials=ee_credentials)
+    if res.reused:
+        typer.echo(f"· {res.reused}", err=True)
+    typer.echo(f"{res.n_cells} cells — {res.path}")
 
 
 @app.command("run")
@@ -293,16 +299,17 @@ def run_cmd(
     from rich.console import Console
 
     from aether import api
-    from aether.pipeline.scheduled import DONE, FAILED, UP_TO_DATE, summary_table
+    from aether.pipeline.scheduled import StepState, summary_table
 
     report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
     Console(width=120).print(summary_table(report))
-    n = len(report.tasks)
+    n = len(report.steps)
     if report.nothing_to_do:
         typer.echo(f"nothing to do: all {n} tasks up to date")
     else:
-        typer.echo(f"{report.count(DONE)} done, {report.count(UP_TO_DATE)} up to date, "
-                   f"{report.count(FAILED)} failed, of {n} tasks")
+        typer.echo(f"{report.count(StepState.DONE)} done, "
+                   f"{report.count(StepState.UP_TO_DATE)} up to date, "
+                   f"{report.count(StepState.FAILED)} failed, of {n} tasks")
     typer.echo(f"  report: {report.path}")
     if report.failed:
         raise typer.Exit(1)
@@ -312,6 +319,9 @@ CityOpt = Annotated[str, typer.Option("--city", "-c", help="City name (as extrac
 ModelOpt = Annotated[
     list[str] | None,
     typer.Option("--model", "-m", help="Run name or run directory (repeatable) [all runs]"),
+]
+CellOpt = Annotated[
+    str | None, typer.Option(help="Grid cells: 100m, 0.5km or h3:9 [every grid there is]")
 ]
 
 
@@ -340,13 +350,15 @@ def import_checkpoint_cmd(
 def encode(
     city: CityOpt,
     model: ModelOpt = None,
+    cell: CellOpt = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
     """AETHER vectors for a city's POIs and grid cells, at the scale each model was trained on."""
     from aether import api
 
-    for name, res in api.encode(city, model, year=year, data_dir=data_dir).items():
+    cells = None if cell is None else [cell]
+    for name, res in api.encode(city, model, cells=cells, year=year, data_dir=data_dir).items():
         typer.echo(f"{name}: {res.n_pois} POIs, {res.n_cells} cells "
                    f"({res.n_masked} masked, kept as NaN)")
         for p in (res.pois_path, *res.grid_paths):
@@ -364,6 +376,8 @@ def evaluate_cmd(
     protocol: Annotated[str, typer.Option(
         help="default (random + 250 m blocks, linear + MLP) or cityrep (10x10 blocks, "
              "MLP of 1,024 units, paired test vs raw AlphaEarth)")] = "default",
+    cell: Annotated[str | None, typer.Option(
+        help="Grid cells of a grid task: 100m, 0.5km or h3:9 [the task's]")] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -372,7 +386,7 @@ def evaluate_cmd(
     from aether.evaluation.evaluate import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
-                       year=year,
+                       cell=cell, year=year,
                        data_dir=data_dir)
     _print(*rich_tables(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")
@@ -386,9 +400,8 @@ def query(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
         None),
     k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
-    cell: Annotated[float | None, typer.Option(callback=_number(1, 100_000),
-                                               help="Grid cell size in m [smallest encoded]")] = (
-        None),
+    cell: Annotated[str | None, typer.Option(
+        help="Grid cells: 100m, 0.5km or h3:9 [the smallest encoded]")] = None,
     out: Annotated[Path | None, typer.Option(help="Map file stem [<city>/maps/query]")] = None,
     tiles: Annotated[bool, typer.Option(help="OSM base tiles in the HTML (when reachable)")] = (
         True),

@@ -183,7 +183,3 @@ def check_slug(slug: str) -> str:
         raise InputError(f"{slug!r} is not a safe place slug", "use letters, digits, '-' and '_'")
     return slug
 
-
-def city_dir(root: Path, slug: str, year: int) -> Path:
-    """``<data>/<slug>/<year>``: where one city-year's tables live."""
-    return root / check_slug(slug) / str(year)

@@ -75,12 +75,6 @@ def parse_cell(spec: str | float | CellSpec) -> CellSpec:
     return CellSpec("square", value)
 
 
-def grid_file(cell: str | float | CellSpec) -> str:
-    """``grid_embeddings_100m.parquet``, ``grid_embeddings_h3r9.parquet``: the table of one
-    grid; the cell is part of the name (and cache key)."""
-    return f"grid_embeddings_{parse_cell(cell).label}.parquet"
-
-
 @dataclass
 class Cells:
     """The cells of one grid in a projected crs: ids, centres, areas and how to reduce."""

@@ -26,11 +26,10 @@ import pandas as pd
 from aether.core.aef import BANDS, utm_epsg
 from aether.errors import ModelError, TableError
 from aether.evaluation import probes
-from aether.evaluation.tasks import Task, assign, read_labels
+from aether.evaluation.tasks import ProbeTask, assign, read_labels
 from aether.execution.progress import Bar, bar
+from aether.io.store import CityStore
 from aether.io.tables import (
-    POI_EMBEDDINGS_FILE,
-    POIS_FILE,
     atomic_path,
     config_hash,
     read_json,
@@ -38,10 +37,9 @@ from aether.io.tables import (
     sha256_file,
     write_json,
 )
-from aether.ml.encode import Run, apply_ae, base_poi_means, grid_window_means, read_grid
-from aether.ml.text import TEXT_EMBEDDINGS_FILE, encode_texts
+from aether.ml.encode import ModelRun, apply_ae, base_poi_means, grid_window_means, read_grid
+from aether.ml.text import encode_texts
 
-EVAL_DIR = "evaluation"
 RAW = "AlphaEarth (raw)"
 TEXT = "POI text only"
 CONCAT = "AlphaEarth ⊕ POI text"
@@ -78,16 +76,17 @@ class Units:
     raw: np.ndarray  # (N, 64) AlphaEarth means at the base radius
 
 
-def aether_label(run: Run) -> str:
+def aether_label(run: ModelRun) -> str:
     return f"AETHER ({run.preset})"
 
 
-def _units(task: Task, city_dir: Path, radius: float, pois: Any) -> Units:
+def _units(task: ProbeTask, city_dir: Path, radius: float, pois: Any) -> Units:
     """Grid cells (window means) or POIs (their buffer means), with their raw features."""
     if task.unit == "grid":
-        grid = read_grid(city_dir, task.cell_m).reset_index(drop=True)
+        grid = read_grid(city_dir, task.grid_cell).reset_index(drop=True)
         c = grid.geometry.union_all().centroid
-        return Units(grid, f"EPSG:{utm_epsg(c.x, c.y)}", grid_window_means(grid, radius).mean)
+        return Units(grid, f"EPSG:{utm_epsg(c.x, c.y)}",
+                     grid_window_means(grid, radius, task.grid_cell).mean)
     emb = base_poi_means(city_dir, radius).set_index("poi_id")
     frame = pois[pois["poi_id"].isin(emb.index)].reset_index(drop=True)
     c = frame.geometry.union_all().centroid
@@ -97,7 +96,7 @@ def _units(task: Task, city_dir: Path, radius: float, pois: Any) -> Units:
     return Units(frame, crs, emb.loc[frame["poi_id"], list(BANDS)].to_numpy(np.float32))
 
 
-def heldout_pois(pois: Any, run: Run) -> np.ndarray:
+def heldout_pois(pois: Any, run: ModelRun) -> np.ndarray:
     """Mask of the POIs the trainer held out from every preset (its fixed test split)."""
     from aether.ml.config import TrainConfig
     from aether.ml.data import split_of
@@ -108,13 +107,13 @@ def heldout_pois(pois: Any, run: Run) -> np.ndarray:
                     cfg) == "test"
 
 
-def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
+def _text_features(task: ProbeTask, units: Units, pois: Any, use: np.ndarray,
                    city_dir: Path, text_model: str | None) -> np.ndarray:
     """Mean text embedding of the (feature) POIs in each unit; zeros where there are none."""
     import geopandas as gpd
 
     vec = encode_texts(pois["text"].astype(str).tolist(),
-                       cache_path=city_dir / TEXT_EMBEDDINGS_FILE, model_name=text_model)
+                       cache_path=CityStore.at(city_dir).text_embeddings, model_name=text_model)
     if task.unit == "poi":
         pos = pd.Index(pois["poi_id"]).get_indexer(units.frame["poi_id"])
         return vec[pos]
@@ -133,7 +132,7 @@ def _text_features(task: Task, units: Units, pois: Any, use: np.ndarray,
     return out / np.maximum(counts, 1)[:, None]
 
 
-def features(task: Task, city_dir: Path, runs: list[Run], text_methods: bool = True
+def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods: bool = True
              ) -> tuple[dict[str, np.ndarray], Any]:
     """Feature matrices of every method and the labels, on the units every method covers."""
     radii = {run.base_radius_m for run in runs}
@@ -141,7 +140,7 @@ def features(task: Task, city_dir: Path, runs: list[Run], text_methods: bool = T
         raise ModelError(f"models trained at different base radii {sorted(radii)}",
                          "compare runs trained at one base radius")
     radius = radii.pop() if radii else DEFAULT_RADIUS_M
-    pois = read_table(city_dir / POIS_FILE, ["poi_id", "text", "geometry"], POIS_FILE)
+    pois = read_table(CityStore.at(city_dir).pois, ["poi_id", "text", "geometry"], "pois")
     units = _units(task, city_dir, radius, pois)
     held = (heldout_pois(pois, runs[0]) if task.holdout and runs
             else np.zeros(len(pois), bool))
@@ -179,10 +178,12 @@ def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -
 def is_synthetic(city_dir: Path) -> bool:
     """Whether the city's tables come from the generated sample raster (its manifest's tiles
     are the sample's): such figures test the machinery, not the method."""
-    from aether.io.tables import MANIFEST_FILE, SAMPLE_DIR
+    from aether.io.store import SAMPLE_DIR
 
     try:
-        tiles = read_json(city_dir / MANIFEST_FILE)["config"]["source_options"].get("tiles", "")
+        manifest = read_json(CityStore.at(city_dir).manifest)
+        tiles = (manifest.get("inputs", {}).get("tiles")
+                 or manifest["config"]["source_options"].get("tiles", ""))  # older manifests
     except (OSError, ValueError, KeyError, AttributeError):
         return False
     return SAMPLE_DIR in Path(str(tiles)).parts
@@ -190,8 +191,8 @@ def is_synthetic(city_dir: Path) -> bool:
 
 def evaluate(
     city_dir: Path,
-    task: Task,
-    runs: list[Run],
+    task: ProbeTask,
+    runs: list[ModelRun],
     *,
     protocol: str = "default",
     seeds: tuple[int, ...] = probes.SEEDS,
@@ -203,8 +204,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Probe every method on every split and seed; the result table as a JSON-able dict.
 
-    ``protocol`` (see PROTOCOLS) gives the splits, probes and settings not passed. A written
-    result whose inputs (task, models, tables, settings) are unchanged is reused, so
+    ``protocol`` (see PROTOCOLS) gives the splits, probes and settings not passed. A result
+    whose inputs (task, the set of models and of seeds, tables, settings) were seen before
+    is reused from ``evaluation/.cache/`` whatever order the models and seeds came in, so
     re-running a pipeline costs nothing here.
     """
     if protocol not in PROTOCOLS:
@@ -215,14 +217,16 @@ def evaluate(
     probe_kinds = probe_kinds or proto.probe_kinds
     splits = splits or proto.splits
     settings = settings or proto.settings
-    out = city_dir / EVAL_DIR
+    runs = sorted(runs, key=lambda r: r.name)  # one result per set of models
+    store = CityStore.at(city_dir)
     stem = (f"{task.name}{'' if protocol == 'default' else '_' + protocol}"
             f"{'_shuffled' if shuffle else ''}")
-    key = _inputs_key(task, city_dir, runs, seeds, probe_kinds, splits, shuffle, settings)
-    if write and (out / f"{stem}.json").is_file():
-        old = read_json(out / f"{stem}.json")
-        if old.get("inputs_key") == key:
-            return {**old, "paths": _paths(out, stem)}
+    key = _inputs_key(task, city_dir, runs, sorted(seeds), probe_kinds, splits, shuffle,
+                      settings)
+    cached = store.evaluation_cache(stem, key)
+    if write and cached.is_file():
+        result = read_json(cached)
+        return {**result, "paths": _publish(store, stem, result)}
     feats, (labels, ux, uy) = features(task, city_dir, runs, proto.text_methods)
     cfg = settings
     scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
@@ -234,15 +238,12 @@ def evaluate(
               "protocol": protocol, "probe_hidden": cfg.hidden,
               "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
     if write:
-        paths = _paths(out, stem)
-        with atomic_path(paths["markdown"]) as tmp:
-            tmp.write_text(markdown(result))
-        write_json(result, paths["json"])
-        result["paths"] = paths
+        write_json(result, cached)
+        result["paths"] = _publish(store, stem, result)
     return result
 
 
-def _probe_all(task: Task, feats: dict[str, np.ndarray], labels: Any, ux: np.ndarray,
+def _probe_all(task: ProbeTask, feats: dict[str, np.ndarray], labels: Any, ux: np.ndarray,
                uy: np.ndarray, splits: tuple[str, ...], seeds: tuple[int, ...],
                probe_kinds: tuple[str, ...], shuffle: bool, cfg: probes.ProbeSettings,
                scores: dict[tuple[str, str, str], list[dict[str, float]]], shown: Bar) -> None:
@@ -265,31 +266,38 @@ def _probe_all(task: Task, feats: dict[str, np.ndarray], labels: Any, ux: np.nda
                     shown.advance()
 
 
-def _paths(out: Path, stem: str) -> dict[str, str]:
-    return {"json": str(out / f"{stem}.json"), "markdown": str(out / f"{stem}.md")}
+def _publish(store: CityStore, stem: str, result: dict[str, Any]) -> dict[str, str]:
+    """Write the result as ``evaluation/<task>.{json,md}`` (the latest one asked for)."""
+    paths = {"json": str(store.evaluation(stem, "json")),
+             "markdown": str(store.evaluation(stem, "md"))}
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(markdown(result))
+    write_json(result, paths["json"])
+    return paths
 
 
-def _inputs_key(task: Task, city_dir: Path, runs: list[Run], *settings: Any) -> str:
-    """What a result depends on: the task, the models, the tables it reads, the settings."""
+def _inputs_key(task: ProbeTask, city_dir: Path, runs: list[ModelRun], *settings: Any) -> str:
+    """What a result depends on: the task, the set of models, the tables it reads, the
+    settings (models in any order give the same key)."""
     from dataclasses import asdict
 
-    from aether.core.cells import grid_file
     from aether.evaluation.tasks import label_path
-    from aether.ml.checkpoints import WEIGHTS_FILE
+    from aether.io.store import MODEL_WEIGHTS
 
-    tables = [city_dir / POIS_FILE, label_path(task, city_dir)]
-    tables.append(city_dir / grid_file(task.cell_m) if task.unit == "grid"
-                  else city_dir / POI_EMBEDDINGS_FILE)
+    store = CityStore.at(city_dir)
+    tables = [store.pois, label_path(task, city_dir)]
+    tables.append(store.grid(task.grid_cell) if task.unit == "grid" else store.poi_embeddings)
     spec = {k: v for k, v in asdict(task).items() if k != "source"}
-    return config_hash({"task": spec, "runs": [r.config.get("config_hash", r.name) for r in runs],
-                        "weights": [sha256_file(r.path / WEIGHTS_FILE) for r in runs
-                                    if (r.path / WEIGHTS_FILE).is_file()],
+    models = sorted((str(r.config.get("config_hash", r.name)),
+                     sha256_file(r.path / MODEL_WEIGHTS) if (r.path / MODEL_WEIGHTS).is_file()
+                     else "") for r in runs)
+    return config_hash({"task": spec, "models": models,
                         "tables": [sha256_file(p) for p in tables if p.is_file()],
                         "settings": [asdict(x) if hasattr(x, "__dataclass_fields__") else x
                                      for x in settings]})
 
 
-def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]],
+def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, float]]],
            labels: Any, seeds: tuple[int, ...], shuffle: bool) -> dict[str, Any]:
     metrics = probes.METRICS[task.kind]
     rows: list[dict[str, Any]] = []
@@ -310,6 +318,7 @@ def _table(task: Task, scores: dict[tuple[str, str, str], list[dict[str, float]]
             m: probes.paired_test(row["metrics"][m]["values"], base["metrics"][m]["values"])
             for m in metrics}
     return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
+            "cell": task.grid_cell.label,
             "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
             "shuffled_labels": shuffle, "metrics": list(metrics), "rows": rows}
 

@@ -7,7 +7,7 @@ A task file looks like::
     labels: labels/osm_landuse.parquet   # relative to the city dir, the task file, or absolute
     column: landuse
     classes: {commercial: commercial, retail: commercial, grass: green}   # optional renaming
-    unit: grid                  # grid (cells of cell_m) or poi
+    unit: grid                  # grid (cells of cell_m, or of cell: 100m / h3:9) or poi
     cell_m: 100
     radius_m: 0                 # point labels: 0 = points inside the cell, else within radius
     min_count: 1                # point labels: units need at least this many points
@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from aether.errors import ConfigError, TableError
+from aether.core.cells import CellSpec, parse_cell
+from aether.errors import ConfigError, InputError, TableError
 from aether.evaluation.probes import KINDS
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ TASKS_DIR = Path(__file__).parents[1] / "data" / "tasks"
 
 
 @dataclass(frozen=True)
-class Task:
+class ProbeTask:
     """A validated task file."""
 
     name: str
@@ -53,11 +54,18 @@ class Task:
     holdout: bool = False
     block_m: float = 250.0
     classes: dict[str, str] = field(default_factory=dict)
+    cell: str | None = None  # a cell spec (``100m``, ``h3:9``); overrides cell_m
     source: Path | None = None
 
+    @property
+    def grid_cell(self) -> CellSpec:
+        """The grid the task's units are the cells of."""
+        return parse_cell(self.cell if self.cell is not None else self.cell_m)
 
-def load_task(path: str | Path) -> Task:
-    """Read and validate a task file; a packaged task may be named without its path."""
+
+def load_task(path: str | Path, *, cell: str | None = None) -> ProbeTask:
+    """Read and validate a task file; a packaged task may be named without its path.
+    ``cell`` (``100m``, ``h3:9``) replaces the task's grid."""
     from aether.yamlfile import load_yaml
 
     p = Path(path)
@@ -69,16 +77,19 @@ def load_task(path: str | Path) -> Task:
     raw, _ = load_yaml(p, what="task file")
     if not isinstance(raw, dict):
         raise ConfigError(f"task file {p} is not a mapping", "see aether/data/tasks/*.yaml")
-    known = set(Task.__dataclass_fields__) - {"source"}
+    known = set(ProbeTask.__dataclass_fields__) - {"source"}
     bad = sorted(set(raw) - known)
     missing = [k for k in ("name", "kind", "labels", "column") if k not in raw]
     if bad or missing:
         what = f"unknown key(s) {', '.join(bad)}" if bad else f"missing {', '.join(missing)}"
         raise ConfigError(f"task file {p}: {what}", f"keys: {', '.join(sorted(known))}")
     try:
-        task = Task(**{**raw, "classes": dict(raw.get("classes") or {})}, source=p)
+        if cell is not None:
+            raw = {**raw, "cell": cell}
+        task = ProbeTask(**{**raw, "classes": dict(raw.get("classes") or {})}, source=p)
         float(task.cell_m), float(task.radius_m), int(task.min_count)
-    except (TypeError, ValueError) as e:
+        task.grid_cell  # noqa: B018  (a bad cell spec fails here, naming the file)
+    except (TypeError, ValueError, InputError) as e:
         raise ConfigError(f"task file {p}: {e}", "see aether/data/tasks/*.yaml") from e
     if task.kind not in KINDS or task.unit not in UNITS:
         raise ConfigError(f"task file {p}: kind {task.kind!r} / unit {task.unit!r}",
@@ -86,7 +97,7 @@ def load_task(path: str | Path) -> Task:
     return task
 
 
-def label_path(task: Task, city_dir: Path) -> Path:
+def label_path(task: ProbeTask, city_dir: Path) -> Path:
     """The label table: absolute, else beside the city tables, else beside the task file."""
     p = Path(task.labels)
     for cand in (p, city_dir / p, (task.source.parent / p) if task.source else p):
@@ -96,7 +107,7 @@ def label_path(task: Task, city_dir: Path) -> Path:
                      f"looked in {city_dir} and beside the task file")
 
 
-def read_labels(task: Task, city_dir: Path) -> gpd.GeoDataFrame:
+def read_labels(task: ProbeTask, city_dir: Path) -> gpd.GeoDataFrame:
     """The label table with its class/value column checked (and classes renamed)."""
     import geopandas as gpd
 
@@ -128,7 +139,7 @@ class Labels:
     classes: list[str]
 
 
-def assign(task: Task, units: gpd.GeoDataFrame, labels: gpd.GeoDataFrame, crs: str) -> Labels:
+def assign(task: ProbeTask, units: gpd.GeoDataFrame, labels: gpd.GeoDataFrame, crs: str) -> Labels:
     """Targets for units (points in ``crs`` columns x, y; polygons for grid cells)."""
     import geopandas as gpd
 

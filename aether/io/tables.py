@@ -7,6 +7,7 @@ crash or a bad input never leaves a half-written table behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,6 +21,11 @@ import pandas as pd
 
 from aether.core.aef import BANDS
 from aether.errors import TableError
+from aether.io.store import BASEMAP_FILE as BASEMAP_FILE  # the layout's names, re-exported
+from aether.io.store import MANIFEST_FILE as MANIFEST_FILE
+from aether.io.store import POI_EMBEDDINGS_FILE as POI_EMBEDDINGS_FILE
+from aether.io.store import POIS_FILE as POIS_FILE
+from aether.io.store import SAMPLE_DIR as SAMPLE_DIR
 
 POI_COLUMNS: tuple[str, ...] = (
     "poi_id", "name", "category", "top_category", "text", "source", "geometry",
@@ -27,30 +33,68 @@ POI_COLUMNS: tuple[str, ...] = (
 QUALITY_COLUMNS: tuple[str, ...] = ("weight", "valid_fraction", "norm")
 POI_EMBEDDING_COLUMNS: tuple[str, ...] = ("poi_id", "year", "radius_m", *BANDS, *QUALITY_COLUMNS)
 
-POIS_FILE = "pois.parquet"
-#: The offline sample city's folder under the data directory (its tiles are synthetic).
-SAMPLE_DIR = "_sample"
-BASEMAP_FILE = "basemap.parquet"  # roads, water, green of the POIs' PBF (maps only)
-POI_EMBEDDINGS_FILE = "poi_embeddings.parquet"
-MANIFEST_FILE = "manifest.json"
+
+
+def umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask, not
+    mkstemp's 0600), and leftovers of earlier writes of the same target that a killed
+    process left behind (``.<name>.*.tmp``) are removed once this write has succeeded.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix = f".{target.name}."
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp",
+                               dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, target)
+        _remove_leftovers(target.parent, prefix)
     except OSError as e:  # name the file being written, not its temp file (or none: Arrow)
         raise OSError(e.errno, e.strerror or str(e), str(target)) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _remove_leftovers(folder: Path, prefix: str) -> None:
+    """Temp files of one target from writers that died before their rename (a temp name
+    holds its writer's pid; files of a live process are left alone)."""
+    for old in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aether.core.aef import BANDS
 from aether.errors import ModelError
+from aether.io.store import MODEL_CONFIG, MODEL_WEIGHTS
 from aether.io.tables import (
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
@@ -32,9 +33,8 @@ if TYPE_CHECKING:
     from aether.ml.heads import AetherModel
 
 SCHEMA_VERSION = 1
-MODELS_DIR = "models"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = MODEL_CONFIG  # the layout's names (aether.io.store)
+WEIGHTS_FILE = MODEL_WEIGHTS
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

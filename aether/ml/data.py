@@ -16,8 +16,8 @@ import pandas as pd
 
 from aether.core.aef import BANDS
 from aether.errors import ConfigError, TableError
+from aether.io.store import CityStore
 from aether.io.tables import (
-    MANIFEST_FILE,
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
     read_json,
@@ -25,7 +25,7 @@ from aether.io.tables import (
     sha256_file,
 )
 from aether.ml.config import DEFAULT_WINDOWS, REFERENCE_WINDOWS, TrainConfig
-from aether.ml.text import TEXT_EMBEDDINGS_FILE, encode_texts
+from aether.ml.text import encode_texts
 
 
 @dataclass
@@ -96,9 +96,10 @@ def load_pairs(city_dir: Path, cfg: TrainConfig) -> Pairs:
     Rows with a NaN vector at either radius are skipped and counted, as are POIs without
     embedding rows; embedding rows naming unknown POIs mean the tables do not belong together.
     """
-    pois = read_table(city_dir / POIS_FILE, ["poi_id", "text", "geometry"], POIS_FILE)
+    store = CityStore.at(city_dir)
+    pois = read_table(store.pois, ["poi_id", "text", "geometry"], POIS_FILE)
     checksums = _check_manifest(city_dir)
-    emb = read_table(city_dir / POI_EMBEDDINGS_FILE, ["poi_id", "year", "radius_m", *BANDS],
+    emb = read_table(store.poi_embeddings, ["poi_id", "year", "radius_m", *BANDS],
                      POI_EMBEDDINGS_FILE)
     years = sorted(int(y) for y in emb["year"].unique())
     if len(years) > 1 or (year_of(city_dir) not in (None, years[0])):
@@ -138,7 +139,7 @@ def load_pairs(city_dir: Path, cfg: TrainConfig) -> Pairs:
     ids = ids[ok]
     kept = pois.loc[ids]
     texts, text_id = np.unique(kept["text"].astype(str).to_numpy(), return_inverse=True)
-    vectors = encode_texts(list(texts), cache_path=city_dir / TEXT_EMBEDDINGS_FILE,
+    vectors = encode_texts(list(texts), cache_path=store.text_embeddings,
                            model_name=cfg.text_model)
     geom = kept.geometry
     if geom.crs is not None and geom.crs.is_geographic:
@@ -159,14 +160,14 @@ def windows_for(cfg: TrainConfig, radii: np.ndarray) -> tuple[float, float]:
 
 def _check_manifest(city_dir: Path) -> dict[str, str]:
     """Checksums of the two tables; they must be the ones this directory's extract wrote."""
-    sums = {name: sha256_file(city_dir / name) for name in (POIS_FILE, POI_EMBEDDINGS_FILE)
-            if (city_dir / name).is_file()}
-    if not (city_dir / MANIFEST_FILE).is_file():
+    store = CityStore.at(city_dir)
+    sums = {p.name: sha256_file(p) for p in (store.pois, store.poi_embeddings) if p.is_file()}
+    if not store.manifest.is_file():
         return sums
     try:
-        manifest = read_json(city_dir / MANIFEST_FILE)
+        manifest = read_json(store.manifest)
     except ValueError as e:
-        raise TableError(f"{city_dir / MANIFEST_FILE} is not valid JSON",
+        raise TableError(f"{store.manifest} is not valid JSON",
                          "re-run `aether extract`") from e
     place = manifest.get("config", {}).get("place")
     if place not in (None, city_dir.parent.name):

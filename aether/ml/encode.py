@@ -9,7 +9,7 @@ Cells or POIs with no valid pixel keep their row with a NaN vector (never zero-f
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +18,12 @@ import numpy as np
 import pandas as pd
 
 from aether.core import windows, zonal
-from aether.core.aef import BANDS, PIXEL_SIZE_M
-from aether.core.cells import grid_file
+from aether.core.aef import BANDS, PIXEL_SIZE_M, utm_epsg
+from aether.core.cells import CellSpec, parse_cell
 from aether.errors import ModelError, TableError
-from aether.io.tables import (
-    POI_EMBEDDING_COLUMNS,
-    POI_EMBEDDINGS_FILE,
-    read_table,
-    write_parquet,
-)
-from aether.ml.checkpoints import CONFIG_FILE, MODELS_DIR, load_model
+from aether.io.store import CityStore, model_complete
+from aether.io.tables import POI_EMBEDDING_COLUMNS, read_table, write_parquet
+from aether.ml.checkpoints import load_model
 from aether.ml.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -42,20 +38,12 @@ def aether_columns(dim: int) -> tuple[str, ...]:
 
 #: The columns of the default architecture's output.
 AETHER_COLUMNS: tuple[str, ...] = aether_columns(TrainConfig().out_dim)
-AETHER_DIR = "aether"
-AETHER_POIS_FILE = "pois.parquet"
 GRID_COLUMNS: tuple[str, ...] = ("cell_id", *BANDS, "weight", "valid_fraction", "x", "y")
-_GRID_FILE = re.compile(r"^grid_embeddings_(\d+(?:\.\d+)?)m\.parquet$")
-
-
-def grid_sizes(city_dir: Path) -> list[float]:
-    """Cell sizes of the grid tables present in a city directory, smallest first."""
-    found = (_GRID_FILE.match(p.name) for p in city_dir.glob("grid_embeddings_*m.parquet"))
-    return sorted(float(m.group(1)) for m in found if m)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Run:
+class ModelRun:
     """A trained model and the facts about its training data it must be used with."""
 
     name: str
@@ -90,23 +78,28 @@ def run_path(city_dir: Path, model: str | Path) -> Path:
     p = Path(model)
     if p.is_dir():
         return p
-    named = city_dir / MODELS_DIR / str(model)
+    store = CityStore.at(city_dir)
+    named = store.model(str(model))
     if named.is_dir():
+        if not model_complete(named):
+            raise ModelError(f"model {str(model)!r} in {store.models_dir} is incomplete "
+                             "(its training did not finish)",
+                             f"re-run `aether train --run {model}` to finish it")
         return named
-    have = sorted(d.name for d in (city_dir / MODELS_DIR).glob("*") if d.is_dir())
     raise ModelError(
         f"no trained model {str(model)!r} for {city_dir}",
-        f"train one with `aether train` (runs here: {', '.join(have) or 'none'})",
+        f"train one with `aether train` (runs here: {', '.join(store.models()) or 'none'})",
     )
 
 
 def list_runs(city_dir: Path) -> list[str]:
-    """Names of the trained runs of a city, sorted."""
-    return sorted(d.name for d in (city_dir / MODELS_DIR).glob("*")
-                  if (d / CONFIG_FILE).is_file())
+    """Names of the complete trained runs of a city, sorted (incomplete ones are named in
+    a warning and skipped)."""
+    return CityStore.at(city_dir).models()
 
 
-def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None) -> Run:
+def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None
+             ) -> ModelRun:
     """Load a run and check it was trained for this city and year (when given)."""
     path = run_path(city_dir, model)
     net, config = load_model(path)
@@ -121,10 +114,10 @@ def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int |
         raise ModelError(f"model {path.name} has no base_radius_m in its config",
                          "re-train it with `aether train`")
     net.eval()
-    return Run(path.name, path, net, dict(config))
+    return ModelRun(path.name, path, net, dict(config))
 
 
-def apply_ae(run: Run, x: np.ndarray) -> np.ndarray:
+def apply_ae(run: ModelRun, x: np.ndarray) -> np.ndarray:
     """AE head on (N, 64) means; rows with any NaN stay NaN (masked, not zero-filled)."""
     import torch
 
@@ -137,7 +130,7 @@ def apply_ae(run: Run, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def apply_text(run: Run, texts: list[str], cache_path: Path | None = None) -> np.ndarray:
+def apply_text(run: ModelRun, texts: list[str], cache_path: Path | None = None) -> np.ndarray:
     """Text head on texts, with the run's own frozen text encoder."""
     import torch
 
@@ -150,7 +143,8 @@ def apply_text(run: Run, texts: list[str], cache_path: Path | None = None) -> np
 
 def base_poi_means(city_dir: Path, radius_m: float) -> pd.DataFrame:
     """poi_embeddings rows at one radius (the scale a head was trained on)."""
-    emb = read_table(city_dir / POI_EMBEDDINGS_FILE, POI_EMBEDDING_COLUMNS, "poi_embeddings")
+    emb = read_table(CityStore.at(city_dir).poi_embeddings, POI_EMBEDDING_COLUMNS,
+                     "poi_embeddings")
     rows = emb[np.isclose(emb["radius_m"].astype(float), radius_m)]
     if rows.empty:
         radii = ", ".join(f"{r:g}" for r in sorted(emb["radius_m"].unique()))
@@ -161,23 +155,33 @@ def base_poi_means(city_dir: Path, radius_m: float) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def read_grid(city_dir: Path, cell_m: float) -> gpd.GeoDataFrame:
-    """The grid_embeddings table of one cell size."""
-    path = city_dir / grid_file(cell_m)
+def read_grid(city_dir: Path, cell: str | float | CellSpec) -> gpd.GeoDataFrame:
+    """The grid_embeddings table of one cell spec (``100m``, ``h3:9``)."""
+    spec = parse_cell(cell)
+    path = CityStore.at(city_dir).grid(spec)
     if not path.is_file():
-        raise TableError(f"no {cell_m:g} m grid at {path}",
-                         f"run `aether grid --cell {cell_m:g}` first")
+        raise TableError(f"no {spec.label} grid at {path}",
+                         f"run `aether grid --cell {cell_arg(spec)}` first")
     return read_table(path, GRID_COLUMNS, "grid_embeddings")
 
 
-def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
+def cell_arg(spec: CellSpec) -> str:
+    """The ``--cell`` value of a spec: ``100m``, ``h3:9``."""
+    return spec.label if spec.kind == "square" else f"h3:{int(spec.size)}"
+
+
+def grid_window_means(grid: pd.DataFrame, radius_m: float,
+                      cell: str | float | CellSpec | None = None) -> zonal.Means:
     """Means over the window of ``radius_m`` (a circle, or a square when negative, see
     ``aether.core.windows``) around each cell centre, from the cell means.
 
-    The grid is turned into a raster whose pixels are the cells and whose last band is each
-    cell's valid pixel count, so the kernel's coverage weights times that count give the
-    exact pixel-area weighting; masked cells (NaN) contribute nothing.
+    A square grid is turned into a raster whose pixels are the cells and whose last band is
+    each cell's valid pixel count, so the kernel's coverage weights times that count give
+    the exact pixel-area weighting; H3 cells are weighted by the area of each hexagon the
+    window covers. Masked cells (NaN) contribute nothing.
     """
+    if cell is not None and parse_cell(cell).kind == "h3":
+        return _polygon_window_means(grid, radius_m)
     x = grid["x"].to_numpy(float)
     y = grid["y"].to_numpy(float)
     xs, ys = np.unique(x), np.unique(y)
@@ -198,18 +202,33 @@ def grid_window_means(grid: pd.DataFrame, radius_m: float) -> zonal.Means:
     return windows.finalize(summed, radius_m, PIXEL_SIZE_M**2)
 
 
+def _polygon_window_means(grid: Any, radius_m: float) -> zonal.Means:
+    """Window means over cells that are polygons (H3): each cell weighted by the share of it
+    the window covers times its valid pixel count, as the raster path does for squares."""
+    import shapely
+
+    x, y = grid["x"].to_numpy(float), grid["y"].to_numpy(float)
+    c = grid.geometry.union_all().centroid
+    polys = np.asarray(grid.geometry.to_crs(f"EPSG:{utm_epsg(c.x, c.y)}").values, dtype=object)
+    r = abs(radius_m)
+    shapes = (shapely.box(x - r, y - r, x + r, y + r) if windows.is_square(radius_m)
+              else shapely.buffer(shapely.points(x, y), r, quad_segs=32))
+    ci, pj = shapely.STRtree(polys).query(shapes, predicate="intersects")
+    share = shapely.area(shapely.intersection(shapes[ci], polys[pj])) / shapely.area(polys[pj])
+    vals = grid[list(BANDS)].to_numpy(np.float64)
+    wt = grid["weight"].to_numpy(np.float64)
+    ok = np.isfinite(vals[pj]).all(1) & (wt[pj] > 0)
+    ci, pj, w = ci[ok], pj[ok], share[ok] * wt[pj[ok]]
+    sums = np.zeros((len(grid), len(BANDS)))
+    np.add.at(sums, ci, vals[pj] * w[:, None])
+    valid = np.bincount(ci, weights=w, minlength=len(grid))
+    return windows.finalize(zonal.Partial(sums, valid, len(BANDS)), radius_m, PIXEL_SIZE_M**2)
+
+
 def aether_frame(vectors: np.ndarray) -> pd.DataFrame:
     """AETHER vector columns E000, E001, … (one per output of the head)."""
     vectors = np.asarray(vectors, np.float32)
     return pd.DataFrame(vectors, columns=list(aether_columns(vectors.shape[1])))
-
-
-def aether_dir(city_dir: Path, run_name: str) -> Path:
-    return city_dir / AETHER_DIR / run_name
-
-
-def aether_grid_file(cell_m: float) -> str:
-    return f"grid_{cell_m:g}m.parquet"
 
 
 @dataclass(frozen=True)
@@ -223,23 +242,32 @@ class EncodeResult:
     n_masked: int
 
 
-def encode_city(city_dir: Path, run: Run, cell_sizes: list[float] | None = None) -> EncodeResult:
-    """Write ``aether/<run>/pois.parquet`` and one ``grid_<cell>m.parquet`` per grid."""
-    out = aether_dir(city_dir, run.name)
+def encode_city(city_dir: Path, run: ModelRun,
+                cells: list[str | float | CellSpec] | None = None) -> EncodeResult:
+    """Write ``aether/<run>/pois.parquet`` and one ``grid_<cell>.parquet`` per grid (every
+    grid of the city when ``cells`` is None). Holds the data directory's lock."""
+    store = CityStore.at(city_dir)
+    with store.locked():
+        return _encode(store, run, cells)
+
+
+def _encode(store: CityStore, run: ModelRun, cells: list[str | float | CellSpec] | None
+            ) -> EncodeResult:
+    city_dir = store.dir
     r = run.base_radius_m
     pois = base_poi_means(city_dir, r)
     z = apply_ae(run, pois[list(BANDS)].to_numpy())
     poi_df = pd.concat([pois[["poi_id", "year", "radius_m", "valid_fraction"]], aether_frame(z)],
                        axis=1)
     poi_df.insert(3, "run", run.name)
-    sizes = grid_sizes(city_dir) if cell_sizes is None else cell_sizes
-    if not sizes:
+    specs = store.grids() if cells is None else [parse_cell(c) for c in cells]
+    if not specs:
         raise TableError(f"no grid_embeddings table in {city_dir}", "run `aether grid` first")
-    grids = {c: read_grid(city_dir, c) for c in sizes}
-    pois_path = write_parquet(poi_df, out / AETHER_POIS_FILE)
+    grids = {c: read_grid(city_dir, c) for c in specs}
+    pois_path = write_parquet(poi_df, store.encoded_pois(run.name))
     grid_paths, n_cells, n_masked = [], 0, int(np.isnan(z[:, 0]).sum())
-    for cell_m, grid in grids.items():
-        means = grid_window_means(grid, r)
+    for spec, grid in grids.items():
+        means = grid_window_means(grid, r, spec)
         zg = apply_ae(run, means.mean)
         df = pd.concat([grid[["cell_id", "x", "y"]].reset_index(drop=True), aether_frame(zg)],
                        axis=1)
@@ -248,33 +276,36 @@ def encode_city(city_dir: Path, run: Run, cell_sizes: list[float] | None = None)
         import geopandas as gpd
 
         gdf = gpd.GeoDataFrame(df, geometry=grid.geometry.values, crs=grid.crs)
-        grid_paths.append(write_parquet(gdf, out / aether_grid_file(cell_m)))
+        grid_paths.append(write_parquet(gdf, store.encoded(run.name, spec)))
         n_cells += len(df)
         n_masked += int(np.isnan(zg[:, 0]).sum())
     return EncodeResult(pois_path, grid_paths, len(poi_df), n_cells, n_masked)
 
 
-def read_aether_grid(city_dir: Path, run: Run, cell_m: float) -> gpd.GeoDataFrame:
+def read_aether_grid(city_dir: Path, run: ModelRun, cell: str | float | CellSpec
+                     ) -> gpd.GeoDataFrame:
     """An encoded grid; raises with the command to run when it is missing."""
-    path = aether_dir(city_dir, run.name) / aether_grid_file(cell_m)
+    spec = parse_cell(cell)
+    store = CityStore.at(city_dir)
+    path = store.encoded(run.name, spec)
     if not path.is_file():
-        raise TableError(f"no encoded {cell_m:g} m grid for model {run.name}",
-                         f"run `aether encode --model {run.name}` first")
+        have = ", ".join(cell_arg(c) for c in store.encoded_cells(run.name)) or "none"
+        raise TableError(f"no encoded {spec.label} grid for model {run.name} (encoded: {have})",
+                         f"run `aether grid --cell {cell_arg(spec)}` and then "
+                         f"`aether encode --model {run.name}`")
     return read_table(path, ("cell_id", "x", "y", *run.columns), "aether grid")
 
 
-
-def load_runs(city_dir: Path, models: list[str] | None, *, slug: str, year: int) -> list[Run]:
+def load_runs(city_dir: Path, models: list[str] | None, *, slug: str, year: int
+              ) -> list[ModelRun]:
     """The named runs, or every trained run of the city when none is named."""
     names: list[str | Path] = list(models or list_runs(city_dir))
     if not names:
-        raise ModelError(f"no trained model in {city_dir / MODELS_DIR}",
+        raise ModelError(f"no trained model in {CityStore.at(city_dir).models_dir}",
                          "run `aether train` first")
     return [load_run(city_dir, m, slug=slug, year=year) for m in names]
 
 
-def encoded_cells(city_dir: Path, run_name: str) -> list[float]:
-    """Cell sizes of a run's encoded grids, smallest first."""
-    found = (re.match(r"^grid_(\d+(?:\.\d+)?)m\.parquet$", p.name)
-             for p in aether_dir(city_dir, run_name).glob("grid_*m.parquet"))
-    return sorted(float(m.group(1)) for m in found if m)
+def encoded_cells(city_dir: Path, run_name: str) -> list[CellSpec]:
+    """Cell specs of a run's encoded grids, smallest cells first."""
+    return CityStore.at(city_dir).encoded_cells(run_name)

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from aether.core.aef import BANDS
 from aether.core.windows import square_radius
 from aether.errors import ModelError
+from aether.io.store import CityStore
 from aether.io.tables import config_hash, sha256_file, write_json
 from aether.ml.checkpoints import (
     CONFIG_FILE,
-    MODELS_DIR,
     SCHEMA_VERSION,
     WEIGHTS_FILE,
     build_model,
@@ -86,7 +86,7 @@ def import_checkpoint(path: Path, city_dir: Path, run_name: str, *,
                       text_model: str | None = None) -> Path:
     """Write ``<city_dir>/models/<run_name>/`` from a reference checkpoint; returns it."""
     model, config = reference_model(path, city_dir, text_model=text_model)
-    run = city_dir / MODELS_DIR / run_name
+    run = CityStore.at(city_dir).model(run_name)
     save_weights(model.state_dict(), run / WEIGHTS_FILE, {"config_hash": config["config_hash"]})
     write_json(config, run / CONFIG_FILE)
     log.info("imported %s (epoch %s) as %s", Path(path).name,

@@ -24,10 +24,10 @@ import numpy as np
 
 from aether.errors import ModelError, TableError
 from aether.execution.progress import enabled as progress_enabled
+from aether.io.store import TEXT_EMBEDDINGS_FILE as TEXT_EMBEDDINGS_FILE  # the layout's name
 from aether.io.tables import atomic_path
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-TEXT_EMBEDDINGS_FILE = "text_embeddings.parquet"
 TEXT_CACHE_COLUMNS: tuple[str, ...] = ("text_hash", "model", "dim", "vector")
 
 

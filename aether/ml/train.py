@@ -9,18 +9,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aether.errors import InputError, ModelError, TableError
 from aether.execution.progress import bar
+from aether.io.store import CityStore, model_complete
 from aether.io.tables import config_hash, read_json, write_json
 from aether.ml.checkpoints import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
-    MODELS_DIR,
     SUMMARY_FILE,
     WEIGHTS_FILE,
     load_model,
@@ -98,7 +100,9 @@ def train(
     """Train (or resume, or find finished) a run; returns ``<city_dir>/models/<run>/``.
 
     ``overrides`` set any ``TrainConfig`` field. A run directory holding another config is
-    refused unless ``overwrite``; an unfinished one with the same config resumes. ``threads``
+    refused unless ``overwrite``. The run is built in ``models/.<run>.partial/`` and renamed
+    into place when complete, so readers never see half a model; an unfinished build with
+    the same config resumes. Holds the data directory's lock. ``threads``
     caps torch's CPU threads (0: the faster of 1 and 2, measured on a few steps at start): the
     heads are small, so one thread is about as fast on an idle machine, far faster on a busy
     one, and gives the same bytes on any core count. ``checkpoint_every`` epochs the resume
@@ -109,7 +113,17 @@ def train(
     if checkpoint_every < 1:
         raise InputError("checkpoint_every must be >= 1", "e.g. checkpoint_every=5")
     check_device(device)
-    run = city_dir / MODELS_DIR / check_run_name(run_name or preset)
+    store = CityStore.at(city_dir)
+    name = check_run_name(run_name or preset)
+    with store.locked():
+        return _train(store, name, preset, cfg, overwrite, device, threads, checkpoint_every,
+                      on_epoch)
+
+
+def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, overwrite: bool,
+           device: str | None, threads: int | None, checkpoint_every: int,
+           on_epoch: Callable[[dict[str, Any]], None] | None) -> Path:
+    city_dir, run, work = store.dir, store.model(name), store.model_partial(name)
     pairs = load_pairs(city_dir, cfg)
     cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])
     labels = split_labels(pairs, cfg)
@@ -119,7 +133,7 @@ def train(
     warn_if_few(int((labels == "train").sum()), cfg)
     config = run_config(city_dir, preset, cfg, pairs)
     config["config_hash"] = config_hash(config)
-    state = _prepare_run(run, config, overwrite)
+    state = _prepare_run(run, work, config, overwrite)
     if state == "done":
         return run
 
@@ -135,11 +149,22 @@ def train(
                 if on_epoch:
                     on_epoch(row)
 
-            fit(run, config, cfg, pairs, labels, state, device, step, threads=threads,
+            fit(work, config, cfg, pairs, labels, state, device, step, threads=threads,
                 checkpoint_every=checkpoint_every)
     finally:
         torch.set_num_threads(previous)
+    _publish_run(work, run)
     return run
+
+
+def _publish_run(work: Path, run: Path) -> None:
+    """Rename a complete build onto the run directory (replacing an older model)."""
+    old = run.with_name(f".{run.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if run.exists():
+        os.rename(run, old)
+    os.rename(work, run)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_run_name(name: str) -> str:
@@ -150,24 +175,29 @@ def check_run_name(name: str) -> str:
                          "use lower-case letters, digits, '-' and '_'") from e
 
 
-def _prepare_run(run: Path, config: dict[str, Any], overwrite: bool) -> str:
-    """'fresh', 'resume' or 'done' for a run directory; refuse to mix configs."""
-    cfg_path = run / CONFIG_FILE
-    if cfg_path.exists() and not overwrite:
-        try:
-            old = read_json(cfg_path)
-        except ValueError:
-            old = {}
-        if old.get("config_hash") != config["config_hash"]:
+def _config_hash_in(folder: Path) -> str | None:
+    try:
+        return dict(read_json(folder / CONFIG_FILE)).get("config_hash")
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _prepare_run(run: Path, work: Path, config: dict[str, Any], overwrite: bool) -> str:
+    """'fresh', 'resume' (in ``work``) or 'done' (``run`` is it); refuse to mix configs."""
+    if run.is_dir() and not model_complete(run) and not work.exists():
+        os.rename(run, work)  # half a model left visible by an older aether: finish it
+    elif run.is_dir() and not model_complete(run):
+        shutil.rmtree(run)
+    if run.is_dir() and not overwrite:
+        if _config_hash_in(run) != config["config_hash"]:
             raise ModelError(
                 f"run {run.name!r} in {run.parent} was trained with another config or data",
                 "pick another --run name, or pass --overwrite to replace it",
             )
-        if (run / SUMMARY_FILE).exists() and (run / WEIGHTS_FILE).exists():
-            return "done"
-        if (run / CHECKPOINT_FILE).exists():
-            return "resume"
-    for name in (WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE):
-        (run / name).unlink(missing_ok=True)
-    write_json(config, cfg_path)
+        return "done"
+    if (not overwrite and _config_hash_in(work) == config["config_hash"]
+            and (work / CHECKPOINT_FILE).exists()):
+        return "resume"
+    shutil.rmtree(work, ignore_errors=True)
+    write_json(config, work / CONFIG_FILE)
     return "fresh"

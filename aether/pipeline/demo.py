@@ -16,15 +16,15 @@ from typing import Any
 
 from aether.evaluation.probes import SEEDS
 from aether.evaluation.tasks import TASKS_DIR, load_task
-from aether.ml.encode import Run, encode_city, load_run
-from aether.ml.text import TEXT_EMBEDDINGS_FILE
+from aether.io.store import CityStore
+from aether.ml.encode import ModelRun, encode_city, load_run
 
 CITY = "Helsinki"
 PRESETS = ("paper", "default")
 CELLS_M = (50.0,)
 TASKS = ("helsinki_landuse", "helsinki_poi_mix")
 QUERIES = ("coffee shop", "late-night bars and live music", "hotel")
-LABELS_FILE = "labels/osm_landuse.parquet"
+LABELS_FILE = "labels/osm_landuse.parquet"  # the task files name it relative to the city
 
 
 @dataclass
@@ -87,11 +87,12 @@ def _run_stages(data_dir: Path, epochs: int | None, seeds: int,
     req = ExtractRequest(city=CITY, data_dir=data_dir, offline=True)
     say("extract: POIs and buffer means from the sample tiles")
     city_dir = run_extract(req).out_dir
+    store = CityStore.at(city_dir)
     res = DemoResult(city_dir)
     for cell in CELLS_M:
         say(f"grid: {cell:g} m cells")
-        res.outputs[f"grid {cell:g} m"] = run_grid(req, f"{cell:g}m")[0]
-    runs: list[Run] = []
+        res.outputs[f"grid {cell:g} m"] = run_grid(req, f"{cell:g}m").path
+    runs: list[ModelRun] = []
     for preset in PRESETS:
         say(f"train: {preset} preset")
         path = train(city_dir, preset=preset, epochs=epochs)
@@ -102,7 +103,7 @@ def _run_stages(data_dir: Path, epochs: int | None, seeds: int,
         runs.append(run)
     from aether.sample.city import ensure_sample
 
-    labels = write_landuse_labels(ensure_sample(data_dir).pbf, city_dir / LABELS_FILE)
+    labels = write_landuse_labels(ensure_sample(data_dir).pbf, store.dir / LABELS_FILE)
     res.outputs["land-use labels"] = labels
     for name in TASKS:
         say(f"evaluate: {name}")
@@ -115,14 +116,14 @@ def _run_stages(data_dir: Path, epochs: int | None, seeds: int,
     say("query: category hit rates and maps")
     hits = hit_rates(city_dir, best, index, category_queries(), k=10)
     hits_path = write_json(hits.to_dict(orient="records"),
-                           city_dir / "evaluation" / f"category_queries_{best.name}.json")
+                           store.evaluation(f"category_queries_{best.name}", "json"))
     res.outputs["category query hit rates"] = hits_path
     hits_table = Table(*map(str, hits.columns), title="category queries: hit rate@10")
     for row in hits.itertuples(index=False):
         hits_table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
     res.tables["category queries"] = [hits_table]
-    results = search(index, best, list(QUERIES), cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
-    out = city_dir / "maps"
+    results = search(index, best, list(QUERIES), cache_path=store.text_embeddings)
+    out = store.maps_dir
     res.outputs["query map (HTML)"] = html_map(index, results, out / "demo_queries.html")
     res.outputs["query map (PNG)"] = png_map(index, results, out / "demo_queries.png")
     return res

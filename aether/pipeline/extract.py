@@ -1,13 +1,17 @@
 """The extract workflow: place → POIs → embedding source → tables (what `aether extract` calls).
 
 Re-running with the same inputs is a no-op: the manifest records a hash of everything that
-determines the output (the POI table's content, the tiles' index, radii, year, source
-options without credentials) and the checksums of the outputs, which are checked too.
+determines the output (the POI table's content, the content of the tiles' index, radii,
+year, source options without credentials or paths) and the checksums of the outputs, which
+are checked too; the same work asked for from another folder or by a run file is the same.
+The manifest also records the place, source and tiles, so ``grid`` reuses them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,11 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aether import __version__
 from aether.errors import PlaceError, PoiError
+from aether.io.store import POI_EMBEDDINGS_FILE, POIS_FILE, CityStore
 from aether.io.tables import (
-    BASEMAP_FILE,
-    MANIFEST_FILE,
-    POI_EMBEDDINGS_FILE,
-    POIS_FILE,
     config_hash,
     read_json,
     sha256_file,
@@ -29,21 +30,19 @@ from aether.io.tables import (
     write_parquet,
 )
 from aether.places.place import Place, place_from_polygon, slugify
-from aether.settings import (
-    DEFAULT_RADII,
-    DEFAULT_YEAR,
-    check_radii,
-    check_year,
-    city_dir,
-    use_settings,
-)
+from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year, use_settings
 from aether.settings import tiles as default_tiles
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from aether.core.cells import CellSpec
+
 #: Source options that are secrets or endpoints: never part of the hash or the manifest.
 PRIVATE_OPTIONS = frozenset({"ee_credentials", "ee_url"})
+#: Source options that are paths: the hash holds what they point to, not how they are spelt.
+PATH_OPTIONS = frozenset({"tiles"})
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +51,8 @@ class ExtractRequest:
 
     city: str | None
     data_dir: Path
-    offline: bool = False
+    offline: bool = False  # the sample city, no network
+    geocode: bool = True  # False: a POI file's place is the extent of its POIs
     pois: str | None = None
     source: str | None = None
     radii: Sequence[float] = DEFAULT_RADII
@@ -75,6 +75,15 @@ class ExtractResult:
     seconds: float
 
 
+@dataclass
+class GridResult:
+    """The grid table written, and what was reused from the city's manifest."""
+
+    path: Path
+    n_cells: int
+    reused: str | None = None
+
+
 def _resolve(req: ExtractRequest) -> tuple[Place | None, str, str, dict[str, Any]]:
     """Place, POI source spec, embedding source name and its options for a request."""
     options = dict(req.source_options)
@@ -94,17 +103,28 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, str, str, dict[str, Any
         return None, req.pois, _source_name(req), options
     if req.city is None and not req.place_options and req.pois is None:
         raise PlaceError("no place given", "use --city NAME, --osm-id, --bbox or --boundary")
-    if req.city is None and not req.place_options:
+    local_pois = req.pois is not None and req.pois.startswith(("file:", "pbf:"))
+    if (req.city is None or not req.geocode) and not req.place_options:
+        if not req.geocode and not local_pois:
+            raise PlaceError("--no-geocode needs POIs from a file",
+                             "give --pois FILE or --pois pbf:FILE, or drop --no-geocode")
         return None, req.pois or "osm", _source_name(req), options
     from aether.places.place import resolve_place
 
-    place = resolve_place(req.city, **req.place_options)
+    try:
+        place = resolve_place(req.city, **req.place_options)
+    except PlaceError as e:
+        if not (local_pois and not req.place_options and isinstance(e.__cause__, OSError)):
+            raise
+        log.warning("%s; the place of %s is the extent of its POIs", e.message, req.city)
+        place = None
     return place, req.pois or "osm", _source_name(req), options
 
 
 def _source_name(req: ExtractRequest) -> str:
-    """The embedding source a request uses: as given, else cog offline and ee online."""
-    return req.source or ("cog" if req.offline else "ee")
+    """The embedding source a request uses: as given, else cog offline or with tiles, and
+    ee online."""
+    return req.source or ("cog" if req.offline or req.source_options.get("tiles") else "ee")
 
 
 def _check_request(req: ExtractRequest) -> None:
@@ -116,10 +136,14 @@ def _check_request(req: ExtractRequest) -> None:
     source_options(_source_name(req), req.source_options)
 
 
-def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame) -> Place:
-    """A place for user-supplied POIs: the hull of their points, named after the city."""
+def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame, poi_spec: str) -> Place:
+    """A place for user-supplied POIs: the hull of their points, named after the city, else
+    after the file and its content (``shops-1a2b3c4d``: two files never share a folder)."""
     hull = pois.geometry.union_all().convex_hull.buffer(1e-4)
-    return place_from_polygon(name or "pois", hull, slugify(name) if name else None)
+    if name:
+        return place_from_polygon(name, hull, slugify(name))
+    stem = Path(poi_spec.split(":", 1)[-1]).stem or "pois"
+    return place_from_polygon(stem, hull, f"{slugify(stem)[:70]}-{_pois_hash(pois)[:8]}")
 
 
 @dataclass
@@ -141,7 +165,8 @@ def request_inputs(req: ExtractRequest) -> Inputs:
     pois = load_pois(poi_spec, place, **req.poi_options)
     if len(pois) == 0:
         raise PoiError("no POIs found in the place", "check the place or the POI source")
-    return Inputs(place or _place_from_pois(req.city, pois), pois, poi_spec, source_name, options)
+    return Inputs(place or _place_from_pois(req.city, pois, poi_spec), pois, poi_spec,
+                  source_name, options)
 
 
 def _pois_hash(pois: gpd.GeoDataFrame) -> str:
@@ -169,45 +194,75 @@ def _extract(req: ExtractRequest) -> ExtractResult:
     source_name, options = inputs.source, dict(inputs.source_options)
     if source_name == "cog":  # the default tiles too, so the hash names what is read
         options.setdefault("tiles", default_tiles())
-    out = city_dir(req.data_dir, place.slug, year)
+    options = _resolved_paths(options)
+    store = CityStore.of(req.data_dir, place.slug, year)
+    out = store.dir
     config = {
         "place": place.slug,
         "pois": _pois_hash(pois),
         "source": source_name,
         "source_options": {k: str(v) for k, v in sorted(options.items())
-                           if k not in PRIVATE_OPTIONS and v is not None},
+                           if k not in PRIVATE_OPTIONS | PATH_OPTIONS and v is not None},
         "tiles_index": _index_checksum(options.get("tiles")),
         "radii": list(radii),
         "year": year,
     }
     chash = config_hash(config)
-    if not req.force and _up_to_date(out, chash):
-        return ExtractResult(out, place, len(pois), _rows(out), True, time.perf_counter() - t0)
+    with store.locked():
+        if not req.force and _up_to_date(store, chash):
+            return ExtractResult(out, place, len(pois), _rows(store), True,
+                                 time.perf_counter() - t0)
+        if req.force:  # recompute: no checkpoint or task of an earlier run is reused
+            shutil.rmtree(store.work(source_name), ignore_errors=True)
+        source = get_source(source_name, workdir=store.work(source_name), **options)
+        emb = sort_poi_embeddings(source.point_means(pois, radii, year))
+        write_parquet(pois, store.pois)
+        write_parquet(emb, store.poi_embeddings)
+        if poi_spec.startswith("pbf:"):  # the maps' offline base layer
+            from aether.pipeline.basemap import write_basemap
 
-    source = get_source(source_name, workdir=out / ".work" / source_name, **options)
-    emb = sort_poi_embeddings(source.point_means(pois, radii, year))
-    write_parquet(pois, out / POIS_FILE)
-    write_parquet(emb, out / POI_EMBEDDINGS_FILE)
-    if poi_spec.startswith("pbf:"):  # the maps' offline base layer
-        from aether.pipeline.basemap import write_basemap
+            write_basemap(poi_spec.split(":", 1)[1], place, store.basemap)
+        write_json(_manifest(store, chash, config, req, poi_spec, source_name, options, place,
+                             len(pois), len(emb)), store.manifest)
+    return ExtractResult(out, place, len(pois), len(emb), False, time.perf_counter() - t0)
 
-        write_basemap(poi_spec.split(":", 1)[1], place, out / BASEMAP_FILE)
-    manifest = {
+
+def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: ExtractRequest,
+              poi_spec: str, source_name: str, options: dict[str, Any], place: Place,
+              n_pois: int, n_rows: int) -> dict[str, Any]:
+    """What was made, from what: read back by ``_up_to_date`` and by later steps."""
+    tiles = options.get("tiles")
+    return {
         "run_id": f"extract-{chash}",
         "aether_version": __version__,
         "config": config,
         "config_hash": chash,
         "inputs": {"city": req.city, "pois": poi_spec if ":" not in poi_spec
-                   else poi_spec.split(":", 1)[0] + ":" + Path(poi_spec.split(":", 1)[1]).name},
+                   else poi_spec.split(":", 1)[0] + ":" + Path(poi_spec.split(":", 1)[1]).name,
+                   "source": source_name, "tiles": None if tiles is None else str(tiles)},
         "versions": _versions(),
         "outputs": {
-            name: {"rows": rows, "sha256": sha256_file(out / name)}
-            for name, rows in ((POIS_FILE, len(pois)), (POI_EMBEDDINGS_FILE, len(emb)))
+            name: {"rows": rows, "sha256": sha256_file(store.dir / name)}
+            for name, rows in ((POIS_FILE, n_pois), (POI_EMBEDDINGS_FILE, n_rows))
         },
-        "place": {"name": place.name, "crs": place.crs, "bbox": list(place.bbox)},
+        "place": {"name": place.name, "crs": place.crs, "bbox": list(place.bbox),
+                  "boundary_wkt": _wkt(place.boundary)},
     }
-    write_json(manifest, out / MANIFEST_FILE)
-    return ExtractResult(out, place, len(pois), len(emb), False, time.perf_counter() - t0)
+
+
+def _wkt(geom: Any) -> str:
+    """Full-precision WKT: the place read back is the place that was used."""
+    import shapely
+
+    return str(shapely.to_wkt(geom, rounding_precision=-1))
+
+
+def _resolved_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """Local tile paths made absolute: the manifest's record works from any folder."""
+    tiles = options.get("tiles")
+    if tiles is None or "://" in str(tiles):
+        return options
+    return {**options, "tiles": str(Path(str(tiles)).expanduser().resolve())}
 
 
 def _index_checksum(tiles: object) -> str | None:
@@ -220,9 +275,9 @@ def _index_checksum(tiles: object) -> str | None:
     return sha256_file(p) if p.is_file() else None
 
 
-def _up_to_date(out: Path, chash: str) -> bool:
+def _up_to_date(store: CityStore, chash: str) -> bool:
     """True when the manifest has this config hash and every output matches its checksum."""
-    mpath = out / MANIFEST_FILE
+    out, mpath = store.dir, store.manifest
     if not mpath.is_file():
         return False
     try:
@@ -235,8 +290,8 @@ def _up_to_date(out: Path, chash: str) -> bool:
                for n, o in m.get("outputs", {}).items())
 
 
-def _rows(out: Path) -> int:
-    return int(read_json(out / MANIFEST_FILE)["outputs"][POI_EMBEDDINGS_FILE]["rows"])
+def _rows(store: CityStore) -> int:
+    return int(read_json(store.manifest)["outputs"][POI_EMBEDDINGS_FILE]["rows"])
 
 
 def _versions() -> dict[str, str]:
@@ -251,52 +306,77 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def parse_cell(spec: str | float) -> float:
-    """A square cell size in metres from ``100``, ``'100m'`` or ``'0.5km'`` (see ``grids``)."""
-    from aether.core.cells import parse_cell as parse_spec
-    from aether.errors import InputError
-
-    cell = parse_spec(spec)
-    if cell.kind != "square":
-        raise InputError(f"{spec!r} is not a square cell size", "use e.g. 100m")
-    return cell.size
-
-
-def run_grid(req: ExtractRequest, cell: str | float = 100.0, *, zarr: bool = False
-             ) -> tuple[Path, int]:
+def run_grid(req: ExtractRequest, cell: str | float | CellSpec = 100.0, *, zarr: bool = False
+             ) -> GridResult:
     """Area-weighted cell means over the place: ``grid_embeddings_<cell>.parquet``.
 
-    With ``zarr``, square grids are also written as a (band, y, x) Zarr store of the same
-    means next to it, for array tools (xarray, heat maps).
+    The place, source and tiles an earlier extract of the city recorded in its manifest
+    are reused when the request does not give them (no geocoding again). With ``zarr``,
+    square grids are also written as a (band, y, x) Zarr store of the same means next to
+    it, for array tools (xarray, heat maps).
     """
     with use_settings(data_dir=req.data_dir):
         return _grid(req, cell, zarr)
 
 
-def _grid(req: ExtractRequest, cell: str | float, zarr: bool) -> tuple[Path, int]:
-    from aether.core.cells import grid_file
-    from aether.core.cells import parse_cell as parse_spec
+def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> GridResult:
+    from aether.core.cells import parse_cell
     from aether.embeddings import get_source
 
-    spec = parse_spec(cell)
+    spec = parse_cell(cell)
     if zarr and spec.kind != "square":
         from aether.errors import InputError
 
         raise InputError("--zarr needs square cells", "use e.g. --cell 100m with --zarr")
     _check_request(req)
     year = check_year(req.year)
-    place, poi_spec, source_name, options = _resolve(req)
-    if place is None:
-        from aether.pois.load import load_pois
+    reused = _from_manifest(req, year)
+    if reused is not None:
+        place, source_name, options, said = reused
+    else:
+        if req.city is not None:
+            slugify(req.city)
+        asked, poi_spec, source_name, options = _resolve(req)
+        if asked is None:
+            from aether.pois.load import load_pois
 
-        place = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options))
-    out = city_dir(req.data_dir, place.slug, year)
-    source = get_source(source_name, workdir=out / ".work" / source_name, **options)
-    cells = source.grid(place, year, cell)
-    path = out / grid_file(spec)
-    write_parquet(cells, path)
-    if zarr:
-        from aether.io.gridstore import write_zarr
+            asked = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options),
+                                     poi_spec)
+        place, said = asked, None
+    store = CityStore.of(req.data_dir, place.slug, year)
+    with store.locked():
+        source = get_source(source_name, workdir=store.work(source_name),
+                            **_resolved_paths(options))
+        cells = source.grid(place, year, spec.label)
+        path = write_parquet(cells, store.grid(spec))
+        if zarr:
+            from aether.io.gridstore import write_zarr
 
-        write_zarr(cells, path.with_suffix(".zarr"))
-    return path, len(cells)
+            write_zarr(cells, path.with_suffix(".zarr"))
+    return GridResult(path, len(cells), said)
+
+
+def _from_manifest(req: ExtractRequest, year: int
+                   ) -> tuple[Place, str, dict[str, Any], str] | None:
+    """(place, source, options, what was reused) from the city's manifest, when the request
+    names a city that was extracted and gives no place of its own."""
+    if req.city is None or req.place_options or req.pois is not None:
+        return None
+    store = CityStore.of(req.data_dir, slugify(req.city), year)
+    try:
+        m = read_json(store.manifest)
+        wkt, inputs = m["place"]["boundary_wkt"], m["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no manifest, or one older aether wrote without the place
+    import shapely
+
+    place = Place(m["place"]["name"], store.slug, shapely.from_wkt(wkt), m["place"]["crs"])
+    options = dict(req.source_options)
+    said = [f"place {place.name}"]
+    source = req.source or inputs.get("source") or "ee"
+    if req.source is None:
+        said.append(f"source {source}")
+    if "tiles" not in options and inputs.get("tiles") and source == inputs.get("source"):
+        options["tiles"] = inputs["tiles"]
+        said.append(f"tiles {inputs['tiles']}")
+    return place, source, options, f"reused {', '.join(said)} from {store.manifest}"

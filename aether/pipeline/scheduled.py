@@ -7,9 +7,10 @@ Why it can run unattended on a timer:
   ``encode`` keep a step record (hash of their inputs + checksums of their outputs) in
   ``<city>/<year>/.aether-steps/``. A new POI snapshot or a new year changes a hash, so only
   that work is redone.
-* **One run at a time.** ``<data>/.aether-run.lock`` is held with ``fcntl.flock`` for the
-  whole run (the kernel frees it when the process dies, even by SIGKILL); a second run is
-  refused with one line (exit 2).
+* **One writer at a time.** ``<data>/.aether-run.lock`` is held with ``fcntl.flock`` for the
+  whole run (the kernel frees it when the process dies, even by SIGKILL); a second run, or a
+  standalone ``extract``/``grid``/``train``/``encode`` on the same data directory, is refused
+  with one line (exit 2). See ``aether.io.store.data_lock``.
 * **Failures stay local.** A city that fails (geocoding, POIs, the source) is reported and
   the others go on; its later steps are skipped. The run ends with a table and exit 1 if
   anything failed.
@@ -26,36 +27,47 @@ the crash-safety tests use it to kill a run at exact places.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from aether.errors import AetherError, ConfigError, LockedError
+from aether.errors import AetherError, ConfigError
+from aether.io.store import CityStore, runs_dir
+from aether.io.store import data_lock as run_lock
 from aether.pipeline.runfile import City, RunFile, load_run_file
 
-LOCK_FILE = ".aether-run.lock"
-RUNS_DIR = "runs"
-STEPS_DIR = ".aether-steps"
 KILL_ENV = "AETHER_RUN_KILL_AT"
 
-DONE, UP_TO_DATE, FAILED, SKIPPED = "done", "up to date", "failed", "skipped"
+
+class StepState(StrEnum):
+    """What became of a step (the ``status`` of the run report)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    UP_TO_DATE = "up to date"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+DONE, UP_TO_DATE, FAILED, SKIPPED = (StepState.DONE, StepState.UP_TO_DATE, StepState.FAILED,
+                                     StepState.SKIPPED)
 
 
 @dataclass
-class Task:
-    """One (city, year, step) and what became of it."""
+class Step:
+    """One (city, year, step) of a run and what became of it."""
 
     city: str
     slug: str
     year: int
     step: str
-    status: str = "pending"
+    status: StepState = StepState.PENDING
     seconds: float = 0.0
     rows: int | None = None
     out_dir: str | None = None
@@ -77,11 +89,11 @@ class RunReport:
     data_dir: str
     started: str
     finished: str = ""
-    tasks: list[Task] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     path: Path | None = None
 
-    def count(self, status: str) -> int:
-        return sum(t.status == status for t in self.tasks)
+    def count(self, status: StepState) -> int:
+        return sum(t.status == status for t in self.steps)
 
     @property
     def failed(self) -> bool:
@@ -89,7 +101,7 @@ class RunReport:
 
     @property
     def nothing_to_do(self) -> bool:
-        return all(t.status == UP_TO_DATE for t in self.tasks)
+        return all(t.status == UP_TO_DATE for t in self.steps)
 
 
 def _hook(point: str) -> None:
@@ -98,33 +110,8 @@ def _hook(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def run_lock(data_dir: Path) -> Iterator[Path]:
-    """Hold ``<data>/.aether-run.lock``; LockedError at once if another run holds it."""
-    import fcntl
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise LockedError(f"another aether run (pid {holder}) is using {data_dir}",
-                          "wait for it to finish; the lock is freed when it exits") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-    finally:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def plan(run: RunFile) -> list[tuple[City, list[Task]]]:
-    """Every city's tasks, in order: for each year, the run's steps."""
+def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
+    """Every city's steps, in order: for each year, the run's steps."""
     from aether.places.place import slugify
 
     seen: dict[str, str] = {}
@@ -135,9 +122,9 @@ def plan(run: RunFile) -> list[tuple[City, list[Task]]]:
             raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
                               "give them distinct names")
         seen[slug] = city.name
-        tasks = [Task(city.name, slug, year, step)
+        steps = [Step(city.name, slug, year, step)
                  for year in sorted(set(city.years or run.years)) for step in run.steps]
-        out.append((city, tasks))
+        out.append((city, steps))
     return out
 
 
@@ -157,20 +144,20 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
         report = RunReport(
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
             run_file=str(Path(run_file).resolve()), data_dir=str(root.resolve()),
-            started=_now(), tasks=[t for _, tasks in cities for t in tasks])
-        for city, tasks in cities:
-            _run_city(run, city, tasks, root, say)
+            started=_now(), steps=[t for _, steps in cities for t in steps])
+        for city, steps in cities:
+            _run_city(run, city, steps, root, say)
         report.finished = _now()
         _hook("report")
         report.path = _write_report(report, root)
     return report
 
 
-def _run_city(run: RunFile, city: City, tasks: list[Task], root: Path,
+def _run_city(run: RunFile, city: City, steps: list[Step], root: Path,
               say: Callable[[str], None]) -> None:
-    """The city's tasks in order; a failure skips that year's later steps, nothing else."""
+    """The city's steps in order; a failure skips that year's later steps, nothing else."""
     out_dirs: dict[int, Path] = {}
-    for task in tasks:
+    for task in steps:
         if task.step != "extract" and task.year not in out_dirs:
             task.status, task.error = SKIPPED, "an earlier step failed"
             continue
@@ -217,16 +204,17 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
         place_options=place, poi_options=poi_opts)
 
 
-def _extract(run: RunFile, city: City, task: Task, root: Path) -> Path:
-    from aether.io.tables import MANIFEST_FILE, read_json
+def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
+    from aether.io.tables import read_json
     from aether.pipeline.extract import run_extract
 
     req = extract_request(run, city, task.year, root)
     res = run_extract(req)
+    store = CityStore.at(res.out_dir)
     task.status = UP_TO_DATE if res.up_to_date else DONE
     task.rows, task.out_dir = res.n_rows, str(res.out_dir)
-    task.config_hash = read_json(res.out_dir / MANIFEST_FILE)["config_hash"]
-    book = res.out_dir / ".work" / (req.source or "") / "export_tasks.json"
+    task.config_hash = read_json(store.manifest)["config_hash"]
+    book = store.work(req.source or "") / "export_tasks.json"
     if book.is_file():
         task.export_tasks = sorted(str(r["operation"]) for r in read_json(book).values()
                                    if r.get("operation"))
@@ -239,7 +227,7 @@ def _step_fresh(city_dir: Path, step: str, inputs: str) -> bool:
     """True when the step ran on these inputs and its outputs are unchanged since."""
     from aether.io.tables import read_json, sha256_file
 
-    path = city_dir / STEPS_DIR / f"{step}.json"
+    path = CityStore.at(city_dir).step(step)
     try:
         rec = read_json(path)
     except (OSError, ValueError):
@@ -254,23 +242,24 @@ def _step_record(city_dir: Path, step: str, inputs: str, outputs: list[Path]) ->
     from aether.io.tables import config_hash, sha256_file, write_json
 
     files = {str(p.relative_to(city_dir)): sha256_file(p) for p in sorted(outputs)}
-    write_json({"inputs": inputs, "outputs": files}, city_dir / STEPS_DIR / f"{step}.json")
+    write_json({"inputs": inputs, "outputs": files}, CityStore.at(city_dir).step(step))
     return config_hash(files)
 
 
 def _step_outputs_hash(city_dir: Path, step: str) -> str:
     from aether.io.tables import config_hash, read_json
 
-    return config_hash(read_json(city_dir / STEPS_DIR / f"{step}.json")["outputs"])
+    return config_hash(read_json(CityStore.at(city_dir).step(step))["outputs"])
 
 
-def _train(run: RunFile, task: Task, city_dir: Path) -> None:
+def _train(run: RunFile, task: Step, city_dir: Path) -> None:
     from aether.errors import ModelError
-    from aether.io.tables import MANIFEST_FILE, config_hash, read_json
+    from aether.io.tables import config_hash, read_json
     from aether.ml.train import train
 
     spec = run.train
-    inputs = config_hash({"tables": read_json(city_dir / MANIFEST_FILE)["outputs"],
+    store = CityStore.at(city_dir)
+    inputs = config_hash({"tables": read_json(store.manifest)["outputs"],
                           "train": spec.model_dump()})
     task.out_dir = str(city_dir)
     if _step_fresh(city_dir, "train", inputs):
@@ -281,7 +270,7 @@ def _train(run: RunFile, task: Task, city_dir: Path) -> None:
     try:
         path = train(city_dir, **kwargs)  # resumes an interrupted run of the same config
     except ModelError as e:
-        if not (city_dir / STEPS_DIR / "train.json").is_file():
+        if not store.step("train").is_file():
             # a model someone trained by hand: never replaced behind their back
             raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
         path = train(city_dir, overwrite=True, **kwargs)  # ours, on older tables: replace it
@@ -289,21 +278,24 @@ def _train(run: RunFile, task: Task, city_dir: Path) -> None:
     task.status, task.out_dir = DONE, str(path)
 
 
-def _encode(run: RunFile, city: City, task: Task, city_dir: Path, root: Path) -> None:
+def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) -> None:
+    from aether.core.cells import parse_cell
     from aether.io.tables import config_hash
     from aether.ml.encode import encode_city, load_run
-    from aether.pipeline.extract import parse_cell, run_grid
+    from aether.pipeline.extract import run_grid
 
-    cell = parse_cell(run.encode.cell)
+    spec = parse_cell(run.encode.cell)
+    # a square cell keeps the key it always had (its size), so old step records still hold
+    cell: float | str = spec.size if spec.kind == "square" else spec.label
     inputs = config_hash({"model": _step_outputs_hash(city_dir, "train"), "cell": cell})
     task.out_dir = str(city_dir)
     if _step_fresh(city_dir, "encode", inputs):
         task.status = UP_TO_DATE
         return
-    grid_path, _ = run_grid(extract_request(run, city, task.year, root), cell)
+    grid_path = run_grid(extract_request(run, city, task.year, root), spec).path
     model = load_run(city_dir, run.train.run or run.train.preset, slug=city_dir.parent.name,
                      year=task.year)
-    res = encode_city(city_dir, model, [cell])
+    res = encode_city(city_dir, model, [spec])
     _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois
 
@@ -317,20 +309,21 @@ def _now() -> str:
 def _write_report(report: RunReport, root: Path) -> Path:
     from aether.io.tables import write_json
 
-    body = {k: v for k, v in asdict(report).items() if k != "path"}
+    body = {("tasks" if k == "steps" else k): v for k, v in asdict(report).items()
+            if k != "path"}  # the report format keeps its "tasks" key
     body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED)}
-    return write_json(body, root / RUNS_DIR / f"{report.run_id}.json")
+    return write_json(body, runs_dir(root) / f"{report.run_id}.json")
 
 
 def summary_table(report: RunReport) -> Any:
-    """A rich table: one row per task."""
+    """A rich table: one row per step."""
     from rich.table import Table
 
     colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow"}
     table = Table(title=f"aether run {report.run_id}")
     for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):
         table.add_column(col, justify="right" if col in ("year", "rows", "seconds") else "left")
-    for t in report.tasks:
+    for t in report.steps:
         note = t.error or (f"{len(t.export_tasks)} export tasks" if t.export_tasks else "")
         table.add_row(t.city, str(t.year), t.step, f"[{colour.get(t.status, '')}]{t.status}",
                       "" if t.rows is None else str(t.rows), f"{t.seconds:.1f}", note)

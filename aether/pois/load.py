@@ -7,12 +7,15 @@ name and category within ``DEDUP_M`` metres), with the method's text, sorted by 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aether.errors import PoiError
 from aether.io.tables import POI_COLUMNS
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -103,7 +106,13 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
         raise PoiError(f"no POIs found{where} ({label})",
                        "check the place and the POI source, or pass --pois FILE")
     df["name"] = df["name"].where(df["name"].notna(), None)
-    df = df.sort_values("poi_id", kind="stable").drop_duplicates("poi_id")
+    df = df.sort_values("poi_id", kind="stable")
+    dup = df["poi_id"].duplicated()
+    if dup.any():
+        log.warning("%s: %d row(s) repeat the poi_id of an earlier row (%s...); kept the first "
+                    "of each, since poi_id keys every table", label, int(dup.sum()),
+                    ", ".join(map(str, df.loc[dup, "poi_id"].unique()[:3])))
+        df = df[~dup.to_numpy()]
     df = _dedup(df, place)
     df["text"] = [poi_text(c, t, n) for c, t, n in
                   zip(df["category"], df["top_category"], df["name"], strict=True)]

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from aether.core.aef import utm_epsg
+from aether.core.cells import CellSpec
 from aether.errors import InputError, TableError
-from aether.io.tables import BASEMAP_FILE, POIS_FILE, read_table
-from aether.ml.encode import AETHER_POIS_FILE, Run, aether_dir, apply_text
+from aether.io.store import CityStore
+from aether.io.tables import read_table
+from aether.ml.encode import ModelRun, apply_text
 from aether.ml.encode import read_aether_grid as _read_grid
-from aether.ml.text import TEXT_EMBEDDINGS_FILE
 
 MAX_QUERY_CHARS = 500
 
@@ -62,28 +63,29 @@ class CityIndex:
     basemap: Any = None  # GeoDataFrame (layer, geometry) of roads, water, green, buildings
 
 
-def load_index(city_dir: Path, run: Run, cell_m: float) -> CityIndex:
-    grid = _read_grid(city_dir, run, cell_m).reset_index(drop=True)
-    pois = read_table(city_dir / POIS_FILE, ["poi_id", "name", "category", "geometry"],
-                      POIS_FILE)
+def load_index(city_dir: Path, run: ModelRun, cell: str | float | CellSpec) -> CityIndex:
+    grid = _read_grid(city_dir, run, cell).reset_index(drop=True)
+    pois = read_table(CityStore.at(city_dir).pois, ["poi_id", "name", "category", "geometry"],
+                      "pois")
     c = grid.geometry.union_all().centroid
     crs = f"EPSG:{utm_epsg(c.x, c.y)}"
     xy = pois.geometry.to_crs(crs)
     pois = pois.assign(x=xy.x.to_numpy(), y=xy.y.to_numpy())
-    enc_path = aether_dir(city_dir, run.name) / AETHER_POIS_FILE
+    store = CityStore.at(city_dir)
+    enc_path = store.encoded_pois(run.name)
     poi_vectors = None
     if enc_path.is_file():
         enc = read_table(enc_path, ["poi_id", *run.columns], "aether pois")
         poi_vectors = (enc.set_index("poi_id")[list(run.columns)].reindex(pois["poi_id"])
                        .to_numpy(np.float32))
     basemap = None
-    if (city_dir / BASEMAP_FILE).is_file():
-        basemap = read_table(city_dir / BASEMAP_FILE, ["layer", "geometry"], BASEMAP_FILE)
+    if store.basemap.is_file():
+        basemap = read_table(store.basemap, ["layer", "geometry"], "basemap")
     return CityIndex(grid, grid[list(run.columns)].to_numpy(np.float32), pois, crs,
                      poi_vectors, basemap)
 
 
-def search(index: CityIndex, run: Run, queries: list[str], *, k: int = 10, n_pois: int = 3,
+def search(index: CityIndex, run: ModelRun, queries: list[str], *, k: int = 10, n_pois: int = 3,
            cache_path: Path | None = None) -> list[QueryResult]:
     """Score every cell for each query; top-k cells with their nearest POIs."""
     if k < 1:
@@ -144,33 +146,35 @@ def _name(pois: Any, i: int) -> str:
     return str(name) if isinstance(name, str) and name else "(unnamed)"
 
 
-def query_city(city_dir: Path, run: Run, queries: list[str], *, cell_m: float, k: int = 10
+def query_city(city_dir: Path, run: ModelRun, queries: list[str], *,
+               cell: str | float | CellSpec, k: int = 10
                ) -> tuple[CityIndex, list[QueryResult]]:
     """Load the encoded grid of a run and answer queries over it."""
     queries = check_queries(queries)
-    index = load_index(city_dir, run, cell_m)
-    return index, search(index, run, queries, k=k, cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
+    index = load_index(city_dir, run, cell)
+    return index, search(index, run, queries, k=k,
+                         cache_path=CityStore.at(city_dir).text_embeddings)
 
 
-def hit_rates(city_dir: Path, run: Run, index: CityIndex, category_queries: dict[str, list[str]],
-              *, k: int = 10) -> pd.DataFrame:
+def hit_rates(city_dir: Path, run: ModelRun, index: CityIndex,
+              category_queries: dict[str, list[str]], *, k: int = 10) -> pd.DataFrame:
     """Per category query: share of top-k cells holding a POI of the category (vs the share of
     all scored cells), and share of the top-k POIs (ranked by their AETHER vectors) of that
     category (vs its share of all POIs)."""
     import geopandas as gpd
 
     queries = list(category_queries)
-    results = search(index, run, queries, k=k, cache_path=city_dir / TEXT_EMBEDDINGS_FILE)
+    store = CityStore.at(city_dir)
+    results = search(index, run, queries, k=k, cache_path=store.text_embeddings)
     cells = gpd.GeoDataFrame({"u": np.arange(len(index.grid))},
                              geometry=index.grid.geometry.values, crs=index.grid.crs)
     hit = gpd.sjoin(index.pois[["category", "geometry"]].to_crs(cells.crs), cells,
                     predicate="within")
-    enc = read_table(aether_dir(city_dir, run.name) / AETHER_POIS_FILE,
-                     ["poi_id", *run.columns], "aether pois")
+    enc = read_table(store.encoded_pois(run.name), ["poi_id", *run.columns], "aether pois")
     enc = enc[np.isfinite(enc[run.columns[0]])]
     cat = index.pois.set_index("poi_id")["category"].reindex(enc["poi_id"]).to_numpy()
     poi_sims = enc[list(run.columns)].to_numpy(np.float32) @ apply_text(
-        run, queries, city_dir / TEXT_EMBEDDINGS_FILE).T
+        run, queries, store.text_embeddings).T
     scored = np.isfinite(index.vectors[:, 0])
     rows = []
     for j, (res, (query, cats)) in enumerate(zip(results, category_queries.items(), strict=True)):

@@ -29,7 +29,8 @@ from aether.query.search import CityIndex, QueryResult, check_queries, ranked
 from aether.query.similar import VectorIndex, example_vector, parse_lonlat
 
 if TYPE_CHECKING:
-    from aether.ml.encode import Run
+    from aether.core.cells import CellSpec
+    from aether.ml.encode import ModelRun
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Panel:
     name: str
     index: CityIndex
     vectors: VectorIndex
-    run: Run | None  # None: raw AlphaEarth, no text space
+    run: ModelRun | None  # None: raw AlphaEarth, no text space
 
     def answer(self, label: str, scores: np.ndarray, k: int) -> QueryResult:
         return QueryResult(label, scores, ranked(self.index, scores, k=k))
@@ -224,8 +225,8 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
     return app
 
 
-def load_panels(city_dir: Path, runs: list[Run], cell: float, *, raw: bool = True
-                ) -> list[Panel]:
+def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSpec, *,
+                raw: bool = True) -> list[Panel]:
     """A panel per trained run (its encoded grid), plus raw AlphaEarth (the grid's means)."""
     from aether.core.aef import BANDS
     from aether.ml.encode import apply_text, read_grid

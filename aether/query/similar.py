@@ -20,7 +20,7 @@ from aether.errors import InputError
 from aether.query.search import CityIndex, QueryResult, ranked
 
 if TYPE_CHECKING:
-    from aether.ml.encode import Run
+    from aether.ml.encode import ModelRun
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +159,15 @@ def similar(index: CityIndex, *, at: Sequence[tuple[float, float]] = (),
     return QueryResult(label, scores, ranked(index, scores, k=k, order=order))
 
 
-def poi_vectors(city_dir: Path, run: Run, poi_ids: Sequence[str]) -> np.ndarray:
+def poi_vectors(city_dir: Path, run: ModelRun, poi_ids: Sequence[str]) -> np.ndarray:
     """The AETHER vectors of POIs by id (the encoded ``pois`` table); unknown ids refused."""
+    from aether.io.store import CityStore
     from aether.io.tables import read_table
-    from aether.ml.encode import AETHER_COLUMNS, AETHER_POIS_FILE, aether_dir
+    from aether.ml.encode import AETHER_COLUMNS
 
     if not poi_ids:
         return np.empty((0, len(AETHER_COLUMNS)), np.float32)
-    enc = read_table(aether_dir(city_dir, run.name) / AETHER_POIS_FILE,
+    enc = read_table(CityStore.at(city_dir).encoded_pois(run.name),
                      ["poi_id", *AETHER_COLUMNS], "aether pois").set_index("poi_id")
     missing = [p for p in poi_ids if p not in enc.index]
     if missing:

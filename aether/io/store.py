@@ -1,0 +1,285 @@
+"""The data layout: every file and folder aether keeps for a city-year, named in one place.
+
+``CityStore(root, slug, year)`` is ``<root>/<slug>/<year>/``; every step asks it for its
+paths instead of joining names itself, so the layout (docs/formats.md) has one owner.
+Grids are found by their cell spec (``100m``, ``h3r9``), and trained models count only when
+complete. ``data_lock`` is the one lock every writer of a data directory holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aether.core.cells import CellSpec, parse_cell
+from aether.errors import InputError, LockedError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".aether-run.lock"
+RUNS_DIR = "runs"
+SAMPLE_DIR = "_sample"  # the offline sample city's tiles and PBF, in the data directory
+POIS_FILE = "pois.parquet"
+POI_EMBEDDINGS_FILE = "poi_embeddings.parquet"
+MANIFEST_FILE = "manifest.json"
+TEXT_EMBEDDINGS_FILE = "text_embeddings.parquet"
+BASEMAP_FILE = "basemap.parquet"
+STEPS_DIR = ".aether-steps"
+WORK_DIR = ".work"
+MODELS_DIR = "models"
+ENCODED_DIR = "aether"
+EVAL_DIR = "evaluation"
+EVAL_CACHE_DIR = ".cache"
+MAPS_DIR = "maps"
+LABELS_DIR = "labels"
+GRID_PREFIX = "grid_embeddings_"
+ENCODED_GRID_PREFIX = "grid_"
+#: The files of a trained model; a run directory is usable only with its config and weights.
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+_PARTIAL = ".partial"
+
+
+def _cell_order(spec: CellSpec) -> tuple[int, float]:
+    """Smallest cells first: square cells by size, then H3 from the finest resolution."""
+    return (0, spec.size) if spec.kind == "square" else (1, -spec.size)
+
+
+def _cells_named(folder: Path, prefix: str) -> list[CellSpec]:
+    """The cell specs of the ``<prefix><label>.parquet`` tables in a folder."""
+    found = []
+    for p in folder.glob(f"{prefix}*.parquet"):
+        label = p.name[len(prefix):-len(".parquet")]
+        try:
+            found.append(parse_cell(label))
+        except InputError:
+            continue  # not one of ours (another tool's file beside the tables)
+    return sorted(set(found), key=_cell_order)
+
+
+@dataclass(frozen=True)
+class CityStore:
+    """The folder of one city-year and the name of everything in it."""
+
+    root: Path
+    slug: str
+    year: int | None
+    folder: Path | None = field(default=None, repr=False)  # set by ``at``
+
+    @classmethod
+    def at(cls, city_dir: str | os.PathLike[str]) -> CityStore:
+        """The store whose folder is ``city_dir`` (normally ``<root>/<slug>/<year>``)."""
+        d = Path(city_dir)
+        return cls(d.parent.parent, d.parent.name, int(d.name) if d.name.isdigit() else None,
+                   d)
+
+    @classmethod
+    def of(cls, root: Path, slug: str, year: int) -> CityStore:
+        """The store of a slug and year, the slug checked to be one safe path component."""
+        from aether.settings import check_slug
+
+        return cls(Path(root), check_slug(slug), year)
+
+    @property
+    def dir(self) -> Path:
+        return self.folder or self.root / self.slug / str(self.year)
+
+    # --- the extract's tables ------------------------------------------------------------
+    @property
+    def pois(self) -> Path:
+        return self.dir / POIS_FILE
+
+    @property
+    def poi_embeddings(self) -> Path:
+        return self.dir / POI_EMBEDDINGS_FILE
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / MANIFEST_FILE
+
+    @property
+    def text_embeddings(self) -> Path:
+        """The cache of frozen text vectors of this city's POI texts and queries."""
+        return self.dir / TEXT_EMBEDDINGS_FILE
+
+    @property
+    def basemap(self) -> Path:
+        """Roads, water and green of the POIs' PBF, drawn under maps."""
+        return self.dir / BASEMAP_FILE
+
+    def work(self, source: str) -> Path:
+        """A source's checkpoints and task book (resumable work, not results)."""
+        return self.dir / WORK_DIR / source
+
+    @property
+    def steps(self) -> Path:
+        """Step records of scheduled runs (``<step>.json``)."""
+        return self.dir / STEPS_DIR
+
+    def step(self, name: str) -> Path:
+        return self.steps / f"{name}.json"
+
+    # --- grids ---------------------------------------------------------------------------
+    def grid(self, cell: str | float | CellSpec) -> Path:
+        """``grid_embeddings_100m.parquet``, ``grid_embeddings_h3r9.parquet``."""
+        return self.dir / f"{GRID_PREFIX}{parse_cell(cell).label}.parquet"
+
+    def grids(self) -> list[CellSpec]:
+        """The cell specs of the grids present, smallest cells first."""
+        return _cells_named(self.dir, GRID_PREFIX)
+
+    # --- models and their outputs --------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.dir / MODELS_DIR
+
+    def model(self, name: str) -> Path:
+        return self.models_dir / name
+
+    def model_partial(self, name: str) -> Path:
+        """Where a model is built (and resumed) until it is complete and renamed."""
+        return self.models_dir / f".{name}{_PARTIAL}"
+
+    def models(self) -> list[str]:
+        """Names of the complete models, sorted; incomplete ones are logged and skipped."""
+        names: list[str] = []
+        broken: list[str] = []
+        for d in sorted(self.models_dir.glob("[!.]*")):
+            if d.is_dir():
+                (names if model_complete(d) else broken).append(d.name)
+        if broken:
+            log.warning("skipping incomplete model(s) in %s: %s (re-run `aether train`)",
+                        self.models_dir, ", ".join(broken))
+        return names
+
+    def encoded_dir(self, name: str) -> Path:
+        return self.dir / ENCODED_DIR / name
+
+    def encoded_pois(self, name: str) -> Path:
+        return self.encoded_dir(name) / POIS_FILE
+
+    def encoded(self, name: str, cell: str | float | CellSpec) -> Path:
+        """A model's encoded grid: ``aether/<model>/grid_<label>.parquet``."""
+        return self.encoded_dir(name) / f"{ENCODED_GRID_PREFIX}{parse_cell(cell).label}.parquet"
+
+    def encoded_cells(self, name: str) -> list[CellSpec]:
+        """The cell specs a model's grids were encoded at, smallest cells first."""
+        return _cells_named(self.encoded_dir(name), ENCODED_GRID_PREFIX)
+
+    # --- evaluation, maps, labels --------------------------------------------------------
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.dir / EVAL_DIR
+
+    def evaluation(self, stem: str, suffix: str) -> Path:
+        return self.evaluation_dir / f"{stem}.{suffix}"
+
+    def evaluation_cache(self, stem: str, key: str) -> Path:
+        """One cached result per (task, inputs key): alternating model sets cost nothing."""
+        return self.evaluation_dir / EVAL_CACHE_DIR / f"{stem}-{key}.json"
+
+    @property
+    def maps_dir(self) -> Path:
+        return self.dir / MAPS_DIR
+
+    def labels(self, name: str) -> Path:
+        return self.dir / LABELS_DIR / f"{name}.parquet"
+
+    # --- the data directory --------------------------------------------------------------
+    @property
+    def lock(self) -> Path:
+        """The data directory's lock: one writer at a time, whatever the city-year (a
+        folder outside a data directory is its own)."""
+        return lock_path(self.root if self.folder is None or self.year is not None
+                         else self.folder)
+
+    def locked(self) -> contextlib.AbstractContextManager[Path]:
+        """Hold the lock while writing this city-year (see ``data_lock``)."""
+        return data_lock(self.lock.parent)
+
+
+def model_complete(run_dir: Path) -> bool:
+    """A run directory holds a usable model: its config and weights."""
+    return all((run_dir / f).is_file() for f in (MODEL_CONFIG, MODEL_WEIGHTS))
+
+
+def lock_path(root: Path) -> Path:
+    return Path(root) / LOCK_FILE
+
+
+def runs_dir(root: Path) -> Path:
+    """Where ``aether run`` writes its reports."""
+    return Path(root) / RUNS_DIR
+
+
+_held: dict[Path, int] = {}  # data directories this process holds the lock of (re-entrant)
+
+
+@contextlib.contextmanager
+def data_lock(root: Path) -> Iterator[Path]:
+    """Hold ``<root>/.aether-run.lock``; LockedError at once if another process holds it.
+
+    Re-entrant within a process (``aether run`` holds it while its steps take it again).
+    The lock file is opened without following a symlink, and only a lock file aether made
+    (empty or a pid) is written to, so a planted link or file is never truncated.
+    """
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = lock_path(root)
+    key = path.resolve()
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield path
+        finally:
+            _held[key] -= 1
+        return
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LockedError(f"another aether run (pid {holder}) is writing to {root}",
+                          "wait for it to finish; the lock is freed when it exits") from None
+    ours = _is_lock_file(fd)
+    _held[key] = 1
+    try:
+        if ours:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        _held.pop(key, None)
+        if ours:
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise LockedError(f"the lock file {path} is a symbolic link",
+                            "remove it; aether creates its own lock file") from None
+        raise LockedError(f"cannot open the lock file {path}: {e.strerror}",
+                        "check the data directory's permissions") from None
+
+
+def _is_lock_file(fd: int) -> bool:
+    """True for a regular, single-link file holding nothing but a pid: one aether made."""
+    import stat
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > 32:
+        return False
+    return os.pread(fd, 32, 0).strip().isdigit() or st.st_size == 0
+

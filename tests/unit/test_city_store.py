@@ -1,0 +1,157 @@
+"""The data layout's owner (CityStore), its lock, and how files are written (issues 12, 15)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+from shapely.geometry import Point
+
+from aether.core.cells import parse_cell
+from aether.errors import LockedError
+from aether.io.store import CityStore, data_lock
+from aether.io.tables import write_json, write_parquet
+
+
+def test_every_path_of_a_city_year(tmp_path: Path) -> None:
+    s = CityStore.of(tmp_path, "helsinki", 2024)
+    city = tmp_path / "helsinki" / "2024"
+    assert s.dir == city
+    assert s.pois == city / "pois.parquet"
+    assert s.poi_embeddings == city / "poi_embeddings.parquet"
+    assert s.manifest == city / "manifest.json"
+    assert s.text_embeddings == city / "text_embeddings.parquet"
+    assert s.grid("100m") == city / "grid_embeddings_100m.parquet"
+    assert s.grid("0.5km") == city / "grid_embeddings_500m.parquet"
+    assert s.grid("h3:9") == city / "grid_embeddings_h3r9.parquet"
+    assert s.model("paper") == city / "models" / "paper"
+    assert s.encoded("paper", "h3:9") == city / "aether" / "paper" / "grid_h3r9.parquet"
+    assert s.encoded("paper", 50) == city / "aether" / "paper" / "grid_50m.parquet"
+    assert s.work("ee") == city / ".work" / "ee"
+    assert s.step("train") == city / ".aether-steps" / "train.json"
+    assert s.lock == tmp_path / ".aether-run.lock"
+    assert CityStore.at(city).dir == city and CityStore.at(city).slug == "helsinki"
+
+
+def test_grids_are_found_by_cell_spec_h3_included(tmp_path: Path) -> None:
+    """An h3:9 grid is a grid like any other (the old regex only saw ``<n>m`` names)."""
+    s = CityStore.of(tmp_path, "helsinki", 2024)
+    for spec in ("h3:9", "200m", "50m", "h3:10"):
+        s.grid(spec).parent.mkdir(parents=True, exist_ok=True)
+        s.grid(spec).write_bytes(b"")
+        s.encoded("m", spec).parent.mkdir(parents=True, exist_ok=True)
+        s.encoded("m", spec).write_bytes(b"")
+    (s.dir / "grid_embeddings_notes.parquet").write_bytes(b"")  # not a cell spec: ignored
+    want = [parse_cell(c) for c in ("50m", "200m", "h3:10", "h3:9")]
+    assert s.grids() == want
+    assert s.encoded_cells("m") == want
+
+
+def test_incomplete_model_dirs_are_skipped_and_named(tmp_path: Path, caplog) -> None:
+    s = CityStore.of(tmp_path, "helsinki", 2024)
+    good, broken = s.model("good"), s.model("broken")
+    for d in (good, broken):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    (good / "model.safetensors").write_bytes(b"x")
+    (good / "summary.json").write_text("{}")
+    s.model_partial("building").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert s.models() == ["good"]
+    assert "broken" in caplog.text and "building" not in caplog.text
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_survives(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".aether-run.lock").symlink_to(precious)
+    with pytest.raises(LockedError, match="symbolic link"), data_lock(data):
+        pass
+    assert precious.read_text() == "keep me\n"
+
+
+def test_a_lock_file_aether_did_not_write_is_never_truncated(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".aether-run.lock").write_text("not a pid: someone else's file\n")
+    with data_lock(data):
+        pass
+    assert (data / ".aether-run.lock").read_text() == "not a pid: someone else's file\n"
+
+
+def test_the_lock_is_reentrant_in_a_process_and_exclusive_across(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code = ("import sys; from pathlib import Path; from aether.io.store import data_lock\n"
+            "from aether.errors import LockedError\n"
+            "try:\n    with data_lock(Path(sys.argv[1])): print('got it')\n"
+            "except LockedError as e: print('refused', e)\n")
+    with data_lock(data), data_lock(data):  # the run holds it; its steps take it again
+        assert (data / ".aether-run.lock").read_text().strip() == str(os.getpid())
+        out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.stdout.startswith("refused another aether run"), out
+    out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.stdout.strip() == "got it"
+
+
+def test_written_files_honour_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        a = write_json({"a": 1}, tmp_path / "a.json")
+        b = write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "b.parquet")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(a.stat().st_mode) == 0o644
+    assert stat.S_IMODE(b.stat().st_mode) == 0o644
+
+
+def test_a_successful_write_removes_stale_temp_files_of_its_target(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = [tmp_path / ".pois.parquet.abc123.tmp",  # an older aether's name (no pid)
+             tmp_path / f".pois.parquet.{dead}-x1y2.tmp"]  # a writer that was killed
+    live = tmp_path / f".pois.parquet.{os.getpid()}-inflight.tmp"  # a live writer's
+    other = tmp_path / ".manifest.json.abc.tmp"  # another target's: not ours to judge
+    for p in (*stale, live, other):
+        p.write_bytes(b"half")
+    write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "pois.parquet")
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "pois.parquet"])
+
+
+def test_duplicate_poi_ids_are_reported(caplog) -> None:
+    from aether.pois.load import normalise
+
+    raw = gpd.GeoDataFrame(
+        {"poi_id": ["a", "b", "a", "a"], "name": ["x", "y", "z", "w"],
+         "category": "cafe", "top_category": "food"},
+        geometry=[Point(24.94 + i * 0.001, 60.17) for i in range(4)], crs="EPSG:4326")
+    with caplog.at_level(logging.WARNING):
+        out = normalise(raw, None, "file:shops.csv")
+    assert sorted(out["poi_id"]) == ["a", "b"]
+    assert "2 row(s) repeat the poi_id" in caplog.text and "file:shops.csv" in caplog.text
+
+
+def test_one_name_per_meaning() -> None:
+    """Evaluation tasks, run steps and trained models each have their own name."""
+    from aether.evaluation.tasks import ProbeTask
+    from aether.ml.encode import ModelRun
+    from aether.pipeline import extract, scheduled
+
+    assert scheduled.Step.__dataclass_fields__["status"].default is scheduled.StepState.PENDING
+    assert json.dumps(scheduled.StepState.UP_TO_DATE) == '"up to date"'
+    assert "cell" in ProbeTask.__dataclass_fields__ and ModelRun.__name__ == "ModelRun"
+    assert not hasattr(extract, "parse_cell")  # one cell parser: aether.core.cells

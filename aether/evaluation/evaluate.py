@@ -267,9 +267,16 @@ def _probe_all(task: ProbeTask, feats: dict[str, np.ndarray], labels: Any, ux: n
 
 
 def _publish(store: CityStore, stem: str, result: dict[str, Any]) -> dict[str, str]:
-    """Write the result as ``evaluation/<task>.{json,md}`` (the latest one asked for)."""
+    """Write the result as ``evaluation/<task>.{json,md}`` (the latest one asked for); files
+    that already hold it are left untouched."""
     paths = {"json": str(store.evaluation(stem, "json")),
              "markdown": str(store.evaluation(stem, "md"))}
+    try:
+        if (read_json(paths["json"]).get("inputs_key") == result["inputs_key"]
+                and Path(paths["markdown"]).is_file()):
+            return paths
+    except (OSError, ValueError, AttributeError):
+        pass
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown(result))
     write_json(result, paths["json"])

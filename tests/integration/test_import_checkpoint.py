@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from aether.core.cells import grid_file  # noqa: E402
 from aether.embeddings import get_source  # noqa: E402
+from aether.io.store import CityStore  # noqa: E402
 from aether.io.tables import read_json, sort_poi_embeddings, write_parquet  # noqa: E402
 from aether.ml.train import load_model, train  # noqa: E402
 
@@ -36,7 +36,7 @@ def square_city(sample_city, sample_extract, tmp_path_factory):
     write_parquet(pois, city / "pois.parquet")
     write_parquet(sort_poi_embeddings(src.point_means(pois, [-45.0, -95.0], 2024)),
                   city / "poi_embeddings.parquet")
-    write_parquet(src.grid(sample_city.place, 2024, "100m"), city / grid_file(100.0))
+    write_parquet(src.grid(sample_city.place, 2024, "100m"), CityStore.at(city).grid("100m"))
     return root, city
 
 

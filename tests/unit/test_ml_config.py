@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from train_data import write_synthetic_city  # noqa: E402
 
 from aether.io.tables import sha256_file  # noqa: E402
-from aether.ml.encode import Run, apply_ae  # noqa: E402
+from aether.ml.encode import ModelRun, apply_ae  # noqa: E402
 from aether.ml.fit import batches, pick_threads  # noqa: E402
 from aether.ml.heads import AetherModel  # noqa: E402
 from aether.ml.train import (  # noqa: E402
@@ -49,7 +49,7 @@ def test_head_sizes_come_from_the_run_config(city):
     run = train(city, preset="default", run_name="small", hidden_dim=32, out_dim=16, **FAST)
     model, config = load_model(run)
     assert (config["model"]["hidden_dim"], config["model"]["out_dim"]) == (32, 16)
-    z = apply_ae(Run("small", run, model, config),
+    z = apply_ae(ModelRun("small", run, model, config),
                  np.vstack([np.full((1, 64), np.nan), np.ones((2, 64))]))
     assert z.shape == (3, 16) and np.isnan(z[0]).all()
     assert np.allclose(np.linalg.norm(z[1:], axis=1), 1, atol=1e-5)

@@ -184,9 +184,10 @@ def _config_hash_in(folder: Path) -> str | None:
 
 def _prepare_run(run: Path, work: Path, config: dict[str, Any], overwrite: bool) -> str:
     """'fresh', 'resume' (in ``work``) or 'done' (``run`` is it); refuse to mix configs."""
-    if run.is_dir() and not model_complete(run) and not work.exists():
+    trained = model_complete(run) and (run / SUMMARY_FILE).is_file()
+    if run.is_dir() and not trained and not work.exists():
         os.rename(run, work)  # half a model left visible by an older aether: finish it
-    elif run.is_dir() and not model_complete(run):
+    elif run.is_dir() and not trained:
         shutil.rmtree(run)
     if run.is_dir() and not overwrite:
         if _config_hash_in(run) != config["config_hash"]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from aether.pipeline.scheduled import DONE, FAILED, RunReport, Task, summary_table
+from aether.pipeline.scheduled import DONE, FAILED, RunReport, Step, summary_table
 
 
 def test_headers_and_cells_are_readable() -> None:
     report = RunReport("r1", "sample.yaml", "/d", "2026-01-01T00:00:00")
-    report.tasks = [Task("Helsinki", "helsinki", 2024, "extract", status=DONE, seconds=3.25,
+    report.steps = [Step("Helsinki", "helsinki", 2024, "extract", status=DONE, seconds=3.25,
                          rows=4304),
-                    Task("Espoo", "espoo", 2024, "train", status=FAILED, error="no POIs")]
+                    Step("Espoo", "espoo", 2024, "train", status=FAILED, error="no POIs")]
     console = Console(width=120, record=True)
     console.print(summary_table(report))
     text = console.export_text()

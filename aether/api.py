@@ -390,15 +390,16 @@ class Search:
 
 def _run_and_cell(city: str, model: str | None, cell: str | float | None, year: int,
                   data_dir: PathLike | None) -> tuple[ModelRun, CellSpec, Path]:
-    """The run a question goes to (``default``, else the last run) and its grid cell (the
-    smallest encoded, unless given: ``100m``, ``h3:9``)."""
+    """The run a question goes to (``default``, else the last run with an encoded grid, else
+    the last run) and its grid cell (the smallest encoded, unless given: ``100m``, ``h3:9``)."""
     from aether.core.cells import parse_cell
     from aether.io.store import CityStore
     from aether.ml.encode import encoded_cells, list_runs
 
     where = city_dir(city, year, data_dir)
     names = list_runs(where)
-    chosen = model or ("default" if "default" in names else (names or ["default"])[-1])
+    encoded = [n for n in names if encoded_cells(where, n)]
+    chosen = model or ("default" if "default" in names else (encoded or names or ["default"])[-1])
     run = runs(city, [chosen], year=year, data_dir=data_dir)[0]
     cells = encoded_cells(where, run.name)
     if cell is None and not cells:

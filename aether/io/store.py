@@ -240,14 +240,20 @@ def data_lock(root: Path) -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
-    fd = _open_lock(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    for _ in range(3):  # a holder may remove the file between our open and our flock
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LockedError(f"another aether run (pid {holder}) is writing to {root}",
+                              "wait for it to finish; the lock is freed when it exits") from None
+        if _same_file(fd, path):
+            break
         os.close(fd)
-        raise LockedError(f"another aether run (pid {holder}) is writing to {root}",
-                          "wait for it to finish; the lock is freed when it exits") from None
+    else:
+        raise LockedError(f"the lock file {path} keeps changing", "retry in a moment")
     ours = _is_lock_file(fd)
     _held[key] = 1
     try:
@@ -257,10 +263,20 @@ def data_lock(root: Path) -> Iterator[Path]:
         yield path
     finally:
         _held.pop(key, None)
-        if ours:
-            os.ftruncate(fd, 0)
+        if ours:  # removed while held, so a failed command leaves the data dir as it was
+            with contextlib.suppress(OSError):
+                path.unlink()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True while ``path`` still names the open file (it was not removed or replaced)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return os.fstat(fd).st_ino == st.st_ino and os.fstat(fd).st_dev == st.st_dev
 
 
 def _open_lock(path: Path) -> int:

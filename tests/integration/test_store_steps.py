@@ -93,9 +93,10 @@ def test_every_writer_takes_the_data_lock(data: Path, cli, step) -> None:
     with data_lock(data):  # e.g. a scheduled run in progress
         before = sorted(p.relative_to(data) for p in data.rglob("*"))
         r = cli(*step, "--data-dir", str(data))
+        after = sorted(p.relative_to(data) for p in data.rglob("*"))
     _one_line_exit_2(r)
     assert "another aether run" in r.stderr
-    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert after == before
 
 
 def test_encode_takes_the_data_lock(sample_runs, cli) -> None:

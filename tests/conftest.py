@@ -142,6 +142,19 @@ def sample_runs(sample_extract: Path, data_root: Path):
     return sample_extract, names, data_root
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium executable; CI (``AETHER_REQUIRE_CHROMIUM``) fails when it is absent."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("AETHER_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (AETHER_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    return path
+
+
 @pytest.fixture
 def nginx(tmp_path: Path):
     """Start Debian's nginx on a free 127.0.0.1 port serving a directory: ``nginx(root)``.

@@ -146,12 +146,15 @@ def expected_files(path: list[str], params: dict, cwd: Path) -> list[Path]:
 PORT = re.compile(r"--port (\d+)")
 
 
-def _start_server(line: str, env: dict, cwd: Path,
+def _start_server(words: list[str], env: dict, cwd: Path,
                   urls: dict[str, str]) -> subprocess.Popen:
-    """Start a server line; the page's fixed ``--port N`` runs as ``--port 0`` (a free port),
-    and later lines' ``http://127.0.0.1:N`` are rewritten to the URL it printed (``urls``)."""
+    """Start a server command in the background (on the page it may run in the foreground);
+    the page's fixed ``--port N`` (or none) runs as ``--port 0`` (a free port), and later
+    lines' ``http://127.0.0.1:N`` are rewritten to the URL it printed (``urls``)."""
+    line = shlex.join(words)
     shown = PORT.search(line)
-    proc = subprocess.Popen(["bash", "-c", f"exec {PORT.sub('--port 0', line).rstrip('& ')}"],
+    run = PORT.sub("--port 0", line) if shown else f"{line} --port 0"
+    proc = subprocess.Popen(["bash", "-c", f"exec {run}"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     first = proc.stdout.readline()
@@ -210,8 +213,8 @@ def test_bash_and_python_blocks_run_in_order(tmp_path):
                     f"{block.page}: {line!r}: bash blocks hold aether and make commands only "
                     "(show other commands in a console block)")
                 path, ctx = aether_command(words)
-                if line.endswith("&"):
-                    servers.append(_start_server(line, env, cwd, urls))
+                if line.endswith("&") or path[-1] == "serve":
+                    servers.append(_start_server(words, env, cwd, urls))
                     continue
                 t0, c0 = time.perf_counter(), _children_cpu()
                 run_line = _with_urls(line.replace(".venv/bin/aether", "aether"), urls)

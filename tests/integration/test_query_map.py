@@ -7,14 +7,11 @@ is absent.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +42,21 @@ def test_query_prints_topk_and_writes_both_maps(query_out) -> None:
     assert "produced by Google and Google DeepMind" in html
 
 
-def _chromium(html_path, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
+def _chromium(chromium: str, html_path, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=8000", *args, html_path.as_uri()],
         capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_map_renders_in_headless_chromium(query_out, tmp_path) -> None:
+def test_map_renders_in_headless_chromium(query_out, tmp_path, chromium) -> None:
     from PIL import Image
 
     _, stem = query_out
     shot = tmp_path / "shot.png"
-    _chromium(stem.with_suffix(".html"), tmp_path, f"--screenshot={shot}",
+    _chromium(chromium, stem.with_suffix(".html"), tmp_path, f"--screenshot={shot}",
               "--window-size=1400,800")
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
@@ -74,7 +70,7 @@ def test_map_renders_in_headless_chromium(query_out, tmp_path) -> None:
     # both maps drawn side by side: heat on the left and on the right half
     half = heat.shape[1] // 2
     assert heat[:, :half].mean() > 0.03 and heat[:, half:].mean() > 0.03
-    dom = _chromium(stem.with_suffix(".html"), tmp_path, "--dump-dom").stdout
+    dom = _chromium(chromium, stem.with_suffix(".html"), tmp_path, "--dump-dom").stdout
     assert dom.count('class="aether-legend"') == 2
     assert dom.count("<canvas") == 2  # cells and markers are drawn on one canvas per map
     attribution = re.findall(r'<div class="leaflet-control-attribution[^"]*"[^>]*>(.*?)</div>',
@@ -151,13 +147,12 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 @pytest.mark.parametrize("queries", [
     ["coffee shop"],
     ["coffee shop", "late-night bars and live music, somewhere to dance until the morning",
      "hotel"],
 ])
-def test_map_layout_in_chromium(sample_runs, cli, tmp_path, queries) -> None:
+def test_map_layout_in_chromium(sample_runs, cli, tmp_path, queries, chromium) -> None:
     """One and three panels: titles wrap instead of being clipped, and the legend, the scale
     bar and both credits never cover each other, in a real browser's layout."""
     from playwright.sync_api import sync_playwright
@@ -168,7 +163,7 @@ def test_map_layout_in_chromium(sample_runs, cli, tmp_path, queries) -> None:
             "--out", str(stem), "--data-dir", str(data_root))
     assert r.returncode == 0, r.stderr
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 800})
         page.goto(stem.with_suffix(".html").as_uri())
         page.wait_for_selector(".leaflet-control-scale")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,8 +15,6 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import pytest
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +87,13 @@ def test_exports_geojson_and_png(server) -> None:
     assert status == 200 and ctype == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_browser_types_a_query_and_sees_the_answer(server, tmp_path) -> None:
+def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -> None:
     from playwright.sync_api import sync_playwright
 
     url, names, _ = server
     hostile = '<img src=x onerror="window.pwned=1">bar'
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 700})
         page.goto(f"{url}?model={names[1]},alphaearth")
         page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, target)
-        _remove_leftovers(target.parent, prefix)
+        remove_leftovers(target.parent, prefix)
     except OSError as e:  # name the file being written, not its temp file (or none: Arrow)
         raise OSError(e.errno, e.strerror or str(e), str(target)) from e
     finally:
@@ -76,15 +77,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _remove_leftovers(folder: Path, prefix: str) -> None:
-    """Temp files of one target from writers that died before their rename (a temp name
-    holds its writer's pid; files of a live process are left alone)."""
+def remove_leftovers(folder: Path, prefix: str) -> None:
+    """Temp files or dirs (``<prefix><pid>-*.tmp``) of one target from writers that died
+    before their rename; those of a live process are left alone. Never follows a symlink:
+    a link is removed, not its target."""
     for old in folder.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = old.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            old.unlink()
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
 
 
 def _alive(pid: int) -> bool:

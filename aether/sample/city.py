@@ -124,7 +124,7 @@ def _manifest_ok(root: Path, want: dict[str, Any], name: str = SAMPLE_MANIFEST) 
 def ensure_sample(data_dir: str | os.PathLike[str], *, seed: int = 0,
                   year: int = DEFAULT_YEAR) -> SampleCity:
     """Build the Helsinki sample once under ``<data_dir>/_sample/helsinki/``; reuse it after."""
-    from aether.io.tables import sha256_file
+    from aether.io.tables import remove_leftovers, sha256_file
 
     check_year(year)
     place = sample_place("helsinki")
@@ -137,25 +137,29 @@ def ensure_sample(data_dir: str | os.PathLike[str], *, seed: int = 0,
     if _manifest_ok(root, want):
         return city
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{place.slug}.", dir=root.parent))
+    prefix = f".{place.slug}."
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp",
+                                dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the sample is shared data
     try:
         _build(tmp, place, pbf, seed=seed, year=year, manifest=want)
         try:
-            _swap_in(tmp, root)
+            _swap_in(tmp, root, prefix)
         except OSError:  # another process swapped its build in first: fine if it is ours
             if not _manifest_ok(root, want):
                 raise
+        remove_leftovers(root.parent, prefix)  # builds a killed process left behind
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return city
 
 
-def _swap_in(tmp: Path, root: Path) -> None:
-    """Rename a finished build onto ``root`` (moving any old one aside first)."""
+def _swap_in(tmp: Path, root: Path, prefix: str) -> None:
+    """Rename a finished build onto ``root`` (moving any old one aside first, under a
+    temp name ``remove_leftovers`` knows)."""
     old = None
     if root.exists():
-        old = root.with_name(f".{root.name}.old.{os.getpid()}.{time.monotonic_ns()}")
+        old = root.with_name(f"{prefix}{os.getpid()}-old{time.monotonic_ns()}.tmp")
         with contextlib.suppress(FileNotFoundError):  # moved away by a concurrent build
             os.replace(root, old)
     os.replace(tmp, root)

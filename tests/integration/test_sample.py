@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -117,9 +118,18 @@ def test_reused_then_rebuilt_identically_when_incomplete(sample_city, tile, tmp_
     fresh_tile = fresh.tiles / Path(tile).relative_to(sample_city.tiles)
     assert fresh_tile.read_bytes() == Path(tile).read_bytes()
     fresh_tile.unlink()
+    # a build a killed process left behind goes; a link is removed, never followed
+    with subprocess.Popen(["true"]) as gone:
+        pass
+    pid = gone.pid  # a process that has exited
+    (tmp_path / "_sample" / f".helsinki.{pid}-abc.tmp" / "tiles").mkdir(parents=True)
+    keep = tmp_path / "keep"
+    (keep / "tiles").mkdir(parents=True)
+    (tmp_path / "_sample" / f".helsinki.{pid}-link.tmp").symlink_to(keep)
     ensure_sample(tmp_path)
     assert fresh_tile.read_bytes() == Path(tile).read_bytes()
     assert not [p for p in (tmp_path / "_sample").iterdir() if p.name.startswith(".")]
+    assert (keep / "tiles").is_dir()
 
 
 def test_whitelist_excludes_poi_tags_and_functional_landuse():

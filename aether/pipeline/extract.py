@@ -237,8 +237,7 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
         "aether_version": __version__,
         "config": config,
         "config_hash": chash,
-        "inputs": {"city": req.city, "pois": poi_spec if ":" not in poi_spec
-                   else poi_spec.split(":", 1)[0] + ":" + Path(poi_spec.split(":", 1)[1]).name,
+        "inputs": {"city": req.city, "pois": _poi_record(poi_spec),
                    "source": source_name, "tiles": None if tiles is None else str(tiles)},
         "versions": _versions(),
         "outputs": {
@@ -248,6 +247,14 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
         "place": {"name": place.name, "crs": place.crs, "bbox": list(place.bbox),
                   "boundary_wkt": _wkt(place.boundary)},
     }
+
+
+def _poi_record(poi_spec: str) -> str:
+    """How the manifest names a POI source: ``osm``, or ``kind:`` and the file's name."""
+    if ":" not in poi_spec:
+        return poi_spec
+    kind, path = poi_spec.split(":", 1)
+    return f"{kind}:{Path(path).name}"
 
 
 def _wkt(geom: Any) -> str:
@@ -359,8 +366,9 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
 def _from_manifest(req: ExtractRequest, year: int
                    ) -> tuple[Place, str, dict[str, Any], str] | None:
     """(place, source, options, what was reused) from the city's manifest, when the request
-    names a city that was extracted and gives no place of its own."""
-    if req.city is None or req.place_options or req.pois is not None:
+    names a city that was extracted and gives no place of its own (and no POIs, or the ones
+    that extract used: a run's grid step does not geocode again)."""
+    if req.city is None or req.place_options:
         return None
     store = CityStore.of(req.data_dir, slugify(req.city), year)
     try:
@@ -368,6 +376,8 @@ def _from_manifest(req: ExtractRequest, year: int
         wkt, inputs = m["place"]["boundary_wkt"], m["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no manifest, or one older aether wrote without the place
+    if req.pois is not None and _poi_record(req.pois) != inputs.get("pois"):
+        return None
     import shapely
 
     place = Place(m["place"]["name"], store.slug, shapely.from_wkt(wkt), m["place"]["crs"])

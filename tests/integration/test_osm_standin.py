@@ -138,3 +138,20 @@ def test_cli_bad_places(osm_env, cli, sample_city, tmp_path, args, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
+
+
+def test_grid_after_an_osm_extract_reuses_its_place(osm_env, sample_city, tmp_path):
+    """The place extract geocoded is the grid's (a run's encode step): no second lookup."""
+    import shutil
+
+    from aether.pipeline.extract import ExtractRequest, run_extract, run_grid
+
+    req = ExtractRequest(city="Helsinki", data_dir=tmp_path / "data", pois="osm", source="cog",
+                         radii=(100.0,), source_options={"tiles": str(sample_city.tiles)})
+    done = run_extract(req)
+    looked_up = osm_env.count("nominatim")
+    assert looked_up >= 1 and done.n_pois > 2000
+    shutil.rmtree(tmp_path / "osm-cache")  # osmnx's cache would hide a second lookup
+    grid = run_grid(req, "500m")
+    assert osm_env.count("nominatim") == looked_up
+    assert grid.path.is_file() and grid.path.parent == done.out_dir

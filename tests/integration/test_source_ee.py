@@ -7,6 +7,7 @@ faults are injected by the emulator, and kills are real SIGKILLs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -178,6 +179,31 @@ def test_drive_export_reads_back_through_fsspec(ee_server, emulator, subset, tmp
     pd.testing.assert_frame_equal(_means(src, pois), ref)
     assert _routes(emulator, "table:export") == 3
     assert len(list((emulator.exports / "drive" / "aether_out").glob("*.csv"))) == 3
+
+
+def test_out_of_memory_goes_up_in_tile_scale_interactive_and_exported(
+        ee_server, emulator, subset, tmp_path, reset_ee):
+    """EE's memory error is the same on every try of the same graph: only a larger
+    ``tileScale`` passes, for a batch of computeFeatures and for an Export task alike."""
+    pois = tmp_path / "few.parquet"
+    gpd.read_parquet(subset).head(15).to_parquet(pois)
+    ref = _means(_source(tmp_path / "ref", ee_server, ee_batch=10), pois)
+    emulator.memory_features = 3  # 10 features per batch pass only at tileScale 4
+    live = _source(tmp_path / "live", ee_server, ee_batch=10)
+    pd.testing.assert_frame_equal(_means(live, pois), ref)
+    assert live.stats.escalations == 6 and live.stats.splits == 0
+    exported = _source(tmp_path / "w", ee_server, ee_batch=10, export="drive://aether_out",
+                       export_read=f"file://{emulator.exports}/drive/aether_out")
+    start = len(emulator.operations)
+    pd.testing.assert_frame_equal(_means(exported, pois), ref)
+    ops = list(emulator.operations.values())[start:]
+    states = Counter(op["metadata"]["state"] for op in ops)
+    assert states == {"FAILED": 6, "SUCCEEDED": 3}, states  # tileScale 1 and 2 fail, 4 passes
+    assert all("User memory limit exceeded" in op["error"]["message"]
+               for op in ops if op["metadata"]["state"] == "FAILED")
+    book = json.loads((tmp_path / "w" / "export_tasks.json").read_text())
+    assert sorted(rec["tile_scale"] for rec in book.values()) == [4, 4, 4]
+    assert exported.stats.escalations == 6
 
 
 def _settled(emu: Emulator, quiet: float = 1.0) -> int:

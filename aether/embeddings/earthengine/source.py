@@ -46,6 +46,7 @@ from aether.execution.jobs import (
     CheckpointStore,
     RetryPolicy,
     Stats,
+    Verdict,
     read_checkpoints,
     resilient_call,
     run_batches,
@@ -232,9 +233,28 @@ class EarthEngineSource:
         return run_batches(batches, lambda b: self._await_export(b, tasks, export, year),
                            store, concurrency=self.concurrency, stats=self.stats, on_done=on_done)
 
+    def _restart(self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget,
+                 year: int, msg: str) -> str:
+        """Start a FAILED batch's task again: at twice the ``tileScale`` when EE ran out of
+        memory (the same graph would fail the same way), else as it was, a few times."""
+        import ee
+
+        rec = tasks.get(batch.key) or {}
+        scale = int(rec.get("tile_scale", 1))
+        if (verdict(ee.EEException(msg)) is Verdict.ESCALATE
+                and scale < 2**self.policy.max_level):
+            log.info("export of batch %s ran out of memory: tileScale %d", batch.key, 2 * scale)
+            self.stats.bump("escalations")
+            return self._ensure_task(batch, tasks, export, year, restart=True,
+                                     tile_scale=2 * scale)
+        if rec.get("restarts", 0) >= EXPORT_RESTARTS:
+            raise EarthEngineError(f"export task for batch {batch.key} failed: {msg}",
+                                   "see the task in the Earth Engine console")
+        return self._ensure_task(batch, tasks, export, year, restart=True, tile_scale=scale)
+
     def _ensure_task(
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int,
-        restart: bool = False,
+        restart: bool = False, tile_scale: int = 1,
     ) -> str:
         """The operation name of the batch's task, starting it only if no task exists.
 
@@ -250,9 +270,13 @@ class EarthEngineSource:
             return str(rec["operation"])
         resent = rec is not None and not restart
         if rec is None or restart:
-            rec = self._new_task(batch, tasks, export, (rec or {}).get("restarts", -1) + 1)
-        config = export.task_config(reduce_regions_graph(batch.items, year, 1),
-                                    rec["description"], rec["prefix"])
+            restarts = (rec or {}).get("restarts", -1) + 1
+            if rec is not None and tile_scale != rec.get("tile_scale", 1):
+                restarts = rec.get("restarts", 0)  # a new tileScale is not another try
+            rec = self._new_task(batch, tasks, export, restarts, tile_scale)
+        config = export.task_config(
+            reduce_regions_graph(batch.items, year, int(rec.get("tile_scale", 1))),
+            rec["description"], rec["prefix"])
         try:
             op = self._call(lambda: ee.data.exportTable(rec["request_id"], config))
         except Exception:
@@ -260,7 +284,8 @@ class EarthEngineSource:
             if found is None and not resent:
                 raise
             if found is None:  # the recorded start never reached the server: start afresh
-                return self._ensure_task(batch, tasks, export, year, restart=True)
+                return self._ensure_task(batch, tasks, export, year, restart=True,
+                                         tile_scale=int(rec.get("tile_scale", 1)))
             op = found
             log.info("export of batch %s: adopted task %s", batch.key, op["name"])
         name = str(op["name"])
@@ -268,13 +293,15 @@ class EarthEngineSource:
         return name
 
     def _new_task(self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget,
-                  restarts: int) -> dict[str, Any]:
-        """A task record (request id, description, prefix), written before the start."""
+                  restarts: int, tile_scale: int) -> dict[str, Any]:
+        """A task record (request id, description, prefix, tileScale), written before the
+        start."""
         import ee
 
         rid = ee.data.newTaskId()[0]
         rec = {"request_id": rid, "description": f"aether_{batch.key}_{rid}",
-               "prefix": export.prefix_for(batch.key), "restarts": restarts}
+               "prefix": export.prefix_for(batch.key), "restarts": restarts,
+               "tile_scale": tile_scale}
         tasks.put(batch.key, rec)
         return rec
 
@@ -306,10 +333,7 @@ class EarthEngineSource:
                     f"remove its entry from {tasks.path} to start it again, or drop --export")
             if op.get("done") or state == "FAILED":
                 msg = (op.get("error") or {}).get("message", state.lower() or "failed")
-                if (tasks.get(batch.key) or {}).get("restarts", 0) >= EXPORT_RESTARTS:
-                    raise EarthEngineError(f"export task for batch {batch.key} failed: {msg}",
-                                           "see the task in the Earth Engine console")
-                name = self._ensure_task(batch, tasks, export, year, restart=True)
+                name = self._restart(batch, tasks, export, year, msg)
                 continue
             time.sleep(min(self.poll_s, 0.2 * 1.5**polls))  # quick tasks are seen quickly
             polls += 1

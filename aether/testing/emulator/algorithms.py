@@ -702,8 +702,11 @@ def image_reduce_regions(ctx: Any, image: Img, collection: Coll, reducer: Reduce
                          tileScale: float = 1, maxPixelsPerRegion: Any = None) -> Coll:
     if not 0.1 <= float(tileScale) <= 16:
         raise EEError("Image.reduceRegions: tileScale must be between 0.1 and 16.")
-    return reduce_regions(image, _collection(collection, "Image.reduceRegions"), reducer,
-                          scale, crs, crsTransform)
+    coll = _collection(collection, "Image.reduceRegions")
+    limit = getattr(ctx, "memory_features", None)
+    if limit is not None and len(coll.items) > limit * float(tileScale):
+        raise EEError("User memory limit exceeded.")  # the same request fails every time
+    return reduce_regions(image, coll, reducer, scale, crs, crsTransform)
 
 
 @algo("Image.reduceRegion")

@@ -84,13 +84,17 @@ class Emulator:
     not registered for Earth Engine; ``duplicate_request_id``: what a table:export with a
     ``requestId`` seen before gets: ``"operation"`` (the existing operation) or ``"error"``
     (409 ALREADY_EXISTS). Real EE's answer is undocumented; clients must survive both.
+    ``memory_features``: a ``reduceRegions`` over more features than this × its
+    ``tileScale`` fails with "User memory limit exceeded." — deterministically, as EE's does:
+    the same request fails again, only a larger ``tileScale`` (or fewer features) passes.
     """
 
     def __init__(self, tiles: str | os.PathLike[str] | None = None,
                  exports: str | os.PathLike[str] | None = None, faults: Faults | None = None,
                  export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE,
                  denied_projects: tuple[str, ...] = (),
-                 duplicate_request_id: str = "operation") -> None:
+                 duplicate_request_id: str = "operation",
+                 memory_features: int | None = None) -> None:
         if duplicate_request_id not in DUPLICATE_MODES:
             raise InputError(f"unknown duplicate requestId behaviour {duplicate_request_id!r}",
                              f"choose one of {', '.join(DUPLICATE_MODES)}")
@@ -101,6 +105,7 @@ class Emulator:
         self.export_delay = export_delay
         self.max_page_size = max_page_size
         self.denied_projects = set(denied_projects)
+        self.memory_features = memory_features
         self.assets: dict[str, Coll] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import pandas as pd
 import pytest
 import typer
 import yaml
+from overture_release import loopback_s3, write_release
 from support import REPO
 
 from aether.cli import app
+from aether.places.place import slugify
 
 ROOT = REPO
 DOCS = ROOT / "docs"
@@ -114,7 +117,7 @@ def _data(params: dict, cwd: Path) -> Path:
 
 def expected_files(path: list[str], params: dict, cwd: Path) -> list[Path]:
     data = _data(params, cwd)
-    city = data / str(params.get("city") or "helsinki").lower() / str(params.get("year", 2024))
+    city = data / slugify(str(params.get("city") or "helsinki")) / str(params.get("year", 2024))
     match path:
         case ["sample", "build"]:
             return [data / "_sample" / "helsinki" / "tiles" / "aef_index.parquet"]
@@ -182,14 +185,29 @@ def _run_python(block: Block, env: dict, cwd: Path, urls: dict[str, str]) -> Non
 
 
 @pytest.mark.slow
-def test_bash_and_python_blocks_run_in_order(tmp_path):
+@pytest.fixture
+def overture(sample_extract: Path, tmp_path: Path):
+    """The public Overture release the docs name (``overture`` and ``overture:<release>``)
+    as a loopback S3 bucket: the settings that point aether at it."""
+    import geopandas as gpd
+
+    from aether.pois.readers.overture import DEFAULT_RELEASE
+
+    root = tmp_path / "overture"
+    write_release(root, gpd.read_parquet(sample_extract / "pois.parquet"), DEFAULT_RELEASE)
+    with loopback_s3(root) as env:
+        yield env
+
+
+def test_bash_and_python_blocks_run_in_order(tmp_path, overture):
     """Every ```bash command and ```python block of README + docs, in order, in one data
-    directory."""
+    directory (Overture's bucket on loopback)."""
     cwd = tmp_path / "work"
     cwd.mkdir()
     shutil.copytree(ROOT / "pipelines", cwd / "pipelines")
     env = {**os.environ, "AETHER_DATA_DIR": str(cwd / "aether-data"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           **overture}
     targets = make_targets()
     servers: list[subprocess.Popen] = []
     urls: dict[str, str] = {}
@@ -224,6 +242,9 @@ def test_bash_and_python_blocks_run_in_order(tmp_path):
                 assert r.returncode == 0, f"{block.page}: {line}\n{r.stdout}\n{r.stderr}"
                 for f in expected_files(path, ctx.params, cwd):
                     assert f.exists(), f"{block.page}: {line}: {f} missing\n{r.stdout}"
+                if path == ["extract"] and str(ctx.params.get("pois")).startswith("overture"):
+                    pois = pd.read_parquet(expected_files(path, ctx.params, cwd)[0])
+                    assert len(pois) > 100 and pois["poi_id"].str.startswith("overture:").all()
                 if path == ["query"]:
                     html = expected_files(path, ctx.params, cwd)[0].read_text()
                     assert OSM_CREDIT in html and AEF_CREDIT in html

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -37,3 +38,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: Both credits as a map page holds them: in text, or JSON-escaped inside its script (©).
+MAP_CREDITS = (re.compile(r"(©|\\u00a9|&copy;) OpenStreetMap contributors"),
+               re.compile(r"The AlphaEarth Foundations Satellite Embedding dataset is produced "
+                          r"by Google and Google DeepMind\."))
+
+
+def has_map_credits(html: str) -> bool:
+    """Whether a map page carries both data credits (as a browser would show them)."""
+    return all(p.search(html) for p in MAP_CREDITS)

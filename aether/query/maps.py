@@ -162,7 +162,10 @@ def _call(method: str, arg: str) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.method, self.arg = method, json.dumps(arg)
+            # the page is UTF-8: the credits read as written (©), and no "</" can end
+            # the script element early
+            self.method = method
+            self.arg = json.dumps(arg, ensure_ascii=False).replace("</", "<\\/")
 
     return Call()
 

@@ -33,9 +33,10 @@ class PixelBlock:
 
     ``x0``/``y0`` are the coordinates of the outer edge of column 0 / row 0; ``dy`` is
     negative for north-up rasters and positive for south-up ones (AlphaEarth COGs).
-    NaN marks no data; a pixel with NaN in any band is invalid in all. A block decoded from
-    int8 (``from_int8``) carries ``valid`` instead: its values are 0 where not valid and
-    C-contiguous, so the kernel uses them without a copy.
+    NaN marks no data; a pixel with NaN in any band is invalid in all. A block of stored
+    AlphaEarth int8 values (``from_int8``) is not decoded up front: the circle kernel sums
+    the exact integers ``q·|q|`` and scales once (``aef.DEQUANT_SCALE``), other reducers
+    decode it on first use (``_prepared``), and ``valid`` is band 0 ≠ −128.
     """
 
     values: np.ndarray
@@ -56,9 +57,8 @@ class PixelBlock:
 
     @classmethod
     def from_int8(cls, q: np.ndarray, transform: object) -> PixelBlock:
-        """Decode band-last AlphaEarth int8 ``(rows, cols, 64)`` (``aef.decode``)."""
-        values, valid = aef.decode(q)
-        return cls.from_transform(values, transform, valid)
+        """Band-last AlphaEarth int8 ``(rows, cols, 64)``, kept as stored (no copy)."""
+        return cls.from_transform(q, transform, q[..., 0] != aef.NODATA)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,6 +71,8 @@ class PixelBlock:
     @cached_property
     def _prepared(self) -> tuple[np.ndarray, np.ndarray]:
         """(values with 0 at invalid pixels, C-contiguous float32; valid mask)."""
+        if self.values.dtype == np.int8:
+            return aef.decode(self.values)
         if self.valid is not None:
             return np.ascontiguousarray(self.values, dtype=np.float32), self.valid
         vals = np.asarray(self.values, dtype=np.float32)
@@ -189,7 +191,9 @@ def radii_partial_sums(
     live = [k for k, r in enumerate(radii) if r > 0]
     if len(x) == 0 or not live:
         return outs
-    vals, valid = block._prepared
+    quantised = block.values.dtype == np.int8
+    vals, valid = (block.values, block.valid) if quantised else block._prepared
+    assert valid is not None
     c0, r0, nx, ny = _window(block, x, y, max(radii[k] for k in live))
     for pr in range(0, h, PART_PX):
         for pc in range(0, w, PART_PX):
@@ -208,17 +212,30 @@ def radii_partial_sums(
                     rows = slice(j * len(batch), (j + 1) * len(batch))
                     outs[k].weighted_sum[batch] += sums[rows]
                     outs[k].valid_weight[batch] += vw[rows]
+    if quantised:  # the sums are of q·|q|: one division decodes them
+        for k in live:
+            outs[k].weighted_sum /= aef.DEQUANT_SCALE
     return outs
 
 
 def _row_prefix(part: PixelBlock) -> tuple[np.ndarray, np.ndarray]:
     """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
-    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``."""
+    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
+
+    Stored int8 values are summed as the integers ``q·|q|`` (0 where not valid), decoded in
+    this one pass: at most 256 × 127² a row, exact in float32.
+    """
     vals, valid = part.values, part.valid
     assert valid is not None
     h, w, nb = vals.shape
-    s = np.zeros((h, w + 1, nb), dtype=np.float32)
-    s[:, 1:] = vals
+    s = np.empty((h, w + 1, nb), dtype=np.float32)
+    s[:, 0] = 0
+    body = s[:, 1:]
+    np.copyto(body, vals, casting="unsafe")
+    if vals.dtype == np.int8:
+        np.multiply(body, np.abs(body), out=body)
+        if not valid.all():
+            body[~valid] = 0
     for c in range(1, w):  # in place, column by column: no temporary of the part
         s[:, c + 1] += s[:, c]
     sv = np.zeros((h, w + 1))

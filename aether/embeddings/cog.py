@@ -160,7 +160,10 @@ def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, fl
     if raw is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
-    return idx, windows.radii_partial_sums(block, x, y, radii)
+    # float32, as the table folds them: a finished task waiting to be folded holds half
+    parts = windows.radii_partial_sums(block, x, y, radii)
+    return idx, [zonal.Partial(p.weighted_sum.astype(np.float32), p.valid_weight, p.n_bands)
+                 for p in parts]
 
 
 def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:

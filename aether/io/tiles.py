@@ -324,8 +324,8 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
 
 
 def decode(raw: RawWindow) -> PixelBlock:
-    """A window as a kernel block: band-last float32 (``aef.decode``: nodata 0) and its
-    valid mask, in one pass over the stored values."""
+    """A window as a kernel block: the stored int8 values seen band-last (no copy) and
+    their valid mask; the kernel decodes them as it sums (``PixelBlock.from_int8``)."""
     from aether.core.zonal import PixelBlock
 
     return PixelBlock.from_int8(np.moveaxis(raw.q, 0, -1), raw.transform)
@@ -351,13 +351,14 @@ def read_block(
     nodata pixels NaN in every band (for readers that want NaN, not the kernel's mask)."""
     from aether.core.zonal import PixelBlock
 
+    from aether.core.aef import decode as decode_values
+
     raw = read_window(path, bounds)
     if raw is None:
         return None
-    block = decode(raw)
-    assert block.valid is not None
-    block.values[~block.valid] = np.nan
-    return PixelBlock(block.values, block.x0, block.y0, block.dx, block.dy)
+    values, valid = decode_values(np.moveaxis(raw.q, 0, -1))
+    values[~valid] = np.nan
+    return PixelBlock.from_transform(values, raw.transform)
 
 
 def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,

@@ -142,7 +142,6 @@ def _threads_completed(tasks: Sequence[Delayed], workers: int) -> Iterator[Any]:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                task = next(todo, None)
-                if task is not None:
+                for task in itertools.islice(todo, 1):
                     pending.add(pool.submit(task.compute, scheduler="sync"))
                 yield future.result()

@@ -349,9 +349,8 @@ def read_block(
 ) -> PixelBlock | None:
     """Read and decode the part of a tile that overlaps ``bounds`` (tile crs), band-last,
     nodata pixels NaN in every band (for readers that want NaN, not the kernel's mask)."""
-    from aether.core.zonal import PixelBlock
-
     from aether.core.aef import decode as decode_values
+    from aether.core.zonal import PixelBlock
 
     raw = read_window(path, bounds)
     if raw is None:

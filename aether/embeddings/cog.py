@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from aether.places.place import Place
 
 #: POIs are grouped on a square grid of this size (m) so each task reads one small window.
-GROUP_M = 2_000.0
+GROUP_M = 4000.0
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
 #: The tiles a window reads, in index order: ``(path, crs)``.

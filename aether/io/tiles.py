@@ -29,7 +29,6 @@ from aether.core.aef import (
     NODATA,
     PIXEL_SIZE_M,
     utm_zone_label,
-    valid_mask,
 )
 from aether.errors import TilesError
 from aether.io.tables import atomic_path, write_parquet
@@ -384,11 +383,12 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
     dst = Affine(px, 0.0, float(x0), 0.0, -px, float(y1))
     hit = False
     for path, tile_crs in tiles:
-        part = _onto(path, tile_crs, crs, dst, (h, w))
-        if part is None:
+        placed = _onto(path, tile_crs, crs, dst, (h, w))
+        if placed is None:
             continue
-        ok = valid_mask(part)
-        out[:, ok] = part[:, ok]
+        (rows, cols), part = placed
+        ok = part[0] != NODATA  # nodata is -128 in every band at once
+        np.copyto(out[:, rows, cols], part, where=ok)
         hit = hit or bool(ok.any())
     return RawWindow(out, dst) if hit else None
 
@@ -400,8 +400,9 @@ def _on_lattice(t: Any) -> bool:
 
 
 def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
-          ) -> np.ndarray | None:
-    """One tile's stored values on the north-up lattice ``dst`` of ``shape`` (nodata outside)."""
+          ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """One tile's stored values on the north-up lattice ``dst`` of ``shape``: the (rows,
+    cols) of the lattice they cover and the values there (nodata where the tile has none)."""
     h, w = shape
     x0, y1 = dst.c, dst.f
     x1, y0 = x0 + w * dst.a, y1 + h * dst.e
@@ -414,13 +415,12 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
             else:
                 top = t.f
             r0, c0 = round((y1 - top) / dst.a), round((t.c - x0) / dst.a)
-            part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
             rh, rw = q.shape[1:]
             rs, cs = max(r0, 0), max(c0, 0)
             re_, ce = min(r0 + rh, h), min(c0 + rw, w)
-            if rs < re_ and cs < ce:
-                part[:, rs:re_, cs:ce] = q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
-            return part
+            if rs >= re_ or cs >= ce:
+                return None
+            return (slice(rs, re_), slice(cs, ce)), q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
     else:
         from rasterio.warp import transform_bounds
 
@@ -436,4 +436,4 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
         reproject(np.ascontiguousarray(raw.q), part, src_transform=raw.transform,
                   src_crs=tile_crs, src_nodata=NODATA, dst_transform=dst, dst_crs=crs,
                   dst_nodata=NODATA, resampling=Resampling.nearest)
-    return part
+    return (slice(0, h), slice(0, w)), part

@@ -204,7 +204,7 @@ def radii_partial_sums(
             part = PixelBlock(vals[pr : pr + ph, pc : pc + pw], block.x0 + pc * block.dx,
                               block.y0 + pr * block.dy, block.dx, block.dy,
                               valid[pr : pr + ph, pc : pc + pw])
-            prefix = _row_prefix(part, *_touched(r0[sel] - pr, ny, c0[sel] - pc, nx, ph, pw))
+            prefix = _row_prefix(part, _touched_rows(r0[sel] - pr, ny, ph))
             for s in range(0, len(sel), BATCH_CIRCLES):
                 batch = sel[s : s + BATCH_CIRCLES]
                 sums, vw = _part_sums(part, prefix, x[batch], y[batch], [radii[k] for k in live])
@@ -218,26 +218,23 @@ def radii_partial_sums(
     return outs
 
 
-def _touched(r0: np.ndarray, ny: int, c0: np.ndarray, nx: int, h: int, w: int
-             ) -> tuple[list[tuple[int, int]], int, int]:
-    """Runs ``[a, b)`` of the part's rows some circle's window covers, and the span of
-    prefix columns ``[lo, hi]`` the circles read: the prefix sums need nothing else."""
+def _touched_rows(r0: np.ndarray, ny: int, h: int) -> list[tuple[int, int]]:
+    """Runs ``[a, b)`` of the part's rows some circle's window covers: the only rows whose
+    prefix sums are read."""
     edge = np.zeros(h + 1, np.int64)
     np.add.at(edge, np.clip(r0, 0, h), 1)
     np.add.at(edge, np.clip(r0 + ny, 0, h), -1)
     on = np.concatenate([[0], (np.cumsum(edge[:-1]) > 0).view(np.int8), [0]])
     cuts = np.flatnonzero(np.diff(on))
-    lo, hi = int(np.clip(c0.min(), 0, w)), int(np.clip(c0.max() + nx, 0, w))
-    return list(zip(cuts[::2].tolist(), cuts[1::2].tolist(), strict=True)), lo, hi
+    return list(zip(cuts[::2].tolist(), cuts[1::2].tolist(), strict=True))
 
 
-def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]], lo: int, hi: int
+def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
     of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
 
-    Only the rows of ``runs`` and prefix columns ``lo..hi`` of the values are computed (from
-    column ``lo``: differences are the same); the rest is never read. Stored int8 values
+    Only the rows of ``runs`` are computed; the others are never read. Stored int8 values
     are summed as the integers ``q·|q|`` (0 where not valid), decoded in this one pass: at
     most 256 × 127² a row, exact in float32.
     """
@@ -246,16 +243,16 @@ def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]], lo: int, hi: int
     h, w, nb = vals.shape
     s = np.empty((h, w + 1, nb), dtype=np.float32)
     for a, b in runs:
-        run = s[a:b, lo : hi + 1]
+        run = s[a:b]
         run[:, 0] = 0
         body = run[:, 1:]
-        np.copyto(body, vals[a:b, lo:hi], casting="unsafe")
+        np.copyto(body, vals[a:b], casting="unsafe")
         if vals.dtype == np.int8:
             np.multiply(body, np.abs(body), out=body)
-            bad = ~valid[a:b, lo:hi]
+            bad = ~valid[a:b]
             if bad.any():
                 body[bad] = 0
-        for c in range(1, hi - lo):  # in place, column by column: no temporary of the run
+        for c in range(1, w):  # in place, column by column: no temporary of the run
             run[:, c + 1] += run[:, c]
     sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])

@@ -3,7 +3,7 @@ city, emulator) goes through these, so the south-up and nodata traps are handled
 
 Tiles may be local files or URLs (``https://``, ``s3://``, ``gs://``): GDAL reads remote COGs
 by HTTP range requests (``/vsicurl/``), fetching only the blocks a window touches, with the
-settings in ``GDAL_COG_ENV``. Each thread keeps its open datasets (``open_tile``), so GDAL's
+settings in ``GDAL_COG_ENV``. The process keeps its open datasets (``open_tile``), so GDAL's
 block cache survives from one window of a tile to the next.
 """
 
@@ -56,12 +56,14 @@ GDAL_COG_ENV: dict[str, str | int] = {
     "GDAL_HTTP_TIMEOUT": "60",
     "GDAL_HTTP_CONNECTTIMEOUT": "10",
 }
-#: Open datasets kept per thread; a city touches a handful of 8192² tiles.
-OPEN_TILES = 16
+#: Open datasets kept by the process; a city touches a handful of 8192² tiles.
+OPEN_TILES = 32
 #: The public index names its tiles by S3 URL; the same objects are served over HTTPS.
 _MIRROR_S3 = "s3://us-west-2.opendata.source.coop/"
 _MIRROR_HTTPS = "https://data.source.coop/"
-_local = threading.local()
+#: Open datasets of the process, most recently used last, each with the lock its reader holds.
+_open: OrderedDict[tuple[str, int, int], tuple[DatasetReader, threading.Lock]] = OrderedDict()
+_open_lock = threading.Lock()
 
 
 def write_tile(
@@ -254,32 +256,43 @@ def _read_error(path: str, e: Exception) -> TilesError:
     return TilesError(f"cannot read tile {path}: {msg}", "the file may be corrupt; re-download it")
 
 
-def open_tile(path: str) -> DatasetReader:
-    """The thread's open dataset for a tile (opened once, checked once)."""
+@contextmanager
+def open_tile(path: str) -> Iterator[DatasetReader]:
+    """The process's open dataset for a tile (opened once, checked once), held by this
+    thread for the block: GDAL's block cache is per dataset, so threads that shared none
+    would each inflate the blocks their neighbouring windows share."""
+    while True:
+        ds, lock = _shared_dataset(path)
+        with lock:
+            if not ds.closed:  # not evicted between the look-up and the lock
+                yield ds
+                return
+
+
+def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
     import rasterio
 
-    cache: OrderedDict[tuple[str, int, int], DatasetReader] | None = getattr(_local, "tiles",
-                                                                              None)
-    if cache is None:
-        cache = _local.tiles = OrderedDict()
     key = _tile_key(path)
-    ds = cache.get(key)
-    if ds is not None:
-        cache.move_to_end(key)
-        return ds
-    try:
-        with gdal_env():
-            ds = rasterio.open(path)
-    except rasterio.errors.RasterioError as e:
-        raise _read_error(path, e) from None
-    if ds.count != N_BANDS or ds.dtypes[0] != "int8":
-        ds.close()
-        raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
-                         "check the tile directory")
-    cache[key] = ds
-    while len(cache) > OPEN_TILES:
-        cache.popitem(last=False)[1].close()
-    return ds
+    with _open_lock:
+        hit = _open.get(key)
+        if hit is not None:
+            _open.move_to_end(key)
+            return hit
+        try:
+            with gdal_env():
+                ds = rasterio.open(path)
+        except rasterio.errors.RasterioError as e:
+            raise _read_error(path, e) from None
+        if ds.count != N_BANDS or ds.dtypes[0] != "int8":
+            ds.close()
+            raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
+                             "check the tile directory")
+        _open[key] = hit = (ds, threading.Lock())
+        while len(_open) > OPEN_TILES:
+            old, old_lock = _open.popitem(last=False)[1]
+            with old_lock:
+                old.close()
+        return hit
 
 
 @dataclass(frozen=True)
@@ -301,25 +314,25 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
     import rasterio
     from rasterio.windows import Window
 
-    ds = open_tile(path)
-    t = ds.transform
-    if bounds is None:
-        win = Window(0, 0, ds.width, ds.height)
-    else:
-        xmin, ymin, xmax, ymax = bounds
-        cs = [(x - t.c) / t.a for x in (xmin, xmax)]
-        rs = [(y - t.f) / t.e for y in (ymin, ymax)]
-        c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
-        r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
-        if c0 >= c1 or r0 >= r1:
-            return None
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-    try:
-        with gdal_env():
-            q = ds.read(window=win)
-    except rasterio.errors.RasterioError as e:
-        raise _read_error(path, e) from None
-    return RawWindow(q, ds.window_transform(win))
+    with open_tile(path) as ds:
+        t = ds.transform
+        if bounds is None:
+            win = Window(0, 0, ds.width, ds.height)
+        else:
+            xmin, ymin, xmax, ymax = bounds
+            cs = [(x - t.c) / t.a for x in (xmin, xmax)]
+            rs = [(y - t.f) / t.e for y in (ymin, ymax)]
+            c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
+            r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
+            if c0 >= c1 or r0 >= r1:
+                return None
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            with gdal_env():
+                q = ds.read(window=win)
+        except rasterio.errors.RasterioError as e:
+            raise _read_error(path, e) from None
+        return RawWindow(q, ds.window_transform(win))
 
 
 def decode(raw: RawWindow) -> PixelBlock:

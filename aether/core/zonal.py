@@ -24,6 +24,8 @@ PART_PX = 256
 #: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
 FINALIZE_ROWS = 65_536
 #: Circles per sparse product: the batch's index arrays stay in the CPU cache.
+#: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
+PREFIX_ROWS = 64
 BATCH_CIRCLES = 2048
 
 
@@ -242,7 +244,8 @@ def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]]
     assert valid is not None
     h, w, nb = vals.shape
     s = np.empty((h, w + 1, nb), dtype=np.float32)
-    for a, b in runs:
+    chunks = ((a, min(a + PREFIX_ROWS, b)) for r0, b in runs for a in range(r0, b, PREFIX_ROWS))
+    for a, b in chunks:  # a few rows at a time: each chunk stays in cache through its passes
         run = s[a:b]
         run[:, 0] = 0
         body = run[:, 1:]
@@ -252,7 +255,7 @@ def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]]
             bad = ~valid[a:b]
             if bad.any():
                 body[bad] = 0
-        for c in range(1, w):  # in place, column by column: no temporary of the run
+        for c in range(1, w):  # in place, column by column: no temporary
             run[:, c + 1] += run[:, c]
     sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])

@@ -24,6 +24,8 @@ PART_PX = 256
 #: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
 FINALIZE_ROWS = 65_536
 #: Circles per sparse product: the batch's index arrays stay in the CPU cache.
+#: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
+PREFIX_ROWS = 64
 BATCH_CIRCLES = 2048
 
 
@@ -33,9 +35,10 @@ class PixelBlock:
 
     ``x0``/``y0`` are the coordinates of the outer edge of column 0 / row 0; ``dy`` is
     negative for north-up rasters and positive for south-up ones (AlphaEarth COGs).
-    NaN marks no data; a pixel with NaN in any band is invalid in all. A block decoded from
-    int8 (``from_int8``) carries ``valid`` instead: its values are 0 where not valid and
-    C-contiguous, so the kernel uses them without a copy.
+    NaN marks no data; a pixel with NaN in any band is invalid in all. A block of stored
+    AlphaEarth int8 values (``from_int8``) is not decoded up front: the circle kernel sums
+    the exact integers ``q·|q|`` and scales once (``aef.DEQUANT_SCALE``), other reducers
+    decode it on first use (``_prepared``), and ``valid`` is band 0 ≠ −128.
     """
 
     values: np.ndarray
@@ -56,9 +59,8 @@ class PixelBlock:
 
     @classmethod
     def from_int8(cls, q: np.ndarray, transform: object) -> PixelBlock:
-        """Decode band-last AlphaEarth int8 ``(rows, cols, 64)`` (``aef.decode``)."""
-        values, valid = aef.decode(q)
-        return cls.from_transform(values, transform, valid)
+        """Band-last AlphaEarth int8 ``(rows, cols, 64)``, kept as stored (no copy)."""
+        return cls.from_transform(q, transform, q[..., 0] != aef.NODATA)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,6 +73,8 @@ class PixelBlock:
     @cached_property
     def _prepared(self) -> tuple[np.ndarray, np.ndarray]:
         """(values with 0 at invalid pixels, C-contiguous float32; valid mask)."""
+        if self.values.dtype == np.int8:
+            return aef.decode(self.values)
         if self.valid is not None:
             return np.ascontiguousarray(self.values, dtype=np.float32), self.valid
         vals = np.asarray(self.values, dtype=np.float32)
@@ -189,7 +193,9 @@ def radii_partial_sums(
     live = [k for k, r in enumerate(radii) if r > 0]
     if len(x) == 0 or not live:
         return outs
-    vals, valid = block._prepared
+    quantised = block.values.dtype == np.int8
+    vals, valid = (block.values, block.valid) if quantised else block._prepared
+    assert valid is not None
     c0, r0, nx, ny = _window(block, x, y, max(radii[k] for k in live))
     for pr in range(0, h, PART_PX):
         for pc in range(0, w, PART_PX):
@@ -200,7 +206,7 @@ def radii_partial_sums(
             part = PixelBlock(vals[pr : pr + ph, pc : pc + pw], block.x0 + pc * block.dx,
                               block.y0 + pr * block.dy, block.dx, block.dy,
                               valid[pr : pr + ph, pc : pc + pw])
-            prefix = _row_prefix(part)
+            prefix = _row_prefix(part, _touched_rows(r0[sel] - pr, ny, ph))
             for s in range(0, len(sel), BATCH_CIRCLES):
                 batch = sel[s : s + BATCH_CIRCLES]
                 sums, vw = _part_sums(part, prefix, x[batch], y[batch], [radii[k] for k in live])
@@ -208,19 +214,49 @@ def radii_partial_sums(
                     rows = slice(j * len(batch), (j + 1) * len(batch))
                     outs[k].weighted_sum[batch] += sums[rows]
                     outs[k].valid_weight[batch] += vw[rows]
+    if quantised:  # the sums are of q·|q|: one division decodes them
+        for k in live:
+            outs[k].weighted_sum /= aef.DEQUANT_SCALE
     return outs
 
 
-def _row_prefix(part: PixelBlock) -> tuple[np.ndarray, np.ndarray]:
+def _touched_rows(r0: np.ndarray, ny: int, h: int) -> list[tuple[int, int]]:
+    """Runs ``[a, b)`` of the part's rows some circle's window covers: the only rows whose
+    prefix sums are read."""
+    edge = np.zeros(h + 1, np.int64)
+    np.add.at(edge, np.clip(r0, 0, h), 1)
+    np.add.at(edge, np.clip(r0 + ny, 0, h), -1)
+    on = np.concatenate([[0], (np.cumsum(edge[:-1]) > 0).view(np.int8), [0]])
+    cuts = np.flatnonzero(np.diff(on))
+    return list(zip(cuts[::2].tolist(), cuts[1::2].tolist(), strict=True))
+
+
+def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]]
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
-    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``."""
+    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
+
+    Only the rows of ``runs`` are computed; the others are never read. Stored int8 values
+    are summed as the integers ``q·|q|`` (0 where not valid), decoded in this one pass: at
+    most 256 × 127² a row, exact in float32.
+    """
     vals, valid = part.values, part.valid
     assert valid is not None
     h, w, nb = vals.shape
-    s = np.zeros((h, w + 1, nb), dtype=np.float32)
-    s[:, 1:] = vals
-    for c in range(1, w):  # in place, column by column: no temporary of the part
-        s[:, c + 1] += s[:, c]
+    s = np.empty((h, w + 1, nb), dtype=np.float32)
+    chunks = ((a, min(a + PREFIX_ROWS, b)) for r0, b in runs for a in range(r0, b, PREFIX_ROWS))
+    for a, b in chunks:  # a few rows at a time: each chunk stays in cache through its passes
+        run = s[a:b]
+        run[:, 0] = 0
+        body = run[:, 1:]
+        np.copyto(body, vals[a:b], casting="unsafe")
+        if vals.dtype == np.int8:
+            np.multiply(body, np.abs(body), out=body)
+            bad = ~valid[a:b]
+            if bad.any():
+                body[bad] = 0
+        for c in range(1, w):  # in place, column by column: no temporary
+            run[:, c + 1] += run[:, c]
     sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])
     return s, sv

@@ -124,22 +124,30 @@ def point_means_table(
     What sources with pixels (COG tiles, xee chunks) share: a POI's sums from every block
     its buffers touch add up before the means, so buffers across blocks are exact. Results
     are folded as they arrive into one float32 array (POI × radius rows) that becomes the
-    means and then the table's band columns: memory is the output's size, once.
+    means and then the table's band columns: memory is the output's size, once. Rows are
+    placed in the canonical order (``sort_poi_embeddings``) as they are folded, so the
+    table needs no sorting copy.
     """
     import numpy as np
+    import pyarrow as pa
 
     from aether.core import aef, windows, zonal
-    from aether.io.tables import poi_embeddings_frame
+    from aether.io.tables import poi_embeddings_frame, sorted_poi_ids
 
     n, n_radii = len(pois), len(radii)
+    ids, rank = sorted_poi_ids(pois["poi_id"])
+    order = np.argsort(np.asarray(radii, dtype=np.float32), kind="stable")  # radius_m order
+    slot = np.argsort(order)
     sums = np.zeros((n * n_radii, aef.N_BANDS), dtype=np.float32)
     valid = np.zeros(n * n_radii)
     for idx, parts in results:
+        at = rank[idx]
         for k, part in enumerate(parts):
-            sums[k * n + idx] += part.weighted_sum
-            valid[k * n + idx] += part.valid_weight
-    area = np.repeat([windows.area_px(float(r), aef.PIXEL_SIZE_M**2) for r in radii], n)
+            sums[slot[k] * n + at] += part.weighted_sum
+            valid[slot[k] * n + at] += part.valid_weight
+    in_order = [float(radii[k]) for k in order]
+    area = np.repeat([windows.area_px(r, aef.PIXEL_SIZE_M**2) for r in in_order], n)
     m = zonal.finalize_area(zonal.Partial(sums, valid, aef.N_BANDS), area, in_place=True)
-    ids = pois["poi_id"].astype(str).tolist() * n_radii
-    radius = np.repeat(np.asarray(radii, dtype=np.float32), n)
-    return poi_embeddings_frame(ids, year, radius, m.mean, m.weight, m.valid_fraction, m.norm)
+    radius = np.repeat(np.asarray(in_order, dtype=np.float32), n)
+    return poi_embeddings_frame(pa.concat_arrays([ids] * n_radii), year, radius, m.mean,
+                                m.weight, m.valid_fraction, m.norm)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from aether.places.place import Place
 
 #: POIs are grouped on a square grid of this size (m) so each task reads one small window.
-GROUP_M = 2_000.0
+GROUP_M = 4000.0
 #: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
 WINDOW_M = 2_560.0
 #: The tiles a window reads, in index order: ``(path, crs)``.
@@ -160,7 +160,10 @@ def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, fl
     if raw is None:
         return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
-    return idx, windows.radii_partial_sums(block, x, y, radii)
+    # float32, as the table folds them: a finished task waiting to be folded holds half
+    parts = windows.radii_partial_sums(block, x, y, radii)
+    return idx, [zonal.Partial(p.weighted_sum.astype(np.float32), p.valid_weight, p.n_bands)
+                 for p in parts]
 
 
 def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:

@@ -15,7 +15,9 @@ whatever process runs them (``earthengine.session.ensure``), from picklable sett
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,8 +33,10 @@ SCHEDULER_ENV = "AETHER_DASK_SCHEDULER"
 #: How long to wait for an existing scheduler to answer before giving up.
 CONNECT_TIMEOUT_S = 5
 DEFAULT_WORKERS = 2
-#: Tasks in flight per batch on the local scheduler (results held at once: this many).
+#: Tasks per batch on a local scheduler other than threads (results held at once: this many).
 LOCAL_BATCH = 16
+#: Tasks submitted per worker thread on the local threaded scheduler, so none waits for work.
+IN_FLIGHT = 2
 _ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://[^\s/]+$")
 
 
@@ -99,7 +103,9 @@ def as_completed(tasks: Sequence[Delayed]) -> Iterator[Any]:
     """Results of delayed tasks as they finish, so callers fold them in bounded memory.
 
     On a distributed Client (inside ``dask_scheduler``) in completion order; on the local
-    scheduler in batches of ``LOCAL_BATCH``, never all results at once.
+    threaded scheduler ``IN_FLIGHT`` tasks per worker thread at a time, each result handed
+    on as soon as it is done (results held at once: about that many, whatever the task
+    count); any other configured Dask scheduler runs in batches of ``LOCAL_BATCH``.
     """
     import dask
 
@@ -115,5 +121,27 @@ def as_completed(tasks: Sequence[Delayed]) -> Iterator[Any]:
             yield future.result()
             future.release()
         return
+    if dask.config.get("scheduler", None) in (None, "threads", "threading"):
+        yield from _threads_completed(tasks, int(dask.config.get("num_workers", None)
+                                                 or os.cpu_count() or 1))
+        return
     for s in range(0, len(tasks), LOCAL_BATCH):
         yield from dask.compute(*tasks[s : s + LOCAL_BATCH])
+
+
+def _threads_completed(tasks: Sequence[Delayed], workers: int) -> Iterator[Any]:
+    """``tasks`` on ``workers`` threads (each task's own graph run in its thread), results
+    in completion order with at most ``IN_FLIGHT * workers`` submitted and not yet taken."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    todo = iter(tasks)
+    with ThreadPoolExecutor(workers, thread_name_prefix="aether-task") as pool:
+        pending: set[Future[Any]] = set()
+        for task in itertools.islice(todo, IN_FLIGHT * workers):
+            pending.add(pool.submit(task.compute, scheduler="sync"))
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                for task in itertools.islice(todo, 1):
+                    pending.add(pool.submit(task.compute, scheduler="sync"))
+                yield future.result()

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,16 @@ from aether.io.store import POI_EMBEDDINGS_FILE as POI_EMBEDDINGS_FILE
 from aether.io.store import POIS_FILE as POIS_FILE
 from aether.io.store import SAMPLE_DIR as SAMPLE_DIR
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 POI_COLUMNS: tuple[str, ...] = (
     "poi_id", "name", "category", "top_category", "text", "source", "geometry",
 )
 QUALITY_COLUMNS: tuple[str, ...] = ("weight", "valid_fraction", "norm")
 POI_EMBEDDING_COLUMNS: tuple[str, ...] = ("poi_id", "year", "radius_m", *BANDS, *QUALITY_COLUMNS)
+#: Rows per Parquet row group of a plain table (what one conversion to Arrow holds).
+ROW_GROUP = 65_536
 
 
 
@@ -103,10 +108,31 @@ def _alive(pid: int) -> bool:
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a (Geo)DataFrame to Parquet atomically; GeoDataFrames become GeoParquet."""
+    """Write a (Geo)DataFrame to Parquet atomically; GeoDataFrames become GeoParquet.
+
+    A plain DataFrame goes out in row groups of ``ROW_GROUP`` rows, each converted to Arrow
+    on its own: a million-row table is never held twice (pandas + Arrow) at once.
+    """
+    import geopandas as gpd
+
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        if isinstance(df, gpd.GeoDataFrame) or len(df) == 0:
+            df.to_parquet(tmp, index=False)
+        else:
+            _write_row_groups(df, tmp)
     return Path(path)
+
+
+def _write_row_groups(df: pd.DataFrame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    first = pa.Table.from_pandas(df.iloc[:ROW_GROUP], preserve_index=False)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        writer.write_table(first)
+        for s in range(ROW_GROUP, len(df), ROW_GROUP):
+            writer.write_table(pa.Table.from_pandas(df.iloc[s : s + ROW_GROUP],
+                                                    schema=first.schema, preserve_index=False))
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -166,7 +192,7 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], what: str) 
 
 
 def poi_embeddings_frame(
-    poi_ids: Sequence[str],
+    poi_ids: Sequence[str] | pa.Array,
     year: int,
     radius_m: float | np.ndarray,
     mean: np.ndarray,
@@ -176,10 +202,14 @@ def poi_embeddings_frame(
 ) -> pd.DataFrame:
     """Rows of the poi_embeddings contract for one year (one radius, or one per row).
 
-    The band columns are ``mean`` itself (no copy): callers hand over a fresh array.
+    The band columns are ``mean`` itself (no copy): callers hand over a fresh array. The
+    ids may be an Arrow string array, kept as the column's storage (no Python strings).
     """
+    import pyarrow as pa
+
     df = pd.DataFrame(np.asarray(mean, dtype=np.float32), columns=list(BANDS), copy=False)
-    df.insert(0, "poi_id", pd.Series(list(poi_ids), dtype="string"))
+    ids = poi_ids if isinstance(poi_ids, pa.Array) else pa.array(list(poi_ids), pa.string())
+    df.insert(0, "poi_id", pd.Series(pd.arrays.ArrowStringArray(ids.cast(pa.large_string()))))
     df.insert(1, "year", np.int32(year))
     df.insert(2, "radius_m", np.float32(radius_m))
     df["weight"] = np.asarray(weight, dtype=np.float32)
@@ -188,6 +218,41 @@ def poi_embeddings_frame(
     return df
 
 
+def sorted_poi_ids(poi_id: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """The ids in the canonical order (a stable sort, as ``sort_poi_embeddings``) as an
+    Arrow array, and each POI's position in it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.array(poi_id.astype(str), pa.large_string())
+    order = pc.sort_indices(ids).to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return ids.take(pa.array(order)), rank
+
+
 def sort_poi_embeddings(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical row order, so equal results give byte-equal files whatever the source."""
+    """Canonical row order, so equal results give byte-equal files whatever the source.
+
+    A table already in that order (what ``point_means_table`` makes) is returned as is:
+    sorting a million rows would copy all of them.
+    """
+    if _in_canonical_order(df):
+        return df if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 \
+            and df.index.step == 1 else df.reset_index(drop=True)
     return df.sort_values(["radius_m", "poi_id"], kind="stable").reset_index(drop=True)
+
+
+def _in_canonical_order(df: pd.DataFrame) -> bool:
+    """True when rows go by radius_m, then poi_id (Arrow comparisons: no Python strings)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(df) < 2:
+        return True
+    r = df["radius_m"].to_numpy()
+    if np.isnan(r).any() or df["poi_id"].isna().any() or not (r[1:] >= r[:-1]).all():
+        return False
+    ids = pa.array(df["poi_id"].astype(str), pa.large_string())
+    later = pc.greater_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    return bool((later | (r[1:] != r[:-1])).all())

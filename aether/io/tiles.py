@@ -3,7 +3,7 @@ city, emulator) goes through these, so the south-up and nodata traps are handled
 
 Tiles may be local files or URLs (``https://``, ``s3://``, ``gs://``): GDAL reads remote COGs
 by HTTP range requests (``/vsicurl/``), fetching only the blocks a window touches, with the
-settings in ``GDAL_COG_ENV``. Each thread keeps its open datasets (``open_tile``), so GDAL's
+settings in ``GDAL_COG_ENV``. The process keeps its open datasets (``open_tile``), so GDAL's
 block cache survives from one window of a tile to the next.
 """
 
@@ -29,7 +29,6 @@ from aether.core.aef import (
     NODATA,
     PIXEL_SIZE_M,
     utm_zone_label,
-    valid_mask,
 )
 from aether.errors import TilesError
 from aether.io.tables import atomic_path, write_parquet
@@ -57,12 +56,14 @@ GDAL_COG_ENV: dict[str, str | int] = {
     "GDAL_HTTP_TIMEOUT": "60",
     "GDAL_HTTP_CONNECTTIMEOUT": "10",
 }
-#: Open datasets kept per thread; a city touches a handful of 8192² tiles.
-OPEN_TILES = 16
+#: Open datasets kept by the process; a city touches a handful of 8192² tiles.
+OPEN_TILES = 32
 #: The public index names its tiles by S3 URL; the same objects are served over HTTPS.
 _MIRROR_S3 = "s3://us-west-2.opendata.source.coop/"
 _MIRROR_HTTPS = "https://data.source.coop/"
-_local = threading.local()
+#: Open datasets of the process, most recently used last, each with the lock its reader holds.
+_open: OrderedDict[tuple[str, int, int], tuple[DatasetReader, threading.Lock]] = OrderedDict()
+_open_lock = threading.Lock()
 
 
 def write_tile(
@@ -255,32 +256,43 @@ def _read_error(path: str, e: Exception) -> TilesError:
     return TilesError(f"cannot read tile {path}: {msg}", "the file may be corrupt; re-download it")
 
 
-def open_tile(path: str) -> DatasetReader:
-    """The thread's open dataset for a tile (opened once, checked once)."""
+@contextmanager
+def open_tile(path: str) -> Iterator[DatasetReader]:
+    """The process's open dataset for a tile (opened once, checked once), held by this
+    thread for the block: GDAL's block cache is per dataset, so threads that shared none
+    would each inflate the blocks their neighbouring windows share."""
+    while True:
+        ds, lock = _shared_dataset(path)
+        with lock:
+            if not ds.closed:  # not evicted between the look-up and the lock
+                yield ds
+                return
+
+
+def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
     import rasterio
 
-    cache: OrderedDict[tuple[str, int, int], DatasetReader] | None = getattr(_local, "tiles",
-                                                                              None)
-    if cache is None:
-        cache = _local.tiles = OrderedDict()
     key = _tile_key(path)
-    ds = cache.get(key)
-    if ds is not None:
-        cache.move_to_end(key)
-        return ds
-    try:
-        with gdal_env():
-            ds = rasterio.open(path)
-    except rasterio.errors.RasterioError as e:
-        raise _read_error(path, e) from None
-    if ds.count != N_BANDS or ds.dtypes[0] != "int8":
-        ds.close()
-        raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
-                         "check the tile directory")
-    cache[key] = ds
-    while len(cache) > OPEN_TILES:
-        cache.popitem(last=False)[1].close()
-    return ds
+    with _open_lock:
+        hit = _open.get(key)
+        if hit is not None:
+            _open.move_to_end(key)
+            return hit
+        try:
+            with gdal_env():
+                ds = rasterio.open(path)
+        except rasterio.errors.RasterioError as e:
+            raise _read_error(path, e) from None
+        if ds.count != N_BANDS or ds.dtypes[0] != "int8":
+            ds.close()
+            raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
+                             "check the tile directory")
+        _open[key] = hit = (ds, threading.Lock())
+        while len(_open) > OPEN_TILES:
+            old, old_lock = _open.popitem(last=False)[1]
+            with old_lock:
+                old.close()
+        return hit
 
 
 @dataclass(frozen=True)
@@ -302,30 +314,30 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
     import rasterio
     from rasterio.windows import Window
 
-    ds = open_tile(path)
-    t = ds.transform
-    if bounds is None:
-        win = Window(0, 0, ds.width, ds.height)
-    else:
-        xmin, ymin, xmax, ymax = bounds
-        cs = [(x - t.c) / t.a for x in (xmin, xmax)]
-        rs = [(y - t.f) / t.e for y in (ymin, ymax)]
-        c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
-        r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
-        if c0 >= c1 or r0 >= r1:
-            return None
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-    try:
-        with gdal_env():
-            q = ds.read(window=win)
-    except rasterio.errors.RasterioError as e:
-        raise _read_error(path, e) from None
-    return RawWindow(q, ds.window_transform(win))
+    with open_tile(path) as ds:
+        t = ds.transform
+        if bounds is None:
+            win = Window(0, 0, ds.width, ds.height)
+        else:
+            xmin, ymin, xmax, ymax = bounds
+            cs = [(x - t.c) / t.a for x in (xmin, xmax)]
+            rs = [(y - t.f) / t.e for y in (ymin, ymax)]
+            c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), ds.width)
+            r0, r1 = max(int(np.floor(min(rs))), 0), min(int(np.ceil(max(rs))), ds.height)
+            if c0 >= c1 or r0 >= r1:
+                return None
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            with gdal_env():
+                q = ds.read(window=win)
+        except rasterio.errors.RasterioError as e:
+            raise _read_error(path, e) from None
+        return RawWindow(q, ds.window_transform(win))
 
 
 def decode(raw: RawWindow) -> PixelBlock:
-    """A window as a kernel block: band-last float32 (``aef.decode``: nodata 0) and its
-    valid mask, in one pass over the stored values."""
+    """A window as a kernel block: the stored int8 values seen band-last (no copy) and
+    their valid mask; the kernel decodes them as it sums (``PixelBlock.from_int8``)."""
     from aether.core.zonal import PixelBlock
 
     return PixelBlock.from_int8(np.moveaxis(raw.q, 0, -1), raw.transform)
@@ -349,15 +361,15 @@ def read_block(
 ) -> PixelBlock | None:
     """Read and decode the part of a tile that overlaps ``bounds`` (tile crs), band-last,
     nodata pixels NaN in every band (for readers that want NaN, not the kernel's mask)."""
+    from aether.core.aef import decode as decode_values
     from aether.core.zonal import PixelBlock
 
     raw = read_window(path, bounds)
     if raw is None:
         return None
-    block = decode(raw)
-    assert block.valid is not None
-    block.values[~block.valid] = np.nan
-    return PixelBlock(block.values, block.x0, block.y0, block.dx, block.dy)
+    values, valid = decode_values(np.moveaxis(raw.q, 0, -1))
+    values[~valid] = np.nan
+    return PixelBlock.from_transform(values, raw.transform)
 
 
 def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
@@ -384,11 +396,12 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
     dst = Affine(px, 0.0, float(x0), 0.0, -px, float(y1))
     hit = False
     for path, tile_crs in tiles:
-        part = _onto(path, tile_crs, crs, dst, (h, w))
-        if part is None:
+        placed = _onto(path, tile_crs, crs, dst, (h, w))
+        if placed is None:
             continue
-        ok = valid_mask(part)
-        out[:, ok] = part[:, ok]
+        (rows, cols), part = placed
+        ok = part[0] != NODATA  # nodata is -128 in every band at once
+        np.copyto(out[:, rows, cols], part, where=ok)
         hit = hit or bool(ok.any())
     return RawWindow(out, dst) if hit else None
 
@@ -400,8 +413,9 @@ def _on_lattice(t: Any) -> bool:
 
 
 def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
-          ) -> np.ndarray | None:
-    """One tile's stored values on the north-up lattice ``dst`` of ``shape`` (nodata outside)."""
+          ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """One tile's stored values on the north-up lattice ``dst`` of ``shape``: the (rows,
+    cols) of the lattice they cover and the values there (nodata where the tile has none)."""
     h, w = shape
     x0, y1 = dst.c, dst.f
     x1, y0 = x0 + w * dst.a, y1 + h * dst.e
@@ -414,13 +428,12 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
             else:
                 top = t.f
             r0, c0 = round((y1 - top) / dst.a), round((t.c - x0) / dst.a)
-            part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
             rh, rw = q.shape[1:]
             rs, cs = max(r0, 0), max(c0, 0)
             re_, ce = min(r0 + rh, h), min(c0 + rw, w)
-            if rs < re_ and cs < ce:
-                part[:, rs:re_, cs:ce] = q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
-            return part
+            if rs >= re_ or cs >= ce:
+                return None
+            return (slice(rs, re_), slice(cs, ce)), q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
     else:
         from rasterio.warp import transform_bounds
 
@@ -436,4 +449,4 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
         reproject(np.ascontiguousarray(raw.q), part, src_transform=raw.transform,
                   src_crs=tile_crs, src_nodata=NODATA, dst_transform=dst, dst_crs=crs,
                   dst_nodata=NODATA, resampling=Resampling.nearest)
-    return part
+    return (slice(0, h), slice(0, w)), part

@@ -43,7 +43,7 @@ docs: setup
 
 # Both tiers; `slow` tests run only with AETHER_ALL_TESTS=1 (as .ci/run sets) or `-m slow`.
 test: setup system ee-scripts lint docs
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n auto --dist loadfile --durations=25
 
 # The fast tier alone (no servers, no subprocesses): under a minute.
 test-unit: setup

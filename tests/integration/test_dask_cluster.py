@@ -8,6 +8,7 @@ reads the index and writes outputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -40,6 +41,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
                                "--no-dashboard", "--scheduler-file", str(info)],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     dirs = []
+    address = None
     try:
         deadline = time.monotonic() + 60
         while not info.exists() and time.monotonic() < deadline:
@@ -61,11 +63,12 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
             client.wait_for_workers(2, timeout=120)
         yield address, dirs
     finally:
-        for p in reversed(procs):
-            p.terminate()
+        if address is not None:  # the scheduler closes its workers, then itself: no waiting
+            with contextlib.suppress(OSError, TimeoutError), Client(address, timeout="10s") as c:
+                c.shutdown()
         for p in procs:
             try:
-                p.wait(30)
+                p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

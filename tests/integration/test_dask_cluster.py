@@ -64,7 +64,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
         yield address, dirs
     finally:
         if address is not None:  # the scheduler closes its workers, then itself: no waiting
-            with contextlib.suppress(OSError, TimeoutError), Client(address, timeout="10s") as c:
+            with contextlib.suppress(OSError, TimeoutError), Client(
+                    address, timeout="10s", set_as_default=False) as c:
                 c.shutdown()
         for p in procs:
             try:

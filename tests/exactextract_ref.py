@@ -7,6 +7,7 @@ with each buffer as a finely segmented polygon, so both sides compute the same q
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,3 +48,17 @@ def exactextract_means(raster: Path, x: np.ndarray, y: np.ndarray, radius: float
                        strategy="raster-sequential")
     cols = [c for c in df.columns if c.endswith("_mean") or c == "mean"]
     return df[cols].to_numpy(dtype=np.float64)
+
+
+def ours_and_exactextract(emb: Any, pois: Any, tile: Any, raster: Path, radius: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 64) float64 band means of ``pois`` (in their order) at ``radius``: aether's rows of
+    ``emb``, and exactextract's over ``raster`` in the tile's crs."""
+    from aether.core.aef import BANDS
+
+    pts = pois.to_crs(tile.crs)
+    ours = emb[emb.radius_m == radius].set_index("poi_id").loc[pois.poi_id, list(BANDS)]
+    ref = exactextract_means(raster, pts.geometry.x.to_numpy(), pts.geometry.y.to_numpy(),
+                             radius, tile.crs)
+    return ours.to_numpy(np.float64), ref
+

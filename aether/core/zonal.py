@@ -23,10 +23,11 @@ from aether.core import aef
 PART_PX = 256
 #: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
 FINALIZE_ROWS = 65_536
-#: Circles per sparse product: the batch's index arrays stay in the CPU cache.
 #: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
 PREFIX_ROWS = 64
-BATCH_CIRCLES = 2048
+#: Circles per sparse product: its index arrays stay ~25 MB per thread (200 m circles), so
+#: they are reused rather than held (2048 cost ~100 MB more peak at a million POIs).
+BATCH_CIRCLES = 512
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,9 @@ from aether.errors import InputError
 
 if TYPE_CHECKING:
     import geopandas as gpd
-    import numpy as np
     import pandas as pd
 
-    from aether.core import zonal
+    from aether.embeddings.fold import WindowSums
     from aether.places.place import Place
 
 
@@ -115,39 +114,28 @@ def get_source(name: str, workdir: Path | None = None, **options: Any) -> Embedd
     return SOURCES[name].create()(checked, Path(workdir) if workdir is not None else None)
 
 
-def point_means_table(
-    pois: gpd.GeoDataFrame, radii: Sequence[float], year: int,
-    results: Iterable[tuple[np.ndarray, list[zonal.Partial]]],
-) -> pd.DataFrame:
-    """poi_embeddings rows from per-block sums ``(POI indices, [Partial per radius])``.
+@runtime_checkable
+class PixelSource(EmbeddingSource, Protocol):
+    """A source that sums pixels itself (COG tiles, xee): it hands over per-window sums, so
+    its table is written as they arrive (``aether.embeddings.fold``), never held whole."""
 
-    What sources with pixels (COG tiles, xee chunks) share: a POI's sums from every block
-    its buffers touch add up before the means, so buffers across blocks are exact. Results
-    are folded as they arrive into one float32 array (POI × radius rows) that becomes the
-    means and then the table's band columns: memory is the output's size, once. Rows are
-    placed in the canonical order (``sort_poi_embeddings``) as they are folded, so the
-    table needs no sorting copy.
-    """
-    import numpy as np
-    import pyarrow as pa
+    def point_sums(
+        self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
+    ) -> Iterable[WindowSums]:
+        """The sums of every buffer's part in every window it touches (``fold.WindowSums``)."""
+        ...
 
-    from aether.core import aef, windows, zonal
-    from aether.io.tables import poi_embeddings_frame, sorted_poi_ids
 
-    n, n_radii = len(pois), len(radii)
-    ids, rank = sorted_poi_ids(pois["poi_id"])
-    order = np.argsort(np.asarray(radii, dtype=np.float32), kind="stable")  # radius_m order
-    slot = np.argsort(order)
-    sums = np.zeros((n * n_radii, aef.N_BANDS), dtype=np.float32)
-    valid = np.zeros(n * n_radii)
-    for idx, parts in results:
-        at = rank[idx]
-        for k, part in enumerate(parts):
-            sums[slot[k] * n + at] += part.weighted_sum
-            valid[slot[k] * n + at] += part.valid_weight
-    in_order = [float(radii[k]) for k in order]
-    area = np.repeat([windows.area_px(r, aef.PIXEL_SIZE_M**2) for r in in_order], n)
-    m = zonal.finalize_area(zonal.Partial(sums, valid, aef.N_BANDS), area, in_place=True)
-    radius = np.repeat(np.asarray(in_order, dtype=np.float32), n)
-    return poi_embeddings_frame(pa.concat_arrays([ids] * n_radii), year, radius, m.mean,
-                                m.weight, m.valid_fraction, m.norm)
+def write_point_means(source: EmbeddingSource, pois: gpd.GeoDataFrame, radii: Sequence[float],
+                      year: int, path: Path) -> int:
+    """Write ``source``'s poi_embeddings table for ``pois`` at ``path`` (atomically, in the
+    canonical row order); the number of rows. Pixel sources stream it in bounded memory."""
+    from aether.embeddings import fold
+    from aether.io.tables import sort_poi_embeddings, write_parquet
+
+    if isinstance(source, PixelSource):
+        return fold.write_point_means(pois, radii, year,
+                                      source.point_sums(pois, radii, year), path)
+    table = sort_poi_embeddings(source.point_means(pois, radii, year))
+    write_parquet(table, path)
+    return len(table)

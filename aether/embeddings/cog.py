@@ -1,7 +1,8 @@
 """AlphaEarth COG tiles (a local directory or a URL with an ``aef_index.parquet``).
 
-Only the windows that POI buffers touch are read; the work is a Dask graph of
-(UTM zone × spatial POI group) tasks whose partial sums are added per POI.
+Only the blocks that POI buffers touch are read, each by one task: the work is a Dask graph
+of (UTM zone × tile block) windows whose partial sums are added per POI as they finish
+(``aether.embeddings.fold``), so memory stays bounded whatever the POI count.
 
 What a pixel covered by two tiles means (docs/formats.md, "Overlapping tiles"): each buffer
 is reduced in ONE crs, its POI's UTM zone (as the Earth Engine source's per-batch ``crs``),
@@ -14,7 +15,7 @@ Grids are reduced in the place's crs the same way.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,20 +25,22 @@ import pandas as pd
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
-from aether.embeddings.base import SourceOptions, point_means_table
+from aether.embeddings.base import SourceOptions
+from aether.embeddings.fold import WindowSums, point_means_table
 from aether.errors import CoverageError
 from aether.execution import cluster
 from aether.io import tiles as tile_io
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    from dask.delayed import Delayed
 
     from aether.places.place import Place
 
-#: POIs are grouped on a square grid of this size (m) so each task reads one small window.
-GROUP_M = 4000.0
-#: Grids read tiles in windows of at most this size (m): 256 × 256 pixels, 16 MiB decoded.
-WINDOW_M = 2_560.0
+#: Cells of POI windows, in pixels, where the tiles' blocks give no square grid.
+CELL_PX = 256
+#: At most this many POIs per window task: its sums are about 1 KB a POI.
+TASK_POIS = 8192
 #: The tiles a window reads, in index order: ``(path, crs)``.
 TileList = list[tuple[str, str]]
 
@@ -70,6 +73,18 @@ class CogSource:
         self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
     ) -> pd.DataFrame:
         """Rows of the poi_embeddings contract for every POI × radius."""
+        return point_means_table(pois, radii, year, self.point_sums(pois, radii, year))
+
+    def point_sums(
+        self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
+    ) -> Iterator[WindowSums]:
+        """The buffers' sums over every window they touch, as the windows finish.
+
+        Windows are the cells of the tiles' own block grid (``_cell_grid``), clipped to the
+        buffers inside: each stored block is read and inflated by one task only, so no
+        block cache is needed, and a buffer cut by a cell edge adds up across cells. A cell
+        with very many POIs is cut into strips of at most ``TASK_POIS`` (bounded memory).
+        """
         import dask
 
         radii = [float(r) for r in radii]
@@ -80,26 +95,30 @@ class CogSource:
                                        lon.max() + margin, lat.max() + margin))
         zone = aef.utm_epsgs(lon, lat)
         reach = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
-        tasks = []
+        tasks: list[Delayed] = []
         for epsg in np.unique(zone):
             crs = f"EPSG:{epsg}"
             in_zone = np.flatnonzero(zone == epsg)
             x, y = _project(lon[in_zone], lat[in_zone], crs)
-            for group in _groups(x, y):
-                bounds = (x[group].min() - reach, y[group].min() - reach,
-                          x[group].max() + reach, y[group].max() + reach)
-                under = _tiles_under(tiles, crs, bounds)
-                if under:
-                    tasks.append(dask.delayed(_group_sums)(
-                        under, crs, bounds, in_zone[group], x[group], y[group], radii))
-        return point_means_table(pois, radii, year, cluster.as_completed(tasks))
+            for cell, members in _cells(x, y, reach, _cell_grid(tiles, crs)):
+                for part in _strips(members, y):
+                    bounds = (max(cell[0], x[part].min() - reach),
+                              max(cell[1], y[part].min() - reach),
+                              min(cell[2], x[part].max() + reach),
+                              min(cell[3], y[part].max() + reach))
+                    under = _tiles_under(tiles, crs, bounds)
+                    if under:
+                        tasks.append(dask.delayed(_window_sums)(
+                            len(tasks), under, crs, bounds, in_zone[part], x[part], y[part],
+                            radii))
+        return cluster.as_completed(tasks)
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Area-weighted means over the cells of ``cell`` (``100m``, ``h3:9``; see ``grids``).
 
-        One task per window of at most ``WINDOW_M`` in the place's crs: memory stays flat
-        whatever the raster's size. Cells whose area has no valid pixel keep NaN vectors
-        with valid_fraction 0.
+        One task per block of the tiles under the place (``_windows``), in the place's crs:
+        memory stays flat whatever the raster's size. Cells whose area has no valid pixel
+        keep NaN vectors with valid_fraction 0.
         """
         import dask
 
@@ -107,7 +126,7 @@ class CogSource:
         tiles = self._tiles_for(year, place.bbox)
         shared = dask.delayed(cells, pure=True)
         tasks = [dask.delayed(_window_grid_sums)(under, cells.crs, window, shared)
-                 for window in _windows(cells.bounds())
+                 for window in _windows(cells.bounds(), _cell_grid(tiles, cells.crs))
                  for under in [_tiles_under(tiles, cells.crs, window)] if under]
         return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
 
@@ -142,43 +161,84 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
     return np.asarray(x), np.asarray(y)
 
 
-def _groups(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
-    """Indices of POIs grouped on a square grid of GROUP_M."""
-    if len(x) == 0:
-        return []
-    key = np.floor(x / GROUP_M) * 1e6 + np.floor(y / GROUP_M)
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    return np.split(order, bounds)
+def _cell_grid(tiles: pd.DataFrame, crs: str) -> tuple[float, float, float]:
+    """(x origin, y origin, edge) in m of the cells POI windows are cut on: the block grid
+    of the zone's first tile (square blocks; else 256 px squares from its corner), or
+    CELL_PX squares from the origin when no tile is in this crs."""
+    same = tiles[tiles["crs"] == crs]
+    if same.empty:
+        return 0.0, 0.0, CELL_PX * aef.PIXEL_SIZE_M
+    with tile_io.open_tile(str(same["path"].iloc[0])) as ds:
+        t = ds.transform
+        bh, bw = ds.block_shapes[0]
+    edge_px = bw if bw == bh and bw >= 64 else CELL_PX
+    px = aef.PIXEL_SIZE_M  # on the 10 m lattice, as the mosaic is: cells never share a pixel
+    return round(t.c / px) * px, round(t.f / px) * px, edge_px * px
 
 
-def _group_sums(tiles: TileList, crs: str, bounds: tuple[float, float, float, float],
-                idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
-                ) -> tuple[np.ndarray, list[zonal.Partial]]:
-    """The mosaic under one POI group's buffers, and the partial sums of those buffers."""
+def _cells(x: np.ndarray, y: np.ndarray, reach: float, grid: tuple[float, float, float]
+           ) -> Iterator[tuple[tuple[float, float, float, float], np.ndarray]]:
+    """(cell bounds, POIs whose buffers may reach it) for every cell of ``grid`` some buffer
+    touches, in a fixed order (column, then row)."""
+    gx, gy, edge = grid
+    c0 = np.floor((x - reach - gx) / edge).astype(np.int64)
+    c1 = np.floor((x + reach - gx) / edge).astype(np.int64)
+    r0 = np.floor((y - reach - gy) / edge).astype(np.int64)
+    r1 = np.floor((y + reach - gy) / edge).astype(np.int64)
+    nc, nr = c1 - c0 + 1, r1 - r0 + 1
+    count = nc * nr
+    poi = np.repeat(np.arange(len(x)), count)
+    k = np.arange(len(poi)) - np.repeat(np.cumsum(count) - count, count)
+    col, row = c0[poi] + k // nr[poi], r0[poi] + k % nr[poi]
+    order = np.lexsort((poi, row, col))
+    poi, col, row = poi[order], col[order], row[order]
+    cuts = np.flatnonzero((np.diff(col) != 0) | (np.diff(row) != 0)) + 1
+    for members in np.split(np.arange(len(poi)), cuts):
+        if len(members) == 0:
+            continue
+        c, r = int(col[members[0]]), int(row[members[0]])
+        yield (gx + c * edge, gy + r * edge, gx + (c + 1) * edge, gy + (r + 1) * edge), \
+            poi[members]
+
+
+def _strips(members: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """A cell's POIs, cut by y into strips of at most TASK_POIS (each strip's task decodes
+    and sums only the rows its buffers cover)."""
+    if len(members) <= TASK_POIS:
+        return [members]
+    by_y = members[np.argsort(y[members], kind="stable")]
+    return np.array_split(by_y, -(-len(members) // TASK_POIS))
+
+
+def _window_sums(key: int, tiles: TileList, crs: str, bounds: tuple[float, float, float, float],
+                 idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
+                 ) -> WindowSums:
+    """The mosaic under one window, and the sums of the buffers' parts inside it."""
     raw = tile_io.mosaic_window(tiles, crs, bounds)
     if raw is None:
-        return idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
+        return key, idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
-    # float32, as the table folds them: a finished task waiting to be folded holds half
+    # float32, as the fold spools them: a finished task waiting to be folded holds half
     parts = windows.radii_partial_sums(block, x, y, radii)
-    return idx, [zonal.Partial(p.weighted_sum.astype(np.float32), p.valid_weight, p.n_bands)
-                 for p in parts]
+    return key, idx, [zonal.Partial(p.weighted_sum.astype(np.float32), p.valid_weight, p.n_bands)
+                      for p in parts]
 
 
-def _windows(bounds: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
-    """Squares of at most WINDOW_M covering ``bounds``, cut on multiples of WINDOW_M (pixel
-    edges of the 10 m lattice), so no pixel is read by two windows."""
-    xs, ys = _cuts(bounds[0], bounds[2]), _cuts(bounds[1], bounds[3])
+def _windows(bounds: tuple[float, float, float, float], grid: tuple[float, float, float]
+             ) -> list[tuple[float, float, float, float]]:
+    """The cells of ``grid`` (the tiles' blocks, ``_cell_grid``) clipped to ``bounds``: no
+    pixel is read by two windows, and each block is inflated by one."""
+    gx, gy, edge = grid
+    xs, ys = _cuts(bounds[0], bounds[2], gx, edge), _cuts(bounds[1], bounds[3], gy, edge)
     return [(x0, y0, x1, y1) for x0, x1 in itertools.pairwise(xs)
             for y0, y1 in itertools.pairwise(ys)]
 
 
-def _cuts(lo: float, hi: float) -> list[float]:
-    """lo, the multiples of WINDOW_M strictly inside, hi."""
-    k0 = np.floor(lo / WINDOW_M) + 1
-    k1 = np.ceil(hi / WINDOW_M)
-    return [lo, *(np.arange(k0, k1) * WINDOW_M).tolist(), hi]
+def _cuts(lo: float, hi: float, origin: float, edge: float) -> list[float]:
+    """lo, the cell edges strictly inside, hi."""
+    k0 = np.floor((lo - origin) / edge) + 1
+    k1 = np.ceil((hi - origin) / edge)
+    return [lo, *(origin + np.arange(k0, k1) * edge).tolist(), hi]
 
 
 def _window_grid_sums(tiles: TileList, crs: str, window: tuple[float, float, float, float],

@@ -23,7 +23,7 @@ the local scheduler or on any Dask cluster.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,9 +35,9 @@ from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
-from aether.embeddings.base import point_means_table
 from aether.embeddings.earthengine.session import EESettings, ensure
 from aether.embeddings.earthengine.source import EeConnectionOptions
+from aether.embeddings.fold import WindowSums, point_means_table
 from aether.errors import CoverageError, InputError
 
 if TYPE_CHECKING:
@@ -178,10 +178,10 @@ def _block(values: np.ndarray, view: View, r: int, c: int) -> zonal.PixelBlock:
                             px, -px)
 
 
-def _point_sums(values: np.ndarray, view: View, r: int, c: int, idx: np.ndarray, x: np.ndarray,
-                y: np.ndarray, radii: list[float]) -> tuple[np.ndarray, list[zonal.Partial]]:
+def _point_sums(key: int, values: np.ndarray, view: View, r: int, c: int, idx: np.ndarray,
+                x: np.ndarray, y: np.ndarray, radii: list[float]) -> WindowSums:
     block = _block(values, view, r, c)
-    return idx, [windows.partial_sums(block, x, y, rad) for rad in radii]
+    return key, idx, windows.radii_partial_sums(block, x, y, radii)
 
 
 def _grid_sums(values: np.ndarray, view: View, r: int, c: int, cells: grids.Cells
@@ -222,22 +222,28 @@ class XeeSource:
         self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
     ) -> pd.DataFrame:
         """Rows of the poi_embeddings contract for every POI × radius."""
-        import dask
+        return point_means_table(pois, radii, year, self.point_sums(pois, radii, year))
+
+    def point_sums(
+        self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
+    ) -> Iterator[WindowSums]:
+        """The buffers' sums over every chunk they touch, as the chunks finish."""
+        from aether.execution import cluster
 
         radii = [float(r) for r in radii]
         self._check_year(year)
         lon, lat = pois.geometry.x.to_numpy(), pois.geometry.y.to_numpy()
         # each buffer is reduced in its POI's UTM zone, as the COG and EE sources do
         zone = aef.utm_epsgs(lon, lat)
-        tasks = []
+        tasks: list[Any] = []
         for epsg in np.unique(zone):
             in_zone = np.flatnonzero(zone == epsg)
             tasks += self._zone_tasks(f"EPSG:{epsg}", in_zone, lon[in_zone], lat[in_zone],
-                                      radii, year)
-        return point_means_table(pois, radii, year, dask.compute(*tasks))
+                                      radii, year, first_key=len(tasks))
+        return cluster.as_completed(tasks)
 
     def _zone_tasks(self, crs: str, ids: np.ndarray, lon: np.ndarray, lat: np.ndarray,
-                    radii: list[float], year: int) -> list[Any]:
+                    radii: list[float], year: int, first_key: int = 0) -> list[Any]:
         """Delayed partial sums of one UTM zone's POIs (``ids``: their rows in the table)."""
         import dask
         from pyproj import Transformer
@@ -247,15 +253,16 @@ class XeeSource:
         reach = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
         view = View.over(self.session, year, crs, (x.min() - reach, y.min() - reach,
                                                    x.max() + reach, y.max() + reach), self.chunk)
-        px, tasks = aef.PIXEL_SIZE_M, []
+        px = aef.PIXEL_SIZE_M
+        tasks: list[Any] = []
         for r, c, pixels in self._chunks(view):
             bx0, by1 = view.x0 + c * px, view.y0 - r * px
             bx1, by0 = bx0 + view.chunk * px, by1 - view.chunk * px
             idx = np.flatnonzero((x + reach > bx0) & (x - reach < bx1)
                                  & (y + reach > by0) & (y - reach < by1))
             if len(idx):
-                tasks.append(dask.delayed(_point_sums)(pixels, view, r, c, ids[idx], x[idx],
-                                                       y[idx], radii))
+                tasks.append(dask.delayed(_point_sums)(first_key + len(tasks), pixels, view, r,
+                                                       c, ids[idx], x[idx], y[idx], radii))
         return tasks
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:

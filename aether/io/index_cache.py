@@ -18,6 +18,9 @@ from pathlib import Path
 from aether.errors import TilesError
 from aether.io.tables import atomic_path
 
+#: What aether's HTTP requests (the index here, tiles through GDAL) call themselves.
+USER_AGENT = "aether (AlphaEarth POI embeddings)"
+
 log = logging.getLogger(__name__)
 
 #: Seconds to wait for the index server before giving up (or falling back to the cache).
@@ -39,7 +42,7 @@ def cached_index(url: str, cache: Path) -> Path:
             meta = json.loads(meta_path.read_text())
         except ValueError:
             meta = {}
-    headers = {"User-Agent": "aether (AlphaEarth POI embeddings)"}
+    headers = {"User-Agent": USER_AGENT}
     if meta.get("etag"):
         headers["If-None-Match"] = meta["etag"]
     if meta.get("last_modified"):

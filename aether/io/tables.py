@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,16 +70,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.is_file():
-            os.chmod(tmp_path, 0o666 & ~umask())
-        os.replace(tmp_path, target)
-        remove_leftovers(target.parent, prefix)
-    except OSError as e:  # name the file being written, not its temp file (or none: Arrow)
-        raise OSError(e.errno, e.strerror or str(e), str(target)) from e
+        with naming(target):
+            yield tmp_path
+            if tmp_path.is_file():
+                os.chmod(tmp_path, 0o666 & ~umask())
+            os.replace(tmp_path, target)
+            remove_leftovers(target.parent, prefix)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def naming(target: Path) -> Iterator[None]:
+    """An OSError inside names ``target``, the file being written, not a temp or scratch
+    file of it (or none: Arrow's errors carry no path)."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(target)) from e
 
 
 def remove_leftovers(folder: Path, prefix: str) -> None:
@@ -133,6 +142,20 @@ def _write_row_groups(df: pd.DataFrame, path: Path) -> None:
         for s in range(ROW_GROUP, len(df), ROW_GROUP):
             writer.write_table(pa.Table.from_pandas(df.iloc[s : s + ROW_GROUP],
                                                     schema=first.schema, preserve_index=False))
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema,
+                  path: str | os.PathLike[str]) -> int:
+    """Write Arrow record batches of ``schema`` as the row groups of a Parquet file,
+    atomically, as they come: the table is never whole in memory. Returns the row count."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch, row_group_size=max(len(batch), 1))
+            rows += len(batch)
+    return rows
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -216,6 +239,16 @@ def poi_embeddings_frame(
     df["valid_fraction"] = np.asarray(valid_fraction, dtype=np.float32)
     df["norm"] = np.asarray(norm, dtype=np.float32)
     return df
+
+
+def poi_embeddings_schema() -> pa.Schema:
+    """The Arrow schema of the poi_embeddings table (with the pandas metadata a table
+    written from ``poi_embeddings_frame`` carries, so both ways give the same file)."""
+    import pyarrow as pa
+
+    empty = poi_embeddings_frame([], 0, np.zeros(0, np.float32), np.zeros((0, len(BANDS))),
+                                 *(np.zeros(0) for _ in range(3)))
+    return pa.Schema.from_pandas(empty, preserve_index=False)
 
 
 def sorted_poi_ids(poi_id: pd.Series) -> tuple[pa.Array, np.ndarray]:

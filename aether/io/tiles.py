@@ -31,6 +31,7 @@ from aether.core.aef import (
     utm_zone_label,
 )
 from aether.errors import TilesError
+from aether.io.index_cache import USER_AGENT
 from aether.io.tables import atomic_path, write_parquet
 
 if TYPE_CHECKING:
@@ -46,9 +47,12 @@ log = logging.getLogger(__name__)
 GDAL_COG_ENV: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per open
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    "GDAL_CACHEMAX": 256 * 2**20,  # bytes (rasterio passes it to GDALSetCacheMax64)
-    "VSI_CACHE": "TRUE",  # keep fetched byte ranges (headers, IFDs) per open file
-    "VSI_CACHE_SIZE": str(32 * 2**20),
+    # bytes (rasterio passes it to GDALSetCacheMax64): windows follow the blocks, so a
+    # block is inflated once; the cache only bridges the strips of a crowded cell
+    "GDAL_CACHEMAX": 64 * 2**20,
+    # no VSI_CACHE: /vsicurl/ keeps fetched ranges itself (CPL_VSIL_CURL_CACHE_SIZE), and
+    # for local files it would copy the page cache, 32 MB per open tile
+    "GDAL_HTTP_USERAGENT": USER_AGENT,
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MAX_RETRY": "3",  # on 429 / 5xx, with a growing delay
@@ -297,8 +301,9 @@ def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
 
 @dataclass(frozen=True)
 class RawWindow:
-    """Stored int8 values of a window, ``(64, rows, cols)``, and its transform (which may
-    be south-up). What the tile reader hands to the decoder."""
+    """Stored int8 values of a window, band-last ``(rows, cols, 64)`` and contiguous (as the
+    file interleaves them, and as the kernel sums them), and its transform (which may be
+    south-up). What the tile reader hands to the decoder."""
 
     q: np.ndarray
     transform: Affine
@@ -327,20 +332,21 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
             if c0 >= c1 or r0 >= r1:
                 return None
             win = Window(c0, r0, c1 - c0, r1 - r0)
+        q = np.empty((int(win.height), int(win.width), N_BANDS), np.int8)
         try:
             with gdal_env():
-                q = ds.read(window=win)
+                ds.read(out=np.moveaxis(q, -1, 0), window=win)
         except rasterio.errors.RasterioError as e:
             raise _read_error(path, e) from None
         return RawWindow(q, ds.window_transform(win))
 
 
 def decode(raw: RawWindow) -> PixelBlock:
-    """A window as a kernel block: the stored int8 values seen band-last (no copy) and
-    their valid mask; the kernel decodes them as it sums (``PixelBlock.from_int8``)."""
+    """A window as a kernel block: the stored int8 values (no copy) and their valid mask;
+    the kernel decodes them as it sums (``PixelBlock.from_int8``)."""
     from aether.core.zonal import PixelBlock
 
-    return PixelBlock.from_int8(np.moveaxis(raw.q, 0, -1), raw.transform)
+    return PixelBlock.from_int8(raw.q, raw.transform)
 
 
 def _check_crs(index: gpd.GeoDataFrame, loc: str) -> None:
@@ -367,7 +373,7 @@ def read_block(
     raw = read_window(path, bounds)
     if raw is None:
         return None
-    values, valid = decode_values(np.moveaxis(raw.q, 0, -1))
+    values, valid = decode_values(raw.q)
     values[~valid] = np.nan
     return PixelBlock.from_transform(values, raw.transform)
 
@@ -392,7 +398,7 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
     from rasterio.transform import Affine
 
     w, h = round((x1 - x0) / px), round((y1 - y0) / px)
-    out = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
+    out = np.full((h, w, N_BANDS), NODATA, dtype=np.int8)
     dst = Affine(px, 0.0, float(x0), 0.0, -px, float(y1))
     hit = False
     for path, tile_crs in tiles:
@@ -400,8 +406,8 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
         if placed is None:
             continue
         (rows, cols), part = placed
-        ok = part[0] != NODATA  # nodata is -128 in every band at once
-        np.copyto(out[:, rows, cols], part, where=ok)
+        ok = part[..., :1] != NODATA  # nodata is -128 in every band at once
+        np.copyto(out[rows, cols], part, where=ok)
         hit = hit or bool(ok.any())
     return RawWindow(out, dst) if hit else None
 
@@ -424,16 +430,16 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
         if raw is not None and _on_lattice(raw.transform):
             q, t = raw.q, raw.transform
             if t.e > 0:  # south-up: flip to north-up
-                q, top = q[:, ::-1], t.f + t.e * q.shape[1]
+                q, top = q[::-1], t.f + t.e * q.shape[0]
             else:
                 top = t.f
             r0, c0 = round((y1 - top) / dst.a), round((t.c - x0) / dst.a)
-            rh, rw = q.shape[1:]
+            rh, rw = q.shape[:2]
             rs, cs = max(r0, 0), max(c0, 0)
             re_, ce = min(r0 + rh, h), min(c0 + rw, w)
             if rs >= re_ or cs >= ce:
                 return None
-            return (slice(rs, re_), slice(cs, ce)), q[:, rs - r0:re_ - r0, cs - c0:ce - c0]
+            return (slice(rs, re_), slice(cs, ce)), q[rs - r0:re_ - r0, cs - c0:ce - c0]
     else:
         from rasterio.warp import transform_bounds
 
@@ -444,9 +450,10 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
         return None
     from rasterio.warp import Resampling, reproject
 
-    part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)
+    part = np.full((N_BANDS, h, w), NODATA, dtype=np.int8)  # reproject works band-first
     with gdal_env():
-        reproject(np.ascontiguousarray(raw.q), part, src_transform=raw.transform,
-                  src_crs=tile_crs, src_nodata=NODATA, dst_transform=dst, dst_crs=crs,
-                  dst_nodata=NODATA, resampling=Resampling.nearest)
-    return (slice(0, h), slice(0, w)), part
+        reproject(np.ascontiguousarray(np.moveaxis(raw.q, -1, 0)), part,
+                  src_transform=raw.transform, src_crs=tile_crs, src_nodata=NODATA,
+                  dst_transform=dst, dst_crs=crs, dst_nodata=NODATA,
+                  resampling=Resampling.nearest)
+    return (slice(0, h), slice(0, w)), np.moveaxis(part, 0, -1)

@@ -25,7 +25,6 @@ from aether.io.tables import (
     config_hash,
     read_json,
     sha256_file,
-    sort_poi_embeddings,
     write_json,
     write_parquet,
 )
@@ -183,7 +182,7 @@ def run_extract(req: ExtractRequest) -> ExtractResult:
 
 
 def _extract(req: ExtractRequest) -> ExtractResult:
-    from aether.embeddings import get_source
+    from aether.embeddings import get_source, write_point_means
 
     t0 = time.perf_counter()
     _check_request(req)
@@ -215,16 +214,15 @@ def _extract(req: ExtractRequest) -> ExtractResult:
         if req.force:  # recompute: no checkpoint or task of an earlier run is reused
             shutil.rmtree(store.work(source_name), ignore_errors=True)
         source = get_source(source_name, workdir=store.work(source_name), **options)
-        emb = sort_poi_embeddings(source.point_means(pois, radii, year))
+        n_rows = write_point_means(source, pois, radii, year, store.poi_embeddings)
         write_parquet(pois, store.pois)
-        write_parquet(emb, store.poi_embeddings)
         if poi_spec.startswith("pbf:"):  # the maps' offline base layer
             from aether.pipeline.basemap import write_basemap
 
             write_basemap(poi_spec.split(":", 1)[1], place, store.basemap)
         write_json(_manifest(store, chash, config, req, poi_spec, source_name, options, place,
-                             len(pois), len(emb)), store.manifest)
-    return ExtractResult(out, place, len(pois), len(emb), False, time.perf_counter() - t0)
+                             len(pois), n_rows), store.manifest)
+    return ExtractResult(out, place, len(pois), n_rows, False, time.perf_counter() - t0)
 
 
 def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: ExtractRequest,

@@ -11,7 +11,8 @@ which reports its own CPU time (``time.process_time``: all its threads) and peak
 what the ratios compare. Results go to ``--out`` (JSON); ``render_docs.py`` makes
 docs/benchmarks.md from them.
 
-- **aether**: ``CogSource(tiles).point_means`` on the int8 tiles (100 m and 200 m buffers).
+- **aether**: what ``aether extract`` runs: ``write_point_means(CogSource(tiles), ...)`` on the
+  int8 tiles (100 m and 200 m buffers), the table streamed to a Parquet file.
 - **exactextract** ``raster-sequential`` on in-memory de-quantised float32 tiles (64
   ``NumPyRasterSource`` bands per tile, decoded before the clock starts), ops ``sum`` and
   ``count`` per tile, combined across tiles into means (a buffer may cross tiles).
@@ -93,22 +94,30 @@ def _peak_mb() -> float:
 
 
 def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int) -> dict:
-    """The COG source on the int8 tiles; the means of the first ``keep`` POIs come back."""
+    """What ``aether extract`` does with the COG source: the int8 tiles' buffer means written
+    as the poi_embeddings Parquet table (streamed); the means of the first ``keep`` POIs
+    are read back from the file after the clock stops."""
     import geopandas as gpd
+    import pandas as pd
 
     from aether.core import aef
+    from aether.embeddings import write_point_means
     from aether.embeddings.cog import CogSource
 
     pois = gpd.GeoDataFrame({"poi_id": [f"p{i:07d}" for i in range(len(lon))]},
                             geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
-    c0, t0 = time.process_time(), time.perf_counter()
-    df = CogSource(tiles).point_means(pois, RADII, YEAR)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    out = []
-    for r in RADII if keep else ():
-        part = df[(df.radius_m == r)].set_index("poi_id").loc[pois.poi_id[:keep]]
-        out.append(part[list(aef.BANDS)].to_numpy(np.float64))
-    return {"means": out, "rows": len(df), "cpu_s": cpu, "wall_s": wall}
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as work:
+        path = Path(work) / "poi_embeddings.parquet"
+        c0, t0 = time.process_time(), time.perf_counter()
+        rows = write_point_means(CogSource(tiles), pois, RADII, YEAR, path)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        out = []
+        if keep:
+            df = pd.read_parquet(path, filters=[("poi_id", "in", list(pois.poi_id[:keep]))])
+            for r in RADII:
+                part = df[(df.radius_m == r)].set_index("poi_id").loc[pois.poi_id[:keep]]
+                out.append(part[list(aef.BANDS)].to_numpy(np.float64))
+    return {"means": out, "rows": rows, "cpu_s": cpu, "wall_s": wall}
 
 
 def _tile_xy(tile: object, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

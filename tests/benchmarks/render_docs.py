@@ -44,7 +44,8 @@ def extract(r: dict) -> str:
             f"= {n_buf:,} buffers; {r['tiles']} tiles, {r['width_px']:,} × {r['height_px']:,} "
             f"px; {r['blocks']} blocks of 256² touched.{subset}")
     rows = [
-        ["aether (`CogSource.point_means`, int8 tiles)", _s(r["aether"]["cpu_s"]),
+        ["aether (`write_point_means(CogSource)`: int8 tiles to a Parquet table)",
+         _s(r["aether"]["cpu_s"]),
          _s(r["aether"]["wall_s"]), f"{r['aether']['peak_mb']:,.0f}", str(r["aether"]["load"]),
          f"{r['vs_exactextract']:.1f}× faster", f"{r['vs_floor']:.2f}×"],
         ["exactextract (`raster-sequential`, in-memory float32 tiles)",

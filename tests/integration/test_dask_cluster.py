@@ -107,12 +107,16 @@ def test_remote_cluster_gives_the_threaded_table(cluster, nginx, tmp_path: Path,
                  "--data-dir", str(tmp_path / "cluster"), "--scheduler", address, env=env)
     assert remote.returncode == 0, remote.stderr
     pd.testing.assert_frame_equal(_table(tmp_path / "threads"), _table(tmp_path / "cluster"))
-    # the workers read the tiles over HTTP; only the client asked for the index
+    # the workers read the pixels over HTTP; the client asked for the index and read one
+    # tile's header (its block grid: where the windows are cut), no pixel
     reqs = server.requests()
+    client = "aether (AlphaEarth POI embeddings)"
     tile_agents = {r.agent for r in reqs if r.uri.endswith(".tiff")}
-    assert tile_agents and tile_agents <= {"aether-worker-0", "aether-worker-1"}, tile_agents
-    assert {r.agent for r in reqs if r.uri.endswith(".parquet")} == {
-        "aether (AlphaEarth POI embeddings)"}
+    assert tile_agents - {client} == {"aether-worker-0", "aether-worker-1"}, tile_agents
+    header = sum(r.bytes_sent for r in reqs if r.uri.endswith(".tiff") and r.agent == client)
+    pixels = sum(r.bytes_sent for r in reqs if r.uri.endswith(".tiff") and r.agent != client)
+    assert header <= 64 * 1024 < pixels, (header, pixels)
+    assert {r.agent for r in reqs if r.uri.endswith(".parquet")} == {client}
     # and wrote nothing of aether's: no tables, manifests, checkpoints or caches
     for d in worker_dirs:
         written = [p for p in d.rglob("*") if p.is_file() and "dask" not in p.relative_to(d).parts]

@@ -104,3 +104,47 @@ def test_grid_cells_count_overlapping_pixels_once(tmp_path: Path) -> None:
     assert len(full) > 10
     np.testing.assert_allclose(full[BANDS].to_numpy(float),
                                np.broadcast_to(_decoded(qb), (len(full), 64)), atol=1e-6)
+
+
+def test_windows_follow_the_blocks_and_buffers_add_up_across_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stored block is read by one window only (windows are disjoint and each lies in
+    one 256 px block), and a buffer cut by block edges is the sum of its parts: the same
+    means as with the cells moved by half a block, and exact weights."""
+    from aether.embeddings import cog
+
+    west = 385_000.0
+    rec = write(tmp_path / "t", "a", smooth_q(700, 700, seed=5), CRS, west, NORTH)
+    tile_io.write_index([rec], tmp_path)
+    south = NORTH - 7_000.0  # the tile is stored south-up: its blocks start at the south edge
+    edge = 2_560.0
+    xy = [(west + edge, south + edge), (west + edge + 35.0, south + 2 * edge - 20.0),
+          (west + 1_000.0, south + 1_000.0), (west + 3_000.0, south + edge + 5.0)]
+    xy += [(west + 300.0 + 61.0 * i, south + 2_400.0 + 17.0 * i) for i in range(40)]
+    pois = _pois(xy)
+    seen: list[tuple[float, float, float, float]] = []
+    read = tile_io.read_window
+
+    def recording(path: str, bounds=None):
+        seen.append(bounds)
+        return read(path, bounds)
+
+    monkeypatch.setattr(tile_io, "read_window", recording)
+    got = CogSource(str(tmp_path)).point_means(pois, [100.0, 200.0], 2024)
+    boxes = np.array(seen)
+    assert len(boxes) > 4
+    cell = np.floor((boxes[:, :2] - [west, south]) / edge)
+    np.testing.assert_array_equal(cell, np.floor((boxes[:, 2:] - 1e-6 - [west, south]) / edge))
+    for i in range(len(boxes)):
+        for j in range(i):
+            w = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+            h = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+            assert w <= 0 or h <= 0, "two windows share pixels"
+    for r in (100.0, 200.0):
+        np.testing.assert_allclose(got[got.radius_m == r]["weight"], np.pi * r * r / 100.0,
+                                   rtol=1e-6)
+    monkeypatch.setattr(tile_io, "read_window", read)
+    monkeypatch.setattr(cog, "_cell_grid", lambda tiles, crs: (west + 1_280.0, south + 1_280.0,
+                                                               edge))
+    moved = CogSource(str(tmp_path)).point_means(pois, [100.0, 200.0], 2024)
+    np.testing.assert_allclose(got[BANDS].to_numpy(), moved[BANDS].to_numpy(), atol=2e-6)

@@ -36,7 +36,7 @@ def test_one_dataset_per_tile_shared_by_threads_one_at_a_time(tmp_path: Path) ->
     with tile_io.open_tile(path) as again:
         assert again is not first
     raw = tile_io.read_window(path)
-    assert raw is not None and raw.q.shape == (64, 64, 64)
+    assert raw is not None and raw.q.shape == (64, 64, 64) and raw.q.flags.c_contiguous
 
 
 def test_the_block_cache_holds_megabytes(monkeypatch) -> None:

@@ -59,6 +59,12 @@ def extract(r: dict) -> str:
                     "vs floor"], rows)
     diff = (f"Largest absolute difference of aether's means from exactextract's: "
             f"{r['max_abs_diff']:.1e}.")
+    if r.get("repeat", 1) > 1:
+        runs = r["runs_cpu_s"]
+        diff += (f" The floor and aether ran {r['repeat']} times each, interleaved; the table "
+                 f"shows the least CPU of each (floor: "
+                 f"{', '.join(_s(v) for v in runs['floor'])} s; aether: "
+                 f"{', '.join(_s(v) for v in runs['aether'])} s).")
     scale = _table(["POIs", "CPU s", "CPU µs per POI above the floor", "wall s", "peak MB",
                     "load"],
                    [[f"{s['pois']:,}", _s(s["cpu_s"]),

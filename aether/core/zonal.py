@@ -207,7 +207,7 @@ def radii_partial_sums(
             part = PixelBlock(vals[pr : pr + ph, pc : pc + pw], block.x0 + pc * block.dx,
                               block.y0 + pr * block.dy, block.dx, block.dy,
                               valid[pr : pr + ph, pc : pc + pw])
-            prefix = _row_prefix(part, _touched_rows(r0[sel] - pr, ny, ph))
+            prefix = _row_prefix(part, r0[sel] - pr, ny, x[sel], max(radii[k] for k in live))
             for s in range(0, len(sel), BATCH_CIRCLES):
                 batch = sel[s : s + BATCH_CIRCLES]
                 sums, vw = _part_sums(part, prefix, x[batch], y[batch], [radii[k] for k in live])
@@ -232,31 +232,42 @@ def _touched_rows(r0: np.ndarray, ny: int, h: int) -> list[tuple[int, int]]:
     return list(zip(cuts[::2].tolist(), cuts[1::2].tolist(), strict=True))
 
 
-def _row_prefix(part: PixelBlock, runs: list[tuple[int, int]]
+def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radius: float
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
     of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
 
-    Only the rows of ``runs`` are computed; the others are never read. Stored int8 values
-    are summed as the integers ``q·|q|`` (0 where not valid), decoded in this one pass: at
-    most 256 × 127² a row, exact in float32.
+    Only what circles (centres ``cx``, windows from row ``r0``, ``ny`` rows) read is made: the
+    rows they cover, a few at a time, and in those rows the columns between the circles'
+    leftmost and rightmost reach (sums start at 0 there; a difference is the same). The
+    rest is never read. Stored int8 values are summed as the integers ``q·|q|`` (0 where not
+    valid), decoded in this one pass: at most 256 × 127² a row, exact in float32.
     """
     vals, valid = part.values, part.valid
     assert valid is not None
     h, w, nb = vals.shape
     s = np.empty((h, w + 1, nb), dtype=np.float32)
-    chunks = ((a, min(a + PREFIX_ROWS, b)) for r0, b in runs for a in range(r0, b, PREFIX_ROWS))
+    u = (cx - part.x0) / part.dx  # centres in column units
+    reach = radius / abs(part.dx) + 1  # a column more than any chord reaches
+    lo_c = np.clip(np.floor(u - reach), 0, w).astype(np.int64)
+    hi_c = np.clip(np.ceil(u + reach), 0, w).astype(np.int64)
+    if part.dx < 0:
+        lo_c, hi_c = np.zeros_like(lo_c), np.full_like(hi_c, w)
+    runs = _touched_rows(r0, ny, h)
+    chunks = ((a, min(a + PREFIX_ROWS, b)) for r, b in runs for a in range(r, b, PREFIX_ROWS))
     for a, b in chunks:  # a few rows at a time: each chunk stays in cache through its passes
-        run = s[a:b]
+        near = (r0 < b) & (r0 + ny > a)
+        c_lo, c_hi = int(lo_c[near].min()), int(hi_c[near].max())
+        run = s[a:b, c_lo : c_hi + 1]
         run[:, 0] = 0
         body = run[:, 1:]
-        np.copyto(body, vals[a:b], casting="unsafe")
+        np.copyto(body, vals[a:b, c_lo:c_hi], casting="unsafe")
         if vals.dtype == np.int8:
             np.multiply(body, np.abs(body), out=body)
-            bad = ~valid[a:b]
+            bad = ~valid[a:b, c_lo:c_hi]
             if bad.any():
                 body[bad] = 0
-        for c in range(1, w):  # in place, column by column: no temporary
+        for c in range(1, c_hi - c_lo):  # in place, column by column: no temporary
             run[:, c + 1] += run[:, c]
     sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])

@@ -94,12 +94,16 @@ def _peak_mb() -> float:
     return float("nan")
 
 
-def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int) -> dict:
+def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int, threads: int) -> dict:
     """What ``aether extract`` does with the COG source: the int8 tiles' buffer means written
     as the poi_embeddings Parquet table (streamed); the means of the first ``keep`` POIs
     are read back from the file after the clock stops."""
+    import dask
     import geopandas as gpd
     import pandas as pd
+    import pyarrow.parquet  # noqa: F401  (imports before the clock, as the floor's rasterio)
+    import pyproj  # noqa: F401
+    import scipy.sparse  # noqa: F401
 
     from aether.core import aef
     from aether.embeddings import write_point_means
@@ -107,7 +111,8 @@ def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int) -> dict:
 
     pois = gpd.GeoDataFrame({"poi_id": [f"p{i:07d}" for i in range(len(lon))]},
                             geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
-    with tempfile.TemporaryDirectory(prefix="bench-extract-") as work:
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as work, \
+            dask.config.set(num_workers=threads):
         path = Path(work) / "poi_embeddings.parquet"
         c0, t0 = time.process_time(), time.perf_counter()
         rows = write_point_means(CogSource(tiles), pois, RADII, YEAR, path)
@@ -146,8 +151,11 @@ def _touched_blocks(ds, x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
     return sorted(touched)
 
 
-def run_floor(tiles: str, lon: np.ndarray, lat: np.ndarray) -> dict:
-    """Decode each touched block once (one dataset per tile) through the LUT."""
+def run_floor(tiles: str, lon: np.ndarray, lat: np.ndarray, threads: int) -> dict:
+    """Decode each touched block once through the LUT, on ``threads`` threads (each its own
+    datasets, as GDAL needs), so the floor pays what running in parallel costs aether."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import rasterio
     from rasterio.windows import Window
 
@@ -158,19 +166,24 @@ def run_floor(tiles: str, lon: np.ndarray, lat: np.ndarray) -> dict:
     work = []
     for tile in tile_io.read_index(tiles).itertuples():
         with rasterio.open(tile.path) as ds:
-            work.append((tile.path, _touched_blocks(ds, *_tile_xy(tile, lon, lat))))
-    n = 0
-    c0, t0 = time.process_time(), time.perf_counter()
-    for path, blocks in work:
-        with rasterio.open(path) as ds:
+            work += [(tile.path, b) for b in _touched_blocks(ds, *_tile_xy(tile, lon, lat))]
+
+    def decode(share: list[tuple[str, tuple[int, int]]]) -> int:
+        open_ds: dict[str, object] = {}
+        for path, (i, j) in share:
+            ds = open_ds.get(path) or open_ds.setdefault(path, rasterio.open(path))
             bh, bw = ds.block_shapes[0]
-            for i, j in blocks:
-                win = Window(j * bw, i * bh, min(bw, ds.width - j * bw),
-                             min(bh, ds.height - i * bh))
-                q = np.empty((int(win.height), int(win.width), aef.N_BANDS), np.int8)
-                ds.read(out=np.moveaxis(q, -1, 0), window=win)
-                lut[q.view(np.uint8)]
-                n += 1
+            win = Window(j * bw, i * bh, min(bw, ds.width - j * bw), min(bh, ds.height - i * bh))
+            q = np.empty((int(win.height), int(win.width), aef.N_BANDS), np.int8)
+            ds.read(out=np.moveaxis(q, -1, 0), window=win)
+            lut[q.view(np.uint8)]
+        for ds in open_ds.values():
+            ds.close()
+        return len(share)
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        n = sum(pool.map(decode, [work[k::threads] for k in range(threads)]))
     return {"blocks": n, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0}
 
 
@@ -215,11 +228,12 @@ def run_exactextract(tiles: str, lon: np.ndarray, lat: np.ndarray) -> dict:
     return {"means": means, "exact_cpu_s": cpu}
 
 
-def scaling(tiles: str, lon: np.ndarray, lat: np.ndarray, sizes: list[int]) -> list[dict]:
+def scaling(tiles: str, lon: np.ndarray, lat: np.ndarray, sizes: list[int], threads: int
+            ) -> list[dict]:
     rows = []
     for n in sizes:
         lo, la = clustered(lon, lat, n, seed=n)
-        res = _child(run_aether, tiles, lo, la, 0)
+        res = _child(run_aether, tiles, lo, la, 0, threads)
         rows.append({"pois": n, **{k: res[k] for k in ("cpu_s", "wall_s", "peak_mb", "load")}})
         print(f"  {n:>9,} POIs: {res['cpu_s']:7.1f} s CPU, {res['wall_s']:7.1f} s wall, "
               f"peak {res['peak_mb']:6.0f} MB (load {res['load']})", flush=True)
@@ -235,6 +249,8 @@ def main() -> None:
                     help="exactextract on this many POIs only (0: all)")
     ap.add_argument("--scale", default="", help="POI counts for the scaling run, comma-separated"
                     " (default 100000,250000,1000000; quick: 50000)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="threads of both the floor and aether (default: the CPUs, as aether)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of the floor and of aether, interleaved; the least CPU counts")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "extract.json"))
@@ -258,8 +274,8 @@ def main() -> None:
 
     floors, runs = [], []
     for i in range(args.repeat):  # interleaved, so a busy spell of the machine hits both
-        floors.append(_child(run_floor, tiles, lon, lat))
-        runs.append(_child(run_aether, tiles, lon, lat, m if i == 0 else 0))
+        floors.append(_child(run_floor, tiles, lon, lat, args.threads))
+        runs.append(_child(run_aether, tiles, lon, lat, m if i == 0 else 0, args.threads))
         print(f"floor: {floors[-1]['blocks']} blocks, {floors[-1]['cpu_s']:.2f} s CPU; "
               f"aether: {runs[-1]['cpu_s']:.2f} s CPU, {runs[-1]['peak_mb']:.0f} MB", flush=True)
     floor = min(floors, key=lambda r: r["cpu_s"])
@@ -275,11 +291,11 @@ def main() -> None:
     sizes = [int(s) for s in (args.scale or ("50000" if args.quick else
                                              "100000,250000,1000000")).split(",") if s]
     print("scaling (clustered POIs on the same tiles):", flush=True)
-    scale = scaling(tiles, lon, lat, sizes)
+    scale = scaling(tiles, lon, lat, sizes, args.threads)
     payload = {
         "case": label, "pois": len(lon), "radii": list(RADII), "tiles": len(index),
         "width_px": width, "height_px": height, "blocks": floor["blocks"], "exact_pois": m,
-        "repeat": args.repeat,
+        "repeat": args.repeat, "threads": args.threads,
         "floor": {k: floor[k] for k in ("cpu_s", "wall_s", "peak_mb", "load")},
         "aether": {k: ours[k] for k in ("cpu_s", "wall_s", "peak_mb", "load")},
         "runs_cpu_s": {"floor": [r["cpu_s"] for r in floors],

@@ -84,9 +84,11 @@ def test_all_radii_in_one_product_equal_each_radius_and_the_dense_sums() -> None
     y = rng.uniform(100_000 - 150, 100_000 + h * 10 + 150, 24)
     x[:5] = 500_000 + 2560 + rng.uniform(-3, 3, 5)  # right on a part boundary
     both = radii_partial_sums(block, x, y, [100.0, 200.0])
+    # the float32 row sums start where the call's largest circle reaches, so another set of
+    # radii rounds them differently (by ~1e-6 on sums of ~300); the mean moves by ~1e-9
     for r, got in zip((100.0, 200.0), both, strict=True):
         alone = partial_sums(block, x, y, r)
-        np.testing.assert_allclose(got.weighted_sum, alone.weighted_sum, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.weighted_sum, alone.weighted_sum, rtol=0, atol=1e-5)
         np.testing.assert_allclose(got.valid_weight, alone.valid_weight, rtol=0, atol=1e-12)
         np.testing.assert_allclose(got.weighted_sum, _dense_reference(block, x, y, r),
                                    atol=2e-4)  # sums of ≤ 1,257 px: 2e-7 in the mean

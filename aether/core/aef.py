@@ -71,7 +71,7 @@ def decode(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(q)
     if q.dtype != np.int8:
         raise TypeError(f"expected int8 AlphaEarth values, got {q.dtype}")
-    valid = q[..., 0] != NODATA
+    valid = valid_mask(q)
     v = q.astype(np.float32, order="C")
     v *= np.abs(v)
     v /= DEQUANT_SCALE
@@ -95,9 +95,10 @@ def quantize(v: np.ndarray) -> np.ndarray:
     return q
 
 
-def valid_mask(q: np.ndarray, axis: int = 0) -> np.ndarray:
-    """True where a pixel holds data: nodata is -128 in all channels at once."""
-    return ~np.all(np.asarray(q) == NODATA, axis=axis)
+def valid_mask(q: np.ndarray) -> np.ndarray:
+    """True where a pixel of band-last int8 ``(..., 64)`` holds data: nodata is -128 in all
+    channels at once, so band 0 decides."""
+    return np.asarray(q)[..., 0] != NODATA
 
 
 def utm_epsg(lon: float, lat: float) -> int:

@@ -61,7 +61,7 @@ class PixelBlock:
     @classmethod
     def from_int8(cls, q: np.ndarray, transform: object) -> PixelBlock:
         """Band-last AlphaEarth int8 ``(rows, cols, 64)``, kept as stored (no copy)."""
-        return cls.from_transform(q, transform, q[..., 0] != aef.NODATA)
+        return cls.from_transform(q, transform, aef.valid_mask(q))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -247,12 +247,13 @@ def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radiu
     assert valid is not None
     h, w, nb = vals.shape
     s = np.empty((h, w + 1, nb), dtype=np.float32)
-    u = (cx - part.x0) / part.dx  # centres in column units
-    reach = radius / abs(part.dx) + 1  # a column more than any chord reaches
-    lo_c = np.clip(np.floor(u - reach), 0, w).astype(np.int64)
-    hi_c = np.clip(np.ceil(u + reach), 0, w).astype(np.int64)
-    if part.dx < 0:
-        lo_c, hi_c = np.zeros_like(lo_c), np.full_like(hi_c, w)
+    if part.dx > 0:
+        u = (cx - part.x0) / part.dx  # centres in column units
+        reach = radius / part.dx + 1  # a column more than any chord reaches
+        lo_c = np.clip(np.floor(u - reach), 0, w).astype(np.int64)
+        hi_c = np.clip(np.ceil(u + reach), 0, w).astype(np.int64)
+    else:  # columns running west: whole rows
+        lo_c, hi_c = np.zeros(len(cx), np.int64), np.full(len(cx), w, np.int64)
     runs = _touched_rows(r0, ny, h)
     chunks = ((a, min(a + PREFIX_ROWS, b)) for r, b in runs for a in range(r, b, PREFIX_ROWS))
     for a, b in chunks:  # a few rows at a time: each chunk stays in cache through its passes

@@ -29,6 +29,7 @@ from aether.core.aef import (
     NODATA,
     PIXEL_SIZE_M,
     utm_zone_label,
+    valid_mask,
 )
 from aether.errors import TilesError
 from aether.io.index_cache import USER_AGENT
@@ -406,8 +407,8 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
         if placed is None:
             continue
         (rows, cols), part = placed
-        ok = part[..., :1] != NODATA  # nodata is -128 in every band at once
-        np.copyto(out[rows, cols], part, where=ok)
+        ok = valid_mask(part)
+        np.copyto(out[rows, cols], part, where=ok[..., None])
         hit = hit or bool(ok.any())
     return RawWindow(out, dst) if hit else None
 

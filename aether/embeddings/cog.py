@@ -54,22 +54,22 @@ class CogSource:
     tiles: str
     name: str = "cog"
 
-    def _tiles_for(self, year: int, bbox: tuple[float, float, float, float]) -> pd.DataFrame:
-        """The year's index rows (in index order) whose footprint meets a lon/lat bbox."""
+    def _tiles_for(self, year: int, bbox: tuple[float, float, float, float]) -> _Footprints:
+        """The year's tiles (in index order) whose footprint meets a lon/lat bbox."""
         index = tile_io.read_index(self.tiles)
         years = sorted(int(y) for y in index["year"].unique())
         in_year = index[index["year"] == year]
         if in_year.empty:
             raise CoverageError(f"no AlphaEarth tiles for year {year} in {self.tiles}",
                                 f"years available: {', '.join(map(str, years)) or 'none'}")
-        hit = in_year[_meets(in_year, bbox)]
+        hit = in_year[_meets(in_year[list(_WGS84)].to_numpy(float), bbox)]
         if hit.empty:
             w, s, e, n = bbox
             raise CoverageError(
                 f"no AlphaEarth tile for {year} covers {w:.4f},{s:.4f},{e:.4f},{n:.4f}",
                 "check --tiles, or use a source that covers this place",
             )
-        return hit
+        return _Footprints.of(hit)
 
     def point_means(
         self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
@@ -95,7 +95,6 @@ class CogSource:
         margin = max(map(windows.reach, radii)) / 111_000 * 2 + 1e-3
         tiles = self._tiles_for(year, (lon.min() - margin, lat.min() - margin,
                                        lon.max() + margin, lat.max() + margin))
-        footprints = _Footprints.of(tiles)
         zone = aef.utm_epsgs(lon, lat)
         reach = max(map(windows.reach, radii)) + aef.PIXEL_SIZE_M
         tasks: list[Delayed] = []
@@ -109,7 +108,7 @@ class CogSource:
                               max(cell[1], y[part].min() - reach),
                               min(cell[2], x[part].max() + reach),
                               min(cell[3], y[part].max() + reach))
-                    under = _tiles_under(footprints, crs, bounds)
+                    under = _tiles_under(tiles, crs, bounds)
                     if under:
                         tasks.append(dask.delayed(_window_sums)(
                             len(tasks), under, crs, bounds, in_zone[part], x[part], y[part],
@@ -127,18 +126,22 @@ class CogSource:
 
         cells = grids.make_cells(place.boundary, place.crs, grids.parse_cell(cell), place.name)
         tiles = self._tiles_for(year, place.bbox)
-        footprints = _Footprints.of(tiles)
         shared = dask.delayed(cells, pure=True)
         tasks = [dask.delayed(_window_grid_sums)(under, cells.crs, window, shared)
                  for window in _windows(cells.bounds(), _cell_grid(tiles, cells.crs))
-                 for under in [_tiles_under(footprints, cells.crs, window)] if under]
+                 for under in [_tiles_under(tiles, cells.crs, window)] if under]
         return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
 
 
-def _meets(index: pd.DataFrame, bbox: tuple[float, float, float, float]) -> pd.Series:
+#: The index's footprint columns: in lon/lat, and in each tile's own crs.
+_WGS84 = ("wgs84_west", "wgs84_south", "wgs84_east", "wgs84_north")
+_UTM = ("utm_west", "utm_south", "utm_east", "utm_north")
+
+
+def _meets(wgs84: np.ndarray, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    """Which footprints ``(n, 4)`` (west, south, east, north) meet a lon/lat bbox."""
     w, s, e, n = bbox
-    return ((index.wgs84_west <= e) & (index.wgs84_east >= w)
-            & (index.wgs84_south <= n) & (index.wgs84_north >= s))
+    return (wgs84[:, 0] <= e) & (wgs84[:, 2] >= w) & (wgs84[:, 1] <= n) & (wgs84[:, 3] >= s)
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,7 @@ class _Footprints:
     @classmethod
     def of(cls, tiles: pd.DataFrame) -> _Footprints:
         return cls(tiles["path"].astype(str).to_numpy(), tiles["crs"].astype(str).to_numpy(),
-                   tiles[["utm_west", "utm_south", "utm_east", "utm_north"]].to_numpy(float),
-                   tiles[["wgs84_west", "wgs84_south", "wgs84_east", "wgs84_north"]
-                         ].to_numpy(float))
+                   tiles[list(_UTM)].to_numpy(float), tiles[list(_WGS84)].to_numpy(float))
 
 
 def _tiles_under(tiles: _Footprints, crs: str, bounds: tuple[float, float, float, float]
@@ -167,9 +168,8 @@ def _tiles_under(tiles: _Footprints, crs: str, bounds: tuple[float, float, float
     b = tiles.utm
     hit = same & (b[:, 0] < xmax) & (b[:, 2] > xmin) & (b[:, 1] < ymax) & (b[:, 3] > ymin)
     if not same.all():
-        w, s, e, n = _to_lonlat(crs).transform_bounds(xmin, ymin, xmax, ymax, densify_pts=21)
-        g = tiles.wgs84
-        hit |= ~same & (g[:, 0] <= e) & (g[:, 2] >= w) & (g[:, 1] <= n) & (g[:, 3] >= s)
+        lonlat = _to_lonlat(crs).transform_bounds(xmin, ymin, xmax, ymax, densify_pts=21)
+        hit |= ~same & _meets(tiles.wgs84, lonlat)
     return list(zip(tiles.paths[hit].tolist(), tiles.crs[hit].tolist(), strict=True))
 
 
@@ -188,14 +188,14 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
     return np.asarray(x), np.asarray(y)
 
 
-def _cell_grid(tiles: pd.DataFrame, crs: str) -> tuple[float, float, float]:
+def _cell_grid(tiles: _Footprints, crs: str) -> tuple[float, float, float]:
     """(x origin, y origin, edge) in m of the cells POI windows are cut on: the block grid
     of the zone's first tile (square blocks; else 256 px squares from its corner), or
     CELL_PX squares from the origin when no tile is in this crs."""
-    same = tiles[tiles["crs"] == crs]
-    if same.empty:
+    same = np.flatnonzero(tiles.crs == crs)
+    if len(same) == 0:
         return 0.0, 0.0, CELL_PX * aef.PIXEL_SIZE_M
-    with tile_io.open_tile(str(same["path"].iloc[0])) as ds:
+    with tile_io.open_tile(str(tiles.paths[same[0]])) as ds:
         t = ds.transform
         bh, bw = ds.block_shapes[0]
     edge_px = bw if bw == bh and bw >= 64 else CELL_PX

@@ -171,7 +171,9 @@ def run_floor(tiles: str, lon: np.ndarray, lat: np.ndarray, threads: int) -> dic
     def decode(share: list[tuple[str, tuple[int, int]]]) -> int:
         open_ds: dict[str, object] = {}
         for path, (i, j) in share:
-            ds = open_ds.get(path) or open_ds.setdefault(path, rasterio.open(path))
+            if path not in open_ds:
+                open_ds[path] = rasterio.open(path)
+            ds = open_ds[path]
             bh, bw = ds.block_shapes[0]
             win = Window(j * bw, i * bh, min(bw, ds.width - j * bw), min(bh, ds.height - i * bh))
             q = np.empty((int(win.height), int(win.width), aef.N_BANDS), np.int8)

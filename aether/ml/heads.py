@@ -90,6 +90,21 @@ def info_nce_logits(logits: Tensor, positives: Tensor | None = None) -> Tensor:
     return 0.5 * (row + col)
 
 
+def positives(n: int, same_text: Tensor | None, same_place: Tensor | None,
+              device: torch.device | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """The (multi-scale, cross-modal) positive masks of a batch, None for diagonal targets.
+
+    The same place is a positive for both losses, the same text for the cross-modal one.
+    """
+    if same_text is None and same_place is None:
+        return None, None
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    ii = None if same_place is None else same_place | eye
+    xt = eye | (eye if same_text is None else same_text) | (
+        eye if same_place is None else same_place)
+    return ii, xt
+
+
 def aether_losses(
     model: AetherModel,
     base: Tensor,
@@ -105,18 +120,14 @@ def aether_losses(
     ``same_text`` / ``same_place`` are (N, N) bool masks of false negatives to treat as
     positives (None: the method's diagonal targets). Both views go through the AE head in one
     forward, and both losses' similarities come from one matmul ``z_base @ [z_aug; z_text]ᵀ``.
+    This is the definition; training runs ``step.train_step``, its backward written out and
+    tested against autograd of this.
     """
     n = len(base)
     z_ae = model.encode_ae(torch.cat([base, aug]))
     z_base, z_aug = z_ae[:n], z_ae[n:]
     logits = model.logit_scale() * (z_base @ torch.cat([z_aug, model.encode_text(text)]).T)
-    xt_pos = None
-    if same_text is not None or same_place is not None:
-        eye = torch.eye(n, dtype=torch.bool, device=base.device)
-        xt_pos = eye | (same_text if same_text is not None else eye) | (
-            same_place if same_place is not None else eye)
-    ii_pos = None if same_place is None else same_place | torch.eye(
-        n, dtype=torch.bool, device=base.device)
+    ii_pos, xt_pos = positives(n, same_text, same_place, base.device)
     l_ii = info_nce_logits(logits[:, :n], ii_pos)
     l_xt = info_nce_logits(logits[:, n:], xt_pos)
     total = multiscale_weight * l_ii + (1.0 - multiscale_weight) * l_xt

@@ -130,24 +130,30 @@ def _step(model: AetherModel, opt: torch.optim.Optimizer, t: dict[str, torch.Ten
 
 
 def pick_threads(model: AetherModel, cfg: TrainConfig, t: dict[str, torch.Tensor],
-                 idx: torch.Tensor, candidates: tuple[int, ...] = (1, 2), steps: int = 3) -> int:
-    """The fastest thread count for a few real steps on copies of the model (the run itself
-    is untouched): two threads win on an idle machine and lose badly on a loaded one."""
+                 idx: torch.Tensor, candidates: tuple[int, ...] = (1, 2), rounds: int = 3) -> int:
+    """The fastest thread count for real steps on copies of the model (the run itself is
+    untouched): two threads win on an idle machine and lose badly on a loaded one. The
+    candidates take turns, two steps a round, and each keeps its fastest step, so a burst
+    of other load does not decide the run's threads."""
     import torch
 
-    best, best_s = candidates[0], math.inf
+    trials = {}
     for n in candidates:
         torch.set_num_threads(n)
         m = copy.deepcopy(model)
         opt, _ = optimiser(m, cfg, 1)
         _step(m, opt, t, idx, cfg)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            _step(m, opt, t, idx, cfg)
-        secs = time.perf_counter() - t0
-        if secs < best_s:
-            best, best_s = n, secs
-    log.debug("threads: %d (%.1f ms a step)", best, 1000 * best_s / steps)
+        trials[n] = (m, opt)
+    fastest = dict.fromkeys(candidates, math.inf)
+    for _ in range(rounds):
+        for n, (m, opt) in trials.items():
+            torch.set_num_threads(n)
+            for _ in range(2):
+                t0 = time.perf_counter()
+                _step(m, opt, t, idx, cfg)
+                fastest[n] = min(fastest[n], time.perf_counter() - t0)
+    best = min(candidates, key=fastest.__getitem__)
+    log.debug("threads: %d (%.1f ms a step)", best, 1000 * fastest[best])
     return best
 
 
@@ -161,9 +167,6 @@ def fit(run: Path, config: dict[str, Any], cfg: TrainConfig, pairs: Pairs, label
     """
     import torch
 
-    from aether.ml.step import keep_freed_memory
-
-    keep_freed_memory()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t = {
         "base": torch.from_numpy(pairs.base), "aug": torch.from_numpy(pairs.aug),
@@ -238,7 +241,7 @@ def fit(run: Path, config: dict[str, Any], cfg: TrainConfig, pairs: Pairs, label
     save_weights(final, run / WEIGHTS_FILE, {"config_hash": config["config_hash"]})
     summary = {"epochs_run": ckpt["epoch"], "selected_epoch": ckpt["best_epoch"] if use_val
                else ckpt["epoch"], "pairs": {s: len(v) for s, v in split.items()},
-               "final_train": ckpt["history"][-1]}
+               "final_train": ckpt["history"][-1], "threads": torch.get_num_threads()}
     if len(split["test"]):
         summary["test"] = evaluate_retrieval(model, t, split["test"])
         summary["test"]["n"] = len(split["test"])

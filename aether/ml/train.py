@@ -140,10 +140,11 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, overwrite
     import torch
 
     from aether.ml.fit import fit
+    from aether.ml.step import kept_freed_memory
 
     previous = torch.get_num_threads()
     try:
-        with bar(f"train {run.name}: epochs", cfg.epochs) as shown:
+        with bar(f"train {run.name}: epochs", cfg.epochs) as shown, kept_freed_memory():
             def step(row: dict[str, Any]) -> None:
                 shown.update(completed=row["epoch"], note=f"loss {row['loss']:.4f}")
                 if on_epoch:

@@ -75,15 +75,18 @@ def extract(r: dict) -> str:
 
 
 def train(r: dict) -> str:
-    head = (f"**{r['pairs']:,} synthetic pairs**, {r['epochs']} epochs, batch 512 drop_last "
-            f"({r['date']}, load {r['load_start']:.1f} → {r['load_at_end']:.1f} on "
-            f"{r['cpus']} cores).")
+    head = (f"**{r['pairs']:,} synthetic pairs**, {r['epochs']} epochs, batch 512 drop_last, "
+            f"the faster of {r['repeat']} interleaved runs of each ({r['date']}, load "
+            f"{r['load_start']:.1f} → {r['load_at_end']:.1f} on {r['cpus']} cores).")
     rows = [[name, f"{m['pairs_per_s']:,.0f}", f"{m['epoch_s']:.2f}",
              " ".join(f"{x:.4f}" for x in m["losses"])]
-            for name, m in (("aether `paper` preset (threads measured at start)", r["aether"]),
+            for name, m in ((f"aether `paper` preset ({r['aether']['threads']} threads, measured "
+                             "at start)", r["aether"]),
                             ("official AETHER `train.py` (4 loader workers)", r["reference"]))]
-    tail = (f"aether / reference: **{r['ratio']:.1f}×** pairs/s; loss curves within "
-            f"{r['max_loss_diff']:.4f} (same initial weights; the two shuffle differently).")
+    runs = "; ".join(f"{k} {', '.join(f'{x:,}' for x in v)}" for k, v in r["runs"].items())
+    tail = (f"aether / reference: **{r['ratio']:.2f}×** pairs/s (every run's pairs/s: {runs}); "
+            f"loss curves within {r['max_loss_diff']:.4f} (same initial weights; the two "
+            "shuffle differently).")
     return (head + "\n\n" + _table(["loop", "pairs/s", "s/epoch", "epoch losses"], rows)
             + "\n\n" + tail)
 

@@ -1,6 +1,6 @@
 """Training throughput: aether's ``paper`` preset beside the official AETHER code, same pairs.
 
-    .venv/bin/python tests/benchmarks/bench_train.py [--pairs 100000] [--epochs 4] [--repeat 2]
+    .venv/bin/python tests/benchmarks/bench_train.py [--pairs 100000] [--epochs 4] [--repeat 3]
         [--reference /work/.mirror/inwind0212+AETHER/repo]
 
 The reference (``inwind0212/AETHER``, a bare git directory fetched beside the project, never
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100_000)
     ap.add_argument("--epochs", type=int, default=4,
                     help="the fastest epoch after the first counts, for both")
-    ap.add_argument("--repeat", type=int, default=2,
+    ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each, interleaved; the fastest counts")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train.json")
     ap.add_argument("--reference", type=Path, default=MIRROR,

@@ -76,17 +76,25 @@ def extract(r: dict) -> str:
 
 def train(r: dict) -> str:
     head = (f"**{r['pairs']:,} synthetic pairs**, {r['epochs']} epochs, batch 512 drop_last, "
-            f"the faster of {r['repeat']} interleaved runs of each ({r['date']}, load "
+            f"the fastest of {r['repeat']} interleaved runs of each ({r['date']}, load "
             f"{r['load_start']:.1f} → {r['load_at_end']:.1f} on {r['cpus']} cores).")
-    rows = [[name, f"{m['pairs_per_s']:,.0f}", f"{m['epoch_s']:.2f}",
-             " ".join(f"{x:.4f}" for x in m["losses"])]
+    steps = r["pairs"] // 512
+    rows = [[name, f"{m['pairs_per_s']:,.0f}",
+             f"{m['epoch_s'] if 'epoch_s' in m else m['step_ms'] * steps / 1e3:.2f}",
+             " ".join(f"{x:.4f}" for x in m.get("losses", []))]
             for name, m in ((f"aether `paper` preset ({r['aether']['threads']} threads, measured "
                              "at start)", r["aether"]),
-                            ("official AETHER `train.py` (4 loader workers)", r["reference"]))]
+                            ("official AETHER `train.py` (4 loader workers)", r["reference"]),
+                            ("floor: the step's 16 matrix products alone", r["floor"]))]
     runs = "; ".join(f"{k} {', '.join(f'{x:,}' for x in v)}" for k, v in r["runs"].items())
     tail = (f"aether / reference: **{r['ratio']:.2f}×** pairs/s (every run's pairs/s: {runs}); "
             f"loss curves within {r['max_loss_diff']:.4f} (same initial weights; the two "
-            "shuffle differently).")
+            "shuffle differently). The floor is one step's "
+            f"{r['floor']['gflop']:.2f} GFLOP of float32 products on contiguous operands, "
+            f"{r['floor']['step_ms']:.2f} ms at {r['floor']['threads']} threads "
+            f"({r['floor']['gflop_per_s']:.0f} GFLOP/s): aether runs at "
+            f"{r['aether']['pairs_per_s'] / r['floor']['pairs_per_s']:.0%} of it, and it is "
+            f"{r['floor']['pairs_per_s'] / r['reference']['pairs_per_s']:.2f}× the reference.")
     return (head + "\n\n" + _table(["loop", "pairs/s", "s/epoch", "epoch losses"], rows)
             + "\n\n" + tail)
 

@@ -4,8 +4,8 @@ Why not autograd: at batch 512 on a CPU a step is ~1.2 GFLOP of small matrix pro
 on two cores) plus many passes over small tensors. Autograd doubled that: slice and transpose
 copies of the similarity matrix, two log-softmax passes and a zero-filled gradient per loss,
 one kernel launch per weight. Here the forward keeps what the backward needs, both losses'
-gradients come from one exp per direction over the shared similarity matrix, every weight
-gradient is one matrix product, and the first layer and its shortcut are one product.
+gradients come from one exp over the shared similarity matrix, every weight gradient is one
+matrix product written once, and the first layer and its shortcut run forward as one product.
 
 ``heads.aether_losses`` stays the definition: the tests check these losses and gradients
 against autograd of it (and against an independent re-implementation of the method's step).
@@ -181,13 +181,10 @@ def train_step(model: AetherModel, opt: torch.optim.Optimizer, base: Tensor, aug
         d_h = _unit_grad(d_u @ p1.weight, hn, h_norm, NORM_EPS)
         grads[l2.weight], grads[l2.bias] = d_h.T @ h1, d_h.sum(0)
         grads[m.ae_gate] = (d_h * s).sum() * (g * (1 - g))
-        d_a = torch.empty_like(a)
-        torch.mm(d_h, l2.weight, out=d_a[:, :hid])
-        d_a[:, :hid] = torch.ops.aten.threshold_backward(d_a[:, :hid], h1, 0.0)
-        torch.mul(d_h, g, out=d_a[:, hid:])
-        d_w, d_b = d_a.T @ x, d_a.sum(0)
-        grads[l1.weight], grads[short.weight] = d_w[:hid], d_w[hid:]
-        grads[l1.bias], grads[short.bias] = d_b[:hid], d_b[hid:]
+        d_a1 = torch.ops.aten.threshold_backward(d_h @ l2.weight, h1, 0.0)
+        d_s = d_h * g
+        grads[l1.weight], grads[l1.bias] = d_a1.T @ x, d_a1.sum(0)
+        grads[short.weight], grads[short.bias] = d_s.T @ x, d_s.sum(0)
         for p in m.parameters():
             p.grad = grads[p]
     opt.step()

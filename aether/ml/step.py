@@ -33,37 +33,38 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @contextlib.contextmanager
-def kept_freed_memory() -> Iterator[None]:
+def kept_freed_memory() -> Iterator[bool]:
     """While training, ask glibc to keep freed blocks instead of handing them back to the OS.
 
     A step allocates a few 2 MB temporaries; by default glibc trims them back to the OS when
     they are freed, so the next step page-faults them in again: on a VM that was half of the
     step (20 ms against 11). On exit the thresholds are left where glibc's own adaptive ones
-    end up (32 MB, trim at twice that) and the kept memory is handed back. A no-op where the
-    C library is not glibc.
+    end up (32 MB, trim at twice that) and the kept memory is handed back. Yields whether it
+    applies: it is a no-op (False) where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
-        yield
+        yield False
         return
     mallopt(M_MMAP_THRESHOLD, 64 << 20)
     mallopt(M_TRIM_THRESHOLD, 512 << 20)
     try:
-        yield
+        yield True
     finally:
         mallopt(M_MMAP_THRESHOLD, 32 << 20)
         mallopt(M_TRIM_THRESHOLD, 64 << 20)
         malloc_trim(0)
 
 
-def _unit(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``F.normalize(x, dim=1, eps=eps)`` and the clamped norms its backward needs."""
+def _unit(x: Tensor, eps: float, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``F.normalize(x, dim=1, eps=eps)`` (into ``out`` if given) and the clamped norms its
+    backward needs."""
     import torch
 
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(eps)
-    return x / norm, norm
+    return torch.div(x, norm, out=out), norm
 
 
 def _unit_grad(dy: Tensor, y: Tensor, norm: Tensor, eps: float) -> Tensor:
@@ -148,10 +149,8 @@ def train_step(model: AetherModel, opt: torch.optim.Optimizer, base: Tensor, aug
         zp = torch.addmm(p2.bias, q, p2.weight.T)
         tt = torch.addmm(tp.bias, text, tp.weight.T)
         z = torch.empty(3 * n, zp.shape[1], dtype=zp.dtype, device=zp.device)
-        z_norm = torch.linalg.vector_norm(zp, dim=1, keepdim=True).clamp_min_(NORM_EPS)
-        t_norm = torch.linalg.vector_norm(tt, dim=1, keepdim=True).clamp_min_(NORM_EPS)
-        torch.div(zp, z_norm, out=z[: 2 * n])
-        torch.div(tt, t_norm, out=z[2 * n:])
+        z_norm = _unit(zp, NORM_EPS, out=z[: 2 * n])[1]
+        t_norm = _unit(tt, NORM_EPS, out=z[2 * n:])[1]
         zb, zc = z[:n], z[n:]
         scale = float(m.logit_scale())
         # the similarities transposed, [z_aug; z_text] @ z_baseᵀ: two contiguous (n, n) blocks,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from aether._version import VERSION as __version__  # noqa: F401 (the package attribute)
 
 #: The names of ``aether.api`` offered as ``aether.<name>``; ``aether.pois`` and ``aether.query``
 #: are the subpackages of those names, made callable as the API functions (``_callable``).

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from aether.pipeline.demo import DemoResult
     from aether.pipeline.extract import ExtractRequest, ExtractResult, GridResult
     from aether.pipeline.scheduled import RunReport
+    from aether.places.query import PlaceQuery
+    from aether.pois.load import PoiSpec
     from aether.query.search import CityIndex, QueryResult
     from aether.query.serve import CityApp
     from aether.sample.city import SampleCity
@@ -54,21 +56,23 @@ def city_dir(city: str, year: int = DEFAULT_YEAR, data_dir: PathLike | None = No
     return CityStore.of(_data(data_dir), slugify(city), check_year(year)).dir
 
 
-def _request(city: str | None, *, offline: bool, pois: str | None, source: str | None,
-             radii: Sequence[float], year: int, data_dir: PathLike | None,
-             place_options: dict[str, Any], poi_options: dict[str, Any],
+def _request(city: str | None, *, offline: bool, pois: str | PoiSpec | None,
+             source: str | None, radii: Sequence[float], year: int,
+             data_dir: PathLike | None, place: PlaceQuery | None,
              source_options: dict[str, Any], force: bool = False, geocode: bool = True
              ) -> ExtractRequest:
+    """The typed request of the Python API's keyword arguments (checked here, once)."""
+    from aether.embeddings.base import SourceRequest
     from aether.pipeline.extract import ExtractRequest
+    from aether.places.query import PlaceQuery
+    from aether.pois.load import PoiSpec
 
-    if pois is not None and pois != "osm" and ":" not in pois.split("/")[0]:
-        pois = f"file:{pois}"  # a bare path is a POI file
+    given = {k: v for k, v in source_options.items() if v is not None}
     return ExtractRequest(
-        city=city, data_dir=_data(data_dir), offline=offline, geocode=geocode, pois=pois,
-        source=source, radii=tuple(radii), year=year,
-        source_options={k: v for k, v in source_options.items() if v is not None},
-        place_options={k: v for k, v in place_options.items() if v not in (None, False)},
-        poi_options={k: v for k, v in poi_options.items() if v is not None}, force=force)
+        city=city, data_dir=_data(data_dir), offline=offline, geocode=geocode,
+        pois=pois if isinstance(pois, PoiSpec) else PoiSpec.of(pois),
+        source=SourceRequest.of(source, given, offline=offline) if source or given else None,
+        radii=tuple(radii), year=year, place=place or PlaceQuery(), force=force)
 
 
 # -- in memory ------------------------------------------------------------------------------
@@ -93,15 +97,15 @@ def pois(
     ``source`` is ``osm`` (Overpass; the default), ``pbf:PATH``, ``file:PATH`` or a path.
     ``offline=True`` with an offline sample city's name reads its bundled OSM extract.
     """
-    if bbox is not None and not isinstance(bbox, str):
-        bbox = ",".join(str(v) for v in bbox)
-    req = _request(place, offline=offline, pois=source, source=None, radii=DEFAULT_RADII,
-                   year=DEFAULT_YEAR, data_dir=data_dir,
-                   place_options={"bbox": bbox, "boundary": boundary, "osm_id": osm_id,
-                                  "which_result": which_result},
-                   poi_options={"name_column": name_column, "category_column": category_column,
-                                "top_category_column": top_category_column},
-                   source_options={})
+    from aether.places.query import PlaceQuery
+    from aether.pois.load import PoiSpec
+
+    where = PlaceQuery.model_validate({"bbox": bbox, "boundary": boundary, "osm_id": osm_id,
+                                       "which_result": which_result})
+    spec = PoiSpec.of(source, name_column=name_column, category_column=category_column,
+                      top_category_column=top_category_column)
+    req = _request(place, offline=offline, pois=spec, source=None, radii=DEFAULT_RADII,
+                   year=DEFAULT_YEAR, data_dir=data_dir, place=where, source_options={})
     from aether.pipeline.extract import request_inputs
 
     return request_inputs(req).pois
@@ -141,15 +145,16 @@ def embed(
     """
     import geopandas as gpd
 
-    from aether.embeddings import get_source
+    from aether.embeddings.base import SourceRequest
     from aether.execution.cluster import dask_scheduler
     from aether.io.tables import sort_poi_embeddings
     from aether.settings import check_radii, check_year
 
     radii_t, year = check_radii(tuple(radii)), check_year(year)
+    chosen = SourceRequest.of(source, source_options)
     points = _as_pois(pois)
     with tempfile.TemporaryDirectory(prefix="aether-embed-") as work, dask_scheduler(scheduler):
-        src = get_source(source, workdir=Path(work), **source_options)
+        src = chosen.create(Path(work))
         emb = sort_poi_embeddings(src.point_means(points, radii_t, year))
     keep = [c for c in points.columns if c not in emb.columns or c == "poi_id"]
     out = points[keep].merge(emb, on="poi_id", how="right")
@@ -229,13 +234,12 @@ def extract(
     city: str | None = None,
     *,
     offline: bool = False,
-    pois: str | None = None,
+    pois: str | PoiSpec | None = None,
     source: str | None = None,
     radii: Sequence[float] = DEFAULT_RADII,
     year: int = DEFAULT_YEAR,
     data_dir: PathLike | None = None,
-    place_options: dict[str, Any] | None = None,
-    poi_options: dict[str, Any] | None = None,
+    place: PlaceQuery | None = None,
     force: bool = False,
     geocode: bool = True,
     scheduler: str | None = None,
@@ -243,17 +247,31 @@ def extract(
 ) -> ExtractResult:
     """Write a city's ``pois`` and ``poi_embeddings`` tables (a no-op when up to date).
 
-    ``place_options``: ``bbox``, ``boundary``, ``osm_id``, ``which_result``, ``yes``;
-    ``poi_options``: ``name_column``, ``category_column``, ``top_category_column``.
-    ``geocode=False``: a POI file's place is the extent of its POIs (no Nominatim).
+    Parameters
+    ----------
+    city
+        The city's name (geocoded unless ``place`` says where it is).
+    place
+        ``PlaceQuery(bbox=..., boundary=..., osm_id=..., which_result=..., yes=...)``.
+    pois
+        ``osm``, ``overture[:RELEASE]``, ``pbf:PATH``, ``file:PATH``, a path, or a
+        ``PoiSpec`` with a POI file's column names.
+    source, source_options
+        The embedding source (``cog``, ``ee``, ``xee``) and its options (``tiles=...``).
+    geocode
+        False: a POI file's place is the extent of its POIs (no Nominatim).
+
+    Returns
+    -------
+    ExtractResult
+        Where the tables are, their row counts, and whether they were up to date.
     """
     from aether.execution.cluster import dask_scheduler
     from aether.pipeline.extract import run_extract
 
     req = _request(city, offline=offline, pois=pois, source=source, radii=radii, year=year,
-                   data_dir=data_dir, place_options=place_options or {},
-                   poi_options=poi_options or {}, source_options=source_options, force=force,
-                   geocode=geocode)
+                   data_dir=data_dir, place=place, source_options=source_options,
+                   force=force, geocode=geocode)
     with dask_scheduler(scheduler):
         return run_extract(req)
 
@@ -277,8 +295,7 @@ def grid(
     from aether.pipeline.extract import run_grid
 
     req = _request(city, offline=offline, pois=pois, source=source, radii=DEFAULT_RADII,
-                   year=year, data_dir=data_dir, place_options={}, poi_options={},
-                   source_options=source_options)
+                   year=year, data_dir=data_dir, place=None, source_options=source_options)
     with dask_scheduler(scheduler):
         return run_grid(req, cell, zarr=zarr)
 
@@ -301,13 +318,32 @@ def train(
 ) -> Path:
     """Train (or resume) the AETHER heads on a city's tables; returns the run directory.
 
-    ``options`` set training options (``TrainConfig`` fields, e.g. ``same_place_m=20``).
+    Parameters
+    ----------
+    city
+        The city's name, as extracted.
+    preset
+        ``paper`` (the method as published) or ``default``.
+    run
+        The run's name (default: the preset's).
+    options
+        Training options (``TrainConfig`` fields, e.g. ``same_place_m=20``).
+    device, threads, checkpoint_every, overwrite, on_epoch
+        How the run is carried out (``aether.ml.config.RunOptions``); none changes the
+        weights.
+
+    Returns
+    -------
+    Path
+        The run directory, ``<data>/<city>/<year>/models/<run>``.
     """
+    from aether.ml.config import RunOptions
     from aether.ml.train import train as _train
 
+    how = RunOptions(device=device, threads=threads, checkpoint_every=checkpoint_every,
+                     overwrite=overwrite, on_epoch=on_epoch)
     return _train(city_dir(city, year, data_dir), preset=preset, run_name=run, epochs=epochs,
-                  seed=seed, device=device, threads=threads, checkpoint_every=checkpoint_every,
-                  overwrite=overwrite, on_epoch=on_epoch, **(options or {}))
+                  seed=seed, options=how, **(options or {}))
 
 
 def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,

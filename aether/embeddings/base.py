@@ -9,7 +9,7 @@ factory ``create(options, workdir) -> EmbeddingSource``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -108,10 +108,46 @@ def option_error(name: str, model: type[BaseModel], e: ValidationError) -> tuple
     return f"source {name}: option {key}: {err['msg']}", f"got {err.get('input')!r}"
 
 
+@dataclass(frozen=True)
+class SourceRequest:
+    """A source and its options, checked against that source's model once, where the request
+    is made (command line, run file, Python API), and carried typed from there.
+
+    ``given`` says whether the user named the source: ``aether grid`` reuses the source an
+    earlier extract recorded when none was named.
+    """
+
+    name: str
+    options: SourceOptions
+    given: bool = True
+
+    @classmethod
+    def of(cls, name: str | None, options: Mapping[str, Any] | None = None, *,
+           offline: bool = False) -> SourceRequest:
+        """The named source (default: ``cog`` offline or with ``tiles``, else ``ee``) with its
+        options (``None`` values are not given); InputError for an unknown or bad option."""
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        chosen = name or ("cog" if offline or given.get("tiles") else "ee")
+        return cls(chosen, source_options(chosen, given), given=name is not None)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The options as given (unset ones left out: a default never changes a hash)."""
+        return self.options.model_dump(exclude_unset=True)
+
+    def replace(self, name: str | None = None, **options: Any) -> SourceRequest:
+        """Another source and/or more options, checked again."""
+        return SourceRequest.of(name or self.name, {**self.settings, **options})
+
+    def create(self, workdir: Path | None = None) -> EmbeddingSource:
+        """The source itself, working in ``workdir`` (its checkpoints and task book)."""
+        return SOURCES[self.name].create()(self.options,
+                                           Path(workdir) if workdir is not None else None)
+
+
 def get_source(name: str, workdir: Path | None = None, **options: Any) -> EmbeddingSource:
     """Instantiate the registered source ``name``; InputError for an unknown or bad option."""
-    checked = source_options(name, options)
-    return SOURCES[name].create()(checked, Path(workdir) if workdir is not None else None)
+    return SourceRequest.of(name, options).create(workdir)
 
 
 @runtime_checkable

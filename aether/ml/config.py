@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aether.errors import ConfigError
+from aether.errors import ConfigError, InputError
 from aether.ml.text import DEFAULT_TEXT_MODEL
 
 BATCHING = ("even", "drop_last")
@@ -147,3 +148,38 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
         raise ConfigError("hidden_dim and out_dim must be >= 1, lr_min_ratio in [0, 1]",
                           "e.g. --set out_dim=128")
     return cfg
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, not what it learns: none of these is in the config hash,
+    none changes the weights (the same bytes on any device count of threads).
+
+    Parameters
+    ----------
+    device
+        ``cpu`` or ``cuda`` (default: cuda when torch has one).
+    threads
+        torch's CPU threads; 0 picks the faster of 1 and 2 on a few steps at start; None
+        leaves torch's own choice. One is about as fast on an idle machine (the heads are
+        small) and far faster on a busy one.
+    checkpoint_every
+        Epochs between resume checkpoints (one is always written after the last).
+    overwrite
+        Replace a finished run of the same name trained with another config.
+    on_epoch
+        Called with each epoch's metrics row (progress, early stops in tests).
+    """
+
+    device: str | None = None
+    threads: int | None = 1
+    checkpoint_every: int = 1
+    overwrite: bool = False
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise InputError("checkpoint_every must be >= 1", "e.g. checkpoint_every=5")
+        if self.threads is not None and not 0 <= self.threads <= 1024:
+            raise InputError(f"threads {self.threads} is out of range",
+                             "use 0 (measured) to 1024")

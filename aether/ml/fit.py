@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from aether.ml.checkpoints import (
     save_weights,
     write_metrics,
 )
-from aether.ml.config import TrainConfig
+from aether.ml.config import RunOptions, TrainConfig
 from aether.ml.data import Pairs
 
 if TYPE_CHECKING:
@@ -157,92 +157,149 @@ def pick_threads(model: AetherModel, cfg: TrainConfig, t: dict[str, torch.Tensor
     return best
 
 
-def fit(run: Path, config: dict[str, Any], cfg: TrainConfig, pairs: Pairs, labels: np.ndarray,
-        state: str, device: str | None, on_epoch: Callable[[dict[str, Any]], None] | None, *,
-        threads: int | None = 1, checkpoint_every: int = 1) -> None:
+@dataclass(frozen=True)
+class FitJob:
+    """What one run fits: its build folder, its run config (hyper-parameters, architecture,
+    data checksums and ``config_hash``: the one statement of what it learns), the pairs, their
+    split labels, and whether it starts ``fresh`` or ``resume``s from the checkpoint."""
+
+    work: Path
+    config: dict[str, Any]
+    pairs: Pairs
+    labels: np.ndarray
+    state: str
+
+    @property
+    def cfg(self) -> TrainConfig:
+        """The hyper-parameters, read back from the run config."""
+        return TrainConfig(**self.config["hyperparameters"])
+
+
+def fit(job: FitJob, options: RunOptions) -> None:
     """Train from a fresh start or the last checkpoint; write weights, metrics and summary.
 
-    ``threads``: torch's CPU threads (0 = measured at start, None = torch's own choice).
-    The resume checkpoint is written every ``checkpoint_every`` epochs and after the last.
+    Parameters
+    ----------
+    job
+        The run to fit (``FitJob``).
+    options
+        Device, threads (0 = measured at start, None = torch's own choice), checkpoint
+        interval (and after the last epoch) and the per-epoch callback (``RunOptions``).
     """
     import torch
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = job.cfg
+    dev = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t = _tensors(job.pairs, dev)
+    split = {s: torch.from_numpy(np.flatnonzero(job.labels == s)).to(dev)
+             for s in ("train", "val", "test")}
+    n_train = len(split["train"])
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(job.config).to(dev)
+    opt, sched = optimiser(model, cfg, cfg.epochs * steps_per_epoch(n_train, cfg))
+    threads = options.threads
+    if threads == 0:
+        threads = pick_threads(model, cfg, t, split["train"][: cfg.batch_size])
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = _restore(job, model, opt, sched)
+
+    use_val = len(split["val"]) > 0
+    for epoch in range(ckpt["epoch"] + 1, cfg.epochs + 1):
+        row = _epoch(model, opt, sched, t, split, cfg, epoch)
+        if use_val and row["val_mrr"] > ckpt["best_score"]:
+            ckpt.update(best_score=row["val_mrr"], best_epoch=epoch,
+                        best_model={k: v.detach().clone() for k, v in
+                                    model.state_dict().items()})
+        ckpt["history"].append(row)
+        ckpt.update(epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
+                    sched=sched.state_dict())
+        stop = (use_val and epoch >= cfg.min_epochs_fraction * cfg.epochs
+                and epoch - ckpt["best_epoch"] >= cfg.patience)
+        if stop or epoch == cfg.epochs or epoch % options.checkpoint_every == 0:
+            save_checkpoint(ckpt, job.work / CHECKPOINT_FILE)
+            write_metrics(ckpt["history"], job.work / METRICS_FILE)
+        if options.on_epoch:
+            options.on_epoch(row)
+        if stop:
+            break
+    _finish(job, model, ckpt, t, split, use_val)
+
+
+def _tensors(pairs: Pairs, dev: torch.device) -> dict[str, torch.Tensor]:
+    """The whole tables as tensors on the device (batches are index slices of them)."""
+    import torch
+
     t = {
         "base": torch.from_numpy(pairs.base), "aug": torch.from_numpy(pairs.aug),
         "text_id": torch.from_numpy(pairs.text_id),
         "text_vectors": torch.from_numpy(pairs.text_vectors.astype(np.float32)),
         "xy": torch.from_numpy((pairs.xy - pairs.xy.mean(0)).astype(np.float32)),
     }
-    t = {k: v.to(dev) for k, v in t.items()}
-    split = {s: torch.from_numpy(np.flatnonzero(labels == s)).to(dev)
-             for s in ("train", "val", "test")}
+    return {k: v.to(dev) for k, v in t.items()}
+
+
+def _restore(job: FitJob, model: AetherModel, opt: torch.optim.Optimizer, sched: Any
+             ) -> dict[str, Any]:
+    """The checkpoint to go on from: a fresh one, or the saved one loaded into the model,
+    optimiser and schedule (ModelError when it does not fit the run config)."""
+    if job.state != "resume":
+        return {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0,
+                "best_model": None}
+    ckpt = load_checkpoint(job.work / CHECKPOINT_FILE)
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"checkpoint {job.work / CHECKPOINT_FILE} does not fit the run config",
+                         "train again with --overwrite") from e
+    return ckpt
+
+
+def _epoch(model: AetherModel, opt: torch.optim.Optimizer, sched: Any,
+           t: dict[str, torch.Tensor], split: dict[str, torch.Tensor], cfg: TrainConfig,
+           epoch: int) -> dict[str, Any]:
+    """One epoch's steps; its metrics row (losses, temperature, lr, validation, seconds)."""
+    import torch
+
+    t0 = time.perf_counter()
     n_train = len(split["train"])
+    order = split["train"][epoch_order(cfg.seed, epoch, n_train).to(split["train"].device)]
+    parts = batches(order, cfg)
+    seen = sum(len(b) for b in parts)
+    sums = {k: torch.zeros((), device=order.device)
+            for k in ("loss", "multiscale", "crossmodal")}
+    for idx in parts:
+        losses = _step(model, opt, t, idx, cfg)
+        sched.step()
+        for k in sums:
+            sums[k] += losses[k].detach() * (len(idx) / seen)
+    row: dict[str, Any] = {"epoch": epoch,
+                           **{k: round(float(v), 6) for k, v in sums.items()},
+                           "temperature": round(1 / model.logit_scale().item(), 6),
+                           "lr": float(f"{sched.get_last_lr()[0]:.6g}")}
+    if len(split["val"]) > 0:
+        row.update({f"val_{k}": round(v, 6) for k, v in
+                    evaluate_retrieval(model, t, split["val"]).items()})
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(config).to(dev)
-    opt, sched = optimiser(model, cfg, cfg.epochs * steps_per_epoch(n_train, cfg))
-    if threads == 0:
-        threads = pick_threads(model, cfg, t, split["train"][: cfg.batch_size])
-    if threads:
-        torch.set_num_threads(threads)
 
-    ckpt: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0,
-                            "best_model": None}
-    if state == "resume":
-        ckpt = load_checkpoint(run / CHECKPOINT_FILE)
-        try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            sched.load_state_dict(ckpt["sched"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ModelError(f"checkpoint {run / CHECKPOINT_FILE} does not fit the run config",
-                             "train again with --overwrite") from e
-
-    use_val = len(split["val"]) > 0
-    for epoch in range(ckpt["epoch"] + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        order = split["train"][epoch_order(cfg.seed, epoch, n_train).to(dev)]
-        parts = batches(order, cfg)
-        seen = sum(len(b) for b in parts)
-        sums = {k: torch.zeros((), device=dev) for k in ("loss", "multiscale", "crossmodal")}
-        for idx in parts:
-            losses = _step(model, opt, t, idx, cfg)
-            sched.step()
-            for k in sums:
-                sums[k] += losses[k].detach() * (len(idx) / seen)
-        row: dict[str, Any] = {"epoch": epoch,
-                               **{k: round(float(v), 6) for k, v in sums.items()},
-                               "temperature": round(1 / model.logit_scale().item(), 6),
-                               "lr": float(f"{sched.get_last_lr()[0]:.6g}")}
-        if use_val:
-            row.update({f"val_{k}": round(v, 6) for k, v in
-                        evaluate_retrieval(model, t, split["val"]).items()})
-            if row["val_mrr"] > ckpt["best_score"]:
-                ckpt.update(best_score=row["val_mrr"], best_epoch=epoch,
-                            best_model={k: v.detach().clone() for k, v in
-                                        model.state_dict().items()})
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        ckpt["history"].append(row)
-        ckpt.update(epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
-                    sched=sched.state_dict())
-        stop = (use_val and epoch >= cfg.min_epochs_fraction * cfg.epochs
-                and epoch - ckpt["best_epoch"] >= cfg.patience)
-        if stop or epoch == cfg.epochs or epoch % checkpoint_every == 0:
-            save_checkpoint(ckpt, run / CHECKPOINT_FILE)
-            write_metrics(ckpt["history"], run / METRICS_FILE)
-        if on_epoch:
-            on_epoch(row)
-        if stop:
-            break
+def _finish(job: FitJob, model: AetherModel, ckpt: dict[str, Any], t: dict[str, torch.Tensor],
+            split: dict[str, torch.Tensor], use_val: bool) -> None:
+    """Keep the selected epoch's weights (the best validation one, else the last) and write
+    them with the summary (held-out test retrieval when there is a test split)."""
+    import torch
 
     final = ckpt["best_model"] if use_val else model.state_dict()
     model.load_state_dict(final)
-    save_weights(final, run / WEIGHTS_FILE, {"config_hash": config["config_hash"]})
+    save_weights(final, job.work / WEIGHTS_FILE, {"config_hash": job.config["config_hash"]})
     summary = {"epochs_run": ckpt["epoch"], "selected_epoch": ckpt["best_epoch"] if use_val
                else ckpt["epoch"], "pairs": {s: len(v) for s, v in split.items()},
                "final_train": ckpt["history"][-1], "threads": torch.get_num_threads()}
     if len(split["test"]):
         summary["test"] = evaluate_retrieval(model, t, split["test"])
         summary["test"]["n"] = len(split["test"])
-    write_json(summary, run / SUMMARY_FILE)
+    write_json(summary, job.work / SUMMARY_FILE)

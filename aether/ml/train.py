@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from aether.ml.checkpoints import (
     load_model,
     run_config,
 )
-from aether.ml.config import PRESETS, TrainConfig, parse_options, resolve_config
+from aether.ml.config import PRESETS, RunOptions, TrainConfig, parse_options, resolve_config
 from aether.ml.data import Pairs, load_pairs, split_labels
 from aether.settings import check_slug
 
@@ -40,6 +39,7 @@ __all__ = [
     "SUMMARY_FILE",
     "WEIGHTS_FILE",
     "Pairs",
+    "RunOptions",
     "TrainConfig",
     "check_run_name",
     "load_model",
@@ -90,39 +90,29 @@ def train(
     run_name: str | None = None,
     epochs: int | None = None,
     seed: int = 42,
-    device: str | None = None,
-    threads: int | None = 1,
-    checkpoint_every: int = 1,
-    overwrite: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    options: RunOptions | None = None,
     **overrides: Any,
 ) -> Path:
     """Train (or resume, or find finished) a run; returns ``<city_dir>/models/<run>/``.
 
-    ``overrides`` set any ``TrainConfig`` field. A run directory holding another config is
-    refused unless ``overwrite``. The run is built in ``models/.<run>.partial/`` and renamed
-    into place when complete, so readers never see half a model; an unfinished build with
-    the same config resumes. Holds the data directory's lock. ``threads``
-    caps torch's CPU threads (0: the faster of 1 and 2, measured on a few steps at start): the
-    heads are small, so one thread is about as fast on an idle machine, far faster on a busy
-    one, and gives the same bytes on any core count. ``checkpoint_every`` epochs the resume
-    state is saved (and after the last); neither changes the result.
+    ``overrides`` set any ``TrainConfig`` field; ``options`` say how to run it (device,
+    threads, checkpoints, progress: ``RunOptions``). A run directory holding another config
+    is refused unless ``options.overwrite``. The run is built in ``models/.<run>.partial/``
+    and renamed into place when complete, so readers never see half a model; an unfinished
+    build with the same config resumes. Holds the data directory's lock.
     """
     city_dir = Path(city_dir)
+    options = options or RunOptions()
     cfg = resolve_config(preset, epochs, seed, **overrides)
-    if checkpoint_every < 1:
-        raise InputError("checkpoint_every must be >= 1", "e.g. checkpoint_every=5")
-    check_device(device)
+    check_device(options.device)
     store = CityStore.at(city_dir)
     name = check_run_name(run_name or preset)
     with store.locked():
-        return _train(store, name, preset, cfg, overwrite, device, threads, checkpoint_every,
-                      on_epoch)
+        return _train(store, name, preset, cfg, options)
 
 
-def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, overwrite: bool,
-           device: str | None, threads: int | None, checkpoint_every: int,
-           on_epoch: Callable[[dict[str, Any]], None] | None) -> Path:
+def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: RunOptions
+           ) -> Path:
     city_dir, run, work = store.dir, store.model(name), store.model_partial(name)
     pairs = load_pairs(city_dir, cfg)
     cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])
@@ -133,13 +123,13 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, overwrite
     warn_if_few(int((labels == "train").sum()), cfg)
     config = run_config(city_dir, preset, cfg, pairs)
     config["config_hash"] = config_hash(config)
-    state = _prepare_run(run, work, config, overwrite)
+    state = _prepare_run(run, work, config, options.overwrite)
     if state == "done":
         return run
 
     import torch
 
-    from aether.ml.fit import fit
+    from aether.ml.fit import FitJob, fit
     from aether.ml.step import kept_freed_memory
 
     previous = torch.get_num_threads()
@@ -147,11 +137,11 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, overwrite
         with bar(f"train {run.name}: epochs", cfg.epochs) as shown, kept_freed_memory():
             def step(row: dict[str, Any]) -> None:
                 shown.update(completed=row["epoch"], note=f"loss {row['loss']:.4f}")
-                if on_epoch:
-                    on_epoch(row)
+                if options.on_epoch:
+                    options.on_epoch(row)
 
-            fit(work, config, cfg, pairs, labels, state, device, step, threads=threads,
-                checkpoint_every=checkpoint_every)
+            fit(FitJob(work, config, pairs, labels, state),
+                dataclasses.replace(options, on_epoch=step))
     finally:
         torch.set_num_threads(previous)
     _publish_run(work, run)

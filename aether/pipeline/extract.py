@@ -14,11 +14,12 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aether import __version__
+from aether._version import VERSION
+from aether.embeddings.base import SourceRequest
 from aether.errors import PlaceError, PoiError
 from aether.io.store import POI_EMBEDDINGS_FILE, POIS_FILE, CityStore
 from aether.io.tables import (
@@ -29,6 +30,8 @@ from aether.io.tables import (
     write_parquet,
 )
 from aether.places.place import Place, place_from_polygon, slugify
+from aether.places.query import PlaceQuery
+from aether.pois.load import PoiSpec
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year, use_settings
 from aether.settings import tiles as default_tiles
 
@@ -44,22 +47,26 @@ PATH_OPTIONS = frozenset({"tiles"})
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtractRequest:
-    """Everything `aether extract` was asked to do."""
+    """Everything `aether extract` was asked to do, typed: built once where the request is
+    made (the command line, a run file, the Python API) and carried as is."""
 
     city: str | None
     data_dir: Path
     offline: bool = False  # the sample city, no network
     geocode: bool = True  # False: a POI file's place is the extent of its POIs
-    pois: str | None = None
-    source: str | None = None
+    pois: PoiSpec = field(default_factory=PoiSpec)
+    source: SourceRequest | None = None  # None: cog offline, else ee (grid: the extract's)
     radii: Sequence[float] = DEFAULT_RADII
     year: int = DEFAULT_YEAR
-    source_options: dict[str, Any] = field(default_factory=dict)
-    place_options: dict[str, Any] = field(default_factory=dict)
-    poi_options: dict[str, Any] = field(default_factory=dict)
+    place: PlaceQuery = field(default_factory=PlaceQuery)
     force: bool = False
+
+    @property
+    def chosen_source(self) -> SourceRequest:
+        """The source to use: as requested, else ``cog`` offline and ``ee`` online."""
+        return self.source or SourceRequest.of(None, offline=self.offline)
 
 
 @dataclass
@@ -83,65 +90,50 @@ class GridResult:
     reused: str | None = None
 
 
-def _resolve(req: ExtractRequest) -> tuple[Place | None, str, str, dict[str, Any]]:
-    """Place, POI source spec, embedding source name and its options for a request."""
-    options = dict(req.source_options)
+def _resolve(req: ExtractRequest) -> tuple[Place | None, PoiSpec, SourceRequest]:
+    """Place, POI source and embedding source of a request (the sample city's when asked)."""
+    source = req.chosen_source
     if req.offline:
         from aether.sample.city import ensure_sample, sample_place
 
-        if req.city and sample_place(req.city) is not None and req.pois is None:
+        if req.city and sample_place(req.city) is not None and req.pois.source is None:
             sample = ensure_sample(req.data_dir)
-            if _source_name(req) == "cog":
-                options.setdefault("tiles", str(sample.tiles))
-            return sample.place, f"pbf:{sample.pbf}", _source_name(req), options
-        if req.pois is None:
+            if source.name == "cog" and "tiles" not in source.settings:
+                source = source.replace(tiles=str(sample.tiles))
+            return sample.place, replace(req.pois, source=f"pbf:{sample.pbf}"), source
+        if req.pois.source is None:
             raise PlaceError(
                 f"{req.city!r} is not an offline sample city",
                 "use --city Helsinki with --offline, or give --pois FILE and --tiles DIR",
             )
-        return None, req.pois, _source_name(req), options
-    if req.city is None and not req.place_options and req.pois is None:
+        return None, req.pois, source
+    given = req.place.given
+    if req.city is None and not given and req.pois.source is None:
         raise PlaceError("no place given", "use --city NAME, --osm-id, --bbox or --boundary")
-    local_pois = req.pois is not None and req.pois.startswith(("file:", "pbf:"))
-    if (req.city is None or not req.geocode) and not req.place_options:
-        if not req.geocode and not local_pois:
+    pois = req.pois if req.pois.source else replace(req.pois, source="osm")
+    if (req.city is None or not req.geocode) and not given:
+        if not req.geocode and not req.pois.local:
             raise PlaceError("--no-geocode needs POIs from a file",
                              "give --pois FILE or --pois pbf:FILE, or drop --no-geocode")
-        return None, req.pois or "osm", _source_name(req), options
-    from aether.places.place import resolve_place
-
+        return None, pois, source
     try:
-        place = resolve_place(req.city, **req.place_options)
+        place = req.place.resolve(req.city)
     except PlaceError as e:
-        if not (local_pois and not req.place_options and isinstance(e.__cause__, OSError)):
+        if not (req.pois.local and not given and isinstance(e.__cause__, OSError)):
             raise
         log.warning("%s; the place of %s is the extent of its POIs", e.message, req.city)
         place = None
-    return place, req.pois or "osm", _source_name(req), options
+    return place, pois, source
 
 
-def _source_name(req: ExtractRequest) -> str:
-    """The embedding source a request uses: as given, else cog offline or with tiles, and
-    ee online."""
-    return req.source or ("cog" if req.offline or req.source_options.get("tiles") else "ee")
-
-
-def _check_request(req: ExtractRequest) -> None:
-    """What can be refused before any work: the city's slug and the source's options."""
-    from aether.embeddings.base import source_options
-
-    if req.city is not None:
-        slugify(req.city)  # a name that cannot be a safe path fails before any work
-    source_options(_source_name(req), req.source_options)
-
-
-def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame, poi_spec: str) -> Place:
+def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame, poi_spec: str | None
+                     ) -> Place:
     """A place for user-supplied POIs: the hull of their points, named after the city, else
     after the file and its content (``shops-1a2b3c4d``: two files never share a folder)."""
     hull = pois.geometry.union_all().convex_hull.buffer(1e-4)
     if name:
         return place_from_polygon(name, hull, slugify(name))
-    stem = Path(poi_spec.split(":", 1)[-1]).stem or "pois"
+    stem = Path((poi_spec or "").split(":", 1)[-1]).stem or "pois"
     return place_from_polygon(stem, hull, f"{slugify(stem)[:70]}-{_pois_hash(pois)[:8]}")
 
 
@@ -152,20 +144,19 @@ class Inputs:
     place: Place
     pois: gpd.GeoDataFrame
     poi_spec: str
-    source: str
-    source_options: dict[str, Any]
+    source: SourceRequest
 
 
 def request_inputs(req: ExtractRequest) -> Inputs:
     """Resolve the place and load the POIs of a request (what extract and ``aether.pois`` do)."""
-    from aether.pois.load import load_pois
-
-    place, poi_spec, source_name, options = _resolve(req)
-    pois = load_pois(poi_spec, place, **req.poi_options)
+    if req.city is not None:
+        slugify(req.city)  # a name that cannot be a safe path fails before any work
+    place, poi_spec, source = _resolve(req)
+    pois = poi_spec.load(place)
     if len(pois) == 0:
         raise PoiError("no POIs found in the place", "check the place or the POI source")
-    return Inputs(place or _place_from_pois(req.city, pois, poi_spec), pois, poi_spec,
-                  source_name, options)
+    spec = str(poi_spec.source)
+    return Inputs(place or _place_from_pois(req.city, pois, spec), pois, spec, source)
 
 
 def _pois_hash(pois: gpd.GeoDataFrame) -> str:
@@ -182,18 +173,18 @@ def run_extract(req: ExtractRequest) -> ExtractResult:
 
 
 def _extract(req: ExtractRequest) -> ExtractResult:
-    from aether.embeddings import get_source, write_point_means
+    from aether.embeddings import write_point_means
 
     t0 = time.perf_counter()
-    _check_request(req)
     radii = check_radii(tuple(req.radii))
     year = check_year(req.year)
     inputs = request_inputs(req)
     place, pois, poi_spec = inputs.place, inputs.pois, inputs.poi_spec
-    source_name, options = inputs.source, dict(inputs.source_options)
-    if source_name == "cog":  # the default tiles too, so the hash names what is read
-        options.setdefault("tiles", default_tiles())
-    options = _resolved_paths(options)
+    source = inputs.source
+    if source.name == "cog" and "tiles" not in source.settings:
+        source = source.replace(tiles=default_tiles())  # so the hash names what is read
+    source = _resolved_paths(source)
+    source_name, options = source.name, source.settings
     store = CityStore.of(req.data_dir, place.slug, year)
     out = store.dir
     config = {
@@ -213,8 +204,8 @@ def _extract(req: ExtractRequest) -> ExtractResult:
                                  time.perf_counter() - t0)
         if req.force:  # recompute: no checkpoint or task of an earlier run is reused
             shutil.rmtree(store.work(source_name), ignore_errors=True)
-        source = get_source(source_name, workdir=store.work(source_name), **options)
-        n_rows = write_point_means(source, pois, radii, year, store.poi_embeddings)
+        n_rows = write_point_means(source.create(store.work(source_name)), pois, radii, year,
+                                   store.poi_embeddings)
         write_parquet(pois, store.pois)
         if poi_spec.startswith("pbf:"):  # the maps' offline base layer
             from aether.pipeline.basemap import write_basemap
@@ -232,7 +223,7 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
     tiles = options.get("tiles")
     return {
         "run_id": f"extract-{chash}",
-        "aether_version": __version__,
+        "aether_version": VERSION,
         "config": config,
         "config_hash": chash,
         "inputs": {"city": req.city, "pois": _poi_record(poi_spec),
@@ -262,12 +253,12 @@ def _wkt(geom: Any) -> str:
     return str(shapely.to_wkt(geom, rounding_precision=-1))
 
 
-def _resolved_paths(options: dict[str, Any]) -> dict[str, Any]:
+def _resolved_paths(source: SourceRequest) -> SourceRequest:
     """Local tile paths made absolute: the manifest's record works from any folder."""
-    tiles = options.get("tiles")
+    tiles = source.settings.get("tiles")
     if tiles is None or "://" in str(tiles):
-        return options
-    return {**options, "tiles": str(Path(str(tiles)).expanduser().resolve())}
+        return source
+    return source.replace(tiles=str(Path(str(tiles)).expanduser().resolve()))
 
 
 def _index_checksum(tiles: object) -> str | None:
@@ -326,33 +317,27 @@ def run_grid(req: ExtractRequest, cell: str | float | CellSpec = 100.0, *, zarr:
 
 def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> GridResult:
     from aether.core.cells import parse_cell
-    from aether.embeddings import get_source
 
     spec = parse_cell(cell)
     if zarr and spec.kind != "square":
         from aether.errors import InputError
 
         raise InputError("--zarr needs square cells", "use e.g. --cell 100m with --zarr")
-    _check_request(req)
+    if req.city is not None:
+        slugify(req.city)  # a name that cannot be a safe path fails before any work
     year = check_year(req.year)
     reused = _from_manifest(req, year)
     if reused is not None:
-        place, source_name, options, said = reused
+        place, source, said = reused
     else:
-        if req.city is not None:
-            slugify(req.city)
-        asked, poi_spec, source_name, options = _resolve(req)
+        asked, poi_spec, source = _resolve(req)
         if asked is None:
-            from aether.pois.load import load_pois
-
-            asked = _place_from_pois(req.city, load_pois(poi_spec, None, **req.poi_options),
-                                     poi_spec)
+            asked = _place_from_pois(req.city, poi_spec.load(None), poi_spec.source)
         place, said = asked, None
     store = CityStore.of(req.data_dir, place.slug, year)
     with store.locked():
-        source = get_source(source_name, workdir=store.work(source_name),
-                            **_resolved_paths(options))
-        cells = source.grid(place, year, spec.label)
+        cells = _resolved_paths(source).create(store.work(source.name)).grid(
+            place, year, spec.label)
         path = write_parquet(cells, store.grid(spec))
         if zarr:
             from aether.io.gridstore import write_zarr
@@ -362,11 +347,11 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
 
 
 def _from_manifest(req: ExtractRequest, year: int
-                   ) -> tuple[Place, str, dict[str, Any], str] | None:
+                   ) -> tuple[Place, SourceRequest, str] | None:
     """(place, source, options, what was reused) from the city's manifest, when the request
     names a city that was extracted and gives no place of its own (and no POIs, or the ones
     that extract used: a run's grid step does not geocode again)."""
-    if req.city is None or req.place_options:
+    if req.city is None or req.place.given:
         return None
     store = CityStore.of(req.data_dir, slugify(req.city), year)
     try:
@@ -374,17 +359,19 @@ def _from_manifest(req: ExtractRequest, year: int
         wkt, inputs = m["place"]["boundary_wkt"], m["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no manifest, or one older aether wrote without the place
-    if req.pois is not None and _poi_record(req.pois) != inputs.get("pois"):
+    if req.pois.source is not None and _poi_record(req.pois.source) != inputs.get("pois"):
         return None
     import shapely
 
     place = Place(m["place"]["name"], store.slug, shapely.from_wkt(wkt), m["place"]["crs"])
-    options = dict(req.source_options)
+    asked = req.source if req.source is not None and req.source.given else None
+    options = req.source.settings if req.source is not None else {}
     said = [f"place {place.name}"]
-    source = req.source or inputs.get("source") or "ee"
-    if req.source is None:
-        said.append(f"source {source}")
-    if "tiles" not in options and inputs.get("tiles") and source == inputs.get("source"):
+    name = asked.name if asked else inputs.get("source") or "ee"
+    if asked is None:
+        said.append(f"source {name}")
+    if "tiles" not in options and inputs.get("tiles") and name == inputs.get("source"):
         options["tiles"] = inputs["tiles"]
         said.append(f"tiles {inputs['tiles']}")
-    return place, source, options, f"reused {', '.join(said)} from {store.manifest}"
+    return (place, SourceRequest.of(name, options),
+            f"reused {', '.join(said)} from {store.manifest}")

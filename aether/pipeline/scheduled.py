@@ -35,12 +35,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aether.errors import AetherError, ConfigError
 from aether.io.store import CityStore, runs_dir
 from aether.io.store import data_lock as run_lock
 from aether.pipeline.runfile import City, RunFile, load_run_file
+
+if TYPE_CHECKING:
+    from aether.pipeline.extract import ExtractRequest
 
 KILL_ENV = "AETHER_RUN_KILL_AT"
 
@@ -183,25 +186,24 @@ def _run_city(run: RunFile, city: City, steps: list[Step], root: Path,
         _hook(f"after:{task.key}")
 
 
-def extract_request(run: RunFile, city: City, year: int, root: Path) -> Any:
-    """The ``ExtractRequest`` of one city and year (city keys override the run's)."""
+def extract_request(run: RunFile, city: City, year: int, root: Path) -> ExtractRequest:
+    """The typed ``ExtractRequest`` of one city and year (city keys override the run's)."""
+    from aether.embeddings.base import SourceRequest
     from aether.pipeline.extract import ExtractRequest
+    from aether.places.query import PlaceQuery
+    from aether.pois.load import PoiSpec
 
     source = city.source or run.source
     pois = city.pois if (city.pois or city.sample) else run.pois
-    place = {k: v for k, v in (("osm_id", city.osm_id), ("bbox", city.bbox),
-                               ("boundary", city.boundary), ("which_result", city.which_result))
-             if v is not None}
-    offline = city.sample or (not place and pois is not None
+    place = PlaceQuery.model_validate(city.model_dump(
+        include={"osm_id", "bbox", "boundary", "which_result", "yes"}))
+    offline = city.sample or (not place.given and pois is not None
                               and pois.startswith(("file:", "pbf:")))
-    if city.yes:
-        place["yes"] = True
-    poi_opts = (city.poi_options or run.poi_options).model_dump(exclude_none=True)
     return ExtractRequest(
-        city=city.name, data_dir=root, offline=offline, pois=pois, source=source.name,
-        radii=tuple(city.radii or run.radii), year=year,
-        source_options={k: v for k, v in source.options.items() if v is not None},
-        place_options=place, poi_options=poi_opts)
+        city=city.name, data_dir=root, offline=offline,
+        pois=PoiSpec(pois, city.poi_options or run.poi_options),
+        source=SourceRequest.of(source.name, source.options), radii=tuple(city.radii or run.radii),
+        year=year, place=place)
 
 
 def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
@@ -214,7 +216,7 @@ def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
     task.status = UP_TO_DATE if res.up_to_date else DONE
     task.rows, task.out_dir = res.n_rows, str(res.out_dir)
     task.config_hash = read_json(store.manifest)["config_hash"]
-    book = store.work(req.source or "") / "export_tasks.json"
+    book = store.work(req.chosen_source.name) / "export_tasks.json"
     if book.is_file():
         task.export_tasks = sorted(str(r["operation"]) for r in read_json(book).values()
                                    if r.get("operation"))
@@ -255,7 +257,7 @@ def _step_outputs_hash(city_dir: Path, step: str) -> str:
 def _train(run: RunFile, task: Step, city_dir: Path) -> None:
     from aether.errors import ModelError
     from aether.io.tables import config_hash, read_json
-    from aether.ml.train import train
+    from aether.ml.train import RunOptions, train
 
     spec = run.train
     store = CityStore.at(city_dir)
@@ -273,7 +275,8 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
         if not store.step("train").is_file():
             # a model someone trained by hand: never replaced behind their back
             raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
-        path = train(city_dir, overwrite=True, **kwargs)  # ours, on older tables: replace it
+        # ours, on older tables: replace it
+        path = train(city_dir, options=RunOptions(overwrite=True), **kwargs)
     _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
     task.status, task.out_dir = DONE, str(path)
 

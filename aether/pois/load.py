@@ -8,6 +8,7 @@ name and category within ``DEDUP_M`` metres), with the method's text, sorted by 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -49,6 +50,40 @@ def poi_options(options: dict[str, Any]) -> PoiOptions:
         what = "unknown POI option" if err["type"] == "extra_forbidden" else err["msg"]
         raise PoiError(f"{what} {key!r}",
                        f"valid options: {', '.join(PoiOptions.model_fields)}") from None
+
+
+@dataclass(frozen=True)
+class PoiSpec:
+    """Where a request's POIs come from, and how a POI file's columns are read: checked once
+    where the request is made, carried typed from there.
+
+    ``source`` is ``osm``, ``overture[:RELEASE]``, ``pbf:PATH``, ``file:PATH``, a bare path
+    (read as ``file:``), or None: not given (``osm``, or the sample city's own extract).
+    """
+
+    source: str | None = None
+    options: PoiOptions = field(default_factory=PoiOptions)
+
+    @classmethod
+    def of(cls, source: str | None = None, **options: Any) -> PoiSpec:
+        """A spec from what a user typed; PoiError naming a bad column option."""
+        if source is not None and source.split(":", 1)[0] not in _KINDS:
+            source = f"file:{source}"  # a bare path is a POI file
+        return cls(source, poi_options({k: v for k, v in options.items() if v is not None}))
+
+    def load(self, place: Place | None, default: str = "osm") -> gpd.GeoDataFrame:
+        """The pois table this spec names (``default`` when it names no source)."""
+        return load_pois(self.source or default, place,
+                         **self.options.model_dump(exclude_none=True))
+
+    @property
+    def local(self) -> bool:
+        """POIs from a file of the user's (no network needed for them)."""
+        return self.source is not None and self.source.startswith(("file:", "pbf:"))
+
+
+#: The POI source kinds (``KIND`` or ``KIND:...``); anything else is a path.
+_KINDS = ("osm", "overture", "pbf", "file")
 
 
 def load_pois(source: str, place: Place | None = None, **options: Any) -> gpd.GeoDataFrame:

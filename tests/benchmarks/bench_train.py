@@ -119,10 +119,10 @@ def run_reference(ref: Path, cfg_path: Path, n: int) -> dict:
 
 def run_aether(city: Path, epochs: int, n: int) -> dict:
     from aether.io.tables import read_json
-    from aether.ml.train import METRICS_FILE, SUMMARY_FILE, train
+    from aether.ml.train import METRICS_FILE, SUMMARY_FILE, RunOptions, train
 
-    run = train(city, preset="paper", run_name="bench", epochs=epochs, overwrite=True,
-                threads=0, checkpoint_every=epochs, test_fraction=0.0)
+    run = train(city, preset="paper", run_name="bench", epochs=epochs, test_fraction=0.0,
+                options=RunOptions(overwrite=True, threads=0, checkpoint_every=epochs))
     with open(run / METRICS_FILE) as f:
         rows = list(csv.DictReader(f))
     secs = [float(r["seconds"]) for r in rows]

@@ -64,11 +64,12 @@ def test_extract_on_local_cluster_equals_local_scheduler(cli, ee_server, emulato
                                                          own_data) -> None:
     """`aether extract --source xee --scheduler cluster:2` (worker processes initialise EE
     themselves) writes the same table as the threaded scheduler."""
+    from aether.embeddings.base import SourceRequest
     from aether.pipeline.extract import ExtractRequest, run_extract
 
     opts = {"ee_url": ee_server, "ee_project": "demo-project"}
     local = run_extract(ExtractRequest(city="Helsinki", data_dir=own_data("threads"),
-                                       offline=True, source="xee", source_options=opts))
+                                       offline=True, source=SourceRequest.of("xee", opts)))
     want = pd.read_parquet(local.out_dir / "poi_embeddings.parquet")
     n_local = len(emulator.log)
     data = own_data("cluster")

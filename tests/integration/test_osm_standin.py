@@ -144,10 +144,13 @@ def test_grid_after_an_osm_extract_reuses_its_place(osm_env, sample_city, tmp_pa
     """The place extract geocoded is the grid's (a run's encode step): no second lookup."""
     import shutil
 
+    from aether.embeddings.base import SourceRequest
     from aether.pipeline.extract import ExtractRequest, run_extract, run_grid
+    from aether.pois.load import PoiSpec
 
-    req = ExtractRequest(city="Helsinki", data_dir=tmp_path / "data", pois="osm", source="cog",
-                         radii=(100.0,), source_options={"tiles": str(sample_city.tiles)})
+    req = ExtractRequest(city="Helsinki", data_dir=tmp_path / "data", pois=PoiSpec.of("osm"),
+                         source=SourceRequest.of("cog", {"tiles": str(sample_city.tiles)}),
+                         radii=(100.0,))
     done = run_extract(req)
     looked_up = osm_env.count("nominatim")
     assert looked_up >= 1 and done.n_pois > 2000

@@ -30,6 +30,7 @@ from aether.ml.train import (
     METRICS_FILE,
     SUMMARY_FILE,
     WEIGHTS_FILE,
+    RunOptions,
     load_model,
     load_pairs,
     parse_options,
@@ -90,18 +91,21 @@ def test_same_seed_same_bytes_and_resume(city):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(city, preset="paper", run_name="det-r", seed=7, on_epoch=stop_after_two, **FAST)
+        train(city, preset="paper", run_name="det-r", seed=7,
+              options=RunOptions(on_epoch=stop_after_two), **FAST)
     r = city / "models" / "det-r"
     building = city / "models" / ".det-r.partial"  # a model is visible only when complete
     assert not r.exists()
     assert not (building / WEIGHTS_FILE).exists() and (building / CHECKPOINT_FILE).exists()
     seen = []
-    train(city, preset="paper", run_name="det-r", seed=7, on_epoch=seen.append, **FAST)
+    train(city, preset="paper", run_name="det-r", seed=7,
+          options=RunOptions(on_epoch=seen.append), **FAST)
     assert [row["epoch"] for row in seen] == [3]
     assert sha256_file(r / WEIGHTS_FILE) == sha256_file(a / WEIGHTS_FILE)
     assert [int(x["epoch"]) for x in _metrics(r)] == [1, 2, 3]
     # a finished run is not trained again; another config under its name is refused
-    train(city, preset="paper", run_name="det-r", seed=7, on_epoch=seen.append, **FAST)
+    train(city, preset="paper", run_name="det-r", seed=7,
+          options=RunOptions(on_epoch=seen.append), **FAST)
     assert len(seen) == 1
     with pytest.raises(ModelError, match="another config"):
         train(city, preset="paper", run_name="det-r", seed=7, epochs=4, batch_size=64)

@@ -21,6 +21,7 @@ from aether.ml.train import (  # noqa: E402
     CHECKPOINT_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
+    RunOptions,
     load_model,
     resolve_config,
     train,
@@ -72,14 +73,14 @@ def test_checkpoint_every_k_epochs_resumes_to_the_same_bytes(city):
 
     with pytest.raises(KeyboardInterrupt):
         train(city, preset="paper", run_name="k-cut", seed=5, epochs=4, batch_size=64,
-              checkpoint_every=2, on_epoch=stop_after_three)
+              options=RunOptions(checkpoint_every=2, on_epoch=stop_after_three))
     cut = city / "models" / "k-cut"
     building = city / "models" / ".k-cut.partial"  # a model is visible only when complete
     ckpt = torch.load(building / CHECKPOINT_FILE, weights_only=True)
     assert ckpt["epoch"] == 2  # epoch 3 was not checkpointed
     seen = []
     train(city, preset="paper", run_name="k-cut", seed=5, epochs=4, batch_size=64,
-          checkpoint_every=2, on_epoch=seen.append)
+          options=RunOptions(checkpoint_every=2, on_epoch=seen.append))
     assert [r["epoch"] for r in seen] == [3, 4]
     assert sha256_file(cut / WEIGHTS_FILE) == sha256_file(whole / WEIGHTS_FILE)
 

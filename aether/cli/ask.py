@@ -1,0 +1,88 @@
+"""`aether query`, `similar` and `serve`: asking a city's encoded grid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aether.cli._app import CityOpt, DataDirOpt, ModelOpt, app, show_answer
+
+
+@app.command()
+def query(
+    queries: Annotated[list[str], typer.Argument(metavar="QUERY...",
+                                                 help="One or more text queries")],
+    city: CityOpt,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
+        None),
+    k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
+    cell: Annotated[str | None, typer.Option(
+        help="Grid cells: 100m, 0.5km or h3:9 [the smallest encoded]")] = None,
+    out: Annotated[Path | None, typer.Option(help="Map file stem [<city>/maps/query]")] = None,
+    tiles: Annotated[bool, typer.Option(help="OSM base tiles in the HTML (when reachable)")] = (
+        True),
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Search a city with text: top-k grid cells, nearest POIs, an HTML map and a PNG."""
+    from aether import api
+
+    answer = api.search(queries, city=city, model=model, k=k, cell=cell, year=year,
+                        data_dir=data_dir)
+    show_answer(answer, "{query!r} (model {model}):")
+    for path in answer.maps(out, tiles=tiles):
+        typer.echo(f"  {path}")
+
+
+@app.command()
+def similar(
+    city: CityOpt,
+    at: Annotated[list[str] | None, typer.Option(
+        help="LON,LAT of a place to find more of (repeatable)")] = None,
+    not_at: Annotated[list[str] | None, typer.Option(
+        "--not", help="LON,LAT of a place to be unlike (repeatable)")] = None,
+    poi: Annotated[list[str] | None, typer.Option(
+        help="A POI id whose AETHER vector is an example (repeatable)")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
+        None),
+    k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Find places like these: cosine to example places (2·pos − neg) over the encoded grid."""
+    from aether import api
+    from aether.query.similar import parse_lonlat
+
+    answer = api.similar(city=city, at=[parse_lonlat(a) for a in at or []],
+                         not_at=[parse_lonlat(a) for a in not_at or []], pois=poi or [],
+                         model=model, k=k, year=year, data_dir=data_dir)
+    show_answer(answer, "places like the examples (model {model}):")
+
+
+@app.command()
+def serve(
+    city: CityOpt,
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (other than loopback: reachable "
+                                           "from the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port)", min=0, max=65535)] = 8000,
+    tiles: Annotated[bool, typer.Option(help="OSM base tiles under the heat maps")] = True,
+    year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Ask a city anything in the browser: a local web app over its encoded grid."""
+    import contextlib
+
+    from aether import api
+    from aether.query.serve import listen
+    from aether.query.serve import serve as run_server
+
+    state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir)
+    sock, url = listen(host, port)
+    typer.echo(f"{url}  ({', '.join(state.panels)}; Ctrl-C stops it)")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        run_server(state, host=host, sock=sock)

@@ -35,8 +35,8 @@ from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
+from aether.embeddings.earthengine.options import EeConnectionOptions
 from aether.embeddings.earthengine.session import EESettings, ensure
-from aether.embeddings.earthengine.source import EeConnectionOptions
 from aether.embeddings.fold import WindowSums, point_means_table
 from aether.errors import CoverageError, InputError
 

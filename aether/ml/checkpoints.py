@@ -86,13 +86,9 @@ def build_model(config: dict[str, Any]) -> AetherModel:
 
 
 def load_model(run: Path) -> tuple[AetherModel, dict[str, Any]]:
-    """The trained model of a run directory (or of an official AETHER ``.pth`` checkpoint)
-    and its config; ModelError if they do not fit."""
+    """The trained model of a run directory and its config; ModelError if they do not fit.
+    (An official AETHER ``.pth`` is read by ``aether.ml.reference``.)"""
     run = Path(run)
-    if run.is_file() and run.suffix == ".pth":
-        from aether.ml.reference import reference_model
-
-        return reference_model(run)
     try:
         config = read_json(run / CONFIG_FILE)
     except (OSError, ValueError) as e:

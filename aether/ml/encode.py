@@ -102,7 +102,12 @@ def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int |
              ) -> ModelRun:
     """Load a run and check it was trained for this city and year (when given)."""
     path = run_path(city_dir, model)
-    net, config = load_model(path)
+    if path.is_file() and path.suffix == ".pth":  # an official checkpoint, read as it is
+        from aether.ml.reference import reference_model
+
+        net, config = reference_model(path)
+    else:
+        net, config = load_model(path)
     for key, want in (("city", slug), ("year", year)):
         have = config.get(key)
         if want is not None and have is not None and str(have) != str(want):

@@ -35,10 +35,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from aether.core import aef, windows, zonal
-from aether.embeddings.base import SourceOptions
+from aether.embeddings.earthengine.options import (
+    DEFAULT_BATCH,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_POLL_S,
+    EeOptions,
+)
 from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
 from aether.errors import CoverageError, EarthEngineError, InputError
 from aether.execution.jobs import (
@@ -52,7 +56,6 @@ from aether.execution.jobs import (
     run_batches,
 )
 from aether.io.tables import poi_embeddings_frame, read_json, write_json
-from aether.settings import current
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -61,21 +64,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Features per reduceRegions request: one computeFeatures page (EE's default page size),
-#: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
-#: timeouts split it further.
-DEFAULT_BATCH = 1000
-#: Largest batch accepted (ten computeFeatures pages).
-MAX_BATCH = 10_000
-#: Parallel requests in flight (EE's default per-project quota is ~40 concurrent requests).
-DEFAULT_CONCURRENCY = 8
-MAX_CONCURRENCY = 64
 #: Rows per computeFeatures page.
 PAGE_SIZE = 1000
 VALID_BAND = "valid"
 SCALE_M = 10.0
-#: Longest wait between polls of an Export task (polls start at 0.2 s and grow by 1.5×).
-DEFAULT_POLL_S = 5.0
 #: Times a FAILED export of one batch is started again before giving up.
 EXPORT_RESTARTS = 3
 
@@ -600,30 +592,6 @@ def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
         for p in store.directory.glob("*.parquet"):
             if p.stem not in keys:
                 p.unlink()
-
-
-class EeConnectionOptions(SourceOptions):
-    """How to reach Earth Engine: shared by the ``ee`` and ``xee`` sources. The endpoint and
-    project default to the settings (``AETHER_EE_URL``, ``AETHER_EE_PROJECT``/``EE_PROJECT``)."""
-
-    ee_url: str | None = Field(default_factory=lambda: current().ee_url)
-    ee_project: str | None = Field(default_factory=lambda: current().ee_project)
-    ee_credentials: Path | None = None
-
-    def session(self) -> EESettings:
-        return EESettings(self.ee_url, self.ee_project,
-                          str(self.ee_credentials) if self.ee_credentials else None)
-
-
-class EeOptions(EeConnectionOptions):
-    """Options of the ``ee`` source; the ranges are refused, not clamped, when exceeded."""
-
-    export: str | None = None
-    export_read: str | None = None
-    ee_batch: int = Field(DEFAULT_BATCH, ge=1, le=MAX_BATCH)
-    ee_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
-    ee_poll: float = Field(DEFAULT_POLL_S, ge=0, le=3600)
-    ee_backoff: float | None = Field(None, ge=0, le=600)
 
 
 def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource:

@@ -1,0 +1,48 @@
+"""The options of the Earth Engine sources (``ee``, and the connection ``xee`` shares), with
+the limits they are checked against: light to import, so both sources and the registry can."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from aether.embeddings.base import SourceOptions
+from aether.embeddings.earthengine.session import EESettings
+from aether.settings import current
+
+#: Features per reduceRegions request: one computeFeatures page (EE's default page size),
+#: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
+#: timeouts split it further.
+DEFAULT_BATCH = 1000
+#: Largest batch accepted (ten computeFeatures pages).
+MAX_BATCH = 10_000
+#: Parallel requests in flight (EE's default per-project quota is ~40 concurrent requests).
+DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
+#: Longest wait between polls of an Export task (polls start at 0.2 s and grow by 1.5×).
+DEFAULT_POLL_S = 5.0
+
+
+class EeConnectionOptions(SourceOptions):
+    """How to reach Earth Engine: shared by the ``ee`` and ``xee`` sources. The endpoint and
+    project default to the settings (``AETHER_EE_URL``, ``AETHER_EE_PROJECT``/``EE_PROJECT``)."""
+
+    ee_url: str | None = Field(default_factory=lambda: current().ee_url)
+    ee_project: str | None = Field(default_factory=lambda: current().ee_project)
+    ee_credentials: Path | None = None
+
+    def session(self) -> EESettings:
+        return EESettings(self.ee_url, self.ee_project,
+                          str(self.ee_credentials) if self.ee_credentials else None)
+
+
+class EeOptions(EeConnectionOptions):
+    """Options of the ``ee`` source; the ranges are refused, not clamped, when exceeded."""
+
+    export: str | None = None
+    export_read: str | None = None
+    ee_batch: int = Field(DEFAULT_BATCH, ge=1, le=MAX_BATCH)
+    ee_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+    ee_poll: float = Field(DEFAULT_POLL_S, ge=0, le=3600)
+    ee_backoff: float | None = Field(None, ge=0, le=600)

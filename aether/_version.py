@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-try:
-    VERSION = version("aether")
-except PackageNotFoundError:  # a source tree on sys.path without an install
-    VERSION = "0+unknown"
+
+def installed_version() -> str:
+    """The aether installed in this process's environment (what a Dask worker reports)."""
+    try:
+        return version("aether")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+#: This process's aether (``0+unknown`` for a source tree on sys.path without an install).
+VERSION = installed_version()

@@ -530,8 +530,23 @@ def build_sample(data_dir: PathLike | None = None, *, seed: int = 0,
 
 
 def run(run_file: PathLike, data_dir: PathLike | None = None, *,
-        say: Callable[[str], None] = lambda s: None) -> RunReport:
-    """Do a run file's cities × years × steps once (see docs/scheduling.md)."""
+        say: Callable[[str], None] = lambda s: None, scheduler: str | None = None
+        ) -> RunReport:
+    """Do a run file's cities × years × steps once (see docs/scheduling.md).
+
+    Parameters
+    ----------
+    scheduler
+        ``threads`` (one city after another, here), ``cluster[:N]`` or a Dask scheduler's
+        address: every (city, year, step) a task on its workers, cities in parallel
+        [default: the run file's ``scheduler:``, else the ``dask_scheduler`` setting].
+
+    Returns
+    -------
+    RunReport
+        Each step's status, rows and time; also written to ``<data>/runs/<run_id>.json``.
+    """
     from aether.pipeline.scheduled import execute
 
-    return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say)
+    return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say,
+                   scheduler=scheduler)

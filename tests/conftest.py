@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -178,3 +179,62 @@ def nginx(tmp_path: Path):
     yield serve
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path):
+    """A factory: ``dask_cluster(n, env_of)`` starts a real ``dask scheduler`` and ``n``
+    single-threaded ``dask worker`` processes on 127.0.0.1 (each with its own empty home,
+    cache and working directory, plus ``env_of(i)``) and returns (address, worker dirs).
+    The cluster is shut down through the scheduler at the end of the test."""
+    import contextlib
+    import json
+    import time
+
+    from distributed import Client
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    procs: list[subprocess.Popen[bytes]] = []
+    addresses: list[str] = []
+
+    def start(n: int, env_of=lambda i: {}) -> tuple[str, list[Path]]:
+        base = tmp_path / f"cluster-{len(addresses)}"
+        base.mkdir()
+        info = base / "scheduler.json"
+        procs.append(subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(info)],
+            cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dirs = []
+        for i in range(n):
+            home = base / f"worker-{i}"
+            home.mkdir()
+            dirs.append(home)
+            env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(REPO),
+                   "AETHER_CACHE_DIR": str(home / "cache"), "HF_HUB_OFFLINE": "1",
+                   **env_of(i)}
+            procs.append(subprocess.Popen(
+                [dask, "worker", "--scheduler-file", str(info), "--host", "127.0.0.1",
+                 "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                 "--local-directory", str(home / "dask")],
+                cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(info.read_text())["address"]
+        addresses.append(address)
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=120)
+        return address, dirs
+
+    yield start
+    for address in addresses:  # the scheduler closes its workers, then itself: no waiting
+        with contextlib.suppress(OSError, TimeoutError), Client(
+                address, timeout="10s", set_as_default=False) as c:
+            c.shutdown()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,28 +1,52 @@
-"""`aether run`: a run file's cities × years × steps, once (scheduled runs)."""
+"""`aether run`: a run file's cities × years × steps, once (scheduled runs), here or on a
+Dask cluster; `aether run status`: where each step stands."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from aether.cli._app import DataDirOpt, app
+from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables
 
 
-@app.command("run")
+class _RunGroup(TyperGroup):
+    """``aether run FILE`` is ``aether run start FILE``: a first word that names no command
+    of the group is a run file."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+run_app = typer.Typer(cls=_RunGroup, no_args_is_help=True,
+                      help="Scheduled runs of a run file (YAML): `aether run FILE`, "
+                           "`aether run status FILE`.")
+app.add_typer(run_app, name="run")
+
+RunFileArg = Annotated[Path, typer.Argument(
+    metavar="RUNFILE", help="Run file (YAML), e.g. pipelines/cities.yaml")]
+
+
+@run_app.command("start")
 def run_cmd(
-    runfile: Annotated[Path, typer.Argument(
-        metavar="RUNFILE", help="Run file (YAML), e.g. pipelines/cities.yaml")],
+    runfile: RunFileArg,
     data_dir: DataDirOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
-    """Do a run file's cities × years × steps once: skip what is done, redo what changed."""
+    """Do a run file's cities × years × steps once: skip what is done, redo what changed
+    (`aether run FILE` says the same). With --scheduler, cities run in parallel on a Dask
+    cluster's workers."""
     from rich.console import Console
 
     from aether import api
     from aether.pipeline.scheduled import StepState, summary_table
 
-    report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True))
+    report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True),
+                     scheduler=scheduler)
     Console(width=120).print(summary_table(report))
     n = len(report.steps)
     if report.nothing_to_do:
@@ -34,3 +58,23 @@ def run_cmd(
     typer.echo(f"  report: {report.path}")
     if report.failed:
         raise typer.Exit(1)
+
+
+@run_app.command("status")
+def status_cmd(
+    runfile: RunFileArg,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
+) -> None:
+    """Where each city × year × step of a run file stands: the last run's word, rows, the
+    data it was made from, and what the next run would redo. Reads only; takes no lock."""
+    import dataclasses
+    import json
+
+    from aether.pipeline.scheduled import run_status, status_table
+
+    rows = run_status(runfile, data_dir)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+    else:
+        print_tables(status_table(rows))

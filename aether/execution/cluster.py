@@ -15,6 +15,7 @@ whatever process runs them (``earthengine.session.ensure``), from picklable sett
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import os
@@ -88,6 +89,8 @@ def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
                 Client(cluster) as client:
             yield client
         return
+    assert spec.address is not None
+    probe_scheduler(spec.address)
     try:
         client = Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
     except (OSError, TimeoutError) as e:
@@ -97,6 +100,89 @@ def dask_scheduler(text: str | None = None) -> Iterator[Client | None]:
                         ) from None
     with client:
         yield client
+
+
+#: Largest handshake a Dask scheduler sends on connect (it is a few hundred bytes).
+_HANDSHAKE_MAX = 1 << 20
+
+
+def probe_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within ``timeout_s``, an address that is not a Dask scheduler.
+
+    A Dask TCP peer writes its handshake as soon as a connection opens: an 8-byte length,
+    then a msgpack map naming the Python and pickle versions. Anything else (nothing, as an
+    HTTP server that waits for a request; or bytes of another protocol, whose first eight
+    read as a length of exabytes) is one line instead of a hang or a traceback. Only plain
+    ``tcp://`` addresses are probed; TLS and others are left to the client.
+    """
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+        return
+    hint = f"start it (`dask scheduler`) or unset --scheduler / {SCHEDULER_ENV}"
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            head = _read_exactly(sock, 8)
+            (size,) = struct.unpack("<Q", head)
+            if not 0 < size <= _HANDSHAKE_MAX:
+                raise DaskError(f"{address} is not a Dask scheduler (its first bytes are "
+                                f"{head!r}, not a Dask handshake)", hint)
+            body = _read_exactly(sock, size)
+    except TimeoutError:
+        raise DaskError(f"{address} is not a Dask scheduler: no Dask handshake within "
+                        f"{timeout_s:g} s", hint) from None
+    except OSError as e:
+        raise DaskError(f"cannot reach the Dask scheduler at {address} ({e.strerror or e})",
+                        hint) from None
+    if b"pickle-protocol" not in body:
+        raise DaskError(f"{address} is not a Dask scheduler (its handshake names no pickle "
+                        "protocol)", hint)
+
+
+def _read_exactly(sock: Any, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionResetError(0, "the connection closed during the handshake")
+        out += chunk
+    return out
+
+
+def check_versions(client: Client) -> None:
+    """Refuse a cluster whose workers run another aether than this one (one line naming both):
+    a step computed by another version would not be the step this run records."""
+    from aether._version import VERSION, installed_version
+
+    found = client.run(installed_version)
+    other = sorted({f"{v} (worker {w})" for w, v in found.items() if v != VERSION})
+    if other:
+        raise DaskError(f"the cluster's workers run aether {other[0]}"
+                        + (f" and {len(other) - 1} more" if len(other) > 1 else "")
+                        + f", this client aether {VERSION}",
+                        "install the same aether on the client and every worker")
+
+
+#: Set inside a task that runs on a Dask worker: its own Dask work stays on its threads.
+_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("aether_local_dask", default=False)
+
+
+@contextlib.contextmanager
+def local_threads(n: int) -> Iterator[None]:
+    """Run the block's Dask work on ``n`` local threads, even inside a distributed worker
+    (a whole step is one cluster task; its pixel windows are that worker's threads' work)."""
+    import dask
+
+    token = _LOCAL.set(True)
+    try:
+        with dask.config.set(scheduler="threads", num_workers=max(1, n)):
+            yield
+    finally:
+        _LOCAL.reset(token)
 
 
 def as_completed(tasks: Sequence[Delayed]) -> Iterator[Any]:
@@ -113,7 +199,7 @@ def as_completed(tasks: Sequence[Delayed]) -> Iterator[Any]:
         from distributed import as_completed as futures_completed
         from distributed import default_client
 
-        client = default_client()
+        client = None if _LOCAL.get() else default_client()
     except (ImportError, ValueError):  # no distributed, or no Client running
         client = None
     if client is not None:

@@ -270,6 +270,47 @@ def data_lock(root: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def lock_token(root: Path) -> str:
+    """The name of the lock this process holds on ``root`` (its file's inode and content):
+    handed to the tasks a run sends to Dask workers, which write under it (``lent_lock``)."""
+    path = lock_path(root)
+    key = path.resolve()
+    if not _held.get(key):
+        raise LockedError(f"this process holds no lock on {root}", "take it with data_lock")
+    return _token(path)
+
+
+def _token(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return f"{os.fstat(fd).st_ino}:{os.pread(fd, 32, 0).decode(errors='replace').strip()}"
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def lent_lock(root: Path, token: str) -> Iterator[Path]:
+    """Write under the lock another process (the run's client) holds on ``root``, as long as
+    it still holds the one named by ``token``: a worker's steps take ``data_lock`` again
+    inside, re-entrantly. LockedError when that lock is gone (the run ended or died)."""
+    path = lock_path(root)
+    try:
+        held = _token(path)
+    except OSError:
+        held = None
+    if held != token:
+        raise LockedError(f"the run that sent this task no longer holds the lock on {root}",
+                          "start the run again (`aether run`)")
+    key = path.resolve()
+    _held[key] = _held.get(key, 0) + 1
+    try:
+        yield path
+    finally:
+        _held[key] -= 1
+        if not _held[key]:
+            _held.pop(key)
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """True while ``path`` still names the open file (it was not removed or replaced)."""
     try:

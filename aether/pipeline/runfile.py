@@ -92,6 +92,9 @@ class RunFile(_Strict):
     """The whole file; per-city keys override the run-wide defaults."""
 
     data_dir: str | None = None
+    #: Where the run's tasks go: threads (here, one city after another), cluster[:N] or a
+    #: Dask scheduler's address (``aether run --scheduler`` wins over it).
+    scheduler: str | None = None
     years: list[int] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
     radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
     pois: str = "osm"

@@ -20,7 +20,7 @@ Why it can run unattended on a timer:
   starting duplicates; their ids are copied into the run report.
 * **A report per run**: ``<data>/runs/<run_id>.json``.
 
-``AETHER_RUN_KILL_AT=<point>`` makes the process SIGKILL itself at a named point
+``AETHER_RUN_KILL_AT=<point>[,<point>...]`` makes the process SIGKILL itself at a named point
 (``locked``, ``before:<slug>/<year>/<step>``, ``after:<slug>/<year>/<step>``, ``report``):
 the crash-safety tests use it to kill a run at exact places.
 """
@@ -77,6 +77,7 @@ class Step:
     error: str | None = None
     config_hash: str | None = None
     export_tasks: list[str] = field(default_factory=list)
+    worker: str | None = None  # the Dask worker that ran it (cluster runs)
 
     @property
     def key(self) -> str:
@@ -109,7 +110,7 @@ class RunReport:
 
 def _hook(point: str) -> None:
     """Die here, hard, if the crash tests asked for it (see the module doc)."""
-    if os.environ.get(KILL_ENV) == point:
+    if point in os.environ.get(KILL_ENV, "").split(","):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -132,8 +133,15 @@ def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
 
 
 def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
-            say: Callable[[str], None] = lambda s: None) -> RunReport:
-    """Run a run file (see the module doc); returns the report (also written to disk)."""
+            say: Callable[[str], None] = lambda s: None, *,
+            scheduler: str | None = None) -> RunReport:
+    """Run a run file (see the module doc); returns the report (also written to disk).
+
+    ``scheduler`` (else the run file's ``scheduler:``, else the ``dask_scheduler`` setting):
+    ``threads`` runs the cities one after another here; a Dask cluster (``cluster[:N]``,
+    ``tcp://host:port``) runs them in parallel on its workers (``pipeline.fleet``).
+    """
+    from aether.execution.cluster import parse_scheduler
     from aether.settings import current, use_settings
 
     run = load_run_file(run_file, strict=True)
@@ -141,15 +149,22 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
     settings = current()
     given = "data_dir" in settings.model_fields_set or not run.data_dir
     root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    where = scheduler or run.scheduler or settings.dask_scheduler
+    spread = parse_scheduler(where).kind != "threads"
     cities = plan(run)
-    with run_lock(root), use_settings(settings, data_dir=root):  # the osmnx cache goes there
+    with run_lock(root), use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
         _hook("locked")
         report = RunReport(
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
             run_file=str(Path(run_file).resolve()), data_dir=str(root.resolve()),
             started=_now(), steps=[t for _, steps in cities for t in steps])
-        for city, steps in cities:
-            _run_city(run, city, steps, root, say)
+        if spread:
+            from aether.pipeline.fleet import run_on_cluster
+
+            run_on_cluster(run, cities, root, chosen, where, say)
+        else:
+            for city, steps in cities:
+                _run_city(run, city, steps, root, say)
         report.finished = _now()
         _hook("report")
         report.path = _write_report(report, root)
@@ -159,31 +174,40 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
 def _run_city(run: RunFile, city: City, steps: list[Step], root: Path,
               say: Callable[[str], None]) -> None:
     """The city's steps in order; a failure skips that year's later steps, nothing else."""
-    out_dirs: dict[int, Path] = {}
+    out_dirs: dict[int, Path | None] = {}
     for task in steps:
-        if task.step != "extract" and task.year not in out_dirs:
-            task.status, task.error = SKIPPED, "an earlier step failed"
-            continue
-        _hook(f"before:{task.key}")
-        t0 = time.perf_counter()
-        try:
-            if task.step == "extract":
-                out_dirs[task.year] = _extract(run, city, task, root)
-            elif task.step == "train":
-                _train(run, task, out_dirs[task.year])
-            else:
-                _encode(run, city, task, out_dirs[task.year], root)
-        except Exception as e:  # one city's failure (or bug) must not stop the others
-            task.status = FAILED
-            text = str(e) if isinstance(e, AetherError) else f"{type(e).__name__}: {e}"
-            task.error = text.strip().split("\n")[0]
-            if not isinstance(e, AetherError):
-                say(traceback.format_exc().rstrip())
-            out_dirs.pop(task.year, None)
-        task.seconds = round(time.perf_counter() - t0, 3)
-        say(f"{task.key}: {task.status}" + (f" — {task.error}" if task.error else "")
-            + (f" ({task.seconds:.1f} s)" if task.status == DONE else ""))
-        _hook(f"after:{task.key}")
+        out_dirs[task.year] = run_step(run, city, task, root, out_dirs.get(task.year), say)
+
+
+def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | None,
+             say: Callable[[str], None]) -> Path | None:
+    """One step of a city-year, after the one before it (``city_dir``: where that one left
+    the tables, None when it failed). Returns the folder for the next step, None on failure.
+    The same function runs here and, for a cluster run, on a Dask worker."""
+    if task.step != "extract" and city_dir is None:
+        task.status, task.error = SKIPPED, "an earlier step failed"
+        return None
+    _hook(f"before:{task.key}")
+    t0 = time.perf_counter()
+    try:
+        if task.step == "extract":
+            city_dir = _extract(run, city, task, root)
+        elif task.step == "train":
+            _train(run, task, _given(city_dir))
+        else:
+            _encode(run, city, task, _given(city_dir), root)
+    except Exception as e:  # one city's failure (or bug) must not stop the others
+        task.status = FAILED
+        text = str(e) if isinstance(e, AetherError) else f"{type(e).__name__}: {e}"
+        task.error = text.strip().split("\n")[0]
+        if not isinstance(e, AetherError):
+            say(traceback.format_exc().rstrip())
+        city_dir = None
+    task.seconds = round(time.perf_counter() - t0, 3)
+    say(f"{task.key}: {task.status}" + (f" — {task.error}" if task.error else "")
+        + (f" ({task.seconds:.1f} s)" if task.status == DONE else ""))
+    _hook(f"after:{task.key}")
+    return city_dir
 
 
 def extract_request(run: RunFile, city: City, year: int, root: Path) -> ExtractRequest:
@@ -254,6 +278,13 @@ def _step_outputs_hash(city_dir: Path, step: str) -> str:
     return config_hash(read_json(CityStore.at(city_dir).step(step))["outputs"])
 
 
+def _given(city_dir: Path | None) -> Path:
+    """The folder the step before left (``run_step`` skips a step whose input is missing)."""
+    if city_dir is None:
+        raise RuntimeError("a step ran without its input")
+    return city_dir
+
+
 def _train(run: RunFile, task: Step, city_dir: Path) -> None:
     from aether.errors import ModelError
     from aether.io.tables import config_hash, read_json
@@ -301,6 +332,105 @@ def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) ->
     res = encode_city(city_dir, model, [spec])
     _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois
+
+
+# --- status: what the last runs left, and what the next one would redo ----------------------
+
+@dataclass
+class StepStatus:
+    """One (city, year, step) as the data directory has it now."""
+
+    city: str
+    year: int
+    step: str
+    last: str  # its status in the newest report that ran it, or "never run"
+    finished: str  # when that run finished
+    rows: int | None
+    version: str | None  # what its input data was: the source and tiles index (extract)
+    redo: str  # what the next run would do with it, and why
+
+
+def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
+               ) -> list[StepStatus]:
+    """Per planned step: the last report's word on it, and whether its outputs still stand
+    (missing or changed outputs are redone; inputs are compared when the run starts)."""
+    from aether.settings import current
+
+    run = load_run_file(run_file)
+    settings = current()
+    given = "data_dir" in settings.model_fields_set or not run.data_dir
+    root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    last = _last_reports(root)
+    out = []
+    for _, steps in plan(run):
+        for task in steps:
+            row, finished = last.get(task.key, ({}, ""))
+            store = CityStore.of(root, task.slug, task.year)
+            out.append(StepStatus(task.city, task.year, task.step,
+                                  str(row.get("status", "never run")), finished,
+                                  row.get("rows"), _version(store) if task.step == "extract"
+                                  else None, _redo(store, task.step)))
+    return out
+
+
+def _last_reports(root: Path) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each step's row in the newest report that has it, and that report's end time."""
+    from aether.io.tables import read_json
+
+    seen: dict[str, tuple[dict[str, Any], str]] = {}
+    for path in sorted(runs_dir(root).glob("*.json"), reverse=True):
+        try:
+            report = read_json(path)
+        except (OSError, ValueError):
+            continue
+        for row in report.get("tasks", []):
+            key = f"{row.get('slug')}/{row.get('year')}/{row.get('step')}"
+            seen.setdefault(key, (row, str(report.get("finished", ""))))
+    return seen
+
+
+def _version(store: CityStore) -> str | None:
+    """The source and tiles an extract's manifest records (the data it was made from)."""
+    from aether.io.tables import read_json
+
+    try:
+        m = read_json(store.manifest)
+    except (OSError, ValueError):
+        return None
+    index = str(m.get("config", {}).get("tiles_index") or "")
+    inputs = m.get("inputs", {})
+    return f"{inputs.get('source')}" + (f", tiles index {index[:12]}" if index else "")
+
+
+def _redo(store: CityStore, step: str) -> str:
+    """'redo: ...' when the step's outputs are missing or changed, else what stands."""
+    from aether.io.tables import read_json, sha256_file
+
+    record = store.manifest if step == "extract" else store.step(step)
+    try:
+        rec = read_json(record)
+    except (OSError, ValueError):
+        return "redo: never completed"
+    outputs = rec.get("outputs", {})
+    for name, want in outputs.items():
+        digest = want["sha256"] if isinstance(want, dict) else want
+        path = store.dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return f"redo: {name} missing or changed"
+    return "keep, unless its inputs changed"
+
+
+def status_table(rows: list[StepStatus]) -> Any:
+    """A rich table of ``run_status``."""
+    from rich.table import Table
+
+    table = Table(title="aether run status")
+    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "next run"):
+        table.add_column(col, justify="right" if col in ("year", "rows") else "left")
+    for r in rows:
+        table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
+                      "" if r.rows is None else str(r.rows), r.version or "", r.redo)
+    return table
 
 
 # --- the report -----------------------------------------------------------------------------

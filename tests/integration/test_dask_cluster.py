@@ -8,13 +8,6 @@ reads the index and writes outputs.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,52 +20,13 @@ from aether.io import tiles as tile_io
 
 pytest.importorskip("distributed")
 
-DASK = str(Path(sys.executable).with_name("dask"))
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
-    """(scheduler address, worker directories) of a scheduler + 2 workers on 127.0.0.1."""
-    from distributed import Client
-
-    info = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(info)],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    dirs = []
-    address = None
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for i in range(2):
-            home = tmp_path / f"worker-{i}"
-            home.mkdir()
-            dirs.append(home)
-            env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(ROOT),
-                   "AETHER_CACHE_DIR": str(home / "cache"),
-                   "GDAL_HTTP_USERAGENT": f"aether-worker-{i}"}
-            procs.append(subprocess.Popen(
-                [DASK, "worker", "--scheduler-file", str(info), "--host", "127.0.0.1",
-                 "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                 "--local-directory", str(home / "dask")],
-                cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = json.loads(info.read_text())["address"]
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address, dirs
-    finally:
-        if address is not None:  # the scheduler closes its workers, then itself: no waiting
-            with contextlib.suppress(OSError, TimeoutError), Client(
-                    address, timeout="10s", set_as_default=False) as c:
-                c.shutdown()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+def cluster(dask_cluster) -> tuple[str, list[Path]]:
+    """(scheduler address, worker directories): a scheduler and 2 workers on 127.0.0.1, each
+    worker with its own User-Agent (the nginx log shows who read the tiles)."""
+    return dask_cluster(2, lambda i: {"GDAL_HTTP_USERAGENT": f"aether-worker-{i}"})
 
 
 def _spread_pois_csv(path: Path, n: int = 60) -> Path:

@@ -1,0 +1,86 @@
+"""A run file's cities on a Dask cluster: every (city, year, step) one task, on the workers.
+
+The client plans, sends and watches; it computes and writes no table. Each city-year is a
+chain of tasks (extract, then train, then encode), each taking the one before it as its
+input, so cities and years run in parallel and a step starts as soon as its input exists.
+A task runs ``scheduled.run_step`` on a worker, which writes that step's tables into the
+shared data directory atomically (as every writer does), under the lock the client holds
+(``io.store.lent_lock``): a task whose run has ended or died writes nothing. The client then
+writes the run report. A worker that dies mid-task has its task run again elsewhere by Dask;
+every step is idempotent, so the outputs are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aether.pipeline.runfile import City, RunFile
+from aether.pipeline.scheduled import Step, run_step
+
+if TYPE_CHECKING:
+    from aether.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path,
+                   settings: Settings, scheduler: str | None,
+                   say: Callable[[str], None]) -> None:
+    """Do every city's steps as tasks on the cluster ``scheduler`` names; fills in the
+    ``Step`` records in place (the report's rows), in the order they were planned."""
+    from distributed import as_completed
+
+    from aether.execution.cluster import check_versions, dask_scheduler
+    from aether.io.store import lock_token
+
+    token = lock_token(root)
+    with dask_scheduler(scheduler) as client:
+        assert client is not None
+        check_versions(client)
+        info = client.scheduler_info()
+        link = client.dashboard_link if info.get("services", {}).get("dashboard") else None
+        say(f"cluster {info.get('address')}: {len(info.get('workers', {}))} workers"
+            + (f", dashboard {link}" if link else ""))
+        futures: dict[Any, Step] = {}
+        for city, steps in cities:
+            before: dict[int, Any] = {}
+            for task in steps:
+                future = client.submit(
+                    _remote_step, run, city, task, root, settings, token,
+                    before.get(task.year), key=f"aether-{task.key}-{token}", pure=False)
+                before[task.year] = future
+                futures[future] = task
+        total: dict[str, int] = {}
+        for t in futures.values():
+            total[t.step] = total.get(t.step, 0) + 1
+        done: dict[str, int] = dict.fromkeys(total, 0)
+        for future in as_completed(futures):
+            result, _, lines = future.result()
+            planned = futures[future]
+            planned.__dict__.update(result.__dict__)
+            done[planned.step] += 1
+            for line in lines:
+                say(line)
+            say("  ".join(f"{s} {done[s]}/{total[s]}" for s in total))
+
+
+def _remote_step(run: RunFile, city: City, task: Step, root: Path, settings: Settings,
+                 token: str, before: tuple[Step, Path | None, list[str]] | None
+                 ) -> tuple[Step, Path | None, list[str]]:
+    """One step on a worker: (its record, the folder for the next step, what it said)."""
+    from aether.execution.cluster import local_threads
+    from aether.io.store import lent_lock
+    from aether.settings import use_settings
+
+    lines: list[str] = []
+    city_dir = before[1] if before is not None else None
+    from distributed import get_worker
+
+    worker = get_worker()
+    task.worker = str(worker.address)
+    with lent_lock(root, token), use_settings(settings), local_threads(worker.state.nthreads):
+        out = run_step(run, city, task, root, city_dir, lines.append)
+    return task, out, lines

@@ -1,0 +1,148 @@
+"""`aether run --scheduler`: a run file's cities as tasks on a real Dask cluster (`dask
+scheduler` and two `dask worker` processes on loopback), against the same run threaded.
+
+Three cities are three slices of the sample city's real OSM POIs over its tiles, so each
+city's table can be compared with the threaded run's byte for byte.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import yaml
+from support import REPO, free_port
+
+from aether.io.tables import read_json
+
+pytest.importorskip("distributed")
+CITIES = ("Alpha", "Beta", "Gamma")
+
+
+@pytest.fixture
+def fleet(sample_extract: Path, sample_city, tmp_path: Path) -> Path:
+    """A three-city run file (extract at 100 m, COG tiles), each city ~40 POIs."""
+    pois = gpd.read_parquet(sample_extract / "pois.parquet")
+    cities = []
+    for i, name in enumerate(CITIES):
+        part = pois.iloc[i::3].head(40).reset_index(drop=True)
+        path = tmp_path / f"{name.lower()}.parquet"
+        part.to_parquet(path)
+        cities.append({"name": name, "pois": f"file:{path}"})
+    body = {"years": [2024], "radii": [100],
+            "source": {"name": "cog", "options": {"tiles": str(sample_city.tiles)}},
+            "cities": cities}
+    runfile = tmp_path / "fleet.yaml"
+    runfile.write_text(yaml.safe_dump(body, sort_keys=False))
+    return runfile
+
+
+def tables(data: Path) -> dict[str, pd.DataFrame]:
+    return {p.parents[1].name: pd.read_parquet(p) for p in data.rglob("poi_embeddings.parquet")}
+
+
+def report(stdout: str) -> dict:
+    path = stdout.strip().splitlines()[-1].split("report:", 1)[1].strip()
+    return read_json(Path(path))
+
+
+def test_cities_spread_over_the_workers_and_give_the_threaded_tables(
+        fleet: Path, dask_cluster, cli, tmp_path: Path) -> None:
+    address, _ = dask_cluster(2)
+    threads = cli("run", str(fleet), "--data-dir", str(tmp_path / "t"), "--scheduler",
+                  "threads")
+    assert threads.returncode == 0, threads.stderr
+    spread = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert spread.returncode == 0, spread.stderr
+    want, got = tables(tmp_path / "t"), tables(tmp_path / "c")
+    assert sorted(got) == ["alpha", "beta", "gamma"]
+    for city in want:
+        pd.testing.assert_frame_equal(want[city], got[city])
+    rows = report(spread.stdout)["tasks"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert len({r["worker"] for r in rows}) == 2  # both workers ran cities
+    assert all(r["worker"] is None for r in report(threads.stdout)["tasks"])
+    assert "extract 3/3" in spread.stderr  # the progress fed by the cluster
+
+    # a second run does nothing; a changed POI file redoes that city alone
+    again = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert again.returncode == 0 and "nothing to do: all 3 tasks up to date" in again.stdout
+    beta = tmp_path / "beta.parquet"
+    gpd.read_parquet(beta).iloc[:-1].to_parquet(beta)
+    changed = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert changed.returncode == 0, changed.stderr
+    status = {r["city"]: r["status"] for r in report(changed.stdout)["tasks"]}
+    assert status == {"Alpha": "up to date", "Beta": "done", "Gamma": "up to date"}
+    assert len(tables(tmp_path / "c")["beta"]) == 39
+
+    # `aether run status` reads what the runs left
+    st = cli("run", "status", str(fleet), "--data-dir", str(tmp_path / "c"), "--json")
+    assert st.returncode == 0, st.stderr
+    rows = {r["city"]: r for r in json.loads(st.stdout)}
+    assert rows["Beta"]["last"] == "done" and rows["Beta"]["rows"] == 39
+    assert rows["Alpha"]["redo"] == "keep, unless its inputs changed"
+    (tmp_path / "c" / "gamma" / "2024" / "poi_embeddings.parquet").unlink()
+    st = cli("run", "status", str(fleet), "--data-dir", str(tmp_path / "c"), "--json")
+    gamma = next(r for r in json.loads(st.stdout) if r["city"] == "Gamma")
+    assert gamma["redo"] == "redo: poi_embeddings.parquet missing or changed"
+
+
+def test_a_killed_worker_changes_nothing(fleet: Path, dask_cluster, cli,
+                                         tmp_path: Path) -> None:
+    """Worker 0 SIGKILLs itself as it starts any city's extract: Dask runs that task again
+    on worker 1, and the tables are the threaded run's."""
+    kill = ",".join(f"before:{c.lower()}/2024/extract" for c in CITIES)
+    address, _ = dask_cluster(2, lambda i: {"AETHER_RUN_KILL_AT": kill} if i == 0 else {})
+    threads = cli("run", str(fleet), "--data-dir", str(tmp_path / "t"))
+    spread = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert threads.returncode == 0 and spread.returncode == 0, spread.stderr
+    rows = report(spread.stdout)["tasks"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert len({r["worker"] for r in rows}) == 1  # all on the worker left alive
+    want, got = tables(tmp_path / "t"), tables(tmp_path / "c")
+    for city in want:
+        pd.testing.assert_frame_equal(want[city], got[city])
+
+
+def test_a_worker_of_another_version_is_refused(fleet: Path, dask_cluster, cli,
+                                               tmp_path: Path) -> None:
+    """A worker whose environment holds another aether (its metadata first on its path)."""
+    other = tmp_path / "other-aether"
+    (other / "aether-9.9.9.dist-info").mkdir(parents=True)
+    (other / "aether-9.9.9.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: aether\nVersion: 9.9.9\n")
+    address, _ = dask_cluster(1, lambda i: {"PYTHONPATH": f"{other}:{REPO}"})
+    r = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "aether 9.9.9" in r.stderr, r.stderr
+    assert "this client aether" in r.stderr
+    assert not list((tmp_path / "c").rglob("*.parquet"))
+
+
+class _Silent(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_scheduler_that_is_not_one_is_one_line_within_seconds(fleet: Path, cli,
+                                                                 tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for address, says in ((f"tcp://127.0.0.1:{server.server_port}", "no Dask handshake"),
+                              (f"tcp://127.0.0.1:{free_port()}", "cannot reach")):
+            t0 = time.monotonic()
+            r = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"),
+                    "--scheduler", address)
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+            assert time.monotonic() - t0 < 30
+    finally:
+        server.shutdown()
+    assert not list((tmp_path / "c").rglob("*.parquet"))

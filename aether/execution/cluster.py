@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +165,21 @@ def check_versions(client: Client) -> None:
                         + (f" and {len(other) - 1} more" if len(other) > 1 else "")
                         + f", this client aether {VERSION}",
                         "install the same aether on the client and every worker")
+
+
+def cluster_slots(name: str, limit: int) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """Leases shared by the whole cluster: inside a task on a Dask worker, a distributed
+    Semaphore of ``limit`` leases named ``name`` (every worker's requests together stay under
+    it); elsewhere a no-op, where the caller's own thread pool is the cap. Call it in the
+    task's thread (where the worker is known); the leases may be taken from any thread."""
+    try:
+        from distributed import Semaphore, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return contextlib.nullcontext
+    semaphore = Semaphore(max_leases=limit, name=name)
+    return lambda: semaphore
 
 
 #: Set inside a task that runs on a Dask worker: its own Dask work stays on its threads.

@@ -18,16 +18,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aether.pipeline.runfile import City, RunFile
-from aether.pipeline.scheduled import Step, run_step
 
 if TYPE_CHECKING:
+    from aether.pipeline.scheduled import Step
     from aether.settings import Settings
+
+#: ``scheduled.run_step``'s signature: the one step function, handed in by the caller (so
+#: this module does not import the one that imports it).
+StepFn = Callable[[RunFile, City, "Step", Path, Path | None, Callable[[str], None]],
+                  Path | None]
 
 log = logging.getLogger(__name__)
 
 
 def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path,
-                   settings: Settings, scheduler: str | None,
+                   settings: Settings, scheduler: str | None, step: StepFn,
                    say: Callable[[str], None]) -> None:
     """Do every city's steps as tasks on the cluster ``scheduler`` names; fills in the
     ``Step`` records in place (the report's rows), in the order they were planned."""
@@ -49,7 +54,7 @@ def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Pa
             before: dict[int, Any] = {}
             for task in steps:
                 future = client.submit(
-                    _remote_step, run, city, task, root, settings, token,
+                    _remote_step, step, run, city, task, root, settings, token,
                     before.get(task.year), key=f"aether-{task.key}-{token}", pure=False)
                 before[task.year] = future
                 futures[future] = task
@@ -67,8 +72,9 @@ def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Pa
             say("  ".join(f"{s} {done[s]}/{total[s]}" for s in total))
 
 
-def _remote_step(run: RunFile, city: City, task: Step, root: Path, settings: Settings,
-                 token: str, before: tuple[Step, Path | None, list[str]] | None
+def _remote_step(step: StepFn, run: RunFile, city: City, task: Step, root: Path,
+                 settings: Settings, token: str,
+                 before: tuple[Step, Path | None, list[str]] | None
                  ) -> tuple[Step, Path | None, list[str]]:
     """One step on a worker: (its record, the folder for the next step, what it said)."""
     from aether.execution.cluster import local_threads
@@ -82,5 +88,5 @@ def _remote_step(run: RunFile, city: City, task: Step, root: Path, settings: Set
     worker = get_worker()
     task.worker = str(worker.address)
     with lent_lock(root, token), use_settings(settings), local_threads(worker.state.nthreads):
-        out = run_step(run, city, task, root, city_dir, lines.append)
+        out = step(run, city, task, root, city_dir, lines.append)
     return task, out, lines

@@ -161,7 +161,7 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
         if spread:
             from aether.pipeline.fleet import run_on_cluster
 
-            run_on_cluster(run, cities, root, chosen, where, say)
+            run_on_cluster(run, cities, root, chosen, where, run_step, say)
         else:
             for city, steps in cities:
                 _run_city(run, city, steps, root, say)

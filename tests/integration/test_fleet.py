@@ -146,3 +146,36 @@ def test_a_scheduler_that_is_not_one_is_one_line_within_seconds(fleet: Path, cli
     finally:
         server.shutdown()
     assert not list((tmp_path / "c").rglob("*.parquet"))
+
+
+def in_flight(log: list[dict]) -> int:
+    """The most computeFeatures requests the emulator was answering at once."""
+    spans = [(e["start"], e["start"] + e["ms"] / 1000) for e in log
+             if e.get("route", "").endswith("table:computeFeatures")]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    most = now = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_earth_engine_requests_in_flight_stay_under_one_cap_for_the_cluster(
+        fleet: Path, dask_cluster, emulator, ee_server: str, cli, tmp_path: Path) -> None:
+    """Three cities on two workers, each asking for 2 requests in flight: the cap of 2 per
+    Cloud project holds across the cluster (a distributed Semaphore), not per process."""
+    from aether.testing.emulator import Faults
+
+    emulator.faults = Faults(latency=0.3)
+    body = yaml.safe_load(fleet.read_text())
+    body["source"] = {"name": "ee", "options": {
+        "ee_url": ee_server, "ee_project": "demo-project", "ee_batch": 8,
+        "ee_concurrency": 2, "ee_backoff": 0.01}}
+    fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+    address, _ = dask_cluster(2)
+    r = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
+    assert r.returncode == 0, r.stderr
+    assert len({row["worker"] for row in report(r.stdout)["tasks"]}) == 2
+    calls = [e for e in emulator.log if e.get("route", "").endswith("table:computeFeatures")]
+    assert len(calls) >= 15  # 3 cities × 5 batches of 8 POIs
+    assert in_flight(emulator.log) == 2

@@ -116,7 +116,8 @@ def find_cycle(imports: list[Import]) -> list[str] | None:
     import runs when it is called, so a circle through one is a circle all the same)."""
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for imp in imports:
-        if imp.target in MODULES and imp.target != imp.source and not (
+        typing_only = not imp.module_level and imp.function is None  # `if TYPE_CHECKING:`
+        if imp.target in MODULES and imp.target != imp.source and not typing_only and not (
                 imp.source == "aether" and imp.function == "__getattr__"):
             graph[imp.source].add(imp.target)
             # importing a submodule runs its package's __init__ first

@@ -23,6 +23,7 @@ Credentials, the session and how EE errors are classified: ``embeddings.eartheng
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ from aether.embeddings.earthengine.options import (
 )
 from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
 from aether.errors import CoverageError, EarthEngineError, InputError
+from aether.execution.cluster import cluster_slots
 from aether.execution.jobs import (
     Batch,
     CheckpointStore,
@@ -97,6 +99,9 @@ class EarthEngineSource:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     name: str = "ee"
     stats: Stats = field(default_factory=Stats)
+    #: One lease per request in flight: cluster-wide per Cloud project on a Dask worker
+    #: (``execution.cluster.cluster_slots``), a no-op elsewhere.
+    slot: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
 
     # --- session -----------------------------------------------------------------------
 
@@ -202,7 +207,8 @@ class EarthEngineSource:
         params: dict[str, Any] = {"expression": expr, "pageSize": PAGE_SIZE}
         features: list[dict] = []
         while True:
-            page = ee.data.computeFeatures(params)
+            with self.slot():
+                page = ee.data.computeFeatures(params)
             features.extend(page.get("features") or [])
             token = page.get("nextPageToken") or page.get("next_page_token")
             if not token:
@@ -605,6 +611,7 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
         workdir=workdir, ee_url=o.ee_url, ee_project=o.ee_project,
         ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
         batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
+        slot=cluster_slots(f"aether-ee-{o.ee_project or 'default'}", o.ee_concurrency),
     )
     if o.export:
         _parse_export(o.export, o.export_read)  # a bad destination fails before any work

@@ -121,7 +121,8 @@ class Emulator:
         """Answer one request; raises ``Dropped`` when the fault is a dropped connection."""
         path = unquote(path)
         t0 = time.perf_counter()
-        entry: dict[str, Any] = {"method": method, "path": path, "route": "", "fault": None}
+        entry: dict[str, Any] = {"method": method, "path": path, "route": "", "fault": None,
+                                 "start": time.time()}  # with ms: requests in flight
         try:
             reply = self._dispatch(method, path, query or {}, body, entry)
         except Dropped:

@@ -35,7 +35,7 @@ def _render(cmd: Any, path: str) -> list[str]:
     if sub:
         if path == "aether" and cmd.params:  # the root's own options come first
             out += ["## `aether`", "", "Options before the command.", "", *_rows(cmd), ""]
-        for name in sub:
+        for name in cmd.list_commands(None):  # the order `--help` shows
             out += _render(sub[name], f"{path} {name}")
         return out
     help_text = (cmd.help or "").strip()

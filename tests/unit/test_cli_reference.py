@@ -25,7 +25,8 @@ def test_committed_cli_reference_is_current() -> None:
 
 def test_reference_names_every_command_and_option() -> None:
     text = PAGE.read_text()
-    for command in ("extract", "train", "grid", "run", "encode", "evaluate", "query", "similar",
+    for command in ("extract", "train", "grid", "run start", "run status", "encode", "evaluate",
+                    "query", "similar",
                     "serve", "demo", "sample build", "emulator serve"):
         assert f"## `aether {command}`" in text
     assert "| `--ee-batch` | Features per Earth Engine request, 1 to 10000 [default 1000] |" in text

@@ -1,13 +1,17 @@
 """Reading the YAML files users hand to aether (run, task and settings files), with limits.
 
-A file is read as strict UTF-8, at most ``MAX_BYTES`` long, with at most ``MAX_ALIASES``
-aliases and at most ``MAX_NODES`` nodes once aliases are expanded: a few hundred bytes of
-nested aliases (a "billion laughs" file) would otherwise grow without bound in the code that
-walks the data. Every refusal is a ``ConfigError`` naming the file (and the line).
+A file is a regular file (not ``/dev/zero``, a FIFO or a directory: checked on the open
+descriptor, which is opened without blocking, before a byte is read), read as strict UTF-8,
+at most ``MAX_BYTES`` long (however much the file holds or grows while it is read), with at
+most ``MAX_ALIASES`` aliases and at most ``MAX_NODES`` nodes once aliases are expanded: a few
+hundred bytes of nested aliases (a "billion laughs" file) would otherwise grow without bound
+in the code that walks the data. Every refusal is a ``ConfigError`` naming the file (and the line).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,7 @@ def load_yaml(path: Path, *, what: str = "file") -> tuple[Any, Any]:
     """``(data, root node)`` of a YAML file; the node gives line numbers for messages."""
     import yaml
 
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"{what} {path} is {size:,} bytes, above {MAX_BYTES:,}",
-                              "a run, task or settings file is a few kilobytes of YAML")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
-                          "pass the path of a YAML file") from None
+    raw = read_limited(path, what=what)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -54,6 +50,50 @@ def load_yaml(path: Path, *, what: str = "file") -> tuple[Any, Any]:
         raise ConfigError(f"{path.name}: YAML nested too deeply", _HINT) from None
     finally:
         loader.dispose()
+
+
+def read_limited(path: Path, *, what: str = "file", limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else a ConfigError.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO with no writer would block the open) and
+    checked with ``fstat`` on that descriptor (no race with a swap of the path), and at most
+    ``limit + 1`` bytes are ever read, so a file that grows past its ``stat`` size is refused
+    too.
+    """
+    too_big = "a run, task or settings file is a few kilobytes of YAML"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
+                          "pass the path of a YAML file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                    "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise ConfigError(f"{what} {path} is {kind}, not a regular file",
+                              "pass the path of a YAML file")
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is {st.st_size:,} bytes, above {limit:,}",
+                              too_big)
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
+                          "pass the path of a YAML file") from None
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise ConfigError(f"{what} {path} holds more than {limit:,} bytes", too_big)
+    return b"".join(chunks)
 
 
 def _check_size(root: Any, path: Path) -> None:
@@ -92,3 +132,4 @@ def _check_size(root: Any, path: Path) -> None:
         return n
 
     size(root)
+

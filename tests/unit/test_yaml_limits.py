@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,34 @@ def test_many_aliases_are_refused(tmp_path) -> None:
     f.write_text("x: &x 1\nys: [" + ", ".join(["*x"] * 101) + "]\ncities: [{name: Oslo}]\n")
     with pytest.raises(ConfigError, match=r"aliases.yaml:\d+: more than 100 YAML aliases"):
         load_run_file(f)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_non_regular_files_are_refused_before_reading(tmp_path, kind) -> None:
+    import os
+
+    from aether.yamlfile import load_yaml
+
+    path = {"device": Path("/dev/zero"), "fifo": tmp_path / "fifo.yaml",
+            "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open would hang here
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"is a {kind if kind != 'fifo' else 'FIFO'}, "
+                                          "not a regular file") as e:
+        load_yaml(path, what="run file")
+    assert time.perf_counter() - t0 < 1
+    assert "\n" not in str(e.value)
+
+
+def test_reads_at_most_the_budget_whatever_the_size_says() -> None:
+    """/proc files are regular with st_size 0 but hold bytes: the read stops at the budget."""
+    from aether.yamlfile import read_limited
+
+    environ = Path("/proc/self/environ")
+    if not environ.is_file() or environ.stat().st_size != 0:
+        pytest.skip("needs Linux /proc")
+    with pytest.raises(ConfigError, match=r"environ holds more than 8 bytes"):
+        read_limited(environ, limit=8)
+    assert len(read_limited(environ, limit=1_000_000)) > 8
+

@@ -5,7 +5,8 @@ descriptor, which is opened without blocking, before a byte is read), read as st
 at most ``MAX_BYTES`` long (however much the file holds or grows while it is read), with at
 most ``MAX_ALIASES`` aliases and at most ``MAX_NODES`` nodes once aliases are expanded: a few
 hundred bytes of nested aliases (a "billion laughs" file) would otherwise grow without bound
-in the code that walks the data. Every refusal is a ``ConfigError`` naming the file (and the line).
+in the code that walks the data. A mapping that repeats a key is refused (YAML would keep the
+last value silently). Every refusal is a ``ConfigError`` naming the file (and the line).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def _check_size(root: Any, path: Path) -> None:
         if isinstance(node, yaml.SequenceNode):
             n += sum(size(v) for v in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, path)
             n += sum(size(k) + size(v) for k, v in node.value)
         active.discard(key)
         sizes[key] = n
@@ -133,3 +135,19 @@ def _check_size(root: Any, path: Path) -> None:
 
     size(root)
 
+
+def _check_unique_keys(node: Any, path: Path) -> None:
+    """A key written twice in one mapping (YAML keeps the last value, silently) is refused."""
+    import yaml
+
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        first = seen.get((key.tag, key.value))
+        if first is not None:
+            raise ConfigError(f"{path.name}:{line}: key {key.value!r} is given twice "
+                              f"(first on line {first})",
+                              "keep one of them: YAML would use the last one silently")
+        seen[(key.tag, key.value)] = line

@@ -69,3 +69,21 @@ def test_non_regular_yaml_is_one_line_within_seconds(place, cli, target, how) ->
     kind = {"/dev/zero": "a device", "fifo": "a FIFO", "dir": "a directory"}[target]
     refused(r, rf"(run|settings) file {path} is {kind}, not a regular file")
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(("body", "pattern"), [
+    ("radii: [-5]\n", r"r\.yaml:3: radii: radius -5 m is out of range"),
+    ("years: [1999]\n", r"r\.yaml:3: years\[0\]: year 1999 is out of range"),
+    ("steps: [extract]\nsteps: [extract, train]\n",
+     r"r\.yaml:4: key 'steps' is given twice \(first on line 3\)"),
+])
+def test_run_file_is_checked_like_the_command_line_before_any_work(place, cli, body,
+                                                                     pattern) -> None:
+    root, _ = place
+    f = root / "r.yaml"
+    f.write_text(f"data_dir: data\nsource: {{name: cog}}\n{body}"
+                 "cities:\n  - {name: Helsinki, sample: true}\n")
+    before = snapshot(root)
+    r = cli("run", str(f), timeout=120, cwd=root)
+    refused(r, pattern)
+    assert snapshot(root) == before  # no runs/ report, no sample, no tables

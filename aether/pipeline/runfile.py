@@ -107,7 +107,7 @@ class TrainSpec(_Strict):
     preset: str = "default"
     run: str | None = None
     epochs: int | None = Field(default=None, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)  # as ml.config.MAX_SEED
 
 
 class EncodeSpec(_Strict):

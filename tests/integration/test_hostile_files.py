@@ -87,3 +87,115 @@ def test_run_file_is_checked_like_the_command_line_before_any_work(place, cli, b
     r = cli("run", str(f), timeout=120, cwd=root)
     refused(r, pattern)
     assert snapshot(root) == before  # no runs/ report, no sample, no tables
+
+
+#: aether name -> the reference's (as tests/integration/test_import_checkpoint.py)
+TO_REFERENCE = {"ae_mlp.0": "proj.0", "ae_mlp.2": "proj.2", "ae_shortcut": "shortcut",
+                "ae_proj.0": "post_mlp.0", "ae_proj.2": "post_mlp.3"}
+
+
+def _checkpoint(path: Path, spoil=None) -> None:
+    """A small reference-format checkpoint (random heads), changed by ``spoil(ae, txt)``."""
+    torch = pytest.importorskip("torch")
+    from aether.ml.heads import AetherModel
+
+    torch.manual_seed(0)
+    state = AetherModel(ae_dim=64, text_dim=384, hidden_dim=32, out_dim=16,
+                        gate_init=-4.0).state_dict()
+    ae = {f"{TO_REFERENCE[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
+          for k, v in state.items() if k.rsplit(".", 1)[0] in TO_REFERENCE}
+    ae["gate"] = state["ae_gate"].reshape(1)
+    txt = {"proj.weight": state["text_proj.weight"], "proj.bias": state["text_proj.bias"]}
+    if spoil is not None:
+        spoil(ae, txt)
+    torch.save({"ae_state_dict": ae, "txt_state_dict": txt, "epoch": 1,
+                "hyper_parameters": {"data": {"pix_radius": 4, "aug_pix_radius": 9}}}, path)
+
+
+def _set(d: dict, key: str, value) -> None:
+    d[key] = value
+
+
+CHECKPOINTS = {
+    "gate-5": (lambda ae, txt: _set(ae, "gate", ae["gate"].repeat(5)),
+               r"AE gate has 5 values, not 1"),
+    "no-text-projection": (lambda ae, txt: txt.clear(),
+                           r"txt_state_dict lacks proj\.weight"),
+    "nan-weight": (lambda ae, txt: ae["proj.2.weight"].__setitem__((0, 0), float("nan")),
+                   r"ae_state_dict\.proj\.2\.weight is empty or holds NaN"),
+    "inf-text-bias": (lambda ae, txt: txt["proj.bias"].fill_(float("inf")),
+                      r"txt_state_dict\.proj\.bias is empty or holds NaN"),
+    "weight-is-a-vector": (lambda ae, txt: _set(ae, "shortcut.weight", ae["shortcut.bias"]),
+                           r"shortcut\.weight has 1 dimensions, not 2"),
+    "weight-is-a-list": (lambda ae, txt: _set(ae, "proj.0.bias", [1.0, 2.0]),
+                         r"proj\.0\.bias is not a floating-point tensor"),
+    "wrong-width": (lambda ae, txt: _set(ae, "proj.0.weight", ae["proj.0.weight"][:, :10]),
+                    r"does not fit the AETHER heads"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTS))
+def test_damaged_checkpoint_is_one_line_and_imports_nothing(place, cli, case) -> None:
+    root, data = place
+    spoil, pattern = CHECKPOINTS[case]
+    ckpt = root / f"{case}.pth"
+    _checkpoint(ckpt, spoil)
+    before = snapshot(root)
+    r = cli("import-checkpoint", str(ckpt), "--city", "Helsinki", "--run", "ref",
+            "--data-dir", str(data), timeout=120)
+    refused(r, pattern)
+    assert snapshot(root) == before
+
+
+def test_sound_checkpoint_still_imports(place, cli) -> None:
+    root, data = place
+    _checkpoint(root / "ok.pth")
+    r = cli("import-checkpoint", str(root / "ok.pth"), "--city", "Helsinki", "--run", "ref",
+            "--data-dir", str(data), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (data / "helsinki" / "2024" / "models" / "ref" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", "4294967296"])
+def test_seed_out_of_range_is_one_line_before_any_work(place, cli, seed) -> None:
+    root, data = place
+    before = snapshot(root)
+    r = cli("train", "--city", "Helsinki", "--seed", seed, "--data-dir", str(data))
+    refused(r, rf"seed {seed} is out of range")
+    assert snapshot(root) == before
+
+
+def test_seed_out_of_range_in_a_run_file(place, cli) -> None:
+    root, _ = place
+    f = root / "r.yaml"
+    f.write_text("data_dir: data\nsource: {name: cog}\nsteps: [extract, train]\n"
+                 "train: {seed: 99999999999999999999999}\n"
+                 "cities:\n  - {name: Helsinki, sample: true}\n")
+    before = snapshot(root)
+    refused(cli("run", str(f), cwd=root), r"r\.yaml:4: train\.seed: Input should be less than")
+    assert snapshot(root) == before
+
+
+def test_overture_release_with_garbage_wkb_is_one_line(place, cli, sample_extract,
+                                                        sample_city) -> None:
+    import geopandas as gpd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from overture_release import RELEASE, write_release
+
+    root, data = place
+    release = root / "release"
+    write_release(release, gpd.read_parquet(sample_extract / "pois.parquet").head(100))
+    part = next((release / RELEASE).rglob("part-00000.parquet"))
+    table = pq.read_table(part)
+    wkb = table.column("geometry").to_pylist()
+    wkb[3] = b"\x01\x07\x00\x00\x00garbage, not WKB"
+    pq.write_table(table.set_column(table.schema.get_field_index("geometry"), "geometry",
+                                    pa.array(wkb, pa.binary())), part)
+    w, s, e, n = sample_city.place.boundary.bounds
+    before = snapshot(root)
+    r = cli("extract", "--bbox", f"{w},{s},{e},{n}", "--pois", f"overture:{RELEASE}",
+            "--source", "cog", "--tiles", str(sample_city.tiles), "--data-dir", str(data),
+            env={"AETHER_OVERTURE_ROOT": str(release)}, timeout=300)
+    refused(r, r"Overture place '08f000000000003' has a geometry that is not WKB")
+    assert snapshot(root) == before

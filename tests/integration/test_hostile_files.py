@@ -199,3 +199,62 @@ def test_overture_release_with_garbage_wkb_is_one_line(place, cli, sample_extrac
             env={"AETHER_OVERTURE_ROOT": str(release)}, timeout=300)
     refused(r, r"Overture place '08f000000000003' has a geometry that is not WKB")
     assert snapshot(root) == before
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, cli) -> Path:
+    """A data directory holding the sample city's extract, grid and a one-epoch model (copied by
+    each test)."""
+    data = tmp_path_factory.mktemp("links") / "data"
+    for argv in (["extract", "--city", "Helsinki", "--offline"],
+                 ["grid", "--city", "Helsinki", "--offline"],
+                 ["train", "--city", "Helsinki", "--epochs", "1"]):
+        r = cli(*argv, "--data-dir", str(data), timeout=600)
+        assert r.returncode == 0, r.stderr
+    return data
+
+
+def _outside(root: Path) -> Path:
+    """A folder outside the data directory with a file in ``cog/`` (what a link may aim at)."""
+    v = root / "outside"
+    (v / "cog").mkdir(parents=True)
+    (v / "cog" / "precious.txt").write_text("not aether's\n")
+    return v
+
+
+@pytest.mark.parametrize(("link", "argv"), [
+    ("helsinki/2024/.work", ["extract", "--city", "Helsinki", "--offline", "--force"]),
+    ("helsinki/2024/models", ["train", "--city", "Helsinki", "--epochs", "1"]),
+    ("helsinki/2024/models/default", ["train", "--city", "Helsinki", "--epochs", "1"]),
+    ("helsinki/2024", ["extract", "--city", "Helsinki", "--offline", "--force"]),
+    ("helsinki", ["train", "--city", "Helsinki", "--epochs", "1"]),
+    ("helsinki/2024/aether", ["encode", "--city", "Helsinki"]),
+    ("_sample", ["sample", "build", "--seed", "7"]),
+])
+def test_planted_directory_link_is_refused_and_not_followed(extracted, tmp_path, cli, link,
+                                                             argv) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(extracted, data, symlinks=True)
+    target = _outside(tmp_path)
+    planted = data / link
+    if planted.exists():  # the real folder moves aside, as an attacker would leave it
+        planted.rename(planted.with_name(planted.name + ".real"))
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(target, target_is_directory=True)
+    before, outside = snapshot(data), snapshot(target)
+    r = cli(*argv, "--data-dir", str(data), timeout=300)
+    refused(r, rf"{planted} is a symbolic link \(to {target}\) inside the data directory")
+    assert snapshot(target) == outside  # nothing written, deleted or replaced through it
+    assert snapshot(data) == before
+
+
+def test_the_data_directory_itself_may_be_a_link(extracted, tmp_path, cli) -> None:
+    import shutil
+
+    real = tmp_path / "disk" / "data"
+    shutil.copytree(extracted, real, symlinks=True)
+    (tmp_path / "data").symlink_to(real, target_is_directory=True)
+    r = cli("extract", "--city", "Helsinki", "--offline", "--data-dir", str(tmp_path / "data"))
+    assert r.returncode == 0, r.stderr

@@ -258,3 +258,37 @@ def test_the_data_directory_itself_may_be_a_link(extracted, tmp_path, cli) -> No
     (tmp_path / "data").symlink_to(real, target_is_directory=True)
     r = cli("extract", "--city", "Helsinki", "--offline", "--data-dir", str(tmp_path / "data"))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("points", "pattern"), [
+    # the report's case: both sides of 180° and one near the pole
+    ([(179.9, 60.0), (-179.9, 60.1), (179.95, 89.9)],
+     r"crosses the antimeridian \(longitudes from -179\.9° to 179\.95°\)"),
+    ([(179.99, -16.8), (-179.99, -16.7)], r"crosses the antimeridian"),  # Fiji's two sides
+    ([(24.94, 60.17), (24.95, 60.18), (139.7, 35.7)],  # Helsinki and Tokyo in one file
+     r"covers [\d,]+ km², above the limit of 2,500 km² \(a place taken from its POIs"),
+])
+def test_place_from_pois_is_checked_for_wrap_and_size(place, cli, sample_city, points,
+                                                      pattern) -> None:
+    root, data = place
+    csv = root / "far.csv"
+    csv.write_text("name,category,lon,lat\n"
+                   + "".join(f"p{i},cafe,{x},{y}\n" for i, (x, y) in enumerate(points)))
+    before = snapshot(root)
+    r = cli("extract", "--pois", str(csv), "--no-geocode", "--source", "cog", "--tiles",
+            str(sample_city.tiles), "--data-dir", str(data), timeout=120)
+    refused(r, pattern)
+    assert snapshot(root) == before
+
+
+def test_antimeridian_and_area_checks_leave_ordinary_places_alone() -> None:
+    from shapely.geometry import MultiPoint, box
+
+    from aether.places.place import crosses_antimeridian, place_from_polygon
+
+    assert crosses_antimeridian(MultiPoint([(179.9, 1), (-179.9, 1)]).convex_hull)
+    # points at -100°, 0° and 100°: the shortest arc holding them runs through 0°, not 180°
+    assert not crosses_antimeridian(MultiPoint([(-100, 0), (0, 1), (100, 0)]).convex_hull)
+    assert not crosses_antimeridian(box(24.9, 60.1, 25.0, 60.2))
+    helsinki = place_from_polygon("Helsinki", box(24.9, 60.1, 25.0, 60.2))
+    assert 50 < helsinki.area_km2 < 70

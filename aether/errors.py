@@ -61,5 +61,9 @@ class DaskError(AetherError):
     """A Dask scheduler cannot be reached or used."""
 
 
+class LinkError(AetherError):
+    """A path inside the data directory is a symbolic link aether did not make."""
+
+
 class LockedError(AetherError):
     """Another run holds the lock on the data directory."""

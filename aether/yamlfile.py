@@ -1,13 +1,18 @@
 """Reading the YAML files users hand to aether (run, task and settings files), with limits.
 
-A file is read as strict UTF-8, at most ``MAX_BYTES`` long, with at most ``MAX_ALIASES``
-aliases and at most ``MAX_NODES`` nodes once aliases are expanded: a few hundred bytes of
-nested aliases (a "billion laughs" file) would otherwise grow without bound in the code that
-walks the data. Every refusal is a ``ConfigError`` naming the file (and the line).
+A file is a regular file (not ``/dev/zero``, a FIFO or a directory: checked on the open
+descriptor, which is opened without blocking, before a byte is read), read as strict UTF-8,
+at most ``MAX_BYTES`` long (however much the file holds or grows while it is read), with at
+most ``MAX_ALIASES`` aliases and at most ``MAX_NODES`` nodes once aliases are expanded: a few
+hundred bytes of nested aliases (a "billion laughs" file) would otherwise grow without bound
+in the code that walks the data. A mapping that repeats a key is refused (YAML would keep the
+last value silently). Every refusal is a ``ConfigError`` naming the file (and the line).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +28,7 @@ def load_yaml(path: Path, *, what: str = "file") -> tuple[Any, Any]:
     """``(data, root node)`` of a YAML file; the node gives line numbers for messages."""
     import yaml
 
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"{what} {path} is {size:,} bytes, above {MAX_BYTES:,}",
-                              "a run, task or settings file is a few kilobytes of YAML")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
-                          "pass the path of a YAML file") from None
+    raw = read_limited(path, what=what)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -54,6 +51,50 @@ def load_yaml(path: Path, *, what: str = "file") -> tuple[Any, Any]:
         raise ConfigError(f"{path.name}: YAML nested too deeply", _HINT) from None
     finally:
         loader.dispose()
+
+
+def read_limited(path: Path, *, what: str = "file", limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else a ConfigError.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO with no writer would block the open) and
+    checked with ``fstat`` on that descriptor (no race with a swap of the path), and at most
+    ``limit + 1`` bytes are ever read, so a file that grows past its ``stat`` size is refused
+    too.
+    """
+    too_big = "a run, task or settings file is a few kilobytes of YAML"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
+                          "pass the path of a YAML file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                    "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise ConfigError(f"{what} {path} is {kind}, not a regular file",
+                              "pass the path of a YAML file")
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is {st.st_size:,} bytes, above {limit:,}",
+                              too_big)
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}",
+                          "pass the path of a YAML file") from None
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise ConfigError(f"{what} {path} holds more than {limit:,} bytes", too_big)
+    return b"".join(chunks)
 
 
 def _check_size(root: Any, path: Path) -> None:
@@ -83,6 +124,7 @@ def _check_size(root: Any, path: Path) -> None:
         if isinstance(node, yaml.SequenceNode):
             n += sum(size(v) for v in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, path)
             n += sum(size(k) + size(v) for k, v in node.value)
         active.discard(key)
         sizes[key] = n
@@ -92,3 +134,20 @@ def _check_size(root: Any, path: Path) -> None:
         return n
 
     size(root)
+
+
+def _check_unique_keys(node: Any, path: Path) -> None:
+    """A key written twice in one mapping (YAML keeps the last value, silently) is refused."""
+    import yaml
+
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        first = seen.get((key.tag, key.value))
+        if first is not None:
+            raise ConfigError(f"{path.name}:{line}: key {key.value!r} is given twice "
+                              f"(first on line {first})",
+                              "keep one of them: YAML would use the last one silently")
+        seen[(key.tag, key.value)] = line

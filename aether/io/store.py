@@ -4,6 +4,12 @@
 paths instead of joining names itself, so the layout (docs/formats.md) has one owner.
 Grids are found by their cell spec (``100m``, ``h3r9``), and trained models count only when
 complete. ``data_lock`` is the one lock every writer of a data directory holds.
+
+aether makes no symbolic links inside a data directory, so it follows none: every path a
+store hands out is ``confined`` — no component of it below the data directory (the city,
+the year, ``.work``, ``models``, a run, a table) may be a link, or LinkError names it. A link
+planted there (``.work -> /tmp/V``) would otherwise make a write, or the ``--force``
+clean-up, reach outside the data directory. The data directory itself may be a link.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aether.core.cells import CellSpec, parse_cell
-from aether.errors import InputError, LockedError
+from aether.errors import InputError, LinkError, LockedError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,32 @@ MODEL_WEIGHTS = "model.safetensors"
 _PARTIAL = ".partial"
 
 
+def confined(path: Path, root: Path) -> Path:
+    """``path`` itself, once none of its components below ``root`` is a symbolic link (or
+    ``..``); LinkError naming the first link otherwise. Components that do not exist yet
+    are fine: aether creates them as real folders and files."""
+    path, root = Path(path), Path(root)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path  # not inside this data directory: nothing to confine it to
+    at = root
+    for part in parts:
+        if part == "..":
+            raise LinkError(f"{path} leaves the data directory {root}",
+                            "name a place inside the data directory")
+        at = at / part
+        if at.is_symlink():
+            try:
+                target = os.readlink(at)
+            except OSError:
+                target = "?"
+            raise LinkError(f"{at} is a symbolic link (to {target}) inside the data directory; "
+                            "aether does not follow links it did not make",
+                            f"remove the link (rm {at}) or move the real folder there")
+    return path
+
+
 def _cell_order(spec: CellSpec) -> tuple[int, float]:
     """Smallest cells first: square cells by size, then H3 from the finest resolution."""
     return (0, spec.size) if spec.kind == "square" else (1, -spec.size)
@@ -53,6 +85,8 @@ def _cells_named(folder: Path, prefix: str) -> list[CellSpec]:
     """The cell specs of the ``<prefix><label>.parquet`` tables in a folder."""
     found = []
     for p in folder.glob(f"{prefix}*.parquet"):
+        if p.is_symlink():
+            continue  # not one aether made
         label = p.name[len(prefix):-len(".parquet")]
         try:
             found.append(parse_cell(label))
@@ -86,47 +120,52 @@ class CityStore:
 
     @property
     def dir(self) -> Path:
-        return self.folder or self.root / self.slug / str(self.year)
+        """``<root>/<slug>/<year>``, neither of them a symbolic link (see ``confined``)."""
+        return confined(self.folder or self.root / self.slug / str(self.year), self.root)
+
+    def _at(self, *parts: str) -> Path:
+        """A path in this city-year's folder, no component of it a symbolic link."""
+        return confined(self.dir.joinpath(*parts), self.root)
 
     # --- the extract's tables ------------------------------------------------------------
     @property
     def pois(self) -> Path:
-        return self.dir / POIS_FILE
+        return self._at(POIS_FILE)
 
     @property
     def poi_embeddings(self) -> Path:
-        return self.dir / POI_EMBEDDINGS_FILE
+        return self._at(POI_EMBEDDINGS_FILE)
 
     @property
     def manifest(self) -> Path:
-        return self.dir / MANIFEST_FILE
+        return self._at(MANIFEST_FILE)
 
     @property
     def text_embeddings(self) -> Path:
         """The cache of frozen text vectors of this city's POI texts and queries."""
-        return self.dir / TEXT_EMBEDDINGS_FILE
+        return self._at(TEXT_EMBEDDINGS_FILE)
 
     @property
     def basemap(self) -> Path:
         """Roads, water and green of the POIs' PBF, drawn under maps."""
-        return self.dir / BASEMAP_FILE
+        return self._at(BASEMAP_FILE)
 
     def work(self, source: str) -> Path:
         """A source's checkpoints and task book (resumable work, not results)."""
-        return self.dir / WORK_DIR / source
+        return self._at(WORK_DIR, source)
 
     @property
     def steps(self) -> Path:
         """Step records of scheduled runs (``<step>.json``)."""
-        return self.dir / STEPS_DIR
+        return self._at(STEPS_DIR)
 
     def step(self, name: str) -> Path:
-        return self.steps / f"{name}.json"
+        return self._at(STEPS_DIR, f"{name}.json")
 
     # --- grids ---------------------------------------------------------------------------
     def grid(self, cell: str | float | CellSpec) -> Path:
         """``grid_embeddings_100m.parquet``, ``grid_embeddings_h3r9.parquet``."""
-        return self.dir / f"{GRID_PREFIX}{parse_cell(cell).label}.parquet"
+        return self._at(f"{GRID_PREFIX}{parse_cell(cell).label}.parquet")
 
     def grids(self) -> list[CellSpec]:
         """The cell specs of the grids present, smallest cells first."""
@@ -135,21 +174,21 @@ class CityStore:
     # --- models and their outputs --------------------------------------------------------
     @property
     def models_dir(self) -> Path:
-        return self.dir / MODELS_DIR
+        return self._at(MODELS_DIR)
 
     def model(self, name: str) -> Path:
-        return self.models_dir / name
+        return self._at(MODELS_DIR, name)
 
     def model_partial(self, name: str) -> Path:
         """Where a model is built (and resumed) until it is complete and renamed."""
-        return self.models_dir / f".{name}{_PARTIAL}"
+        return self._at(MODELS_DIR, f".{name}{_PARTIAL}")
 
     def models(self) -> list[str]:
         """Names of the complete models, sorted; incomplete ones are logged and skipped."""
         names: list[str] = []
         broken: list[str] = []
         for d in sorted(self.models_dir.glob("[!.]*")):
-            if d.is_dir():
+            if d.is_dir() and not d.is_symlink():
                 (names if model_complete(d) else broken).append(d.name)
         if broken:
             log.warning("skipping incomplete model(s) in %s: %s (re-run `aether train`)",
@@ -157,14 +196,15 @@ class CityStore:
         return names
 
     def encoded_dir(self, name: str) -> Path:
-        return self.dir / ENCODED_DIR / name
+        return self._at(ENCODED_DIR, name)
 
     def encoded_pois(self, name: str) -> Path:
-        return self.encoded_dir(name) / POIS_FILE
+        return self._at(ENCODED_DIR, name, POIS_FILE)
 
     def encoded(self, name: str, cell: str | float | CellSpec) -> Path:
         """A model's encoded grid: ``aether/<model>/grid_<label>.parquet``."""
-        return self.encoded_dir(name) / f"{ENCODED_GRID_PREFIX}{parse_cell(cell).label}.parquet"
+        return self._at(ENCODED_DIR, name,
+                        f"{ENCODED_GRID_PREFIX}{parse_cell(cell).label}.parquet")
 
     def encoded_cells(self, name: str) -> list[CellSpec]:
         """The cell specs a model's grids were encoded at, smallest cells first."""
@@ -173,21 +213,21 @@ class CityStore:
     # --- evaluation, maps, labels --------------------------------------------------------
     @property
     def evaluation_dir(self) -> Path:
-        return self.dir / EVAL_DIR
+        return self._at(EVAL_DIR)
 
     def evaluation(self, stem: str, suffix: str) -> Path:
-        return self.evaluation_dir / f"{stem}.{suffix}"
+        return self._at(EVAL_DIR, f"{stem}.{suffix}")
 
     def evaluation_cache(self, stem: str, key: str) -> Path:
         """One cached result per (task, inputs key): alternating model sets cost nothing."""
-        return self.evaluation_dir / EVAL_CACHE_DIR / f"{stem}-{key}.json"
+        return self._at(EVAL_DIR, EVAL_CACHE_DIR, f"{stem}-{key}.json")
 
     @property
     def maps_dir(self) -> Path:
-        return self.dir / MAPS_DIR
+        return self._at(MAPS_DIR)
 
     def labels(self, name: str) -> Path:
-        return self.dir / LABELS_DIR / f"{name}.parquet"
+        return self._at(LABELS_DIR, f"{name}.parquet")
 
     # --- the data directory --------------------------------------------------------------
     @property
@@ -212,8 +252,8 @@ def lock_path(root: Path) -> Path:
 
 
 def runs_dir(root: Path) -> Path:
-    """Where ``aether run`` writes its reports."""
-    return Path(root) / RUNS_DIR
+    """Where ``aether run`` writes its reports (not through a link: see ``confined``)."""
+    return confined(Path(root) / RUNS_DIR, Path(root))
 
 
 _held: dict[Path, int] = {}  # data directories this process holds the lock of (re-entrant)

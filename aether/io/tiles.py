@@ -216,8 +216,10 @@ def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:
                          "use the HTTPS mirror (the default) or a local copy of the index"
                          ) from None
     except Exception as e:  # unreadable or not an index at all
+        hint = ("check that it is an aef_index.parquet (GeoParquet)" if src == loc else
+                f"the server's file or its cached copy is damaged: delete {src} and run again")
         raise TilesError(f"cannot read AlphaEarth index {loc}: {' '.join(str(e).split())}",
-                         "check that it is an aef_index.parquet (GeoParquet)") from e
+                         hint) from e
     missing = [c for c in INDEX_COLUMNS if c not in gdf.columns]
     if missing:
         raise TilesError(f"{loc} is not an AEF index (lacks {', '.join(missing)})",

@@ -16,6 +16,9 @@ from aether.errors import ConfigError, InputError
 from aether.ml.text import DEFAULT_TEXT_MODEL
 
 BATCHING = ("even", "drop_last")
+#: Seeds are 0 to 2**32 - 1: what numpy's and torch's generators take on every platform
+#: (torch's per-epoch seed, seed × 100003 + epoch, stays inside 64 bits).
+MAX_SEED = 2**32 - 1
 #: (base, aug) radius_m: 100 / 200 m circles, and the reference's 9 × 9 / 19 × 19 px squares.
 DEFAULT_WINDOWS = (100.0, 200.0)
 REFERENCE_WINDOWS = (-45.0, -95.0)
@@ -122,6 +125,10 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
     if (cfg.base_radius_m is None) != (cfg.aug_radius_m is None):  # one set: circles
         cfg = dataclasses.replace(cfg, base_radius_m=cfg.base_radius_m or DEFAULT_WINDOWS[0],
                                   aug_radius_m=cfg.aug_radius_m or DEFAULT_WINDOWS[1])
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) \
+            or not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed {str(cfg.seed)[:30]} is out of range",
+                          f"use a seed from 0 to {MAX_SEED}, e.g. --seed 42")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2", "e.g. --epochs 100")
     for name in _POSITIVE:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,16 +55,22 @@ def _get(d: Any, *keys: str, default: Any = None) -> Any:
 
 def reference_text_model(hp: dict[str, Any]) -> str:
     """The text model a reference run used, in aether's naming (``openai:MODEL:DIM``)."""
-    text = _get(hp, "text", default={}) or {}
+    text = _get(hp, "text", default={})
+    text = text if isinstance(text, dict) else {}
     if str(text.get("backend", "hf")).lower() == "openai":
-        dim = text.get("emb_dim")
+        dim = _hyper(hp, "text", "emb_dim", default=None, kind=int)
         return f"openai:{text.get('openai_model', 'text-embedding-3-large')}" + (
-            f":{int(dim)}" if dim else "")
+            f":{dim}" if dim else "")
     return str(text.get("hf_model") or DEFAULT_TEXT_MODEL)
 
 
 def map_state(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """aether's state dict from a reference checkpoint; ModelError when it is not one."""
+    """aether's state dict from a reference checkpoint; ModelError when it is not one.
+
+    Every entry is checked before it is used: present, a tensor of the right rank (a weight
+    is a matrix, a bias a vector, the gate one number) and finite (a NaN weight would make
+    every vector NaN without a word).
+    """
     ae, txt = ckpt.get("ae_state_dict"), ckpt.get("txt_state_dict")
     if not isinstance(ae, dict) or not isinstance(txt, dict):
         raise ModelError("not an AETHER reference checkpoint (no ae_state_dict/txt_state_dict)",
@@ -71,14 +78,53 @@ def map_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     if "gate" not in ae:
         raise ModelError("the checkpoint's AE head has no gate (use_gate=False)",
                          "only the gated head of the shipped checkpoints is supported")
-    out: dict[str, Any] = {"ae_gate": ae["gate"].reshape(())}
+    gate = _tensor(ae, "gate", "ae_state_dict", ndim=None)
+    if gate.numel() != 1:
+        raise ModelError(f"the checkpoint's AE gate has {gate.numel()} values, not 1",
+                         "pass a .pth written by the official train.py (AEProj.gate is (1,))")
+    out: dict[str, Any] = {"ae_gate": gate.reshape(())}
     for src, dst in AE_NAMES.items():
-        for w in ("weight", "bias"):
-            if f"{src}.{w}" not in ae:
-                raise ModelError(f"the checkpoint's AE head lacks {src}.{w}",
-                                 "pass a .pth written by the official train.py")
-            out[f"{dst}.{w}"] = ae[f"{src}.{w}"]
-    out["text_proj.weight"], out["text_proj.bias"] = txt["proj.weight"], txt["proj.bias"]
+        for w, ndim in (("weight", 2), ("bias", 1)):
+            out[f"{dst}.{w}"] = _tensor(ae, f"{src}.{w}", "ae_state_dict", ndim=ndim)
+    out["text_proj.weight"] = _tensor(txt, "proj.weight", "txt_state_dict", ndim=2)
+    out["text_proj.bias"] = _tensor(txt, "proj.bias", "txt_state_dict", ndim=1)
+    return out
+
+
+def _tensor(state: dict[str, Any], key: str, where: str, *, ndim: int | None) -> Any:
+    """``state[key]`` as a finite floating tensor of ``ndim`` dimensions, else ModelError."""
+    import torch
+
+    hint = "pass a .pth written by the official AETHER train.py"
+    value = state.get(key)
+    if value is None:
+        raise ModelError(f"the checkpoint's {where} lacks {key}", hint)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ModelError(f"the checkpoint's {where}.{key} is not a floating-point tensor", hint)
+    if ndim is not None and value.dim() != ndim:
+        raise ModelError(f"the checkpoint's {where}.{key} has {value.dim()} dimensions, "
+                         f"not {ndim}", hint)
+    if value.numel() == 0 or not bool(torch.isfinite(value).all()):
+        raise ModelError(f"the checkpoint's {where}.{key} is empty or holds NaN or infinite "
+                         "values", "the training that wrote it diverged; use another epoch")
+    return value
+
+
+def _hyper(hp: Any, *keys: str, default: Any, kind: type) -> Any:
+    """One hyper-parameter of the checkpoint, of ``kind``; ModelError when it is not one."""
+    value = _get(hp, *keys, default=None)
+    if value is None:
+        return default
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(value)
+        out = kind(value)
+        if kind is float and not math.isfinite(out):
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"the checkpoint's hyper_parameters.{'.'.join(keys)} is "
+                         f"{str(value)[:40]!r}, not a {kind.__name__}",
+                         "pass a .pth written by the official AETHER train.py") from None
     return out
 
 
@@ -114,14 +160,20 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
     if int(state["ae_mlp.0.weight"].shape[0]) != hidden:
         raise ModelError("the checkpoint's two AE hidden layers differ in size",
                          "aether's head has one hidden size; this checkpoint does not fit")
-    tau = float(_get(hp, "model", "tau_xt", default=None)
-                or _get(ckpt, "temps", "tau_xt", default=None) or 0.07)
-    pix, aug = (int(_get(hp, "data", "pix_radius", default=4)),
-                int(_get(hp, "data", "aug_pix_radius", default=9)))
+    tau = (_hyper(hp, "model", "tau_xt", default=None, kind=float)
+           or _hyper(ckpt, "temps", "tau_xt", default=None, kind=float) or 0.07)
+    pix, aug = (_hyper(hp, "data", "pix_radius", default=4, kind=int),
+                _hyper(hp, "data", "aug_pix_radius", default=9, kind=int))
+    lam = _hyper(hp, "model", "lambda", default=0.2, kind=float)
+    if not (tau > 0 and lam >= 0 and 0 <= pix < aug <= 249):
+        raise ModelError(f"the checkpoint's settings do not fit a model: tau_xt {tau:g}, "
+                         f"lambda {lam:g}, pix_radius {pix}, aug_pix_radius {aug}",
+                         "tau_xt > 0, lambda >= 0, 0 <= pix_radius < aug_pix_radius "
+                         "(4 and 9 shipped)")
     cfg = TrainConfig(batching="drop_last", normalize_input=True,
                       base_radius_m=square_radius(pix), aug_radius_m=square_radius(aug),
                       hidden_dim=hidden, out_dim=out_dim, temperature=tau,
-                      multiscale_weight=float(_get(hp, "model", "lambda", default=0.2)),
+                      multiscale_weight=lam,
                       text_model=text_model or reference_text_model(hp))
     text_dim = int(state["text_proj.weight"].shape[1])
     config: dict[str, Any] = {

@@ -17,15 +17,16 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
 )
 
-from aether.errors import ConfigError
+from aether.errors import ConfigError, InputError
 from aether.pois.load import PoiOptions
-from aether.settings import DEFAULT_RADII, DEFAULT_YEAR
+from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
 Step = Literal["extract", "train", "encode"]
 #: Source options that are file paths (relative ones are read beside the run file).
@@ -40,6 +41,52 @@ def _scalar(value: Any) -> Any:
 
 #: One source option value (one check, so a mistake gives one clear message).
 Scalar = Annotated[Any, AfterValidator(_scalar)]
+
+
+def _windows(values: Any) -> Any:
+    """``radii`` as the command line takes them: numbers are ``--radius`` circles (1 to
+    5000 m), strings ``--window`` specs (``square:4,9``, ``circle:100``) expanded to their
+    ``radius_m`` keys. A negative number is refused: a square is written ``square:P``."""
+    from aether.core.windows import parse_window
+
+    if not isinstance(values, list):
+        return values
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, str) and ":" in v:
+            try:
+                out += parse_window(v)
+            except InputError as e:
+                raise ValueError(f"{e.message} ({e.hint})") from None
+        elif isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"radius {v:g} m is out of range: a radius is 1 to 5000 m "
+                             "(as --radius); a square window is written square:P, "
+                             "e.g. square:4,9")
+        else:
+            out.append(v)
+    return out
+
+
+def _radii(values: list[float]) -> list[float]:
+    """The command line's range check (``check_radii``), order kept."""
+    try:
+        check_radii(values)
+    except InputError as e:
+        raise ValueError(f"{e.message} ({e.hint})") from None
+    return values
+
+
+def _year(value: int) -> int:
+    """The command line's year check (``check_year``)."""
+    try:
+        return check_year(value)
+    except InputError as e:
+        raise ValueError(f"{e.message} ({e.hint})") from None
+
+
+#: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``.
+Radii = Annotated[list[float], BeforeValidator(_windows), AfterValidator(_radii)]
+Year = Annotated[int, AfterValidator(_year)]
 
 
 class _Strict(BaseModel):
@@ -60,7 +107,7 @@ class TrainSpec(_Strict):
     preset: str = "default"
     run: str | None = None
     epochs: int | None = Field(default=None, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)  # as ml.config.MAX_SEED
 
 
 class EncodeSpec(_Strict):
@@ -83,8 +130,8 @@ class City(_Strict):
     yes: bool = False  # accept an area above the size limit (as --yes)
     pois: str | None = None
     poi_options: PoiOptions | None = None
-    years: list[int] | None = Field(default=None, min_length=1)
-    radii: list[float] | None = Field(default=None, min_length=1)
+    years: list[Year] | None = Field(default=None, min_length=1)
+    radii: Radii | None = Field(default=None, min_length=1)
     source: SourceSpec | None = None
 
 
@@ -95,8 +142,8 @@ class RunFile(_Strict):
     #: Where the run's tasks go: threads (here, one city after another), cluster[:N] or a
     #: Dask scheduler's address (``aether run --scheduler`` wins over it).
     scheduler: str | None = None
-    years: list[int] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
-    radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
+    years: list[Year] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
+    radii: Radii = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
     pois: str = "osm"
     poi_options: PoiOptions = Field(default_factory=PoiOptions)
     source: SourceSpec = Field(default_factory=SourceSpec)
@@ -136,7 +183,8 @@ def load_run_file(path: str | os.PathLike[str], *, strict: bool = False) -> RunF
         err = e.errors()[0]
         loc = tuple(err["loc"])
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        what = ("unknown key" if err["type"] == "extra_forbidden"
+                else err["msg"].removeprefix("Value error, "))
         raise ConfigError(f"{p.name}:{_line(root, loc)}: {_dotted(loc)}: {what}{more}",
                           "see the keys documented in pipelines/README.md") from None
     _check_sources(run, root, p, strict)

@@ -59,11 +59,54 @@ def slugify(name: str) -> str:
     return check_slug(slug or "place")
 
 
-def place_from_polygon(name: str, boundary: Any, slug: str | None = None) -> Place:
-    """Wrap a polygon as a Place, with the UTM crs of its centroid."""
+def place_from_polygon(name: str, boundary: Any, slug: str | None = None, *,
+                       checked: bool = True) -> Place:
+    """Wrap a polygon as a Place, with the UTM crs of its centroid.
+
+    ``checked`` (the default, what a place derived from data such as the hull of a POI file
+    gets) refuses a polygon that crosses the antimeridian (see ``crosses_antimeridian``) and
+    one larger than the ``max_area_km2`` setting. ``resolve_place`` passes False: its
+    places are explicit (a bbox, a boundary, OSM's polygon) and it checks the area itself,
+    with ``--yes``.
+    """
+    place_slug = slug or slugify(name)
+    if checked:
+        _check_derived(name, boundary)
     c = boundary.centroid
-    return Place(name=name, slug=slug or slugify(name), boundary=boundary,
+    return Place(name=name, slug=place_slug, boundary=boundary,
                  crs=f"EPSG:{utm_epsg(c.x, c.y)}")
+
+
+def crosses_antimeridian(geom: Any) -> bool:
+    """Whether a lon/lat geometry is really a small one across 180°: its longitudes span more
+    than half the globe, but fit in less once those west of 0° are counted from 180° on
+    (points at 179.9° and -179.9° are 0.2° apart, not 359.8°). Its lon/lat hull and bbox
+    would then wrap the globe the wrong way round."""
+    import shapely
+
+    lon = shapely.get_coordinates(geom)[:, 0]
+    if len(lon) == 0 or float(np.ptp(lon)) <= 180.0:
+        return False
+    shifted = np.where(lon < 0, lon + 360.0, lon)
+    return float(np.ptp(shifted)) < float(np.ptp(lon))
+
+
+def _check_derived(name: str, boundary: Any) -> None:
+    """A place made from data: not across the antimeridian, not above the area limit."""
+    from aether.settings import current
+
+    if crosses_antimeridian(boundary):
+        w, _, e, _ = boundary.bounds
+        raise PlaceError(f"{name} crosses the antimeridian (longitudes from {w:g}° to {e:g}°): "
+                         "as one lon/lat polygon it would wrap the whole globe",
+                         "split the POIs at 180° and run each side as its own place")
+    limit = current().max_area_km2
+    area = Place(name, "-", boundary, "").area_km2
+    if not area <= limit:
+        raise PlaceError(f"{name} covers {area:,.0f} km², above the limit of {limit:,.0f} km² "
+                         "(a place taken from its POIs' extent)",
+                         "check the POIs' coordinates; to accept it, raise max_area_km2 "
+                         "(AETHER_MAX_AREA_KM2 or --settings)")
 
 
 AMBIGUITY_MARGIN = 0.05  # polygon results this close in Nominatim importance are ambiguous
@@ -94,7 +137,7 @@ def resolve_place(
         from shapely.geometry import box
 
         label = city or f"bbox {west:g},{south:g},{east:g},{north:g}"
-        place = place_from_polygon(label, box(west, south, east, north))
+        place = place_from_polygon(label, box(west, south, east, north), checked=False)
     elif boundary is not None:
         place = _from_boundary_file(Path(boundary), city)
     elif osm_id is not None:
@@ -155,7 +198,8 @@ def _from_boundary_file(path: Path, name: str | None) -> Place:
     polys = gdf[gdf.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     if len(polys) == 0:
         raise PlaceError(f"boundary file {path} holds no polygon", "pass a (Multi)Polygon")
-    return place_from_polygon(name or path.stem, polys.geometry.make_valid().union_all())
+    return place_from_polygon(name or path.stem, polys.geometry.make_valid().union_all(),
+                              checked=False)
 
 
 def _from_osm_id(osm_id: str, name: str | None) -> Place:
@@ -250,4 +294,4 @@ def _polygon_place(label: str, row: Any, what: str, not_polygon: str) -> Place:
     import shapely
 
     slug = slugify(re.sub(r"[/\\\x00]", "-", label))  # geocoded names may hold a "/"
-    return place_from_polygon(label, shapely.make_valid(geom), slug)
+    return place_from_polygon(label, shapely.make_valid(geom), slug, checked=False)

@@ -78,7 +78,7 @@ def sample_place(name: str) -> Place | None:
     spec = SAMPLE_CITIES.get(slug)
     if spec is None:
         return None
-    return place_from_polygon(spec.name, box(*spec.bbox), slug=slug)
+    return place_from_polygon(spec.name, box(*spec.bbox), slug=slug, checked=False)
 
 
 def sample_pbf(slug: str = "helsinki") -> Path:
@@ -124,13 +124,14 @@ def _manifest_ok(root: Path, want: dict[str, Any], name: str = SAMPLE_MANIFEST) 
 def ensure_sample(data_dir: str | os.PathLike[str], *, seed: int = 0,
                   year: int = DEFAULT_YEAR) -> SampleCity:
     """Build the Helsinki sample once under ``<data_dir>/_sample/helsinki/``; reuse it after."""
+    from aether.io.store import confined
     from aether.io.tables import remove_leftovers, sha256_file
 
     check_year(year)
     place = sample_place("helsinki")
     assert place is not None
     pbf = sample_pbf(place.slug)
-    root = Path(data_dir) / SAMPLE_DIR / place.slug
+    root = confined(Path(data_dir) / SAMPLE_DIR / place.slug, Path(data_dir))
     city = SampleCity(place=place, tiles=root / "tiles", pbf=pbf, year=year)
     want = {"version": SAMPLE_VERSION, "seed": int(seed), "year": int(year),
             "pbf_sha256": sha256_file(pbf)}

@@ -9,6 +9,7 @@ and its extraction; each row of ``CASES`` is one bad value, file, run file or ti
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -87,6 +88,13 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("run-option-zero", ["run", "{F}/zero.yaml"], {}),
     ("run-missing", ["run", "{F}/missing.yaml"], {}),
     ("run-directory", ["run", "{F}"], {}),
+    ("run-dev-zero", ["run", "/dev/zero"], {}),
+    ("run-fifo", ["run", "{F}/fifo.yaml"], {}),
+    ("run-radius-negative", ["run", "{F}/negative.yaml"], {}),
+    ("run-year-1999", ["run", "{F}/y1999.yaml"], {}),
+    ("run-duplicate-key", ["run", "{F}/dup.yaml"], {}),
+    ("settings-duplicate-key", ["--settings", "{F}/dup-settings.yaml", "extract", "--city",
+                                "Helsinki", "--offline"], {}),
     # demo, sample, emulator
     ("demo-seeds-0", ["demo", "--seeds", "0"], {}),
     ("demo-epochs-0", ["demo", "--epochs", "0"], {}),
@@ -103,6 +111,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
      {"AETHER_MAX_AREA_KM2": "abc"}),
     ("settings-file-bomb", ["extract", "--city", "Helsinki", "--offline"],
      {"AETHER_SETTINGS": "{F}/bomb.yaml"}),
+    ("settings-file-dev-zero", ["--settings", "/dev/zero", "extract", "--city", "Helsinki",
+                                "--offline"], {}),
+    ("settings-file-fifo", ["grid", "--city", "Helsinki", "--offline"],
+     {"AETHER_SETTINGS": "{F}/fifo.yaml"}),
 ]
 
 #: The nested-alias "billion laughs" shape (9 levels of 9 aliases each).
@@ -141,6 +153,14 @@ def world(tmp_path_factory, cli) -> tuple[Path, Path, Path]:
     (files / "zero.yaml").write_text("source: {name: ee, options: {ee_batch: 0}}\n"
                                      "cities: [{name: Oslo}]\n")
     (files / "settings-typo.yaml").write_text("max_aera_km2: 5\n")
+    (files / "negative.yaml").write_text("radii: [-5]\nsource: {name: cog}\n"
+                                         "cities: [{name: Helsinki, sample: true}]\n")
+    (files / "y1999.yaml").write_text("years: [1999]\nsource: {name: cog}\n"
+                                      "cities: [{name: Helsinki, sample: true}]\n")
+    (files / "dup.yaml").write_text("source: {name: cog}\nradii: [100]\nradii: [200]\n"
+                                    "cities: [{name: Helsinki, sample: true}]\n")
+    (files / "dup-settings.yaml").write_text("max_area_km2: 5\nmax_area_km2: 50000\n")
+    os.mkfifo(files / "fifo.yaml")  # no writer: a blocking read would hang
     (files / "badcrs").mkdir()
     index = pq.read_table(tiles / "aef_index.parquet")
     col = index.schema.get_field_index("crs")

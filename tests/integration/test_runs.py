@@ -278,7 +278,7 @@ def test_second_concurrent_run_is_refused_in_one_line(inputs, tmp_path):
     ("cities:\n  - name: Oslo\n  - name: Rome\n    bbox: [1, 2, 3]\n",
      "t.yaml:4: cities[1].bbox"),
     ("cities:\n  - name: Oslo\nsource:\n  name: ee\n  options: {x: [1]}\n",
-     "t.yaml:5: source.options.x: Value error, an option is a string"),
+     "t.yaml:5: source.options.x: an option is a string"),
     ("steps: [extract, fly]\ncities: [{name: Oslo}]\n", "t.yaml:1: steps[1]"),
     ("cities: [{name: Oslo}\n", "t.yaml:2: invalid YAML"),
     ("years: 2024\n", "t.yaml:1: years: Input should be a valid list"),

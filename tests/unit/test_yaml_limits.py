@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,83 @@ def test_many_aliases_are_refused(tmp_path) -> None:
     f.write_text("x: &x 1\nys: [" + ", ".join(["*x"] * 101) + "]\ncities: [{name: Oslo}]\n")
     with pytest.raises(ConfigError, match=r"aliases.yaml:\d+: more than 100 YAML aliases"):
         load_run_file(f)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_non_regular_files_are_refused_before_reading(tmp_path, kind) -> None:
+    import os
+
+    from aether.yamlfile import load_yaml
+
+    path = {"device": Path("/dev/zero"), "fifo": tmp_path / "fifo.yaml",
+            "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open would hang here
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"is a {kind if kind != 'fifo' else 'FIFO'}, "
+                                          "not a regular file") as e:
+        load_yaml(path, what="run file")
+    assert time.perf_counter() - t0 < 1
+    assert "\n" not in str(e.value)
+
+
+def test_reads_at_most_the_budget_whatever_the_size_says() -> None:
+    """/proc files are regular with st_size 0 but hold bytes: the read stops at the budget."""
+    from aether.yamlfile import read_limited
+
+    environ = Path("/proc/self/environ")
+    if not environ.is_file() or environ.stat().st_size != 0:
+        pytest.skip("needs Linux /proc")
+    with pytest.raises(ConfigError, match=r"environ holds more than 8 bytes"):
+        read_limited(environ, limit=8)
+    assert len(read_limited(environ, limit=1_000_000)) > 8
+
+
+@pytest.mark.parametrize(("text", "line", "first"), [
+    ("cities: [{name: Oslo}]\nyears: [2023]\nyears: [2024]\n", 3, 2),
+    ("cities:\n  - name: Oslo\n    radii: [100]\n    name: Bergen\n", 4, 2),
+    ("cities: [{name: Oslo, name: Bergen}]\n", 1, 1),
+])
+def test_duplicated_key_is_refused_with_its_line(tmp_path, text, line, first) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=rf"dup.yaml:{line}: key '\w+' is given twice "
+                                          rf"\(first on line {first}\)"):
+        load_run_file(f)
+
+
+def test_merge_keys_are_not_duplicates(tmp_path) -> None:
+    f = tmp_path / "merge.yaml"
+    from aether.yamlfile import load_yaml
+
+    f.write_text("base: &b {name: Oslo}\nmore: &m {years: [2023]}\ncities:\n"
+                 "  - {<<: [*b, *m], years: [2024]}\n")
+    data, _ = load_yaml(f)
+    assert data["cities"] == [{"name": "Oslo", "years": [2024]}]
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("radii: [-5]\ncities: [{name: Oslo}]\n", r"r.yaml:1: radii: radius -5 m is out of range"),
+    ("radii: [100, -45]\ncities: [{name: Oslo}]\n", r"r.yaml:1: radii: radius -45 m .*square:P"),
+    ("radii: [0.5]\ncities: [{name: Oslo}]\n", r"r.yaml:1: radii: radius 0.5 m is out of range"),
+    ("cities:\n  - name: Oslo\n    radii: [6000]\n",
+     r"r.yaml:3: cities\[0\].radii: radius 6000 m is out of range"),
+    ("radii: ['square:4,,x']\ncities: [{name: Oslo}]\n", r"r.yaml:1: radii: bad window"),
+    ("years: [1999]\ncities: [{name: Oslo}]\n", r"r.yaml:1: years\[0\]: year 1999 is out of range"),
+    ("cities:\n  - name: Oslo\n    years: [2024, 2999]\n",
+     r"r.yaml:3: cities\[0\].years\[1\]: year 2999 is out of range"),
+])
+def test_run_file_values_get_the_command_lines_checks(tmp_path, text, where) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=where) as e:
+        load_run_file(f)
+    assert "\n" not in str(e.value)
+
+
+def test_run_file_windows_are_the_command_lines_specs(tmp_path) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_text("radii: [100, 'square:4,9']\ncities:\n  - {name: Oslo, radii: ['circle:50']}\n")
+    run = load_run_file(f)
+    assert run.radii == [100.0, -45.0, -95.0]
+    assert run.cities[0].radii == [50.0]

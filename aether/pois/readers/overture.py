@@ -97,8 +97,6 @@ def read(place: Place | None, *, release: str | None = None, root: str | None = 
 
 
 def _frame(records: list[dict[str, Any]]) -> Any:
-    import shapely
-
     from aether.pois.taxonomy import OTHER_TOP, classify_values, humanise
 
     rows = []
@@ -112,9 +110,29 @@ def _frame(records: list[dict[str, Any]]) -> Any:
                 OTHER_TOP)
         name = (r.get("names") or {}).get("primary")
         rows.append({"poi_id": f"overture:{r['id']}", "name": name, "category": hit[0],
-                     "top_category": hit[1], "geometry": shapely.from_wkb(r["geometry"]),
+                     "top_category": hit[1], "geometry": _geometry(r),
                      "confidence": r.get("confidence")})
     return raw_frame(rows, extra=("confidence",))
+
+
+def _geometry(record: dict[str, Any]) -> Any:
+    """A place's WKB geometry, decoded; a value that is not WKB is the release's fault and
+    is refused, naming the place, rather than raised from GEOS."""
+    import shapely
+
+    wkb = record.get("geometry")
+    if wkb is None:
+        return None
+    try:
+        if not isinstance(wkb, bytes | bytearray | memoryview):
+            raise TypeError(type(wkb).__name__)
+        return shapely.from_wkb(bytes(wkb))
+    except (shapely.errors.GEOSException, TypeError, ValueError) as e:
+        detail = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise PoiError(f"Overture place {str(record.get('id'))[:40]!r} has a geometry that is "
+                       f"not WKB ({detail})",
+                       "the release files are damaged: fetch them again, or use another "
+                       "release (overture:YYYY-MM-DD.N)") from None
 
 
 def _hierarchy(record: dict[str, Any]) -> list[str]:

@@ -100,8 +100,8 @@ def pois(
     from aether.places.query import PlaceQuery
     from aether.pois.load import PoiSpec
 
-    where = PlaceQuery.model_validate({"bbox": bbox, "boundary": boundary, "osm_id": osm_id,
-                                       "which_result": which_result})
+    where = PlaceQuery.of(bbox=bbox, boundary=boundary, osm_id=osm_id,
+                          which_result=which_result)
     spec = PoiSpec.of(source, name_column=name_column, category_column=category_column,
                       top_category_column=top_category_column)
     req = _request(place, offline=offline, pois=spec, source=None, radii=DEFAULT_RADII,

@@ -85,8 +85,8 @@ def extract(
     from aether.places.query import PlaceQuery
     from aether.pois.load import PoiSpec
 
-    place = PlaceQuery.model_validate({"which_result": which_result, "osm_id": osm_id,
-                                       "bbox": bbox, "boundary": boundary, "yes": yes})
+    place = PlaceQuery.of(which_result=which_result, osm_id=osm_id, bbox=bbox,
+                          boundary=boundary, yes=yes)
     spec = PoiSpec.of(pois, name_column=name_column, category_column=category_column,
                       top_category_column=top_category_column)
     with dask_progress("buffer means"):

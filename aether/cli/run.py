@@ -16,9 +16,11 @@ class _RunGroup(TyperGroup):
     """``aether run FILE`` is ``aether run start FILE``: a first word that names no command
     of the group is a run file."""
 
+    default_command = "start"
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = ["start", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

@@ -219,7 +219,7 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> ExtractR
 
     source = city.source or run.source
     pois = city.pois if (city.pois or city.sample) else run.pois
-    place = PlaceQuery.model_validate(city.model_dump(
+    place = PlaceQuery.of(**city.model_dump(
         include={"osm_id", "bbox", "boundary", "which_result", "yes"}))
     offline = city.sample or (not place.given and pois is not None
                               and pois.startswith(("file:", "pbf:")))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from aether.errors import PlaceError
 from aether.places.place import Place, parse_bbox, resolve_place
 
 
@@ -20,7 +21,7 @@ class PlaceQuery(BaseModel):
     osm_id: str | None = None
     bbox: tuple[float, float, float, float] | None = None
     boundary: Path | None = None
-    which_result: int | None = Field(default=None, ge=1)
+    which_result: int | None = None  # resolve_place refuses < 1 with its own message
     yes: bool = False
 
     @field_validator("bbox", mode="before")
@@ -28,6 +29,17 @@ class PlaceQuery(BaseModel):
     def _bbox(cls, value: Any) -> Any:
         """``"W,S,E,N"`` or four numbers, checked (a PlaceError says what is wrong)."""
         return None if value is None else parse_bbox(value)
+
+    @classmethod
+    def of(cls, **given: Any) -> PlaceQuery:
+        """The query from keyword values (None: not given); PlaceError for a bad one."""
+        try:
+            return cls.model_validate({k: v for k, v in given.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise PlaceError(f"place option {key}: {err['msg']}",
+                             "see `aether extract --help`") from None
 
     @property
     def given(self) -> bool:

@@ -99,6 +99,9 @@ def aether_command(words: list[str]) -> tuple[list[str], Any]:
     cmd: Any = typer.main.get_command(app)
     path, rest = [], words[1:]
     while hasattr(cmd, "commands"):
+        default = getattr(cmd, "default_command", None)  # `aether run FILE` = `run start FILE`
+        if default and rest and rest[0] not in cmd.commands:
+            rest = [default, *rest]
         assert rest and rest[0] in cmd.commands, f"no command {' '.join(words[:len(path) + 2])}"
         path.append(rest[0])
         cmd, rest = cmd.commands[rest[0]], rest[1:]

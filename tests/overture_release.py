@@ -79,8 +79,10 @@ def loopback_s3(root: Path) -> Iterator[dict[str, str]]:
         endpoint = f"http://{host}:{port}"
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-west-2",
                           aws_access_key_id="test", aws_secret_access_key="test")
-        s3.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        # botocore may send it again after a slow first answer under load
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
         # public and anonymous, like Overture's own bucket
         s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({
             "Version": "2012-10-17", "Statement": [{

@@ -49,3 +49,14 @@ MAP_CREDITS = (re.compile(r"(©|\\u00a9|&copy;) OpenStreetMap contributors"),
 def has_map_credits(html: str) -> bool:
     """Whether a map page carries both data credits (as a browser would show them)."""
     return all(p.search(html) for p in MAP_CREDITS)
+
+
+def share_sample(data_root: Path, data: Path) -> Path:
+    """A data directory ``data`` of a test's own holding the session's built sample as hard
+    links (cheap, and real files: aether refuses symbolic links it did not make)."""
+    import os
+    import shutil
+
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(Path(data_root) / "_sample", data / "_sample", copy_function=os.link)
+    return data

@@ -23,8 +23,8 @@ from aether.core.cells import CellSpec, parse_cell
 from aether.errors import ModelError, TableError
 from aether.io.store import CityStore, model_complete
 from aether.io.tables import POI_EMBEDDING_COLUMNS, read_table, write_parquet
-from aether.ml.checkpoints import load_model
 from aether.ml.config import TrainConfig
+from aether.ml.reference import load_model
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -102,12 +102,7 @@ def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int |
              ) -> ModelRun:
     """Load a run and check it was trained for this city and year (when given)."""
     path = run_path(city_dir, model)
-    if path.is_file() and path.suffix == ".pth":  # an official checkpoint, read as it is
-        from aether.ml.reference import reference_model
-
-        net, config = reference_model(path)
-    else:
-        net, config = load_model(path)
+    net, config = load_model(path)
     for key, want in (("city", slug), ("year", year)):
         have = config.get(key)
         if want is not None and have is not None and str(have) != str(want):

@@ -30,6 +30,9 @@ from aether.ml.checkpoints import (
     model_section,
     save_weights,
 )
+from aether.ml.checkpoints import (
+    load_model as load_run_model,
+)
 from aether.ml.config import TrainConfig
 from aether.ml.data import year_of
 from aether.ml.text import DEFAULT_TEXT_MODEL
@@ -202,3 +205,12 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
                          ) from e
     model.eval()
     return model, config
+
+
+def load_model(path: Path) -> tuple[AetherModel, dict[str, Any]]:
+    """The model and config of a run directory made by ``aether train``, or of an official
+    AETHER ``.pth`` checkpoint read as it is (the one place that tells them apart)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".pth":
+        return reference_model(path)
+    return load_run_model(path)

@@ -24,11 +24,11 @@ from aether.ml.checkpoints import (
     METRICS_FILE,
     SUMMARY_FILE,
     WEIGHTS_FILE,
-    load_model,
     run_config,
 )
 from aether.ml.config import PRESETS, RunOptions, TrainConfig, parse_options, resolve_config
 from aether.ml.data import Pairs, load_pairs, split_labels
+from aether.ml.reference import load_model
 from aether.settings import check_slug
 
 __all__ = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import free_port
+from support import free_port, share_sample
 
 from aether.errors import InputError
 from aether.execution.cluster import Scheduler, dask_scheduler, parse_scheduler
@@ -39,11 +39,7 @@ def test_bad_scheduler_text(text) -> None:
 @pytest.fixture
 def own_data(sample_city, data_root: Path, tmp_path: Path):
     """A data directory of this test's own that shares the session's built sample."""
-    def make(name: str) -> Path:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "_sample").symlink_to(data_root / "_sample")
-        return tmp_path / name
-    return make
+    return lambda name: share_sample(data_root, tmp_path / name)
 
 
 def test_unreachable_scheduler_is_one_line_in_seconds(cli, own_data) -> None:

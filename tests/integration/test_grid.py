@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import share_sample
 
 from aether.core import aef, zonal
 from aether.core import cells as grids
@@ -131,9 +132,7 @@ def test_ee_source_grid_goes_through_xee(ee_server, sample_city, tmp_path: Path)
 @pytest.fixture
 def own_data(sample_city, data_root: Path, tmp_path: Path) -> Path:
     """A data directory of this test's own that shares the session's built sample."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "_sample").symlink_to(data_root / "_sample")
-    return tmp_path / "data"
+    return share_sample(data_root, tmp_path / "data")
 
 
 def test_cli_grid_h3_and_zarr(cli, own_data: Path) -> None:

@@ -121,11 +121,13 @@ class CityStore:
     @property
     def dir(self) -> Path:
         """``<root>/<slug>/<year>``, neither of them a symbolic link (see ``confined``)."""
-        return confined(self.folder or self.root / self.slug / str(self.year), self.root)
+        return self._at()
 
     def _at(self, *parts: str) -> Path:
-        """A path in this city-year's folder, no component of it a symbolic link."""
-        return confined(self.dir.joinpath(*parts), self.root)
+        """A path in this city-year's folder, no component of it a symbolic link (each
+        component checked once)."""
+        base = self.folder or self.root / self.slug / str(self.year)
+        return confined(base.joinpath(*parts), self.root)
 
     # --- the extract's tables ------------------------------------------------------------
     @property

@@ -126,15 +126,17 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, PoiSpec, SourceRequest]
     return place, pois, source
 
 
-def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame, poi_spec: str | None
-                     ) -> Place:
+def _place_from_pois(name: str | None, pois: gpd.GeoDataFrame, poi_spec: str | None, *,
+                     yes: bool = False) -> Place:
     """A place for user-supplied POIs: the hull of their points, named after the city, else
-    after the file and its content (``shops-1a2b3c4d``: two files never share a folder)."""
+    after the file and its content (``shops-1a2b3c4d``: two files never share a folder).
+    Above the area limit only with ``yes`` (``--yes``)."""
     hull = pois.geometry.union_all().convex_hull.buffer(1e-4)
     if name:
-        return place_from_polygon(name, hull, slugify(name))
+        return place_from_polygon(name, hull, slugify(name), yes=yes)
     stem = Path((poi_spec or "").split(":", 1)[-1]).stem or "pois"
-    return place_from_polygon(stem, hull, f"{slugify(stem)[:70]}-{_pois_hash(pois)[:8]}")
+    return place_from_polygon(stem, hull, f"{slugify(stem)[:70]}-{_pois_hash(pois)[:8]}",
+                              yes=yes)
 
 
 @dataclass
@@ -156,7 +158,8 @@ def request_inputs(req: ExtractRequest) -> Inputs:
     if len(pois) == 0:
         raise PoiError("no POIs found in the place", "check the place or the POI source")
     spec = str(poi_spec.source)
-    return Inputs(place or _place_from_pois(req.city, pois, spec), pois, spec, source)
+    return Inputs(place or _place_from_pois(req.city, pois, spec, yes=req.place.yes), pois,
+                  spec, source)
 
 
 def _pois_hash(pois: gpd.GeoDataFrame) -> str:
@@ -332,7 +335,8 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
     else:
         asked, poi_spec, source = _resolve(req)
         if asked is None:
-            asked = _place_from_pois(req.city, poi_spec.load(None), poi_spec.source)
+            asked = _place_from_pois(req.city, poi_spec.load(None), poi_spec.source,
+                                     yes=req.place.yes)
         place, said = asked, None
     store = CityStore.of(req.data_dir, place.slug, year)
     with store.locked():

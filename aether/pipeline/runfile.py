@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from aether.errors import ConfigError, InputError
+from aether.ml.config import MAX_SEED
 from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
@@ -107,7 +108,7 @@ class TrainSpec(_Strict):
     preset: str = "default"
     run: str | None = None
     epochs: int | None = Field(default=None, ge=1)
-    seed: int = Field(default=42, ge=0, le=2**32 - 1)  # as ml.config.MAX_SEED
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
 
 
 class EncodeSpec(_Strict):

@@ -60,18 +60,19 @@ def slugify(name: str) -> str:
 
 
 def place_from_polygon(name: str, boundary: Any, slug: str | None = None, *,
-                       checked: bool = True) -> Place:
+                       checked: bool = True, yes: bool = False) -> Place:
     """Wrap a polygon as a Place, with the UTM crs of its centroid.
 
     ``checked`` (the default, what a place derived from data such as the hull of a POI file
     gets) refuses a polygon that crosses the antimeridian (see ``crosses_antimeridian``) and
-    one larger than the ``max_area_km2`` setting. ``resolve_place`` passes False: its
+    one larger than the ``max_area_km2`` setting unless ``yes`` (``--yes``). ``resolve_place``
+    passes False: its
     places are explicit (a bbox, a boundary, OSM's polygon) and it checks the area itself,
     with ``--yes``.
     """
     place_slug = slug or slugify(name)
     if checked:
-        _check_derived(name, boundary)
+        _check_derived(name, boundary, yes)
     c = boundary.centroid
     return Place(name=name, slug=place_slug, boundary=boundary,
                  crs=f"EPSG:{utm_epsg(c.x, c.y)}")
@@ -91,8 +92,9 @@ def crosses_antimeridian(geom: Any) -> bool:
     return float(np.ptp(shifted)) < float(np.ptp(lon))
 
 
-def _check_derived(name: str, boundary: Any) -> None:
-    """A place made from data: not across the antimeridian, not above the area limit."""
+def _check_derived(name: str, boundary: Any, yes: bool) -> None:
+    """A place made from data: not across the antimeridian, not above the area limit unless
+    ``yes``."""
     from aether.settings import current
 
     if crosses_antimeridian(boundary):
@@ -102,11 +104,11 @@ def _check_derived(name: str, boundary: Any) -> None:
                          "split the POIs at 180° and run each side as its own place")
     limit = current().max_area_km2
     area = Place(name, "-", boundary, "").area_km2
-    if not area <= limit:
+    if not area <= limit and not yes:
         raise PlaceError(f"{name} covers {area:,.0f} km², above the limit of {limit:,.0f} km² "
                          "(a place taken from its POIs' extent)",
-                         "check the POIs' coordinates; to accept it, raise max_area_km2 "
-                         "(AETHER_MAX_AREA_KM2 or --settings)")
+                         "check the POIs' coordinates, or pass --yes (`yes: true` in a run "
+                         "file) to go ahead")
 
 
 AMBIGUITY_MARGIN = 0.05  # polygon results this close in Nominatim importance are ambiguous

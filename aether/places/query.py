@@ -43,8 +43,9 @@ class PlaceQuery(BaseModel):
 
     @property
     def given(self) -> bool:
-        """Whether anything beyond the name was said."""
-        return bool(self.model_dump(exclude_defaults=True))
+        """Whether anything says where the place is beyond its name (``yes`` does not: it
+        accepts a large place however it is found, a POI file's hull too)."""
+        return bool(self.model_dump(exclude_defaults=True, exclude={"yes"}))
 
     def resolve(self, name: str | None) -> Place:
         """The place (PlaceError for every way it can fail; see ``resolve_place``)."""

@@ -279,6 +279,27 @@ def test_place_from_pois_is_checked_for_wrap_and_size(place, cli, sample_city, p
             str(sample_city.tiles), "--data-dir", str(data), timeout=120)
     refused(r, pattern)
     assert snapshot(root) == before
+    if "covers" in pattern:  # --yes accepts it, from the POIs' own extent (no geocoding)
+        r = cli("extract", "--pois", str(csv), "--no-geocode", "--yes", "--source", "cog",
+                "--tiles", str(sample_city.tiles), "--data-dir", str(data), timeout=120)
+        assert r.returncode == 0, r.stderr
+
+
+def test_yes_accepts_a_large_place_from_pois_but_not_one_across_180() -> None:
+    """``--yes`` reaches a place taken from POIs as it reaches a named one: the area limit
+    gives way, the antimeridian check does not (such a polygon is wrong, not large)."""
+    from shapely.geometry import MultiPoint
+
+    from aether.errors import PlaceError
+    from aether.places.place import place_from_polygon
+
+    far = MultiPoint([(24.94, 60.17), (24.95, 60.18), (139.7, 35.7)]).convex_hull
+    with pytest.raises(PlaceError, match="pass --yes"):
+        place_from_polygon("far", far)
+    assert place_from_polygon("far", far, yes=True).area_km2 > 2_500
+    wrap = MultiPoint([(179.99, -16.8), (-179.99, -16.7), (179.9, -16.9)]).convex_hull
+    with pytest.raises(PlaceError, match="antimeridian"):
+        place_from_polygon("fiji", wrap, yes=True)
 
 
 def test_antimeridian_and_area_checks_leave_ordinary_places_alone() -> None:

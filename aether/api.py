@@ -530,8 +530,8 @@ def build_sample(data_dir: PathLike | None = None, *, seed: int = 0,
 
 
 def run(run_file: PathLike, data_dir: PathLike | None = None, *,
-        say: Callable[[str], None] = lambda s: None, scheduler: str | None = None
-        ) -> RunReport:
+        say: Callable[[str], None] = lambda s: None, scheduler: str | None = None,
+        max_eecu_hours: float | None = None) -> RunReport:
     """Do a run file's cities × years × steps once (see docs/scheduling.md).
 
     Parameters
@@ -540,6 +540,10 @@ def run(run_file: PathLike, data_dir: PathLike | None = None, *,
         ``threads`` (one city after another, here), ``cluster[:N]`` or a Dask scheduler's
         address: every (city, year, step) a task on its workers, cities in parallel
         [default: the run file's ``scheduler:``, else the ``dask_scheduler`` setting].
+    max_eecu_hours
+        The Earth Engine export tasks' budget for the whole run; what it stops is left for
+        the next run (``RunReport.cities_left``) [default: the run file's ``ee:
+        {max_eecu_hours}``, else none].
 
     Returns
     -------
@@ -549,4 +553,4 @@ def run(run_file: PathLike, data_dir: PathLike | None = None, *,
     from aether.pipeline.scheduled import execute
 
     return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say,
-                   scheduler=scheduler)
+                   scheduler=scheduler, max_eecu_hours=max_eecu_hours)

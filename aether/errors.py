@@ -1,7 +1,7 @@
 """Typed errors: one line saying what is wrong, and a hint saying what to do.
 
-The CLI maps every ``AetherError`` to exit code 2 and a single line on stderr; any other
-exception is a bug and keeps its traceback.
+The CLI maps every ``AetherError`` to its ``exit_code`` (2; 3 for ``BudgetError``) and a
+single line on stderr; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ class CoverageError(TilesError):
 
 class EarthEngineError(AetherError):
     """Earth Engine refused the request or cannot be reached with the given credentials."""
+
+
+class BudgetError(EarthEngineError):
+    """The run's Earth Engine budget (EECU-hours) is spent, or Earth Engine's own quota is:
+    no new task starts. Exit code 3, so a scheduler can tell it from a failure."""
+
+    exit_code = 3
 
 
 class TableError(AetherError):

@@ -105,6 +105,9 @@ def option_error(name: str, model: type[BaseModel], e: ValidationError) -> tuple
         return f"source {name}: unknown option {key!r}", f"valid options: {valid}"
     if err["type"] == "missing":
         return f"source {name}: option {key!r} is required", f"valid options: {valid}"
+    if not err["loc"]:  # a rule between options
+        return (f"source {name}: {err['msg'].removeprefix('Value error, ')}",
+                "see `aether extract --help`")
     return f"source {name}: option {key}: {err['msg']}", f"got {err.get('input')!r}"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,16 @@ def lock_path(root: Path) -> Path:
 def runs_dir(root: Path) -> Path:
     """Where ``aether run`` writes its reports (not through a link: see ``confined``)."""
     return confined(Path(root) / RUNS_DIR, Path(root))
+
+
+def run_ledger(root: Path, run_id: str) -> Path:
+    """The Earth Engine usage ledger of one run (``execution.budget``), beside its report."""
+    return runs_dir(root) / f"{run_id}.eecu.jsonl"
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A run's id: the UTC time it started and this process (unique on one machine)."""
+    return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
 
 
 _held: dict[Path, int] = {}  # data directories this process holds the lock of (re-entrant)

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 from aether._version import VERSION
 from aether.embeddings.base import SourceRequest
 from aether.errors import PlaceError, PoiError
-from aether.io.store import POI_EMBEDDINGS_FILE, POIS_FILE, CityStore
+from aether.io.store import (
+    POI_EMBEDDINGS_FILE,
+    POIS_FILE,
+    CityStore,
+    new_run_id,
+    run_ledger,
+)
 from aether.io.tables import (
     config_hash,
     read_json,
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
 
 #: Source options that are secrets or endpoints: never part of the hash or the manifest.
 PRIVATE_OPTIONS = frozenset({"ee_credentials", "ee_url"})
+#: Source options that say how a run goes (pace, budget), not what it makes: never hashed.
+RUN_OPTIONS = frozenset({"ee_concurrency", "ee_poll", "ee_backoff", "ee_max_eecu_hours",
+                         "ee_budget_file"})
 #: Source options that are paths: the hash holds what they point to, not how they are spelt.
 PATH_OPTIONS = frozenset({"tiles"})
 log = logging.getLogger(__name__)
@@ -187,6 +196,9 @@ def _extract(req: ExtractRequest) -> ExtractResult:
     if source.name == "cog" and "tiles" not in source.settings:
         source = source.replace(tiles=default_tiles())  # so the hash names what is read
     source = _resolved_paths(source)
+    if source.name == "ee" and "ee_budget_file" not in source.settings:
+        source = source.replace(ee_budget_file=run_ledger(req.data_dir,
+                                                          new_run_id("extract-")))
     source_name, options = source.name, source.settings
     store = CityStore.of(req.data_dir, place.slug, year)
     out = store.dir
@@ -195,7 +207,8 @@ def _extract(req: ExtractRequest) -> ExtractResult:
         "pois": _pois_hash(pois),
         "source": source_name,
         "source_options": {k: str(v) for k, v in sorted(options.items())
-                           if k not in PRIVATE_OPTIONS | PATH_OPTIONS and v is not None},
+                           if k not in PRIVATE_OPTIONS | RUN_OPTIONS | PATH_OPTIONS
+                           and v is not None},
         "tiles_index": _index_checksum(options.get("tiles")),
         "radii": list(radii),
         "year": year,

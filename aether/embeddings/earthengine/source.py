@@ -44,8 +44,14 @@ from aether.embeddings.earthengine.options import (
     DEFAULT_POLL_S,
     EeOptions,
 )
-from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
+from aether.embeddings.earthengine.session import (
+    EESettings,
+    ee_error,
+    quota_exhausted,
+    verdict,
+)
 from aether.errors import CoverageError, EarthEngineError, InputError
+from aether.execution.budget import EecuBudget
 from aether.execution.cluster import cluster_slots
 from aether.execution.jobs import (
     Batch,
@@ -102,6 +108,8 @@ class EarthEngineSource:
     #: One lease per request in flight: cluster-wide per Cloud project on a Dask worker
     #: (``execution.cluster.cluster_slots``), a no-op elsewhere.
     slot: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
+    #: What the run's export tasks may spend, and where every process of the run counts it.
+    budget: EecuBudget = field(default_factory=lambda: EecuBudget(None), repr=False)
 
     # --- session -----------------------------------------------------------------------
 
@@ -130,6 +138,7 @@ class EarthEngineSource:
             from aether._compat import ee_retries_off
             from aether.execution.progress import bar
 
+            self.budget.check()  # a run stopped by its budget or EE's quota asks nothing more
             self._initialize()
             todo = [b for b in batches if not store.has(b.key)]
             # EE's own retries off: ours are counted, bounded, with jitter
@@ -185,8 +194,15 @@ class EarthEngineSource:
         try:
             resilient_call(attempt, [None], verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise ee_error(e) from None
+            raise self._typed(e) from None
         return out[-1]
+
+    def _typed(self, e: Exception) -> Exception:
+        """The typed error of a failed request; Earth Engine's own quota exhausted also
+        stops every other task of the run (through the budget's ledger)."""
+        if quota_exhausted(e):
+            return self.budget.halt(str(e).strip().split("\n")[0])
+        return ee_error(e)
 
     # --- interactive batches (computeFeatures) --------------------------------------------
 
@@ -194,10 +210,11 @@ class EarthEngineSource:
         def attempt(items: Sequence[Feature], level: int) -> pd.DataFrame:
             return _rows_from_features(self._fetch(items, year, 2**level), items, year)
 
+        self.budget.check()  # Earth Engine's quota may have run out for another city
         try:
             return resilient_call(attempt, batch.items, verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise ee_error(e) from None
+            raise self._typed(e) from None
 
     def _fetch(self, items: Sequence[Feature], year: int, tile_scale: int) -> list[dict]:
         """All pages of one reduceRegions request."""
@@ -222,12 +239,10 @@ class EarthEngineSource:
         export: ExportTarget, year: int,
         on_done: Callable[[Batch[Feature]], None] | None = None,
     ) -> list[Path]:
-        """Start (or adopt) one task per batch, then wait for each and read its table back."""
+        """Start (or adopt) one task per batch, wait for it and read its table back, at most
+        ``concurrency`` tasks in flight (cluster-wide on a Dask worker: ``slot``)."""
         export.check_writable()
         tasks = TaskBook(self.workdir / "export_tasks.json")
-        todo = [b for b in batches if not store.has(b.key)]
-        for b in todo:
-            self._ensure_task(b, tasks, export, year)
         return run_batches(batches, lambda b: self._await_export(b, tasks, export, year),
                            store, concurrency=self.concurrency, stats=self.stats, on_done=on_done)
 
@@ -316,15 +331,29 @@ class EarthEngineSource:
     def _await_export(
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int
     ) -> pd.DataFrame:
+
+        with self.slot():
+            if not (tasks.get(batch.key) or {}).get("operation"):
+                self.budget.check()  # a new task: only within the budget
+            name = self._ensure_task(batch, tasks, export, year)
+            op = self._wait(batch, name, tasks, export, year)
+        eecu = (op.get("metadata") or {}).get("batchEecuUsageSeconds")
+        self.budget.charge(str(op["name"]), None if eecu is None else float(eecu))
+        tasks.put(batch.key, {**(tasks.get(batch.key) or {}), "eecu_s": eecu})
+        table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
+        return _rows_from_table(table, batch.items, year)
+
+    def _wait(self, batch: Batch[Feature], name: str, tasks: TaskBook, export: ExportTarget,
+              year: int) -> dict[str, Any]:
+        """Poll the batch's task until it SUCCEEDED (restarting a FAILED one); the operation."""
         import ee
 
-        name = self._ensure_task(batch, tasks, export, year)
         polls = 0
         while True:
             op = self._call(lambda n=name: ee.data.getOperation(n))
             state = (op.get("metadata") or {}).get("state", "")
             if state == "SUCCEEDED":
-                break
+                return cast(dict[str, Any], op)
             if state == "CANCELLED":  # someone stopped it on purpose: report, never restart
                 raise EarthEngineError(
                     f"export task {name} for batch {batch.key} was cancelled",
@@ -335,8 +364,6 @@ class EarthEngineSource:
                 continue
             time.sleep(min(self.poll_s, 0.2 * 1.5**polls))  # quick tasks are seen quickly
             polls += 1
-        table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
-        return _rows_from_table(table, batch.items, year)
 
 
 # --- the graph ---------------------------------------------------------------------------
@@ -612,6 +639,8 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
         ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
         batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
         slot=cluster_slots(f"aether-ee-{o.ee_project or 'default'}", o.ee_concurrency),
+        budget=EecuBudget(o.ee_budget_file,
+                          None if o.ee_max_eecu_hours is None else o.ee_max_eecu_hours * 3600),
     )
     if o.export:
         _parse_export(o.export, o.export_read)  # a bad destination fails before any work

@@ -35,6 +35,7 @@ from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
+from aether.embeddings.earthengine import catalog
 from aether.embeddings.earthengine.options import EeConnectionOptions
 from aether.embeddings.earthengine.session import EESettings, ensure
 from aether.embeddings.fold import WindowSums, point_means_table
@@ -210,6 +211,16 @@ class XeeSource:
         if not n:
             raise CoverageError(f"no AlphaEarth images for year {year}",
                                 "check --year and the endpoint")
+
+    def latest_year(self) -> int | None:
+        """The newest year the collection holds (one request)."""
+        ensure(self.session)
+        return catalog.year_of(catalog.newest_start().getInfo())
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """The images (ids and ``system:version``) the year's tables over bbox come from."""
+        ensure(self.session)
+        return catalog.version_record(catalog.images_over(year, bbox).getInfo())
 
     def _chunks(self, view: View) -> list[tuple[int, int, Any]]:
         """(first row, first column, delayed pixels) of every chunk of the view."""

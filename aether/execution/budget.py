@@ -86,13 +86,13 @@ class EecuBudget:
         """EECU-seconds of the tasks counted so far."""
         return sum(self._entries()[0].values())
 
-    def check(self) -> None:
-        """Before a new task: BudgetError when the run was halted or the task would
+    def check(self, new_task: bool = True) -> None:
+        """BudgetError when the run was halted or, before a ``new_task``, when it would
         (at the mean cost of the tasks so far) pass the budget."""
         costs, halt = self._entries()
         if halt is not None:
             raise _exhausted(halt)
-        if self.max_eecu_s is None:
+        if self.max_eecu_s is None or not new_task:
             return
         spent = sum(costs.values())
         estimate = spent / len(costs) if costs else 0.0

@@ -1,8 +1,9 @@
 """The extract workflow: place → POIs → embedding source → tables (what `aether extract` calls).
 
 Re-running with the same inputs is a no-op: the manifest records a hash of everything that
-determines the output (the POI table's content, the content of the tiles' index, radii,
-year, source options without credentials or paths) and the checksums of the outputs, which
+determines the output (the POI table's content, the dataset version the source reports —
+tile names and index rows, or Earth Engine image ids and ``system:version`` —, radii, year,
+source options without credentials, paths or pace) and the checksums of the outputs, which
 are checked too; the same work asked for from another folder or by a run file is the same.
 The manifest also records the place, source and tiles, so ``grid`` reuses them.
 """
@@ -192,16 +193,14 @@ def _extract(req: ExtractRequest) -> ExtractResult:
     year = check_year(req.year)
     inputs = request_inputs(req)
     place, pois, poi_spec = inputs.place, inputs.pois, inputs.poi_spec
-    source = inputs.source
-    if source.name == "cog" and "tiles" not in source.settings:
-        source = source.replace(tiles=default_tiles())  # so the hash names what is read
-    source = _resolved_paths(source)
+    source = source_for(inputs.source)
     if source.name == "ee" and "ee_budget_file" not in source.settings:
         source = source.replace(ee_budget_file=run_ledger(req.data_dir,
                                                           new_run_id("extract-")))
     source_name, options = source.name, source.settings
     store = CityStore.of(req.data_dir, place.slug, year)
     out = store.dir
+    made_by = source.create(store.work(source_name))
     config = {
         "place": place.slug,
         "pois": _pois_hash(pois),
@@ -209,9 +208,10 @@ def _extract(req: ExtractRequest) -> ExtractResult:
         "source_options": {k: str(v) for k, v in sorted(options.items())
                            if k not in PRIVATE_OPTIONS | RUN_OPTIONS | PATH_OPTIONS
                            and v is not None},
-        "tiles_index": _index_checksum(options.get("tiles")),
         "radii": list(radii),
         "year": year,
+        # what the tables are made from: a new tile or image version redoes them
+        "dataset": made_by.version(year, place.bbox),
     }
     chash = config_hash(config)
     with store.locked():
@@ -220,8 +220,7 @@ def _extract(req: ExtractRequest) -> ExtractResult:
                                  time.perf_counter() - t0)
         if req.force:  # recompute: no checkpoint or task of an earlier run is reused
             shutil.rmtree(store.work(source_name), ignore_errors=True)
-        n_rows = write_point_means(source.create(store.work(source_name)), pois, radii, year,
-                                   store.poi_embeddings)
+        n_rows = write_point_means(made_by, pois, radii, year, store.poi_embeddings)
         write_parquet(pois, store.pois)
         if poi_spec.startswith("pbf:"):  # the maps' offline base layer
             from aether.pipeline.basemap import write_basemap
@@ -269,22 +268,16 @@ def _wkt(geom: Any) -> str:
     return str(shapely.to_wkt(geom, rounding_precision=-1))
 
 
-def _resolved_paths(source: SourceRequest) -> SourceRequest:
-    """Local tile paths made absolute: the manifest's record works from any folder."""
+def source_for(source: SourceRequest) -> SourceRequest:
+    """The source as it will read: ``cog`` without tiles reads the settings' tiles (named,
+    so the hash says what is read), local tile paths made absolute (the manifest's record
+    works from any folder)."""
+    if source.name == "cog" and "tiles" not in source.settings:
+        source = source.replace(tiles=default_tiles())
     tiles = source.settings.get("tiles")
     if tiles is None or "://" in str(tiles):
         return source
     return source.replace(tiles=str(Path(str(tiles)).expanduser().resolve()))
-
-
-def _index_checksum(tiles: object) -> str | None:
-    if tiles is None or "://" in str(tiles):
-        return None if tiles is None else str(tiles)
-    from aether.core.aef import INDEX_NAME
-
-    p = Path(str(tiles))
-    p = p / INDEX_NAME if p.is_dir() else p
-    return sha256_file(p) if p.is_file() else None
 
 
 def _up_to_date(store: CityStore, chash: str) -> bool:
@@ -353,7 +346,7 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
         place, said = asked, None
     store = CityStore.of(req.data_dir, place.slug, year)
     with store.locked():
-        cells = _resolved_paths(source).create(store.work(source.name)).grid(
+        cells = source_for(source).create(store.work(source.name)).grid(
             place, year, spec.label)
         path = write_parquet(cells, store.grid(spec))
         if zarr:

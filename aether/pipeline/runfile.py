@@ -86,9 +86,11 @@ def _year(value: int) -> int:
         raise ValueError(f"{e.message} ({e.hint})") from None
 
 
-#: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``.
+#: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``;
+#: a year may be ``latest``: the newest the city's source holds, asked when the run starts.
 Radii = Annotated[list[float], BeforeValidator(_windows), AfterValidator(_radii)]
-Year = Annotated[int, AfterValidator(_year)]
+Year = Annotated[int, AfterValidator(_year)] | Literal["latest"]
+LATEST = "latest"
 
 
 class _Strict(BaseModel):
@@ -160,7 +162,8 @@ class RunFile(_Strict):
     #: Where the run's tasks go: threads (here, one city after another), cluster[:N] or a
     #: Dask scheduler's address (``aether run --scheduler`` wins over it).
     scheduler: str | None = None
-    years: list[Year] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
+    years: list[Year] = Field(default_factory=lambda: list[Year]([DEFAULT_YEAR]),
+                             min_length=1)
     radii: Radii = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
     pois: str = "osm"
     poi_options: PoiOptions = Field(default_factory=PoiOptions)

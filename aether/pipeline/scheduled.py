@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 from aether.errors import AetherError, BudgetError, ConfigError
 from aether.io.store import CityStore, new_run_id, runs_dir
 from aether.io.store import data_lock as run_lock
-from aether.pipeline.runfile import City, RunFile, load_run_file
+from aether.pipeline.runfile import City, RunFile, Year, load_run_file
+from aether.settings import DEFAULT_YEAR
 
 if TYPE_CHECKING:
     from aether.pipeline.extract import ExtractRequest
@@ -123,6 +124,36 @@ def _hook(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def resolve_latest(run: RunFile, root: Path) -> RunFile:
+    """``latest`` among a city's years becomes the newest year its source holds (the tile
+    index, or the Earth Engine collection: asked once per source): a new annual layer is
+    picked up by the next run, and only its work is done."""
+    from aether.errors import CoverageError
+    from aether.pipeline.extract import source_for
+    from aether.pipeline.runfile import LATEST
+
+    newest: dict[str, int] = {}
+
+    def years(city: City) -> list[Year]:
+        given: list[Year] = list(city.years or run.years)
+        if LATEST not in given:
+            return given
+        source = source_for(extract_request(run, city, DEFAULT_YEAR, root).chosen_source)
+        key = repr((source.name, sorted(source.settings.items())))
+        if key not in newest:
+            year = source.create(runs_dir(root)).latest_year()
+            if year is None:
+                raise CoverageError(f"{city.name}: the {source.name} source holds no year",
+                                    "check the source's tiles or endpoint")
+            newest[key] = year
+        return sorted({newest[key] if y == LATEST else int(y) for y in given})
+
+    if all(LATEST not in (c.years or run.years) for c in run.cities):
+        return run
+    return run.model_copy(update={"cities": [c.model_copy(update={"years": years(c)})
+                                             for c in run.cities]})
+
+
 def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
     """Every city's steps, in order: for each year, the run's steps."""
     from aether.places.place import slugify
@@ -135,8 +166,8 @@ def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
             raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
                               "give them distinct names")
         seen[slug] = city.name
-        steps = [Step(city.name, slug, year, step)
-                 for year in sorted(set(city.years or run.years)) for step in run.steps]
+        years = sorted({int(y) for y in city.years or run.years})  # after resolve_latest
+        steps = [Step(city.name, slug, year, step) for year in years for step in run.steps]
         out.append((city, steps))
     return out
 
@@ -170,7 +201,7 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
         k: v for k, v in (("max_eecu_hours", max_eecu_hours),
                           ("budget_file", run.ee.budget_file
                            or str(run_ledger(root, run_id).resolve()))) if v is not None})
-    run = run.model_copy(update={"ee": ee})
+    run = resolve_latest(run.model_copy(update={"ee": ee}), root)
     cities = plan(run)
     for city, steps in cities:  # every city's request checked before any work starts
         extract_request(run, city, steps[0].year, root)
@@ -375,7 +406,8 @@ class StepStatus:
     last: str  # its status in the newest report that ran it, or "never run"
     finished: str  # when that run finished
     rows: int | None
-    version: str | None  # what its input data was: the source and tiles index (extract)
+    version: str | None  # what its input data was: the source and its dataset (extract)
+    eecu_s: float | None  # the Earth Engine usage its export tasks reported
     redo: str  # what the next run would do with it, and why
 
 
@@ -389,6 +421,7 @@ def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
     settings = current()
     given = "data_dir" in settings.model_fields_set or not run.data_dir
     root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    run = resolve_latest(run, root)
     last = _last_reports(root)
     out = []
     for _, steps in plan(run):
@@ -398,7 +431,7 @@ def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
             out.append(StepStatus(task.city, task.year, task.step,
                                   str(row.get("status", "never run")), finished,
                                   row.get("rows"), _version(store) if task.step == "extract"
-                                  else None, _redo(store, task.step)))
+                                  else None, row.get("eecu_s"), _redo(store, task.step)))
     return out
 
 
@@ -426,9 +459,10 @@ def _version(store: CityStore) -> str | None:
         m = read_json(store.manifest)
     except (OSError, ValueError):
         return None
-    index = str(m.get("config", {}).get("tiles_index") or "")
-    inputs = m.get("inputs", {})
-    return f"{inputs.get('source')}" + (f", tiles index {index[:12]}" if index else "")
+    data = m.get("config", {}).get("dataset") or {}
+    made = (f", {len(data['tiles'])} tiles" if "tiles" in data
+            else f", {len(data['images'])} images" if "images" in data else "")
+    return f"{m.get('inputs', {}).get('source')}{made}"
 
 
 def _redo(store: CityStore, step: str) -> str:
@@ -454,11 +488,13 @@ def status_table(rows: list[StepStatus]) -> Any:
     from rich.table import Table
 
     table = Table(title="aether run status")
-    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "next run"):
-        table.add_column(col, justify="right" if col in ("year", "rows") else "left")
+    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
+                "next run"):
+        table.add_column(col, justify="right" if col in ("year", "rows", "EECU-h") else "left")
     for r in rows:
         table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
-                      "" if r.rows is None else str(r.rows), r.version or "", r.redo)
+                      "" if r.rows is None else str(r.rows), r.version or "",
+                      f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
     return table
 
 

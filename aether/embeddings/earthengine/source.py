@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from aether.core import aef, windows, zonal
+from aether.embeddings.earthengine import catalog
 from aether.embeddings.earthengine.options import (
     DEFAULT_BATCH,
     DEFAULT_CONCURRENCY,
@@ -138,7 +139,7 @@ class EarthEngineSource:
             from aether._compat import ee_retries_off
             from aether.execution.progress import bar
 
-            self.budget.check()  # a run stopped by its budget or EE's quota asks nothing more
+            self.budget.check(new_task=False)  # a run EE's quota stopped asks nothing more
             self._initialize()
             todo = [b for b in batches if not store.has(b.key)]
             # EE's own retries off: ours are counted, bounded, with jitter
@@ -155,6 +156,18 @@ class EarthEngineSource:
         else:
             paths = [store.path(b.key) for b in batches]
         return read_checkpoints(paths)
+
+    def latest_year(self) -> int | None:
+        """The newest year the collection holds (one request)."""
+        self._initialize()
+        return catalog.year_of(self._call(lambda: catalog.newest_start().getInfo()))
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """The images (ids and ``system:version``) the year's tables over bbox come from."""
+        self.budget.check(new_task=False)
+        self._initialize()
+        expr = catalog.images_over(year, bbox)
+        return catalog.version_record(self._call(lambda: expr.getInfo()))
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Grid cells are pixel work: the same session's pixels through xee, reduced locally
@@ -210,7 +223,7 @@ class EarthEngineSource:
         def attempt(items: Sequence[Feature], level: int) -> pd.DataFrame:
             return _rows_from_features(self._fetch(items, year, 2**level), items, year)
 
-        self.budget.check()  # Earth Engine's quota may have run out for another city
+        self.budget.check(new_task=False)  # EE's quota may have run out for another city
         try:
             return resilient_call(attempt, batch.items, verdict, self.policy, stats=self.stats)
         except Exception as e:

@@ -16,16 +16,15 @@ export tasks are counted (``ee`` refuses a budget without ``--export``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aether.errors import BudgetError
+from aether.io.store import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +41,8 @@ class EecuBudget:
     max_eecu_s: float | None = None
     _memory: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self.ledger is None:
-            yield
-            return
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.ledger.with_name(self.ledger.name + ".lock"),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self.ledger is None else file_lock(self.ledger)
 
     def _entries(self) -> tuple[dict[str, float], str | None]:
         """Cost per task and the halt message, if any (a torn last line is skipped)."""

@@ -192,3 +192,37 @@ def test_a_resent_id_whose_task_is_gone_starts_a_fresh_task(sample_city, pois, t
     assert len(emu.operations) == 3  # one fresh task per batch, no more
     assert all(after[k]["request_id"] != tasks[k]["request_id"] for k in tasks)
     assert {after[k]["operation"] for k in after} == {op["name"] for op in emu.operations.values()}
+
+
+def test_a_task_whose_run_has_ended_starts_no_export(ee_server, emulator, pois, tmp_path,
+                                                      reset_ee):
+    """A Dask task writes under the lock its run lent it: once another run holds the data
+    dir (the lock file names another holder), the task starts no Earth Engine task."""
+    import os
+
+    from aether.errors import LockedError
+    from aether.io.store import data_lock, lent_lock, lock_path, lock_token
+
+    root = tmp_path / "data"
+    with data_lock(root):
+        with lent_lock(root, lock_token(root)):
+            src = _source(tmp_path / "w", ee_server, export="gcs://bucket/x",
+                          export_read=f"file://{emulator.exports}/gcs/bucket")
+        fd = os.open(lock_path(root), os.O_WRONLY)
+        os.pwrite(fd, b"4242424\n", 0)  # a new run took the lock
+        os.close(fd)
+        with pytest.raises(LockedError, match="no longer holds the lock"):
+            _means(src, pois)
+    assert _routes(emulator, "table:export") == 0
+
+
+def test_task_books_of_two_processes_see_each_other(tmp_path):
+    """The book is read from disk at each look-up: a record another process (another book
+    object) wrote is seen, and a write keeps the other's records."""
+    from aether.embeddings.earthengine.source import TaskBook
+
+    a, b = TaskBook(tmp_path / "book.json"), TaskBook(tmp_path / "book.json")
+    a.put("batch-1", {"request_id": "r1"})
+    assert b.get("batch-1") == {"request_id": "r1"}
+    b.put("batch-2", {"request_id": "r2"})
+    assert a.get("batch-1") == {"request_id": "r1"} and a.get("batch-2") == {"request_id": "r2"}

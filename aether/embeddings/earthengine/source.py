@@ -64,6 +64,7 @@ from aether.execution.jobs import (
     resilient_call,
     run_batches,
 )
+from aether.io.store import file_lock, lease_check
 from aether.io.tables import poi_embeddings_frame, read_json, write_json
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class EarthEngineSource:
     slot: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
     #: What the run's export tasks may spend, and where every process of the run counts it.
     budget: EecuBudget = field(default_factory=lambda: EecuBudget(None), repr=False)
+    #: Raises once the run that lent a Dask task its lock has ended (``io.store.lease_check``).
+    lease: Callable[[], None] = field(default=lambda: None, repr=False)
 
     # --- session -----------------------------------------------------------------------
 
@@ -296,6 +299,7 @@ class EarthEngineSource:
             return str(rec["operation"])
         resent = rec is not None and not restart
         if rec is None or restart:
+            self.lease()  # never a new task for a run that has ended
             restarts = (rec or {}).get("restarts", -1) + 1
             if rec is not None and tile_scale != rec.get("tile_scale", 1):
                 restarts = rec.get("restarts", 0)  # a new tileScale is not another try
@@ -615,21 +619,27 @@ def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
 
 
 class TaskBook:
-    """Export task ids per batch, in a JSON file shared by every run on this workdir."""
+    """Export task ids per batch, in a JSON file shared by every run on this workdir: read
+    from disk at each look-up and changed under a file lock, so two processes on one workdir
+    (a run, and a killed run's task still running on a Dask worker) see each other's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._data: dict[str, dict[str, Any]] = read_json(path) if path.is_file() else {}
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        return cast(dict[str, dict[str, Any]], read_json(self.path)) if self.path.is_file() \
+            else {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._data.get(key)
+            return self._read().get(key)
 
     def put(self, key: str, rec: dict[str, Any]) -> None:
-        with self._lock:
-            self._data[key] = rec
-            write_json(self._data, self.path)
+        with self._lock, file_lock(self.path):
+            data = self._read()
+            data[key] = rec
+            write_json(data, self.path)
 
 
 def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
@@ -652,6 +662,7 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
         ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
         batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
         slot=cluster_slots(f"aether-ee-{o.ee_project or 'default'}", o.ee_concurrency),
+        lease=lease_check(),
         budget=EecuBudget(o.ee_budget_file,
                           None if o.ee_max_eecu_hours is None else o.ee_max_eecu_hours * 3600),
     )

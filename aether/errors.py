@@ -68,6 +68,10 @@ class DaskError(AetherError):
     """A Dask scheduler cannot be reached or used."""
 
 
+class DependencyError(AetherError):
+    """An installed dependency lacks what aether uses (an untested release)."""
+
+
 class LinkError(AetherError):
     """A path inside the data directory is a symbolic link aether did not make."""
 

@@ -4,7 +4,8 @@ The year's mosaic is opened with xee on an explicit 10 m grid in a UTM crs (``cr
 ``crs_transform``, ``shape_2d``), lazily, chunked so that one Dask chunk is one
 ``computePixels`` request. Point buffer means and grid cells are then sums over the chunks
 they touch (``zonal.partial_sums`` / ``grids.Cells.sums``), added per POI / cell: the same
-kernel as the COG source and the emulator, so the sources agree to float rounding.
+kernel as the COG source, so the two agree to float rounding (the emulator's own, independent
+coverage is what both are checked against).
 
 Why the collection is reshaped: xee fetches one *variable* (band) per request. Opened as one
 64-band image, every chunk costs 64 requests. Here the mosaic is handed to xee as 64

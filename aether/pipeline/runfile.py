@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
 )
@@ -31,6 +32,7 @@ from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
 Step = Literal["extract", "train", "encode"]
+LATEST = "latest"
 #: Source options that are file paths (relative ones are read beside the run file).
 PATH_OPTIONS = ("tiles", "ee_credentials", "ee_budget_file")
 
@@ -78,8 +80,12 @@ def _radii(values: list[float]) -> list[float]:
     return values
 
 
-def _year(value: int) -> int:
-    """The command line's year check (``check_year``)."""
+def _year(value: Any) -> int | str:
+    """The command line's year check (``check_year``), or ``latest``."""
+    if value == LATEST:
+        return LATEST
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a year is a number (e.g. 2024) or {LATEST}, not {value!r}")
     try:
         return check_year(value)
     except InputError as e:
@@ -89,8 +95,7 @@ def _year(value: int) -> int:
 #: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``;
 #: a year may be ``latest``: the newest the city's source holds, asked when the run starts.
 Radii = Annotated[list[float], BeforeValidator(_windows), AfterValidator(_radii)]
-Year = Annotated[int, AfterValidator(_year)] | Literal["latest"]
-LATEST = "latest"
+Year = Annotated[int | Literal["latest"], PlainValidator(_year)]
 
 
 class _Strict(BaseModel):

@@ -130,7 +130,10 @@ def _credentials(
             log.info("no Earth Engine login (%s): calling %s anonymously",
                      str(e).split("\n")[0], url)
             creds = None  # an emulator on this machine: no login needed
-        project = project or getattr(creds, "quota_project_id", None)
+        # a login's quota project, or a service account's own (GOOGLE_APPLICATION_CREDENTIALS
+        # naming a key: earthengine-api takes its project_id too)
+        project = (project or getattr(creds, "quota_project_id", None)
+                   or getattr(creds, "project_id", None))
     if not project:
         raise EarthEngineError("no Earth Engine project given",
                                "pass --ee-project ID or set EE_PROJECT")

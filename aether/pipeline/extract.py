@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 #: Source options that are secrets or endpoints: never part of the hash or the manifest.
 PRIVATE_OPTIONS = frozenset({"ee_credentials", "ee_url"})
 #: Source options that say how a run goes (pace, budget), not what it makes: never hashed.
-RUN_OPTIONS = frozenset({"ee_concurrency", "ee_poll", "ee_backoff", "ee_max_eecu_hours",
-                         "ee_budget_file"})
+RUN_OPTIONS = frozenset({"ee_concurrency", "ee_poll", "ee_backoff", "ee_export_wait",
+                         "ee_max_eecu_hours", "ee_budget_file"})
 #: Source options that are paths: the hash holds what they point to, not how they are spelt.
 PATH_OPTIONS = frozenset({"tiles"})
 log = logging.getLogger(__name__)

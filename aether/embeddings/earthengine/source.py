@@ -42,6 +42,7 @@ from aether.embeddings.earthengine import catalog
 from aether.embeddings.earthengine.options import (
     DEFAULT_BATCH,
     DEFAULT_CONCURRENCY,
+    DEFAULT_EXPORT_WAIT_S,
     DEFAULT_POLL_S,
     EeOptions,
 )
@@ -104,6 +105,8 @@ class EarthEngineSource:
     batch_size: int = DEFAULT_BATCH
     concurrency: int = DEFAULT_CONCURRENCY
     poll_s: float = DEFAULT_POLL_S
+    #: How long a SUCCEEDED task's file may take to appear where it is read (Drive syncs).
+    export_wait_s: float = DEFAULT_EXPORT_WAIT_S
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     name: str = "ee"
     stats: Stats = field(default_factory=Stats)
@@ -357,7 +360,8 @@ class EarthEngineSource:
         eecu = (op.get("metadata") or {}).get("batchEecuUsageSeconds")
         self.budget.charge(str(op["name"]), None if eecu is None else float(eecu))
         tasks.put(batch.key, {**(tasks.get(batch.key) or {}), "eecu_s": eecu})
-        table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
+        table = export.read(tasks.get(batch.key)["prefix"],  # type: ignore[index]
+                            self.export_wait_s)
         return _rows_from_table(table, batch.items, year)
 
     def _wait(self, batch: Batch[Feature], name: str, tasks: TaskBook, export: ExportTarget,
@@ -591,11 +595,28 @@ class ExportTarget:
                 "check the bucket or folder and its permissions, or drop --export",
             ) from None
 
-    def read(self, prefix: str) -> pd.DataFrame:
+    def read(self, prefix: str, wait_s: float = 0.0) -> pd.DataFrame:
+        """The exported table, waiting up to ``wait_s`` for it to appear and parse: a Drive
+        folder synced to this machine lags the task's SUCCEEDED by seconds to minutes."""
         import fsspec
 
-        with fsspec.open(self.url(prefix), "rb") as f:  # ids like "007" stay strings
-            return pd.read_csv(f, dtype={"poi_id": str})
+        url, t0, pause = self.url(prefix), time.monotonic(), 0.5
+        while True:
+            try:
+                with fsspec.open(url, "rb") as f:  # ids like "007" stay strings
+                    return pd.read_csv(f, dtype={"poi_id": str})
+            except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+                waited = time.monotonic() - t0
+                if waited >= wait_s:
+                    raise EarthEngineError(
+                        f"the export task SUCCEEDED but {url} is not readable after "
+                        f"{waited:.0f} s ({type(e).__name__})",
+                        "check that --export-read is where the destination syncs to, or "
+                        "raise --ee-export-wait; re-running never redoes the task") from None
+                log.info("waiting for %s (%.0f s of %.0f s): a synced folder lags the task",
+                         url, waited, wait_s)
+                time.sleep(min(pause, max(0.0, wait_s - waited)))
+                pause = min(2 * pause, 10.0)
 
 
 def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
@@ -661,6 +682,7 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
         workdir=workdir, ee_url=o.ee_url, ee_project=o.ee_project,
         ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
         batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
+        export_wait_s=o.ee_export_wait,
         slot=cluster_slots(f"aether-ee-{o.ee_project or 'default'}", o.ee_concurrency),
         lease=lease_check(),
         budget=EecuBudget(o.ee_budget_file,

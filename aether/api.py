@@ -373,8 +373,8 @@ def evaluate(city: str, task: str | Path | ProbeTask,
              seeds: int = 5, shuffle: bool = False, cell: str | None = None,
              year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> dict[str, Any]:
     """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
-    (``default`` or ``cityrep``); writes its report. ``cell`` (``100m``, ``h3:9``) replaces
-    a grid task's cells."""
+    (``default``, ``cityrep`` or ``spatial-blocks``); writes its report. ``cell`` (``100m``,
+    ``h3:9``) replaces a grid task's cells."""
     import dataclasses
 
     from aether.evaluation.evaluate import evaluate as _evaluate

@@ -28,7 +28,7 @@ VAL_RATIO = 0.1
 METRICS: dict[str, dict[str, bool]] = {
     "classification": {"F1_macro": True, "precision_macro": True, "recall_macro": True},
     "distribution": {"KL": False, "L1": False, "Chebyshev": False},
-    "regression": {"R2": True, "MAE": False, "RMSE": False},
+    "regression": {"R2": True, "MSE": False, "MAE": False, "RMSE": False},
 }
 
 
@@ -194,5 +194,39 @@ def score(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]
                 "Chebyshev": float(np.mean(np.max(np.abs(t - p), axis=1)))}
     t, p = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
     mse = float(m.mean_squared_error(t, p))
-    return {"R2": float(m.r2_score(t, p)), "MAE": float(m.mean_absolute_error(t, p)),
-            "RMSE": float(np.sqrt(mse))}
+    return {"R2": float(m.r2_score(t, p)), "MSE": mse,
+            "MAE": float(m.mean_absolute_error(t, p)), "RMSE": float(np.sqrt(mse))}
+
+
+def prior(kind: str, y_train: np.ndarray, n_test: int) -> np.ndarray:
+    """The feature-free row (not in CityRep, kept as aether's floor): majority class, mean
+    distribution, mean (normalised) value."""
+    if kind == "classification":
+        return np.full(n_test, np.bincount(y_train).argmax())
+    return np.repeat(y_train.mean(0, keepdims=True), n_test, axis=0)
+
+
+def probe_methods(kind: str, feats: dict[str, np.ndarray], y: np.ndarray, lon: np.ndarray,
+                  lat: np.ndarray, seeds: tuple[int, ...], shuffle: bool, prior_name: str,
+                  step: Callable[[], None]) -> dict[str, list[dict[str, float]]]:
+    """Every method's per-seed metrics on the same folds (``step`` after each probe);
+    ``shuffle`` permutes the training and validation labels within the fold."""
+    y = targets(kind, y)
+    x_all = {name: l2_rows(x) for name, x in feats.items()}
+    n_out = int(y.max()) + 1 if kind == "classification" else y.shape[1]
+    blocks = block_ids(lon, lat)
+    scores: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:
+        fold = block_fold(blocks, seed)
+        y_fit = y.copy()
+        if shuffle:
+            fit = np.concatenate([fold.train, fold.val])
+            y_fit[fit] = y[fit][np.random.default_rng(seed + 1).permutation(len(fit))]
+        y_te = y[fold.test]
+        scores.setdefault(prior_name, []).append(
+            score(kind, y_te, prior(kind, y_fit[fold.train], len(fold.test))))
+        for name, x in x_all.items():
+            out = fit_predict(kind, x, y_fit, fold, n_out)
+            scores.setdefault(name, []).append(score(kind, y_te, predictions(kind, out)))
+            step()
+    return scores

@@ -7,11 +7,12 @@ prior row shows what chance scores, and ``shuffle`` trains every probe on permut
 so a harness that flatters would show it. Results go to ``<city>/evaluation/<task>.{json,md}``.
 
 A protocol names the splits, probes and methods. ``default``: random and 250 m spatial-block
-splits, linear and 64-unit MLP probes, every method. ``cityrep`` (the AETHER authors'
-benchmark): the units' extent cut into 10 × 10 blocks, whole blocks held out per seed, an MLP
-probe with 1,024 hidden units, AETHER against raw AlphaEarth. Every row carries a paired
-t-test against raw AlphaEarth over the same seeds and folds, so a gain within the seed noise
-is shown as such.
+splits, linear and 64-unit MLP probes, every method. ``cityrep``: the CityRep benchmark's
+protocol as its code runs it (``aether.evaluation.cityrep``), AETHER against raw AlphaEarth.
+``spatial-blocks``: aether's earlier approximation of it (10 × 10 blocks until a fifth of the
+units, a random validation tenth, z-scored inputs, MLP-1,024 in batches of 128), kept so that
+older tables can be reproduced. Every row carries a paired t-test against raw AlphaEarth over
+the same seeds and folds, so a gain within the seed noise is shown as such.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aether import provenance
 from aether.core.aef import BANDS, utm_epsg
 from aether.errors import ModelError, TableError
-from aether.evaluation import probes
+from aether.evaluation import cityrep, probes
 from aether.evaluation.tasks import ProbeTask, assign, read_labels
 from aether.execution.progress import Bar, bar
 from aether.io.store import CityStore
@@ -58,12 +60,22 @@ class Protocol:
     probe_kinds: tuple[str, ...]
     settings: probes.ProbeSettings
     text_methods: bool = True  # POI text and raw ⊕ text beside raw and AETHER
+    spread: str = "std"  # population (std) or sample (sd) spread over seeds
+
+
+CITYREP_SPLIT = "cityrep-blocks"
 
 
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol("default", SPLITS, probes.PROBES, probes.ProbeSettings()),
-    "cityrep": Protocol("cityrep", ("blocks10x10",), ("mlp",),
-                        probes.ProbeSettings(hidden=1024), text_methods=False),
+    "cityrep": Protocol("cityrep", (CITYREP_SPLIT,), ("mlp",),
+                        probes.ProbeSettings(hidden=cityrep.ProbeSettings().hidden,
+                                             batch=cityrep.ProbeSettings().batch,
+                                             max_epochs=cityrep.ProbeSettings().epochs),
+                        text_methods=False),
+    "spatial-blocks": Protocol("spatial-blocks", ("blocks10x10",), ("mlp",),
+                               probes.ProbeSettings(hidden=1024), text_methods=False,
+                               spread="sd"),
 }
 
 
@@ -77,7 +89,9 @@ class Units:
 
 
 def aether_label(run: ModelRun) -> str:
-    return f"AETHER ({run.preset})"
+    """A row per run: two runs of one preset are two rows (``AETHER (name, preset)``)."""
+    return (f"AETHER ({run.name})" if run.name == run.preset
+            else f"AETHER ({run.name}, {run.preset})")
 
 
 def _units(task: ProbeTask, city_dir: Path, radius: float, pois: Any) -> Units:
@@ -101,7 +115,11 @@ def heldout_pois(pois: Any, run: ModelRun) -> np.ndarray:
     from aether.ml.config import TrainConfig
     from aether.ml.data import split_of
 
-    cfg = TrainConfig(**run.config["hyperparameters"])
+    hyper = run.config["hyperparameters"]
+    if "unknown" in hyper.values():
+        raise ModelError(f"run {run.name} does not record how it held out POIs (an imported "
+                         "checkpoint)", "use a task without holdout, or a run of `aether train`")
+    cfg = TrainConfig(**hyper)
     xy = pois.geometry.to_crs(pois.geometry.estimate_utm_crs())
     return split_of(pois["poi_id"].to_numpy(object), np.column_stack([xy.x, xy.y]),
                     cfg) == "test"
@@ -133,7 +151,7 @@ def _text_features(task: ProbeTask, units: Units, pois: Any, use: np.ndarray,
 
 
 def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods: bool = True
-             ) -> tuple[dict[str, np.ndarray], Any]:
+             ) -> tuple[dict[str, np.ndarray], UnitPlaces]:
     """Feature matrices of every method and the labels, on the units every method covers."""
     radii = {run.base_radius_m for run in runs}
     if len(radii) > 1:
@@ -164,7 +182,25 @@ def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods
     frame = units.frame.iloc[sel]
     out = {k: v[sel].astype(np.float32) for k, v in feats.items()}
     labels.index, labels.y = sel, labels.y[ok]
-    return out, (labels, frame["x"].to_numpy(float), frame["y"].to_numpy(float))
+    return out, UnitPlaces(labels, frame["x"].to_numpy(float), frame["y"].to_numpy(float),
+                           units.crs)
+
+
+@dataclass
+class UnitPlaces:
+    """The labelled units' targets and centres (x, y in ``crs``; lon/lat on demand)."""
+
+    labels: Any
+    x: np.ndarray
+    y: np.ndarray
+    crs: str
+
+    def lonlat(self) -> tuple[np.ndarray, np.ndarray]:
+        from pyproj import Transformer
+
+        lon, lat = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True).transform(
+            self.x, self.y)
+        return np.asarray(lon, float), np.asarray(lat, float)
 
 
 def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -> np.ndarray:
@@ -207,8 +243,11 @@ def evaluate(
     ``protocol`` (see PROTOCOLS) gives the splits, probes and settings not passed. A result
     whose inputs (task, the set of models and of seeds, tables, settings) were seen before
     is reused from ``evaluation/.cache/`` whatever order the models and seeds came in, so
-    re-running a pipeline costs nothing here.
+    re-running a pipeline costs nothing here. Each result is written twice: as the task's
+    latest (``<task>[_<protocol>].{json,md}``) and kept per set of runs
+    (``<task>[_<protocol>]__<run>+<run>.{json,md}``), with its provenance.
     """
+    started = provenance.now()
     if protocol not in PROTOCOLS:
         from aether.errors import ConfigError
 
@@ -226,21 +265,48 @@ def evaluate(
     cached = store.evaluation_cache(stem, key)
     if write and cached.is_file():
         result = read_json(cached)
-        return {**result, "paths": _publish(store, stem, result)}
-    feats, (labels, ux, uy) = features(task, city_dir, runs, proto.text_methods)
-    cfg = settings
+        return {**result, "paths": _publish_both(store, stem, runs, result)}
+    feats, places = features(task, city_dir, runs, proto.text_methods)
+    labels, cfg = places.labels, settings
     scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     with bar(f"evaluate {task.name}: split × seed × method × probe",
              len(splits) * len(seeds) * len(feats) * len(probe_kinds)) as shown:
-        _probe_all(task, feats, labels, ux, uy, splits, seeds, probe_kinds, shuffle, cfg,
-                   scores, shown)
-    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key,
-              "protocol": protocol, "probe_hidden": cfg.hidden,
-              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
+        if protocol == "cityrep":
+            per_method = cityrep.probe_methods(task.kind, feats, labels.y, *places.lonlat(),
+                                               seeds, shuffle, PRIOR, shown.advance)
+            scores = {(m, "-" if m == PRIOR else "mlp", CITYREP_SPLIT): v
+                      for m, v in per_method.items()}
+        else:
+            _probe_all(task, feats, labels, places.x, places.y, splits, seeds, probe_kinds,
+                       shuffle, cfg, scores, shown)
+    metrics = (cityrep.METRICS if protocol == "cityrep" else probes.METRICS)[task.kind]
+    result = {**_table(task, scores, labels, seeds, shuffle, metrics), "inputs_key": key,
+              "protocol": protocol, "probe_hidden": cfg.hidden, "spread": proto.spread,
+              "runs": [{"row": aether_label(r), "run": r.name, "preset": r.preset,
+                        "config_hash": r.config.get("config_hash"),
+                        "train_seed": r.config.get("hyperparameters", {}).get("seed")}
+                       for r in runs],
+              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None,
+              "provenance": provenance.record(city_dir, seeds=list(seeds), started=started)}
     if write:
         write_json(result, cached)
-        result["paths"] = _publish(store, stem, result)
+        result["paths"] = _publish_both(store, stem, runs, result)
     return result
+
+
+def run_set(runs: list[ModelRun]) -> str:
+    """A file-name part for a set of runs (names are slugs): ``a+b``, hashed when long."""
+    names = "+".join(sorted(r.name for r in runs)) or "no-models"
+    return (names if len(names) <= 80
+            else f"{names[:60]}+{config_hash({'runs': names})[:12]}")
+
+
+def _publish_both(store: CityStore, stem: str, runs: list[ModelRun], result: dict[str, Any]
+                  ) -> dict[str, str]:
+    """The task's latest result, and the one kept for this set of runs."""
+    kept = _publish(store, f"{stem}__{run_set(runs)}", result)
+    return {**_publish(store, stem, result), "runs_json": kept["json"],
+            "runs_markdown": kept["markdown"]}
 
 
 def _probe_all(task: ProbeTask, feats: dict[str, np.ndarray], labels: Any, ux: np.ndarray,
@@ -305,8 +371,8 @@ def _inputs_key(task: ProbeTask, city_dir: Path, runs: list[ModelRun], *settings
 
 
 def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, float]]],
-           labels: Any, seeds: tuple[int, ...], shuffle: bool) -> dict[str, Any]:
-    metrics = probes.METRICS[task.kind]
+           labels: Any, seeds: tuple[int, ...], shuffle: bool, metrics: dict[str, bool]
+           ) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for (method, probe, split), runs in scores.items():
         stats = {m: {"mean": float(np.mean([r[m] for r in runs])),
@@ -327,7 +393,8 @@ def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, fl
     return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
             "cell": task.grid_cell.label,
             "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
-            "shuffled_labels": shuffle, "metrics": list(metrics), "rows": rows}
+            "shuffled_labels": shuffle, "metrics": list(metrics),
+            "higher_is_better": metrics, "rows": rows}
 
 
 def _relative(value: float, base: float, higher_is_better: bool) -> float | None:
@@ -347,7 +414,20 @@ def markdown(result: dict[str, Any]) -> str:
     for split in dict.fromkeys(r["split"] for r in result["rows"]):
         lines += [f"**{split} split**", "",
                   markdown_table(_header(result), _cells(result, split)), ""]
+    if result.get("provenance"):
+        lines += [f"<sub>{provenance_line(result['provenance'])}</sub>", ""]
     return "\n".join(lines)
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """Where the numbers come from, in one line under a table."""
+    data = p.get("dataset") or {}
+    index = data.get("tiles_index_sha256")
+    return (f"aether {p['aether']} ({p.get('git_commit') or 'no git commit'}), Python "
+            f"{p['python']}, torch {p['torch']}, numpy {p['numpy']}; data: "
+            f"{data.get('extract') or 'no extract manifest'}, tiles index "
+            f"{index[:12] if index else 'unknown'}; probe seeds "
+            f"{', '.join(map(str, p['seeds']))}; {p['started']} → {p['finished']}")
 
 
 def rich_tables(result: dict[str, Any]) -> list[Any]:
@@ -378,7 +458,8 @@ def caption(result: dict[str, Any]) -> str:
     """How to read the table: the spread shown, the sign of the Δ column, the p-value."""
     head = result["metrics"][0]
     n = len(result["seeds"])
-    lower = [m for m, up in probes.METRICS[result["kind"]].items() if not up]
+    directions = result.get("higher_is_better") or probes.METRICS[result["kind"]]
+    lower = [m for m, up in directions.items() if not up]
     spread = ("mean over 1 seed (no spread)" if n == 1 else
               f"mean ± {_spread(result)} over {n} seeds")
     flipped = (f" ({', '.join(lower)}: lower is better, so a lower value gives a positive Δ)"
@@ -389,8 +470,8 @@ def caption(result: dict[str, Any]) -> str:
 
 
 def _spread(result: dict[str, Any]) -> str:
-    """``sd`` (sample) under the cityrep protocol, ``std`` (population) otherwise."""
-    return "sd" if result.get("protocol", "default") == "cityrep" else "std"
+    """``std`` (population, as CityRep reports) or ``sd`` (sample, spatial-blocks)."""
+    return str(result.get("spread", "std"))
 
 
 def _header(result: dict[str, Any]) -> list[str]:

@@ -1,5 +1,7 @@
-"""`aether evaluate --protocol cityrep` on the sample city: 10 x 10 blocks, an MLP probe of
-1,024 units, AETHER against raw AlphaEarth with a paired test, and the synthetic label."""
+"""`aether evaluate --protocol cityrep` on the sample city: CityRep's folds, probe and metrics
+(checked number for number against their code in tests/unit/test_cityrep_fixture.py), one
+row per run, AETHER against raw AlphaEarth with a paired test, the synthetic label; and the
+earlier approximation under its own name, ``spatial-blocks``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from aether.evaluation.evaluate import PRIOR, RAW, SYNTHETIC_NOTE, evaluate
+from aether.evaluation.evaluate import CITYREP_SPLIT, PRIOR, RAW, SYNTHETIC_NOTE, evaluate
 from aether.evaluation.tasks import TASKS_DIR, load_task
 
 
@@ -23,16 +25,25 @@ def test_cityrep_protocol_on_the_sample(sample_runs, cli):
     res = evaluate(city_dir, task, runs, protocol="cityrep", seeds=(42, 24, 7))
     assert res["protocol"] == "cityrep" and res["probe_hidden"] == 1024
     assert res["note"] == SYNTHETIC_NOTE
+    assert res["metrics"] == ["F1_macro", "precision_macro", "recall_macro"]
     rows = {(r["method"], r["probe"], r["split"]) for r in res["rows"]}
-    assert rows == {(PRIOR, "-", "blocks10x10"), (RAW, "mlp", "blocks10x10"),
-                    *{(f"AETHER ({p})", "mlp", "blocks10x10") for p in ("paper", "default")}}
+    assert rows == {(PRIOR, "-", CITYREP_SPLIT), (RAW, "mlp", CITYREP_SPLIT),
+                    *{(f"AETHER (t7_{p}, {p})", "mlp", CITYREP_SPLIT)
+                      for p in ("paper", "default")}}
     for r in res["rows"]:
-        assert len(r["metrics"]["macro_f1"]["values"]) == 3
+        f1 = r["metrics"]["F1_macro"]
+        assert len(f1["values"]) == 3 and 0 <= f1["mean"] <= 1
+        assert f1["std"] == pytest.approx(float(__import__("numpy").std(f1["values"])),
+                                          abs=1e-6)
         if r["method"].startswith("AETHER"):
-            p = r["paired_vs_raw"]["macro_f1"]["p"]
+            p = r["paired_vs_raw"]["F1_macro"]["p"]
             assert p is None or 0 <= p <= 1
     md = (city_dir / "evaluation" / "helsinki_landuse_cityrep.md").read_text()
-    assert SYNTHETIC_NOTE in md and "p (paired t vs raw)" in md
+    assert SYNTHETIC_NOTE in md and "p (paired t vs raw)" in md and "± std" in md
+    # the earlier approximation keeps its own name, file and sample sd
+    old = evaluate(city_dir, task, runs[:1], protocol="spatial-blocks", seeds=(42, 24))
+    assert {r["split"] for r in old["rows"]} == {"blocks10x10"} and old["spread"] == "sd"
+    assert (city_dir / "evaluation" / "helsinki_landuse_spatial-blocks.md").is_file()
     # the CLI names the protocol; the same inputs reuse the written result
     r = cli("evaluate", "--city", "Helsinki", "--task", "helsinki_landuse", "--protocol",
             "cityrep", "--seeds", "3", *[a for n in names for a in ("--model", n)],
@@ -42,3 +53,26 @@ def test_cityrep_protocol_on_the_sample(sample_runs, cli):
     r = cli("evaluate", "--city", "Helsinki", "--task", "helsinki_landuse", "--protocol",
             "nope", "--data-dir", str(data_root))
     assert r.returncode == 2 and "unknown protocol" in r.stderr
+
+
+def test_two_runs_of_one_preset_are_two_rows(sample_runs):
+    """Rows are runs: a second run of the paper preset is its own row, not merged."""
+    import shutil
+
+    from aether.ml.encode import load_run
+    from aether.pipeline.demo import LABELS_FILE, write_landuse_labels
+    from aether.sample.city import ensure_sample
+
+    city_dir, names, data_root = sample_runs
+    write_landuse_labels(ensure_sample(data_root).pbf, city_dir / LABELS_FILE)
+    twin = city_dir / "models" / "t7_paper_twin"
+    if not twin.exists():
+        shutil.copytree(city_dir / "models" / names[0], twin)
+    runs = [load_run(city_dir, n, slug="helsinki", year=2024)
+            for n in (names[0], "t7_paper_twin")]
+    res = evaluate(city_dir, load_task(TASKS_DIR / "helsinki_landuse.yaml"), runs,
+                   protocol="cityrep", seeds=(42,), write=False)
+    aether_rows = [r["method"] for r in res["rows"] if r["method"].startswith("AETHER")]
+    assert sorted(aether_rows) == ["AETHER (t7_paper, paper)", "AETHER (t7_paper_twin, paper)"]
+    assert [r["run"] for r in res["runs"]] == ["t7_paper", "t7_paper_twin"]
+    shutil.rmtree(twin)

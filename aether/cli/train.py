@@ -106,6 +106,9 @@ def evaluate_cmd(
              "spatial-blocks (aether's earlier approximation of it)")] = "default",
     cell: Annotated[str | None, typer.Option(
         help="Grid cells of a grid task: 100m, 0.5km or h3:9 [the task's]")] = None,
+    train_seeds: Annotated[int, typer.Option(
+        help="Training seeds per model: trains replicates RUN-seedS when missing and "
+             "reports each model over seeds x folds")] = 1,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -114,7 +117,6 @@ def evaluate_cmd(
     from aether.evaluation.evaluate import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
-                       cell=cell, year=year,
-                       data_dir=data_dir)
+                       cell=cell, train_seeds=train_seeds, year=year, data_dir=data_dir)
     print_tables(*rich_tables(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")

@@ -237,6 +237,7 @@ def evaluate(
     shuffle: bool = False,
     settings: probes.ProbeSettings | None = None,
     write: bool = True,
+    replicates: list[list[ModelRun]] | None = None,
 ) -> dict[str, Any]:
     """Probe every method on every split and seed; the result table as a JSON-able dict.
 
@@ -245,7 +246,9 @@ def evaluate(
     is reused from ``evaluation/.cache/`` whatever order the models and seeds came in, so
     re-running a pipeline costs nothing here. Each result is written twice: as the task's
     latest (``<task>[_<protocol>].{json,md}``) and kept per set of runs
-    (``<task>[_<protocol>]__<run>+<run>.{json,md}``), with its provenance.
+    (``<task>[_<protocol>]__<run>+<run>.{json,md}``), with its provenance. ``replicates``
+    (groups of runs of one config with different training seeds, ``runs`` ignored) makes
+    one row of each group over its training seeds × probe seeds.
     """
     started = provenance.now()
     if protocol not in PROTOCOLS:
@@ -253,6 +256,8 @@ def evaluate(
 
         raise ConfigError(f"unknown protocol {protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[protocol]
+    if replicates:
+        runs = [r for group in replicates for r in group]
     probe_kinds = probe_kinds or proto.probe_kinds
     splits = splits or proto.splits
     settings = settings or proto.settings
@@ -260,8 +265,9 @@ def evaluate(
     store = CityStore.at(city_dir)
     stem = (f"{task.name}{'' if protocol == 'default' else '_' + protocol}"
             f"{'_shuffled' if shuffle else ''}")
+    groups = [[r.name for r in g] for g in replicates or []]
     key = _inputs_key(task, city_dir, runs, sorted(seeds), probe_kinds, splits, shuffle,
-                      settings)
+                      settings, *([groups] if groups else []))
     cached = store.evaluation_cache(stem, key)
     if write and cached.is_file():
         result = read_json(cached)
@@ -279,6 +285,8 @@ def evaluate(
         else:
             _probe_all(task, feats, labels, places.x, places.y, splits, seeds, probe_kinds,
                        shuffle, cfg, scores, shown)
+    if replicates:
+        scores = _pool(scores, replicates)
     metrics = (cityrep.METRICS if protocol == "cityrep" else probes.METRICS)[task.kind]
     result = {**_table(task, scores, labels, seeds, shuffle, metrics), "inputs_key": key,
               "protocol": protocol, "probe_hidden": cfg.hidden, "spread": proto.spread,
@@ -286,12 +294,34 @@ def evaluate(
                         "config_hash": r.config.get("config_hash"),
                         "train_seed": r.config.get("hyperparameters", {}).get("seed")}
                        for r in runs],
+              "replicates": {replicate_label(g): [r.name for r in g]
+                             for g in replicates or []},
               "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None,
               "provenance": provenance.record(city_dir, seeds=list(seeds), started=started)}
     if write:
         write_json(result, cached)
         result["paths"] = _publish_both(store, stem, runs, result)
     return result
+
+
+def replicate_label(group: list[ModelRun]) -> str:
+    """The row of a group of training-seed replicates."""
+    return f"{aether_label(group[0])} ×{len(group)} train seeds"
+
+
+def _pool(scores: dict[tuple[str, str, str], list[dict[str, float]]],
+          groups: list[list[ModelRun]]) -> dict[tuple[str, str, str], list[dict[str, float]]]:
+    """One row per group: its runs' per-seed scores one after another (run-major, so raw
+    AlphaEarth's seeds repeated once per run pair with them)."""
+    members = {aether_label(r): g for g in groups for r in g}
+    out: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for (method, probe, split), values in scores.items():
+        group = members.get(method)
+        if group is None:
+            out[(method, probe, split)] = values
+        else:
+            out.setdefault((replicate_label(group), probe, split), []).extend(values)
+    return out
 
 
 def run_set(runs: list[ModelRun]) -> str:
@@ -388,13 +418,31 @@ def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, fl
             m: _relative(row["metrics"][m]["mean"], base["metrics"][m]["mean"], up)
             for m, up in metrics.items()}
         row["paired_vs_raw"] = {} if base is None or row is base else {
-            m: probes.paired_test(row["metrics"][m]["values"], base["metrics"][m]["values"])
+            m: _paired(row["metrics"][m]["values"], base["metrics"][m]["values"])
             for m in metrics}
+    _holm_per_table(rows, metrics)
     return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
             "cell": task.grid_cell.label,
             "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
             "shuffled_labels": shuffle, "metrics": list(metrics),
             "higher_is_better": metrics, "rows": rows}
+
+
+def _paired(values: list[float], base: list[float]) -> dict[str, float | None]:
+    """Paired t-test against raw AlphaEarth; a replicate row's k runs each pair with the same
+    probe seeds of the raw row (its values repeated k times)."""
+    return probes.paired_test(values, base * (len(values) // max(1, len(base))))
+
+
+def _holm_per_table(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> None:
+    """``p_holm``: each split's table is one family per metric (its rows with a p-value)."""
+    for split in {r["split"] for r in rows}:
+        for m in metrics:
+            tested = [r["paired_vs_raw"][m] for r in rows if r["split"] == split
+                      and r["paired_vs_raw"].get(m, {}).get("p") is not None]
+            for test, adj in zip(tested, probes.holm([t["p"] for t in tested]), strict=True):
+                test["p_holm"] = adj
+                test["family"] = len(tested)
 
 
 def _relative(value: float, base: float, higher_is_better: bool) -> float | None:
@@ -462,11 +510,16 @@ def caption(result: dict[str, Any]) -> str:
     lower = [m for m, up in directions.items() if not up]
     spread = ("mean over 1 seed (no spread)" if n == 1 else
               f"mean ± {_spread(result)} over {n} seeds")
+    if result.get("replicates"):
+        k = {len(v) for v in result["replicates"].values()}
+        spread += (f"; rows marked ×{'/'.join(map(str, sorted(k)))} train seeds: over "
+                   f"training seeds × probe seeds, paired with raw AlphaEarth's probe seeds")
     flipped = (f" ({', '.join(lower)}: lower is better, so a lower value gives a positive Δ)"
                if lower else "")
     return (f"{spread}. Δ{head} vs raw: relative change of the mean {head} against raw "
             f"AlphaEarth with the same probe and split; + is better, − is worse{flipped}. "
-            f"p: paired t-test of {head} against raw AlphaEarth over the same seeds.")
+            f"p: paired t-test of {head} against raw AlphaEarth over the same seeds; "
+            f"p Holm: the same, Holm-corrected over the rows of the table that have a p.")
 
 
 def _spread(result: dict[str, Any]) -> str:
@@ -476,7 +529,8 @@ def _spread(result: dict[str, Any]) -> str:
 
 def _header(result: dict[str, Any]) -> list[str]:
     head = result["metrics"][0]
-    return ["method", "probe", *result["metrics"], f"Δ{head} vs raw", "p (paired t vs raw)"]
+    return ["method", "probe", *result["metrics"], f"Δ{head} vs raw", "p (paired t vs raw)",
+            "p Holm"]
 
 
 def _cells(result: dict[str, Any], split: str) -> list[list[str]]:
@@ -487,11 +541,13 @@ def _cells(result: dict[str, Any], split: str) -> list[list[str]]:
     for r in (r for r in result["rows"] if r["split"] == split):
         rel = r["relative_to_raw"].get(head)
         delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
-        p = r.get("paired_vs_raw", {}).get(head, {}).get("p")
+        test = r.get("paired_vs_raw", {}).get(head, {})
+        p, p_holm = test.get("p"), test.get("p_holm")
         rows.append([r["method"], r["probe"], *(
             f"{r['metrics'][m]['mean']:.3f}"
             + ("" if spread is None else f" ± {r['metrics'][m][spread]:.3f}")
-            for m in result["metrics"]), delta, "" if p is None else f"{p:.3g}"])
+            for m in result["metrics"]), delta, "" if p is None else f"{p:.3g}",
+            "" if p_holm is None else f"{p_holm:.3g}"])
     return rows
 
 

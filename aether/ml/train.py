@@ -161,6 +161,22 @@ def _stamp_finished(path: Path) -> None:
     write_json(config, path)
 
 
+def replicates(city_dir: Path, run_dir: Path, config: dict[str, Any], n: int,
+               options: RunOptions | None = None) -> list[Path]:
+    """``run_dir`` and ``n - 1`` runs of its exact config with the next seeds, each trained
+    when missing: ``<run>-seed<s>`` (training-seed replicates for ``aether evaluate``)."""
+    hyper = dict(config["hyperparameters"])
+    if "unknown" in hyper.values() or config.get("preset") not in PRESETS:
+        raise ModelError(f"run {run_dir.name} cannot be replicated: its training settings "
+                         "are not all known (an imported checkpoint)",
+                         "replicate a run of `aether train`")
+    seed, epochs = int(hyper.pop("seed")), int(hyper.pop("epochs"))
+    return [run_dir, *(train(city_dir, preset=config["preset"],
+                             run_name=check_run_name(f"{run_dir.name}-seed{s}"), epochs=epochs,
+                             seed=s, options=options, **hyper)
+                       for s in range(seed + 1, seed + n))]
+
+
 def check_run_name(name: str) -> str:
     try:
         return check_slug(name)

@@ -256,6 +256,11 @@ def evaluate(
 
         raise ConfigError(f"unknown protocol {protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[protocol]
+    if protocol == "cityrep" and (probe_kinds or splits or settings):
+        from aether.errors import ConfigError
+
+        raise ConfigError("the cityrep protocol fixes its splits, probe and probe settings",
+                          "leave them out, or use the default or spatial-blocks protocol")
     if replicates:
         runs = [r for group in replicates for r in group]
     probe_kinds = probe_kinds or proto.probe_kinds

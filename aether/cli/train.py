@@ -114,7 +114,7 @@ def evaluate_cmd(
 ) -> None:
     """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
     from aether import api
-    from aether.evaluation.evaluate import rich_tables
+    from aether.evaluation.report import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
                        cell=cell, train_seeds=train_seeds, year=year, data_dir=data_dir)

@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     args = ap.parse_args()
     from aether.core.windows import parse_window
-    from aether.evaluation.evaluate import evaluate, markdown
+    from aether.evaluation.evaluate import evaluate
+    from aether.evaluation.report import markdown
     from aether.evaluation.tasks import TASKS_DIR, load_task
     from aether.ml.encode import encode_city, load_run
     from aether.ml.train import train

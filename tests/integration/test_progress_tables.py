@@ -138,7 +138,7 @@ def test_evaluate_table_caption_and_no_spread_at_one_seed(landuse, cli) -> None:
 
 
 def test_lower_is_better_metrics_say_the_sign_is_flipped() -> None:
-    from aether.evaluation.evaluate import caption
+    from aether.evaluation.report import caption
 
     text = caption({"metrics": ["kl", "l1"], "kind": "distribution", "seeds": [42, 24]})
     assert text.startswith("mean ± std over 2 seeds. Δkl vs raw:")

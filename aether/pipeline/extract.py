@@ -235,6 +235,8 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
               poi_spec: str, source_name: str, options: dict[str, Any], place: Place,
               n_pois: int, n_rows: int) -> dict[str, Any]:
     """What was made, from what: read back by ``_up_to_date`` and by later steps."""
+    from aether.io.tiles import index_sha256
+
     tiles = options.get("tiles")
     return {
         "run_id": f"extract-{chash}",
@@ -242,7 +244,8 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
         "config": config,
         "config_hash": chash,
         "inputs": {"city": req.city, "pois": _poi_record(poi_spec),
-                   "source": source_name, "tiles": None if tiles is None else str(tiles)},
+                   "source": source_name, "tiles": None if tiles is None else str(tiles),
+                   "tiles_index_sha256": None if tiles is None else index_sha256(tiles)},
         "versions": _versions(),
         "outputs": {
             name: {"rows": rows, "sha256": sha256_file(store.dir / name)}

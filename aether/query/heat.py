@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Most pixels of a heat raster (its bytes per answer): ~1.4 pixels per side of a cell at 1 M.
-MAX_PIXELS = 2**21
+#: Most pixels of a heat raster (its bytes per answer): about one per cell at 1 M cells.
+MAX_PIXELS = 2**20
 #: Most pixels per side of a cell, so a small grid draws crisp cell edges.
 MAX_OVERSAMPLE = 8
 NODATA = 255

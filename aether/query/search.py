@@ -135,7 +135,7 @@ def top_pois(index: CityIndex, s: np.ndarray, k: int) -> pd.DataFrame:
     pois = index.pois.iloc[order]
     return pd.DataFrame({
         "rank": np.arange(1, len(order) + 1), "poi_id": pois["poi_id"].to_numpy(),
-        "name": [_name(index.pois, i) for i in order],
+        "name": [_label(v) for v in pois["name"]],
         "category": pois["category"].astype(str).to_numpy(), "score": s[order],
         "lon": pois.geometry.x.to_numpy(), "lat": pois.geometry.y.to_numpy(),
         "x": pois["x"].to_numpy(), "y": pois["y"].to_numpy()})
@@ -148,20 +148,24 @@ def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,
     if order is None:
         order = top_rows(s, k)
     lon, lat = index.centres
-    dist, near = index.poi_tree.query(np.column_stack([index.grid["x"].to_numpy()[order],
-                                             index.grid["y"].to_numpy()[order]]),
-                            k=min(n_pois, len(index.pois)))
+    cells = index.grid.iloc[order]  # only the k rows: a string column of 1 M is slow to copy
+    x, y = cells["x"].to_numpy(), cells["y"].to_numpy()
+    dist, near = index.poi_tree.query(np.column_stack([x, y]),
+                                      k=min(n_pois, len(index.pois)))
     near = np.atleast_2d(near.reshape(len(order), -1))
     dist = np.atleast_2d(dist.reshape(len(order), -1))
+    rows = np.unique(near)  # the POIs named, read once (not a frame lookup per name)
+    names = dict(zip(rows, [_label(v) for v in index.pois["name"].iloc[rows]], strict=True))
+    cats = dict(zip(rows, index.pois["category"].iloc[rows].astype(str), strict=True))
     return pd.DataFrame({
         "rank": np.arange(1, len(order) + 1),
-        "cell_id": index.grid["cell_id"].to_numpy()[order],
+        "cell_id": cells["cell_id"].to_numpy(),
         "score": s[order],
         "lon": lon[order], "lat": lat[order],
-        "x": index.grid["x"].to_numpy()[order], "y": index.grid["y"].to_numpy()[order],
+        "x": x, "y": y,
         "nearest_pois": [
-            [{"name": _name(index.pois, i), "category": str(index.pois["category"].iloc[i]),
-              "distance_m": round(float(d), 1)} for i, d in zip(row, drow, strict=True)]
+            [{"name": names[i], "category": cats[i], "distance_m": round(float(d), 1)}
+             for i, d in zip(row, drow, strict=True)]
             for row, drow in zip(near, dist, strict=True)],
     })
 
@@ -189,8 +193,7 @@ def top_rows(s: np.ndarray, k: int) -> np.ndarray:
     return part[np.isfinite(neg[part])]
 
 
-def _name(pois: Any, i: int) -> str:
-    name = pois["name"].iloc[i]
+def _label(name: Any) -> str:
     return str(name) if isinstance(name, str) and name else "(unnamed)"
 
 

@@ -6,8 +6,12 @@ and heads, and the page (Leaflet from the package, no CDN) draws one heat map pe
 by side. Raw AlphaEarth (the grid's own 64-d means) is a panel too: it has no text space, so it
 answers "more like this" only, which is exactly what shows what the alignment adds.
 
-It binds 127.0.0.1 and refuses any Host header but the loopback names unless ``--host`` was
-given, so a web page the user visits cannot reach it through DNS rebinding.
+This module is the state: panels whose query-independent parts (unit vectors, centres, POI
+tree, heat raster) are built once at load, so an answer is one matrix-vector product, a
+partial sort and a gather (``heat``); and the ``Gate`` that bounds the work in flight. The
+HTTP side is ``webapp``. It binds 127.0.0.1 and refuses any Host header but the loopback
+names unless ``--host`` was given, so a web page the user visits cannot reach it through DNS
+rebinding; ``webapp`` also refuses cross-site calls of the API.
 """
 
 from __future__ import annotations
@@ -168,6 +172,13 @@ class CityApp:
         self.panels = {p.name: p for p in panels}
         self.workers = workers or os.cpu_count() or 1
         self.queue = queue
+        if any(p.run is not None for p in panels):
+            # answers run side by side, one per worker: the text encoder gets one thread
+            # each (torch's own pool oversubscribes the cores: a short query took 240 ms on
+            # a busy 2-core machine, 19 ms on one thread)
+            import torch
+
+            torch.set_num_threads(1)
 
     def panel(self, name: str | None) -> Panel:
         if name is None:
@@ -235,23 +246,28 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
     for run in runs:
         idx = load_index(city_dir, run, cell)
         apply_text(run, ["warm up the text encoder"])  # the first query answers fast
-        panels.append(_panel(run.name, idx, idx.vectors, run))
+        panels.append(build_panel(run.name, idx, idx.vectors, run))
     if raw and panels:
         base = panels[0]
         grid = read_grid(city_dir, cell).set_index("cell_id").reindex(base.index.grid["cell_id"])
-        vecs = grid[list(BANDS)].to_numpy(np.float32)
+        vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
         idx = copy.copy(base.index)  # the same cells: centres, POI tree and raster shared
-        idx.vectors, idx.poi_vectors, idx.basemap = vecs, None, None
-        panels.append(Panel(RAW, idx, VectorIndex(vecs), None, base.heat))
+        idx.vectors, idx.poi_vectors, idx.basemap = vi.unit, None, None
+        panels.append(Panel(RAW, idx, vi, None, base.heat))
     return panels
 
 
-def _panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
+def build_panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
     """A panel with its query-independent parts built: unit vectors, centres, the POI tree,
-    the cell lookup for clicks and the heat raster."""
+    the cell lookup for clicks and the heat raster. The grid keeps ids, centres and shapes
+    only, and the index holds the unit vectors: one float32 copy of the vectors, not three
+    (at a million 128-d cells each is 512 MB)."""
+    vi = VectorIndex(vectors)
+    idx.grid = idx.grid[["cell_id", "x", "y", "geometry"]]
+    idx.vectors = vi.unit
     _ = idx.centres, idx.poi_tree, idx.grid.sindex  # each cached by its first use: now
     heat = heat_raster(idx.grid["x"].to_numpy(float), idx.grid["y"].to_numpy(float), idx.crs)
-    return Panel(name, idx, VectorIndex(vectors), run, heat)
+    return Panel(name, idx, vi, run, heat)
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:

@@ -72,7 +72,7 @@ class VectorIndex:
     """Top-k cosine search over fixed vectors: exact below ``exact_max``, quantised scan plus
     exact re-scoring above."""
 
-    vectors: np.ndarray  # (N, d), NaN rows allowed (never returned)
+    vectors: np.ndarray  # (N, d), NaN rows allowed (never returned); kept as unit rows
     exact_max: int = EXACT_MAX
     _unit: np.ndarray = field(init=False, repr=False)
     _ok: np.ndarray = field(init=False, repr=False)
@@ -80,9 +80,15 @@ class VectorIndex:
 
     def __post_init__(self) -> None:
         self._unit = unit_rows(self.vectors)
+        self.vectors = self._unit  # only the unit rows are needed: one copy held, not two
         self._ok = np.flatnonzero(np.isfinite(self._unit).all(axis=1))
         if len(self._ok) > self.exact_max:
             self._pq = _build_pq(self._unit, self._ok)
+
+    @property
+    def unit(self) -> np.ndarray:
+        """The vectors scaled to unit length (one contiguous float32 matrix)."""
+        return self._unit
 
     @property
     def approximate(self) -> bool:

@@ -9,7 +9,6 @@ endpoints' annotations: this module is only imported when a server starts.
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from importlib import resources
@@ -89,7 +88,8 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
     async def _typed(_: Request, e: AetherError) -> JSONResponse:
         return JSONResponse({"error": e.message, "hint": e.hint}, status_code=400)
 
-    gone = Response(status_code=499)  # nobody reads it: the client has left
+    def gone() -> Response:
+        return Response(status_code=499)  # nobody reads it: the client has left
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -122,7 +122,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                     ) -> Response:
         """The answer as JSON: top-k as GeoJSON points and the range; no per-cell list."""
         ans = await gate.run(request, state.ask, model, q, at, not_, k)
-        return gone if ans is None else JSONResponse(ans.summary())
+        return gone() if ans is None else JSONResponse(ans.summary())
 
     @app.get("/api/answer")
     async def answer(request: Request, model: str, q: str | None = None, k: int = 10,
@@ -134,7 +134,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
             return state.envelope(state.ask(model, q, at, not_, k))
 
         body = await gate.run(request, work)
-        return gone if body is None else Response(body, media_type="application/octet-stream")
+        return gone() if body is None else Response(body, media_type="application/octet-stream")
 
     @app.get("/api/export.geojson")
     async def export_geojson(request: Request, model: str, q: str | None = None, k: int = 10,
@@ -147,7 +147,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
             return json.dumps(result_geojson(state, ans)).encode()
 
         body = await gate.run(request, work)
-        return gone if body is None else Response(
+        return gone() if body is None else Response(
             body, media_type="application/geo+json",
             headers={"Content-Disposition": 'attachment; filename="aether-query.geojson"'})
 
@@ -165,10 +165,10 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                 res = QueryResult(f"{res.query} [{SYNTHETIC_LABEL}]", res.scores, res.top)
             with tempfile.TemporaryDirectory() as tmp:
                 path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
-                return io.BytesIO(path.read_bytes()).getvalue()
+                return path.read_bytes()
 
         body = await gate.run(request, work)
-        return gone if body is None else Response(
+        return gone() if body is None else Response(
             body, media_type="image/png",
             headers={"Content-Disposition": 'attachment; filename="aether-query.png"'})
 

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -299,7 +300,7 @@ def test_many_clients_are_answered_or_refused_and_memory_stays_bounded(busy_serv
     url, names, proc = busy_server
 
     def peak_mb() -> float:
-        status = open(f"/proc/{proc.pid}/status").read()
+        status = Path(f"/proc/{proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
     _get(f"{url}api/answer?q=hotel&model={names[1]}")  # first answers allocate once

@@ -118,7 +118,8 @@ function drawHeat(p, lo, hi) {
 
 function drawLegend(p, lo, hi, shared) {
   p.legend.replaceChildren();
-  p.legend.append(el("b", "cosine similarity" + (shared ? " (one scale for all panels)" : "")));
+  p.legend.append(el("b", "cosine similarity"));
+  if (shared) p.legend.append(el("div", "one scale for all panels"));
   const bar = el("div", undefined, "bar");
   bar.style.background = "linear-gradient(to right," + STOPS.join(",") + ")";
   const ends = el("div", undefined, "ends");

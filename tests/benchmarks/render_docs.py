@@ -126,7 +126,7 @@ def serve(r: dict) -> str:
     table = _table(["request", "clients", "p50 ms", "p99 ms", "p50 / floor", "answers/s",
                     "server CPU ms/answer", "reply bytes", "503"], rows)
     b = r["burst"]
-    refused = (f", refused in at most {b['refused_p99_ms']:,.0f} ms (p99)"
+    refused = (f", each refusal within {b['refused_p99_ms']:,.0f} ms (p99)"
                if b["refused_p99_ms"] is not None else "")
     load = (f"Load test: {b['requests']:,} \"more like this\" requests arriving evenly over "
             f"{b['seconds']:.0f} s (one connection each): **{b['answered']:,} answered** (p99 "

@@ -179,6 +179,11 @@ class Model:
     def name(self) -> str:
         return self.run.name
 
+    def __repr__(self) -> str:  # not the dataclass's: that would print the whole torch module
+        text = self.run.text_model or "no text encoder"
+        return (f"Model({self.name!r}: {self.run.out_dim}-d, base radius "
+                f"{self.base_radius_m:g} m, text {text})")
+
     @property
     def base_radius_m(self) -> float:
         """The buffer radius the head was trained on (it is applied at that scale only)."""
@@ -425,6 +430,12 @@ class Search:
     results: list[QueryResult]
     city_dir: Path
 
+    def __repr__(self) -> str:  # the run holds a torch module: never print it
+        queries = ", ".join(repr(r.query) for r in self.results[:3])
+        more = f" and {len(self.results) - 3} more" if len(self.results) > 3 else ""
+        return (f"Search(model {self.run.name!r}, {len(self.index.grid):,} cells, "
+                f"queries {queries}{more}; .table() for the answers)")
+
     def table(self) -> gpd.GeoDataFrame:
         """One row per query × rank: query, rank, score, cell_id, lon, lat, nearest_pois,
         model, and the cell's geometry (EPSG:4326)."""
@@ -487,26 +498,32 @@ def search(queries: Sequence[str], *, city: str, model: str | None = None, k: in
 def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
             not_at: Sequence[tuple[float, float]] = (), pois: Sequence[str] = (),
             model: str | None = None, k: int = 10, cell: str | float | None = None,
-            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> Search:
+            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
+            include_examples: bool = False) -> Search:
     """Grid cells most like example places — cells at ``at`` (lon, lat) and POIs by id — and
-    unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``."""
+    unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``. The example cells
+    themselves are left out unless ``include_examples``."""
     from aether.query.search import load_index
     from aether.query.similar import poi_vectors
     from aether.query.similar import similar as _similar
 
     run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
     index = load_index(where, run, cell_m)
-    res = _similar(index, at=at, not_at=not_at, poi_vectors=poi_vectors(where, run, pois), k=k)
+    res = _similar(index, at=at, not_at=not_at, poi_vectors=poi_vectors(where, run, pois), k=k,
+                   include_examples=include_examples)
     return Search(run, index, [res], where)
 
 
 def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = True,
-            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> CityApp:
+            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
+            workers: int | None = None, queue: int = 16) -> CityApp:
     """The state behind ``aether serve``: each run's encoded grid (the smallest cell all of
     them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI.
-    Without ``models``, every run that has an encoded grid (the others are named in the log)."""
+    Without ``models``, every run that has an encoded grid (the others are named in the log).
+    ``workers`` answers at a time (default: the CPUs) and ``queue`` waiting; more get a 503."""
     import logging
 
+    from aether.evaluation.evaluate import is_synthetic
     from aether.ml.encode import encoded_cells
     from aether.query.serve import CityApp, load_panels
 
@@ -523,7 +540,8 @@ def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = Tru
     if not common:
         raise TableError("the models share no encoded grid",
                          f"run `aether encode --city {city}` for each of them")
-    return CityApp(city, load_panels(where, chosen, common[0]), tiles=tiles)
+    return CityApp(city, load_panels(where, chosen, common[0]), tiles=tiles,
+                   synthetic=is_synthetic(where), workers=workers, queue=queue)
 
 
 def query(queries: str | Sequence[str], *, city: str, model: str | None = None, k: int = 10,

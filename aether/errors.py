@@ -64,6 +64,10 @@ class ModelError(AetherError):
     """A model or checkpoint does not fit the data or config it is used with."""
 
 
+class BusyError(AetherError):
+    """A server has no worker or queue place left: the request is refused at once (503)."""
+
+
 class DaskError(AetherError):
     """A Dask scheduler cannot be reached or used."""
 

@@ -49,6 +49,8 @@ def similar(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
         None),
     k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
+    include_examples: Annotated[bool, typer.Option(
+        help="Return the example cells themselves too")] = False,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -58,7 +60,8 @@ def similar(
 
     answer = api.similar(city=city, at=[parse_lonlat(a) for a in at or []],
                          not_at=[parse_lonlat(a) for a in not_at or []], pois=poi or [],
-                         model=model, k=k, year=year, data_dir=data_dir)
+                         model=model, k=k, year=year, data_dir=data_dir,
+                         include_examples=include_examples)
     show_answer(answer, "places like the examples (model {model}):")
 
 
@@ -70,6 +73,10 @@ def serve(
                                            "from the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port)", min=0, max=65535)] = 8000,
     tiles: Annotated[bool, typer.Option(help="OSM base tiles under the heat maps")] = True,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Answers computed at a time [the CPUs]")] = None,
+    queue: Annotated[int, typer.Option(
+        min=0, help="Requests that may wait for a worker; beyond them: 503 at once")] = 16,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -80,7 +87,8 @@ def serve(
     from aether.query.serve import listen
     from aether.query.serve import serve as run_server
 
-    state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir)
+    state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir,
+                        workers=workers, queue=queue)
     sock, url = listen(host, port)
     typer.echo(f"{url}  ({', '.join(state.panels)}; Ctrl-C stops it)")
     sys.stdout.flush()

@@ -9,6 +9,7 @@ how often the top-k places hold a real POI of that category, against the base ra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ from aether.ml.encode import ModelRun, apply_text
 from aether.ml.encode import read_aether_grid as _read_grid
 
 MAX_QUERY_CHARS = 500
+#: Below this spread of scores over the grid (max − min) a map shows noise: it is said in words.
+FLAT_SPREAD = 0.01
+#: Scores this close to the best one tie with it.
+TIE = 5e-4
 
 
 def check_queries(queries: list[str]) -> list[str]:
@@ -50,6 +55,12 @@ class QueryResult:
     top: pd.DataFrame  # rank, cell_id, score, lon, lat, x, y, nearest_pois
     top_pois: pd.DataFrame | None = None  # rank, poi_id, name, category, score, lon, lat, x, y
 
+    def __repr__(self) -> str:
+        best = (f", best {self.top['score'].iloc[0]:.3f} at {self.top['cell_id'].iloc[0]}"
+                if len(self.top) else "")
+        return (f"QueryResult({self.query!r}: {len(self.scores):,} cells scored, "
+                f"top {len(self.top)}{best})")
+
 
 @dataclass
 class CityIndex:
@@ -61,6 +72,24 @@ class CityIndex:
     crs: str
     poi_vectors: np.ndarray | None = None  # (len(pois), out_dim) AETHER vectors, NaN where masked
     basemap: Any = None  # GeoDataFrame (layer, geometry) of roads, water, green, buildings
+
+    @cached_property
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lon and lat of every cell's centroid: reprojecting a million cells per answer was
+        most of an answer's time, so it is done once."""
+        c = self.grid.geometry.to_crs(self.crs).centroid.to_crs("EPSG:4326")
+        return c.x.to_numpy(), c.y.to_numpy()
+
+    @cached_property
+    def poi_tree(self) -> Any:
+        """A KD-tree over the POIs' projected x, y (for the POIs nearest a cell)."""
+        from scipy.spatial import cKDTree
+
+        return cKDTree(np.column_stack([self.pois["x"], self.pois["y"]]))
+
+    def __repr__(self) -> str:
+        return (f"CityIndex({len(self.grid):,} cells × {self.vectors.shape[1]}, "
+                f"{len(self.pois):,} POIs, {self.crs})")
 
 
 def load_index(city_dir: Path, run: ModelRun, cell: str | float | CellSpec) -> CityIndex:
@@ -106,7 +135,7 @@ def top_pois(index: CityIndex, s: np.ndarray, k: int) -> pd.DataFrame:
     pois = index.pois.iloc[order]
     return pd.DataFrame({
         "rank": np.arange(1, len(order) + 1), "poi_id": pois["poi_id"].to_numpy(),
-        "name": [_name(index.pois, i) for i in order],
+        "name": [_label(v) for v in pois["name"]],
         "category": pois["category"].astype(str).to_numpy(), "score": s[order],
         "lon": pois.geometry.x.to_numpy(), "lat": pois.geometry.y.to_numpy(),
         "x": pois["x"].to_numpy(), "y": pois["y"].to_numpy()})
@@ -116,33 +145,55 @@ def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,
            order: np.ndarray | None = None) -> pd.DataFrame:
     """The top-k cells of scores ``s`` (or the cells ``order``, best first) with their
     nearest POIs: what every answer over a grid shows."""
-    from scipy.spatial import cKDTree
-
     if order is None:
-        order = np.argsort(np.where(np.isnan(s), np.inf, -s), kind="stable")[:k]  # masked last
-        order = order[np.isfinite(s[order])]
-    tree = cKDTree(np.column_stack([index.pois["x"], index.pois["y"]]))
-    centres = index.grid.geometry.to_crs(index.crs).centroid.to_crs("EPSG:4326")
-    dist, near = tree.query(np.column_stack([index.grid["x"].to_numpy()[order],
-                                             index.grid["y"].to_numpy()[order]]),
-                            k=min(n_pois, len(index.pois)))
+        order = top_rows(s, k)
+    lon, lat = index.centres
+    cells = index.grid.iloc[order]  # only the k rows: a string column of 1 M is slow to copy
+    x, y = cells["x"].to_numpy(), cells["y"].to_numpy()
+    dist, near = index.poi_tree.query(np.column_stack([x, y]),
+                                      k=min(n_pois, len(index.pois)))
     near = np.atleast_2d(near.reshape(len(order), -1))
     dist = np.atleast_2d(dist.reshape(len(order), -1))
+    rows = np.unique(near)  # the POIs named, read once (not a frame lookup per name)
+    names = dict(zip(rows, [_label(v) for v in index.pois["name"].iloc[rows]], strict=True))
+    cats = dict(zip(rows, index.pois["category"].iloc[rows].astype(str), strict=True))
     return pd.DataFrame({
         "rank": np.arange(1, len(order) + 1),
-        "cell_id": index.grid["cell_id"].to_numpy()[order],
+        "cell_id": cells["cell_id"].to_numpy(),
         "score": s[order],
-        "lon": centres.x.to_numpy()[order], "lat": centres.y.to_numpy()[order],
-        "x": index.grid["x"].to_numpy()[order], "y": index.grid["y"].to_numpy()[order],
+        "lon": lon[order], "lat": lat[order],
+        "x": x, "y": y,
         "nearest_pois": [
-            [{"name": _name(index.pois, i), "category": str(index.pois["category"].iloc[i]),
-              "distance_m": round(float(d), 1)} for i, d in zip(row, drow, strict=True)]
+            [{"name": names[i], "category": cats[i], "distance_m": round(float(d), 1)}
+             for i, d in zip(row, drow, strict=True)]
             for row, drow in zip(near, dist, strict=True)],
     })
 
 
-def _name(pois: Any, i: int) -> str:
-    name = pois["name"].iloc[i]
+def spread_note(scores: np.ndarray) -> str | None:
+    """A warning in words when the map cannot be read as it looks: every cell scores about
+    the same, or many cells tie with the best; None when the scores spread out."""
+    ok = scores[np.isfinite(scores)]
+    if not len(ok):
+        return "no cell has a score (every cell is masked)"
+    lo, hi = float(ok.min()), float(ok.max())
+    if hi - lo < FLAT_SPREAD:
+        return f"all cells within {max(hi - lo, 0.001):.3f}: no place stands out"
+    ties = int(np.count_nonzero(ok >= hi - TIE))
+    return f"{ties:,} cells tie with the best (within {TIE:g})" if ties > 1 else None
+
+
+def top_rows(s: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` highest scores, best first, ties by row; NaN (masked) never. One
+    partial partition, then a sort of the k: no sort of the whole grid per answer."""
+    neg = np.where(np.isnan(s), np.inf, -s)
+    k = min(k, len(s))
+    part = np.argpartition(neg, k - 1)[:k] if 0 < k < len(s) else np.arange(k)
+    part = part[np.lexsort((part, neg[part]))]
+    return part[np.isfinite(neg[part])]
+
+
+def _label(name: Any) -> str:
     return str(name) if isinstance(name, str) and name else "(unnamed)"
 
 

@@ -6,26 +6,32 @@ and heads, and the page (Leaflet from the package, no CDN) draws one heat map pe
 by side. Raw AlphaEarth (the grid's own 64-d means) is a panel too: it has no text space, so it
 answers "more like this" only, which is exactly what shows what the alignment adds.
 
-It binds 127.0.0.1 and refuses any Host header but the loopback names unless ``--host`` was
-given, so a web page the user visits cannot reach it through DNS rebinding.
+This module is the state: panels whose query-independent parts (unit vectors, centres, POI
+tree, heat raster) are built once at load, so an answer is one matrix-vector product, a
+partial sort and a gather (``heat``); and the ``Gate`` that bounds the work in flight. The
+HTTP side is ``webapp``. It binds 127.0.0.1 and refuses any Host header but the loopback
+names unless ``--host`` was given, so a web page the user visits cannot reach it through DNS
+rebinding; ``webapp`` also refuses cross-site calls of the API.
 """
 
 from __future__ import annotations
 
-import io
+import copy
+import json
 import logging
+import os
 import socket
-import tempfile
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from aether.errors import AetherError, InputError
-from aether.query.maps import AEF_CREDIT, OSM_CREDIT
-from aether.query.search import CityIndex, QueryResult, check_queries, ranked
+from aether.errors import BusyError, InputError
+from aether.query.heat import LEVELS, NODATA, HeatRaster, heat_raster
+from aether.query.search import CityIndex, QueryResult, check_queries, ranked, spread_note, top_rows
 from aether.query.similar import VectorIndex, example_vector, parse_lonlat
 
 if TYPE_CHECKING:
@@ -33,42 +39,146 @@ if TYPE_CHECKING:
     from aether.ml.encode import ModelRun
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RAW = "alphaearth"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_K = 200
-#: Files the page may load, by name: nothing a request names can reach another file.
-STATIC = {
-    "leaflet.js": ("js/leaflet.js", "text/javascript"),
-    "leaflet.css": ("js/leaflet.css", "text/css"),
-    "app.js": ("web/app.js", "text/javascript"),
-    "app.css": ("web/app.css", "text/css"),
-}
+#: Seconds a refused client is told to wait before asking again.
+RETRY_AFTER_S = 1
+SYNTHETIC_LABEL = "generated raster (the offline sample): not real AlphaEarth"
 
 
 @dataclass
 class Panel:
-    """One model's view of the city: its grid index, its vectors and (for text) its run."""
+    """One model's view of the city: its grid index, its vectors, (for text) its run, and
+    the raster its heat layer is drawn on."""
 
     name: str
     index: CityIndex
     vectors: VectorIndex
     run: ModelRun | None  # None: raw AlphaEarth, no text space
+    heat: HeatRaster
 
-    def answer(self, label: str, scores: np.ndarray, k: int) -> QueryResult:
-        return QueryResult(label, scores, ranked(self.index, scores, k=k))
+    @property
+    def about(self) -> str:
+        """What the model is, in a line for the page."""
+        if self.run is None:
+            return (f"raw AlphaEarth: the grid's own {self.vectors.vectors.shape[1]}-d means, "
+                    "no text space (more like this only)")
+        text = self.run.text_model or "no text encoder"
+        return f"AETHER run {self.name}: {self.run.out_dim}-d, text encoder {text}"
+
+    def answer(self, label: str, q: np.ndarray, k: int, skip: np.ndarray | None = None
+               ) -> Answer:
+        """Scores of every cell for the unit query ``q``, its range and its top-k cells
+        (never the rows ``skip``: the examples of "more like this")."""
+        scores = self.vectors.scores(q)
+        skip = np.empty(0, np.int64) if skip is None else np.unique(skip)
+        order = top_rows(scores, k + len(skip))
+        order = order[~np.isin(order, skip)][:k]
+        lo, hi = (float(np.nanmin(scores)), float(np.nanmax(scores))) if len(order) else (0, 1)
+        res = QueryResult(label, scores, ranked(self.index, scores, k=k, order=order))
+        return Answer(self.name, res, lo, hi, spread_note(scores))
+
+
+@dataclass
+class Answer:
+    """One panel's answer: the scores, their range and what the page says about them."""
+
+    model: str
+    result: QueryResult
+    lo: float
+    hi: float
+    note: str | None
+
+    def summary(self, heat: HeatRaster | None = None) -> dict[str, Any]:
+        """The answer without the per-cell scores: top-k as GeoJSON points, the range, the
+        note and (with ``heat``) how to read the heat bytes."""
+        top = self.result.top
+        feats = [{"type": "Feature",
+                  "geometry": {"type": "Point", "coordinates": [float(r.lon), float(r.lat)]},
+                  "properties": {"rank": int(r.rank), "cell_id": str(r.cell_id),
+                                 "score": round(float(r.score), 4),
+                                 "nearest_pois": r.nearest_pois}}
+                 for r in top.itertuples()]
+        out: dict[str, Any] = {"model": self.model, "query": self.result.query,
+                               "lo": self.lo, "hi": self.hi, "note": self.note,
+                               "top": {"type": "FeatureCollection", "features": feats}}
+        if heat is not None:
+            (s, w), (n, e) = heat.bounds
+            out["heat"] = {"height": heat.shape[0], "width": heat.shape[1],
+                           "bounds": [[s, w], [n, e]], "levels": LEVELS, "nodata": NODATA}
+        return out
+
+
+class Gate:
+    """Bounded admission: ``workers`` answers at a time and ``queue`` more waiting; any more
+    is refused at once (503), so load never piles up in memory or in unanswered sockets.
+    A queued request whose client has left is dropped before it is computed. Runs on the
+    event loop (one thread): plain counters need no lock."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        import anyio
+
+        if workers < 1 or queue < 0:
+            raise InputError(f"workers {workers}, queue {queue}",
+                             "use at least 1 worker and a queue of 0 or more")
+        self.workers, self.queue = workers, queue
+        self._slots = anyio.Semaphore(workers)
+        self._threads = anyio.CapacityLimiter(workers)
+        self.admitted = 0  # running or waiting
+        self.counts = {"answered": 0, "refused": 0, "abandoned": 0}
+
+    async def run(self, request: Any, fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)`` in a worker thread once a slot is free; None when the client left
+        while it waited; ``BusyError`` when no place is left."""
+        import anyio
+
+        if self.admitted >= self.workers + self.queue:
+            self.counts["refused"] += 1
+            raise BusyError(f"busy: {self.admitted} requests running or queued",
+                       f"retry in {RETRY_AFTER_S} s")
+        self.admitted += 1
+        try:
+            # read the request now: the server then listens on its socket while it waits,
+            # so a client that hangs up is seen as gone
+            await request.body()
+            async with self._slots:
+                if await request.is_disconnected():
+                    self.counts["abandoned"] += 1
+                    return None
+                out = await anyio.to_thread.run_sync(lambda: fn(*args), limiter=self._threads)
+                self.counts["answered"] += 1
+                return out
+        finally:
+            self.admitted -= 1
+
+    def state(self) -> dict[str, int]:
+        return {"workers": self.workers, "queue": self.queue, "admitted": self.admitted,
+                **self.counts}
 
 
 class CityApp:
     """The state behind the web app: every panel loaded once, queries answered from memory."""
 
-    def __init__(self, city: str, panels: list[Panel], *, tiles: bool = False) -> None:
+    def __init__(self, city: str, panels: list[Panel], *, tiles: bool = False,
+                 synthetic: bool = False, workers: int | None = None, queue: int = 16) -> None:
         if not panels:
             raise InputError(f"nothing to serve for {city}", "run `aether encode` first")
         self.city = city
         self.tiles = tiles
+        self.synthetic = synthetic
         self.panels = {p.name: p for p in panels}
-        self._grid_json: dict[str, str] = {}
+        self.workers = workers or os.cpu_count() or 1
+        self.queue = queue
+        if any(p.run is not None for p in panels):
+            # answers run side by side, one per worker: the text encoder gets one thread
+            # each (torch's own pool oversubscribes the cores: a short query took 240 ms on
+            # a busy 2-core machine, 19 ms on one thread)
+            import torch
+
+            torch.set_num_threads(1)
 
     def panel(self, name: str | None) -> Panel:
         if name is None:
@@ -77,14 +187,7 @@ class CityApp:
             raise InputError(f"unknown model {name!r}", f"served: {', '.join(self.panels)}")
         return self.panels[name]
 
-    def grid_geojson(self, name: str) -> str:
-        """Cell polygons of a panel's grid (ids and geometry only), built once."""
-        if name not in self._grid_json:
-            grid = self.panel(name).index.grid[["cell_id", "geometry"]]
-            self._grid_json[name] = grid.to_json(drop_id=True, to_wgs84=True)
-        return self._grid_json[name]
-
-    def text(self, name: str, q: str, k: int) -> QueryResult:
+    def text(self, name: str, q: str, k: int) -> Answer:
         from aether.ml.encode import apply_text
 
         panel = self.panel(name)
@@ -93,19 +196,36 @@ class CityApp:
             raise InputError(f"{name} has no text space: it cannot read {q!r}",
                              "click a cell for places like it, or pick a trained model")
         vec = apply_text(panel.run, [q])[0]
-        return panel.answer(q, panel.vectors.scores(vec / np.linalg.norm(vec)), _k(k))
+        return panel.answer(q, vec / np.linalg.norm(vec), _k(k))
 
-    def like(self, name: str, at: list[str], not_at: list[str], k: int) -> QueryResult:
+    def like(self, name: str, at: list[str], not_at: list[str], k: int) -> Answer:
         from aether.query.similar import cells_at
 
         panel = self.panel(name)
         if not at:
             raise InputError("no example place given", "pass at=LON,LAT")
-        pos = panel.index.vectors[cells_at(panel.index, [parse_lonlat(a) for a in at])]
+        rows = cells_at(panel.index, [parse_lonlat(a) for a in at])
         neg = (panel.index.vectors[cells_at(panel.index, [parse_lonlat(a) for a in not_at])]
                if not_at else None)
-        q = example_vector(pos, neg)
-        return panel.answer("more like this", panel.vectors.scores(q), _k(k))
+        return panel.answer("more like this", example_vector(panel.index.vectors[rows], neg),
+                            _k(k), skip=rows)
+
+    def ask(self, model: str, q: str | None, at: list[str], not_at: list[str], k: int
+            ) -> Answer:
+        """A text query, or "more like this" when example places are given."""
+        if at:
+            return self.like(model, at, not_at, k)
+        if q is None:
+            raise InputError("no query given", "pass q=... or at=LON,LAT")
+        return self.text(model, q, k)
+
+    def envelope(self, ans: Answer) -> bytes:
+        """The page's reply: a little-endian uint32 length, that many bytes of JSON (the
+        summary) and the heat raster's bytes (``height × width``, one per pixel)."""
+        heat = self.panel(ans.model).heat
+        head = json.dumps(ans.summary(heat)).encode()
+        return struct.pack("<I", len(head)) + head + heat.encode(ans.result.scores, ans.lo,
+                                                                 ans.hi)
 
 
 def _k(k: int) -> int:
@@ -114,120 +234,10 @@ def _k(k: int) -> int:
     return k
 
 
-def result_json(res: QueryResult, model: str) -> dict[str, Any]:
-    """What the page draws: a score per grid cell (null where masked) and the top cells."""
-    scores = [None if not np.isfinite(v) else round(float(v), 4) for v in res.scores]
-    ok = np.isfinite(res.scores)
-    lo, hi = (float(res.scores[ok].min()), float(res.scores[ok].max())) if ok.any() else (0, 1)
-    top = res.top.drop(columns=["x", "y"]).to_dict(orient="records")
-    for row in top:
-        row["score"] = round(float(row["score"]), 4)
-        row["rank"] = int(row["rank"])
-    return {"model": model, "query": res.query, "scores": scores, "lo": lo, "hi": hi,
-            "top": top}
-
-
-def result_geojson(app_state: CityApp, res: QueryResult, model: str) -> dict[str, Any]:
-    """The current answer as GeoJSON: each cell with its score and rank, and the credits."""
-    import json
-
-    grid = app_state.panel(model).index.grid[["cell_id", "geometry"]]
-    rank = dict(zip(res.top["cell_id"], res.top["rank"], strict=True))
-    out = grid.assign(score=[None if not np.isfinite(v) else float(v) for v in res.scores],
-                      rank=[rank.get(c) for c in grid["cell_id"]])
-    doc = json.loads(out.to_json(drop_id=True, to_wgs84=True))
-    doc.update(query=res.query, model=model, attribution=[OSM_CREDIT, AEF_CREDIT])
-    return doc
-
-
-def page() -> str:
-    return resources.files("aether").joinpath("data/web/index.html").read_text("utf-8")
-
-
-def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any:
-    """The FastAPI app over ``state``; Host headers outside ``allowed_hosts`` get a 400."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-    app = FastAPI(title="aether", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK))
-
-    @app.exception_handler(AetherError)
-    async def _typed(_: Request, e: AetherError) -> JSONResponse:
-        return JSONResponse({"error": e.message, "hint": e.hint}, status_code=400)
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return page()
-
-    @app.get("/static/{name}")
-    def static(name: str) -> Response:
-        if name not in STATIC:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        rel, media = STATIC[name]
-        return Response(resources.files("aether").joinpath(f"data/{rel}").read_bytes(),
-                        media_type=media)
-
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
-        first = state.panel(None).index.grid
-        w, s, e, n = first.to_crs("EPSG:4326").total_bounds
-        return {"city": state.city, "bounds": [[s, w], [n, e]],
-                "models": [{"name": p.name, "text": p.run is not None}
-                           for p in state.panels.values()],
-                "attribution": [OSM_CREDIT, AEF_CREDIT], "tiles": state.tiles}
-
-    @app.get("/api/grid")
-    def grid(model: str) -> Response:
-        return Response(state.grid_geojson(state.panel(model).name),
-                        media_type="application/geo+json")
-
-    def answer(model: str, q: str | None, at: list[str], not_at: list[str], k: int
-               ) -> QueryResult:
-        if at:
-            return state.like(model, at, not_at, k)
-        if q is None:
-            raise InputError("no query given", "pass q=... or at=LON,LAT")
-        return state.text(model, q, k)
-
-    @app.get("/api/query")
-    def query(model: str, q: str | None = None, k: int = 10,
-              at: list[str] = Query(default=[]),  # noqa: B008  (FastAPI's declaration)
-              not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-              ) -> dict[str, Any]:
-        return result_json(answer(model, q, at, not_, k), model)
-
-    @app.get("/api/export.geojson")
-    def export_geojson(model: str, q: str | None = None, k: int = 10,
-                       at: list[str] = Query(default=[]),  # noqa: B008
-                       not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                       ) -> JSONResponse:
-        res = answer(model, q, at, not_, k)
-        return JSONResponse(result_geojson(state, res, model), media_type="application/geo+json",
-                            headers={"Content-Disposition":
-                                     'attachment; filename="aether-query.geojson"'})
-
-    @app.get("/api/export.png")
-    def export_png(model: str, q: str | None = None, k: int = 10,
-                   at: list[str] = Query(default=[]),  # noqa: B008
-                   not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                   ) -> Response:
-        from aether.query.maps import png_map
-
-        res = answer(model, q, at, not_, k)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
-            data = io.BytesIO(path.read_bytes())
-        return Response(data.getvalue(), media_type="image/png",
-                        headers={"Content-Disposition": 'attachment; filename="aether-query.png"'})
-
-    return app
-
-
 def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSpec, *,
                 raw: bool = True) -> list[Panel]:
-    """A panel per trained run (its encoded grid), plus raw AlphaEarth (the grid's means)."""
+    """A panel per trained run (its encoded grid), plus raw AlphaEarth (the grid's means);
+    everything an answer needs that does not depend on the query is made here, once."""
     from aether.core.aef import BANDS
     from aether.ml.encode import apply_text, read_grid
     from aether.query.search import load_index
@@ -236,14 +246,28 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
     for run in runs:
         idx = load_index(city_dir, run, cell)
         apply_text(run, ["warm up the text encoder"])  # the first query answers fast
-        panels.append(Panel(run.name, idx, VectorIndex(idx.vectors), run))
+        panels.append(build_panel(run.name, idx, idx.vectors, run))
     if raw and panels:
-        base = panels[0].index
-        grid = read_grid(city_dir, cell).set_index("cell_id").reindex(base.grid["cell_id"])
-        vecs = grid[list(BANDS)].to_numpy(np.float32)
-        idx = CityIndex(base.grid, vecs, base.pois, base.crs)
-        panels.append(Panel(RAW, idx, VectorIndex(vecs), None))
+        base = panels[0]
+        grid = read_grid(city_dir, cell).set_index("cell_id").reindex(base.index.grid["cell_id"])
+        vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
+        idx = copy.copy(base.index)  # the same cells: centres, POI tree and raster shared
+        idx.vectors, idx.poi_vectors, idx.basemap = vi.unit, None, None
+        panels.append(Panel(RAW, idx, vi, None, base.heat))
     return panels
+
+
+def build_panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
+    """A panel with its query-independent parts built: unit vectors, centres, the POI tree,
+    the cell lookup for clicks and the heat raster. The grid keeps ids, centres and shapes
+    only, and the index holds the unit vectors: one float32 copy of the vectors, not three
+    (at a million 128-d cells each is 512 MB)."""
+    vi = VectorIndex(vectors)
+    idx.grid = idx.grid[["cell_id", "x", "y", "geometry"]]
+    idx.vectors = vi.unit
+    _ = idx.centres, idx.poi_tree, idx.grid.sindex  # each cached by its first use: now
+    heat = heat_raster(idx.grid["x"].to_numpy(float), idx.grid["y"].to_numpy(float), idx.crs)
+    return Panel(name, idx, vi, run, heat)
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:
@@ -269,6 +293,10 @@ def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
     import uvicorn
 
     allowed = list(LOOPBACK) if host in LOOPBACK else ["*"]
-    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning")
+    # a backstop on open connections (the gate bounds the work): beyond it uvicorn says 503
+    from aether.query.webapp import create_app
+
+    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning",
+                            limit_concurrency=state.workers + state.queue + 64)
     log.info("serving %s on %s:%d", state.city, host, sock.getsockname()[1])
     uvicorn.Server(config).run(sockets=[sock])

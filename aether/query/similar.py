@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aether.errors import InputError
-from aether.query.search import CityIndex, QueryResult, ranked
+from aether.query.search import CityIndex, QueryResult, ranked, top_rows
 
 if TYPE_CHECKING:
     from aether.ml.encode import ModelRun
@@ -72,7 +72,7 @@ class VectorIndex:
     """Top-k cosine search over fixed vectors: exact below ``exact_max``, quantised scan plus
     exact re-scoring above."""
 
-    vectors: np.ndarray  # (N, d), NaN rows allowed (never returned)
+    vectors: np.ndarray  # (N, d), NaN rows allowed (never returned); kept as unit rows
     exact_max: int = EXACT_MAX
     _unit: np.ndarray = field(init=False, repr=False)
     _ok: np.ndarray = field(init=False, repr=False)
@@ -80,9 +80,15 @@ class VectorIndex:
 
     def __post_init__(self) -> None:
         self._unit = unit_rows(self.vectors)
+        self.vectors = self._unit  # only the unit rows are needed: one copy held, not two
         self._ok = np.flatnonzero(np.isfinite(self._unit).all(axis=1))
         if len(self._ok) > self.exact_max:
             self._pq = _build_pq(self._unit, self._ok)
+
+    @property
+    def unit(self) -> np.ndarray:
+        """The vectors scaled to unit length (one contiguous float32 matrix)."""
+        return self._unit
 
     @property
     def approximate(self) -> bool:
@@ -104,15 +110,15 @@ class VectorIndex:
             raise InputError(f"k = {k}", "ask for at least one result, e.g. --k 10")
         k = min(k, len(self._ok))
         q = np.asarray(q, np.float32)
-        rows = self._ok
-        if self._pq is not None:
-            _, cand = self._pq.search(_padded(q[None, :], self._pq.d), min(RERANK * k, len(rows)))
-            rows = rows[cand[0][cand[0] >= 0]]
-            s = self._unit[rows] @ q
-        else:  # one product over all rows, then the valid ones (no copy of the matrix)
-            s = (self._unit @ q)[rows]
-        part = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-        part = part[np.argsort(-s[part], kind="stable")]
+        if self._pq is None:  # one product over all rows (masked rows are NaN, never top)
+            s = self._unit @ q
+            order = top_rows(s, k)
+            return order, s[order]
+        _, cand = self._pq.search(_padded(q[None, :], self._pq.d),
+                                  min(RERANK * k, len(self._ok)))
+        rows = self._ok[cand[0][cand[0] >= 0]]
+        s = self._unit[rows] @ q
+        part = top_rows(s, k)
         return rows[part], s[part]
 
 
@@ -171,10 +177,12 @@ def cells_at(index: CityIndex, points: Sequence[tuple[float, float]]) -> np.ndar
 
 def similar(index: CityIndex, *, at: Sequence[tuple[float, float]] = (),
             not_at: Sequence[tuple[float, float]] = (),
-            poi_vectors: np.ndarray | None = None, k: int = 10, label: str = "similar"
-            ) -> QueryResult:
-    """Cells most like the example places (cells at ``at`` and POI vectors), unlike ``not_at``."""
-    pos = [index.vectors[cells_at(index, list(at))]] if at else []
+            poi_vectors: np.ndarray | None = None, k: int = 10, label: str = "similar",
+            include_examples: bool = False) -> QueryResult:
+    """Cells most like the example places (cells at ``at`` and POI vectors), unlike ``not_at``;
+    the example cells themselves (trivially the most alike) only with ``include_examples``."""
+    rows = cells_at(index, list(at)) if at else np.empty(0, np.int64)
+    pos = [index.vectors[rows]] if at else []
     if poi_vectors is not None and len(poi_vectors):
         pos.append(np.asarray(poi_vectors, np.float32))
     if not pos:
@@ -182,7 +190,9 @@ def similar(index: CityIndex, *, at: Sequence[tuple[float, float]] = (),
     neg = index.vectors[cells_at(index, list(not_at))] if not_at else None
     q = example_vector(np.concatenate(pos), neg)
     vi = VectorIndex(index.vectors)
-    order, _ = vi.top(q, k)
+    skip = np.array([], np.int64) if include_examples else np.unique(rows)
+    order, _ = vi.top(q, k + len(skip))
+    order = order[~np.isin(order, skip)][:k]
     scores = vi.scores(q)
     return QueryResult(label, scores, ranked(index, scores, k=k, order=order))
 

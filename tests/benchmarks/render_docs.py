@@ -111,6 +111,31 @@ def similar(r: dict) -> str:
             + "\n\n" + tail)
 
 
+def serve(r: dict) -> str:
+    head = (f"**{r['cells']:,} cells** × {r['dim']}-d ({r['date']}, {r['cpus']} cores, load "
+            f"{r['load_at_end']:.1f} at the end), model `{r['model']}` for text; "
+            f"{r['workers']} workers, a queue of {r['queue']}; the state built in "
+            f"{r['load_wall_s']:.0f} s; heat raster {r['heat'][1]:,} × {r['heat'][0]:,} px. "
+            f"Compute floor, in the server process on the same matrix (`X @ q` + "
+            f"`argpartition`): p50 **{r['floor']['p50_ms']:.1f} ms**.")
+    kinds = {"text": "text query", "like": "more like this"}
+    rows = [[kinds[x["kind"]], str(x["clients"]), f"{x['p50_ms']:,.0f}", f"{x['p99_ms']:,.0f}",
+             f"{x['vs_floor']:.2f}×", f"{x['per_s']:.1f}", f"{x['server_cpu_ms_per_answer']:.0f}",
+             f"{x['reply_bytes']:,}", str(x["refused"])]
+            for x in r["rows"]]
+    table = _table(["request", "clients", "p50 ms", "p99 ms", "p50 / floor", "answers/s",
+                    "server CPU ms/answer", "reply bytes", "503"], rows)
+    b = r["burst"]
+    refused = (f", each refusal within {b['refused_p99_ms']:,.0f} ms (p99)"
+               if b["refused_p99_ms"] is not None else "")
+    load = (f"Load test: {b['requests']:,} \"more like this\" requests arriving evenly over "
+            f"{b['seconds']:.0f} s (one connection each): **{b['answered']:,} answered** (p99 "
+            f"{b['answered_p99_ms']:,.0f} ms), **{b['refused']:,} refused with 503**"
+            f"{refused}, {b['failed']} failed or timed out (30 s); the server's memory "
+            f"{b['rss_before_mb']:,.0f} MB before it, peak {b['peak_mb']:,.0f} MB during it.")
+    return "\n\n".join([head, table, load])
+
+
 def zonal(r: dict) -> str:
     parts = []
     for c in r["cases"]:
@@ -172,10 +197,10 @@ def fleet(r: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
                                               "similar": similar, "train": train,
-                                              "fleet": fleet}
+                                              "fleet": fleet, "serve": serve}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py",
-           "fleet": "bench_fleet.py"}
+           "fleet": "bench_fleet.py", "serve": "bench_serve.py"}
 
 
 def section(name: str) -> str:

@@ -65,6 +65,22 @@ def test_query_ranks_cells_by_cosine(trained) -> None:
     assert many["query"].tolist() == ["hotel"] * 3 + ["bar"] * 3
 
 
+def test_model_search_and_results_print_in_a_line(trained) -> None:
+    """In a notebook a Model, a Search and a result print what they are, not a torch dump."""
+    _, names, data_root, model = trained
+    assert repr(model) == (f"Model({names[1]!r}: 128-d, base radius {model.base_radius_m:g} m, "
+                           f"text {model.run.text_model})")
+    found = aether.search(["coffee shop", "hotel"], city="Helsinki", model=names[1], k=3,
+                          data_dir=data_root)
+    n = len(found.index.grid)
+    assert repr(found) == (f"Search(model {names[1]!r}, {n:,} cells, queries 'coffee shop', "
+                           "'hotel'; .table() for the answers)")
+    res = found.results[0]
+    assert repr(res) == (f"QueryResult('coffee shop': {n:,} cells scored, top 3, best "
+                         f"{res.top['score'].iloc[0]:.3f} at {res.top['cell_id'].iloc[0]})")
+    assert all("Linear(" not in repr(x) and "\n" not in repr(x) for x in (model, found, res))
+
+
 def test_train_returns_a_run_model_load_reads(sample_runs) -> None:
     city_dir, _, data_root = sample_runs
     path = aether.train("Helsinki", preset="default", run="api_1", epochs=1, data_dir=data_root)

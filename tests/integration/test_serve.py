@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -17,12 +21,13 @@ import pandas as pd
 import pytest
 
 
-@pytest.fixture(scope="module")
-def server(sample_runs):
-    _, names, data_root = sample_runs
+@contextlib.contextmanager
+def _serving(data_root, names, *extra: str):
+    """The real CLI server in a subprocess; yields its URL and process."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "aether", "serve", "--city", "Helsinki", "--port", "0",
-         "--no-tiles", "--model", names[0], "--model", names[1], "--data-dir", str(data_root)],
+         "--no-tiles", "--model", names[0], "--model", names[1], "--data-dir", str(data_root),
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = proc.stdout.readline()
@@ -30,13 +35,32 @@ def server(sample_runs):
     if not m:
         proc.wait(timeout=30)
         pytest.fail(f"serve did not start: {line!r} {proc.stderr.read()}")
-    yield m.group(1), names, sample_runs[0]
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield m.group(1), proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
-def _get(url: str, host: str | None = None) -> tuple[int, bytes, str]:
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+@pytest.fixture(scope="module")
+def server(sample_runs):
+    _, names, data_root = sample_runs
+    with _serving(data_root, names) as (url, _):
+        yield url, names, sample_runs[0]
+
+
+@pytest.fixture(scope="module")
+def busy_server(sample_runs):
+    """One worker and one queue place: a slow PNG export fills the worker."""
+    _, names, data_root = sample_runs
+    with _serving(data_root, names, "--workers", "1", "--queue", "1") as (url, proc):
+        yield url, names, proc
+
+
+def _get(url: str, host: str | None = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(url, headers={**({"Host": host} if host else {}),
+                                               **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read(), r.headers.get("Content-Type", "")
@@ -44,19 +68,73 @@ def _get(url: str, host: str | None = None) -> tuple[int, bytes, str]:
         return e.code, e.read(), e.headers.get("Content-Type", "")
 
 
-def test_query_api_matches_numpy_over_the_encoded_grid(server) -> None:
-    """The served scores are the cosine of the query's text vector with every cell's AETHER
-    vector: the top cell the API names is the argmax of the grid table read here."""
-    url, names, city_dir = server
+def _answer(body: bytes) -> tuple[dict, np.ndarray]:
+    """The page's binary reply: its JSON head and its heat raster (height × width bytes)."""
+    n = struct.unpack("<I", body[:4])[0]
+    head = json.loads(body[4:4 + n])
+    heat = np.frombuffer(body[4 + n:], np.uint8)
+    return head, heat.reshape(head["heat"]["height"], head["heat"]["width"])
+
+
+def test_query_api_answers_top_k_as_geojson_without_a_list_per_cell(server) -> None:
+    """/api/query is the answer as JSON for scripts: top-k points, the range, no per-cell
+    list; the best score is the top of the range."""
+    url, names, _ = server
     status, body, _ = _get(f"{url}api/query?q={quote('coffee shop')}&model={names[1]}&k=5")
     assert status == 200
     res = json.loads(body)
+    assert "scores" not in res
+    feats = res["top"]["features"]
+    assert [f["properties"]["rank"] for f in feats] == [1, 2, 3, 4, 5]
+    assert feats[0]["properties"]["score"] == pytest.approx(res["hi"], abs=1e-4)
+    assert all(len(f["properties"]["nearest_pois"]) == 3 for f in feats)
+    assert res["lo"] < res["hi"]
+
+
+def test_answer_is_a_compact_binary_raster(server) -> None:
+    """/api/answer: the JSON head and one byte per pixel of the heat raster, the top cell
+    coloured with the top value; the reply stays within the raster budget."""
+    from aether.query.heat import MAX_PIXELS
+
+    url, names, _ = server
+    status, body, ctype = _get(f"{url}api/answer?q={quote('coffee shop')}&model={names[1]}")
+    assert status == 200 and ctype == "application/octet-stream"
+    head, heat = _answer(body)
+    assert len(body) < 4 + 64_000 + MAX_PIXELS
+    assert head["heat"]["levels"] == 254 and head["heat"]["nodata"] == 255
+    coloured = heat[heat != 255]
+    assert coloured.max() == 254 and coloured.min() == 0  # the range is the answer's own
+    assert coloured.size > 0.5 * heat.size
+    (s, w), (n, e) = head["heat"]["bounds"]
+    lon, lat = head["top"]["features"][0]["geometry"]["coordinates"]
+    assert s < lat < n and w < lon < e
+    # the pixel under the top cell's centre (rows from the north, Web Mercator) holds 254
+    merc = lambda la: np.log(np.tan(np.pi / 4 + np.radians(la) / 2))  # noqa: E731
+    row = int((merc(n) - merc(lat)) / (merc(n) - merc(s)) * heat.shape[0])
+    col = int((lon - w) / (e - w) * heat.shape[1])
+    assert heat[row, col] == 254
+
+
+def test_more_like_this_matches_numpy_and_leaves_out_the_example(server) -> None:
+    """"More like this" on a click: the top cell is numpy's most similar cell to the
+    clicked one (cosine over the encoded grid read here), the clicked cell itself left out."""
+    from pyproj import Transformer
+
+    url, names, city_dir = server
+    status, body, _ = _get(f"{url}api/query?at=24.945,60.170&model={names[1]}&k=3")
+    assert status == 200
+    top = json.loads(body)["top"]["features"]
     grid = pd.read_parquet(city_dir / "aether" / names[1] / "grid_50m.parquet")
-    assert len(res["scores"]) == len(grid) and len(res["top"]) == 5
-    scores = np.array([np.nan if s is None else s for s in res["scores"]])
-    assert res["top"][0]["cell_id"] == grid["cell_id"].iloc[int(np.nanargmax(scores))]
-    assert [t["rank"] for t in res["top"]] == [1, 2, 3, 4, 5]
-    assert all(len(t["nearest_pois"]) == 3 for t in res["top"])
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32635", always_xy=True).transform(24.945,
+                                                                                     60.170)
+    here = int(np.argmin((grid["x"] - x) ** 2 + (grid["y"] - y) ** 2))
+    v = np.array(grid[[c for c in grid.columns if c.startswith("E")]], np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cos = v @ v[here]
+    cos[here] = -np.inf
+    assert top[0]["properties"]["cell_id"] == grid["cell_id"].iloc[int(np.nanargmax(cos))]
+    assert grid["cell_id"].iloc[here] not in [f["properties"]["cell_id"] for f in top]
+    assert top[0]["properties"]["score"] == pytest.approx(np.nanmax(cos), abs=1e-3)
 
 
 def test_raw_panel_answers_more_like_this_not_text(server) -> None:
@@ -65,7 +143,26 @@ def test_raw_panel_answers_more_like_this_not_text(server) -> None:
     assert status == 400 and "no text space" in json.loads(body)["error"]
     status, body, _ = _get(f"{url}api/query?at=24.945,60.170&model=alphaearth&k=3")
     res = json.loads(body)
-    assert status == 200 and res["top"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert status == 200 and 0.9 < res["top"]["features"][0]["properties"]["score"] < 1.0
+
+
+def test_refuses_cross_site_calls_of_the_api(server) -> None:
+    """A page elsewhere cannot make the visitor's browser run the API: Sec-Fetch-Site of
+    another site, or a foreign Origin, gets a 403 with a one-line JSON error."""
+    url, names, _ = server
+    host = url.split("/")[2]
+    q = f"{url}api/answer?q=hotel&model={names[0]}"
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://evil.example"}, {"Origin": "null"}):
+        for path in (q, f"{url}api/export.png?q=hotel&model={names[0]}", f"{url}api/info"):
+            status, body, ctype = _get(path, headers=headers)
+            assert status == 403 and ctype == "application/json", (path, headers)
+            assert json.loads(body)["error"].startswith("cross-site request refused")
+            assert b"\n" not in body
+    for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": f"http://{host}"},
+                    {"Sec-Fetch-Site": "none"}, {}):
+        assert _get(q, headers=headers)[0] == 200
+    assert _get(url, headers={"Sec-Fetch-Site": "cross-site"})[0] == 200  # a link to the page
 
 
 def test_refuses_foreign_host_and_unknown_static(server) -> None:
@@ -80,9 +177,10 @@ def test_exports_geojson_and_png(server) -> None:
     status, body, ctype = _get(f"{url}api/export.geojson?q=hotel&model={names[0]}&k=4")
     doc = json.loads(body)
     assert status == 200 and "geo+json" in ctype
-    ranked = [f for f in doc["features"] if f["properties"]["rank"] is not None]
-    assert len(ranked) == 4 and doc["query"] == "hotel"
+    assert [f["properties"]["rank"] for f in doc["features"]] == [1, 2, 3, 4]
+    assert doc["features"][0]["geometry"]["type"] == "Polygon" and doc["query"] == "hotel"
     assert any("OpenStreetMap" in a for a in doc["attribution"])
+    assert "generated raster" in doc["synthetic"]
     status, body, ctype = _get(f"{url}api/export.png?q=hotel&model={names[0]}")
     assert status == 200 and ctype == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +202,7 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         elapsed = time.perf_counter() - t0
         top = page.get_attribute(f'.panel[data-model="{names[1]}"]', "data-top")
         expected = json.loads(_get(f"{url}api/query?q={quote('coffee shop')}&model={names[1]}"
-                                   )[1])["top"][0]["cell_id"]
+                                   )[1])["top"]["features"][0]["properties"]["cell_id"]
         assert top == expected
         assert elapsed < 5.0  # "within a second" on a quiet machine; CI shares 2 cores
         assert "q=coffee%20shop" in page.url and names[1] in page.url  # shareable
@@ -128,3 +226,87 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         page.screenshot(path=str(tmp_path / "serve.png"))
         browser.close()
     assert (tmp_path / "serve.png").stat().st_size > 20_000
+
+
+def _load(url: str) -> dict:
+    return json.loads(_get(f"{url}api/info")[1])["load"]
+
+
+def _wait_admitted(url: str, n: int, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while _load(url)["admitted"] != n:
+        assert time.monotonic() < end, f"never {n} admitted: {_load(url)}"
+        time.sleep(0.005)
+
+
+def _in_thread(fn, *args):
+    import threading
+
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    return t, out
+
+
+def test_busy_server_refuses_at_once_with_retry_after(busy_server) -> None:
+    """Worker and queue full (a PNG export running, another waiting): a query gets a 503
+    with Retry-After at once, not a place in an unbounded queue; both exports complete,
+    and then queries are answered again."""
+    url, names, _ = busy_server
+    png = f"{url}api/export.png?q=hotel&model={names[0]}&k=200"
+    first, out1 = _in_thread(_get, png)
+    _wait_admitted(url, 1)
+    second, out2 = _in_thread(_get, png)
+    _wait_admitted(url, 2)
+    refused0 = _load(url)["refused"]
+    t0 = time.perf_counter()
+    req = urllib.request.Request(f"{url}api/answer?q=hotel&model={names[0]}")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    waited = time.perf_counter() - t0
+    assert err.value.code == 503 and err.value.headers["Retry-After"] == "1"
+    assert json.loads(err.value.read())["error"].startswith("busy")
+    assert waited < 0.5  # at once, not after the exports
+    first.join(60)
+    second.join(60)
+    assert out1[0][0] == 200 and out2[0][0] == 200
+    assert _load(url)["refused"] == refused0 + 1
+    assert _get(f"{url}api/query?q=hotel&model={names[0]}")[0] == 200
+
+
+def test_request_whose_client_left_is_not_computed(busy_server) -> None:
+    """A query queued behind a slow export whose client hangs up is dropped, not computed."""
+    url, names, _ = busy_server
+    before = _load(url)
+    png, _ = _in_thread(_get, f"{url}api/export.png?q=hotel&model={names[0]}&k=200")
+    _wait_admitted(url, 1)
+    host, port = url.split("/")[2].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /api/answer?q=cafe&model={names[0]} HTTP/1.1\r\n"
+                     f"Host: {host}:{port}\r\n\r\n".encode())
+        _wait_admitted(url, 2)
+    png.join(60)
+    _wait_admitted(url, 0)
+    after = _load(url)
+    assert after["abandoned"] == before["abandoned"] + 1
+    assert after["answered"] == before["answered"] + 1  # the export only
+
+
+def test_many_clients_are_answered_or_refused_and_memory_stays_bounded(busy_server) -> None:
+    """400 requests from 32 threads at one worker and one queue place: each gets a 200 or
+    an immediate 503 (none hangs), and the server's peak memory grows by under 100 MB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, names, proc = busy_server
+
+    def peak_mb() -> float:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    _get(f"{url}api/answer?q=hotel&model={names[1]}")  # first answers allocate once
+    base = peak_mb()
+    q = f"{url}api/answer?q=hotel&model={names[1]}"
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda _: _get(q)[0], range(400)))
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
+    assert peak_mb() - base < 100

@@ -20,7 +20,7 @@ def test_similar_at_a_place_matches_brute_force(sample_runs, cli) -> None:
         grid["x"].to_numpy(), grid["y"].to_numpy())
     q = 2 * v[pos] - v[neg]
     q /= np.linalg.norm(q)
-    want = np.argsort(-(v @ q))[:5]
+    want = [i for i in np.argsort(-(v @ q)) if i != pos][:5]  # the example itself left out
     r = cli("similar", "--city", "Helsinki", "--model", names[1], "--k", "5",
             "--at", f"{lon[pos]:.7f},{lat[pos]:.7f}", "--not", f"{lon[neg]:.7f},{lat[neg]:.7f}",
             "--data-dir", str(data_root))
@@ -36,3 +36,22 @@ def test_similar_refuses_a_place_off_the_grid(sample_runs, cli) -> None:
     r = cli("similar", "--city", "Helsinki", "--at", "0,0", "--data-dir", str(data_root))
     assert r.returncode == 2 and "outside the encoded grid" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_similar_returns_the_example_itself_only_when_asked(sample_runs, cli) -> None:
+    city_dir, names, data_root = sample_runs
+    grid = pd.read_parquet(city_dir / "aether" / names[1] / "grid_50m.parquet")
+    lon, lat = Transformer.from_crs("EPSG:32635", "EPSG:4326", always_xy=True).transform(
+        grid["x"].iloc[100], grid["y"].iloc[100])
+    at = ["--at", f"{lon:.7f},{lat:.7f}"]
+    base = ["similar", "--city", "Helsinki", "--model", names[1], "--k", "3",
+            "--data-dir", str(data_root)]
+    rank = r"^\s+\d+\. (-?\d\.\d{3})\s+(-?[\d.]+),(-?[\d.]+)"
+    without = re.findall(rank, cli(*base, *at).stdout, flags=re.M)
+    with_ = re.findall(rank, cli(*base, *at, "--include-examples").stdout, flags=re.M)
+    def here(la: str, lo: str) -> bool:
+        return abs(float(la) - lat) < 2e-5 and abs(float(lo) - lon) < 2e-5
+
+    assert with_[0][0] == "1.000" and here(with_[0][1], with_[0][2])
+    assert not any(here(la, lo) for _, la, lo in without)
+    assert without[0] == with_[1]  # the rest in the same order

@@ -1,18 +1,16 @@
-// aether serve: one Leaflet map per model, a heat layer per answer, top-k markers.
+// aether serve: one Leaflet map per model, a heat raster per answer, top-k markers.
 // Every string from the server or the user is put into the page as text, never as HTML.
+// An answer (/api/answer) is binary: a uint32 length, that much JSON (top-k, range, how to
+// read the raster), then one byte per pixel of a Web Mercator raster (0..254 over the
+// answer's range, 255 nothing): a million cells arrive as ~2 MB and draw in one canvas.
 "use strict";
 const STOPS = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"];
+const RGB = STOPS.map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const panels = {};
 let info = null;
 let last = null;  // the current request, for exports and the shareable URL
-
-function colour(t) {
-  if (t === null || Number.isNaN(t)) return null;
-  const i = Math.max(0, Math.min(STOPS.length - 1, Math.round(t * (STOPS.length - 1))));
-  return STOPS[i];
-}
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -34,8 +32,26 @@ async function getJSON(url) {
   return body;
 }
 
+async function getAnswer(url) {
+  const r = await fetch(url);
+  if (!r.ok) {
+    const body = await r.json();
+    throw new Error(body.error + (body.hint ? " — " + body.hint : ""));
+  }
+  const buf = await r.arrayBuffer();
+  const n = new DataView(buf).getUint32(0, true);
+  const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+  head.pixels = new Uint8Array(buf, 4 + n);
+  return head;
+}
+
 function selected() {
   return [...document.querySelectorAll("#models input:checked")].map((c) => c.value);
+}
+
+function about(name) {
+  const m = info.models.find((x) => x.name === name);
+  return m ? m.about : "";
 }
 
 async function panel(name) {
@@ -43,9 +59,12 @@ async function panel(name) {
   const div = el("section", undefined, "panel");
   div.dataset.model = name;
   const mapDiv = el("div", undefined, "map");
+  const head = el("div", undefined, "head");
   const title = el("h2", name);
+  head.append(title, el("p", about(name), "about"));
+  if (info.synthetic) head.append(el("p", info.synthetic, "synthetic"));
   const legend = el("div", undefined, "legend");
-  div.append(mapDiv, title, legend);
+  div.append(mapDiv, head, legend);
   $("panels").append(div);
   const map = L.map(mapDiv, { preferCanvas: true });
   map.attributionControl.setPrefix(false);
@@ -54,38 +73,68 @@ async function panel(name) {
   if (params.get("tiles") !== "0" && info.tiles) {
     L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 }).addTo(map);
   }
-  map.setView([(info.bounds[0][0] + info.bounds[1][0]) / 2, (info.bounds[0][1] + info.bounds[1][1]) / 2], 14);
-  const grid = await getJSON("/api/grid?model=" + encodeURIComponent(name));
-  const layer = L.geoJSON(grid, { style: { weight: 0, fillOpacity: 0 } }).addTo(map);
-  layer.on("click", (ev) => like(ev.latlng));
+  map.fitBounds(info.bounds);
+  map.on("click", (ev) => like(ev.latlng));
   const markers = L.layerGroup().addTo(map);
-  panels[name] = { div, map, layer, markers, title, legend, ids: grid.features.map((f) => f.properties.cell_id) };
+  panels[name] = { div, map, markers, title, legend, heat: null, answer: null };
   return panels[name];
 }
 
-function drawLegend(p, lo, hi) {
+// The colour of each byte of a panel's raster, on the range [lo, hi] shared by the panels.
+function palette(ans, lo, hi) {
+  const lut = new Uint8ClampedArray(256 * 4);
+  const span = hi > lo ? hi - lo : 1;
+  for (let v = 0; v < 255; v++) {
+    const s = ans.lo + (v / ans.heat.levels) * (ans.hi - ans.lo);
+    const t = Math.max(0, Math.min(1, (s - lo) / span));
+    const c = RGB[Math.round(t * (RGB.length - 1))];
+    lut.set([c[0], c[1], c[2], 200], v * 4);
+  }
+  return lut;  // 255 (no cell) stays transparent
+}
+
+function drawHeat(p, lo, hi) {
+  const ans = p.answer;
+  const { width, height } = ans.heat;
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(width, height);
+  const lut = palette(ans, lo, hi);
+  const out = new Uint32Array(img.data.buffer);
+  const lut32 = new Uint32Array(lut.buffer);
+  let coloured = 0;
+  for (let i = 0; i < ans.pixels.length; i++) {
+    const v = ans.pixels[i];
+    out[i] = lut32[v];
+    if (v !== 255) coloured += 1;
+  }
+  ctx.putImageData(img, 0, 0);
+  if (p.heat) p.map.removeLayer(p.heat);
+  p.heat = L.imageOverlay(canvas.toDataURL(), ans.heat.bounds, { className: "heat", interactive: false }).addTo(p.map);
+  p.div.dataset.cells = coloured;
+}
+
+function drawLegend(p, lo, hi, shared) {
   p.legend.replaceChildren();
   p.legend.append(el("b", "cosine similarity"));
+  if (shared) p.legend.append(el("div", "one scale for all panels"));
   const bar = el("div", undefined, "bar");
   bar.style.background = "linear-gradient(to right," + STOPS.join(",") + ")";
   const ends = el("div", undefined, "ends");
-  ends.append(el("span", lo.toFixed(2)), el("span", hi.toFixed(2)));
-  p.legend.append(bar, ends, el("span", "● top places"));
+  ends.append(el("span", lo.toFixed(3)), el("span", hi.toFixed(3)));
+  p.legend.append(bar, ends);
+  const ans = p.answer;
+  p.legend.append(el("div", "this panel: " + ans.lo.toFixed(3) + " … " + ans.hi.toFixed(3)));
+  if (ans.note) p.legend.append(el("div", ans.note, "note"));
+  p.legend.append(el("span", "● top places"));
 }
 
-function draw(p, res) {
-  const span = res.hi > res.lo ? res.hi - res.lo : 1;
-  const byId = new Map(p.ids.map((id, j) => [id, j]));
-  let coloured = 0;
-  p.layer.eachLayer((l) => {
-    const s = res.scores[byId.get(l.feature.properties.cell_id)];
-    const c = s === null ? null : colour((s - res.lo) / span);
-    l.setStyle(c ? { fillColor: c, fillOpacity: 0.75, weight: 0 } : { fillOpacity: 0, weight: 0 });
-    if (c) coloured += 1;
-  });
-  p.div.dataset.cells = coloured;
+function drawTop(p, ans, example) {
   p.markers.clearLayers();
-  for (const row of res.top) {
+  for (const f of ans.top.features) {
+    const row = f.properties;
     const box = el("div", undefined, "popup");
     box.append(el("b", "#" + row.rank), document.createTextNode(" score " + row.score.toFixed(3)));
     const ul = el("ul");
@@ -93,22 +142,36 @@ function draw(p, res) {
       ul.append(el("li", poi.name + " (" + poi.category + ", " + Math.round(poi.distance_m) + " m)"));
     }
     box.append(ul);
-    L.circleMarker([row.lat, row.lon], { radius: 7, color: "#08306b", weight: 2, fillColor: "#2171b5", fillOpacity: 0.9 })
+    const [lon, lat] = f.geometry.coordinates;
+    L.circleMarker([lat, lon], { radius: 7, color: "#08306b", weight: 2, fillColor: "#2171b5", fillOpacity: 0.9 })
       .bindPopup(box).bindTooltip("#" + row.rank + " " + row.score.toFixed(3)).addTo(p.markers);
   }
-  p.title.textContent = p.div.dataset.model + ": " + res.query;
-  drawLegend(p, res.lo, res.hi);
-  p.div.dataset.top = res.top.length ? res.top[0].cell_id : "";
-  p.div.dataset.markers = res.top.length;
+  if (example) {
+    L.circleMarker(example, { radius: 9, color: "#000", weight: 3, fill: false })
+      .bindTooltip("the example place").addTo(p.markers);
+  }
+  p.title.textContent = p.div.dataset.model + ": " + ans.query;
+  p.div.dataset.top = ans.top.features.length ? ans.top.features[0].properties.cell_id : "";
+  p.div.dataset.markers = ans.top.features.length;
+}
+
+// One colour scale for every answered panel (unless "own scale" is ticked), its range shown.
+function drawAll() {
+  const shown = Object.values(panels).filter((p) => !p.div.hidden && p.answer);
+  const shared = !$("own-scale").checked;
+  const lo = Math.min(...shown.map((p) => p.answer.lo));
+  const hi = Math.max(...shown.map((p) => p.answer.hi));
+  for (const p of shown) {
+    const [l, h] = shared ? [lo, hi] : [p.answer.lo, p.answer.hi];
+    drawHeat(p, l, h);
+    drawLegend(p, l, h, shared && shown.length > 1);
+  }
 }
 
 function layout(models) {
   // panels share the row: after any change of which are shown, each map re-measures itself
   for (const [name, p] of Object.entries(panels)) p.div.hidden = !models.includes(name);
-  for (const name of models) {
-    panels[name].map.invalidateSize();
-    if (!panels[name].fitted) { panels[name].map.fitBounds(info.bounds); panels[name].fitted = true; }
-  }
+  for (const name of models) panels[name].map.invalidateSize();
 }
 
 function exportLinks(query, model) {
@@ -116,7 +179,7 @@ function exportLinks(query, model) {
   $("export-png").href = "/api/export.png?" + query + "&model=" + encodeURIComponent(model);
 }
 
-async function run(query, shareable) {
+async function run(query, shareable, example) {
   const models = selected();
   if (!models.length) { status("pick at least one model", "error"); return; }
   status("asking…", "busy");
@@ -126,23 +189,26 @@ async function run(query, shareable) {
   const text = query.startsWith("q=");
   for (const name of models) await panel(name);
   layout(models);
-  for (const name of models) {
+  await Promise.all(models.map(async (name) => {
     const p = panels[name];
+    p.answer = null;
     if (text && !info.models.find((m) => m.name === name).text) {
       p.title.textContent = name + ": raw AlphaEarth answers “more like this”: click a place";
       p.markers.clearLayers();
-      p.layer.setStyle({ fillOpacity: 0, weight: 0 });
+      if (p.heat) { p.map.removeLayer(p.heat); p.heat = null; }
       p.legend.replaceChildren();
-      continue;
+      return;
     }
     try {
-      draw(p, await getJSON("/api/query?" + query + "&model=" + encodeURIComponent(name)));
+      p.answer = await getAnswer("/api/answer?" + query + "&model=" + encodeURIComponent(name));
+      drawTop(p, p.answer, example);
       done += 1;
     } catch (e) {
       p.title.textContent = name + ": " + e.message;
       errors.push(name + ": " + e.message);
     }
-  }
+  }));
+  drawAll();
   exportLinks(query, models[0]);
   history.replaceState(null, "", "?" + shareable + "&model=" + models.map(encodeURIComponent).join(","));
   status(errors.length ? errors.join("; ") : "answered by " + done + " model(s)", errors.length && !done ? "error" : "done");
@@ -159,7 +225,7 @@ function ask(ev) {
 function like(latlng) {
   const at = latlng.lng.toFixed(6) + "," + latlng.lat.toFixed(6);
   const query = "at=" + encodeURIComponent(at) + "&k=" + encodeURIComponent($("k").value);
-  run(query, query);
+  run(query, query, [latlng.lat, latlng.lng]);
 }
 
 async function init() {
@@ -167,10 +233,11 @@ async function init() {
     info = await getJSON("/api/info");
   } catch (e) { status(e.message, "error"); return; }
   $("city").textContent = "aether · " + info.city;
-  $("credits").textContent = info.attribution.join(" · ");
+  $("credits").textContent = info.attribution.join(" · ") + (info.synthetic ? " · " + info.synthetic : "");
   const want = (params.get("model") || "").split(",").filter(Boolean);
   for (const m of info.models) {
     const label = el("label");
+    label.title = m.about;
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = m.name;
@@ -179,6 +246,7 @@ async function init() {
     $("models").append(label);
   }
   $("ask").addEventListener("submit", ask);
+  $("own-scale").addEventListener("change", drawAll);
   if (params.get("k")) $("k").value = params.get("k");
   if (params.get("q")) { $("q").value = params.get("q"); ask(); }
   else if (params.get("at")) { const [lng, lat] = params.get("at").split(",").map(Number); like({ lng, lat }); }

@@ -1,0 +1,188 @@
+"""The HTTP side of ``aether serve``: the page, its API, and what guards them.
+
+Every API path refuses a request another site makes the visitor's browser send (403), and
+the work of an answer goes through the state's gate (bounded, 503 beyond it). The page draws
+the binary reply of ``/api/answer`` (``CityApp.envelope``); ``/api/query`` is the same answer
+as JSON for scripts, top-k only. FastAPI is imported here, at the top, because it reads the
+endpoints' annotations: this module is only imported when a server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from aether.errors import AetherError, BusyError
+from aether.query.maps import AEF_CREDIT, OSM_CREDIT
+from aether.query.search import QueryResult
+from aether.query.serve import LOOPBACK, RETRY_AFTER_S, SYNTHETIC_LABEL, Answer, CityApp, Gate
+
+#: Files the page may load, by name: nothing a request names can reach another file.
+STATIC = {
+    "leaflet.js": ("js/leaflet.js", "text/javascript"),
+    "leaflet.css": ("js/leaflet.css", "text/css"),
+    "app.js": ("web/app.js", "text/javascript"),
+    "app.css": ("web/app.css", "text/css"),
+}
+
+
+def cross_site(headers: Any, host: str | None) -> str | None:
+    """Why a request comes from another site (a page elsewhere making the visitor's browser
+    call the app), or None: ``Sec-Fetch-Site`` other than same-origin or none (typed, a
+    bookmark), or an ``Origin`` that is not this app."""
+    site = headers.get("sec-fetch-site")
+    if site not in (None, "same-origin", "none"):
+        return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("origin")
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"Origin: {origin}"
+    return None
+
+
+def page() -> str:
+    return resources.files("aether").joinpath("data/web/index.html").read_text("utf-8")
+
+
+class SameSite:
+    """ASGI middleware: an API call another site made the browser send gets a 403."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            headers = Headers(scope=scope)
+            why = cross_site(headers, headers.get("host"))
+            if why:
+                refusal = JSONResponse({"error": f"cross-site request refused ({why})"},
+                                       status_code=403)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any:
+    """The FastAPI app over ``state``; Host headers outside ``allowed_hosts`` get a 400, a
+    cross-site call of the API a 403, a request beyond the gate's bounds a 503."""
+    app = FastAPI(title="aether", docs_url=None, redoc_url=None, openapi_url=None)
+    gate = Gate(state.workers, state.queue)
+
+    app.add_middleware(SameSite)
+    # added last, so it runs first: a foreign Host is refused before anything else
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK))
+
+    @app.exception_handler(BusyError)
+    async def _busy(_: Request, e: BusyError) -> JSONResponse:
+        return JSONResponse({"error": e.message, "hint": e.hint}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(AetherError)
+    async def _typed(_: Request, e: AetherError) -> JSONResponse:
+        return JSONResponse({"error": e.message, "hint": e.hint}, status_code=400)
+
+    def gone() -> Response:
+        return Response(status_code=499)  # nobody reads it: the client has left
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page()
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        rel, media = STATIC[name]
+        return Response(resources.files("aether").joinpath(f"data/{rel}").read_bytes(),
+                        media_type=media)
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        bounds = [p.heat.bounds for p in state.panels.values()]
+        s, w = min(b[0][0] for b in bounds), min(b[0][1] for b in bounds)
+        n, e = max(b[1][0] for b in bounds), max(b[1][1] for b in bounds)
+        return {"city": state.city, "bounds": [[s, w], [n, e]],
+                "models": [{"name": p.name, "text": p.run is not None, "about": p.about}
+                           for p in state.panels.values()],
+                "attribution": [OSM_CREDIT, AEF_CREDIT], "tiles": state.tiles,
+                "synthetic": SYNTHETIC_LABEL if state.synthetic else None,
+                "load": gate.state()}
+
+    @app.get("/api/query")
+    async def query(request: Request, model: str, q: str | None = None, k: int = 10,
+                    at: list[str] = Query(default=[]),  # noqa: B008  (FastAPI's declaration)
+                    not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                    ) -> Response:
+        """The answer as JSON: top-k as GeoJSON points and the range; no per-cell list."""
+        ans = await gate.run(request, state.ask, model, q, at, not_, k)
+        return gone() if ans is None else JSONResponse(ans.summary())
+
+    @app.get("/api/answer")
+    async def answer(request: Request, model: str, q: str | None = None, k: int = 10,
+                     at: list[str] = Query(default=[]),  # noqa: B008
+                     not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                     ) -> Response:
+        """What the page draws: the summary and the heat raster in one binary reply."""
+        def work() -> bytes:
+            return state.envelope(state.ask(model, q, at, not_, k))
+
+        body = await gate.run(request, work)
+        return gone() if body is None else Response(body, media_type="application/octet-stream")
+
+    @app.get("/api/export.geojson")
+    async def export_geojson(request: Request, model: str, q: str | None = None, k: int = 10,
+                             at: list[str] = Query(default=[]),  # noqa: B008
+                             not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                             ) -> Response:
+        """The top-k cells as GeoJSON polygons with score and rank, and the credits."""
+        def work() -> bytes:
+            ans = state.ask(model, q, at, not_, k)
+            return json.dumps(result_geojson(state, ans)).encode()
+
+        body = await gate.run(request, work)
+        return gone() if body is None else Response(
+            body, media_type="application/geo+json",
+            headers={"Content-Disposition": 'attachment; filename="aether-query.geojson"'})
+
+    @app.get("/api/export.png")
+    async def export_png(request: Request, model: str, q: str | None = None, k: int = 10,
+                         at: list[str] = Query(default=[]),  # noqa: B008
+                         not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                         ) -> Response:
+        def work() -> bytes:
+            from aether.query.maps import png_map
+
+            ans = state.ask(model, q, at, not_, k)
+            res = ans.result
+            if state.synthetic:
+                res = QueryResult(f"{res.query} [{SYNTHETIC_LABEL}]", res.scores, res.top)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
+                return path.read_bytes()
+
+        body = await gate.run(request, work)
+        return gone() if body is None else Response(
+            body, media_type="image/png",
+            headers={"Content-Disposition": 'attachment; filename="aether-query.png"'})
+
+    return app
+
+
+def result_geojson(state: CityApp, ans: Answer) -> dict[str, Any]:
+    """The top-k cells of an answer as GeoJSON polygons (score, rank), with the credits."""
+    grid = state.panel(ans.model).index.grid
+    top = ans.result.top
+    cells = grid.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
+    out = cells.assign(rank=top["rank"].to_numpy(), score=top["score"].astype(float).to_numpy())
+    doc = json.loads(out.to_json(drop_id=True, to_wgs84=True))
+    doc.update(query=ans.result.query, model=ans.model, lo=ans.lo, hi=ans.hi, note=ans.note,
+               attribution=[OSM_CREDIT, AEF_CREDIT],
+               synthetic=SYNTHETIC_LABEL if state.synthetic else None)
+    return doc

@@ -85,7 +85,7 @@ def serve(
 
     from aether import api
     from aether.query.serve import listen
-    from aether.query.serve import serve as run_server
+    from aether.query.webapp import serve as run_server
 
     state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir,
                         workers=workers, queue=queue)

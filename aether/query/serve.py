@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import socket
 import struct
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from aether.core.cells import CellSpec
     from aether.ml.encode import ModelRun
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RAW = "alphaearth"
@@ -285,18 +283,3 @@ def listen(host: str, port: int) -> tuple[socket.socket, str]:
                          "pick another --port (0: any free port)") from None
     shown = f"[{host}]" if ":" in host else host
     return sock, f"http://{shown}:{sock.getsockname()[1]}/"
-
-
-def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
-    """Run the app on a listening socket until interrupted. A host other than loopback
-    admits any Host header."""
-    import uvicorn
-
-    allowed = list(LOOPBACK) if host in LOOPBACK else ["*"]
-    # a backstop on open connections (the gate bounds the work): beyond it uvicorn says 503
-    from aether.query.webapp import create_app
-
-    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning",
-                            limit_concurrency=state.workers + state.queue + 64)
-    log.info("serving %s on %s:%d", state.city, host, sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])

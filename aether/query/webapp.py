@@ -10,6 +10,8 @@ endpoints' annotations: this module is only imported when a server starts.
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -24,6 +26,8 @@ from aether.errors import AetherError, BusyError
 from aether.query.maps import AEF_CREDIT, OSM_CREDIT
 from aether.query.search import QueryResult
 from aether.query.serve import LOOPBACK, RETRY_AFTER_S, SYNTHETIC_LABEL, Answer, CityApp, Gate
+
+log = logging.getLogger(__name__)
 
 #: Files the page may load, by name: nothing a request names can reach another file.
 STATIC = {
@@ -186,3 +190,16 @@ def result_geojson(state: CityApp, ans: Answer) -> dict[str, Any]:
                attribution=[OSM_CREDIT, AEF_CREDIT],
                synthetic=SYNTHETIC_LABEL if state.synthetic else None)
     return doc
+
+
+def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
+    """Run the app on a listening socket until interrupted. A host other than loopback
+    admits any Host header."""
+    import uvicorn
+
+    allowed = list(LOOPBACK) if host in LOOPBACK else ["*"]
+    # a backstop on open connections (the gate bounds the work): beyond it uvicorn says 503
+    config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning",
+                            limit_concurrency=state.workers + state.queue + 64)
+    log.info("serving %s on %s:%d", state.city, host, sock.getsockname()[1])
+    uvicorn.Server(config).run(sockets=[sock])

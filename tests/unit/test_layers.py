@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"api"},
     {"pipeline"},
     {"places", "pois", "embeddings", "sample", "ml", "evaluation", "query", "testing"},
-    {"execution", "io"},
+    {"execution", "io", "provenance"},
     {"core", "settings", "errors", "aether", "_callable", "_compat", "_version", "yamlfile"},
 ]
 # Imports allowed between peers of one layer (importer -> imported); every other peer import
@@ -32,6 +32,7 @@ PEERS: dict[str, set[str]] = {
     "evaluation": {"ml"},
     "query": {"ml"},
     "execution": {"io"},
+    "provenance": {"io"},  # what a run or a result was made from and with
     "settings": {"core", "errors", "yamlfile"},
     "aether": {"_version"},  # the package's __version__
     "yamlfile": {"errors"},  # bounded YAML for run, task and settings files

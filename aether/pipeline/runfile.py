@@ -120,7 +120,8 @@ class EeSpec(_Strict):
     budget_file: str | None = None
 
     def source_options(self) -> dict[str, Any]:
-        """The ``ee`` source's options these set (a city's own options win)."""
+        """The ``ee`` source's options these set (over any source's own: a run's cap and
+        budget hold for every city)."""
         named = {"ee_max_eecu_hours": self.max_eecu_hours, "ee_concurrency": self.concurrency,
                  "ee_budget_file": self.budget_file}
         return {k: v for k, v in named.items() if v is not None}
@@ -253,7 +254,7 @@ def _check_sources(run: RunFile, root: Any, path: Path, strict: bool) -> None:
         options = {k: v for k, v in spec.options.items()
                    if strict or k in model.model_fields or k not in known}
         if spec.name == "ee":  # the run's limits, checked with the options they join
-            options = {**run.ee.source_options(), **options}
+            options = {**options, **run.ee.source_options()}
         try:
             model(**options)
         except ValidationError as e:

@@ -280,7 +280,8 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> ExtractR
         include={"osm_id", "bbox", "boundary", "which_result", "yes"}))
     offline = city.sample or (not place.given and pois is not None
                               and pois.startswith(("file:", "pbf:")))
-    options = ({**run.ee.source_options(), **source.options} if source.name == "ee"
+    # the run's Earth Engine limits are the run's: they win over a source's own options
+    options = ({**source.options, **run.ee.source_options()} if source.name == "ee"
                else source.options)
     return ExtractRequest(
         city=city.name, data_dir=root, offline=offline,

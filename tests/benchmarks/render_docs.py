@@ -183,7 +183,9 @@ def fleet(r: dict) -> str:
     sat = per_city / (client_city * cores) if client_city else float("inf")
     req_city = ee["requests"] / ee["cities"]
     paper = (f"On paper, from these costs: a city here takes {per_city:.2f} s of worker CPU and "
-             f"{client_city:.2f} s of the client's. 200 such cities on 20 nodes of {cores} "
+             f"at most {client_city:.2f} s of the client's (its start-up, Python, aether and "
+             f"distributed imports, is in that figure, so per city it is an upper bound). "
+             f"200 such cities on 20 nodes of {cores} "
              f"cores: {work_h * 3600:,.0f} s of worker time if the work spreads evenly, against "
              f"{client_h * 3600:,.0f} s of client CPU — the client, which plans, submits and "
              f"collects, saturates at about {sat:.0f} nodes of {cores} cores for cities this "

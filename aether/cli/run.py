@@ -83,7 +83,7 @@ def status_cmd(
     import dataclasses
     import json
 
-    from aether.pipeline.scheduled import run_status, status_table
+    from aether.pipeline.status import run_status, status_table
 
     rows = run_status(runfile, data_dir)
     if as_json:

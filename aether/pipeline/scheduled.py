@@ -154,6 +154,16 @@ def resolve_latest(run: RunFile, root: Path) -> RunFile:
                                              for c in run.cities]})
 
 
+def run_root(run: RunFile, data_dir: Path | None) -> Path:
+    """The run's data directory: ``--data-dir``, then the settings' ``data_dir``
+    (``AETHER_DATA_DIR``, a settings file), then the run file's ``data_dir``."""
+    from aether.settings import current
+
+    settings = current()
+    given = "data_dir" in settings.model_fields_set or not run.data_dir
+    return Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+
+
 def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
     """Every city's steps, in order: for each year, the run's steps."""
     from aether.places.place import slugify
@@ -190,10 +200,8 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
     from aether.settings import current, use_settings
 
     run = load_run_file(run_file, strict=True)
-    # --data-dir, then the settings' data_dir (AETHER_DATA_DIR, settings file), then the file's
     settings = current()
-    given = "data_dir" in settings.model_fields_set or not run.data_dir
-    root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    root = run_root(run, data_dir)
     where = scheduler or run.scheduler or settings.dask_scheduler
     spread = parse_scheduler(where).kind != "threads"
     run_id = new_run_id()
@@ -393,110 +401,6 @@ def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) ->
     res = encode_city(city_dir, model, [spec])
     _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois
-
-
-# --- status: what the last runs left, and what the next one would redo ----------------------
-
-@dataclass
-class StepStatus:
-    """One (city, year, step) as the data directory has it now."""
-
-    city: str
-    year: int
-    step: str
-    last: str  # its status in the newest report that ran it, or "never run"
-    finished: str  # when that run finished
-    rows: int | None
-    version: str | None  # what its input data was: the source and its dataset (extract)
-    eecu_s: float | None  # the Earth Engine usage its export tasks reported
-    redo: str  # what the next run would do with it, and why
-
-
-def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
-               ) -> list[StepStatus]:
-    """Per planned step: the last report's word on it, and whether its outputs still stand
-    (missing or changed outputs are redone; inputs are compared when the run starts)."""
-    from aether.settings import current
-
-    run = load_run_file(run_file)
-    settings = current()
-    given = "data_dir" in settings.model_fields_set or not run.data_dir
-    root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
-    run = resolve_latest(run, root)
-    last = _last_reports(root)
-    out = []
-    for _, steps in plan(run):
-        for task in steps:
-            row, finished = last.get(task.key, ({}, ""))
-            store = CityStore.of(root, task.slug, task.year)
-            out.append(StepStatus(task.city, task.year, task.step,
-                                  str(row.get("status", "never run")), finished,
-                                  row.get("rows"), _version(store) if task.step == "extract"
-                                  else None, row.get("eecu_s"), _redo(store, task.step)))
-    return out
-
-
-def _last_reports(root: Path) -> dict[str, tuple[dict[str, Any], str]]:
-    """Each step's row in the newest report that has it, and that report's end time."""
-    from aether.io.tables import read_json
-
-    seen: dict[str, tuple[dict[str, Any], str]] = {}
-    for path in sorted(runs_dir(root).glob("*.json"), reverse=True):
-        try:
-            report = read_json(path)
-        except (OSError, ValueError):
-            continue
-        for row in report.get("tasks", []):
-            key = f"{row.get('slug')}/{row.get('year')}/{row.get('step')}"
-            seen.setdefault(key, (row, str(report.get("finished", ""))))
-    return seen
-
-
-def _version(store: CityStore) -> str | None:
-    """The source and tiles an extract's manifest records (the data it was made from)."""
-    from aether.io.tables import read_json
-
-    try:
-        m = read_json(store.manifest)
-    except (OSError, ValueError):
-        return None
-    data = m.get("config", {}).get("dataset") or {}
-    made = (f", {len(data['tiles'])} tiles" if "tiles" in data
-            else f", {len(data['images'])} images" if "images" in data else "")
-    return f"{m.get('inputs', {}).get('source')}{made}"
-
-
-def _redo(store: CityStore, step: str) -> str:
-    """'redo: ...' when the step's outputs are missing or changed, else what stands."""
-    from aether.io.tables import read_json, sha256_file
-
-    record = store.manifest if step == "extract" else store.step(step)
-    try:
-        rec = read_json(record)
-    except (OSError, ValueError):
-        return "redo: never completed"
-    outputs = rec.get("outputs", {})
-    for name, want in outputs.items():
-        digest = want["sha256"] if isinstance(want, dict) else want
-        path = store.dir / name
-        if not path.is_file() or sha256_file(path) != digest:
-            return f"redo: {name} missing or changed"
-    return "keep, unless its inputs changed"
-
-
-def status_table(rows: list[StepStatus]) -> Any:
-    """A rich table of ``run_status``."""
-    from rich.table import Table
-
-    table = Table(title="aether run status")
-    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
-                "next run"):
-        table.add_column(col, justify="right" if col in ("year", "rows", "EECU-h") else "left")
-    for r in rows:
-        table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
-                      "" if r.rows is None else str(r.rows), r.version or "",
-                      f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
-    return table
 
 
 # --- the report -----------------------------------------------------------------------------

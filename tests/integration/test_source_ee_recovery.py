@@ -219,7 +219,7 @@ def test_a_task_whose_run_has_ended_starts_no_export(ee_server, emulator, pois, 
 def test_task_books_of_two_processes_see_each_other(tmp_path):
     """The book is read from disk at each look-up: a record another process (another book
     object) wrote is seen, and a write keeps the other's records."""
-    from aether.embeddings.earthengine.source import TaskBook
+    from aether.embeddings.earthengine.export import TaskBook
 
     a, b = TaskBook(tmp_path / "book.json"), TaskBook(tmp_path / "book.json")
     a.put("batch-1", {"request_id": "r1"})

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import pandas as pd
 
 from aether.core import aef, windows, zonal
 from aether.embeddings.earthengine import catalog
+from aether.embeddings.earthengine.export import VALID_BAND, ExportTarget, TaskBook, parse_export
 from aether.embeddings.earthengine.options import (
     DEFAULT_BATCH,
     DEFAULT_CONCURRENCY,
@@ -65,8 +65,8 @@ from aether.execution.jobs import (
     resilient_call,
     run_batches,
 )
-from aether.io.store import file_lock, lease_check
-from aether.io.tables import poi_embeddings_frame, read_json, write_json
+from aether.io.store import lease_check
+from aether.io.tables import poi_embeddings_frame
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 #: Rows per computeFeatures page.
 PAGE_SIZE = 1000
-VALID_BAND = "valid"
 SCALE_M = 10.0
 #: Times a FAILED export of one batch is started again before giving up.
 EXPORT_RESTARTS = 3
@@ -137,7 +136,7 @@ class EarthEngineSource:
     ) -> pd.DataFrame:
         """Rows of the poi_embeddings contract for every POI × radius (see module doc)."""
         radii = [float(r) for r in radii]
-        export = _parse_export(self.export, self.export_read) if self.export else None
+        export = parse_export(self.export, self.export_read) if self.export else None
         batches = make_batches(pois, radii, year, self.batch_size)
         store = CheckpointStore(self.workdir / "batches")
         _drop_stale(store, {b.key for b in batches})
@@ -538,131 +537,6 @@ def _rows_from_table(table: pd.DataFrame, items: Sequence[Feature], year: int) -
     return pd.concat(frames, ignore_index=True)
 
 
-# --- export destinations and the task book ------------------------------------------------
-
-@dataclass(frozen=True)
-class ExportTarget:
-    """Where Export tasks write (``gcs://bucket/prefix`` or ``drive://folder[/prefix]``) and
-    where the same files are read back through fsspec (``read_root``).
-
-    In Cloud Storage a ``/`` in an object name is a path: batch files go to
-    ``prefix/<key>.csv``. Drive has no paths: ``folder`` is a literal folder name and
-    ``fileNamePrefix`` a file name, so batch files are ``<prefix>_<key>.csv`` in that folder.
-    """
-
-    kind: str  # "gcs" | "drive"
-    place: str  # bucket or folder
-    prefix: str
-    read_root: str
-
-    def prefix_for(self, key: str) -> str:
-        if not self.prefix:
-            return key
-        return f"{self.prefix}/{key}" if self.kind == "gcs" else f"{self.prefix}_{key}"
-
-    def task_config(self, collection: Any, description: str, prefix: str) -> dict[str, Any]:
-        import ee
-
-        selectors = ["poi_id", "radius_m", *aef.BANDS, VALID_BAND]
-        if self.kind == "gcs":
-            task = ee.batch.Export.table.toCloudStorage(
-                collection=collection, description=description, bucket=self.place,
-                fileNamePrefix=prefix, fileFormat="CSV", selectors=selectors)
-        else:
-            task = ee.batch.Export.table.toDrive(
-                collection=collection, description=description, folder=self.place,
-                fileNamePrefix=prefix, fileFormat="CSV", selectors=selectors)
-        return cast(dict[str, Any], task.config)
-
-    def url(self, prefix: str) -> str:
-        return f"{self.read_root.rstrip('/')}/{prefix}.csv"
-
-    def check_writable(self) -> None:
-        """Write and remove a probe file, before any task starts."""
-        import fsspec
-
-        probe = f"{self.read_root.rstrip('/')}/{self.prefix_for('.aether-write-probe')}"
-        try:
-            fs, path = fsspec.core.url_to_fs(probe)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            with fs.open(path, "wb") as f:
-                f.write(b"ok")
-            fs.rm(path)
-        except Exception as e:
-            raise EarthEngineError(
-                f"export destination {self.kind}://{self.place}/{self.prefix} cannot be "
-                f"written ({type(e).__name__}: {e})".replace("\n", " "),
-                "check the bucket or folder and its permissions, or drop --export",
-            ) from None
-
-    def read(self, prefix: str, wait_s: float = 0.0) -> pd.DataFrame:
-        """The exported table, waiting up to ``wait_s`` for it to appear and parse: a Drive
-        folder synced to this machine lags the task's SUCCEEDED by seconds to minutes."""
-        import fsspec
-
-        url, t0, pause = self.url(prefix), time.monotonic(), 0.5
-        while True:
-            try:
-                with fsspec.open(url, "rb") as f:  # ids like "007" stay strings
-                    return pd.read_csv(f, dtype={"poi_id": str})
-            except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-                waited = time.monotonic() - t0
-                if waited >= wait_s:
-                    raise EarthEngineError(
-                        f"the export task SUCCEEDED but {url} is not readable after "
-                        f"{waited:.0f} s ({type(e).__name__})",
-                        "check that --export-read is where the destination syncs to, or "
-                        "raise --ee-export-wait; re-running never redoes the task") from None
-                log.info("waiting for %s (%.0f s of %.0f s): a synced folder lags the task",
-                         url, waited, wait_s)
-                time.sleep(min(pause, max(0.0, wait_s - waited)))
-                pause = min(2 * pause, 10.0)
-
-
-def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
-    """``gcs://bucket/prefix`` or ``drive://folder[/file_prefix]``; ``read_root`` maps it to
-    fsspec."""
-    kind, sep, rest = spec.partition("://")
-    kind = {"gs": "gcs"}.get(kind, kind)
-    place, _, prefix = rest.partition("/")
-    if not sep or kind not in ("gcs", "drive") or not place:
-        raise InputError(f"export destination {spec!r} is not understood",
-                         "use gcs://BUCKET/PREFIX or drive://FOLDER")
-    if kind == "drive" and "/" in prefix.strip("/"):
-        raise InputError(f"Drive export {spec!r} nests folders, which Drive exports cannot",
-                         "use drive://FOLDER or drive://FOLDER/FILE_PREFIX (one level)")
-    if read_root is None:
-        if kind == "drive":
-            raise InputError("Drive exports cannot be read back directly",
-                             "pass --export-read with a synced folder or fsspec URL")
-        read_root = f"gs://{place}"
-    return ExportTarget(kind, place, prefix.strip("/"), read_root)
-
-
-class TaskBook:
-    """Export task ids per batch, in a JSON file shared by every run on this workdir: read
-    from disk at each look-up and changed under a file lock, so two processes on one workdir
-    (a run, and a killed run's task still running on a Dask worker) see each other's."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        return cast(dict[str, dict[str, Any]], read_json(self.path)) if self.path.is_file() \
-            else {}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._read().get(key)
-
-    def put(self, key: str, rec: dict[str, Any]) -> None:
-        with self._lock, file_lock(self.path):
-            data = self._read()
-            data[key] = rec
-            write_json(data, self.path)
-
-
 def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
     """Remove checkpoints of other inputs, so the workdir only holds this run's work."""
     if store.directory.is_dir():
@@ -689,5 +563,5 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
                           None if o.ee_max_eecu_hours is None else o.ee_max_eecu_hours * 3600),
     )
     if o.export:
-        _parse_export(o.export, o.export_read)  # a bad destination fails before any work
+        parse_export(o.export, o.export_read)  # a bad destination fails before any work
     return src

@@ -1,0 +1,112 @@
+"""``aether run status``: where each (city, year, step) of a run file stands — the last
+report's word on it, the data it was made from, the Earth Engine usage, and what the next
+run would redo. Reads only; takes no lock."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aether.io.store import CityStore, runs_dir
+from aether.pipeline.runfile import load_run_file
+from aether.pipeline.scheduled import plan, resolve_latest, run_root
+
+
+@dataclass
+class StepStatus:
+    """One (city, year, step) as the data directory has it now."""
+
+    city: str
+    year: int
+    step: str
+    last: str  # its status in the newest report that ran it, or "never run"
+    finished: str  # when that run finished
+    rows: int | None
+    version: str | None  # what its input data was: the source and its dataset (extract)
+    eecu_s: float | None  # the Earth Engine usage its export tasks reported
+    redo: str  # what the next run would do with it, and why
+
+
+def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
+               ) -> list[StepStatus]:
+    """Per planned step: the last report's word on it, and whether its outputs still stand
+    (missing or changed outputs are redone; inputs are compared when the run starts)."""
+    run = load_run_file(run_file)
+    root = run_root(run, data_dir)
+    run = resolve_latest(run, root)
+    last = _last_reports(root)
+    out = []
+    for _, steps in plan(run):
+        for task in steps:
+            row, finished = last.get(task.key, ({}, ""))
+            store = CityStore.of(root, task.slug, task.year)
+            out.append(StepStatus(task.city, task.year, task.step,
+                                  str(row.get("status", "never run")), finished,
+                                  row.get("rows"), _version(store) if task.step == "extract"
+                                  else None, row.get("eecu_s"), _redo(store, task.step)))
+    return out
+
+
+def _last_reports(root: Path) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each step's row in the newest report that has it, and that report's end time."""
+    from aether.io.tables import read_json
+
+    seen: dict[str, tuple[dict[str, Any], str]] = {}
+    for path in sorted(runs_dir(root).glob("*.json"), reverse=True):
+        try:
+            report = read_json(path)
+        except (OSError, ValueError):
+            continue
+        for row in report.get("tasks", []):
+            key = f"{row.get('slug')}/{row.get('year')}/{row.get('step')}"
+            seen.setdefault(key, (row, str(report.get("finished", ""))))
+    return seen
+
+
+def _version(store: CityStore) -> str | None:
+    """The source and tiles an extract's manifest records (the data it was made from)."""
+    from aether.io.tables import read_json
+
+    try:
+        m = read_json(store.manifest)
+    except (OSError, ValueError):
+        return None
+    data = m.get("config", {}).get("dataset") or {}
+    made = (f", {len(data['tiles'])} tiles" if "tiles" in data
+            else f", {len(data['images'])} images" if "images" in data else "")
+    return f"{m.get('inputs', {}).get('source')}{made}"
+
+
+def _redo(store: CityStore, step: str) -> str:
+    """'redo: ...' when the step's outputs are missing or changed, else what stands."""
+    from aether.io.tables import read_json, sha256_file
+
+    record = store.manifest if step == "extract" else store.step(step)
+    try:
+        rec = read_json(record)
+    except (OSError, ValueError):
+        return "redo: never completed"
+    outputs = rec.get("outputs", {})
+    for name, want in outputs.items():
+        digest = want["sha256"] if isinstance(want, dict) else want
+        path = store.dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return f"redo: {name} missing or changed"
+    return "keep, unless its inputs changed"
+
+
+def status_table(rows: list[StepStatus]) -> Any:
+    """A rich table of ``run_status``."""
+    from rich.table import Table
+
+    table = Table(title="aether run status")
+    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
+                "next run"):
+        table.add_column(col, justify="right" if col in ("year", "rows", "EECU-h") else "left")
+    for r in rows:
+        table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
+                      "" if r.rows is None else str(r.rows), r.version or "",
+                      f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
+    return table

@@ -91,7 +91,10 @@ def targets(kind: str, y: np.ndarray) -> np.ndarray:
         return np.asarray(y, np.int64)
     v = np.asarray(y, np.float32)
     if kind == "distribution":
-        return v / np.clip(v.sum(axis=1, keepdims=True), 1e-12, None)
+        # column-major, as their pandas table hands it over: float32 row sums then add in
+        # their order (in row-major order 62 of the sample's 515 rows differ in the last bit)
+        v = np.asfortranarray(v)
+        return np.ascontiguousarray(v / np.clip(v.sum(axis=1, keepdims=True), 1e-12, None))
     v = v.reshape(-1)
     mean, std = float(v.mean()), float(v.std() + 1e-6)
     return ((v - mean) / std).astype(np.float32).reshape(-1, 1)

@@ -434,9 +434,16 @@ def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, fl
 
 
 def _paired(values: list[float], base: list[float]) -> dict[str, float | None]:
-    """Paired t-test against raw AlphaEarth; a replicate row's k runs each pair with the same
-    probe seeds of the raw row (its values repeated k times)."""
-    return probes.paired_test(values, base * (len(values) // max(1, len(base))))
+    """Paired t-test against raw AlphaEarth over the same probe seeds. A replicate row (k
+    training seeds, run-major) is tested over its training seeds: each seed's mean over the
+    probe seeds against raw's mean over the same seeds (k pairs, k - 1 degrees of freedom).
+    Pooling the k × n values as independent pairs would count raw's n values k times and
+    hide the training-seed spread the replicates are there to show."""
+    k = len(values) // max(1, len(base))
+    if k <= 1:
+        return probes.paired_test(values, base)
+    per_seed = np.asarray(values, float).reshape(k, len(base)).mean(axis=1)
+    return probes.paired_test(per_seed.tolist(), [float(np.mean(base))] * k)
 
 
 def _holm_per_table(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> None:

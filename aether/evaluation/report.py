@@ -74,7 +74,8 @@ def caption(result: dict[str, Any]) -> str:
     if result.get("replicates"):
         k = {len(v) for v in result["replicates"].values()}
         spread += (f"; rows marked ×{'/'.join(map(str, sorted(k)))} train seeds: over "
-                   f"training seeds × probe seeds, paired with raw AlphaEarth's probe seeds")
+                   f"training seeds × probe seeds, and their p over the training seeds (each "
+                   f"seed's mean against raw's mean over the same probe seeds)")
     flipped = (f" ({', '.join(lower)}: lower is better, so a lower value gives a positive Δ)"
                if lower else "")
     return (f"{spread}. Δ{head} vs raw: relative change of the mean {head} against raw "

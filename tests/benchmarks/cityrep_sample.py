@@ -4,8 +4,9 @@
 
 Extracts the offline sample with the 100 / 200 m circles and the reference's 9 × 9 / 19 × 19
 px squares, trains both presets (``paper`` then trains on the squares, ``default`` on the
-circles), encodes them, evaluates both packaged tasks with ``--protocol cityrep`` (5 seeds)
-and replaces the block between the ``cityrep`` markers of docs/training.md with the tables.
+circles), encodes them, evaluates both packaged tasks with ``--protocol cityrep`` (5 seeds),
+then the ``paper`` run with two more training seeds (each run a row, then one row over the 3
+seeds), and replaces the block between the ``cityrep`` markers of docs/training.md.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     from aether.evaluation.report import markdown
     from aether.evaluation.tasks import TASKS_DIR, load_task
     from aether.ml.encode import encode_city, load_run
-    from aether.ml.train import train
+    from aether.ml.train import replicates, train
     from aether.pipeline.demo import LABELS_FILE, TASKS, write_landuse_labels
     from aether.pipeline.extract import ExtractRequest, run_extract, run_grid
     from aether.sample.city import ensure_sample
@@ -64,6 +65,14 @@ def main() -> None:
         lo, hi = test_overlap(city, task, runs[0])
         parts += [f"{name}: the per-seed test sets of `spatial-blocks` and `cityrep` on these "
                   f"units overlap with a Jaccard index of {lo:.2f}–{hi:.2f}.", ""]
+    # training-seed replicates: the `paper` run and two more seeds of its config, one row
+    # over 3 training seeds × 5 probe seeds, beside each run as its own row
+    group = [load_run(city, p, slug="helsinki", year=2024)
+             for p in replicates(city, runs[0].path, runs[0].config, 3)]
+    task = load_task(TASKS_DIR / f"{TASKS[0]}.yaml")
+    for res in (evaluate(city, task, group, protocol="cityrep"),
+                evaluate(city, task, [], protocol="cityrep", replicates=[group])):
+        parts += [markdown(res).replace("### ", "#### paper, 3 training seeds: ", 1), ""]
     block = "\n".join(parts).rstrip()
     text = DOC.read_text()
     text = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{block}\n{END}", text,

@@ -54,9 +54,14 @@ class CogSource:
     tiles: str
     name: str = "cog"
 
+    @functools.cached_property
+    def _index(self) -> pd.DataFrame:
+        """The tile index, read once per source (a URL's is revalidated once, not per use)."""
+        return tile_io.read_index(self.tiles)
+
     def _tiles_for(self, year: int, bbox: tuple[float, float, float, float]) -> _Footprints:
         """The year's tiles (in index order) whose footprint meets a lon/lat bbox."""
-        index = tile_io.read_index(self.tiles)
+        index = self._index
         years = sorted(int(y) for y in index["year"].unique())
         in_year = index[index["year"] == year]
         if in_year.empty:
@@ -73,7 +78,7 @@ class CogSource:
 
     def latest_year(self) -> int | None:
         """The newest year the tile index holds."""
-        years = tile_io.read_index(self.tiles)["year"]
+        years = self._index["year"]
         return int(years.max()) if len(years) else None
 
     def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:

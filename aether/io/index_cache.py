@@ -36,6 +36,19 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _paths(url: str, cache: Path) -> tuple[Path, Path]:
+    """The cached body and its metadata (ETag, Last-Modified) of ``url``."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:20]
+    return cache / f"{key}.parquet", cache / f"{key}.json"
+
+
+def cached_copy(url: str, cache: Path) -> Path | None:
+    """The copy ``cached_index`` last made of ``url``, without asking the server (None:
+    none yet)."""
+    body, _ = _paths(url, cache)
+    return body if body.is_file() else None
+
+
 def cached_index(url: str, cache: Path) -> Path:
     """A local copy of the index at ``url``, fresh as of this call.
 
@@ -45,8 +58,7 @@ def cached_index(url: str, cache: Path) -> Path:
     one of these). A cached copy that fails the same check (left by an older aether, or
     damaged on disk) is deleted with its ETag and the index is fetched again in full.
     """
-    key = hashlib.sha256(url.encode()).hexdigest()[:20]
-    body, meta_path = cache / f"{key}.parquet", cache / f"{key}.json"
+    body, meta_path = _paths(url, cache)
     meta = _cached_meta(body, meta_path, url)
     headers = {"User-Agent": USER_AGENT}
     if meta.get("etag"):

@@ -193,11 +193,17 @@ def _local_index(loc: str, location: object) -> str:
 
 
 def index_sha256(location: str | os.PathLike[str]) -> str | None:
-    """Checksum of the tile index a city was extracted from: its dataset version (None for
-    an s3:// or gs:// index, which is not copied here)."""
+    """Checksum of the tile index a city was extracted from (an HTTP(S) index: the copy its
+    extraction just read, asked of no server; None for an s3:// or gs:// index, which is not
+    copied here)."""
     loc = index_location(location)
-    src = _local_index(loc, location)
-    return None if _is_url(src) else sha256_file(src)
+    if loc.startswith(("http://", "https://")):
+        from aether.io.index_cache import cached_copy
+        from aether.settings import cache_dir
+
+        src = cached_copy(loc, cache_dir() / "index")
+        return None if src is None else sha256_file(src)
+    return None if _is_url(loc) or not Path(loc).is_file() else sha256_file(loc)
 
 
 def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:

@@ -75,9 +75,22 @@ async function panel(name) {
   }
   map.fitBounds(info.bounds);
   map.on("click", (ev) => like(ev.latlng));
+  map.on("moveend", () => follow(name));
   const markers = L.layerGroup().addTo(map);
   panels[name] = { div, map, markers, title, legend, heat: null, answer: null };
   return panels[name];
+}
+
+// Panels pan and zoom together: the one moved leads, the others take its view.
+let following = false;
+function follow(name) {
+  if (following) return;
+  following = true;
+  const lead = panels[name].map;
+  for (const [other, p] of Object.entries(panels)) {
+    if (other !== name && !p.div.hidden) p.map.setView(lead.getCenter(), lead.getZoom(), { animate: false });
+  }
+  following = false;
 }
 
 // The colour of each byte of a panel's raster, on the range [lo, hi] shared by the panels.

@@ -87,8 +87,8 @@ def heat_raster(x: np.ndarray, y: np.ndarray, crs: str) -> HeatRaster:
         lo_, la_ = np.meshgrid(lons, lats)
         ux, uy = from_ll.transform(lo_.ravel(), la_.ravel())
         pixels[r0:r0 + step] = locate(np.asarray(ux), np.asarray(uy)).reshape(-1, width)
-    wl, sl = _lonlat(west, south)
-    el, nl = _lonlat(east, north)
+    wl, sl = _lonlat(west, north - height * px)  # the raster's own edges (whole pixels)
+    el, nl = _lonlat(west + width * px, north)
     return HeatRaster(pixels, ((sl, wl), (nl, el)))
 
 

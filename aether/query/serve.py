@@ -141,9 +141,9 @@ class Gate:
                        f"retry in {RETRY_AFTER_S} s")
         self.admitted += 1
         try:
-            # read the request now: the server then listens on its socket while it waits,
-            # so a client that hangs up is seen as gone
-            await request.body()
+            # take the request's first message now (never a whole body: these are GETs), so
+            # the server listens on the socket while this waits and sees a client hang up
+            await request.receive()
             async with self._slots:
                 if await request.is_disconnected():
                     self.counts["abandoned"] += 1

@@ -71,7 +71,9 @@ async function panel(name) {
   for (const a of info.attribution) map.attributionControl.addAttribution(a);
   L.control.scale({ imperial: false }).addTo(map);
   if (params.get("tiles") !== "0" && info.tiles) {
-    L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 }).addTo(map);
+    L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 })
+      .on("tileerror", () => { $("tiles").textContent = "OpenStreetMap tiles did not load (offline?): the heat maps are drawn without them"; })
+      .addTo(map);
   }
   map.fitBounds(info.bounds);
   map.on("click", (ev) => like(ev.latlng));

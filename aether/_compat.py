@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from aether.errors import AetherError
+from aether.errors import DependencyError
 
 #: distribution -> the release series aether is tested with: the major, or major.minor below
 #: 1.0, where a minor release may break (pyproject's upper bounds say the same).
@@ -32,10 +32,6 @@ PRIVATE_SYMBOLS: dict[str, str] = {
     # the raw Nominatim search behind ox.geocode_to_gdf (all results, to pick polygons)
     "osmnx._nominatim._download_nominatim_element": "osmnx",
 }
-
-
-class DependencyError(AetherError):
-    """An installed dependency lacks what aether uses (an untested release)."""
 
 
 def _check_version(dist: str) -> None:

@@ -376,10 +376,12 @@ def encode(city: str, models: Sequence[str | Path] | None = None, *,
 def evaluate(city: str, task: str | Path | ProbeTask,
              models: Sequence[str | Path] | None = None, *, protocol: str = "default",
              seeds: int = 5, shuffle: bool = False, cell: str | None = None,
-             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None) -> dict[str, Any]:
+             train_seeds: int = 1, year: int = DEFAULT_YEAR,
+             data_dir: PathLike | None = None) -> dict[str, Any]:
     """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
-    (``default`` or ``cityrep``); writes its report. ``cell`` (``100m``, ``h3:9``) replaces
-    a grid task's cells."""
+    (``default``, ``cityrep`` or ``spatial-blocks``); writes its report. ``cell`` (``100m``,
+    ``h3:9``) replaces a grid task's cells. ``train_seeds`` > 1 trains (when missing) that
+    many seeds of each run's config and reports each run as one row over all of them."""
     import dataclasses
 
     from aether.evaluation.evaluate import evaluate as _evaluate
@@ -392,9 +394,31 @@ def evaluate(city: str, task: str | Path | ProbeTask,
         spec = task if cell is None else dataclasses.replace(task, cell=cell)
     else:
         spec = load_task(task, cell=cell)
-    return _evaluate(city_dir(city, year, data_dir), spec,
-                     runs(city, models, year=year, data_dir=data_dir), protocol=protocol,
-                     seeds=SEEDS[:seeds], shuffle=shuffle)
+    if not 1 <= train_seeds <= 20:
+        raise InputError(f"--train-seeds {train_seeds}", "use 1 to 20")
+    where = city_dir(city, year, data_dir)
+    found = runs(city, models, year=year, data_dir=data_dir)
+    groups = None
+    if train_seeds > 1:
+        from aether.ml.encode import load_run
+        from aether.ml.train import replicates
+        from aether.places.place import slugify
+
+        names = {r.name for r in found}
+        firsts = [r for r in found if not _replicate_of(r.name, names)]
+        groups = [[load_run(where, p, slug=slugify(city), year=year)
+                   for p in replicates(where, r.path, r.config, train_seeds)] for r in firsts]
+        found = [r for g in groups for r in g]
+    return _evaluate(where, spec, found, protocol=protocol, seeds=SEEDS[:seeds],
+                     shuffle=shuffle, replicates=groups)
+
+
+def _replicate_of(name: str, names: set[str]) -> bool:
+    """``name`` is ``<run>-seed<s>`` of a run among ``names`` (a replicate, not a row)."""
+    import re
+
+    m = re.fullmatch(r"(.+)-seed\d+", name)
+    return bool(m and m.group(1) in names)
 
 
 @dataclass(frozen=True)
@@ -548,8 +572,8 @@ def build_sample(data_dir: PathLike | None = None, *, seed: int = 0,
 
 
 def run(run_file: PathLike, data_dir: PathLike | None = None, *,
-        say: Callable[[str], None] = lambda s: None, scheduler: str | None = None
-        ) -> RunReport:
+        say: Callable[[str], None] = lambda s: None, scheduler: str | None = None,
+        max_eecu_hours: float | None = None) -> RunReport:
     """Do a run file's cities × years × steps once (see docs/scheduling.md).
 
     Parameters
@@ -558,6 +582,10 @@ def run(run_file: PathLike, data_dir: PathLike | None = None, *,
         ``threads`` (one city after another, here), ``cluster[:N]`` or a Dask scheduler's
         address: every (city, year, step) a task on its workers, cities in parallel
         [default: the run file's ``scheduler:``, else the ``dask_scheduler`` setting].
+    max_eecu_hours
+        The Earth Engine export tasks' budget for the whole run; what it stops is left for
+        the next run (``RunReport.cities_left``) [default: the run file's ``ee:
+        {max_eecu_hours}``, else none].
 
     Returns
     -------
@@ -567,4 +595,4 @@ def run(run_file: PathLike, data_dir: PathLike | None = None, *,
     from aether.pipeline.scheduled import execute
 
     return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say,
-                   scheduler=scheduler)
+                   scheduler=scheduler, max_eecu_hours=max_eecu_hours)

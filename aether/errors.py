@@ -1,7 +1,7 @@
 """Typed errors: one line saying what is wrong, and a hint saying what to do.
 
-The CLI maps every ``AetherError`` to exit code 2 and a single line on stderr; any other
-exception is a bug and keeps its traceback.
+The CLI maps every ``AetherError`` to its ``exit_code`` (2; 3 for ``BudgetError``) and a
+single line on stderr; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ class EarthEngineError(AetherError):
     """Earth Engine refused the request or cannot be reached with the given credentials."""
 
 
+class BudgetError(EarthEngineError):
+    """The run's Earth Engine budget (EECU-hours) is spent, or Earth Engine's own quota is:
+    no new task starts. Exit code 3, so a scheduler can tell it from a failure."""
+
+    exit_code = 3
+
+
 class TableError(AetherError):
     """A table on disk is missing, empty, or does not match its contract."""
 
@@ -63,6 +70,10 @@ class BusyError(AetherError):
 
 class DaskError(AetherError):
     """A Dask scheduler cannot be reached or used."""
+
+
+class DependencyError(AetherError):
+    """An installed dependency lacks what aether uses (an untested release)."""
 
 
 class LinkError(AetherError):

@@ -76,6 +76,14 @@ def extract(
     ee_concurrency: Annotated[
         int | None, typer.Option(help="Earth Engine requests in flight, 1 to 64 [default 8]")
     ] = None,
+    ee_export_wait: Annotated[
+        float | None, typer.Option(help="Seconds a finished export's file may take to appear "
+                                        "at --export-read (a synced Drive) [default 600]")
+    ] = None,
+    ee_max_eecu_hours: Annotated[
+        float | None, typer.Option(help="Budget of the export tasks in EECU-hours: no task "
+                                        "starts past it, exit 3 (needs --export)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even when up to date")] = False,
     scheduler: SchedulerOpt = None,
 ) -> None:
@@ -96,7 +104,8 @@ def extract(
             scheduler=scheduler, place=place, tiles=tiles, ee_url=ee_url,
             ee_project=ee_project, ee_credentials=ee_credentials,
             export=export, export_read=export_read, ee_batch=ee_batch,
-            ee_concurrency=ee_concurrency)
+            ee_concurrency=ee_concurrency, ee_export_wait=ee_export_wait,
+            ee_max_eecu_hours=ee_max_eecu_hours)
     state = "up to date, nothing to do" if res.up_to_date else f"done in {res.seconds:.1f} s"
     typer.echo(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}")
     typer.echo(f"  {res.out_dir}")

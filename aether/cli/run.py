@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables
+from aether.errors import BudgetError
 
 
 class _RunGroup(TyperGroup):
@@ -38,6 +39,10 @@ def run_cmd(
     runfile: RunFileArg,
     data_dir: DataDirOpt = None,
     scheduler: SchedulerOpt = None,
+    max_eecu_hours: Annotated[float | None, typer.Option(
+        min=0, help="Earth Engine budget of the whole run, in EECU-hours of export tasks: "
+                    "no task starts past it; exit 3 lists the cities left [run file: ee: "
+                    "{max_eecu_hours}]")] = None,
 ) -> None:
     """Do a run file's cities × years × steps once: skip what is done, redo what changed
     (`aether run FILE` says the same). With --scheduler, cities run in parallel on a Dask
@@ -48,7 +53,7 @@ def run_cmd(
     from aether.pipeline.scheduled import StepState, summary_table
 
     report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True),
-                     scheduler=scheduler)
+                     scheduler=scheduler, max_eecu_hours=max_eecu_hours)
     Console(width=120).print(summary_table(report))
     n = len(report.steps)
     if report.nothing_to_do:
@@ -57,9 +62,14 @@ def run_cmd(
         typer.echo(f"{report.count(StepState.DONE)} done, "
                    f"{report.count(StepState.UP_TO_DATE)} up to date, "
                    f"{report.count(StepState.FAILED)} failed, of {n} tasks")
+    if report.eecu_hours:
+        typer.echo(f"  Earth Engine: {report.eecu_hours:.4g} EECU-hours")
     typer.echo(f"  report: {report.path}")
     if report.failed:
         raise typer.Exit(1)
+    if report.cities_left:
+        typer.echo(f"budget reached: left for the next run: {', '.join(report.cities_left)}")
+        raise typer.Exit(BudgetError.exit_code)
 
 
 @run_app.command("status")

@@ -59,6 +59,7 @@ def import_checkpoint_cmd(
     text_model: Annotated[str | None, typer.Option(
         help="Text model for queries [the checkpoint's, e.g. openai:text-embedding-3-large:384]"
     )] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run of the same name")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Load an official AETHER checkpoint as a run of a city (then `aether encode` it)."""
@@ -67,7 +68,8 @@ def import_checkpoint_cmd(
     from aether.ml.train import check_run_name
 
     where = city_dir(city, year, data_dir)
-    out = import_checkpoint(path, where, check_run_name(run), text_model=text_model)
+    out = import_checkpoint(path, where, check_run_name(run), text_model=text_model,
+                            overwrite=overwrite)
     typer.echo(f"imported {path.name} as run {out.name}\n  {out}")
 
 
@@ -99,19 +101,22 @@ def evaluate_cmd(
     shuffle: Annotated[bool, typer.Option(help="Train probes on shuffled labels (a check)")] = (
         False),
     protocol: Annotated[str, typer.Option(
-        help="default (random + 250 m blocks, linear + MLP) or cityrep (10x10 blocks, "
-             "MLP of 1,024 units, paired test vs raw AlphaEarth)")] = "default",
+        help="default (random + 250 m blocks, linear + MLP), cityrep (the CityRep "
+             "benchmark's protocol as its code runs it, see docs/cityrep.md) or "
+             "spatial-blocks (aether's earlier approximation of it)")] = "default",
     cell: Annotated[str | None, typer.Option(
         help="Grid cells of a grid task: 100m, 0.5km or h3:9 [the task's]")] = None,
+    train_seeds: Annotated[int, typer.Option(
+        help="Training seeds per model: trains replicates RUN-seedS when missing and "
+             "reports each model over seeds x folds")] = 1,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Probe frozen embeddings on a downstream task: raw AlphaEarth vs AETHER vs POI text."""
     from aether import api
-    from aether.evaluation.evaluate import rich_tables
+    from aether.evaluation.report import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
-                       cell=cell, year=year,
-                       data_dir=data_dir)
+                       cell=cell, train_seeds=train_seeds, year=year, data_dir=data_dir)
     print_tables(*rich_tables(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")

@@ -1,10 +1,13 @@
 """The one zonal kernel: area-weighted means of embedding pixels inside circular buffers.
 
-Every local path (COG tiles, xee pixels, the Earth Engine emulator) computes buffer means
-with this code, so they cannot drift apart. Semantics follow Earth Engine's weighted
-``Reducer.mean``: each pixel counts by the exact fraction of its area inside the buffer.
-Coverage is computed analytically (circle ∩ rectangle), not by sampling, so the result
-matches exactextract on a finely segmented buffer polygon.
+Every local path (COG tiles, xee pixels) computes buffer means with this code, so they
+cannot drift apart. The Earth Engine emulator does not: its coverage
+(``aether.testing.emulator.coverage``) is written independently, from Earth Engine's
+documented semantics, so the parity tests between the sources and the emulator check
+this kernel against something that does not share its mistakes. Semantics follow Earth
+Engine's weighted ``Reducer.mean``: each pixel counts by the exact fraction of its area
+inside the buffer. Coverage is computed analytically (circle ∩ rectangle), not by
+sampling, so the result matches exactextract on a finely segmented buffer polygon.
 
 Work is split as *partial sums* so a buffer that spans two tiles (or two UTM zones) is the
 sum of its parts: ``partial_sums`` per block, ``add`` to combine, ``finalize`` to get means.
@@ -440,8 +443,8 @@ def polygon_partial_sums(block: PixelBlock, shapes: list) -> Partial:
     """Coverage-weighted sums over arbitrary shapely polygons in the block's crs.
 
     Each pixel counts by the exact area of its intersection with the polygon (the
-    generalisation of the circle coverage above, used by the emulator for non-circular
-    regions and geographic reduction grids). A bare point takes the pixel it falls in.
+    generalisation of the circle coverage above, used for square windows and grid cells).
+    A bare point takes the pixel it falls in.
     """
     import shapely
 

@@ -42,6 +42,15 @@ class EmbeddingSource(Protocol):
         """
         ...
 
+    def latest_year(self) -> int | None:
+        """The newest year the dataset holds (``years: latest`` in run files)."""
+        ...
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """What the year's tables over a lon/lat bbox are made from (tile names, image ids
+        and versions): recorded in every table's manifest; a change redoes the table."""
+        ...
+
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Rows of the ``grid_embeddings`` table: area-weighted means over the cells of
         ``cell`` (``100m``, ``0.5km``, ``h3:9``; see ``aether.core.cells``) covering ``place``."""
@@ -105,6 +114,9 @@ def option_error(name: str, model: type[BaseModel], e: ValidationError) -> tuple
         return f"source {name}: unknown option {key!r}", f"valid options: {valid}"
     if err["type"] == "missing":
         return f"source {name}: option {key!r} is required", f"valid options: {valid}"
+    if not err["loc"]:  # a rule between options
+        return (f"source {name}: {err['msg'].removeprefix('Value error, ')}",
+                "see `aether extract --help`")
     return f"source {name}: option {key}: {err['msg']}", f"got {err.get('input')!r}"
 
 

@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,24 @@ class CogSource:
                 "check --tiles, or use a source that covers this place",
             )
         return _Footprints.of(hit)
+
+    def latest_year(self) -> int | None:
+        """The newest year the tile index holds."""
+        years = tile_io.read_index(self.tiles)["year"]
+        return int(years.max()) if len(years) else None
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """The tiles the year's tables over bbox are read from: their names (the public
+        layout puts the dataset version in them) and a checksum of their index rows. A
+        year added to the index changes neither for the other years."""
+        import hashlib
+
+        used = self._tiles_for(year, bbox)
+        names = [Path(str(p)).name for p in used.paths]  # not where the folder is
+        rows = np.column_stack([names, used.crs, used.utm.astype(str)])
+        return {"tiles": sorted(names),
+                "index_rows": hashlib.sha256("\n".join(map(",".join, rows)).encode())
+                .hexdigest()}
 
     def point_means(
         self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int

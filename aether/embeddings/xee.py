@@ -4,7 +4,8 @@ The year's mosaic is opened with xee on an explicit 10 m grid in a UTM crs (``cr
 ``crs_transform``, ``shape_2d``), lazily, chunked so that one Dask chunk is one
 ``computePixels`` request. Point buffer means and grid cells are then sums over the chunks
 they touch (``zonal.partial_sums`` / ``grids.Cells.sums``), added per POI / cell: the same
-kernel as the COG source and the emulator, so the sources agree to float rounding.
+kernel as the COG source, so the two agree to float rounding (the emulator's own, independent
+coverage is what both are checked against).
 
 Why the collection is reshaped: xee fetches one *variable* (band) per request. Opened as one
 64-band image, every chunk costs 64 requests. Here the mosaic is handed to xee as 64
@@ -35,6 +36,7 @@ from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
+from aether.embeddings.earthengine import catalog
 from aether.embeddings.earthengine.options import EeConnectionOptions
 from aether.embeddings.earthengine.session import EESettings, ensure
 from aether.embeddings.fold import WindowSums, point_means_table
@@ -210,6 +212,16 @@ class XeeSource:
         if not n:
             raise CoverageError(f"no AlphaEarth images for year {year}",
                                 "check --year and the endpoint")
+
+    def latest_year(self) -> int | None:
+        """The newest year the collection holds (one request)."""
+        ensure(self.session)
+        return catalog.year_of(catalog.newest_start().getInfo())
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """The images (ids and ``system:version``) the year's tables over bbox come from."""
+        ensure(self.session)
+        return catalog.version_record(catalog.images_over(year, bbox).getInfo())
 
     def _chunks(self, view: View) -> list[tuple[int, int, Any]]:
         """(first row, first column, delayed pixels) of every chunk of the view."""

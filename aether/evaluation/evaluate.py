@@ -7,11 +7,12 @@ prior row shows what chance scores, and ``shuffle`` trains every probe on permut
 so a harness that flatters would show it. Results go to ``<city>/evaluation/<task>.{json,md}``.
 
 A protocol names the splits, probes and methods. ``default``: random and 250 m spatial-block
-splits, linear and 64-unit MLP probes, every method. ``cityrep`` (the AETHER authors'
-benchmark): the units' extent cut into 10 × 10 blocks, whole blocks held out per seed, an MLP
-probe with 1,024 hidden units, AETHER against raw AlphaEarth. Every row carries a paired
-t-test against raw AlphaEarth over the same seeds and folds, so a gain within the seed noise
-is shown as such.
+splits, linear and 64-unit MLP probes, every method. ``cityrep``: the CityRep benchmark's
+protocol as its code runs it (``aether.evaluation.cityrep``), AETHER against raw AlphaEarth.
+``spatial-blocks``: aether's earlier approximation of it (10 × 10 blocks until a fifth of the
+units, a random validation tenth, z-scored inputs, MLP-1,024 in batches of 128), kept so that
+older tables can be reproduced. Every row carries a paired t-test against raw AlphaEarth over
+the same seeds and folds, so a gain within the seed noise is shown as such.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aether import provenance
 from aether.core.aef import BANDS, utm_epsg
 from aether.errors import ModelError, TableError
-from aether.evaluation import probes
+from aether.evaluation import cityrep, probes
+from aether.evaluation.report import RAW, markdown
 from aether.evaluation.tasks import ProbeTask, assign, read_labels
 from aether.execution.progress import Bar, bar
 from aether.io.store import CityStore
@@ -40,7 +43,6 @@ from aether.io.tables import (
 from aether.ml.encode import ModelRun, apply_ae, base_poi_means, grid_window_means, read_grid
 from aether.ml.text import encode_texts
 
-RAW = "AlphaEarth (raw)"
 TEXT = "POI text only"
 CONCAT = "AlphaEarth ⊕ POI text"
 PRIOR = "prior (no features)"
@@ -58,12 +60,22 @@ class Protocol:
     probe_kinds: tuple[str, ...]
     settings: probes.ProbeSettings
     text_methods: bool = True  # POI text and raw ⊕ text beside raw and AETHER
+    spread: str = "std"  # population (std) or sample (sd) spread over seeds
+
+
+CITYREP_SPLIT = "cityrep-blocks"
 
 
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol("default", SPLITS, probes.PROBES, probes.ProbeSettings()),
-    "cityrep": Protocol("cityrep", ("blocks10x10",), ("mlp",),
-                        probes.ProbeSettings(hidden=1024), text_methods=False),
+    "cityrep": Protocol("cityrep", (CITYREP_SPLIT,), ("mlp",),
+                        probes.ProbeSettings(hidden=cityrep.ProbeSettings().hidden,
+                                             batch=cityrep.ProbeSettings().batch,
+                                             max_epochs=cityrep.ProbeSettings().epochs),
+                        text_methods=False),
+    "spatial-blocks": Protocol("spatial-blocks", ("blocks10x10",), ("mlp",),
+                               probes.ProbeSettings(hidden=1024), text_methods=False,
+                               spread="sd"),
 }
 
 
@@ -77,7 +89,9 @@ class Units:
 
 
 def aether_label(run: ModelRun) -> str:
-    return f"AETHER ({run.preset})"
+    """A row per run: two runs of one preset are two rows (``AETHER (name, preset)``)."""
+    return (f"AETHER ({run.name})" if run.name == run.preset
+            else f"AETHER ({run.name}, {run.preset})")
 
 
 def _units(task: ProbeTask, city_dir: Path, radius: float, pois: Any) -> Units:
@@ -101,7 +115,11 @@ def heldout_pois(pois: Any, run: ModelRun) -> np.ndarray:
     from aether.ml.config import TrainConfig
     from aether.ml.data import split_of
 
-    cfg = TrainConfig(**run.config["hyperparameters"])
+    hyper = run.config["hyperparameters"]
+    if "unknown" in hyper.values():
+        raise ModelError(f"run {run.name} does not record how it held out POIs (an imported "
+                         "checkpoint)", "use a task without holdout, or a run of `aether train`")
+    cfg = TrainConfig(**hyper)
     xy = pois.geometry.to_crs(pois.geometry.estimate_utm_crs())
     return split_of(pois["poi_id"].to_numpy(object), np.column_stack([xy.x, xy.y]),
                     cfg) == "test"
@@ -133,7 +151,7 @@ def _text_features(task: ProbeTask, units: Units, pois: Any, use: np.ndarray,
 
 
 def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods: bool = True
-             ) -> tuple[dict[str, np.ndarray], Any]:
+             ) -> tuple[dict[str, np.ndarray], UnitPlaces]:
     """Feature matrices of every method and the labels, on the units every method covers."""
     radii = {run.base_radius_m for run in runs}
     if len(radii) > 1:
@@ -164,7 +182,25 @@ def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods
     frame = units.frame.iloc[sel]
     out = {k: v[sel].astype(np.float32) for k, v in feats.items()}
     labels.index, labels.y = sel, labels.y[ok]
-    return out, (labels, frame["x"].to_numpy(float), frame["y"].to_numpy(float))
+    return out, UnitPlaces(labels, frame["x"].to_numpy(float), frame["y"].to_numpy(float),
+                           units.crs)
+
+
+@dataclass
+class UnitPlaces:
+    """The labelled units' targets and centres (x, y in ``crs``; lon/lat on demand)."""
+
+    labels: Any
+    x: np.ndarray
+    y: np.ndarray
+    crs: str
+
+    def lonlat(self) -> tuple[np.ndarray, np.ndarray]:
+        from pyproj import Transformer
+
+        lon, lat = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True).transform(
+            self.x, self.y)
+        return np.asarray(lon, float), np.asarray(lat, float)
 
 
 def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -> np.ndarray:
@@ -201,19 +237,32 @@ def evaluate(
     shuffle: bool = False,
     settings: probes.ProbeSettings | None = None,
     write: bool = True,
+    replicates: list[list[ModelRun]] | None = None,
 ) -> dict[str, Any]:
     """Probe every method on every split and seed; the result table as a JSON-able dict.
 
     ``protocol`` (see PROTOCOLS) gives the splits, probes and settings not passed. A result
     whose inputs (task, the set of models and of seeds, tables, settings) were seen before
     is reused from ``evaluation/.cache/`` whatever order the models and seeds came in, so
-    re-running a pipeline costs nothing here.
+    re-running a pipeline costs nothing here. Each result is written twice: as the task's
+    latest (``<task>[_<protocol>].{json,md}``) and kept per set of runs
+    (``<task>[_<protocol>]__<run>+<run>.{json,md}``), with its provenance. ``replicates``
+    (groups of runs of one config with different training seeds, ``runs`` ignored) makes
+    one row of each group over its training seeds × probe seeds.
     """
+    started = provenance.now()
     if protocol not in PROTOCOLS:
         from aether.errors import ConfigError
 
         raise ConfigError(f"unknown protocol {protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[protocol]
+    if protocol == "cityrep" and (probe_kinds or splits or settings):
+        from aether.errors import ConfigError
+
+        raise ConfigError("the cityrep protocol fixes its splits, probe and probe settings",
+                          "leave them out, or use the default or spatial-blocks protocol")
+    if replicates:
+        runs = [r for group in replicates for r in group]
     probe_kinds = probe_kinds or proto.probe_kinds
     splits = splits or proto.splits
     settings = settings or proto.settings
@@ -221,26 +270,78 @@ def evaluate(
     store = CityStore.at(city_dir)
     stem = (f"{task.name}{'' if protocol == 'default' else '_' + protocol}"
             f"{'_shuffled' if shuffle else ''}")
+    groups = [[r.name for r in g] for g in replicates or []]
     key = _inputs_key(task, city_dir, runs, sorted(seeds), probe_kinds, splits, shuffle,
-                      settings)
+                      settings, *([groups] if groups else []))
     cached = store.evaluation_cache(stem, key)
     if write and cached.is_file():
         result = read_json(cached)
-        return {**result, "paths": _publish(store, stem, result)}
-    feats, (labels, ux, uy) = features(task, city_dir, runs, proto.text_methods)
-    cfg = settings
+        return {**result, "paths": _publish_both(store, stem, runs, result)}
+    feats, places = features(task, city_dir, runs, proto.text_methods)
+    labels, cfg = places.labels, settings
     scores: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     with bar(f"evaluate {task.name}: split × seed × method × probe",
              len(splits) * len(seeds) * len(feats) * len(probe_kinds)) as shown:
-        _probe_all(task, feats, labels, ux, uy, splits, seeds, probe_kinds, shuffle, cfg,
-                   scores, shown)
-    result = {**_table(task, scores, labels, seeds, shuffle), "inputs_key": key,
-              "protocol": protocol, "probe_hidden": cfg.hidden,
-              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None}
+        if protocol == "cityrep":
+            per_method = cityrep.probe_methods(task.kind, feats, labels.y, *places.lonlat(),
+                                               seeds, shuffle, PRIOR, shown.advance)
+            scores = {(m, "-" if m == PRIOR else "mlp", CITYREP_SPLIT): v
+                      for m, v in per_method.items()}
+        else:
+            _probe_all(task, feats, labels, places.x, places.y, splits, seeds, probe_kinds,
+                       shuffle, cfg, scores, shown)
+    if replicates:
+        scores = _pool(scores, replicates)
+    metrics = (cityrep.METRICS if protocol == "cityrep" else probes.METRICS)[task.kind]
+    result = {**_table(task, scores, labels, seeds, shuffle, metrics), "inputs_key": key,
+              "protocol": protocol, "probe_hidden": cfg.hidden, "spread": proto.spread,
+              "runs": [{"row": aether_label(r), "run": r.name, "preset": r.preset,
+                        "config_hash": r.config.get("config_hash"),
+                        "train_seed": r.config.get("hyperparameters", {}).get("seed")}
+                       for r in runs],
+              "replicates": {replicate_label(g): [r.name for r in g]
+                             for g in replicates or []},
+              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None,
+              "provenance": provenance.record(city_dir, seeds=list(seeds), started=started)}
     if write:
         write_json(result, cached)
-        result["paths"] = _publish(store, stem, result)
+        result["paths"] = _publish_both(store, stem, runs, result)
     return result
+
+
+def replicate_label(group: list[ModelRun]) -> str:
+    """The row of a group of training-seed replicates."""
+    return f"{aether_label(group[0])} ×{len(group)} train seeds"
+
+
+def _pool(scores: dict[tuple[str, str, str], list[dict[str, float]]],
+          groups: list[list[ModelRun]]) -> dict[tuple[str, str, str], list[dict[str, float]]]:
+    """One row per group: its runs' per-seed scores one after another (run-major, so raw
+    AlphaEarth's seeds repeated once per run pair with them)."""
+    members = {aether_label(r): g for g in groups for r in g}
+    out: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for (method, probe, split), values in scores.items():
+        group = members.get(method)
+        if group is None:
+            out[(method, probe, split)] = values
+        else:
+            out.setdefault((replicate_label(group), probe, split), []).extend(values)
+    return out
+
+
+def run_set(runs: list[ModelRun]) -> str:
+    """A file-name part for a set of runs (names are slugs): ``a+b``, hashed when long."""
+    names = "+".join(sorted(r.name for r in runs)) or "no-models"
+    return (names if len(names) <= 80
+            else f"{names[:60]}+{config_hash({'runs': names})[:12]}")
+
+
+def _publish_both(store: CityStore, stem: str, runs: list[ModelRun], result: dict[str, Any]
+                  ) -> dict[str, str]:
+    """The task's latest result, and the one kept for this set of runs."""
+    kept = _publish(store, f"{stem}__{run_set(runs)}", result)
+    return {**_publish(store, stem, result), "runs_json": kept["json"],
+            "runs_markdown": kept["markdown"]}
 
 
 def _probe_all(task: ProbeTask, feats: dict[str, np.ndarray], labels: Any, ux: np.ndarray,
@@ -305,8 +406,8 @@ def _inputs_key(task: ProbeTask, city_dir: Path, runs: list[ModelRun], *settings
 
 
 def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, float]]],
-           labels: Any, seeds: tuple[int, ...], shuffle: bool) -> dict[str, Any]:
-    metrics = probes.METRICS[task.kind]
+           labels: Any, seeds: tuple[int, ...], shuffle: bool, metrics: dict[str, bool]
+           ) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for (method, probe, split), runs in scores.items():
         stats = {m: {"mean": float(np.mean([r[m] for r in runs])),
@@ -322,12 +423,31 @@ def _table(task: ProbeTask, scores: dict[tuple[str, str, str], list[dict[str, fl
             m: _relative(row["metrics"][m]["mean"], base["metrics"][m]["mean"], up)
             for m, up in metrics.items()}
         row["paired_vs_raw"] = {} if base is None or row is base else {
-            m: probes.paired_test(row["metrics"][m]["values"], base["metrics"][m]["values"])
+            m: _paired(row["metrics"][m]["values"], base["metrics"][m]["values"])
             for m in metrics}
+    _holm_per_table(rows, metrics)
     return {"task": task.name, "kind": task.kind, "unit": task.unit, "cell_m": task.cell_m,
             "cell": task.grid_cell.label,
             "n_units": len(labels.y), "classes": labels.classes, "seeds": list(seeds),
-            "shuffled_labels": shuffle, "metrics": list(metrics), "rows": rows}
+            "shuffled_labels": shuffle, "metrics": list(metrics),
+            "higher_is_better": metrics, "rows": rows}
+
+
+def _paired(values: list[float], base: list[float]) -> dict[str, float | None]:
+    """Paired t-test against raw AlphaEarth; a replicate row's k runs each pair with the same
+    probe seeds of the raw row (its values repeated k times)."""
+    return probes.paired_test(values, base * (len(values) // max(1, len(base))))
+
+
+def _holm_per_table(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> None:
+    """``p_holm``: each split's table is one family per metric (its rows with a p-value)."""
+    for split in {r["split"] for r in rows}:
+        for m in metrics:
+            tested = [r["paired_vs_raw"][m] for r in rows if r["split"] == split
+                      and r["paired_vs_raw"].get(m, {}).get("p") is not None]
+            for test, adj in zip(tested, probes.holm([t["p"] for t in tested]), strict=True):
+                test["p_holm"] = adj
+                test["family"] = len(tested)
 
 
 def _relative(value: float, base: float, higher_is_better: bool) -> float | None:
@@ -335,90 +455,3 @@ def _relative(value: float, base: float, higher_is_better: bool) -> float | None
     if base == 0:
         return None
     return (value - base) / abs(base) if higher_is_better else (base - value) / abs(base)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The result table as Markdown: mean ± spread over seeds, improvement vs raw AlphaEarth
-    and its paired-test p-value, the caption saying how to read them."""
-    lines = [f"### {title(result)}", ""]
-    if result.get("note"):
-        lines += [f"*{result['note']}*", ""]
-    lines += [f"*{caption(result)}*", ""]
-    for split in dict.fromkeys(r["split"] for r in result["rows"]):
-        lines += [f"**{split} split**", "",
-                  markdown_table(_header(result), _cells(result, split)), ""]
-    return "\n".join(lines)
-
-
-def rich_tables(result: dict[str, Any]) -> list[Any]:
-    """The result as rich tables for a terminal, one per split, the caption under each."""
-    from rich.table import Table
-
-    out = []
-    note = f"{result['note']}. " if result.get("note") else ""
-    for split in dict.fromkeys(r["split"] for r in result["rows"]):
-        table = Table(*_header(result), title=f"{title(result)} — {split} split",
-                      caption=note + caption(result), caption_justify="left")
-        for row in _cells(result, split):
-            table.add_row(*row)
-        out.append(table)
-    return out
-
-
-def title(result: dict[str, Any]) -> str:
-    protocol = result.get("protocol", "default")
-    n = len(result["seeds"])
-    return (f"{result['task']} ({result['kind']}, {result['n_units']} {result['unit']} "
-            f"units{', SHUFFLED LABELS' if result['shuffled_labels'] else ''}; "
-            f"{n} seed{'' if n == 1 else 's'}"
-            f"{'' if protocol == 'default' else f'; {protocol} protocol'})")
-
-
-def caption(result: dict[str, Any]) -> str:
-    """How to read the table: the spread shown, the sign of the Δ column, the p-value."""
-    head = result["metrics"][0]
-    n = len(result["seeds"])
-    lower = [m for m, up in probes.METRICS[result["kind"]].items() if not up]
-    spread = ("mean over 1 seed (no spread)" if n == 1 else
-              f"mean ± {_spread(result)} over {n} seeds")
-    flipped = (f" ({', '.join(lower)}: lower is better, so a lower value gives a positive Δ)"
-               if lower else "")
-    return (f"{spread}. Δ{head} vs raw: relative change of the mean {head} against raw "
-            f"AlphaEarth with the same probe and split; + is better, − is worse{flipped}. "
-            f"p: paired t-test of {head} against raw AlphaEarth over the same seeds.")
-
-
-def _spread(result: dict[str, Any]) -> str:
-    """``sd`` (sample) under the cityrep protocol, ``std`` (population) otherwise."""
-    return "sd" if result.get("protocol", "default") == "cityrep" else "std"
-
-
-def _header(result: dict[str, Any]) -> list[str]:
-    head = result["metrics"][0]
-    return ["method", "probe", *result["metrics"], f"Δ{head} vs raw", "p (paired t vs raw)"]
-
-
-def _cells(result: dict[str, Any], split: str) -> list[list[str]]:
-    """The rows of one split as text: mean (± spread when there are several seeds), Δ, p."""
-    head = result["metrics"][0]
-    spread = _spread(result) if len(result["seeds"]) > 1 else None
-    rows = []
-    for r in (r for r in result["rows"] if r["split"] == split):
-        rel = r["relative_to_raw"].get(head)
-        delta = "" if rel is None or r["method"] == RAW else f"{100 * rel:+.1f}%"
-        p = r.get("paired_vs_raw", {}).get(head, {}).get("p")
-        rows.append([r["method"], r["probe"], *(
-            f"{r['metrics'][m]['mean']:.3f}"
-            + ("" if spread is None else f" ± {r['metrics'][m][spread]:.3f}")
-            for m in result["metrics"]), delta, "" if p is None else f"{p:.3g}"])
-    return rows
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (floats with three decimals)."""
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(out)

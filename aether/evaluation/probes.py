@@ -213,3 +213,14 @@ def paired_test(values: list[float], baseline: list[float]) -> dict[str, float |
         return {"t": None, "p": None}
     res = stats.ttest_rel(values, baseline)
     return {"t": float(res.statistic), "p": float(res.pvalue)}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given): the k-th
+    smallest is multiplied by (m - k + 1), kept monotone and capped at 1."""
+    order = np.argsort(p_values, kind="stable")
+    m, out, running = len(p_values), [0.0] * len(p_values), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * float(p_values[i])))
+        out[i] = running
+    return out

@@ -15,9 +15,11 @@ clean-up, reach outside the data directory. The data directory itself may be a l
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +260,33 @@ def runs_dir(root: Path) -> Path:
     return confined(Path(root) / RUNS_DIR, Path(root))
 
 
+def run_ledger(root: Path, run_id: str) -> Path:
+    """The Earth Engine usage ledger of one run (``execution.budget``), beside its report."""
+    return runs_dir(root) / f"{run_id}.eecu.jsonl"
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A run's id: the UTC time it started and this process (unique on one machine)."""
+    return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<path>.lock`` around a read-modify-write of ``path`` that
+    several processes share (a ledger, a task book); the lock file is never followed through
+    a link."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 _held: dict[Path, int] = {}  # data directories this process holds the lock of (re-entrant)
 
 
@@ -276,6 +305,7 @@ def data_lock(root: Path) -> Iterator[Path]:
     path = lock_path(root)
     key = path.resolve()
     if _held.get(key):
+        lease_check()()  # a worker's task writes only while its run still holds the lock
         _held[key] += 1
         try:
             yield path
@@ -336,21 +366,44 @@ def lent_lock(root: Path, token: str) -> Iterator[Path]:
     it still holds the one named by ``token``: a worker's steps take ``data_lock`` again
     inside, re-entrantly. LockedError when that lock is gone (the run ended or died)."""
     path = lock_path(root)
+    _check_token(path, token)
+    key = path.resolve()
+    _held[key] = _held.get(key, 0) + 1
+    lent = _LENT.set((path, token))
+    try:
+        yield path
+    finally:
+        _LENT.reset(lent)
+        _held[key] -= 1
+        if not _held[key]:
+            _held.pop(key)
+
+
+#: The lock a Dask task writes under (set by ``lent_lock`` in the task's thread).
+_LENT: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar(
+    "aether_lent_lock", default=None)
+
+
+def _check_token(path: Path, token: str) -> None:
     try:
         held = _token(path)
     except OSError:
         held = None
     if held != token:
-        raise LockedError(f"the run that sent this task no longer holds the lock on {root}",
-                          "start the run again (`aether run`)")
-    key = path.resolve()
-    _held[key] = _held.get(key, 0) + 1
-    try:
-        yield path
-    finally:
-        _held[key] -= 1
-        if not _held[key]:
-            _held.pop(key)
+        raise LockedError(f"the run that sent this task no longer holds the lock on "
+                          f"{path.parent}", "start the run again (`aether run`)")
+
+
+def lease_check() -> Callable[[], None]:
+    """A check, callable from any thread, that the run which lent this task its lock still
+    holds it (LockedError once it ended or died): taken where the task starts, called before
+    anything that must not happen twice (a table's commit, an Earth Engine task's start).
+    Outside a lent lock it checks nothing: the process holds the lock itself."""
+    lent = _LENT.get()
+    if lent is None:
+        return lambda: None
+    path, token = lent
+    return lambda: _check_token(path, token)
 
 
 def _same_file(fd: int, path: Path) -> bool:

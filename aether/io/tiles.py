@@ -33,7 +33,7 @@ from aether.core.aef import (
 )
 from aether.errors import TilesError
 from aether.io.index_cache import USER_AGENT
-from aether.io.tables import atomic_path, write_parquet
+from aether.io.tables import atomic_path, sha256_file, write_parquet
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -190,6 +190,14 @@ def _local_index(loc: str, location: object) -> str:
             f"point --tiles at a directory holding {INDEX_NAME} (`aether sample build` makes one)",
         )
     return loc
+
+
+def index_sha256(location: str | os.PathLike[str]) -> str | None:
+    """Checksum of the tile index a city was extracted from: its dataset version (None for
+    an s3:// or gs:// index, which is not copied here)."""
+    loc = index_location(location)
+    src = _local_index(loc, location)
+    return None if _is_url(src) else sha256_file(src)
 
 
 def read_index(location: str | os.PathLike[str]) -> gpd.GeoDataFrame:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,3 +154,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:
         raise ModelError(f"cannot resume from {path}: {type(e).__name__}",
                          "train again with --overwrite") from e
+
+
+def publish_run(work: Path, run: Path) -> None:
+    """Rename a complete build onto the run directory (replacing an older model), so a
+    reader never sees half a model."""
+    old = run.with_name(f".{run.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if run.exists():
+        os.rename(run, old)
+    os.rename(work, run)
+    shutil.rmtree(old, ignore_errors=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from aether.ml.checkpoints import (
     WEIGHTS_FILE,
     build_model,
     model_section,
+    publish_run,
     save_weights,
 )
 from aether.ml.checkpoints import (
@@ -36,6 +39,7 @@ from aether.ml.checkpoints import (
 from aether.ml.config import TrainConfig
 from aether.ml.data import year_of
 from aether.ml.text import DEFAULT_TEXT_MODEL
+from aether.provenance import now, software
 
 if TYPE_CHECKING:
     from aether.ml.heads import AetherModel
@@ -131,16 +135,83 @@ def _hyper(hp: Any, *keys: str, default: Any, kind: type) -> Any:
     return out
 
 
+#: TrainConfig field <- where the reference's hyper_parameters hold it, and its type
+FROM_HYPER: dict[str, tuple[tuple[str, ...], type]] = {
+    "epochs": (("train", "epochs"), int), "batch_size": (("train", "batch_size"), int),
+    "lr": (("model", "lr"), float), "weight_decay": (("model", "weight_decay"), float),
+    "lr_min_ratio": (("train", "eta_min_ratio"), float), "seed": (("data", "split_seed"), int),
+    "test_fraction": (("data", "test_ratio"), float),
+    "val_fraction": (("data", "val_ratio"), float)}
+#: aether's own training settings, which a reference checkpoint cannot state
+NOT_IN_REFERENCE = ("split", "block_m", "patience", "min_epochs_fraction")
+UNKNOWN = "unknown"
+#: a text model a checkpoint may name: an ``org/name`` hub id (no path), or an OpenAI model
+_TEXT_NAME = re.compile(r"(openai:[A-Za-z0-9._-]+(:\d+)?|[A-Za-z0-9][A-Za-z0-9._-]*"
+                        r"(/[A-Za-z0-9][A-Za-z0-9._-]*)?)")
+
+
 def import_checkpoint(path: Path, city_dir: Path, run_name: str, *,
-                      text_model: str | None = None) -> Path:
-    """Write ``<city_dir>/models/<run_name>/`` from a reference checkpoint; returns it."""
+                      text_model: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``<city_dir>/models/<run_name>/`` from a reference checkpoint; returns it.
+
+    Holds the data directory's lock; an existing run is replaced only with ``overwrite``
+    (the new one is built beside it and renamed into place, as ``aether train`` does).
+    """
     model, config = reference_model(path, city_dir, text_model=text_model)
-    run = CityStore.at(city_dir).model(run_name)
-    save_weights(model.state_dict(), run / WEIGHTS_FILE, {"config_hash": config["config_hash"]})
-    write_json(config, run / CONFIG_FILE)
+    store = CityStore.at(city_dir)
+    run, work = store.model(run_name), store.model_partial(run_name)
+    with store.locked():
+        if run.exists() and not overwrite:
+            raise ModelError(f"run {run_name!r} already exists in {run.parent}",
+                             "pick another --run name, or pass --overwrite to replace it")
+        shutil.rmtree(work, ignore_errors=True)
+        save_weights(model.state_dict(), work / WEIGHTS_FILE,
+                     {"config_hash": config["config_hash"]})
+        write_json(config, work / CONFIG_FILE)
+        publish_run(work, run)
+    _warn_if_not_final(config["provenance"], Path(path).name)
     log.info("imported %s (epoch %s) as %s", Path(path).name,
              config["provenance"]["epoch"], run)
     return run
+
+
+def _warn_if_not_final(facts: dict[str, Any], name: str) -> None:
+    epoch, epochs = facts["epoch"], facts["epochs"]
+    if epoch == UNKNOWN or epochs == UNKNOWN:
+        log.warning("%s does not say which epoch it is from (epoch %s of %s): it may not be "
+                    "the final model", name, epoch, epochs)
+    elif epoch < epochs:
+        log.warning("%s is from epoch %d of %d, not the final epoch", name, epoch, epochs)
+
+
+def checkpoint_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint itself states about its training; ``unknown`` where it is silent
+    (never aether's defaults in its place)."""
+    hp = ckpt.get("hyper_parameters") or {}
+    facts: dict[str, Any] = {
+        field: _hyper(hp, *keys, default=UNKNOWN, kind=kind)
+        for field, (keys, kind) in FROM_HYPER.items()}
+    facts["epoch"] = _hyper(ckpt, "epoch", default=UNKNOWN, kind=int)
+    for field in ("epochs", "batch_size", "epoch"):
+        if facts[field] != UNKNOWN and facts[field] < 1:
+            raise ModelError(f"the checkpoint's {field} is {facts[field]}, not a count",
+                             "pass a .pth written by the official AETHER train.py")
+    for field in ("lr", "weight_decay", "lr_min_ratio", "test_fraction", "val_fraction"):
+        v = facts[field]
+        if v != UNKNOWN and not (0 <= v < (math.inf if field == "lr" else 1.0 + 1e-9)
+                                 and (field != "lr" or v > 0)):
+            raise ModelError(f"the checkpoint's {field} is {v:g}, which no training uses",
+                             "pass a .pth written by the official AETHER train.py")
+    return facts
+
+
+def _checked_text_model(name: str) -> str:
+    """A text model named by the checkpoint (not by the user): a hub id or OpenAI model,
+    never a path (``../x`` would load whatever lies there)."""
+    if ".." in name or not _TEXT_NAME.fullmatch(name):
+        raise ModelError(f"the checkpoint names the text model {name[:60]!r}, which is not a "
+                         "model id", "pass --text-model NAME to say which text model it used")
+    return name
 
 
 def reference_model(path: Path, city_dir: Path | None = None, *,
@@ -163,6 +234,7 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
     if int(state["ae_mlp.0.weight"].shape[0]) != hidden:
         raise ModelError("the checkpoint's two AE hidden layers differ in size",
                          "aether's head has one hidden size; this checkpoint does not fit")
+    facts = checkpoint_facts(ckpt)
     tau = (_hyper(hp, "model", "tau_xt", default=None, kind=float)
            or _hyper(ckpt, "temps", "tau_xt", default=None, kind=float) or 0.07)
     pix, aug = (_hyper(hp, "data", "pix_radius", default=4, kind=int),
@@ -177,12 +249,14 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
                       base_radius_m=square_radius(pix), aug_radius_m=square_radius(aug),
                       hidden_dim=hidden, out_dim=out_dim, temperature=tau,
                       multiscale_weight=lam,
-                      text_model=text_model or reference_text_model(hp))
+                      text_model=text_model or _checked_text_model(reference_text_model(hp)))
     text_dim = int(state["text_proj.weight"].shape[1])
+    hyper = {**dataclasses.asdict(cfg), **{k: facts[k] for k in FROM_HYPER},
+             **dict.fromkeys(NOT_IN_REFERENCE, UNKNOWN)}
     config: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "preset": "reference",
-        "hyperparameters": dataclasses.asdict(cfg),
+        "hyperparameters": hyper,
         "model": model_section(cfg, text_dim),
         "city": city_dir.parent.name if city_dir else None,
         "year": year_of(city_dir) if city_dir else None,
@@ -191,7 +265,8 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
         "text_model": cfg.text_model,
         "input_schema": {"ae_columns": list(BANDS), "ae_dim": len(BANDS), "text_dim": text_dim},
         "provenance": {"imported_from": "inwind0212/AETHER checkpoint", "file": path.name,
-                       "sha256": sha256_file(path), "epoch": ckpt.get("epoch"),
+                       "sha256": sha256_file(path), "epoch": facts["epoch"],
+                       "epochs": facts["epochs"], "imported": now(), **software(),
                        "cfg_hash": ckpt.get("cfg_hash"),
                        "pix_radius": pix, "aug_pix_radius": aug},
     }

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from aether import provenance
 from aether.errors import InputError, ModelError, TableError
 from aether.execution.progress import bar
 from aether.io.store import CityStore, model_complete
@@ -24,6 +25,7 @@ from aether.ml.checkpoints import (
     METRICS_FILE,
     SUMMARY_FILE,
     WEIGHTS_FILE,
+    publish_run,
     run_config,
 )
 from aether.ml.config import PRESETS, RunOptions, TrainConfig, parse_options, resolve_config
@@ -123,6 +125,9 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: 
     warn_if_few(int((labels == "train").sum()), cfg)
     config = run_config(city_dir, preset, cfg, pairs)
     config["config_hash"] = config_hash(config)
+    # after the hash: when and with what it ran does not decide whether runs may resume
+    config["provenance"] = {**provenance.software(), "dataset": provenance.dataset(city_dir),
+                            "seeds": {"train": cfg.seed}, "started": provenance.now()}
     state = _prepare_run(run, work, config, options.overwrite)
     if state == "done":
         return run
@@ -144,18 +149,32 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: 
                 dataclasses.replace(options, on_epoch=step))
     finally:
         torch.set_num_threads(previous)
-    _publish_run(work, run)
+    _stamp_finished(work / CONFIG_FILE)
+    publish_run(work, run)
     return run
 
 
-def _publish_run(work: Path, run: Path) -> None:
-    """Rename a complete build onto the run directory (replacing an older model)."""
-    old = run.with_name(f".{run.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if run.exists():
-        os.rename(run, old)
-    os.rename(work, run)
-    shutil.rmtree(old, ignore_errors=True)
+def _stamp_finished(path: Path) -> None:
+    """The end time in the run's provenance (its start stays that of the first attempt)."""
+    config = dict(read_json(path))
+    config["provenance"] = {**config.get("provenance", {}), "finished": provenance.now()}
+    write_json(config, path)
+
+
+def replicates(city_dir: Path, run_dir: Path, config: dict[str, Any], n: int,
+               options: RunOptions | None = None) -> list[Path]:
+    """``run_dir`` and ``n - 1`` runs of its exact config with the next seeds, each trained
+    when missing: ``<run>-seed<s>`` (training-seed replicates for ``aether evaluate``)."""
+    hyper = dict(config["hyperparameters"])
+    if "unknown" in hyper.values() or config.get("preset") not in PRESETS:
+        raise ModelError(f"run {run_dir.name} cannot be replicated: its training settings "
+                         "are not all known (an imported checkpoint)",
+                         "replicate a run of `aether train`")
+    seed, epochs = int(hyper.pop("seed")), int(hyper.pop("epochs"))
+    return [run_dir, *(train(city_dir, preset=config["preset"],
+                             run_name=check_run_name(f"{run_dir.name}-seed{s}"), epochs=epochs,
+                             seed=s, options=options, **hyper)
+                       for s in range(seed + 1, seed + n))]
 
 
 def check_run_name(name: str) -> str:

@@ -76,7 +76,8 @@ def _run_stages(data_dir: Path, epochs: int | None, seeds: int,
     """The demo's steps; ``say`` announces each stage."""
     from rich.table import Table
 
-    from aether.evaluation.evaluate import evaluate, rich_tables
+    from aether.evaluation.evaluate import evaluate
+    from aether.evaluation.report import rich_tables
     from aether.io.tables import write_json
     from aether.ml.train import train
     from aether.pipeline.extract import ExtractRequest, run_extract, run_grid

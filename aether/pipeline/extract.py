@@ -1,8 +1,9 @@
 """The extract workflow: place → POIs → embedding source → tables (what `aether extract` calls).
 
 Re-running with the same inputs is a no-op: the manifest records a hash of everything that
-determines the output (the POI table's content, the content of the tiles' index, radii,
-year, source options without credentials or paths) and the checksums of the outputs, which
+determines the output (the POI table's content, the dataset version the source reports —
+tile names and index rows, or Earth Engine image ids and ``system:version`` —, radii, year,
+source options without credentials, paths or pace) and the checksums of the outputs, which
 are checked too; the same work asked for from another folder or by a run file is the same.
 The manifest also records the place, source and tiles, so ``grid`` reuses them.
 """
@@ -21,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 from aether._version import VERSION
 from aether.embeddings.base import SourceRequest
 from aether.errors import PlaceError, PoiError
-from aether.io.store import POI_EMBEDDINGS_FILE, POIS_FILE, CityStore
+from aether.io.store import (
+    POI_EMBEDDINGS_FILE,
+    POIS_FILE,
+    CityStore,
+    new_run_id,
+    run_ledger,
+)
 from aether.io.tables import (
     config_hash,
     read_json,
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
 
 #: Source options that are secrets or endpoints: never part of the hash or the manifest.
 PRIVATE_OPTIONS = frozenset({"ee_credentials", "ee_url"})
+#: Source options that say how a run goes (pace, budget), not what it makes: never hashed.
+RUN_OPTIONS = frozenset({"ee_concurrency", "ee_poll", "ee_backoff", "ee_export_wait",
+                         "ee_max_eecu_hours", "ee_budget_file"})
 #: Source options that are paths: the hash holds what they point to, not how they are spelt.
 PATH_OPTIONS = frozenset({"tiles"})
 log = logging.getLogger(__name__)
@@ -183,22 +193,25 @@ def _extract(req: ExtractRequest) -> ExtractResult:
     year = check_year(req.year)
     inputs = request_inputs(req)
     place, pois, poi_spec = inputs.place, inputs.pois, inputs.poi_spec
-    source = inputs.source
-    if source.name == "cog" and "tiles" not in source.settings:
-        source = source.replace(tiles=default_tiles())  # so the hash names what is read
-    source = _resolved_paths(source)
+    source = source_for(inputs.source)
+    if source.name == "ee" and "ee_budget_file" not in source.settings:
+        source = source.replace(ee_budget_file=run_ledger(req.data_dir,
+                                                          new_run_id("extract-")))
     source_name, options = source.name, source.settings
     store = CityStore.of(req.data_dir, place.slug, year)
     out = store.dir
+    made_by = source.create(store.work(source_name))
     config = {
         "place": place.slug,
         "pois": _pois_hash(pois),
         "source": source_name,
         "source_options": {k: str(v) for k, v in sorted(options.items())
-                           if k not in PRIVATE_OPTIONS | PATH_OPTIONS and v is not None},
-        "tiles_index": _index_checksum(options.get("tiles")),
+                           if k not in PRIVATE_OPTIONS | RUN_OPTIONS | PATH_OPTIONS
+                           and v is not None},
         "radii": list(radii),
         "year": year,
+        # what the tables are made from: a new tile or image version redoes them
+        "dataset": made_by.version(year, place.bbox),
     }
     chash = config_hash(config)
     with store.locked():
@@ -207,8 +220,7 @@ def _extract(req: ExtractRequest) -> ExtractResult:
                                  time.perf_counter() - t0)
         if req.force:  # recompute: no checkpoint or task of an earlier run is reused
             shutil.rmtree(store.work(source_name), ignore_errors=True)
-        n_rows = write_point_means(source.create(store.work(source_name)), pois, radii, year,
-                                   store.poi_embeddings)
+        n_rows = write_point_means(made_by, pois, radii, year, store.poi_embeddings)
         write_parquet(pois, store.pois)
         if poi_spec.startswith("pbf:"):  # the maps' offline base layer
             from aether.pipeline.basemap import write_basemap
@@ -223,6 +235,8 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
               poi_spec: str, source_name: str, options: dict[str, Any], place: Place,
               n_pois: int, n_rows: int) -> dict[str, Any]:
     """What was made, from what: read back by ``_up_to_date`` and by later steps."""
+    from aether.io.tiles import index_sha256
+
     tiles = options.get("tiles")
     return {
         "run_id": f"extract-{chash}",
@@ -230,7 +244,8 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
         "config": config,
         "config_hash": chash,
         "inputs": {"city": req.city, "pois": _poi_record(poi_spec),
-                   "source": source_name, "tiles": None if tiles is None else str(tiles)},
+                   "source": source_name, "tiles": None if tiles is None else str(tiles),
+                   "tiles_index_sha256": None if tiles is None else index_sha256(tiles)},
         "versions": _versions(),
         "outputs": {
             name: {"rows": rows, "sha256": sha256_file(store.dir / name)}
@@ -256,22 +271,16 @@ def _wkt(geom: Any) -> str:
     return str(shapely.to_wkt(geom, rounding_precision=-1))
 
 
-def _resolved_paths(source: SourceRequest) -> SourceRequest:
-    """Local tile paths made absolute: the manifest's record works from any folder."""
+def source_for(source: SourceRequest) -> SourceRequest:
+    """The source as it will read: ``cog`` without tiles reads the settings' tiles (named,
+    so the hash says what is read), local tile paths made absolute (the manifest's record
+    works from any folder)."""
+    if source.name == "cog" and "tiles" not in source.settings:
+        source = source.replace(tiles=default_tiles())
     tiles = source.settings.get("tiles")
     if tiles is None or "://" in str(tiles):
         return source
     return source.replace(tiles=str(Path(str(tiles)).expanduser().resolve()))
-
-
-def _index_checksum(tiles: object) -> str | None:
-    if tiles is None or "://" in str(tiles):
-        return None if tiles is None else str(tiles)
-    from aether.core.aef import INDEX_NAME
-
-    p = Path(str(tiles))
-    p = p / INDEX_NAME if p.is_dir() else p
-    return sha256_file(p) if p.is_file() else None
 
 
 def _up_to_date(store: CityStore, chash: str) -> bool:
@@ -340,7 +349,7 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
         place, said = asked, None
     store = CityStore.of(req.data_dir, place.slug, year)
     with store.locked():
-        cells = _resolved_paths(source).create(store.work(source.name)).grid(
+        cells = source_for(source).create(store.work(source.name)).grid(
             place, year, spec.label)
         path = write_parquet(cells, store.grid(spec))
         if zarr:

@@ -20,18 +20,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
 )
 
+from aether.embeddings.earthengine.options import MAX_CONCURRENCY
 from aether.errors import ConfigError, InputError
 from aether.ml.config import MAX_SEED
 from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
 Step = Literal["extract", "train", "encode"]
+LATEST = "latest"
 #: Source options that are file paths (relative ones are read beside the run file).
-PATH_OPTIONS = ("tiles", "ee_credentials")
+PATH_OPTIONS = ("tiles", "ee_credentials", "ee_budget_file")
 
 
 def _scalar(value: Any) -> Any:
@@ -77,17 +80,22 @@ def _radii(values: list[float]) -> list[float]:
     return values
 
 
-def _year(value: int) -> int:
-    """The command line's year check (``check_year``)."""
+def _year(value: Any) -> int | str:
+    """The command line's year check (``check_year``), or ``latest``."""
+    if value == LATEST:
+        return LATEST
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a year is a number (e.g. 2024) or {LATEST}, not {value!r}")
     try:
         return check_year(value)
     except InputError as e:
         raise ValueError(f"{e.message} ({e.hint})") from None
 
 
-#: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``.
+#: Radii and years checked as ``aether extract`` checks ``--radius``/``--window``/``--year``;
+#: a year may be ``latest``: the newest the city's source holds, asked when the run starts.
 Radii = Annotated[list[float], BeforeValidator(_windows), AfterValidator(_radii)]
-Year = Annotated[int, AfterValidator(_year)]
+Year = Annotated[int | Literal["latest"], PlainValidator(_year)]
 
 
 class _Strict(BaseModel):
@@ -100,6 +108,22 @@ class SourceSpec(_Strict):
 
     name: Literal["ee", "cog", "xee"] = "ee"
     options: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class EeSpec(_Strict):
+    """Earth Engine limits of the whole run, across every city and Dask worker: the export
+    tasks' compute budget, the requests and tasks in flight per Cloud project, and the
+    ledger the budget is counted in (default: the run's own, in ``<data>/runs/``)."""
+
+    max_eecu_hours: float | None = Field(default=None, gt=0, le=1e6)
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
+    budget_file: str | None = None
+
+    def source_options(self) -> dict[str, Any]:
+        """The ``ee`` source's options these set (a city's own options win)."""
+        named = {"ee_max_eecu_hours": self.max_eecu_hours, "ee_concurrency": self.concurrency,
+                 "ee_budget_file": self.budget_file}
+        return {k: v for k, v in named.items() if v is not None}
 
 
 class TrainSpec(_Strict):
@@ -143,11 +167,13 @@ class RunFile(_Strict):
     #: Where the run's tasks go: threads (here, one city after another), cluster[:N] or a
     #: Dask scheduler's address (``aether run --scheduler`` wins over it).
     scheduler: str | None = None
-    years: list[Year] = Field(default_factory=lambda: [DEFAULT_YEAR], min_length=1)
+    years: list[Year] = Field(default_factory=lambda: list[Year]([DEFAULT_YEAR]),
+                             min_length=1)
     radii: Radii = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
     pois: str = "osm"
     poi_options: PoiOptions = Field(default_factory=PoiOptions)
     source: SourceSpec = Field(default_factory=SourceSpec)
+    ee: EeSpec = Field(default_factory=EeSpec)
     steps: list[Step] = Field(default_factory=lambda: cast(list[Step], ["extract"]), min_length=1)
     train: TrainSpec = Field(default_factory=TrainSpec)
     encode: EncodeSpec = Field(default_factory=EncodeSpec)
@@ -226,6 +252,8 @@ def _check_sources(run: RunFile, root: Any, path: Path, strict: bool) -> None:
         model = SOURCES[spec.name].options_model()
         options = {k: v for k, v in spec.options.items()
                    if strict or k in model.model_fields or k not in known}
+        if spec.name == "ee":  # the run's limits, checked with the options they join
+            options = {**run.ee.source_options(), **options}
         try:
             model(**options)
         except ValidationError as e:
@@ -286,4 +314,6 @@ def _relative_to(run: RunFile, base: Path) -> RunFile:
               for c in run.cities]
     return run.model_copy(update={
         "data_dir": path(run.data_dir) or run.data_dir, "pois": spec(run.pois),
-        "source": source(run.source), "cities": cities})
+        "source": source(run.source), "cities": cities,
+        "ee": run.ee.model_copy(update={"budget_file": path(run.ee.budget_file)
+                                        or run.ee.budget_file})})

@@ -37,10 +37,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aether.errors import AetherError, ConfigError
-from aether.io.store import CityStore, runs_dir
+from aether.errors import AetherError, BudgetError, ConfigError
+from aether.io.store import CityStore, new_run_id, runs_dir
 from aether.io.store import data_lock as run_lock
-from aether.pipeline.runfile import City, RunFile, load_run_file
+from aether.pipeline.runfile import City, RunFile, Year, load_run_file
+from aether.settings import DEFAULT_YEAR
 
 if TYPE_CHECKING:
     from aether.pipeline.extract import ExtractRequest
@@ -56,10 +57,12 @@ class StepState(StrEnum):
     UP_TO_DATE = "up to date"
     FAILED = "failed"
     SKIPPED = "skipped"
+    BUDGET = "budget reached"  # the run's Earth Engine budget or quota stopped it
 
 
-DONE, UP_TO_DATE, FAILED, SKIPPED = (StepState.DONE, StepState.UP_TO_DATE, StepState.FAILED,
-                                     StepState.SKIPPED)
+DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (StepState.DONE, StepState.UP_TO_DATE,
+                                             StepState.FAILED, StepState.SKIPPED,
+                                             StepState.BUDGET)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Step:
     error: str | None = None
     config_hash: str | None = None
     export_tasks: list[str] = field(default_factory=list)
+    eecu_s: float | None = None  # what its Earth Engine export tasks reported using
     worker: str | None = None  # the Dask worker that ran it (cluster runs)
 
     @property
@@ -94,6 +98,7 @@ class RunReport:
     started: str
     finished: str = ""
     steps: list[Step] = field(default_factory=list)
+    eecu_hours: float = 0.0  # Earth Engine usage counted in the run's ledger
     path: Path | None = None
 
     def count(self, status: StepState) -> int:
@@ -104,6 +109,11 @@ class RunReport:
         return self.count(FAILED) > 0
 
     @property
+    def cities_left(self) -> list[str]:
+        """Cities the Earth Engine budget (or quota) stopped: the next run's work."""
+        return list(dict.fromkeys(t.city for t in self.steps if t.status == BUDGET))
+
+    @property
     def nothing_to_do(self) -> bool:
         return all(t.status == UP_TO_DATE for t in self.steps)
 
@@ -112,6 +122,36 @@ def _hook(point: str) -> None:
     """Die here, hard, if the crash tests asked for it (see the module doc)."""
     if point in os.environ.get(KILL_ENV, "").split(","):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resolve_latest(run: RunFile, root: Path) -> RunFile:
+    """``latest`` among a city's years becomes the newest year its source holds (the tile
+    index, or the Earth Engine collection: asked once per source): a new annual layer is
+    picked up by the next run, and only its work is done."""
+    from aether.errors import CoverageError
+    from aether.pipeline.extract import source_for
+    from aether.pipeline.runfile import LATEST
+
+    newest: dict[str, int] = {}
+
+    def years(city: City) -> list[Year]:
+        given: list[Year] = list(city.years or run.years)
+        if LATEST not in given:
+            return given
+        source = source_for(extract_request(run, city, DEFAULT_YEAR, root).chosen_source)
+        key = repr((source.name, sorted(source.settings.items())))
+        if key not in newest:
+            year = source.create(runs_dir(root)).latest_year()
+            if year is None:
+                raise CoverageError(f"{city.name}: the {source.name} source holds no year",
+                                    "check the source's tiles or endpoint")
+            newest[key] = year
+        return sorted({newest[key] if y == LATEST else int(y) for y in given})
+
+    if all(LATEST not in (c.years or run.years) for c in run.cities):
+        return run
+    return run.model_copy(update={"cities": [c.model_copy(update={"years": years(c)})
+                                             for c in run.cities]})
 
 
 def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
@@ -126,22 +166,27 @@ def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
             raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
                               "give them distinct names")
         seen[slug] = city.name
-        steps = [Step(city.name, slug, year, step)
-                 for year in sorted(set(city.years or run.years)) for step in run.steps]
+        years = sorted({int(y) for y in city.years or run.years})  # after resolve_latest
+        steps = [Step(city.name, slug, year, step) for year in years for step in run.steps]
         out.append((city, steps))
     return out
 
 
 def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
             say: Callable[[str], None] = lambda s: None, *,
-            scheduler: str | None = None) -> RunReport:
+            scheduler: str | None = None, max_eecu_hours: float | None = None) -> RunReport:
     """Run a run file (see the module doc); returns the report (also written to disk).
 
     ``scheduler`` (else the run file's ``scheduler:``, else the ``dask_scheduler`` setting):
     ``threads`` runs the cities one after another here; a Dask cluster (``cluster[:N]``,
     ``tcp://host:port``) runs them in parallel on its workers (``pipeline.fleet``).
+    ``max_eecu_hours`` overrides the file's ``ee: {max_eecu_hours}``: the Earth Engine budget
+    of the whole run (``execution.budget``); what it stops is reported, status "budget
+    reached".
     """
+    from aether.execution.budget import EecuBudget
     from aether.execution.cluster import parse_scheduler
+    from aether.io.store import run_ledger
     from aether.settings import current, use_settings
 
     run = load_run_file(run_file, strict=True)
@@ -151,11 +196,19 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
     root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
     where = scheduler or run.scheduler or settings.dask_scheduler
     spread = parse_scheduler(where).kind != "threads"
+    run_id = new_run_id()
+    ee = run.ee.model_copy(update={
+        k: v for k, v in (("max_eecu_hours", max_eecu_hours),
+                          ("budget_file", run.ee.budget_file
+                           or str(run_ledger(root, run_id).resolve()))) if v is not None})
+    run = resolve_latest(run.model_copy(update={"ee": ee}), root)
     cities = plan(run)
+    for city, steps in cities:  # every city's request checked before any work starts
+        extract_request(run, city, steps[0].year, root)
     with run_lock(root), use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
         _hook("locked")
         report = RunReport(
-            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+            run_id=run_id,
             run_file=str(Path(run_file).resolve()), data_dir=str(root.resolve()),
             started=_now(), steps=[t for _, steps in cities for t in steps])
         if spread:
@@ -165,6 +218,7 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
         else:
             for city, steps in cities:
                 _run_city(run, city, steps, root, say)
+        report.eecu_hours = EecuBudget(Path(str(ee.budget_file))).spent() / 3600
         report.finished = _now()
         _hook("report")
         report.path = _write_report(report, root)
@@ -185,7 +239,7 @@ def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | 
     the tables, None when it failed). Returns the folder for the next step, None on failure.
     The same function runs here and, for a cluster run, on a Dask worker."""
     if task.step != "extract" and city_dir is None:
-        task.status, task.error = SKIPPED, "an earlier step failed"
+        task.status, task.error = SKIPPED, "an earlier step did not finish"
         return None
     _hook(f"before:{task.key}")
     t0 = time.perf_counter()
@@ -196,6 +250,9 @@ def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | 
             _train(run, task, _given(city_dir))
         else:
             _encode(run, city, task, _given(city_dir), root)
+    except BudgetError as e:  # the run's Earth Engine budget: the city is left for later
+        task.status, task.error = BUDGET, e.message
+        city_dir = None
     except Exception as e:  # one city's failure (or bug) must not stop the others
         task.status = FAILED
         text = str(e) if isinstance(e, AetherError) else f"{type(e).__name__}: {e}"
@@ -223,10 +280,12 @@ def extract_request(run: RunFile, city: City, year: int, root: Path) -> ExtractR
         include={"osm_id", "bbox", "boundary", "which_result", "yes"}))
     offline = city.sample or (not place.given and pois is not None
                               and pois.startswith(("file:", "pbf:")))
+    options = ({**run.ee.source_options(), **source.options} if source.name == "ee"
+               else source.options)
     return ExtractRequest(
         city=city.name, data_dir=root, offline=offline,
         pois=PoiSpec(pois, city.poi_options or run.poi_options),
-        source=SourceRequest.of(source.name, source.options), radii=tuple(city.radii or run.radii),
+        source=SourceRequest.of(source.name, options), radii=tuple(city.radii or run.radii),
         year=year, place=place)
 
 
@@ -242,8 +301,9 @@ def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
     task.config_hash = read_json(store.manifest)["config_hash"]
     book = store.work(req.chosen_source.name) / "export_tasks.json"
     if book.is_file():
-        task.export_tasks = sorted(str(r["operation"]) for r in read_json(book).values()
-                                   if r.get("operation"))
+        recs = read_json(book).values()
+        task.export_tasks = sorted(str(r["operation"]) for r in recs if r.get("operation"))
+        task.eecu_s = sum(float(r.get("eecu_s") or 0) for r in recs)
     return res.out_dir
 
 
@@ -346,7 +406,8 @@ class StepStatus:
     last: str  # its status in the newest report that ran it, or "never run"
     finished: str  # when that run finished
     rows: int | None
-    version: str | None  # what its input data was: the source and tiles index (extract)
+    version: str | None  # what its input data was: the source and its dataset (extract)
+    eecu_s: float | None  # the Earth Engine usage its export tasks reported
     redo: str  # what the next run would do with it, and why
 
 
@@ -360,6 +421,7 @@ def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
     settings = current()
     given = "data_dir" in settings.model_fields_set or not run.data_dir
     root = Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    run = resolve_latest(run, root)
     last = _last_reports(root)
     out = []
     for _, steps in plan(run):
@@ -369,7 +431,7 @@ def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
             out.append(StepStatus(task.city, task.year, task.step,
                                   str(row.get("status", "never run")), finished,
                                   row.get("rows"), _version(store) if task.step == "extract"
-                                  else None, _redo(store, task.step)))
+                                  else None, row.get("eecu_s"), _redo(store, task.step)))
     return out
 
 
@@ -397,9 +459,10 @@ def _version(store: CityStore) -> str | None:
         m = read_json(store.manifest)
     except (OSError, ValueError):
         return None
-    index = str(m.get("config", {}).get("tiles_index") or "")
-    inputs = m.get("inputs", {})
-    return f"{inputs.get('source')}" + (f", tiles index {index[:12]}" if index else "")
+    data = m.get("config", {}).get("dataset") or {}
+    made = (f", {len(data['tiles'])} tiles" if "tiles" in data
+            else f", {len(data['images'])} images" if "images" in data else "")
+    return f"{m.get('inputs', {}).get('source')}{made}"
 
 
 def _redo(store: CityStore, step: str) -> str:
@@ -425,11 +488,13 @@ def status_table(rows: list[StepStatus]) -> Any:
     from rich.table import Table
 
     table = Table(title="aether run status")
-    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "next run"):
-        table.add_column(col, justify="right" if col in ("year", "rows") else "left")
+    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
+                "next run"):
+        table.add_column(col, justify="right" if col in ("year", "rows", "EECU-h") else "left")
     for r in rows:
         table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
-                      "" if r.rows is None else str(r.rows), r.version or "", r.redo)
+                      "" if r.rows is None else str(r.rows), r.version or "",
+                      f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
     return table
 
 
@@ -444,7 +509,8 @@ def _write_report(report: RunReport, root: Path) -> Path:
 
     body = {("tasks" if k == "steps" else k): v for k, v in asdict(report).items()
             if k != "path"}  # the report format keeps its "tasks" key
-    body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED)}
+    body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET)}
+    body["cities_left"] = report.cities_left
     return write_json(body, runs_dir(root) / f"{report.run_id}.json")
 
 
@@ -452,12 +518,15 @@ def summary_table(report: RunReport) -> Any:
     """A rich table: one row per step."""
     from rich.table import Table
 
-    colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow"}
+    colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
+              BUDGET: "magenta"}
     table = Table(title=f"aether run {report.run_id}")
     for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):
         table.add_column(col, justify="right" if col in ("year", "rows", "seconds") else "left")
     for t in report.steps:
         note = t.error or (f"{len(t.export_tasks)} export tasks" if t.export_tasks else "")
+        if t.eecu_s:
+            note += f", {t.eecu_s / 3600:.3g} EECU-h"
         table.add_row(t.city, str(t.year), t.step, f"[{colour.get(t.status, '')}]{t.status}",
                       "" if t.rows is None else str(t.rows), f"{t.seconds:.1f}", note)
     return table

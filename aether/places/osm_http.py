@@ -28,7 +28,6 @@ from aether.errors import AetherError
 log = logging.getLogger(__name__)
 
 RETRIES = 4  # attempts after the first one
-BACKOFF_S = 1.0  # first wait without Retry-After, doubling per attempt (setting osm_backoff_s)
 MAX_WAIT_S = 120.0  # never wait longer than this for one retry, whatever Retry-After says
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 #: What to use instead of each service when the network is down.

@@ -159,12 +159,54 @@ def zonal(r: dict) -> str:
     return "\n\n".join(parts)
 
 
+def fleet(r: dict) -> str:
+    m = r["modes"]
+    head = (f"**{r['cities']} cities** ({r['date']}, {r['cpus']} CPUs): {r['strips']} strips of "
+            f"central Singapore and {r['small']} small cities, {r['pois']:,} real POIs × 2 radii "
+            "on a generated raster (synthetic values).")
+    rows = [[name, _s(x["wall_s"]), f"{x['cities_per_hour']:,}", _s(x["client_cpu_s"]),
+             _s(x["worker_cpu_s"]), f"{100 * x['client_share']:.1f}%",
+             "–" if x["utilisation"] is None else f"{100 * x['utilisation']:.0f}%",
+             " / ".join(map(str, x["tasks_per_worker"])),
+             "reference" if "tables_equal" not in x else ("yes" if x["tables_equal"] else "NO"),
+             f"{m['sequential']['wall_s'] / x['wall_s']:.2f}×", str(x["load"])]
+            for name, x in m.items()]
+    table = _table(["mode", "wall s", "cities/h", "client CPU s", "worker CPU s",
+                    "client share", "worker use", "tasks per worker", "same tables",
+                    "vs sequential", "load"], rows)
+    ee = r["ee"]
+    ee_line = (f"Earth Engine route, {ee['cities']} small cities on the 2-worker cluster, "
+               f"{ee['latency_s'] * 1000:.0f} ms added to every request, `ee: {{concurrency: "
+               f"{ee['cap']}}}` (each city's source asks for 4): {ee['requests']} "
+               f"computeFeatures requests, at most **{ee['peak_in_flight']} in flight** "
+               f"(the cap: {ee['cap']}), {_s(ee['wall_s'])} s.")
+    two = m["cluster x2"]
+    per_city = two["worker_cpu_s"] / r["cities"]
+    client_city = two["client_cpu_s"] / r["cities"]
+    nodes, cores, cities = 20, r["cpus"], 200
+    work_h = cities * per_city / (nodes * cores) / 3600
+    client_h = cities * client_city / 3600
+    sat = per_city / (client_city * cores) if client_city else float("inf")
+    req_city = ee["requests"] / ee["cities"]
+    paper = (f"On paper, from these costs: a city here takes {per_city:.2f} s of worker CPU and "
+             f"{client_city:.2f} s of the client's. 200 such cities on 20 nodes of {cores} "
+             f"cores: {work_h * 3600:,.0f} s of worker time if the work spreads evenly, against "
+             f"{client_h * 3600:,.0f} s of client CPU — the client, which plans, submits and "
+             f"collects, saturates at about {sat:.0f} nodes of {cores} cores for cities this "
+             f"small (bigger cities move that point out in proportion). On Earth Engine, "
+             f"{req_city:.1f} requests a city at ≥ 0.3 s each under a per-project cap of K in "
+             f"flight take at least 200 × {req_city:.1f} × 0.3 / K s "
+             f"({200 * req_city * 0.3 / 40:,.0f} s at EE's default ~40): Earth Engine's "
+             "concurrency, not the cluster, bounds an EE fleet.")
+    return "\n\n".join([head, table, ee_line, paper])
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
                                               "similar": similar, "train": train,
-                                              "serve": serve}
+                                              "fleet": fleet, "serve": serve}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py",
-           "serve": "bench_serve.py"}
+           "fleet": "bench_fleet.py", "serve": "bench_serve.py"}
 
 
 def section(name: str) -> str:

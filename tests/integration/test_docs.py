@@ -354,3 +354,18 @@ def test_own_city_section_runs_against_loopback_tiles(sample_city, helsinki_pbf,
         (table,) = data.rglob("poi_embeddings.parquet")
         assert (pd.read_parquet(table)["valid_fraction"] > 0).any(), line
     assert any(r.uri.endswith(".tiff") for r in server.requests())
+
+
+def test_every_table_renders_as_a_table() -> None:
+    """Each docs page through Python-Markdown with the site's table extension: a row that is
+    not part of a table (a paragraph between two tables' rows, a missing header) comes out
+    as a paragraph starting with a literal ``|``."""
+    import markdown
+
+    broken = {}
+    for page in sorted((REPO / "docs").glob("*.md")):
+        html = markdown.markdown(page.read_text(), extensions=["tables", "pymdownx.superfences"])
+        bad = re.findall(r"<p>\s*\|[^\n]*", html)
+        if bad:
+            broken[page.name] = bad[0][:120]
+    assert not broken, broken

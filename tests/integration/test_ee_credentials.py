@@ -130,20 +130,38 @@ def test_gcloud_application_default_credentials(clean_home, peer, recorded, no_n
     assert no_network == []
 
 
-def test_service_account_key(clean_home, peer, recorded, no_network, tmp_path):
-    """`--ee-credentials key.json`: the JWT-bearer grant at the key's token_uri."""
+def _key(path: Path, token_uri: str) -> Path:
+    """A service-account JSON key (a fresh RSA key) whose token endpoint is the peer's."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    url, seen = recorded
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()).decode()
-    key = tmp_path / "key.json"
-    key.write_text(json.dumps({
+    path.write_text(json.dumps({
         "type": "service_account", "project_id": "sa-project", "private_key_id": "k1",
         "private_key": pem, "client_email": "runner@sa-project.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": peer.token_uri}))
+        "client_id": "1", "token_uri": token_uri}))
+    return path
+
+
+def test_service_account_key_in_the_environment(clean_home, peer, recorded, no_network,
+                                                monkeypatch, tmp_path):
+    """GOOGLE_APPLICATION_CREDENTIALS naming a key, no --ee-project: the key's project_id."""
+    url, seen = recorded
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS",
+                       str(_key(tmp_path / "key.json", peer.token_uri)))
+    EESettings(url).initialize()
+    ((path, auth),) = _algorithms_calls(seen)
+    assert "/projects/sa-project/" in path
+    assert auth == "Bearer service-account-token"
+    assert no_network == []
+
+
+def test_service_account_key(clean_home, peer, recorded, no_network, tmp_path):
+    """`--ee-credentials key.json`: the JWT-bearer grant at the key's token_uri."""
+    url, seen = recorded
+    key = _key(tmp_path / "key.json", peer.token_uri)
     EESettings(url, credentials=str(key)).initialize()
     ((path, auth),) = _algorithms_calls(seen)
     assert "/projects/sa-project/" in path

@@ -79,7 +79,8 @@ def test_landuse_table_has_every_row(landuse_table) -> None:
     city_dir, runs = landuse_table
     task = load_task(TASKS_DIR / "helsinki_landuse.yaml")
     res = evaluate(city_dir, task, runs, seeds=(42, 24))
-    methods = {RAW, "AETHER (paper)", "AETHER (default)", TEXT, CONCAT}
+    methods = {RAW, "AETHER (t7_paper, paper)", "AETHER (t7_default, default)", TEXT,
+               CONCAT}
     rows = {(r["method"], r["probe"], r["split"]) for r in res["rows"]}
     for split in ("random", "spatial"):
         assert (PRIOR, "-", split) in rows
@@ -93,7 +94,7 @@ def test_landuse_table_has_every_row(landuse_table) -> None:
         if r["method"] not in (RAW, PRIOR):
             assert r["relative_to_raw"]["macro_f1"] is not None
     md = (city_dir / "evaluation" / "helsinki_landuse.md").read_text()
-    assert md.count("| AETHER (paper) |") == 4 and "±" in md
+    assert md.count("| AETHER (t7_paper, paper) |") == 4 and "±" in md
     raw = next(r for r in res["rows"] if r["method"] == RAW and r["probe"] == "linear"
                and r["split"] == "random")
     prior = next(r for r in res["rows"] if r["method"] == PRIOR and r["split"] == "random")

@@ -179,3 +179,45 @@ def test_earth_engine_requests_in_flight_stay_under_one_cap_for_the_cluster(
     calls = [e for e in emulator.log if e.get("route", "").endswith("table:computeFeatures")]
     assert len(calls) >= 15  # 3 cities × 5 batches of 8 POIs
     assert in_flight(emulator.log) == 2
+
+
+def test_a_killed_client_leaves_no_export_task_to_start_twice(
+        fleet: Path, dask_cluster, sample_city, cli, tmp_path: Path) -> None:
+    """SIGKILL the client while its workers have export tasks running: the tasks it sent
+    keep running on the workers but start no new Earth Engine task once a new run holds the
+    lock; the new run adopts every task already started. One task per batch, ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from aether.testing.emulator import Emulator, running
+
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports", export_delay=1.0)
+    address, _ = dask_cluster(2)
+    data = tmp_path / "c"
+    with running(emu) as url:
+        body = yaml.safe_load(fleet.read_text())
+        body["source"] = {"name": "ee", "options": {
+            "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
+            "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
+            "export_read": f"file://{emu.exports}/gcs/bucket"}}
+        fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+        args = ["run", str(fleet), "--data-dir", str(data), "--scheduler", address]
+        client = subprocess.Popen([sys.executable, "-m", "aether", *args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while len(emu.operations) < 2 and client.poll() is None:
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        os.kill(client.pid, signal.SIGKILL)
+        assert client.wait() == -signal.SIGKILL, "the run ended before the kill"
+        started = len(emu.operations)
+        again = cli(*args)
+        assert again.returncode == 0, again.stderr
+    assert started < 12
+    # 3 cities × 40 POIs × 1 radius in batches of 10
+    assert len(emu.operations) == 12
+    assert len({op["metadata"]["description"] for op in emu.operations.values()}) == 12
+    for city, emb in tables(data).items():
+        assert len(emb) == 40 and not emb.duplicated(["poi_id", "radius_m"]).any(), city

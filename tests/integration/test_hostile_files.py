@@ -94,8 +94,9 @@ TO_REFERENCE = {"ae_mlp.0": "proj.0", "ae_mlp.2": "proj.2", "ae_shortcut": "shor
                 "ae_proj.0": "post_mlp.0", "ae_proj.2": "post_mlp.3"}
 
 
-def _checkpoint(path: Path, spoil=None) -> None:
-    """A small reference-format checkpoint (random heads), changed by ``spoil(ae, txt)``."""
+def _checkpoint(path: Path, spoil=None, hyper: dict | None = None) -> None:
+    """A small reference-format checkpoint (random heads), changed by ``spoil(ae, txt)``;
+    ``hyper`` replaces its hyper-parameters."""
     torch = pytest.importorskip("torch")
     from aether.ml.heads import AetherModel
 
@@ -109,7 +110,8 @@ def _checkpoint(path: Path, spoil=None) -> None:
     if spoil is not None:
         spoil(ae, txt)
     torch.save({"ae_state_dict": ae, "txt_state_dict": txt, "epoch": 1,
-                "hyper_parameters": {"data": {"pix_radius": 4, "aug_pix_radius": 9}}}, path)
+                "hyper_parameters": hyper or {"data": {"pix_radius": 4, "aug_pix_radius": 9}}},
+               path)
 
 
 def _set(d: dict, key: str, value) -> None:
@@ -140,6 +142,30 @@ def test_damaged_checkpoint_is_one_line_and_imports_nothing(place, cli, case) ->
     spoil, pattern = CHECKPOINTS[case]
     ckpt = root / f"{case}.pth"
     _checkpoint(ckpt, spoil)
+    before = snapshot(root)
+    r = cli("import-checkpoint", str(ckpt), "--city", "Helsinki", "--run", "ref",
+            "--data-dir", str(data), timeout=120)
+    refused(r, pattern)
+    assert snapshot(root) == before
+
+
+HYPER = {  # nonsense a checkpoint may state, and the line that refuses it
+    "tau-nan": ({"model": {"tau_xt": float("nan")}}, r"tau_xt is 'nan', not a float"),
+    "negative-pixel-radius": ({"data": {"pix_radius": -4, "aug_pix_radius": 9}},
+                              r"pix_radius -4"),
+    "text-model-path": ({"text": {"backend": "hf", "hf_model": "../../etc/models"}},
+                        r"names the text model '\.\./\.\./etc/models', which is not a model id"),
+    "epoch-zero": ({"train": {"epochs": 0}}, r"epochs is 0, not a count"),
+    "lr-negative": ({"model": {"lr": -1e-3}}, r"lr is -0\.001, which no training uses"),
+}
+
+
+@pytest.mark.parametrize("case", list(HYPER))
+def test_nonsense_hyper_parameters_are_one_line_and_import_nothing(place, cli, case) -> None:
+    root, data = place
+    hyper, pattern = HYPER[case]
+    ckpt = root / f"{case}.pth"
+    _checkpoint(ckpt, hyper=hyper)
     before = snapshot(root)
     r = cli("import-checkpoint", str(ckpt), "--city", "Helsinki", "--run", "ref",
             "--data-dir", str(data), timeout=120)

@@ -105,3 +105,82 @@ def test_checkpoint_with_pickled_code_is_refused(square_city, cli, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "cannot read checkpoint" in r.stderr
     assert "pickled code ran" not in r.stdout + r.stderr
     assert not (city / "models" / "evil").exists()
+
+
+def _small_checkpoint(path, **extra) -> None:
+    """A reference-format checkpoint of random heads, with ``extra`` top-level entries."""
+    from aether.ml.heads import AetherModel
+
+    torch.manual_seed(0)
+    state = AetherModel(ae_dim=64, text_dim=384, hidden_dim=32, out_dim=16,
+                        gate_init=-4.0).state_dict()
+    ae = {f"{TO_REFERENCE[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
+          for k, v in state.items() if k.rsplit(".", 1)[0] in TO_REFERENCE}
+    ae["gate"] = state["ae_gate"].reshape(1)
+    torch.save({"ae_state_dict": ae, "txt_state_dict": {
+        "proj.weight": state["text_proj.weight"], "proj.bias": state["text_proj.bias"]},
+        **extra}, path)
+
+
+LONDON_HP = {"data": {"pix_radius": 4, "aug_pix_radius": 9, "split_seed": 42,
+                      "val_ratio": 0.0, "test_ratio": 0.0},
+             "model": {"lr": 1e-3, "weight_decay": 1e-4, "lambda": 0.2, "tau_xt": 0.07},
+             "train": {"batch_size": 512, "epochs": 100, "eta_min_ratio": 0.01}}
+
+
+def test_import_states_the_checkpoints_facts_not_aethers_defaults(tmp_path, cli):
+    """london_last.pth's case: epoch 9 of 100 imports with a warning, and the run's config
+    holds the checkpoint's epochs, seed and fractions; where it is silent, ``unknown``."""
+    data = tmp_path / "data"
+    _small_checkpoint(tmp_path / "london_last.pth", epoch=9, hyper_parameters=LONDON_HP)
+    r = cli("import-checkpoint", str(tmp_path / "london_last.pth"), "--city", "Helsinki",
+            "--run", "london", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert "london_last.pth is from epoch 9 of 100, not the final epoch" in r.stderr
+    config = read_json(data / "helsinki" / "2024" / "models" / "london" / "config.json")
+    hyper, facts = config["hyperparameters"], config["provenance"]
+    assert (facts["epoch"], facts["epochs"]) == (9, 100)
+    assert (hyper["epochs"], hyper["seed"], hyper["test_fraction"], hyper["batch_size"]) == (
+        100, 42, 0.0, 512)
+    assert hyper["patience"] == "unknown" and hyper["split"] == "unknown"
+    assert facts["aether"] and facts["torch"] == torch.__version__ and facts["imported"]
+
+    # silent checkpoint: unknown, never 100 epochs / seed 42 / test_fraction 0.1
+    _small_checkpoint(tmp_path / "bare.pth", hyper_parameters={"data": {"pix_radius": 4}})
+    r = cli("import-checkpoint", str(tmp_path / "bare.pth"), "--city", "Helsinki",
+            "--run", "bare", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert "does not say which epoch it is from" in r.stderr
+    hyper = read_json(data / "helsinki" / "2024" / "models" / "bare" / "config.json")[
+        "hyperparameters"]
+    for key in ("epochs", "seed", "test_fraction", "lr", "batch_size"):
+        assert hyper[key] == "unknown", key
+
+
+def test_import_refuses_to_replace_a_run_and_waits_for_no_one(tmp_path, cli):
+    """An existing run is replaced only with --overwrite; another process's data lock
+    stops the import at once, with one line."""
+    from aether.io.store import data_lock
+
+    data = tmp_path / "data"
+    ckpt = tmp_path / "a.pth"
+    _small_checkpoint(ckpt, epoch=100, hyper_parameters=LONDON_HP)
+    args = ("import-checkpoint", str(ckpt), "--city", "Helsinki", "--run", "ref",
+            "--data-dir", str(data))
+    assert cli(*args).returncode == 0
+    weights = data / "helsinki" / "2024" / "models" / "ref" / "model.safetensors"
+    first = weights.read_bytes()
+    _small_checkpoint(ckpt, epoch=100, hyper_parameters={**LONDON_HP, "model": {
+        **LONDON_HP["model"], "tau_xt": 0.05}})
+    r = cli(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "run 'ref' already exists" in r.stderr and "--overwrite" in r.stderr
+    assert weights.read_bytes() == first
+    with data_lock(data):
+        r = cli(*args, "--overwrite")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert weights.read_bytes() == first
+    r = cli(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    config = read_json(weights.parent / "config.json")
+    assert config["hyperparameters"]["temperature"] == 0.05

@@ -123,13 +123,14 @@ def test_evaluate_table_caption_and_no_spread_at_one_seed(landuse, cli) -> None:
             "--model", names[1], "--data-dir", str(data_root))
     assert r.returncode == 0, r.stderr
     assert "±" not in r.stdout and "| AETHER" not in r.stdout  # rich, not Markdown
-    assert re.search(r"AETHER \(default\)\s*│\s*linear", r.stdout)
+    assert re.search(r"AETHER \(t7_default,[^│]*│\s*linear", r.stdout)
     text = " ".join(r.stdout.split())
     assert "mean over 1 seed (no spread)" in text
     assert ("Δmacro_f1 vs raw: relative change of the mean macro_f1 against raw AlphaEarth "
             "with the same probe and split; + is better, − is worse.") in text
     md = (city_dir / "evaluation" / "helsinki_landuse.md").read_text()
-    assert "| AETHER (default) | linear |" in md and "±" not in md and "+ is better" in md
+    assert "| AETHER (t7_default, default) | linear |" in md
+    assert "±" not in md and "+ is better" in md
     two = cli("evaluate", "--city", "Helsinki", "--task", "helsinki_landuse", "--seeds", "2",
               "--model", names[1], "--data-dir", str(data_root))
     assert two.returncode == 0 and "±" in two.stdout
@@ -137,7 +138,7 @@ def test_evaluate_table_caption_and_no_spread_at_one_seed(landuse, cli) -> None:
 
 
 def test_lower_is_better_metrics_say_the_sign_is_flipped() -> None:
-    from aether.evaluation.evaluate import caption
+    from aether.evaluation.report import caption
 
     text = caption({"metrics": ["kl", "l1"], "kind": "distribution", "seeds": [42, 24]})
     assert text.startswith("mean ± std over 2 seeds. Δkl vs raw:")

@@ -192,3 +192,76 @@ def test_a_resent_id_whose_task_is_gone_starts_a_fresh_task(sample_city, pois, t
     assert len(emu.operations) == 3  # one fresh task per batch, no more
     assert all(after[k]["request_id"] != tasks[k]["request_id"] for k in tasks)
     assert {after[k]["operation"] for k in after} == {op["name"] for op in emu.operations.values()}
+
+
+def test_a_task_whose_run_has_ended_starts_no_export(ee_server, emulator, pois, tmp_path,
+                                                      reset_ee):
+    """A Dask task writes under the lock its run lent it: once another run holds the data
+    dir (the lock file names another holder), the task starts no Earth Engine task."""
+    import os
+
+    from aether.errors import LockedError
+    from aether.io.store import data_lock, lent_lock, lock_path, lock_token
+
+    root = tmp_path / "data"
+    with data_lock(root):
+        with lent_lock(root, lock_token(root)):
+            src = _source(tmp_path / "w", ee_server, export="gcs://bucket/x",
+                          export_read=f"file://{emulator.exports}/gcs/bucket")
+        fd = os.open(lock_path(root), os.O_WRONLY)
+        os.pwrite(fd, b"4242424\n", 0)  # a new run took the lock
+        os.close(fd)
+        with pytest.raises(LockedError, match="no longer holds the lock"):
+            _means(src, pois)
+    assert _routes(emulator, "table:export") == 0
+
+
+def test_task_books_of_two_processes_see_each_other(tmp_path):
+    """The book is read from disk at each look-up: a record another process (another book
+    object) wrote is seen, and a write keeps the other's records."""
+    from aether.embeddings.earthengine.source import TaskBook
+
+    a, b = TaskBook(tmp_path / "book.json"), TaskBook(tmp_path / "book.json")
+    a.put("batch-1", {"request_id": "r1"})
+    assert b.get("batch-1") == {"request_id": "r1"}
+    b.put("batch-2", {"request_id": "r2"})
+    assert a.get("batch-1") == {"request_id": "r1"} and a.get("batch-2") == {"request_id": "r2"}
+
+
+def test_a_drive_folder_that_syncs_late_is_waited_for(ee_server, emulator, pois, tmp_path,
+                                                      reset_ee):
+    """EE says SUCCEEDED before the synced copy exists: the file is waited for (it appears
+    2 s later), and a copy that never comes is one line after the stated wait."""
+    import shutil
+
+    drive = emulator.exports / "drive" / "aether_out"
+    synced = tmp_path / "synced"
+    synced.mkdir()
+    stop = threading.Event()
+
+    def sync_late() -> None:  # Drive for desktop: copies arrive a while after the export
+        while not stop.is_set():
+            for f in drive.glob("*.csv") if drive.is_dir() else []:
+                if not (synced / f.name).exists() and time.time() - f.stat().st_mtime > 2:
+                    shutil.copy(f, synced / f".{f.name}")
+                    (synced / f".{f.name}").rename(synced / f.name)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sync_late, daemon=True)
+    thread.start()
+    try:
+        late = _means(_source(tmp_path / "w", ee_server, ee_batch=12,
+                              export="drive://aether_out/x", export_read=f"file://{synced}",
+                              ee_export_wait=60), pois)
+    finally:
+        stop.set()
+    direct = _means(_source(tmp_path / "d", ee_server, ee_batch=12), pois)
+    pd.testing.assert_frame_equal(late, direct, check_exact=False, atol=1e-9)
+
+    never = tmp_path / "never"
+    never.mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(EarthEngineError, match=r"SUCCEEDED but .* is not readable after") as err:
+        _means(_source(tmp_path / "n", ee_server, ee_batch=12, export="drive://aether_out/y",
+                       export_read=f"file://{never}", ee_export_wait=1.5), pois)
+    assert 1.5 <= time.monotonic() - t0 < 30 and "\n" not in str(err.value)

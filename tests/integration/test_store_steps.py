@@ -73,7 +73,8 @@ def test_h3_grid_through_train_encode_query_evaluate(data: Path, sample_city, cl
     assert r.returncode == 0, r.stderr
     result = json.loads(store.evaluation("helsinki_landuse", "json").read_text())
     assert result["cell"] == "h3r10" and 0 < result["n_units"] <= n_cells
-    assert {row["method"] for row in result["rows"]} >= {"AETHER (default)", "AlphaEarth (raw)"}
+    assert {row["method"] for row in result["rows"]} >= {"AETHER (tiny, default)",
+                                                           "AlphaEarth (raw)"}
 
 
 def test_query_takes_the_cell_spec_grid_takes(sample_runs, cli, tmp_path: Path) -> None:

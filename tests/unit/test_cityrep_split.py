@@ -36,3 +36,11 @@ def test_paired_test_is_the_paired_t():
     assert got["p"] == pytest.approx(2 * stats.t.sf(abs(t), len(d) - 1))
     assert probes.paired_test([0.5], [0.4]) == {"t": None, "p": None}
     assert probes.paired_test([0.5, 0.6], [0.4, 0.5]) == {"t": None, "p": None}
+
+
+def test_holm_is_the_step_down_adjustment():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    assert probes.holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert probes.holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
+    assert probes.holm([0.7, 0.6]) == pytest.approx([1.0, 1.0])
+    assert probes.holm([]) == []

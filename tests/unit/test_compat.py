@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from aether import _compat
-from aether._compat import PRIVATE_SYMBOLS, TESTED, DependencyError
+from aether._compat import PRIVATE_SYMBOLS, TESTED
+from aether.errors import DependencyError
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

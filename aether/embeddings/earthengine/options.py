@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from aether.embeddings.base import SourceOptions
 from aether.embeddings.earthengine.session import EESettings
@@ -22,6 +22,8 @@ DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 64
 #: Longest wait between polls of an Export task (polls start at 0.2 s and grow by 1.5×).
 DEFAULT_POLL_S = 5.0
+#: How long a finished export's file may take to appear where it is read (a synced Drive).
+DEFAULT_EXPORT_WAIT_S = 600.0
 
 
 class EeConnectionOptions(SourceOptions):
@@ -46,3 +48,16 @@ class EeOptions(EeConnectionOptions):
     ee_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
     ee_poll: float = Field(DEFAULT_POLL_S, ge=0, le=3600)
     ee_backoff: float | None = Field(None, ge=0, le=600)
+    ee_export_wait: float = Field(DEFAULT_EXPORT_WAIT_S, ge=0, le=86_400)
+    #: Stop starting export tasks once their reported usage would pass this (needs export).
+    ee_max_eecu_hours: float | None = Field(None, gt=0, le=1e6)
+    #: The ledger that usage is counted in (a run's file in ``<data>/runs/`` by default);
+    #: name one file in several runs to give them one budget.
+    ee_budget_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _budget_needs_export(self) -> EeOptions:
+        if self.ee_max_eecu_hours is not None and not self.export:
+            raise ValueError("ee_max_eecu_hours needs export: interactive requests report no "
+                             "EECU usage, only export tasks do")
+        return self

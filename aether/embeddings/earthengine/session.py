@@ -41,6 +41,11 @@ _SPLIT_TEXT = (
     "deadline expired",
 )
 _ESCALATE_TEXT = ("user memory limit exceeded", "out of memory")
+#: Google Cloud quota messages name their limit ("... and limit 'X per minute per user'"):
+#: a per-minute limit is a rate (retried); a daily or monthly one (EE's noncommercial compute
+#: cap) does not come back by waiting. An assumption about the message's wording, from real
+#: per-minute errors; a monthly-cap message worded otherwise is retried and then fails.
+_EXHAUSTED_TEXT = ("per day", "per month", "monthly", "daily")
 _ACCESS_TEXT = ("permission", "not registered", "has not been used", "denied",
                 "not authorized", "forbidden")
 
@@ -125,7 +130,10 @@ def _credentials(
             log.info("no Earth Engine login (%s): calling %s anonymously",
                      str(e).split("\n")[0], url)
             creds = None  # an emulator on this machine: no login needed
-        project = project or getattr(creds, "quota_project_id", None)
+        # a login's quota project, or a service account's own (GOOGLE_APPLICATION_CREDENTIALS
+        # naming a key: earthengine-api takes its project_id too)
+        project = (project or getattr(creds, "quota_project_id", None)
+                   or getattr(creds, "project_id", None))
     if not project:
         raise EarthEngineError("no Earth Engine project given",
                                "pass --ee-project ID or set EE_PROJECT")
@@ -177,8 +185,16 @@ def http_status(e: BaseException) -> int | None:
     return None
 
 
+def quota_exhausted(e: BaseException) -> bool:
+    """A daily or monthly quota is spent: no retry helps until it resets."""
+    text = str(e).lower()
+    return "quota exceeded" in text and any(t in text for t in _EXHAUSTED_TEXT)
+
+
 def verdict(e: BaseException) -> Verdict:
     """Classify a failed request (see ``aether.execution.jobs``)."""
+    if quota_exhausted(e):
+        return Verdict.FAIL
     if isinstance(e, (ConnectionError, TimeoutError, OSError)) and not isinstance(
             e, FileNotFoundError):
         return Verdict.RETRY  # dropped connection, reset, socket timeout (requests too)

@@ -38,14 +38,22 @@ import numpy as np
 import pandas as pd
 
 from aether.core import aef, windows, zonal
+from aether.embeddings.earthengine import catalog
 from aether.embeddings.earthengine.options import (
     DEFAULT_BATCH,
     DEFAULT_CONCURRENCY,
+    DEFAULT_EXPORT_WAIT_S,
     DEFAULT_POLL_S,
     EeOptions,
 )
-from aether.embeddings.earthengine.session import EESettings, ee_error, verdict
+from aether.embeddings.earthengine.session import (
+    EESettings,
+    ee_error,
+    quota_exhausted,
+    verdict,
+)
 from aether.errors import CoverageError, EarthEngineError, InputError
+from aether.execution.budget import EecuBudget
 from aether.execution.cluster import cluster_slots
 from aether.execution.jobs import (
     Batch,
@@ -57,6 +65,7 @@ from aether.execution.jobs import (
     resilient_call,
     run_batches,
 )
+from aether.io.store import file_lock, lease_check
 from aether.io.tables import poi_embeddings_frame, read_json, write_json
 
 if TYPE_CHECKING:
@@ -96,12 +105,18 @@ class EarthEngineSource:
     batch_size: int = DEFAULT_BATCH
     concurrency: int = DEFAULT_CONCURRENCY
     poll_s: float = DEFAULT_POLL_S
+    #: How long a SUCCEEDED task's file may take to appear where it is read (Drive syncs).
+    export_wait_s: float = DEFAULT_EXPORT_WAIT_S
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     name: str = "ee"
     stats: Stats = field(default_factory=Stats)
     #: One lease per request in flight: cluster-wide per Cloud project on a Dask worker
     #: (``execution.cluster.cluster_slots``), a no-op elsewhere.
     slot: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
+    #: What the run's export tasks may spend, and where every process of the run counts it.
+    budget: EecuBudget = field(default_factory=lambda: EecuBudget(None), repr=False)
+    #: Raises once the run that lent a Dask task its lock has ended (``io.store.lease_check``).
+    lease: Callable[[], None] = field(default=lambda: None, repr=False)
 
     # --- session -----------------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class EarthEngineSource:
             from aether._compat import ee_retries_off
             from aether.execution.progress import bar
 
+            self.budget.check(new_task=False)  # a run EE's quota stopped asks nothing more
             self._initialize()
             todo = [b for b in batches if not store.has(b.key)]
             # EE's own retries off: ours are counted, bounded, with jitter
@@ -146,6 +162,18 @@ class EarthEngineSource:
         else:
             paths = [store.path(b.key) for b in batches]
         return read_checkpoints(paths)
+
+    def latest_year(self) -> int | None:
+        """The newest year the collection holds (one request)."""
+        self._initialize()
+        return catalog.year_of(self._call(lambda: catalog.newest_start().getInfo()))
+
+    def version(self, year: int, bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+        """The images (ids and ``system:version``) the year's tables over bbox come from."""
+        self.budget.check(new_task=False)
+        self._initialize()
+        expr = catalog.images_over(year, bbox)
+        return catalog.version_record(self._call(lambda: expr.getInfo()))
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
         """Grid cells are pixel work: the same session's pixels through xee, reduced locally
@@ -185,8 +213,15 @@ class EarthEngineSource:
         try:
             resilient_call(attempt, [None], verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise ee_error(e) from None
+            raise self._typed(e) from None
         return out[-1]
+
+    def _typed(self, e: Exception) -> Exception:
+        """The typed error of a failed request; Earth Engine's own quota exhausted also
+        stops every other task of the run (through the budget's ledger)."""
+        if quota_exhausted(e):
+            return self.budget.halt(str(e).strip().split("\n")[0])
+        return ee_error(e)
 
     # --- interactive batches (computeFeatures) --------------------------------------------
 
@@ -194,10 +229,11 @@ class EarthEngineSource:
         def attempt(items: Sequence[Feature], level: int) -> pd.DataFrame:
             return _rows_from_features(self._fetch(items, year, 2**level), items, year)
 
+        self.budget.check(new_task=False)  # EE's quota may have run out for another city
         try:
             return resilient_call(attempt, batch.items, verdict, self.policy, stats=self.stats)
         except Exception as e:
-            raise ee_error(e) from None
+            raise self._typed(e) from None
 
     def _fetch(self, items: Sequence[Feature], year: int, tile_scale: int) -> list[dict]:
         """All pages of one reduceRegions request."""
@@ -222,12 +258,10 @@ class EarthEngineSource:
         export: ExportTarget, year: int,
         on_done: Callable[[Batch[Feature]], None] | None = None,
     ) -> list[Path]:
-        """Start (or adopt) one task per batch, then wait for each and read its table back."""
+        """Start (or adopt) one task per batch, wait for it and read its table back, at most
+        ``concurrency`` tasks in flight (cluster-wide on a Dask worker: ``slot``)."""
         export.check_writable()
         tasks = TaskBook(self.workdir / "export_tasks.json")
-        todo = [b for b in batches if not store.has(b.key)]
-        for b in todo:
-            self._ensure_task(b, tasks, export, year)
         return run_batches(batches, lambda b: self._await_export(b, tasks, export, year),
                            store, concurrency=self.concurrency, stats=self.stats, on_done=on_done)
 
@@ -268,6 +302,7 @@ class EarthEngineSource:
             return str(rec["operation"])
         resent = rec is not None and not restart
         if rec is None or restart:
+            self.lease()  # never a new task for a run that has ended
             restarts = (rec or {}).get("restarts", -1) + 1
             if rec is not None and tile_scale != rec.get("tile_scale", 1):
                 restarts = rec.get("restarts", 0)  # a new tileScale is not another try
@@ -316,15 +351,30 @@ class EarthEngineSource:
     def _await_export(
         self, batch: Batch[Feature], tasks: TaskBook, export: ExportTarget, year: int
     ) -> pd.DataFrame:
+
+        with self.slot():
+            if not (tasks.get(batch.key) or {}).get("operation"):
+                self.budget.check()  # a new task: only within the budget
+            name = self._ensure_task(batch, tasks, export, year)
+            op = self._wait(batch, name, tasks, export, year)
+        eecu = (op.get("metadata") or {}).get("batchEecuUsageSeconds")
+        self.budget.charge(str(op["name"]), None if eecu is None else float(eecu))
+        tasks.put(batch.key, {**(tasks.get(batch.key) or {}), "eecu_s": eecu})
+        table = export.read(tasks.get(batch.key)["prefix"],  # type: ignore[index]
+                            self.export_wait_s)
+        return _rows_from_table(table, batch.items, year)
+
+    def _wait(self, batch: Batch[Feature], name: str, tasks: TaskBook, export: ExportTarget,
+              year: int) -> dict[str, Any]:
+        """Poll the batch's task until it SUCCEEDED (restarting a FAILED one); the operation."""
         import ee
 
-        name = self._ensure_task(batch, tasks, export, year)
         polls = 0
         while True:
             op = self._call(lambda n=name: ee.data.getOperation(n))
             state = (op.get("metadata") or {}).get("state", "")
             if state == "SUCCEEDED":
-                break
+                return cast(dict[str, Any], op)
             if state == "CANCELLED":  # someone stopped it on purpose: report, never restart
                 raise EarthEngineError(
                     f"export task {name} for batch {batch.key} was cancelled",
@@ -335,8 +385,6 @@ class EarthEngineSource:
                 continue
             time.sleep(min(self.poll_s, 0.2 * 1.5**polls))  # quick tasks are seen quickly
             polls += 1
-        table = export.read(tasks.get(batch.key)["prefix"])  # type: ignore[index]
-        return _rows_from_table(table, batch.items, year)
 
 
 # --- the graph ---------------------------------------------------------------------------
@@ -547,11 +595,28 @@ class ExportTarget:
                 "check the bucket or folder and its permissions, or drop --export",
             ) from None
 
-    def read(self, prefix: str) -> pd.DataFrame:
+    def read(self, prefix: str, wait_s: float = 0.0) -> pd.DataFrame:
+        """The exported table, waiting up to ``wait_s`` for it to appear and parse: a Drive
+        folder synced to this machine lags the task's SUCCEEDED by seconds to minutes."""
         import fsspec
 
-        with fsspec.open(self.url(prefix), "rb") as f:  # ids like "007" stay strings
-            return pd.read_csv(f, dtype={"poi_id": str})
+        url, t0, pause = self.url(prefix), time.monotonic(), 0.5
+        while True:
+            try:
+                with fsspec.open(url, "rb") as f:  # ids like "007" stay strings
+                    return pd.read_csv(f, dtype={"poi_id": str})
+            except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+                waited = time.monotonic() - t0
+                if waited >= wait_s:
+                    raise EarthEngineError(
+                        f"the export task SUCCEEDED but {url} is not readable after "
+                        f"{waited:.0f} s ({type(e).__name__})",
+                        "check that --export-read is where the destination syncs to, or "
+                        "raise --ee-export-wait; re-running never redoes the task") from None
+                log.info("waiting for %s (%.0f s of %.0f s): a synced folder lags the task",
+                         url, waited, wait_s)
+                time.sleep(min(pause, max(0.0, wait_s - waited)))
+                pause = min(2 * pause, 10.0)
 
 
 def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
@@ -575,21 +640,27 @@ def _parse_export(spec: str, read_root: str | None) -> ExportTarget:
 
 
 class TaskBook:
-    """Export task ids per batch, in a JSON file shared by every run on this workdir."""
+    """Export task ids per batch, in a JSON file shared by every run on this workdir: read
+    from disk at each look-up and changed under a file lock, so two processes on one workdir
+    (a run, and a killed run's task still running on a Dask worker) see each other's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._data: dict[str, dict[str, Any]] = read_json(path) if path.is_file() else {}
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        return cast(dict[str, dict[str, Any]], read_json(self.path)) if self.path.is_file() \
+            else {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._data.get(key)
+            return self._read().get(key)
 
     def put(self, key: str, rec: dict[str, Any]) -> None:
-        with self._lock:
-            self._data[key] = rec
-            write_json(self._data, self.path)
+        with self._lock, file_lock(self.path):
+            data = self._read()
+            data[key] = rec
+            write_json(data, self.path)
 
 
 def _drop_stale(store: CheckpointStore, keys: set[str]) -> None:
@@ -611,7 +682,11 @@ def create(options: EeOptions, workdir: Path | None = None) -> EarthEngineSource
         workdir=workdir, ee_url=o.ee_url, ee_project=o.ee_project,
         ee_credentials=o.ee_credentials, export=o.export, export_read=o.export_read,
         batch_size=o.ee_batch, concurrency=o.ee_concurrency, poll_s=o.ee_poll, policy=policy,
+        export_wait_s=o.ee_export_wait,
         slot=cluster_slots(f"aether-ee-{o.ee_project or 'default'}", o.ee_concurrency),
+        lease=lease_check(),
+        budget=EecuBudget(o.ee_budget_file,
+                          None if o.ee_max_eecu_hours is None else o.ee_max_eecu_hours * 3600),
     )
     if o.export:
         _parse_export(o.export, o.export_read)  # a bad destination fails before any work

@@ -362,6 +362,12 @@ def aggregate_array(ctx: Any, collection: Coll, property: str) -> list:
     return [e.props[property] for e in collection.items if e.props.get(property) is not None]
 
 
+@algo("AggregateFeatureCollection.max")
+def aggregate_max(ctx: Any, collection: Coll, property: str) -> Any:
+    values = [e.props[property] for e in collection.items if e.props.get(property) is not None]
+    return max(values) if values else None
+
+
 @algo("Element.get")
 def element_get(ctx: Any, object: Any, property: str) -> Any:
     return object.props.get(property)

@@ -20,6 +20,12 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "quota": (429, "RESOURCE_EXHAUSTED",
               "Too Many Requests: Request was rejected because the request rate or "
               "concurrency limit was exceeded."),
+    # a monthly cap (EE's noncommercial compute quota), worded as Google Cloud words its
+    # quota errors; the metric's name is the emulator's guess
+    "quota_month": (429, "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for quota metric 'EECU-seconds' and limit 'EECU-seconds "
+                    "per month' of service 'earthengine.googleapis.com' for consumer "
+                    "'project_number:0'."),
     "internal": (500, "INTERNAL", "An internal error has occurred."),
     "unavailable": (503, "UNAVAILABLE", "The service is currently unavailable."),
     "timeout": (400, "INVALID_ARGUMENT", "Computation timed out."),
@@ -36,7 +42,9 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "drop": (0, "", "connection dropped"),
     "export_failed": (0, "", "Export failed: an internal error has occurred."),
 }
-ALL_KINDS: tuple[str, ...] = tuple(KINDS)
+#: What random faults draw from: the failures a retry (or a smaller request) gets past; an
+#: exhausted monthly quota ends a run, so it comes only when named.
+ALL_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "quota_month")
 EXPORT = "table:export"
 #: N of a ``request_size`` fault when the request's own size is not over the limit: the
 #: figure real EE gave for xee's old default chunks (github.com/google/Xee/issues/50).

@@ -148,8 +148,10 @@ def tile_image(path: str, year: int, utm_zone: str) -> Img:
             paste(out, grid, hit[0], hit[1], crs)
         return out
 
+    # an asset's version changes when it is rewritten: here, the tile file's mtime (µs)
+    version = Path(path).stat().st_mtime_ns // 1000 if Path(path).is_file() else 0
     props = {"system:index": index, "system:time_start": start, "system:time_end": end,
-             "year": year, "utm_zone": utm_zone}
+             "system:version": version, "year": year, "utm_zone": utm_zone}
     return Img(list(BANDS), read, props, f"{COLLECTION_ID}/{index}", footprint, native)
 
 

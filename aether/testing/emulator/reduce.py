@@ -11,7 +11,10 @@ here comes from aether's own zonal kernel: the emulator is the oracle it is chec
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,25 @@ from aether.testing.emulator.values import (
 CELL_PIXELS = 256
 #: EE's default maxPixels of a region reduction.
 MAX_PIXELS = 1e8
+#: The emulator's compute price (EECU-seconds) of one band of one pixel reduced in a region,
+#: and of one feature: a model, deterministic so budgets can be tested; real EE meters
+#: its own servers' time.
+EECU_S_PER_BAND_PIXEL = 1e-6
+EECU_S_PER_FEATURE = 1e-3
+
+_METER: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "emulator_eecu", default=None)
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[list[float]]:
+    """Add up the EECU-seconds of the reductions evaluated in the block (one number)."""
+    total = [0.0]
+    token = _METER.set(total)
+    try:
+        yield total
+    finally:
+        _METER.reset(token)
 
 
 def working_projection(img: Img, scale: float | None, crs: Any, crs_transform: Any
@@ -80,6 +102,9 @@ def _reduce_one(values: np.ndarray, grid: Grid, region: Any, weighted: bool
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and weighted sum (B,) of one region over a window's values."""
     rows, cols, w = pixel_weights(region, grid.transform, grid.width, grid.height, weighted)
+    meter = _METER.get()
+    if meter is not None:
+        meter[0] += EECU_S_PER_FEATURE + EECU_S_PER_BAND_PIXEL * len(w) * values.shape[-1]
     v = values[rows, cols].astype(np.float64)  # (k, B)
     valid = ~np.isnan(v)
     wm = w[:, None] * valid

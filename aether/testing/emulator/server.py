@@ -33,6 +33,7 @@ from aether.testing.emulator.exports import destination, extension, open_confine
 from aether.testing.emulator.faults import KINDS, Faults, fault_message
 from aether.testing.emulator.graph import evaluate
 from aether.testing.emulator.raster import Catalog
+from aether.testing.emulator.reduce import metered
 from aether.testing.emulator.values import PIXEL_TYPES, Coll, EEError, Grid, Img, to_json
 
 #: EE refuses to getInfo collections larger than this.
@@ -338,7 +339,8 @@ class Emulator:
                 raise EEError(KINDS["export_failed"][2])
             if self._done(op_id):
                 return
-            value = evaluate(req["expression"], self)
+            with metered() as eecu:
+                value = evaluate(req["expression"], self)
             if not isinstance(value, Coll):
                 raise EEError("Export.table: expression is not a FeatureCollection.")
             if self._done(op_id):  # cancelled while computing: write nothing
@@ -349,7 +351,8 @@ class Emulator:
                 with self._lock:
                     self.operations[op_id]["error"] = {"code": 3, "message": str(e)}
             return
-        self._set(op_id, state="SUCCEEDED", progress=1.0, destinationUris=uris)
+        self._set(op_id, state="SUCCEEDED", progress=1.0, destinationUris=uris,
+                  batchEecuUsageSeconds=round(eecu[0], 6))
 
     def _write_export(self, req: dict[str, Any], parts: list[str], value: Coll) -> list[str]:
         asset = (req.get("assetExportOptions") or {}).get("earthEngineDestination")

@@ -78,8 +78,9 @@ class Panel:
         order = top_rows(scores, k + len(skip))
         order = order[~np.isin(order, skip)][:k]
         lo, hi = (float(np.nanmin(scores)), float(np.nanmax(scores))) if len(order) else (0, 1)
-        res = QueryResult(label, scores, ranked(self.index, scores, k=k, order=order))
-        return Answer(self.name, res, lo, hi, spread_note(scores))
+        note = spread_note(scores, skip)
+        res = QueryResult(label, scores, ranked(self.index, scores, k=k, order=order), note=note)
+        return Answer(self.name, res, lo, hi, note)
 
 
 @dataclass

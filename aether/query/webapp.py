@@ -9,6 +9,7 @@ endpoints' annotations: this module is only imported when a server starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from importlib import resources
@@ -22,7 +23,6 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aether.errors import AetherError, BusyError
 from aether.query.maps import AEF_CREDIT, OSM_CREDIT
-from aether.query.search import QueryResult
 from aether.query.serve import LOOPBACK, RETRY_AFTER_S, SYNTHETIC_LABEL, Answer, CityApp, Gate
 
 #: Files the page may load, by name: nothing a request names can reach another file.
@@ -159,10 +159,10 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
         def work() -> bytes:
             from aether.query.maps import png_map
 
-            ans = state.ask(model, q, at, not_, k)
-            res = ans.result
-            if state.synthetic:
-                res = QueryResult(f"{res.query} [{SYNTHETIC_LABEL}]", res.scores, res.top)
+            res = state.ask(model, q, at, not_, k).result
+            # the title says what the map cannot: a tiny spread, a generated raster
+            said = [res.note, SYNTHETIC_LABEL if state.synthetic else None]
+            res = dataclasses.replace(res, query=" · ".join([res.query, *filter(None, said)]))
             with tempfile.TemporaryDirectory() as tmp:
                 path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
                 return path.read_bytes()

@@ -179,7 +179,8 @@ def result_geojson(state: CityApp, ans: Answer) -> dict[str, Any]:
     """The top-k cells of an answer as GeoJSON polygons (score, rank), with the credits."""
     grid = state.panel(ans.model).index.grid
     top = ans.result.top
-    cells = grid.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
+    hit = grid[grid["cell_id"].isin(top["cell_id"])]  # the k rows first: no 1 M-row index
+    cells = hit.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
     out = cells.assign(rank=top["rank"].to_numpy(), score=top["score"].astype(float).to_numpy())
     doc = json.loads(out.to_json(drop_id=True, to_wgs84=True))
     doc.update(query=ans.result.query, model=ans.model, lo=ans.lo, hi=ans.hi, note=ans.note,

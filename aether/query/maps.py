@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 OSM_CREDIT = "© OpenStreetMap contributors"
 AEF_CREDIT = ("The AlphaEarth Foundations Satellite Embedding dataset is produced by Google "
               "and Google DeepMind.")
+#: Said on every map made from the offline sample's generated raster.
+SYNTHETIC_LABEL = "generated raster (the offline sample): not real AlphaEarth"
 CMAP = "YlOrRd"
 POI_COLOUR = "#6a3d9a"
 #: Base-map styles (the city's own OSM data, for maps without tiles): light, thin, on top of
@@ -169,6 +171,17 @@ def _call(method: str, arg: str) -> Any:
             self.arg = json.dumps(arg, ensure_ascii=False).replace("</", "<\\/")
 
     return Call()
+
+
+def titled(results: list[QueryResult], *, synthetic: bool) -> list[QueryResult]:
+    """The results with titles that also say what a map cannot show: a tiny spread of the
+    scores, and a raster that is generated, not AlphaEarth."""
+    import dataclasses
+
+    said = [SYNTHETIC_LABEL] if synthetic else []
+    return [dataclasses.replace(r, query=" · ".join([r.query, *([r.note] if r.note else []),
+                                                      *said]))
+            for r in results]
 
 
 def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:

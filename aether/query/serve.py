@@ -46,7 +46,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_K = 200
 #: Seconds a refused client is told to wait before asking again.
 RETRY_AFTER_S = 1
-SYNTHETIC_LABEL = "generated raster (the offline sample): not real AlphaEarth"
 
 
 @dataclass

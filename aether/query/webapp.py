@@ -9,7 +9,6 @@ endpoints' annotations: this module is only imported when a server starts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from importlib import resources
@@ -22,8 +21,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aether.errors import AetherError, BusyError
-from aether.query.maps import AEF_CREDIT, OSM_CREDIT
-from aether.query.serve import LOOPBACK, RETRY_AFTER_S, SYNTHETIC_LABEL, Answer, CityApp, Gate
+from aether.query.maps import AEF_CREDIT, OSM_CREDIT, SYNTHETIC_LABEL
+from aether.query.serve import LOOPBACK, RETRY_AFTER_S, Answer, CityApp, Gate
 
 #: Files the page may load, by name: nothing a request names can reach another file.
 STATIC = {
@@ -157,14 +156,11 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                          not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
                          ) -> Response:
         def work() -> bytes:
-            from aether.query.maps import png_map
+            from aether.query.maps import png_map, titled
 
-            res = state.ask(model, q, at, not_, k).result
-            # the title says what the map cannot: a tiny spread, a generated raster
-            said = [res.note, SYNTHETIC_LABEL if state.synthetic else None]
-            res = dataclasses.replace(res, query=" · ".join([res.query, *filter(None, said)]))
+            res = titled([state.ask(model, q, at, not_, k).result], synthetic=state.synthetic)
             with tempfile.TemporaryDirectory() as tmp:
-                path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
+                path = png_map(state.panel(model).index, res, Path(tmp) / "query.png")
                 return path.read_bytes()
 
         body = await gate.run(request, work)

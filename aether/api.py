@@ -450,13 +450,16 @@ class Search:
                                 crs=self.index.grid.crs)
 
     def maps(self, stem: PathLike | None = None, *, tiles: bool = True) -> tuple[Path, Path]:
-        """The HTML and PNG maps of the answers (default ``<city>/maps/query``)."""
+        """The HTML and PNG maps of the answers (default ``<city>/maps/query``), each title
+        saying a tiny spread and a generated raster when there is one."""
+        from aether.evaluation.evaluate import is_synthetic
         from aether.io.store import CityStore
-        from aether.query.maps import html_map, png_map
+        from aether.query.maps import html_map, png_map, titled
 
         base = Path(stem) if stem is not None else CityStore.at(self.city_dir).maps_dir / "query"
-        return (html_map(self.index, self.results, base.with_suffix(".html"), tiles=tiles),
-                png_map(self.index, self.results, base.with_suffix(".png")))
+        results = titled(self.results, synthetic=is_synthetic(self.city_dir))
+        return (html_map(self.index, results, base.with_suffix(".html"), tiles=tiles),
+                png_map(self.index, results, base.with_suffix(".png")))
 
 
 def _run_and_cell(city: str, model: str | None, cell: str | float | None, year: int,

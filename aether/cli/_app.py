@@ -106,13 +106,10 @@ def print_tables(*renderables: Any) -> None:
 
 def show_answer(answer: Any, heading: str) -> None:
     """Top cells and their nearest POIs, without the terminal controls data may hold."""
-    from aether.query.search import spread_note
-
     for res in answer.results:
         typer.echo(printable(heading.format(query=res.query, model=answer.run.name)))
-        note = spread_note(res.scores)
-        if note:
-            typer.echo(f"  ({note})")
+        if res.note:
+            typer.echo(f"  note: {res.note}")
         for row in res.top.itertuples():
             near = ", ".join(str(p["name"]) for p in row.nearest_pois)
             typer.echo(printable(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}"

@@ -87,8 +87,8 @@ def heat_raster(x: np.ndarray, y: np.ndarray, crs: str) -> HeatRaster:
         lo_, la_ = np.meshgrid(lons, lats)
         ux, uy = from_ll.transform(lo_.ravel(), la_.ravel())
         pixels[r0:r0 + step] = locate(np.asarray(ux), np.asarray(uy)).reshape(-1, width)
-    wl, sl = _lonlat(west, south)
-    el, nl = _lonlat(east, north)
+    wl, sl = _lonlat(west, north - height * px)  # the raster's own edges (whole pixels)
+    el, nl = _lonlat(west + width * px, north)
     return HeatRaster(pixels, ((sl, wl), (nl, el)))
 
 
@@ -115,7 +115,9 @@ def _spacing(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class _Lattice:
+class Lattice:
+    """A square grid as a dense array over its lattice (row 0 at the smallest y)."""
+
     x0: float
     y0: float
     size: float
@@ -123,8 +125,11 @@ class _Lattice:
     n_cells: int
 
 
-def _lattice(x: np.ndarray, y: np.ndarray, size: float) -> _Lattice | None:
-    """A square grid's cells as a dense array over its lattice; None when not a lattice."""
+def square_lattice(x: np.ndarray, y: np.ndarray, size: float | None = None) -> Lattice | None:
+    """A square grid's cells (centres ``x``, ``y``, side ``size``: the centres' spacing when
+    not given) as a dense array over its lattice; None when they are not on one."""
+    if size is None:
+        size = _spacing(x, y)
     ix, iy = (x - x.min()) / size, (y - y.min()) / size
     if not (np.allclose(ix, np.rint(ix), atol=1e-3) and np.allclose(iy, np.rint(iy), atol=1e-3)):
         return None
@@ -133,10 +138,10 @@ def _lattice(x: np.ndarray, y: np.ndarray, size: float) -> _Lattice | None:
         return None
     rows = np.full((iy.max() + 1, ix.max() + 1), len(x), np.int32)
     rows[iy, ix] = np.arange(len(x), dtype=np.int32)
-    return _Lattice(float(x.min()), float(y.min()), size, rows, len(x))
+    return Lattice(float(x.min()), float(y.min()), size, rows, len(x))
 
 
-def _on_lattice(lat: _Lattice, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+def _on_lattice(lat: Lattice, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
     ix = np.floor((ux - lat.x0) / lat.size + 0.5).astype(np.int64)
     iy = np.floor((uy - lat.y0) / lat.size + 0.5).astype(np.int64)
     ny, nx = lat.rows.shape
@@ -152,7 +157,7 @@ def _locator(x: np.ndarray, y: np.ndarray, spacing: float
     square lattice, else the nearest centre within a hexagon's circumradius (spacing/√3)."""
     from scipy.spatial import cKDTree
 
-    lattice = _lattice(x, y, spacing)
+    lattice = square_lattice(x, y, spacing)
     if lattice is not None:
         return lambda ux, uy: _on_lattice(lattice, ux, uy)
     tree = cKDTree(np.column_stack([x, y]))

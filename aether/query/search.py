@@ -54,6 +54,7 @@ class QueryResult:
     scores: np.ndarray
     top: pd.DataFrame  # rank, cell_id, score, lon, lat, x, y, nearest_pois
     top_pois: pd.DataFrame | None = None  # rank, poi_id, name, category, score, lon, lat, x, y
+    note: str | None = None  # the spread in words when the scores cannot be read as they look
 
     def __repr__(self) -> str:
         best = (f", best {self.top['score'].iloc[0]:.3f} at {self.top['cell_id'].iloc[0]}"
@@ -124,7 +125,8 @@ def search(index: CityIndex, run: ModelRun, queries: list[str], *, k: int = 10, 
     sims = index.vectors @ q.T  # NaN rows (masked cells) stay NaN
     poi_sims = index.poi_vectors @ q.T if index.poi_vectors is not None else None
     return [QueryResult(text, sims[:, j], ranked(index, sims[:, j], k=k, n_pois=n_pois),
-                        None if poi_sims is None else top_pois(index, poi_sims[:, j], k))
+                        None if poi_sims is None else top_pois(index, poi_sims[:, j], k),
+                        spread_note(sims[:, j]))
             for j, text in enumerate(queries)]
 
 
@@ -170,10 +172,12 @@ def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,
     })
 
 
-def spread_note(scores: np.ndarray) -> str | None:
+def spread_note(scores: np.ndarray, skip: np.ndarray | None = None) -> str | None:
     """A warning in words when the map cannot be read as it looks: every cell scores about
-    the same, or many cells tie with the best; None when the scores spread out."""
-    ok = scores[np.isfinite(scores)]
+    the same, or many cells tie with the best; None when the scores spread out. Rows
+    ``skip`` (the examples of "more like this", not in the answer) are not counted."""
+    ok = scores if skip is None or not len(skip) else np.delete(scores, skip)
+    ok = ok[np.isfinite(ok)]
     if not len(ok):
         return "no cell has a score (every cell is masked)"
     lo, hi = float(ok.min()), float(ok.max())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aether.errors import InputError
-from aether.query.search import CityIndex, QueryResult, ranked, top_rows
+from aether.query.search import CityIndex, QueryResult, ranked, spread_note, top_rows
 
 if TYPE_CHECKING:
     from aether.ml.encode import ModelRun
@@ -194,7 +194,8 @@ def similar(index: CityIndex, *, at: Sequence[tuple[float, float]] = (),
     order, _ = vi.top(q, k + len(skip))
     order = order[~np.isin(order, skip)][:k]
     scores = vi.scores(q)
-    return QueryResult(label, scores, ranked(index, scores, k=k, order=order))
+    return QueryResult(label, scores, ranked(index, scores, k=k, order=order),
+                       note=spread_note(scores, skip))
 
 
 def poi_vectors(city_dir: Path, run: ModelRun, poi_ids: Sequence[str]) -> np.ndarray:

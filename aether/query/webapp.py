@@ -23,9 +23,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aether.errors import AetherError, BusyError
-from aether.query.maps import AEF_CREDIT, OSM_CREDIT
-from aether.query.search import QueryResult
-from aether.query.serve import LOOPBACK, RETRY_AFTER_S, SYNTHETIC_LABEL, Answer, CityApp, Gate
+from aether.query.maps import AEF_CREDIT, OSM_CREDIT, SYNTHETIC_LABEL
+from aether.query.serve import LOOPBACK, RETRY_AFTER_S, Answer, CityApp, Gate
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +160,11 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                          not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
                          ) -> Response:
         def work() -> bytes:
-            from aether.query.maps import png_map
+            from aether.query.maps import png_map, titled
 
-            ans = state.ask(model, q, at, not_, k)
-            res = ans.result
-            if state.synthetic:
-                res = QueryResult(f"{res.query} [{SYNTHETIC_LABEL}]", res.scores, res.top)
+            res = titled([state.ask(model, q, at, not_, k).result], synthetic=state.synthetic)
             with tempfile.TemporaryDirectory() as tmp:
-                path = png_map(state.panel(model).index, [res], Path(tmp) / "query.png")
+                path = png_map(state.panel(model).index, res, Path(tmp) / "query.png")
                 return path.read_bytes()
 
         body = await gate.run(request, work)
@@ -183,7 +179,8 @@ def result_geojson(state: CityApp, ans: Answer) -> dict[str, Any]:
     """The top-k cells of an answer as GeoJSON polygons (score, rank), with the credits."""
     grid = state.panel(ans.model).index.grid
     top = ans.result.top
-    cells = grid.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
+    hit = grid[grid["cell_id"].isin(top["cell_id"])]  # the k rows first: no 1 M-row index
+    cells = hit.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
     out = cells.assign(rank=top["rank"].to_numpy(), score=top["score"].astype(float).to_numpy())
     doc = json.loads(out.to_json(drop_id=True, to_wgs84=True))
     doc.update(query=ans.result.query, model=ans.model, lo=ans.lo, hi=ans.hi, note=ans.note,

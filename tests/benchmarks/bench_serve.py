@@ -12,6 +12,7 @@ and its peak during it.
 Writes ``tests/benchmarks/results/serve.json`` for the docs page.
 
     python tests/benchmarks/bench_serve.py --run DATA/helsinki/2024/models/default
+    python tests/benchmarks/bench_serve.py --run ... --browser /usr/bin/chromium  # + the page
     python tests/benchmarks/bench_serve.py --run ... --side 300 --burst 200   # quicker
 """
 
@@ -81,6 +82,8 @@ def serve_city(args: argparse.Namespace) -> None:
     idx = city(args.side, run.out_dim)
     panel = build_panel(run.name, idx, idx.vectors, run)
     load = {"load_wall_s": time.perf_counter() - t0, "load_cpu_s": time.process_time() - cpu0}
+    # the answers' thread settings (one per answer) hold for the floor too
+    state = CityApp("bench", [panel], workers=args.workers, queue=args.queue)
     x = panel.vectors.unit  # the very matrix the answers use
     rng = np.random.default_rng(1)
     times = []
@@ -92,7 +95,6 @@ def serve_city(args: argparse.Namespace) -> None:
         np.argpartition(-s, 9)[:10]
         times.append(time.perf_counter() - t)
     floor = {"p50_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times)}
-    state = CityApp("bench", [panel], workers=args.workers, queue=args.queue)
     sock, url = listen("127.0.0.1", 0)
     print(json.dumps({"url": url, "floor": floor, "cells": len(idx.grid), "dim": x.shape[1],
                       "heat": list(panel.heat.shape), "model": run.name, **load}), flush=True)
@@ -193,6 +195,39 @@ def burst(client: Client, pid: int, todo: list[str], seconds: float) -> dict[str
             "peak_mb": _mem_mb(pid, "VmHWM")}
 
 
+def browser(url: str, chromium: str, n: int = 10) -> dict[str, Any]:
+    """What a person waits for: type a query in the real page (headless Chromium) until the
+    heat layer and markers are drawn, ``n`` different queries; and a click on the map."""
+    from playwright.sync_api import sync_playwright
+
+    done = ("s => { const e = document.querySelector('#status');"
+            " return e.dataset.state === 'done' && e.textContent === s; }")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = b.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(url)
+        page.wait_for_selector('#status[data-state="ready"]', timeout=120_000)
+        times = []
+        for i in range(n + 1):
+            page.fill("#q", f"{QUERIES[i % len(QUERIES)]} {i}")
+            t = time.perf_counter()
+            page.click("button[type=submit]")
+            page.wait_for_function(done, arg="answered by 1 model(s)", timeout=120_000)
+            times.append(time.perf_counter() - t)
+        clicks = []
+        for i in range(5):
+            t = time.perf_counter()
+            page.mouse.click(500 + 40 * i, 380)
+            page.wait_for_function("() => document.querySelector('#status').dataset.state"
+                                   " === 'done'", timeout=120_000)
+            clicks.append(time.perf_counter() - t)
+        pixels = int(page.get_attribute(".panel", "data-cells") or 0)
+        b.close()
+    return {"text_p50_ms": 1e3 * float(np.median(times[1:])),  # the first warms the page
+            "click_p50_ms": 1e3 * float(np.median(clicks)), "queries": n,
+            "coloured_pixels": pixels}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a trained run (its text encoder)")
@@ -200,6 +235,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--queue", type=int, default=64)
     ap.add_argument("--burst", type=int, default=2000, help="requests of the load test")
+    ap.add_argument("--browser", default=None, help="Chromium executable: also time the page")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.json")
     args = ap.parse_args()
@@ -230,12 +266,17 @@ def main() -> None:
                       f"{r['p99_ms']:7.1f} ms  ({r['vs_floor']:.2f}× floor)  {r['per_s']:.1f}/s"
                       f"  server CPU {r['server_cpu_ms_per_answer']:.0f} ms/answer  "
                       f"{r['reply_bytes']:,} B  503: {r['refused']}")
+        page = browser(head["url"], args.browser) if args.browser else None
+        if page:
+            print(f"  the page (Chromium): text query drawn in {page['text_p50_ms']:.0f} ms, a "
+                  f"click in {page['click_p50_ms']:.0f} ms (p50)")
         load = burst(client, proc.pid, paths("like", args.burst, args.side, head["model"]), 60)
         print(f"  load test: {load['requests']} requests in {load['seconds']:.0f} s: "
               f"{load['answered']} answered, {load['refused']} refused (503), "
               f"{load['failed']} failed; memory {load['rss_before_mb']:,.0f} MB before, peak "
               f"{load['peak_mb']:,.0f} MB")
-        write_results(args.out, {**head, "rows": rows, "burst": load, "queue": args.queue,
+        write_results(args.out, {**head, "rows": rows, "burst": load, "page": page,
+                                 "queue": args.queue,
                                  "workers": args.workers or os.cpu_count(), **measured_at()})
     finally:
         proc.terminate()

@@ -133,7 +133,13 @@ def serve(r: dict) -> str:
             f"{b['answered_p99_ms']:,.0f} ms), **{b['refused']:,} refused with 503**"
             f"{refused}, {b['failed']} failed or timed out (30 s); the server's memory "
             f"{b['rss_before_mb']:,.0f} MB before it, peak {b['peak_mb']:,.0f} MB during it.")
-    return "\n\n".join([head, table, load])
+    pg = r.get("page")
+    shown = ([f"In the page (headless Chromium, `--browser`): a typed text query is answered "
+              f"and drawn — {pg['coloured_pixels']:,} coloured pixels and the top-k markers — "
+              f"in **{pg['text_p50_ms']:,.0f} ms**, a click (\"more like this\") in "
+              f"**{pg['click_p50_ms']:,.0f} ms** (p50 of {pg['queries']} queries, 5 clicks)."]
+             if pg else [])
+    return "\n\n".join([head, table, *shown, load])
 
 
 def zonal(r: dict) -> str:

@@ -40,6 +40,8 @@ def test_query_prints_topk_and_writes_both_maps(query_out) -> None:
     assert not re.search(r"<link[^>]+href=", html)
     assert "Leaflet 1.9.4" in html and "$(" not in html
     assert has_map_credits(html)
+    # the sample's raster is generated: every map title says so
+    assert html.count("generated raster (the offline sample): not real AlphaEarth") == 2
 
 
 def _chromium(chromium: str, html_path, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:

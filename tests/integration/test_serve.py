@@ -213,6 +213,17 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         panel = page.locator(f'.panel[data-model="{names[1]}"]')
         assert int(panel.get_attribute("data-cells")) > 100  # the heat layer is drawn
         assert panel.get_attribute("data-markers") == "10"
+        # the model named in full and what it is, the generated raster said, the range shown
+        assert panel.locator(".about").inner_text().startswith(f"AETHER run {names[1]}: 128-d")
+        assert "generated raster" in panel.locator(".synthetic").inner_text()
+        legend = panel.locator(".legend").inner_text()
+        assert "this panel: " in legend and "cells tie with the best" in legend
+        # panels pan and zoom together
+        page.evaluate("""() => { const m = Object.values(panels)[0].map;
+                                 m.setZoom(m.getZoom() + 1, { animate: false }); }""")
+        zooms = page.evaluate("Object.values(panels).filter((p) => !p.div.hidden)"
+                              ".map((p) => p.map.getZoom())")
+        assert len(zooms) == 2 and zooms[0] == zooms[1]
         # hostile text is shown as text, never run
         page.fill("#q", hostile)
         page.click("button[type=submit]")
@@ -223,6 +234,13 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         page.goto(f"{url}?q={quote('coffee shop')}&model={names[1]}")
         page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
         assert page.get_attribute(f'.panel[data-model="{names[1]}"]', "data-top") == expected
+        # two text models: one colour scale, the same range written in both legends
+        page.goto(f"{url}?q={quote('coffee shop')}&model={names[0]},{names[1]}")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        ends = [page.locator(f'.panel[data-model="{n}"] .legend .ends').inner_text()
+                for n in names[:2]]
+        assert ends[0] == ends[1]
+        assert "one scale for all panels" in page.locator(".legend").first.inner_text()
         page.screenshot(path=str(tmp_path / "serve.png"))
         browser.close()
     assert (tmp_path / "serve.png").stat().st_size > 20_000

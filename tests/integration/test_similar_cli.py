@@ -47,7 +47,8 @@ def test_similar_returns_the_example_itself_only_when_asked(sample_runs, cli) ->
     base = ["similar", "--city", "Helsinki", "--model", names[1], "--k", "3",
             "--data-dir", str(data_root)]
     rank = r"^\s+\d+\. (-?\d\.\d{3})\s+(-?[\d.]+),(-?[\d.]+)"
-    without = re.findall(rank, cli(*base, *at).stdout, flags=re.M)
+    out = cli(*base, *at).stdout
+    without = re.findall(rank, out, flags=re.M)
     with_ = re.findall(rank, cli(*base, *at, "--include-examples").stdout, flags=re.M)
     def here(la: str, lo: str) -> bool:
         return abs(float(la) - lat) < 2e-5 and abs(float(lo) - lon) < 2e-5
@@ -55,3 +56,9 @@ def test_similar_returns_the_example_itself_only_when_asked(sample_runs, cli) ->
     assert with_[0][0] == "1.000" and here(with_[0][1], with_[0][2])
     assert not any(here(la, lo) for _, la, lo in without)
     assert without[0] == with_[1]  # the rest in the same order
+    # how many cells tie with the best shown, said in words, the example itself not counted
+    v = np.array(grid[[c for c in grid.columns if re.fullmatch(r"E\d{3}", c)]], np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cos = np.delete(v @ v[100], 100)
+    ties = int(np.count_nonzero(cos >= np.nanmax(cos) - 5e-4))
+    assert ties > 1 and f"note: {ties} cells tie with the best (within 0.0005)" in out

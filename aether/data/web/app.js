@@ -71,13 +71,28 @@ async function panel(name) {
   for (const a of info.attribution) map.attributionControl.addAttribution(a);
   L.control.scale({ imperial: false }).addTo(map);
   if (params.get("tiles") !== "0" && info.tiles) {
-    L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 }).addTo(map);
+    L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 })
+      .on("tileerror", () => { $("tiles").textContent = "OpenStreetMap tiles did not load (offline?): the heat maps are drawn without them"; })
+      .addTo(map);
   }
   map.fitBounds(info.bounds);
   map.on("click", (ev) => like(ev.latlng));
+  map.on("moveend", () => follow(name));
   const markers = L.layerGroup().addTo(map);
   panels[name] = { div, map, markers, title, legend, heat: null, answer: null };
   return panels[name];
+}
+
+// Panels pan and zoom together: the one moved leads, the others take its view.
+let following = false;
+function follow(name) {
+  if (following) return;
+  following = true;
+  const lead = panels[name].map;
+  for (const [other, p] of Object.entries(panels)) {
+    if (other !== name && !p.div.hidden) p.map.setView(lead.getCenter(), lead.getZoom(), { animate: false });
+  }
+  following = false;
 }
 
 // The colour of each byte of a panel's raster, on the range [lo, hi] shared by the panels.

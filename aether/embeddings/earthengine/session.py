@@ -93,7 +93,8 @@ _state: dict[str, EESettings | None] = {"current": None}
 _lock = threading.Lock()
 
 
-def ensure(settings: EESettings) -> None:
+def ensure(settings: EESettings, policy: RetryPolicy | None = None,
+           stats: Stats | None = None) -> None:
     """Initialise this process's ``ee`` client for ``settings`` unless it already is.
 
     Called at the start of every task that talks to EE, on whatever process runs it.
@@ -102,7 +103,7 @@ def ensure(settings: EESettings) -> None:
 
     with _lock:
         if _state["current"] != settings or not ee.data.is_initialized():
-            settings.initialize()
+            settings.initialize(policy, stats)
 
 
 

@@ -49,6 +49,7 @@ from aether.embeddings.earthengine.options import (
 from aether.embeddings.earthengine.session import (
     EESettings,
     ee_error,
+    ensure,
     quota_exhausted,
     verdict,
 )
@@ -120,8 +121,10 @@ class EarthEngineSource:
     # --- session -----------------------------------------------------------------------
 
     def _initialize(self) -> None:
-        """``ee.Initialize`` against the endpoint, with typed errors for every failure."""
-        self.session.initialize(self.policy, self.stats)
+        """``ee.Initialize`` against the endpoint unless this process already is (the
+        dataset version and the batches of one extract share one session), with typed
+        errors for every failure."""
+        ensure(self.session, self.policy, self.stats)
 
     @property
     def session(self) -> EESettings:

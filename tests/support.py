@@ -60,3 +60,22 @@ def share_sample(data_root: Path, data: Path) -> Path:
     data.mkdir(parents=True, exist_ok=True)
     shutil.copytree(Path(data_root) / "_sample", data / "_sample", copy_function=os.link)
     return data
+
+
+def kill_once_tasks_start(args: list[str], operations: dict, n: int = 2,
+                          timeout_s: float = 120) -> None:
+    """Start ``python -m aether ARGS`` and SIGKILL it as soon as the Earth Engine emulator's
+    ``operations`` hold ``n`` export tasks (the run must not have ended before)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "aether", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while len(operations) < n and proc.poll() is None:
+        assert time.monotonic() - t0 < timeout_s, "no export task started in time"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"

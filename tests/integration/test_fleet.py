@@ -17,7 +17,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
-from support import REPO, free_port
+from support import REPO, free_port, kill_once_tasks_start
 
 from aether.io.tables import read_json
 
@@ -186,11 +186,6 @@ def test_a_killed_client_leaves_no_export_task_to_start_twice(
     """SIGKILL the client while its workers have export tasks running: the tasks it sent
     keep running on the workers but start no new Earth Engine task once a new run holds the
     lock; the new run adopts every task already started. One task per batch, ever."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from aether.testing.emulator import Emulator, running
 
     emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports", export_delay=1.0)
@@ -204,14 +199,7 @@ def test_a_killed_client_leaves_no_export_task_to_start_twice(
             "export_read": f"file://{emu.exports}/gcs/bucket"}}
         fleet.write_text(yaml.safe_dump(body, sort_keys=False))
         args = ["run", str(fleet), "--data-dir", str(data), "--scheduler", address]
-        client = subprocess.Popen([sys.executable, "-m", "aether", *args],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.monotonic()
-        while len(emu.operations) < 2 and client.poll() is None:
-            assert time.monotonic() - t0 < 120
-            time.sleep(0.02)
-        os.kill(client.pid, signal.SIGKILL)
-        assert client.wait() == -signal.SIGKILL, "the run ended before the kill"
+        kill_once_tasks_start(args, emu.operations)
         started = len(emu.operations)
         again = cli(*args)
         assert again.returncode == 0, again.stderr

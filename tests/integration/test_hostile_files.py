@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from reference_checkpoint import reference_state, save, small_state
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -89,29 +90,15 @@ def test_run_file_is_checked_like_the_command_line_before_any_work(place, cli, b
     assert snapshot(root) == before  # no runs/ report, no sample, no tables
 
 
-#: aether name -> the reference's (as tests/integration/test_import_checkpoint.py)
-TO_REFERENCE = {"ae_mlp.0": "proj.0", "ae_mlp.2": "proj.2", "ae_shortcut": "shortcut",
-                "ae_proj.0": "post_mlp.0", "ae_proj.2": "post_mlp.3"}
-
-
 def _checkpoint(path: Path, spoil=None, hyper: dict | None = None) -> None:
     """A small reference-format checkpoint (random heads), changed by ``spoil(ae, txt)``;
     ``hyper`` replaces its hyper-parameters."""
-    torch = pytest.importorskip("torch")
-    from aether.ml.heads import AetherModel
-
-    torch.manual_seed(0)
-    state = AetherModel(ae_dim=64, text_dim=384, hidden_dim=32, out_dim=16,
-                        gate_init=-4.0).state_dict()
-    ae = {f"{TO_REFERENCE[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
-          for k, v in state.items() if k.rsplit(".", 1)[0] in TO_REFERENCE}
-    ae["gate"] = state["ae_gate"].reshape(1)
-    txt = {"proj.weight": state["text_proj.weight"], "proj.bias": state["text_proj.bias"]}
+    pytest.importorskip("torch")
+    ae, txt = reference_state(small_state())
     if spoil is not None:
         spoil(ae, txt)
-    torch.save({"ae_state_dict": ae, "txt_state_dict": txt, "epoch": 1,
-                "hyper_parameters": hyper or {"data": {"pix_radius": 4, "aug_pix_radius": 9}}},
-               path)
+    save(path, ae, txt, epoch=1,
+         hyper_parameters=hyper or {"data": {"pix_radius": 4, "aug_pix_radius": 9}})
 
 
 def _set(d: dict, key: str, value) -> None:

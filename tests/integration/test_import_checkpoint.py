@@ -12,15 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from reference_checkpoint import reference_state, save, small_state  # noqa: E402
+
 from aether.embeddings import get_source  # noqa: E402
 from aether.io.store import CityStore  # noqa: E402
 from aether.io.tables import read_json, sort_poi_embeddings, write_parquet  # noqa: E402
 from aether.ml.train import load_model, train  # noqa: E402
-
-#: aether name -> the reference's (model.py: AEProj.proj / shortcut / gate / post_mlp with a
-#: Dropout at post_mlp.2; TextProj.proj)
-TO_REFERENCE = {"ae_mlp.0": "proj.0", "ae_mlp.2": "proj.2", "ae_shortcut": "shortcut",
-                "ae_proj.0": "post_mlp.0", "ae_proj.2": "post_mlp.3"}
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +38,15 @@ def square_city(sample_city, sample_extract, tmp_path_factory):
 
 
 def _reference_checkpoint(state: dict, path) -> None:
-    ae = {f"{TO_REFERENCE[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
-          for k, v in state.items() if k.rsplit(".", 1)[0] in TO_REFERENCE}
-    ae["gate"] = state["ae_gate"].reshape(1)
-    torch.save({"ae_state_dict": ae,
-                "txt_state_dict": {"proj.weight": state["text_proj.weight"],
-                                   "proj.bias": state["text_proj.bias"]},
-                "epoch": 2, "cfg_hash": "0123456789ab",
-                "temps": {"tau_xt": 0.07, "tau_ii": 0.07},
-                "hyper_parameters": {
-                    "data": {"pix_radius": 4, "aug_pix_radius": 9, "feat_mode": "pixel"},
-                    "model": {"hidden_dim": 256, "out_dim": 128, "lambda": 0.2,
-                              "tau_xt": 0.07, "tau_img": 0.07},
-                    "text": {"backend": "hf", "emb_dim": 384,
-                             "hf_model": "sentence-transformers/all-MiniLM-L6-v2"}}}, path)
+    ae, txt = reference_state(state)
+    save(path, ae, txt, epoch=2, cfg_hash="0123456789ab",
+         temps={"tau_xt": 0.07, "tau_ii": 0.07},
+         hyper_parameters={
+             "data": {"pix_radius": 4, "aug_pix_radius": 9, "feat_mode": "pixel"},
+             "model": {"hidden_dim": 256, "out_dim": 128, "lambda": 0.2,
+                       "tau_xt": 0.07, "tau_img": 0.07},
+             "text": {"backend": "hf", "emb_dim": 384,
+                      "hf_model": "sentence-transformers/all-MiniLM-L6-v2"}})
 
 
 def test_import_round_trip_encodes_like_aether(square_city, cli, tmp_path):
@@ -109,17 +101,7 @@ def test_checkpoint_with_pickled_code_is_refused(square_city, cli, tmp_path):
 
 def _small_checkpoint(path, **extra) -> None:
     """A reference-format checkpoint of random heads, with ``extra`` top-level entries."""
-    from aether.ml.heads import AetherModel
-
-    torch.manual_seed(0)
-    state = AetherModel(ae_dim=64, text_dim=384, hidden_dim=32, out_dim=16,
-                        gate_init=-4.0).state_dict()
-    ae = {f"{TO_REFERENCE[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
-          for k, v in state.items() if k.rsplit(".", 1)[0] in TO_REFERENCE}
-    ae["gate"] = state["ae_gate"].reshape(1)
-    torch.save({"ae_state_dict": ae, "txt_state_dict": {
-        "proj.weight": state["text_proj.weight"], "proj.bias": state["text_proj.bias"]},
-        **extra}, path)
+    save(path, *reference_state(small_state()), **extra)
 
 
 LONDON_HP = {"data": {"pix_radius": 4, "aug_pix_radius": 9, "split_seed": 42,

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +21,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
-from support import REPO, free_port, shared_file
+from support import REPO, free_port, kill_once_tasks_start, shared_file
 
 from aether.errors import ConfigError
 from aether.io.tables import MANIFEST_FILE, read_json, sha256_file
@@ -174,14 +173,7 @@ def test_sigkill_at_six_points_then_identical(reference, inputs, sample_city, tm
         rf = write_run_file(tmp_path / "cities.yaml", inputs, url, emu.exports)
         for point in points:
             if point.startswith("<"):
-                proc = subprocess.Popen([sys.executable, "-m", "aether", "run", str(rf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                t0 = time.monotonic()
-                while len(emu.operations) < 2 and proc.poll() is None:
-                    assert time.monotonic() - t0 < 120
-                    time.sleep(0.02)
-                os.kill(proc.pid, signal.SIGKILL)
-                assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
+                kill_once_tasks_start(["run", str(rf)], emu.operations)
             else:
                 r = run(rf, {KILL_ENV: point})
                 assert r.returncode == -signal.SIGKILL, (point, r.stderr[-2000:])

@@ -4,7 +4,8 @@ city, emulator) goes through these, so the south-up and nodata traps are handled
 Tiles may be local files or URLs (``https://``, ``s3://``, ``gs://``): GDAL reads remote COGs
 by HTTP range requests (``/vsicurl/``), fetching only the blocks a window touches, with the
 settings in ``GDAL_COG_ENV``. The process keeps its open datasets (``open_tile``), so GDAL's
-block cache survives from one window of a tile to the next.
+block cache survives from one window of a tile to the next. Local DEFLATE tiles have their
+blocks inflated by libdeflate instead (``io.tiff_blocks``: twice as fast, the same bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from aether.core.aef import (
     valid_mask,
 )
 from aether.errors import TilesError
+from aether.io import tiff_blocks
 from aether.io.index_cache import USER_AGENT
 from aether.io.tables import atomic_path, sha256_file, write_parquet
 
@@ -67,7 +69,8 @@ OPEN_TILES = 32
 _MIRROR_S3 = "s3://us-west-2.opendata.source.coop/"
 _MIRROR_HTTPS = "https://data.source.coop/"
 #: Open datasets of the process, most recently used last, each with the lock its reader holds.
-_open: OrderedDict[tuple[str, int, int], tuple[DatasetReader, threading.Lock]] = OrderedDict()
+_Open = tuple["DatasetReader", threading.Lock, tiff_blocks.BlockLayout | None]
+_open: OrderedDict[tuple[str, int, int], _Open] = OrderedDict()
 _open_lock = threading.Lock()
 
 
@@ -282,15 +285,22 @@ def open_tile(path: str) -> Iterator[DatasetReader]:
     """The process's open dataset for a tile (opened once, checked once), held by this
     thread for the block: GDAL's block cache is per dataset, so threads that shared none
     would each inflate the blocks their neighbouring windows share."""
+    with _held(path) as (ds, _):
+        yield ds
+
+
+@contextmanager
+def _held(path: str) -> Iterator[tuple[DatasetReader, tiff_blocks.BlockLayout | None]]:
+    """``open_tile``, with the tile's block layout when its blocks can be read directly."""
     while True:
-        ds, lock = _shared_dataset(path)
+        ds, lock, blocks = _shared_dataset(path)
         with lock:
             if not ds.closed:  # not evicted between the look-up and the lock
-                yield ds
+                yield ds, blocks
                 return
 
 
-def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
+def _shared_dataset(path: str) -> _Open:
     import rasterio
 
     key = _tile_key(path)
@@ -308,9 +318,9 @@ def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
             ds.close()
             raise TilesError(f"{path} is not an AlphaEarth tile (64 int8 bands expected)",
                              "check the tile directory")
-        _open[key] = hit = (ds, threading.Lock())
+        _open[key] = hit = (ds, threading.Lock(), tiff_blocks.layout(ds, path))
         while len(_open) > OPEN_TILES:
-            old, old_lock = _open.popitem(last=False)[1]
+            old, old_lock, _ = _open.popitem(last=False)[1]
             with old_lock:
                 old.close()
         return hit
@@ -318,9 +328,10 @@ def _shared_dataset(path: str) -> tuple[DatasetReader, threading.Lock]:
 
 @dataclass(frozen=True)
 class RawWindow:
-    """Stored int8 values of a window, band-last ``(rows, cols, 64)`` and contiguous (as the
-    file interleaves them, and as the kernel sums them), and its transform (which may be
-    south-up). What the tile reader hands to the decoder."""
+    """Stored int8 values of a window, band-last ``(rows, cols, 64)`` with each pixel's bands
+    side by side (as the file interleaves them, and as the kernel sums them; a window inside
+    one block is a read-only view of it), and its transform (which may be south-up). What
+    the tile reader hands to the decoder."""
 
     q: np.ndarray
     transform: Affine
@@ -336,7 +347,7 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
     import rasterio
     from rasterio.windows import Window
 
-    with open_tile(path) as ds:
+    with _held(path) as (ds, blocks):
         t = ds.transform
         if bounds is None:
             win = Window(0, 0, ds.width, ds.height)
@@ -349,13 +360,20 @@ def read_window(path: str, bounds: tuple[float, float, float, float] | None = No
             if c0 >= c1 or r0 >= r1:
                 return None
             win = Window(c0, r0, c1 - c0, r1 - r0)
-        q = np.empty((int(win.height), int(win.width), N_BANDS), np.int8)
-        try:
-            with gdal_env():
-                ds.read(out=np.moveaxis(q, -1, 0), window=win)
-        except rasterio.errors.RasterioError as e:
-            raise _read_error(path, e) from None
-        return RawWindow(q, ds.window_transform(win))
+        transform = ds.window_transform(win)
+        if blocks is None:  # GDAL inflates, under the dataset's lock
+            q = np.empty((int(win.height), int(win.width), N_BANDS), np.int8)
+            try:
+                with gdal_env():
+                    ds.read(out=np.moveaxis(q, -1, 0), window=win)
+            except rasterio.errors.RasterioError as e:
+                raise _read_error(path, e) from None
+            return RawWindow(q, transform)
+    try:  # libdeflate, outside the lock: threads inflate blocks of one tile side by side
+        q = blocks.read(int(win.row_off), int(win.col_off), int(win.height), int(win.width))
+    except (OSError, ValueError) as e:
+        raise _read_error(path, e) from None
+    return RawWindow(q, transform)
 
 
 def decode(raw: RawWindow) -> PixelBlock:

@@ -125,7 +125,8 @@ class CogSource:
             crs = f"EPSG:{epsg}"
             in_zone = np.flatnonzero(zone == epsg)
             x, y = _project(lon[in_zone], lat[in_zone], crs)
-            for cell, members in _cells(x, y, reach, _cell_grid(tiles, crs)):
+            grid = _cell_grid(tiles, crs)
+            for cell, members in _cells(x, y, reach, grid):
                 for part in _strips(members, y):
                     bounds = (max(cell[0], x[part].min() - reach),
                               max(cell[1], y[part].min() - reach),
@@ -134,8 +135,8 @@ class CogSource:
                     under = _tiles_under(tiles, crs, bounds)
                     if under:
                         tasks.append(dask.delayed(_window_sums)(
-                            len(tasks), under, crs, bounds, in_zone[part], x[part], y[part],
-                            radii))
+                            len(tasks), under, crs, _origin(grid), bounds, in_zone[part],
+                            x[part], y[part], radii))
         return cluster.as_completed(tasks)
 
     def grid(self, place: Place, year: int, cell: str | float = 100.0) -> gpd.GeoDataFrame:
@@ -150,8 +151,9 @@ class CogSource:
         cells = grids.make_cells(place.boundary, place.crs, grids.parse_cell(cell), place.name)
         tiles = self._tiles_for(year, place.bbox)
         shared = dask.delayed(cells, pure=True)
-        tasks = [dask.delayed(_window_grid_sums)(under, cells.crs, window, shared)
-                 for window in _windows(cells.bounds(), _cell_grid(tiles, cells.crs))
+        grid = _cell_grid(tiles, cells.crs)
+        tasks = [dask.delayed(_window_grid_sums)(under, cells.crs, _origin(grid), window, shared)
+                 for window in _windows(cells.bounds(), grid)
                  for under in [_tiles_under(tiles, cells.crs, window)] if under]
         return cells.frame(grids.accumulate(len(cells), list(dask.compute(*tasks))))
 
@@ -214,7 +216,8 @@ def _project(lon: np.ndarray, lat: np.ndarray, crs: str) -> tuple[np.ndarray, np
 def _cell_grid(tiles: _Footprints, crs: str) -> tuple[float, float, float]:
     """(x origin, y origin, edge) in m of the cells POI windows are cut on: the block grid
     of the zone's first tile (square blocks; else 256 px squares from its corner), or
-    CELL_PX squares from the origin when no tile is in this crs."""
+    CELL_PX squares from the origin when no tile is in this crs. The origin is on the
+    tile's own pixel grid, as the mosaic is (``_origin``): cells never share a pixel."""
     same = np.flatnonzero(tiles.crs == crs)
     if len(same) == 0:
         return 0.0, 0.0, CELL_PX * aef.PIXEL_SIZE_M
@@ -222,8 +225,20 @@ def _cell_grid(tiles: _Footprints, crs: str) -> tuple[float, float, float]:
         t = ds.transform
         bh, bw = ds.block_shapes[0]
     edge_px = bw if bw == bh and bw >= 64 else CELL_PX
-    px = aef.PIXEL_SIZE_M  # on the 10 m lattice, as the mosaic is: cells never share a pixel
-    return round(t.c / px) * px, round(t.f / px) * px, edge_px * px
+    return float(t.c), float(t.f), edge_px * aef.PIXEL_SIZE_M
+
+
+def _origin(grid: tuple[float, float, float]) -> tuple[float, float]:
+    """The zone's 10 m pixel grid, as an origin within one pixel: (0, 0) for tiles whose
+    pixel edges are whole multiples of 10 m (what Earth Engine's ``crs`` + ``scale`` gives),
+    their own offset otherwise (the EE source then reduces on the images' grid too)."""
+    px = aef.PIXEL_SIZE_M
+
+    def within(v: float) -> float:
+        o = v % px
+        return 0.0 if min(o, px - o) < 1e-6 else o
+
+    return within(grid[0]), within(grid[1])
 
 
 def _cells(x: np.ndarray, y: np.ndarray, reach: float, grid: tuple[float, float, float]
@@ -260,11 +275,11 @@ def _strips(members: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     return np.array_split(by_y, -(-len(members) // TASK_POIS))
 
 
-def _window_sums(key: int, tiles: TileList, crs: str, bounds: tuple[float, float, float, float],
-                 idx: np.ndarray, x: np.ndarray, y: np.ndarray, radii: list[float]
-                 ) -> WindowSums:
+def _window_sums(key: int, tiles: TileList, crs: str, origin: tuple[float, float],
+                 bounds: tuple[float, float, float, float], idx: np.ndarray, x: np.ndarray,
+                 y: np.ndarray, radii: list[float]) -> WindowSums:
     """The mosaic under one window, and the sums of the buffers' parts inside it."""
-    raw = tile_io.mosaic_window(tiles, crs, bounds)
+    raw = tile_io.mosaic_window(tiles, crs, bounds, origin)
     if raw is None:
         return key, idx, [zonal.Partial.zeros(len(idx), aef.N_BANDS) for _ in radii]
     block = tile_io.decode(raw)
@@ -291,10 +306,11 @@ def _cuts(lo: float, hi: float, origin: float, edge: float) -> list[float]:
     return [lo, *(origin + np.arange(k0, k1) * edge).tolist(), hi]
 
 
-def _window_grid_sums(tiles: TileList, crs: str, window: tuple[float, float, float, float],
-                      cells: grids.Cells) -> tuple[np.ndarray, zonal.Partial]:
+def _window_grid_sums(tiles: TileList, crs: str, origin: tuple[float, float],
+                      window: tuple[float, float, float, float], cells: grids.Cells
+                      ) -> tuple[np.ndarray, zonal.Partial]:
     """One window's contribution to the cells it touches."""
-    raw = tile_io.mosaic_window(tiles, crs, window)
+    raw = tile_io.mosaic_window(tiles, crs, window, origin)
     if raw is None:
         return np.zeros(0, np.int64), zonal.Partial.zeros(0, aef.N_BANDS)
     return cells.sums(tile_io.decode(raw))

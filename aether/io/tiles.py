@@ -414,21 +414,24 @@ def read_block(
 
 
 def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
-                  bounds: tuple[float, float, float, float]) -> RawWindow | None:
-    """The year's mosaic under ``bounds`` on ``crs``'s 10 m lattice (aligned to multiples
-    of 10 m, as Earth Engine's ``crs`` + ``scale`` grid is).
+                  bounds: tuple[float, float, float, float],
+                  origin: tuple[float, float] = (0.0, 0.0)) -> RawWindow | None:
+    """The year's mosaic under ``bounds`` on ``crs``'s 10 m grid through ``origin`` (by
+    default whole multiples of 10 m, as Earth Engine's ``crs`` + ``scale`` grid is; the
+    zone's own grid when its tiles lie off it, as the EE source then reduces too).
 
     ``tiles`` are ``(path, crs)`` in index order; where two hold data, the later one wins
     (Earth Engine's ``mosaic()``), so every ground pixel counts once. Tiles of another crs
-    (the next UTM zone) are warped onto the lattice by nearest neighbour, as Earth Engine
+    (the next UTM zone) are warped onto the grid by nearest neighbour, as Earth Engine
     does. A single aligned tile of the same crs is returned as read, without a copy.
     """
     px = PIXEL_SIZE_M
-    x0, y1 = np.floor(bounds[0] / px) * px, np.ceil(bounds[3] / px) * px
-    x1, y0 = np.ceil(bounds[2] / px) * px, np.floor(bounds[1] / px) * px
+    ox, oy = origin
+    x0, y1 = ox + np.floor((bounds[0] - ox) / px) * px, oy + np.ceil((bounds[3] - oy) / px) * px
+    x1, y0 = ox + np.ceil((bounds[2] - ox) / px) * px, oy + np.floor((bounds[1] - oy) / px) * px
     if len(tiles) == 1 and tiles[0][1] == crs:
         raw = read_window(tiles[0][0], (x0, y0, x1, y1))
-        if raw is None or _on_lattice(raw.transform):
+        if raw is None or _on_grid(raw.transform, origin):
             return raw
     from rasterio.transform import Affine
 
@@ -447,10 +450,12 @@ def mosaic_window(tiles: Sequence[tuple[str, str]], crs: str,
     return RawWindow(out, dst) if hit else None
 
 
-def _on_lattice(t: Any) -> bool:
+def _on_grid(t: Any, origin: tuple[float, float]) -> bool:
+    """Whether a transform's pixels are the 10 m grid's through ``origin``."""
     px = PIXEL_SIZE_M
+    u, v = (t.c - origin[0]) / px, (t.f - origin[1]) / px
     return (abs(abs(t.a) - px) < 1e-9 and abs(abs(t.e) - px) < 1e-9 and t.b == 0 and t.d == 0
-            and abs(t.c / px - round(t.c / px)) < 1e-6 and abs(t.f / px - round(t.f / px)) < 1e-6)
+            and abs(u - round(u)) < 1e-6 and abs(v - round(v)) < 1e-6)
 
 
 def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
@@ -462,7 +467,7 @@ def _onto(path: str, tile_crs: str, crs: str, dst: Any, shape: tuple[int, int]
     x1, y0 = x0 + w * dst.a, y1 + h * dst.e
     if tile_crs == crs:
         raw = read_window(path, (x0, y0, x1, y1))
-        if raw is not None and _on_lattice(raw.transform):
+        if raw is not None and _on_grid(raw.transform, (dst.c, dst.f)):
             q, t = raw.q, raw.transform
             if t.e > 0:  # south-up: flip to north-up
                 q, top = q[::-1], t.f + t.e * q.shape[0]

@@ -117,6 +117,8 @@ class EarthEngineSource:
     budget: EecuBudget = field(default_factory=lambda: EecuBudget(None), repr=False)
     #: Raises once the run that lent a Dask task its lock has ended (``io.store.lease_check``).
     lease: Callable[[], None] = field(default=lambda: None, repr=False)
+    #: Per zone crs, the ``crsTransform`` its images need (None: crs + scale), checked once.
+    _grids: dict[str, list[float] | None] = field(default_factory=dict, init=False, repr=False)
 
     # --- session -----------------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class EarthEngineSource:
             with ee_retries_off(), bar("Earth Engine: buffers",
                                        sum(len(b.items) for b in todo)) as shown:
                 self._check_coverage(pois, year)
+                self._check_grids(todo, year)
                 if export is not None:
                     paths = self._run_exports(batches, store, export, year,
                                               on_done=lambda b: shown.advance(len(b.items)))
@@ -204,6 +207,15 @@ class EarthEngineSource:
             raise CoverageError(f"no AlphaEarth images for year {year} over this place",
                                 f"years available: {', '.join(map(str, years))}")
 
+    def _check_grids(self, batches: Sequence[Batch[Feature]], year: int) -> None:
+        """One request per zone (and source): the grid the zone's images lie on, so a
+        reduction runs on it rather than on an assumed one (``catalog.reduction_grid``)."""
+        for b in batches:
+            crs = _zone_crs(b.items)
+            if crs not in self._grids:
+                expr = catalog.projection_at(year, b.items[0].lon, b.items[0].lat)
+                self._grids[crs] = catalog.reduction_grid(self._call(expr.getInfo), crs)
+
     def _call(self, fn: Any) -> Any:
         """A single request with the same retry policy as the batches."""
         out: list[Any] = []
@@ -241,7 +253,7 @@ class EarthEngineSource:
         """All pages of one reduceRegions request."""
         import ee
 
-        expr = reduce_regions_graph(items, year, tile_scale)
+        expr = reduce_regions_graph(items, year, tile_scale, self._grids.get(_zone_crs(items)))
         params: dict[str, Any] = {"expression": expr, "pageSize": PAGE_SIZE}
         features: list[dict] = []
         while True:
@@ -310,7 +322,8 @@ class EarthEngineSource:
                 restarts = rec.get("restarts", 0)  # a new tileScale is not another try
             rec = self._new_task(batch, tasks, export, restarts, tile_scale)
         config = export.task_config(
-            reduce_regions_graph(batch.items, year, int(rec.get("tile_scale", 1))),
+            reduce_regions_graph(batch.items, year, int(rec.get("tile_scale", 1)),
+                                 self._grids.get(_zone_crs(batch.items))),
             rec["description"], rec["prefix"])
         try:
             op = self._call(lambda: ee.data.exportTable(rec["request_id"], config))
@@ -412,19 +425,21 @@ def buffer_max_error(radius: float, tolerance: float = BUFFER_AREA_TOLERANCE) ->
     return float(radius * (1 - np.cos(np.pi / n)))
 
 
-def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 1) -> Any:
+def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 1,
+                         grid: list[float] | None = None) -> Any:
     """The ``reduceRegions`` expression of one batch (all features in one UTM zone).
 
     Buffers are drawn in the batch's UTM projection with ``buffer_max_error``: the local
-    circle the COG source integrates over, not EE's default geodesic 1%-error polygon.
+    circle the COG source integrates over, not EE's default geodesic 1%-error polygon. The
+    reduction runs on ``grid`` (a ``crsTransform``, when the zone's images lie on their own
+    grid: ``catalog.reduction_grid``), else on ``crs`` + 10 m.
     """
     import ee
 
-    lon0, lat0 = items[0].lon, items[0].lat
-    crs = f"EPSG:{aef.utm_epsg(lon0, lat0)}"
+    crs = _zone_crs(items)
     proj = ee.Projection(crs)
     fc = ee.FeatureCollection([
-        ee.Feature(_region(f, crs, proj), {"poi_id": f.poi_id, "radius_m": f.radius})
+        ee.Feature(_region(f, crs, proj, grid), {"poi_id": f.poi_id, "radius_m": f.radius})
         for f in items
     ])
     image = (
@@ -436,15 +451,22 @@ def reduce_regions_graph(items: Sequence[Feature], year: int, tile_scale: int = 
     )
     valid = ee.Image.constant(1).updateMask(image.select(aef.BANDS[0]).mask())
     image = image.addBands(valid.rename(VALID_BAND))
-    sums = image.reduceRegions(collection=fc, reducer=ee.Reducer.sum(), scale=SCALE_M,
-                               crs=crs, tileScale=tile_scale)
+    on = {"crsTransform": grid} if grid else {"scale": SCALE_M}
+    sums = image.reduceRegions(collection=fc, reducer=ee.Reducer.sum(), crs=crs,
+                               tileScale=tile_scale, **on)
     # properties only: the buffer polygons would be most of the answer's bytes
     return sums.map(lambda f: ee.Feature(None, f.toDictionary()))
 
 
-def _region(f: Feature, crs: str, proj: Any) -> Any:
-    """A circle buffer, or a square pixel window as a ``Rectangle`` on the 10 m grid of the
-    batch's UTM crs (the grid ``reduceRegions`` reduces on), see ``aether.core.windows``."""
+def _zone_crs(items: Sequence[Feature]) -> str:
+    """The UTM crs a batch is reduced in (``make_batches`` keeps a batch in one zone)."""
+    return f"EPSG:{aef.utm_epsg(items[0].lon, items[0].lat)}"
+
+
+def _region(f: Feature, crs: str, proj: Any, grid: list[float] | None = None) -> Any:
+    """A circle buffer, or a square pixel window as a ``Rectangle`` on the pixel grid the
+    batch is reduced on (``grid``, else the 10 m grid of its UTM crs), see
+    ``aether.core.windows``."""
     import ee
 
     if not windows.is_square(f.radius):
@@ -453,7 +475,8 @@ def _region(f: Feature, crs: str, proj: Any) -> Any:
     from pyproj import Transformer
 
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(f.lon, f.lat)
-    box = windows.snapped_squares(np.array([x]), np.array([y]), -f.radius, 0.0, 0.0, SCALE_M,
+    x0, y0 = (grid[2], grid[5]) if grid else (0.0, 0.0)
+    box = windows.snapped_squares(np.array([x]), np.array([y]), -f.radius, x0, y0, SCALE_M,
                                     -SCALE_M)
     return ee.Geometry.Rectangle([float(v) for v in box[0]], proj=crs, geodesic=False)
 

@@ -18,6 +18,7 @@ from google_peer import GooglePeer
 
 from aether.embeddings.earthengine.session import EESettings
 from aether.errors import EarthEngineError
+from aether.execution.jobs import RetryPolicy
 
 
 @pytest.fixture
@@ -199,3 +200,20 @@ def test_no_login_on_loopback_emulator_is_anonymous(clean_home, recorded, no_net
     EESettings(url, project="demo").initialize()
     assert _algorithms_calls(seen) and all(a is None for _, a in seen)
     assert no_network == []
+
+
+def test_a_login_whose_token_cannot_be_refreshed_says_what_was_found_and_what_failed(
+        clean_home, no_network, monkeypatch):
+    """A credentials file is there, but Google's token endpoint cannot be reached (offline):
+    the one line names the login found and the refresh that failed, not "no credentials"."""
+    creds = clean_home / ".config" / "earthengine" / "credentials"
+    creds.parent.mkdir(parents=True)
+    creds.write_text(json.dumps({"refresh_token": "ee-file-rt", "project": "file-project"}))
+    monkeypatch.setattr("ee.oauth.TOKEN_URI", "https://oauth2.example.org/token")
+    with pytest.raises(EarthEngineError) as err:
+        EESettings("http://ee-mirror.example.org").initialize(RetryPolicy(attempts=1))
+    msg = str(err.value)
+    assert "\n" not in msg and "no Earth Engine credentials found" not in msg
+    assert f"earthengine authenticate` login ({creds})" in msg
+    assert "could not be refreshed" in msg and "oauth2.example.org" in msg
+    assert not any("ee-mirror" in str(a) for a in no_network)  # and nothing else

@@ -58,8 +58,9 @@ def _routes(emu: Emulator, route: str) -> int:
 def test_load_errors_split_the_batch(kind, ee_server, emulator, pois, tmp_path, reset_ee):
     clean = _means(_source(tmp_path / "clean", ee_server), pois)
     start = len(emulator.log)
-    # eligible request 0 is the coverage check; 1 is the batch's computeFeatures
-    emulator.faults = Faults(schedule={1: kind})
+    # eligible request 0 is the coverage check, 1 the zone's grid (its image's projection),
+    # 2 the batch's computeFeatures
+    emulator.faults = Faults(schedule={2: kind})
     src = _source(tmp_path / kind, ee_server)
     out = _means(src, pois)
     pd.testing.assert_frame_equal(out, clean)

@@ -2,7 +2,9 @@
 
 ``EESettings`` is the picklable description of a session (endpoint, project, key file path):
 the main process and every Dask worker process call ``ensure`` with it and initialise the
-``ee`` client themselves, so no credential object ever crosses a process boundary.
+``ee`` client themselves, so no credential object ever crosses a process boundary. A
+session the process started itself (a notebook's ``ee.Initialize(project=...)``) is used as
+it is when the settings name no other endpoint, key or project, and left as found.
 
 Credentials: a service-account JSON key when one is given; otherwise whatever
 ``ee.data.get_persistent_credentials()`` finds — the ``earthengine authenticate`` file, else
@@ -102,8 +104,31 @@ def ensure(settings: EESettings, policy: RetryPolicy | None = None,
     import ee
 
     with _lock:
-        if _state["current"] != settings or not ee.data.is_initialized():
-            settings.initialize(policy, stats)
+        if _state["current"] == settings and ee.data.is_initialized():
+            return
+        theirs = _users_session()
+        if theirs is not None and settings.url is None and settings.credentials is None and (
+                settings.project in (None, theirs)):
+            log.info("using this process's own Earth Engine session (project %s)", theirs)
+            _state["current"] = settings
+            return
+        if theirs is not None:
+            log.warning("this process's Earth Engine session (project %s) is replaced by "
+                        "aether's (%s): pass no --ee-url/--ee-credentials and the same "
+                        "project to keep it", theirs, settings.project or "its login's project")
+        settings.initialize(policy, stats)
+
+
+def _users_session() -> str | None:
+    """The project of an Earth Engine session this process started itself (a notebook's
+    ``ee.Initialize(project=...)``), which aether uses rather than replaces; None if none."""
+    import ee
+
+    from aether._compat import private
+
+    if _state["current"] is not None or not ee.data.is_initialized():
+        return None  # aether's own session, or none
+    return str(private("ee._state.get_state")().cloud_api_user_project or "") or None
 
 
 
@@ -122,7 +147,14 @@ def _credentials(
             creds = ee.data.get_persistent_credentials()
         except Exception as e:
             if not is_loopback(url):  # never anonymous against a real endpoint
-                why = str(e).strip().split("\n")[0]
+                why = " ".join(str(e).split())
+                found = _login_found()
+                if found:  # a login is there: its token refresh failed (offline, revoked)
+                    raise EarthEngineError(
+                        f"found {found}, but its token could not be refreshed ({why})",
+                        "check that Google's token endpoint is reachable (network, proxy); "
+                        "if the login was revoked, run `earthengine authenticate` again",
+                    ) from None
                 raise EarthEngineError(
                     f"no Earth Engine credentials found ({why})",
                     "run `earthengine authenticate` (or `gcloud auth application-default "
@@ -139,6 +171,24 @@ def _credentials(
         raise EarthEngineError("no Earth Engine project given",
                                "pass --ee-project ID or set EE_PROJECT")
     return creds, str(project)
+
+
+def _login_found() -> str | None:
+    """Which stored login ``get_persistent_credentials`` would have used, for messages."""
+    import os
+
+    import ee
+    from google.auth import _cloud_sdk
+
+    ee_file = Path(ee.oauth.get_credentials_path())
+    key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    adc = Path(_cloud_sdk.get_application_default_credentials_path())
+    for path, what in ((ee_file, "the `earthengine authenticate` login"),
+                       (Path(key) if key else None, "the key GOOGLE_APPLICATION_CREDENTIALS names"),
+                       (adc, "gcloud's Application Default Credentials")):
+        if path is not None and path.is_file():
+            return f"{what} ({path})"
+    return None
 
 
 def is_loopback(url: str | None) -> bool:

@@ -159,6 +159,45 @@ def zonal(r: dict) -> str:
     return "\n\n".join(parts)
 
 
+def ee(r: dict) -> str:
+    n_req = r["pois"] * len(r["radii"]) / r["batch"]
+    cal = ", ".join(f"{c['cpu_s_per_eecu']:.3f}" for c in r["calibration"]
+                    if c["cpu_s_per_eecu"] is not None)
+    head = (f"**{r['pois']:,} random POIs × {len(r['radii'])} radii** = "
+            f"{r['pois'] * len(r['radii']):,} buffers, {r['batch']:,} a request "
+            f"(~{n_req:.0f} requests; {r['date']}, {r['cpus']} cores"
+            f"{', `--quick`' if r['quick'] else ''}). Server time modelled at "
+            f"{r['server_s_per_eecu']:g} s per EECU-second; the warm-up passes measured "
+            f"{cal} s of emulator CPU per EECU-second (under this run's load).")
+    parts = [head]
+    for lat in sorted({x["latency_s"] for x in r["runs"]}):
+        rows = [x for x in r["runs"] if x["latency_s"] == lat]
+        base = {x["method"]: x["wall_s"] for x in rows if x["method"] != "aether"}
+        names = {"sequential": "sequential `getInfo()` loop",
+                 "naive": "naive (geemap-style) loop"}
+        table = _table(
+            ["client", "wall s", "floor s", "wall / floor", "client CPU s", "requests",
+             "server s (modelled)", "peak in flight", "sequential / it", "naive / it",
+             "load"],
+            [[f"aether, {x['concurrency']} in flight" if x["method"] == "aether"
+              else names[x["method"]] + f" (×{x['extrapolated']:g} extrapolated)",
+              _s(x["wall_s"]), _s(x["floor_s"]), f"{x['wall_s'] / x['floor_s']:.2f}",
+              _s(x["client_cpu_s"]), f"{x['requests']:.0f}", _s(x["server_s"]),
+              str(x["peak_in_flight"]), f"{base['sequential'] / x['wall_s']:.1f}×",
+              f"{base['naive'] / x['wall_s']:.1f}×", str(x["load"])] for x in rows])
+        flights = "; ".join(
+            f"{x['concurrency']} in flight ({x['step_s']:.2f} s steps): "
+            f"`{' '.join(map(str, x['timeline']))}`"
+            for x in rows if x["method"] == "aether")
+        parts += [f"Latency **{lat * 1000:.0f} ms**:", table,
+                  f"Requests in flight over aether's runs — {flights}."]
+    late = sum(x["computed"] + x["late"] for x in r["runs"])
+    parts.append("Every timed answer came from the warm-up's results on time." if not late
+                 else f"{late} timed answers were computed or late: the figures above include "
+                      "this machine's CPU there.")
+    return "\n\n".join(parts)
+
+
 def fleet(r: dict) -> str:
     m = r["modes"]
     head = (f"**{r['cities']} cities** ({r['date']}, {r['cpus']} CPUs): {r['strips']} strips of "
@@ -205,7 +244,7 @@ def fleet(r: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
                                               "similar": similar, "train": train,
-                                              "fleet": fleet, "serve": serve}
+                                              "fleet": fleet, "serve": serve, "ee": ee}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py",
            "fleet": "bench_fleet.py", "serve": "bench_serve.py"}

@@ -24,6 +24,10 @@ def emulator_serve(
     fault_schedule: Annotated[str, typer.Option(help="N:KIND,... by request number")] = "",
     latency: Annotated[float, typer.Option(
         callback=number(0, 3600), help="Seconds added to each compute request")] = 0.0,
+    server_time: Annotated[float, typer.Option(
+        callback=number(0, 3600), metavar="S_PER_EECU",
+        help="Model EE's server time: answers computed once, each arriving after this many "
+             "seconds per EECU-second of its work (0: off, answer when computed)")] = 0.0,
     export_delay: Annotated[float, typer.Option(
         callback=number(0, 86_400), help="Seconds an export stays RUNNING")] = 0.0,
     deny_project: Annotated[list[str] | None, typer.Option(
@@ -38,7 +42,7 @@ def emulator_serve(
     faults = Faults.parse(fault_rate, fault_kinds, fault_seed, fault_schedule, latency)
     emulator = Emulator(tiles, exports, faults, export_delay,
                         denied_projects=tuple(deny_project or ()),
-                        duplicate_request_id=duplicate_request_id)
+                        duplicate_request_id=duplicate_request_id, server_time=server_time)
     server = serve(emulator, port)
     typer.echo(f"http://127.0.0.1:{server.server_address[1]}", nl=True)
     sys.stdout.flush()

@@ -1,28 +1,41 @@
-"""Benchmark: the Earth Engine source vs a naive geemap-style loop, against the emulator.
+"""Benchmark: the Earth Engine client — aether vs a sequential and a geemap-style loop.
 
-    .venv/bin/python tests/benchmarks/bench_ee.py                 # 20,000 POIs × 2 radii
-    .venv/bin/python tests/benchmarks/bench_ee.py --pois 4000     # quicker
+    .venv/bin/python tests/benchmarks/bench_ee.py --quick   # 1,000 POIs, batches of 125
+    .venv/bin/python tests/benchmarks/bench_ee.py           # 20,000 POIs × 2 radii
 
-The emulator runs as its own process (`aether emulator serve`) over the sample city's tiles
-with ``--latency`` seconds added to every compute request, standing in for the round trip
-to Earth Engine. Random POIs are drawn inside the tiles.
+What is measured is the *client*: the emulator (``aether emulator serve``, its own process,
+over the sample city's tiles) runs with ``--server-time``, so each reduction is computed once,
+in a warm-up pass off the clock, and every timed request is answered from that result after
+``--latency`` (the round trip) plus a modelled server time proportional to its work:
+``SERVER_S_PER_EECU`` × the emulator's EECU meter (1 ms a feature + 1 µs a band-pixel
+reduced). Requests in flight overlap as on Google's servers instead of queueing for this
+machine's cores. The constant is a model, not Google's figure: it is the emulator's own CPU
+time per EECU-second for these reductions on one core of the development machine (0.026 to
+0.029 s, measured from the thread CPU of computed answers in the log, rounded up to 0.03),
+i.e. a request takes on "the server" what the emulator needs for it on one dedicated core.
+Each warm-up pass prints that measurement again.
 
 - aether: ``get_source("ee")`` — server-side buffers, ``Reducer.sum`` + valid band in the
-  UTM crs, ``--batch`` features per ``computeFeatures`` request, ``--concurrency`` in flight,
-  answers without geometry.
-- sequential: aether's own graph, one ``getInfo()`` per 1,000 features, one at a time
-  (what batching and concurrency alone buy).
+  UTM crs, ``--batch`` features per ``computeFeatures`` request, each of ``--concurrency``
+  in flight (several values: one run each);
+- sequential: aether's own graph, one ``getInfo()`` per ``--batch`` features, one at a time
+  (what concurrency alone buys);
 - naive (geemap-style): per radius, buffers made client-side with geopandas, sent as
   GeoJSON through ``geemap.gdf_to_ee``, one ``reduceRegions(Reducer.mean(), scale=10)
-  .getInfo()`` per 1,000 features, sequentially.
+  .getInfo()`` per ``--batch`` features, one at a time.
 
-Prints requests issued, wall time and the ratio, side by side, plus the time the emulator
-spent computing (on a 2-core machine its CPU, not the latency, can bound both runs).
+The two loops run ``--naive-requests`` requests and are extrapolated (they are sequential:
+each request costs the same; their ``ee.Initialize`` is timed once, not extrapolated).
+Printed and written to ``results/ee.json``: wall time, the client's CPU (this process, all
+threads), requests, the modelled server seconds, the floor (latency + server time spread over
+the slots in flight), peak requests in flight and a timeline of them from the emulator's log,
+for every latency in ``--latency``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -30,9 +43,17 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import load_now, measured_at, write_results
+
+#: Modelled server seconds per EECU-second of the emulator's meter (see the module doc).
+SERVER_S_PER_EECU = 0.03
+RADII = [100.0, 200.0]
 
 
 def random_pois(tiles: Path, n: int, seed: int = 0):
@@ -53,60 +74,70 @@ def random_pois(tiles: Path, n: int, seed: int = 0):
                             crs="EPSG:4326")
 
 
-def start_emulator(tiles: Path, latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aether", "emulator", "serve", "--tiles", str(tiles),
-         "--port", "0", "--latency", str(latency)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "http://127.0.0.1:" in line:
-            return proc, line[line.index("http://"):].split()[0]
-    raise RuntimeError("the emulator did not start")
+@contextlib.contextmanager
+def emulator(tiles: Path, latency: float, server_time: float) -> Iterator[str]:
+    """The emulator as its own process; yields its URL. If it dies, the bench ends with its
+    stderr (its traceback), not a client retrying into a closed port."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aether", "emulator", "serve", "--tiles", str(tiles),
+             "--port", "0", "--latency", str(latency), "--server-time", str(server_time)],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        try:
+            if not url.startswith("http://127.0.0.1:"):
+                raise RuntimeError("the emulator did not start")
+            yield url
+        except BaseException:
+            if proc.poll() is not None:
+                err.seek(0)
+                raise SystemExit(f"the emulator exited ({proc.returncode}):\n{err.read()}"
+                                 ) from None
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def emulator_log(url: str) -> list[dict]:
-    with urllib.request.urlopen(f"{url}/_emulator/log") as r:
-        data = json.load(r)
-    return data["requests"]
+    with urllib.request.urlopen(f"{url}/_emulator/log", timeout=30) as r:
+        return json.load(r)["requests"]
 
 
-def compute_requests(log: list[dict], latency: float) -> tuple[int, float]:
-    """Compute requests and the seconds the emulator spent on them (latency excluded)."""
-    rows = [e for e in log if e.get("route") in ("table:computeFeatures", "value:compute")]
-    return len(rows), sum(e.get("ms", 0.0) / 1000.0 - latency for e in rows)
-
-
-def run_aether(url: str, pois, radii, workdir: Path, batch: int, concurrency: int):
+def run_aether(url: str, pois, workdir: Path, batch: int, concurrency: int) -> int:
     from aether.embeddings import get_source
 
+    shutil.rmtree(workdir, ignore_errors=True)  # no checkpoints: every batch is asked for
     src = get_source("ee", workdir=workdir, ee_url=url, ee_project="bench",
                      ee_batch=batch, ee_concurrency=concurrency)
-    return src.point_means(pois, radii, 2024)
+    return len(src.point_means(pois, RADII, 2024))
 
 
-def run_naive(url: str, pois, radii, max_requests: int) -> tuple[int, int, int]:
-    """geemap-style: client-side buffers, one reduceRegions().getInfo() per 1,000, in turn.
+def _init(url: str) -> None:
+    import ee
 
-    Stops after ``max_requests`` (it is sequential, so its time per request is steady and
-    the whole run is extrapolated from them). Returns (rows, requests done, requests needed).
-    """
+    ee.Reset()
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    ee.Initialize(credentials=None, url=url, project="bench")
+
+
+def run_naive(pois, batch: int, max_requests: int) -> tuple[int, int, int]:
+    """geemap-style: client-side buffers, one reduceRegions().getInfo() per batch, in turn.
+    Returns (rows, requests done, requests needed); ``ee`` initialised by the caller."""
     import ee
     import geemap
 
     from aether.core.aef import COLLECTION_ID, utm_epsg
 
-    ee.Reset()
-    ee.deprecation._FetchDataCatalogStac = lambda: {}
-    ee.Initialize(credentials=None, url=url, project="bench")
     c = pois.geometry.union_all().centroid
     utm = pois.to_crs(f"EPSG:{utm_epsg(c.x, c.y)}")
     image = (ee.ImageCollection(COLLECTION_ID).filterDate("2024-01-01", "2025-01-01")
              .mosaic())
-    chunks = [(r, start) for r in radii for start in range(0, len(pois), 1000)]
+    chunks = [(r, start) for r in RADII for start in range(0, len(pois), batch)]
     rows = 0
     for r, start in chunks[:max_requests]:
-        part = utm.iloc[start:start + 1000]
+        part = utm.iloc[start:start + batch]
         fc = geemap.gdf_to_ee(part.assign(geometry=part.buffer(r)).to_crs("EPSG:4326"))
         info = image.reduceRegions(collection=fc, reducer=ee.Reducer.mean(),
                                    scale=10).getInfo()
@@ -114,32 +145,78 @@ def run_naive(url: str, pois, radii, max_requests: int) -> tuple[int, int, int]:
     return rows, min(max_requests, len(chunks)), len(chunks)
 
 
-def run_sequential(url: str, pois, radii, max_requests: int) -> tuple[int, int, int]:
-    """aether's own graph, but one getInfo() per 1,000 features in turn (no concurrency)."""
-    import ee
-
+def run_sequential(pois, batch: int, max_requests: int) -> tuple[int, int, int]:
+    """aether's own graph, but one getInfo() per batch in turn (no concurrency); ``ee``
+    initialised by the caller."""
     from aether.embeddings.earthengine.source import make_batches, reduce_regions_graph
 
-    ee.Reset()
-    ee.deprecation._FetchDataCatalogStac = lambda: {}
-    ee.Initialize(credentials=None, url=url, project="bench")
-    batches = make_batches(pois, radii, 2024, 1000)
+    batches = make_batches(pois, RADII, 2024, batch)
     rows = 0
     for b in batches[:max_requests]:
         rows += len(reduce_regions_graph(b.items, 2024).getInfo()["features"])
     return rows, min(max_requests, len(batches)), len(batches)
 
 
+def measure(url: str, latency: float, run: Callable[[], tuple[int, int, int]],
+            setup: Callable[[], None] | None = None) -> dict:
+    """Wall and client CPU of ``setup`` (once) and ``run`` (extrapolated to the requests
+    needed), and what the emulator's log saw during them."""
+    from aether.testing.emulator import in_flight
+
+    since = time.time()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if setup is not None:
+        setup()
+    t1, c1 = time.perf_counter(), time.process_time()
+    rows, done, needed = run()
+    scale = needed / done
+    wall = t1 - t0 + (time.perf_counter() - t1) * scale
+    cpu = c1 - c0 + (time.process_time() - c1) * scale
+    log = [e for e in emulator_log(url) if e["start"] >= since and "server_ms" in e]
+    server = [e["server_ms"] / 1000 for e in log if e["server_ms"] > 0]
+    flight = in_flight(log, since=since)
+    return {"rows": rows * scale, "requests": len(server) * scale, "requests_run": len(server),
+            "wall_s": wall, "client_cpu_s": cpu,
+            "server_s": sum(server) * scale, "served_s": [latency + s for s in server],
+            "computed": sum(1 for e in log if not e["cached"]), "late": sum(
+                1 for e in log if "late_ms" in e),
+            "peak_in_flight": flight["peak"], "timeline": flight["timeline"],
+            "step_s": flight["step_s"], "extrapolated": scale, "load": load_now()}
+
+
+def floor_s(served: list[float], slots: int, scale: float) -> float:
+    """Least wall time ``slots`` in flight can take for requests of these durations: the
+    total spread over the slots, or the longest one."""
+    return max(sum(served) * scale / slots, max(served, default=0.0))
+
+
+def calibration(url: str) -> dict:
+    """The emulator's thread CPU per EECU-second over the answers it computed."""
+    rows = [e for e in emulator_log(url) if e.get("cpu_ms") and e.get("eecu")]
+    cpu, eecu = sum(e["cpu_ms"] for e in rows) / 1000, sum(e["eecu"] for e in rows)
+    return {"answers": len(rows), "cpu_s": cpu, "eecu_s": eecu,
+            "cpu_s_per_eecu": cpu / eecu if eecu else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="1,000 POIs in batches of 125 (16 requests a run)")
     ap.add_argument("--pois", type=int, default=20_000)
-    ap.add_argument("--latency", type=float, default=0.3)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=1000, help="features per request, all loops")
+    ap.add_argument("--latency", type=float, nargs="+", default=[0.1, 0.3],
+                    help="seconds of round trip added to every compute request")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16],
+                    help="aether's requests in flight, one run each")
+    ap.add_argument("--server-time", type=float, default=SERVER_S_PER_EECU,
+                    help="modelled server seconds per EECU-second")
     ap.add_argument("--naive-requests", type=int, default=2,
-                    help="baseline requests actually run; the rest is extrapolated")
+                    help="requests the two loops actually run; the rest is extrapolated")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ee.json")
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "aether-bench")
     args = ap.parse_args()
+    if args.quick:
+        args.pois, args.batch = 1000, 125
 
     import dask  # noqa: F401  (imports outside the timed runs)
     import ee  # noqa: F401
@@ -149,46 +226,63 @@ def main() -> None:
 
     tiles = ensure_sample(args.data_dir).tiles
     pois = random_pois(tiles, args.pois)
-    radii = [100.0, 200.0]
-    print(f"{args.pois:,} POIs × {len(radii)} radii = {args.pois * len(radii):,} buffers, "
-          f"{args.latency * 1000:.0f} ms latency per request")
+    work = args.data_dir / "bench-ee-work"
+    n_req = -(-args.pois * len(RADII) // args.batch)
+    print(f"{args.pois:,} POIs × {len(RADII)} radii = {args.pois * len(RADII):,} buffers, "
+          f"{args.batch:,} a request (~{n_req} requests); server time modelled as "
+          f"{args.server_time:g} s per EECU-second of the emulator's meter, answers computed "
+          "once off the clock")
+    loops = {"sequential": run_sequential, "naive": run_naive}
+    runs, calib = [], []
+    for latency in args.latency:
+        with emulator(tiles, latency, args.server_time) as url:
+            # warm-up, off the clock: every answer the timed runs ask for is computed once
+            run_aether(url, pois, work, args.batch, max(args.concurrency))
+            for fn in loops.values():
+                _init(url)
+                fn(pois, args.batch, args.naive_requests)
+            calib.append(calibration(url))
+            c = calib[-1]
+            print(f"latency {latency * 1000:.0f} ms — warm-up computed {c['answers']} answers: "
+                  f"{c['cpu_s']:.1f} s emulator CPU for {c['eecu_s']:.1f} EECU-s = "
+                  f"{c['cpu_s_per_eecu']:.4f} s per EECU-s (model: {args.server_time:g})")
+            for k in args.concurrency:
+                m = measure(url, latency, lambda k=k: (
+                    run_aether(url, pois, work, args.batch, k), 1, 1))
+                runs.append({"method": "aether", "latency_s": latency, "concurrency": k,
+                             **m, "floor_s": floor_s(m["served_s"], k, 1.0)})
+            for name, fn in loops.items():
+                m = measure(url, latency,
+                            lambda fn=fn: fn(pois, args.batch, args.naive_requests),
+                            setup=lambda: _init(url))
+                runs.append({"method": name, "latency_s": latency, "concurrency": 1, **m,
+                             "floor_s": floor_s(m["served_s"], 1, m["extrapolated"])})
+            _print(runs, latency)
+    for r in runs:
+        del r["served_s"]
+    if any(r["computed"] or r["late"] for r in runs):
+        print("note: some timed answers were computed or late (see 'computed', 'late')")
+    write_results(args.out, {
+        "pois": args.pois, "radii": RADII, "batch": args.batch, "quick": args.quick,
+        "server_s_per_eecu": args.server_time, "naive_requests": args.naive_requests,
+        "calibration": calib, "runs": runs, **measured_at()})
 
-    results = {}
-    baselines = {"naive": run_naive, "sequential": run_sequential}
-    for name in ("aether", *baselines):
-        proc, url = start_emulator(tiles, args.latency)
-        try:
-            t0 = time.perf_counter()
-            if name == "aether":
-                work = args.data_dir / "bench-work"
-                shutil.rmtree(work, ignore_errors=True)
-                rows = len(run_aether(url, pois, radii, work, args.batch, args.concurrency))
-                scale = 1.0
-            else:
-                rows, done, needed = baselines[name](url, pois, radii, args.naive_requests)
-                scale = needed / done
-            wall = time.perf_counter() - t0
-            n, server_s = compute_requests(emulator_log(url), args.latency)
-        finally:
-            proc.terminate()
-            proc.wait()
-        results[name] = (n * scale, wall * scale, server_s * scale, rows * scale)
-        if scale != 1.0:
-            print(f"{name}: ran {done} of {needed} sequential requests in {wall:.1f} s; "
-                  f"its figures below are extrapolated ×{scale:g}")
 
-    names = ["aether", *baselines]
-    print(f"{'':22}" + "".join(f"{n:>13}" for n in names) + "   ratios vs aether")
-    lat = {"aether": args.latency / args.concurrency}
-    for label, i, fmt in (("rows", 3, ",.0f"), ("compute requests", 0, ",.0f"),
-                          ("wall time (s)", 1, ".1f"), ("emulator busy (s)", 2, ".1f")):
-        vals = [results[n][i] for n in names]
-        ratios = "  ".join(f"{v / vals[0]:.1f}×" for v in vals[1:]) if i == 1 else ""
-        print(f"{label:22}" + "".join(f"{v:>13{fmt}}" for v in vals) + f"   {ratios}")
-    print(f"{'latency waited (s)':22}" + "".join(
-        f"{results[n][0] * lat.get(n, args.latency):>13.1f}" for n in names))
-    print("naive = geemap-style (client buffers as GeoJSON, Reducer.mean, default projection);"
-          " sequential = aether's graph, 1,000 features per getInfo, one at a time")
+def _print(runs: list[dict], latency: float) -> None:
+    rows = [r for r in runs if r["latency_s"] == latency]
+    base = {r["method"]: r["wall_s"] for r in rows if r["method"] != "aether"}
+    print(f"{'':>16}{'wall s':>9}{'floor s':>9}{'client CPU s':>13}{'requests':>9}"
+          f"{'server s':>9}{'peak':>6}  vs sequential / naive   in flight over the run")
+    for r in rows:
+        label = (f"aether ×{r['concurrency']}" if r["method"] == "aether" else r["method"])
+        if r["method"] == "aether":
+            ratio = (f"{base['sequential'] / r['wall_s']:5.1f}× / "
+                     f"{base['naive'] / r['wall_s']:5.1f}×")
+        else:
+            ratio = f"(extrapolated ×{r['extrapolated']:g})"
+        print(f"{label:>16}{r['wall_s']:>9.1f}{r['floor_s']:>9.1f}{r['client_cpu_s']:>13.1f}"
+              f"{r['requests']:>9.0f}{r['server_s']:>9.1f}{r['peak_in_flight']:>6}  {ratio:<22}  "
+              + " ".join(map(str, r["timeline"])))
 
 
 if __name__ == "__main__":

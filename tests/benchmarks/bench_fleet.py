@@ -177,7 +177,7 @@ def tables(data: Path) -> dict[str, str]:
 
 def ee_in_flight(work: Path, cities: list[dict], tiles: Path) -> dict:
     """The EE route on the 2-worker cluster at 300 ms latency, capped at ``EE_CAP``."""
-    from aether.testing.emulator import Emulator, Faults, running
+    from aether.testing.emulator import Emulator, Faults, in_flight, running
 
     emu = Emulator(tiles=tiles, faults=Faults(latency=EE_LATENCY_S))
     with running(emu) as url, cluster(2) as (address, workers):
@@ -185,14 +185,8 @@ def ee_in_flight(work: Path, cities: list[dict], tiles: Path) -> dict:
                                             "ee_batch": 10, "ee_concurrency": 4}}
         rf = run_file(work / "ee" / "r.yaml", cities, source, {"concurrency": EE_CAP})
         res = run_mode(rf, address, workers)
-    spans = [(e["start"], e["start"] + e["ms"] / 1000) for e in emu.log
-             if e.get("route") == "table:computeFeatures"]
-    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
-    now = peak = 0
-    for _, d in events:
-        now += d
-        peak = max(peak, now)
-    return {**res, "requests": len(spans), "cap": EE_CAP, "peak_in_flight": peak,
+    flight = in_flight(emu.log, ("table:computeFeatures",))
+    return {**res, "requests": flight["requests"], "cap": EE_CAP, "peak_in_flight": flight["peak"],
             "latency_s": EE_LATENCY_S, "cities": len(cities)}
 
 

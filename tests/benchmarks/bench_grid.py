@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import in_child
 
 CELL = "100m"
 SCHEDULERS = ("threads", "cluster:2")
@@ -133,7 +135,6 @@ def main() -> None:
     ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()) / "aether-bench-grid")
     args = ap.parse_args()
     args.tmp.mkdir(parents=True, exist_ok=True)
-    ctx = mp.get_context("spawn")
     print(f"grid of {CELL} cells (km² = cells' area); peaks in MB (main process / each worker);"
           " Δ = above imports; raster MB = the grid's raster, decoded")
     print(f"{'raster':>10} {'source':>7} {'scheduler':>10} {'km²':>6} {'s':>7} {'km²/s':>7} "
@@ -157,11 +158,8 @@ def main() -> None:
                                                 "xee_chunk": SMALL_CHUNK}))
             for source, sched, opts in runs:
                 n0 = _pixel_requests(url)
-                q = ctx.Queue()
-                p = ctx.Process(target=_run, args=(source, opts, wkt, crs, sched, q))
-                p.start()
-                dt, peak, base, workers, values, km2 = q.get()
-                p.join()
+                dt, peak, base, workers, values, km2 = in_child(_run, source, opts, wkt, crs,
+                                                                sched)
                 reqs = (_pixel_requests(url) - n0) / km2 if source == "xee" else None
                 ref = values if ref is None else ref
                 base_rate = base_rate or km2 / dt

@@ -12,7 +12,6 @@ temp dir, never the repo; the figures to ``--out`` (JSON) for ``render_docs.py``
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import resource
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exactextract_ref import decoded_geotiff, exactextract_means
-from results import measured_at, write_results
+from results import in_child, measured_at, write_results
 
 from aether.core import aef
 from aether.io import tiles as tile_io
@@ -70,16 +69,6 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
-
-
 def compare(label: str, tiles: str, lon: np.ndarray, lat: np.ndarray, year: int,
             work: Path, exact_n: int | None = None) -> dict:
     """Print both methods side by side; exactextract may run on the first ``exact_n`` POIs
@@ -94,9 +83,9 @@ def compare(label: str, tiles: str, lon: np.ndarray, lat: np.ndarray, year: int,
         npx = ds.width * ds.height
     m = len(x) if exact_n is None else min(exact_n, len(x))
     load0 = os.getloadavg()[0]
-    ee_t, ee_mb, ee_out = _run(_exact, raster, x[:m], y[:m], tile.crs)
-    k_t, k_mb, k_out = _run(_ours_kernel, tile.path, x, y)
-    s_t, s_mb, s_out = _run(_ours_source, tiles, lon, lat, year)
+    ee_t, ee_mb, ee_out = in_child(_exact, raster, x[:m], y[:m], tile.crs)
+    k_t, k_mb, k_out = in_child(_ours_kernel, tile.path, x, y)
+    s_t, s_mb, s_out = in_child(_ours_source, tiles, lon, lat, year)
     ok = ~np.isnan(ee_out[0][:, 0])
     diff_k = max(np.nanmax(np.abs(a[:m][ok] - b[ok])) for a, b in zip(k_out, ee_out, strict=True))
     diff_s = max(np.nanmax(np.abs(a[:m][ok] - b[ok])) for a, b in zip(s_out, ee_out, strict=True))

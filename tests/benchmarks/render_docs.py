@@ -85,39 +85,52 @@ def extract(r: dict) -> str:
 
 def train(r: dict) -> str:
     head = (f"**{r['pairs']:,} synthetic pairs**, {r['epochs']} epochs, batch 512 drop_last, "
-            f"the fastest of {r['repeat']} interleaved runs of each ({r['date']}, load "
-            f"{r['load_start']:.1f} → {r['load_at_end']:.1f} on {r['cpus']} cores).")
+            f"**{r['threads']} torch thread(s)** pinned for each, the least-CPU of "
+            f"{r['repeat']} interleaved runs of each ({r['date']}, load "
+            f"{r['load_start']:.1f} → {r['load_at_end']:.1f} on {r['cpus']} cores). CPU time: "
+            "aether's process (`time.process_time`, all threads) and the reference's process "
+            "tree (its loader workers included), per epoch after the first.")
     steps = r["pairs"] // 512
-    rows = [[name, f"{m['pairs_per_s']:,.0f}",
-             f"{m['epoch_s'] if 'epoch_s' in m else m['step_ms'] * steps / 1e3:.2f}",
-             " ".join(f"{x:.4f}" for x in m.get("losses", []))]
-            for name, m in ((f"aether `paper` preset ({r['aether']['threads']} threads, measured "
-                             "at start)", r["aether"]),
-                            ("official AETHER `train.py` (4 loader workers)", r["reference"]),
-                            ("floor: the step's 16 matrix products alone", r["floor"]))]
+    f = r["floor"]
+    loops = [("aether `paper` preset", r["aether"])]
+    if r["reference"] is not None:
+        loops.append(("official AETHER `train.py` (4 loader workers)", r["reference"]))
+    rows = [[name, f"{m['pairs_per_cpu_s']:,.0f}", f"{m['epoch_cpu_s']:.2f}",
+             f"{m['pairs_per_s']:,.0f}", " ".join(f"{x:.4f}" for x in m["losses"])]
+            for name, m in loops]
+    rows.append(["floor: the step's 16 matrix products alone", f"{f['pairs_per_cpu_s']:,.0f}",
+                 f"{f['step_cpu_ms'] * steps / 1e3:.2f}", f"{f['pairs_per_s']:,.0f}", ""])
     runs = "; ".join(f"{k} {', '.join(f'{x:,}' for x in v)}" for k, v in r["runs"].items())
-    tail = (f"aether / reference: **{r['ratio']:.2f}×** pairs/s (every run's pairs/s: {runs}); "
-            f"loss curves within {r['max_loss_diff']:.4f} (same initial weights; the two "
-            "shuffle differently). The floor is one step's "
-            f"{r['floor']['gflop']:.2f} GFLOP of float32 products on contiguous operands, "
-            f"{r['floor']['step_ms']:.2f} ms at {r['floor']['threads']} threads "
-            f"({r['floor']['gflop_per_s']:.0f} GFLOP/s): aether runs at "
-            f"{r['aether']['pairs_per_s'] / r['floor']['pairs_per_s']:.0%} of it, and it is "
-            f"{r['floor']['pairs_per_s'] / r['reference']['pairs_per_s']:.2f}× the reference.")
-    return (head + "\n\n" + _table(["loop", "pairs/s", "s/epoch", "epoch losses"], rows)
-            + "\n\n" + tail)
+    floor = (f"The floor is one step's {f['gflop']:.2f} GFLOP of float32 products on "
+             f"contiguous operands, {f['step_cpu_ms']:.2f} ms of CPU at {f['threads']} "
+             f"thread(s): aether runs at "
+             f"{r['aether']['pairs_per_cpu_s'] / f['pairs_per_cpu_s']:.0%} of it")
+    if r["reference"] is None:
+        tail = (f"The reference did not run ({r['reference_skipped']}). Every run's pairs per "
+                f"CPU-second: {runs}. {floor}.")
+    else:
+        tail = (f"aether / reference: **{r['ratio']:.2f}×** pairs per CPU-second (every run's: "
+                f"{runs}); loss curves within {r['max_loss_diff']:.4f} (same initial weights; "
+                f"the two shuffle differently). {floor}, and it is "
+                f"{f['pairs_per_cpu_s'] / r['reference']['pairs_per_cpu_s']:.2f}× the "
+                "reference.")
+    return (head + "\n\n" + _table(["loop", "pairs per CPU-s", "CPU s/epoch", "pairs/s (wall)",
+                                     "epoch losses"], rows) + "\n\n" + tail)
 
 
 def similar(r: dict) -> str:
     head = (f"**{r['n']:,} random unit vectors**, {r['dim']}-d ({r['date']}, load "
-            f"{r['load_avg']:.1f}), {r['queries']} queries; the index built in "
-            f"{r['approx_build_s']:.1f} s.")
-    rows = [["exact (float32 matrix product)", f"{r['exact_ms_per_query']:.2f}", "1.000"],
-            [f"FAISS {r['index']}", f"{r['approx_ms_per_query']:.3f}",
-             f"{r['recall_at_10']:.3f}"]]
-    tail = f"The approximate index is **{r['speedup']:.0f}×** faster than exact search."
-    return (head + "\n\n" + _table(["search", "ms per query", "recall@10 vs exact"], rows)
-            + "\n\n" + tail)
+            f"{r['load_avg']:.1f}), {r['queries']} queries, {r['threads']} BLAS/FAISS "
+            f"thread(s); CPU time of the process (`time.process_time`), wall time beside it; "
+            f"the index built in {r['approx_build_cpu_s']:.1f} s of CPU.")
+    rows = [["exact (float32 matrix product)", f"{r['exact_cpu_ms_per_query']:.2f}",
+             f"{r['exact_ms_per_query']:.2f}", "1.000"],
+            [f"FAISS {r['index']}", f"{r['approx_cpu_ms_per_query']:.3f}",
+             f"{r['approx_ms_per_query']:.3f}", f"{r['recall_at_10']:.3f}"]]
+    tail = (f"The approximate index takes **{r['speedup']:.0f}×** less CPU per query than "
+            "exact search.")
+    return (head + "\n\n" + _table(["search", "CPU ms per query", "wall ms per query",
+                                     "recall@10 vs exact"], rows) + "\n\n" + tail)
 
 
 def serve(r: dict) -> str:
@@ -168,6 +181,45 @@ def zonal(r: dict) -> str:
     return "\n\n".join(parts)
 
 
+def ee(r: dict) -> str:
+    n_req = r["pois"] * len(r["radii"]) / r["batch"]
+    cal = ", ".join(f"{c['cpu_s_per_eecu']:.3f}" for c in r["calibration"]
+                    if c["cpu_s_per_eecu"] is not None)
+    head = (f"**{r['pois']:,} random POIs × {len(r['radii'])} radii** = "
+            f"{r['pois'] * len(r['radii']):,} buffers, {r['batch']:,} a request "
+            f"(~{n_req:.0f} requests; {r['date']}, {r['cpus']} cores"
+            f"{', `--quick`' if r['quick'] else ''}). Server time modelled at "
+            f"{r['server_s_per_eecu']:g} s per EECU-second; the warm-up passes measured "
+            f"{cal} s of emulator CPU per EECU-second (under this run's load).")
+    parts = [head]
+    for lat in sorted({x["latency_s"] for x in r["runs"]}):
+        rows = [x for x in r["runs"] if x["latency_s"] == lat]
+        base = {x["method"]: x["wall_s"] for x in rows if x["method"] != "aether"}
+        names = {"sequential": "sequential `getInfo()` loop",
+                 "naive": "naive (geemap-style) loop"}
+        table = _table(
+            ["client", "wall s", "floor s", "wall / floor", "client CPU s", "requests",
+             "server s (modelled)", "peak in flight", "sequential / it", "naive / it",
+             "load"],
+            [[f"aether, {x['concurrency']} in flight" if x["method"] == "aether"
+              else names[x["method"]] + f" (×{x['extrapolated']:g} extrapolated)",
+              _s(x["wall_s"]), _s(x["floor_s"]), f"{x['wall_s'] / x['floor_s']:.2f}",
+              _s(x["client_cpu_s"]), f"{x['requests']:.0f}", _s(x["server_s"]),
+              str(x["peak_in_flight"]), f"{base['sequential'] / x['wall_s']:.1f}×",
+              f"{base['naive'] / x['wall_s']:.1f}×", str(x["load"])] for x in rows])
+        flights = "; ".join(
+            f"{x['concurrency']} in flight ({x['step_s']:.2f} s steps): "
+            f"`{' '.join(map(str, x['timeline']))}`"
+            for x in rows if x["method"] == "aether")
+        parts += [f"Latency **{lat * 1000:.0f} ms**:", table,
+                  f"Requests in flight over aether's runs — {flights}."]
+    late = sum(x["computed"] + x["late"] for x in r["runs"])
+    parts.append("Every timed answer came from the warm-up's results on time." if not late
+                 else f"{late} timed answers were computed or late: the figures above include "
+                      "this machine's CPU there.")
+    return "\n\n".join(parts)
+
+
 def fleet(r: dict) -> str:
     m = r["modes"]
     head = (f"**{r['cities']} cities** ({r['date']}, {r['cpus']} CPUs): {r['strips']} strips of "
@@ -214,7 +266,7 @@ def fleet(r: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {"extract": extract, "zonal": zonal,
                                               "similar": similar, "train": train,
-                                              "fleet": fleet, "serve": serve}
+                                              "fleet": fleet, "serve": serve, "ee": ee}
 SCRIPTS = {"extract": "bench_extract.py", "zonal": "bench_zonal.py", "ee": "bench_ee.py",
            "grid": "bench_grid.py", "train": "bench_train.py", "similar": "bench_similar.py",
            "fleet": "bench_fleet.py", "serve": "bench_serve.py"}

@@ -38,7 +38,15 @@ or by ``schedule`` {request number: kind}:
     drop          socket closed without answer -> ConnectionError in the client
     export_failed table:export starts, then its operation ends FAILED (error.message set)
 
-``latency`` (seconds) is added to every compute request. ``export_delay`` keeps an export
+``latency`` (seconds) is added to every compute request. ``server_time`` (CLI
+``--server-time``, seconds per EECU-second; 0 by default: off) models Earth Engine's server
+time as time instead of local CPU: value:compute and computeFeatures answers are computed
+once, kept by request body, and each arrives ``latency + server_time × EECU`` after its
+request (EECU from the emulator's meter, ``reduce.metered``: a price per feature and per
+band-pixel), so requests in flight overlap as on Google's servers; the log adds ``eecu``,
+``server_ms``, ``cached``, ``cpu_ms`` (a computed answer's thread CPU) and ``late_ms`` (a
+computation that overran its modelled time). ``in_flight(log)`` gives the peak and a
+timeline of requests in flight. ``export_delay`` keeps an export
 RUNNING that long (to poll or cancel it). Exports land, confined, in
 ``<exports>/gcs/<bucket>/<prefix>.csv`` or ``<exports>/drive/<folder>/<prefix>.csv`` (Drive
 names literal, see ``exports.py``; ``.geojson`` for GeoJSON; ``selectors`` honoured); the
@@ -67,9 +75,10 @@ from contextlib import contextmanager
 from threading import Thread
 
 from aether.testing.emulator.faults import ALL_KINDS, Faults
-from aether.testing.emulator.server import Emulator, InProcessTransport, serve
+from aether.testing.emulator.server import Emulator, InProcessTransport, in_flight, serve
 
-__all__ = ["ALL_KINDS", "Emulator", "Faults", "InProcessTransport", "connect", "running", "serve"]
+__all__ = ["ALL_KINDS", "Emulator", "Faults", "InProcessTransport", "connect", "in_flight",
+           "running", "serve"]
 
 DEMO_PROJECT = "demo-project"
 

@@ -10,6 +10,7 @@ client raises as ``ee.EEException(message)``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -46,6 +47,8 @@ DEFAULT_PAGE_SIZE = 1000
 OPERATION_TYPE = "type.googleapis.com/google.earthengine.v1.OperationMetadata"
 DUPLICATE_MODES = ("operation", "error")
 COMPUTE_ROUTES = ("value:compute", "table:computeFeatures", "image:computePixels", "table:export")
+#: The routes whose answers ``server_time`` models (the synchronous region reductions).
+MODELLED_ROUTES = ("value:compute", "table:computeFeatures")
 
 _ROUTE = re.compile(r"^/v1(?:alpha|beta)?/projects/(?P<project>[^/]+)/(?P<rest>.+)$")
 
@@ -88,6 +91,11 @@ class Emulator:
     ``memory_features``: a ``reduceRegions`` over more features than this × its
     ``tileScale`` fails with "User memory limit exceeded." — deterministically, as EE's does:
     the same request fails again, only a larger ``tileScale`` (or fewer features) passes.
+    ``server_time``: seconds of modelled server time per EECU-second of the emulator's meter
+    (``reduce.metered``; 0, the default: answer as soon as computed). With it, value:compute
+    and computeFeatures answers are computed once and kept by request body, and every answer
+    arrives ``latency + server_time × EECU`` after its request, whatever the local CPU did:
+    requests in flight overlap as on Google's servers, so a benchmark measures the client.
     """
 
     def __init__(self, tiles: str | os.PathLike[str] | None = None,
@@ -95,7 +103,10 @@ class Emulator:
                  export_delay: float = 0.0, max_page_size: int = DEFAULT_PAGE_SIZE,
                  denied_projects: tuple[str, ...] = (),
                  duplicate_request_id: str = "operation",
-                 memory_features: int | None = None) -> None:
+                 memory_features: int | None = None, server_time: float = 0.0) -> None:
+        if server_time < 0:
+            raise InputError(f"bad server time {server_time}",
+                             "give seconds per EECU-second >= 0 (0: off)")
         if duplicate_request_id not in DUPLICATE_MODES:
             raise InputError(f"unknown duplicate requestId behaviour {duplicate_request_id!r}",
                              f"choose one of {', '.join(DUPLICATE_MODES)}")
@@ -107,6 +118,8 @@ class Emulator:
         self.max_page_size = max_page_size
         self.denied_projects = set(denied_projects)
         self.memory_features = memory_features
+        self.server_time = server_time
+        self._answers: dict[str, tuple[Reply, float]] = {}
         self.assets: dict[str, Coll] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []
@@ -172,6 +185,12 @@ class Emulator:
             status, ee_status, _ = KINDS[fault]
             return error_reply(status, fault_message(fault, _request_bytes(rest, body)),
                                ee_status)
+        if self.server_time and rest in MODELLED_ROUTES:
+            return self._modelled(rest, body, entry)
+        return self._compute(project, rest, body, fault, entry)
+
+    def _compute(self, project: str, rest: str, body: bytes, fault: str | None,
+                 entry: dict[str, Any]) -> Reply:
         try:
             req = json.loads(body or b"{}")
             if rest == "value:compute":
@@ -188,6 +207,38 @@ class Emulator:
         except Exception as e:  # an emulator bug: say so at once (a 5xx would be retried)
             entry["error"] = traceback.format_exc()
             return error_reply(400, f"Emulator internal error: {type(e).__name__}: {e}")
+
+    def _modelled(self, rest: str, body: bytes, entry: dict[str, Any]) -> Reply:
+        """The answer ``server_time × EECU`` seconds from now, computed once per request body.
+
+        A miss computes (its thread CPU and EECU go to the log, what calibrates the model)
+        and sleeps only what is left of the modelled time; a hit only sleeps. Errors and
+        paged answers are neither modelled nor kept.
+        """
+        t0 = time.perf_counter()
+        key = hashlib.sha256(rest.encode() + b"\0" + body).hexdigest()
+        with self._lock:
+            kept = self._answers.get(key)
+        if kept is None:
+            cpu0 = time.thread_time()
+            with metered() as eecu:
+                reply = self._compute("", rest, body, None, entry)
+            entry["cpu_ms"] = round(1000 * (time.thread_time() - cpu0), 1)
+            if reply.status != 200 or b'"nextPageToken"' in reply.body:
+                return reply
+            kept = (reply, eecu[0])
+            with self._lock:
+                self._answers[key] = kept
+        reply, eecu_s = kept
+        server_s = self.server_time * eecu_s
+        entry.update(cached=entry.get("cpu_ms") is None, eecu=round(eecu_s, 6),
+                     server_ms=round(1000 * server_s, 1))
+        left = server_s - (time.perf_counter() - t0)
+        if left > 0:
+            time.sleep(left)
+        elif server_s > 0:  # computing took longer than the model allows
+            entry["late_ms"] = round(-1000 * left, 1)
+        return reply
 
     def discovery(self) -> bytes:
         if self._discovery is None:
@@ -387,6 +438,31 @@ class Emulator:
             return _json(200, json.loads(json.dumps(op)))
 
 
+def in_flight(log: list[dict[str, Any]], routes: tuple[str, ...] = COMPUTE_ROUTES,
+              since: float = 0.0, samples: int = 20) -> dict[str, Any]:
+    """Requests in flight over time, from a log's start times and durations.
+
+    ``peak``: the most at once; ``timeline``: how many were in flight at ``samples`` evenly
+    spaced instants from the first start to the last end (``step_s`` apart); ``requests``
+    counted, those of ``routes`` started at or after ``since`` (a ``time.time()``).
+    """
+    spans = sorted((e["start"], e["start"] + e["ms"] / 1000) for e in log
+                   if e.get("route") in routes and e["start"] >= since and "ms" in e)
+    if not spans:
+        return {"requests": 0, "peak": 0, "timeline": [], "step_s": 0.0}
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = peak = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    t0, t1 = spans[0][0], max(b for _, b in spans)
+    step = (t1 - t0) / samples
+    timeline = [sum(1 for a, b in spans if a <= t < b)
+                for t in (t0 + step * (i + 0.5) for i in range(samples))]
+    return {"requests": len(spans), "peak": peak, "timeline": timeline,
+            "step_s": round(step, 3)}
+
+
 def _geotiff(values: np.ndarray, grid: Grid, bands: list[str]) -> bytes:
     """A float32 GeoTIFF of (H, W, B) values on ``grid``; NaN marks masked pixels."""
     from rasterio.io import MemoryFile
@@ -534,6 +610,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, and a listen backlog for many clients connecting at once
+    (socketserver's default of 5 can turn a burst of connects into SYN retries of 1 s)."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def serve(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
     """A loopback HTTP server for ``emulator`` (127.0.0.1 only; port 0 picks a free port).
 
@@ -544,9 +628,8 @@ def serve(emulator: Emulator, port: int = 0) -> ThreadingHTTPServer:
 
     handler = type("EmulatorHandler", (_Handler,), {"emulator": emulator})
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server = _Server(("127.0.0.1", port), handler)
     except OSError as e:
         raise InputError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}",
                          "choose another --port, or 0 for any free port") from e
-    server.daemon_threads = True
     return server

@@ -61,17 +61,24 @@ def _logging(level: int) -> None:
         from rich.logging import RichHandler
 
         handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(_Printable("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Printable("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("aether")
     root.handlers[:] = [handler]
     root.setLevel(level)
 
 
+class _Printable(logging.Formatter):
+    """Log lines with the control characters their data may hold shown as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _fail(message: str, code: int = 2) -> None:
-    print(printable(f"aether: error: {message}"), file=sys.stderr)
+    print(printable(f"aether: error: {message}", one_line=True), file=sys.stderr)
     sys.exit(code)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables
+from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables, printable
 from aether.errors import BudgetError
 
 
@@ -52,7 +52,7 @@ def run_cmd(
     from aether import api
     from aether.pipeline.scheduled import StepState, summary_table
 
-    report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True),
+    report = api.run(runfile, data_dir, say=lambda s: typer.echo(printable(f"· {s}"), err=True),
                      scheduler=scheduler, max_eecu_hours=max_eecu_hours)
     Console(width=120).print(summary_table(report))
     n = len(report.steps)
@@ -68,7 +68,8 @@ def run_cmd(
     if report.failed:
         raise typer.Exit(1)
     if report.cities_left:
-        typer.echo(f"budget reached: left for the next run: {', '.join(report.cities_left)}")
+        typer.echo(printable(f"budget reached: left for the next run: "
+                             f"{', '.join(report.cities_left)}"))
         raise typer.Exit(BudgetError.exit_code)
 
 

@@ -103,11 +103,17 @@ def test_query_output_has_no_terminal_escapes_and_figures_take_mathtext(sample_r
     pois["name"] = "Caf\x1b[31mé\x1b]0;owned\x07\x9b2J"
     pois.to_parquet(copy / "pois.parquet")
     stem = tmp_path / "q"
-    r = cli("query", "a $_^$ b \x1b[2J", "coffee", "--city", "Helsinki", "--model", names[1],
+    r = cli("query", "a $_^$ b", "coffee", "--city", "Helsinki", "--model", names[1],
             "--k", "3", "--out", str(stem), "--no-tiles", "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
     assert r"Caf\x1b[31mé\x1b]0;owned\x07\x9b2J" in r.stdout  # seen, not obeyed
-    assert r"a $_^$ b \x1b[2J" in r.stdout
+    for q, why in (("b \x1b[2J", r"a control character (\x1b)"),
+                   ("caf\udce9", "bytes that are not UTF-8")):  # as Python gets b"caf\xe9"
+        bad = cli("query", q, "--city", "Helsinki", "--model", names[1], "--data-dir",
+                  str(data))
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and why in lines[0], bad.stderr
+        assert "\x1b" not in bad.stderr
     for control in ("\x1b", "\x07", "\x9b"):
         assert control not in r.stdout
     assert stem.with_suffix(".png").stat().st_size > 10_000

@@ -107,6 +107,8 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, PoiSpec, SourceRequest]
         from aether.sample.city import ensure_sample, sample_place
 
         if req.city and sample_place(req.city) is not None and req.pois.source is None:
+            if "tiles" in source.settings:  # tiles the user named are read before the
+                source.create().latest_year()  # sample is built: bad ones write nothing
             sample = ensure_sample(req.data_dir)
             if source.name == "cog" and "tiles" not in source.settings:
                 source = source.replace(tiles=str(sample.tiles))

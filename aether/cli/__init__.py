@@ -17,7 +17,7 @@ import typer
 
 from aether.cli import ask, emulator, extract, run, sample, train
 from aether.cli._app import app, printable
-from aether.errors import AetherError
+from aether.errors import AetherError, use_surface
 
 #: The command modules, registered on ``app`` when imported (listed so none is dropped).
 COMMANDS = (extract, train, ask, run, sample, emulator)
@@ -101,6 +101,7 @@ def _plain_metavars(command: Any) -> Any:
 def main() -> None:
     """Console entry point: run the app, mapping typed errors, usage errors and OS errors on
     files (disk full, read-only, permissions, not a directory) to one line and exit code 2."""
+    use_surface("cli")  # errors name flags here, keyword arguments in Python
     try:
         command = _plain_metavars(typer.main.get_command(app))
         code = command(standalone_mode=False, prog_name="aether")

@@ -307,7 +307,7 @@ def test_yes_accepts_a_large_place_from_pois_but_not_one_across_180() -> None:
     from aether.places.place import place_from_polygon
 
     far = MultiPoint([(24.94, 60.17), (24.95, 60.18), (139.7, 35.7)]).convex_hull
-    with pytest.raises(PlaceError, match="pass --yes"):
+    with pytest.raises(PlaceError, match="pass yes=True"):  # as the Python API says it
         place_from_polygon("far", far)
     assert place_from_polygon("far", far, yes=True).area_km2 > 2_500
     wrap = MultiPoint([(179.99, -16.8), (-179.99, -16.7), (179.9, -16.9)]).convex_hull

@@ -54,15 +54,16 @@ class StepState(StrEnum):
 
     PENDING = "pending"
     DONE = "done"
+    KEPT = "kept"  # the step's output was already there (a model of this config): recorded
     UP_TO_DATE = "up to date"
     FAILED = "failed"
     SKIPPED = "skipped"
     BUDGET = "budget reached"  # the run's Earth Engine budget or quota stopped it
 
 
-DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (StepState.DONE, StepState.UP_TO_DATE,
-                                             StepState.FAILED, StepState.SKIPPED,
-                                             StepState.BUDGET)
+DONE, KEPT, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (
+    StepState.DONE, StepState.KEPT, StepState.UP_TO_DATE, StepState.FAILED, StepState.SKIPPED,
+    StepState.BUDGET)
 
 
 @dataclass
@@ -182,6 +183,14 @@ def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
     return out
 
 
+def check_requests(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path) -> None:
+    """Every city's request checked (place, POI source, embedding source and its options),
+    before any work starts: a mistake in the tenth city stops the run before the first."""
+    for city, steps in cities:
+        if steps:
+            extract_request(run, city, steps[0].year, root)
+
+
 def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
             say: Callable[[str], None] = lambda s: None, *,
             scheduler: str | None = None, max_eecu_hours: float | None = None) -> RunReport:
@@ -211,8 +220,7 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
                            or str(run_ledger(root, run_id).resolve()))) if v is not None})
     run = resolve_latest(run.model_copy(update={"ee": ee}), root)
     cities = plan(run)
-    for city, steps in cities:  # every city's request checked before any work starts
-        extract_request(run, city, steps[0].year, root)
+    check_requests(run, cities, root)
     with run_lock(root), use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
         _hook("locked")
         report = RunReport(
@@ -369,16 +377,18 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
         return
     kwargs: dict[str, Any] = {"preset": spec.preset, "run_name": spec.run,
                               "epochs": spec.epochs, "seed": spec.seed}
-    try:
-        path = train(city_dir, **kwargs)  # resumes an interrupted run of the same config
+    epochs: list[dict[str, Any]] = []  # none: the model of this config was there, and kept
+    try:  # resumes an interrupted run of the same config
+        path = train(city_dir, options=RunOptions(on_epoch=epochs.append), **kwargs)
     except ModelError as e:
         if not store.step("train").is_file():
             # a model someone trained by hand: never replaced behind their back
             raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
         # ours, on older tables: replace it
-        path = train(city_dir, options=RunOptions(overwrite=True), **kwargs)
+        path = train(city_dir, options=RunOptions(overwrite=True, on_epoch=epochs.append),
+                     **kwargs)
     _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
-    task.status, task.out_dir = DONE, str(path)
+    task.status, task.out_dir = DONE if epochs else KEPT, str(path)
 
 
 def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) -> None:
@@ -414,7 +424,8 @@ def _write_report(report: RunReport, root: Path) -> Path:
 
     body = {("tasks" if k == "steps" else k): v for k, v in asdict(report).items()
             if k != "path"}  # the report format keeps its "tasks" key
-    body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET)}
+    body["counts"] = {s: report.count(s) for s in (DONE, KEPT, UP_TO_DATE, FAILED, SKIPPED,
+                                                   BUDGET)}
     body["cities_left"] = report.cities_left
     return write_json(body, runs_dir(root) / f"{report.run_id}.json")
 
@@ -423,7 +434,7 @@ def summary_table(report: RunReport) -> Any:
     """A rich table: one row per step."""
     from rich.table import Table
 
-    colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
+    colour = {DONE: "green", KEPT: "dim", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
               BUDGET: "magenta"}
     table = Table(title=f"aether run {report.run_id}")
     for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):

@@ -154,5 +154,6 @@ def grid(
                        tiles=tiles, ee_url=ee_url, ee_project=ee_project,
                        ee_credentials=ee_credentials)
     if res.reused:
-        typer.echo(f"· {res.reused}", err=True)
-    typer.echo(f"{res.n_cells} cells — {res.path}")
+        typer.echo(printable(f"· {res.reused}"), err=True)
+    state = " (up to date, nothing to do)" if res.up_to_date else ""
+    typer.echo(f"{res.n_cells} cells{state} — {res.path}")

@@ -41,6 +41,7 @@ from aether.errors import AetherError, BudgetError, ConfigError
 from aether.io.store import CityStore, new_run_id, runs_dir
 from aether.io.store import data_lock as run_lock
 from aether.pipeline.runfile import City, RunFile, Year, load_run_file
+from aether.pipeline.steps import step_fresh, step_record
 from aether.settings import DEFAULT_YEAR
 
 if TYPE_CHECKING:
@@ -326,29 +327,6 @@ def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
 
 # --- train and encode: step records ---------------------------------------------------------
 
-def _step_fresh(city_dir: Path, step: str, inputs: str) -> bool:
-    """True when the step ran on these inputs and its outputs are unchanged since."""
-    from aether.io.tables import read_json, sha256_file
-
-    path = CityStore.at(city_dir).step(step)
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError):
-        return False
-    return rec.get("inputs") == inputs and all(
-        (city_dir / f).is_file() and sha256_file(city_dir / f) == h
-        for f, h in rec.get("outputs", {}).items())
-
-
-def _step_record(city_dir: Path, step: str, inputs: str, outputs: list[Path]) -> str:
-    """Write the step record; returns a hash of the outputs (the next step's input)."""
-    from aether.io.tables import config_hash, sha256_file, write_json
-
-    files = {str(p.relative_to(city_dir)): sha256_file(p) for p in sorted(outputs)}
-    write_json({"inputs": inputs, "outputs": files}, CityStore.at(city_dir).step(step))
-    return config_hash(files)
-
-
 def _step_outputs_hash(city_dir: Path, step: str) -> str:
     from aether.io.tables import config_hash, read_json
 
@@ -372,7 +350,7 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
     inputs = config_hash({"tables": read_json(store.manifest)["outputs"],
                           "train": spec.model_dump()})
     task.out_dir = str(city_dir)
-    if _step_fresh(city_dir, "train", inputs):
+    if step_fresh(city_dir, "train", inputs):
         task.status = UP_TO_DATE
         return
     kwargs: dict[str, Any] = {"preset": spec.preset, "run_name": spec.run,
@@ -387,7 +365,7 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
         # ours, on older tables: replace it
         path = train(city_dir, options=RunOptions(overwrite=True, on_epoch=epochs.append),
                      **kwargs)
-    _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
+    step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
     task.status, task.out_dir = DONE if epochs else KEPT, str(path)
 
 
@@ -402,14 +380,14 @@ def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) ->
     cell: float | str = spec.size if spec.kind == "square" else spec.label
     inputs = config_hash({"model": _step_outputs_hash(city_dir, "train"), "cell": cell})
     task.out_dir = str(city_dir)
-    if _step_fresh(city_dir, "encode", inputs):
+    if step_fresh(city_dir, "encode", inputs):
         task.status = UP_TO_DATE
         return
     grid_path = run_grid(extract_request(run, city, task.year, root), spec).path
     model = load_run(city_dir, run.train.run or run.train.preset, slug=city_dir.parent.name,
                      year=task.year)
     res = encode_city(city_dir, model, [spec])
-    _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
+    step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois
 
 

@@ -170,10 +170,13 @@ class Model:
     @classmethod
     def load(cls, path: PathLike) -> Model:
         """Load a run directory (``<city>/<year>/models/<run>``)."""
+        from aether.io.store import MODELS_DIR
         from aether.ml.encode import load_run
 
         p = Path(path)
-        return cls(load_run(p.parent, p, slug=None, year=None))
+        # <city>/<year>/models/<run>: the city-year folder, whose runs a missing one names
+        city = p.parent.parent if p.parent.name == MODELS_DIR else p.parent
+        return cls(load_run(city, p, slug=None, year=None))
 
     @property
     def name(self) -> str:

@@ -6,9 +6,30 @@ single line on stderr; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import re
+from typing import Literal
+
+Surface = Literal["cli", "python"]
+#: Whose names an error's text uses: the command line's flags (``--pois FILE``), set by its
+#: entry point, or the Python API's keyword arguments (``pois=FILE``), the default. An
+#: environment variable, so the worker processes a command starts render alike.
+SURFACE_ENV = "AETHER_ERROR_SURFACE"
+
+
+def use_surface(surface: Surface) -> None:
+    """Render every error's text for ``surface`` from now on (the CLI calls it once)."""
+    os.environ[SURFACE_ENV] = surface
+
 
 class AetherError(Exception):
-    """Base of every error a user can cause and fix."""
+    """Base of every error a user can cause and fix.
+
+    Message and hint are written once, naming command-line flags and commands
+    (``--pois FILE``, ``aether train --run X``); ``str()`` renders them for the surface in
+    use: as written on the command line, as keyword arguments and calls in Python
+    (``pois=FILE``, ``aether.train(run=X)``).
+    """
 
     exit_code = 2
 
@@ -18,7 +39,65 @@ class AetherError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} — {self.hint}" if self.hint else self.message
+        text = f"{self.message} — {self.hint}" if self.hint else self.message
+        return text if os.environ.get(SURFACE_ENV) == "cli" else for_python(text)
+
+
+#: Flags that take no value: ``--offline`` is ``offline=True``, ``--no-geocode``
+#: ``geocode=False``.
+_SWITCHES = {"offline", "yes", "force", "overwrite", "geocode", "zarr", "tiles", "json",
+             "shuffle", "include-examples"}
+#: Flags whose keyword argument has another name.
+_KEYWORDS = {"radius": "radii", "window": "radii", "set": "options", "seeds": "seeds"}
+_FLAG = re.compile(r"(?<![\w-])--(?P<no>no-)?(?P<name>[a-z][a-z0-9-]*)"
+                   r"(?:[ =](?P<value>[A-Z0-9'\"./~-][^\s,;)`]*|[a-z0-9_]+[:=,./][^\s;)`]*))?")
+_COMMAND = re.compile(r"`aether (?P<cmd>[a-z][a-z-]*)(?P<args>[^`]*)`")
+
+
+def for_python(text: str) -> str:
+    """``text`` with command-line flags as keyword arguments and ``aether CMD ...`` as
+    ``aether.CMD(...)`` (how the Python API is called)."""
+    return _FLAG.sub(_keyword, _COMMAND.sub(_call, text))
+
+
+def _call(m: re.Match[str]) -> str:
+    """A command as a call: inside a command every token after a flag is its value."""
+    words, kw = m["args"].split(), []
+    while words:
+        word = words.pop(0)
+        flag = _FLAG.fullmatch(word)
+        if flag is None:
+            continue  # a positional word (a run file): the call's first argument is shown
+        value = None
+        if flag["name"] not in _SWITCHES and words and not words[0].startswith("--"):
+            value = words.pop(0)
+        kw.append(_keyword_of(flag["no"] is not None, flag["name"], value))
+    return f"`aether.{m['cmd'].replace('-', '_')}({', '.join(kw)})`"
+
+
+def _keyword(m: re.Match[str]) -> str:
+    return _keyword_of(m["no"] is not None, m["name"], m["value"])
+
+
+def _keyword_of(no: bool, name: str, value: str | None) -> str:
+    if name in _SWITCHES and not value:
+        return f"{name.replace('-', '_')}={not no}"
+    key = _KEYWORDS.get(name, name.replace("-", "_"))
+    if not value:
+        return f"{key}=..."
+    if name == "set" and "=" in value:
+        k, _, v = value.partition("=")
+        return f"options={{{k!r}: {v}}}"
+    if name == "window":
+        from aether.core.windows import parse_window  # its own module: imported when used
+
+        try:
+            return f"{key}=[{', '.join(f'{r:g}' for r in parse_window(value))}]"
+        except AetherError:
+            return f"{key}=[...]"
+    if name == "radius":
+        return f"{key}=[{value}]"
+    return f"{key}={value}"
 
 
 class InputError(AetherError):

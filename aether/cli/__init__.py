@@ -17,7 +17,7 @@ import typer
 
 from aether.cli import ask, emulator, extract, run, sample, train
 from aether.cli._app import app, printable
-from aether.errors import AetherError
+from aether.errors import AetherError, use_surface
 
 #: The command modules, registered on ``app`` when imported (listed so none is dropped).
 COMMANDS = (extract, train, ask, run, sample, emulator)
@@ -61,17 +61,24 @@ def _logging(level: int) -> None:
         from rich.logging import RichHandler
 
         handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(_Printable("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Printable("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("aether")
     root.handlers[:] = [handler]
     root.setLevel(level)
 
 
+class _Printable(logging.Formatter):
+    """Log lines with the control characters their data may hold shown as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _fail(message: str, code: int = 2) -> None:
-    print(printable(f"aether: error: {message}"), file=sys.stderr)
+    print(printable(f"aether: error: {message}", one_line=True), file=sys.stderr)
     sys.exit(code)
 
 
@@ -94,6 +101,7 @@ def _plain_metavars(command: Any) -> Any:
 def main() -> None:
     """Console entry point: run the app, mapping typed errors, usage errors and OS errors on
     files (disk full, read-only, permissions, not a directory) to one line and exit code 2."""
+    use_surface("cli")  # errors name flags here, keyword arguments in Python
     try:
         command = _plain_metavars(typer.main.get_command(app))
         code = command(standalone_mode=False, prog_name="aether")

@@ -119,8 +119,12 @@ def show_answer(answer: Any, heading: str) -> None:
 #: C0/C1 control characters (ESC, BEL, CSI, ...) except tab and newline: a POI name or a
 #: file name must not be able to move the cursor or retitle the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: The same with newline and tab: a one-line message stays one line.
+_CONTROL_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def printable(text: str) -> str:
-    """``text`` with terminal control characters removed (what is printed from data)."""
-    return _CONTROL.sub("", text)
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with terminal control characters shown as escapes (``\\x1b``, and ``\\n``
+    when ``one_line``): what is printed from data is seen, never obeyed."""
+    return (_CONTROL_LINE if one_line else _CONTROL).sub(
+        lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

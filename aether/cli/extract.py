@@ -15,6 +15,7 @@ from aether.cli._app import (
     RadiusOpt,
     SchedulerOpt,
     app,
+    printable,
 )
 
 
@@ -107,7 +108,7 @@ def extract(
             ee_concurrency=ee_concurrency, ee_export_wait=ee_export_wait,
             ee_max_eecu_hours=ee_max_eecu_hours)
     state = "up to date, nothing to do" if res.up_to_date else f"done in {res.seconds:.1f} s"
-    typer.echo(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}")
+    typer.echo(printable(f"{res.place.name}: {res.n_pois} POIs, {res.n_rows} rows — {state}"))
     typer.echo(f"  {res.out_dir}")
 
 
@@ -153,5 +154,6 @@ def grid(
                        tiles=tiles, ee_url=ee_url, ee_project=ee_project,
                        ee_credentials=ee_credentials)
     if res.reused:
-        typer.echo(f"· {res.reused}", err=True)
-    typer.echo(f"{res.n_cells} cells — {res.path}")
+        typer.echo(printable(f"· {res.reused}"), err=True)
+    state = " (up to date, nothing to do)" if res.up_to_date else ""
+    typer.echo(f"{res.n_cells} cells{state} — {res.path}")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables
+from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables, printable
 from aether.errors import BudgetError
 
 
@@ -43,24 +43,36 @@ def run_cmd(
         min=0, help="Earth Engine budget of the whole run, in EECU-hours of export tasks: "
                     "no task starts past it; exit 3 lists the cities left [run file: ee: "
                     "{max_eecu_hours}]")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what each step's next run would do (as `aether run status` "
+                          "does), check the run file as a run would; write nothing")] = False,
 ) -> None:
     """Do a run file's cities × years × steps once: skip what is done, redo what changed
     (`aether run FILE` says the same). With --scheduler, cities run in parallel on a Dask
     cluster's workers."""
-    from rich.console import Console
-
     from aether import api
     from aether.pipeline.scheduled import StepState, summary_table
 
-    report = api.run(runfile, data_dir, say=lambda s: typer.echo(f"· {s}", err=True),
+    if dry_run:
+        from aether.pipeline.status import plan_table, run_status
+
+        rows = run_status(runfile, data_dir, strict=True)
+        print_tables(plan_table(rows))
+        redo = sum(r.redo.startswith("redo") for r in rows)
+        typer.echo(f"dry run: {redo} of {len(rows)} steps would be done; the others are kept "
+                   "unless their inputs changed; nothing written")
+        return
+    report = api.run(runfile, data_dir, say=lambda s: typer.echo(printable(f"· {s}"), err=True),
                      scheduler=scheduler, max_eecu_hours=max_eecu_hours)
-    Console(width=120).print(summary_table(report))
+    print_tables(summary_table(report))
     n = len(report.steps)
     if report.nothing_to_do:
         typer.echo(f"nothing to do: all {n} tasks up to date")
     else:
+        kept = report.count(StepState.KEPT)
         typer.echo(f"{report.count(StepState.DONE)} done, "
-                   f"{report.count(StepState.UP_TO_DATE)} up to date, "
+                   + (f"{kept} kept, " if kept else "")
+                   + f"{report.count(StepState.UP_TO_DATE)} up to date, "
                    f"{report.count(StepState.FAILED)} failed, of {n} tasks")
     if report.eecu_hours:
         typer.echo(f"  Earth Engine: {report.eecu_hours:.4g} EECU-hours")
@@ -68,7 +80,8 @@ def run_cmd(
     if report.failed:
         raise typer.Exit(1)
     if report.cities_left:
-        typer.echo(f"budget reached: left for the next run: {', '.join(report.cities_left)}")
+        typer.echo(printable(f"budget reached: left for the next run: "
+                             f"{', '.join(report.cities_left)}"))
         raise typer.Exit(BudgetError.exit_code)
 
 

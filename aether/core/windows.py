@@ -32,8 +32,8 @@ def square_radius(pix_radius: int) -> float:
 def parse_window(spec: str) -> tuple[float, ...]:
     """``square:4,9`` (pixel half-widths) or ``circle:100,200`` (metres) to ``radius_m``s."""
     shape, _, values = spec.partition(":")
-    try:
-        nums = [float(v) for v in values.split(",") if v.strip()]
+    try:  # every comma-separated entry is a number: an empty one is a mistake, not skipped
+        nums = [float(v) for v in values.split(",")]
     except ValueError:
         nums = []
     if shape not in ("square", "circle") or not nums or min(nums) < 0 or (
@@ -45,6 +45,14 @@ def parse_window(spec: str) -> tuple[float, ...]:
     if shape == "square":
         return tuple(square_radius(int(v)) for v in nums)
     return tuple(nums)
+
+
+def extract_option(radius_m: float) -> str:
+    """The ``aether extract`` option that makes rows of this ``radius_m`` key: ``--radius R``
+    for a circle, ``--window square:P`` for a square (a hint's remedy)."""
+    if is_square(radius_m):
+        return f"--window square:{round(-radius_m / PIXEL_SIZE_M - 0.5)}"
+    return f"--radius {radius_m:g}"
 
 
 def reach(radius_m: float) -> float:

@@ -19,6 +19,8 @@ BATCHING = ("even", "drop_last")
 #: Seeds are 0 to 2**32 - 1: what numpy's and torch's generators take on every platform
 #: (torch's per-epoch seed, seed × 100003 + epoch, stays inside 64 bits).
 MAX_SEED = 2**32 - 1
+#: More epochs than any run needs (the presets train 100): a typo, not a plan.
+MAX_EPOCHS = 100_000
 #: (base, aug) radius_m: 100 / 200 m circles, and the reference's 9 × 9 / 19 × 19 px squares.
 DEFAULT_WINDOWS = (100.0, 200.0)
 REFERENCE_WINDOWS = (-45.0, -95.0)
@@ -110,6 +112,15 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_epochs(epochs: int | None) -> int | None:
+    """An epoch count from 1 to MAX_EPOCHS (None: the preset's)."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or not 1 <= epochs <= MAX_EPOCHS):
+        raise ConfigError(f"epochs {str(epochs)[:30]} is out of range",
+                          f"use 1 to {MAX_EPOCHS} epochs, e.g. --epochs 100")
+    return epochs
+
+
 def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any) -> TrainConfig:
     """A preset with explicit overrides applied; unknown names are ConfigErrors."""
     if preset not in PRESETS:
@@ -129,8 +140,9 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
             or not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed {str(cfg.seed)[:30]} is out of range",
                           f"use a seed from 0 to {MAX_SEED}, e.g. --seed 42")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise ConfigError("epochs must be >= 1 and batch_size >= 2", "e.g. --epochs 100")
+    check_epochs(cfg.epochs)
+    if cfg.batch_size < 2:
+        raise ConfigError("batch_size must be >= 2", "e.g. --set batch_size=512")
     for name in _POSITIVE:
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be > 0, not {getattr(cfg, name)}",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from aether.core.aef import BANDS
+from aether.core.windows import extract_option, label
 from aether.errors import ConfigError, TableError
 from aether.io.store import CityStore
 from aether.io.tables import (
@@ -78,11 +79,11 @@ def _radius_rows(emb: pd.DataFrame, radius: float, radii: np.ndarray) -> pd.Data
     """The rows at one radius, indexed by poi_id; a missing radius is a clear error."""
     rows = emb[np.isclose(emb["radius_m"].to_numpy(np.float64), radius)]
     if rows.empty:
-        have = ", ".join(f"{r:g}" for r in radii)
+        have = ", ".join(label(r) for r in radii)
         raise TableError(
-            f"poi_embeddings has no rows at radius {radius:g} m (it has {have} m)",
-            f"re-run `aether extract` with --radius {radius:g} (squares: --window), or train "
-            "with radii it has",
+            f"poi_embeddings has no rows at {label(radius)} (it has {have})",
+            f"re-run `aether extract` with {extract_option(radius)}, or train with windows "
+            "it has",
         )
     if rows["poi_id"].duplicated().any():
         raise TableError(f"poi_embeddings repeats POIs at radius {radius:g} m",

@@ -147,10 +147,11 @@ def base_poi_means(city_dir: Path, radius_m: float) -> pd.DataFrame:
                      "poi_embeddings")
     rows = emb[np.isclose(emb["radius_m"].astype(float), radius_m)]
     if rows.empty:
-        radii = ", ".join(f"{r:g}" for r in sorted(emb["radius_m"].unique()))
+        radii = ", ".join(windows.label(r) for r in sorted(emb["radius_m"].unique()))
         raise ModelError(
-            f"the model needs {radius_m:g} m buffer means; poi_embeddings has radii {radii}",
-            f"re-run `aether extract --radius {radius_m:g}` or use a model trained on these radii",
+            f"the model needs {windows.label(radius_m)} buffer means; poi_embeddings has {radii}",
+            f"re-run `aether extract {windows.extract_option(radius_m)}` or use a model "
+            "trained on these windows",
         )
     return rows.reset_index(drop=True)
 

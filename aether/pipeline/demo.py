@@ -59,6 +59,9 @@ def run_demo(data_dir: Path, *, epochs: int | None = None, seeds: int = len(SEED
              say: Callable[[str], None] = print) -> DemoResult:
     """Run every step on the sample city; ``epochs`` and ``seeds`` shorten it (tests)."""
     from aether.execution.progress import bar
+    from aether.ml.config import check_epochs
+
+    check_epochs(epochs)
 
     with bar("demo stages", 2 + len(CELLS_M) + len(PRESETS) + len(TASKS)) as shown:
         begun: list[str] = []

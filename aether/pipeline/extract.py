@@ -36,6 +36,7 @@ from aether.io.tables import (
     write_json,
     write_parquet,
 )
+from aether.pipeline.steps import step_fresh, step_record
 from aether.places.place import Place, place_from_polygon, slugify
 from aether.places.query import PlaceQuery
 from aether.pois.load import PoiSpec
@@ -98,6 +99,7 @@ class GridResult:
     path: Path
     n_cells: int
     reused: str | None = None
+    up_to_date: bool = False  # the same grid was there: nothing computed or written
 
 
 def _resolve(req: ExtractRequest) -> tuple[Place | None, PoiSpec, SourceRequest]:
@@ -107,6 +109,8 @@ def _resolve(req: ExtractRequest) -> tuple[Place | None, PoiSpec, SourceRequest]
         from aether.sample.city import ensure_sample, sample_place
 
         if req.city and sample_place(req.city) is not None and req.pois.source is None:
+            if "tiles" in source.settings:  # tiles the user named are read before the
+                source.create().latest_year()  # sample is built: bad ones write nothing
             sample = ensure_sample(req.data_dir)
             if source.name == "cog" and "tiles" not in source.settings:
                 source = source.replace(tiles=str(sample.tiles))
@@ -205,9 +209,7 @@ def _extract(req: ExtractRequest) -> ExtractResult:
         "place": place.slug,
         "pois": _pois_hash(pois),
         "source": source_name,
-        "source_options": {k: str(v) for k, v in sorted(options.items())
-                           if k not in PRIVATE_OPTIONS | RUN_OPTIONS | PATH_OPTIONS
-                           and v is not None},
+        "source_options": _hashed_options(options),
         "radii": list(radii),
         "year": year,
         # what the tables are made from: a new tile or image version redoes them
@@ -269,6 +271,13 @@ def _wkt(geom: Any) -> str:
     import shapely
 
     return str(shapely.to_wkt(geom, rounding_precision=-1))
+
+
+def _hashed_options(options: dict[str, Any]) -> dict[str, str]:
+    """The source options that decide what a table holds (not credentials, endpoints, how
+    the work is run or where the tiles lie): what a config hash is made of."""
+    return {k: str(v) for k, v in sorted(options.items())
+            if k not in PRIVATE_OPTIONS | RUN_OPTIONS | PATH_OPTIONS and v is not None}
 
 
 def source_for(source: SourceRequest) -> SourceRequest:
@@ -348,14 +357,30 @@ def _grid(req: ExtractRequest, cell: str | float | CellSpec, zarr: bool) -> Grid
                                      yes=req.place.yes)
         place, said = asked, None
     store = CityStore.of(req.data_dir, place.slug, year)
+    source = source_for(source)
+    made_by = source.create(store.work(source.name))
+    path = store.grid(spec)
+    # what the grid is made from, as an extract's config hash: a grid of the same place,
+    # source, options, cells and data is not computed and written again
+    inputs = config_hash({"place": _wkt(place.boundary), "source": source.name,
+                          "source_options": _hashed_options(source.settings),
+                          "cell": spec.label, "year": year,
+                          "dataset": made_by.version(year, place.bbox)})
+    step = f"grid-{spec.label}"
     with store.locked():
-        cells = source_for(source).create(store.work(source.name)).grid(
-            place, year, spec.label)
-        path = write_parquet(cells, store.grid(spec))
+        if (not req.force and step_fresh(store.dir, step, inputs)
+                and (not zarr or path.with_suffix(".zarr").is_dir())):
+            import pyarrow.parquet as pq
+
+            return GridResult(path, pq.ParquetFile(path).metadata.num_rows, said,
+                              up_to_date=True)
+        cells = made_by.grid(place, year, spec.label)
+        path = write_parquet(cells, path)
         if zarr:
             from aether.io.gridstore import write_zarr
 
             write_zarr(cells, path.with_suffix(".zarr"))
+        step_record(store.dir, step, inputs, [path])
     return GridResult(path, len(cells), said)
 
 

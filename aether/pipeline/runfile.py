@@ -27,7 +27,7 @@ from pydantic import (
 
 from aether.embeddings.earthengine.options import MAX_CONCURRENCY
 from aether.errors import ConfigError, InputError
-from aether.ml.config import MAX_SEED
+from aether.ml.config import MAX_EPOCHS, MAX_SEED
 from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
@@ -132,7 +132,7 @@ class TrainSpec(_Strict):
 
     preset: str = "default"
     run: str | None = None
-    epochs: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
 
 

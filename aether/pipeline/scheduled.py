@@ -41,6 +41,7 @@ from aether.errors import AetherError, BudgetError, ConfigError
 from aether.io.store import CityStore, new_run_id, runs_dir
 from aether.io.store import data_lock as run_lock
 from aether.pipeline.runfile import City, RunFile, Year, load_run_file
+from aether.pipeline.steps import step_fresh, step_record
 from aether.settings import DEFAULT_YEAR
 
 if TYPE_CHECKING:
@@ -54,15 +55,16 @@ class StepState(StrEnum):
 
     PENDING = "pending"
     DONE = "done"
+    KEPT = "kept"  # the step's output was already there (a model of this config): recorded
     UP_TO_DATE = "up to date"
     FAILED = "failed"
     SKIPPED = "skipped"
     BUDGET = "budget reached"  # the run's Earth Engine budget or quota stopped it
 
 
-DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (StepState.DONE, StepState.UP_TO_DATE,
-                                             StepState.FAILED, StepState.SKIPPED,
-                                             StepState.BUDGET)
+DONE, KEPT, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (
+    StepState.DONE, StepState.KEPT, StepState.UP_TO_DATE, StepState.FAILED, StepState.SKIPPED,
+    StepState.BUDGET)
 
 
 @dataclass
@@ -182,6 +184,14 @@ def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
     return out
 
 
+def check_requests(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path) -> None:
+    """Every city's request checked (place, POI source, embedding source and its options),
+    before any work starts: a mistake in the tenth city stops the run before the first."""
+    for city, steps in cities:
+        if steps:
+            extract_request(run, city, steps[0].year, root)
+
+
 def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
             say: Callable[[str], None] = lambda s: None, *,
             scheduler: str | None = None, max_eecu_hours: float | None = None) -> RunReport:
@@ -211,8 +221,7 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
                            or str(run_ledger(root, run_id).resolve()))) if v is not None})
     run = resolve_latest(run.model_copy(update={"ee": ee}), root)
     cities = plan(run)
-    for city, steps in cities:  # every city's request checked before any work starts
-        extract_request(run, city, steps[0].year, root)
+    check_requests(run, cities, root)
     with run_lock(root), use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
         _hook("locked")
         report = RunReport(
@@ -318,29 +327,6 @@ def _extract(run: RunFile, city: City, task: Step, root: Path) -> Path:
 
 # --- train and encode: step records ---------------------------------------------------------
 
-def _step_fresh(city_dir: Path, step: str, inputs: str) -> bool:
-    """True when the step ran on these inputs and its outputs are unchanged since."""
-    from aether.io.tables import read_json, sha256_file
-
-    path = CityStore.at(city_dir).step(step)
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError):
-        return False
-    return rec.get("inputs") == inputs and all(
-        (city_dir / f).is_file() and sha256_file(city_dir / f) == h
-        for f, h in rec.get("outputs", {}).items())
-
-
-def _step_record(city_dir: Path, step: str, inputs: str, outputs: list[Path]) -> str:
-    """Write the step record; returns a hash of the outputs (the next step's input)."""
-    from aether.io.tables import config_hash, sha256_file, write_json
-
-    files = {str(p.relative_to(city_dir)): sha256_file(p) for p in sorted(outputs)}
-    write_json({"inputs": inputs, "outputs": files}, CityStore.at(city_dir).step(step))
-    return config_hash(files)
-
-
 def _step_outputs_hash(city_dir: Path, step: str) -> str:
     from aether.io.tables import config_hash, read_json
 
@@ -364,21 +350,23 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
     inputs = config_hash({"tables": read_json(store.manifest)["outputs"],
                           "train": spec.model_dump()})
     task.out_dir = str(city_dir)
-    if _step_fresh(city_dir, "train", inputs):
+    if step_fresh(city_dir, "train", inputs):
         task.status = UP_TO_DATE
         return
     kwargs: dict[str, Any] = {"preset": spec.preset, "run_name": spec.run,
                               "epochs": spec.epochs, "seed": spec.seed}
-    try:
-        path = train(city_dir, **kwargs)  # resumes an interrupted run of the same config
+    epochs: list[dict[str, Any]] = []  # none: the model of this config was there, and kept
+    try:  # resumes an interrupted run of the same config
+        path = train(city_dir, options=RunOptions(on_epoch=epochs.append), **kwargs)
     except ModelError as e:
         if not store.step("train").is_file():
             # a model someone trained by hand: never replaced behind their back
             raise ModelError(e.message, "name the run file's model: train: {run: NAME}") from None
         # ours, on older tables: replace it
-        path = train(city_dir, options=RunOptions(overwrite=True), **kwargs)
-    _step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
-    task.status, task.out_dir = DONE, str(path)
+        path = train(city_dir, options=RunOptions(overwrite=True, on_epoch=epochs.append),
+                     **kwargs)
+    step_record(city_dir, "train", inputs, [p for p in path.iterdir() if p.is_file()])
+    task.status, task.out_dir = DONE if epochs else KEPT, str(path)
 
 
 def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) -> None:
@@ -392,14 +380,14 @@ def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) ->
     cell: float | str = spec.size if spec.kind == "square" else spec.label
     inputs = config_hash({"model": _step_outputs_hash(city_dir, "train"), "cell": cell})
     task.out_dir = str(city_dir)
-    if _step_fresh(city_dir, "encode", inputs):
+    if step_fresh(city_dir, "encode", inputs):
         task.status = UP_TO_DATE
         return
     grid_path = run_grid(extract_request(run, city, task.year, root), spec).path
     model = load_run(city_dir, run.train.run or run.train.preset, slug=city_dir.parent.name,
                      year=task.year)
     res = encode_city(city_dir, model, [spec])
-    _step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
+    step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois
 
 
@@ -414,7 +402,8 @@ def _write_report(report: RunReport, root: Path) -> Path:
 
     body = {("tasks" if k == "steps" else k): v for k, v in asdict(report).items()
             if k != "path"}  # the report format keeps its "tasks" key
-    body["counts"] = {s: report.count(s) for s in (DONE, UP_TO_DATE, FAILED, SKIPPED, BUDGET)}
+    body["counts"] = {s: report.count(s) for s in (DONE, KEPT, UP_TO_DATE, FAILED, SKIPPED,
+                                                   BUDGET)}
     body["cities_left"] = report.cities_left
     return write_json(body, runs_dir(root) / f"{report.run_id}.json")
 
@@ -423,7 +412,7 @@ def summary_table(report: RunReport) -> Any:
     """A rich table: one row per step."""
     from rich.table import Table
 
-    colour = {DONE: "green", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
+    colour = {DONE: "green", KEPT: "dim", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
               BUDGET: "magenta"}
     table = Table(title=f"aether run {report.run_id}")
     for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):

@@ -11,7 +11,7 @@ from typing import Any
 
 from aether.io.store import CityStore, runs_dir
 from aether.pipeline.runfile import load_run_file
-from aether.pipeline.scheduled import plan, resolve_latest, run_root
+from aether.pipeline.scheduled import check_requests, plan, resolve_latest, run_root
 
 
 @dataclass
@@ -29,16 +29,22 @@ class StepStatus:
     redo: str  # what the next run would do with it, and why
 
 
-def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None
-               ) -> list[StepStatus]:
+def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None, *,
+               strict: bool = False) -> list[StepStatus]:
     """Per planned step: the last report's word on it, and whether its outputs still stand
-    (missing or changed outputs are redone; inputs are compared when the run starts)."""
-    run = load_run_file(run_file)
+    (missing or changed outputs are redone; inputs are compared when the run starts).
+
+    ``strict`` (``aether run --dry-run``) checks the run file as ``aether run`` does before
+    any work: unset variables, options of another source, every city's request."""
+    run = load_run_file(run_file, strict=strict)
     root = run_root(run, data_dir)
     run = resolve_latest(run, root)
+    planned = plan(run)
+    if strict:
+        check_requests(run, planned, root)
     last = _last_reports(root)
     out = []
-    for _, steps in plan(run):
+    for _, steps in planned:
         for task in steps:
             row, finished = last.get(task.key, ({}, ""))
             store = CityStore.of(root, task.slug, task.year)
@@ -109,4 +115,16 @@ def status_table(rows: list[StepStatus]) -> Any:
         table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
                       "" if r.rows is None else str(r.rows), r.version or "",
                       f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
+    return table
+
+
+def plan_table(rows: list[StepStatus]) -> Any:
+    """A rich table of what ``aether run`` would do with each step (``--dry-run``)."""
+    from rich.table import Table
+
+    table = Table(title="aether run --dry-run: nothing is written")
+    for col in ("city", "year", "step", "next run"):
+        table.add_column(col, justify="right" if col == "year" else "left")
+    for r in rows:
+        table.add_row(r.city, str(r.year), r.step, r.redo)
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import unicodedata
@@ -49,14 +50,30 @@ class Place:
             to_ea.transform(xy[:, 0], xy[:, 1])) if len(xy) else xy).area) / 1e6
 
 
+#: The longest slug (one path component of the data directory).
+SLUG_MAX = 80
+
+
 def slugify(name: str) -> str:
-    """A path-safe slug: ASCII letters, digits and '-'; never '..' or a separator."""
+    """A path-safe slug: ASCII letters, digits and '-'; never '..' or a separator.
+
+    Injective over the names that reach it: a printable name short enough keeps its plain
+    slug (``Helsinki`` → ``helsinki``, as data directories already hold); a name the plain
+    slug would lose information from (control or format characters, no ASCII letter or digit
+    at all, longer than ``SLUG_MAX``) gets a short hash of its exact text appended, so
+    ``a\x01b`` and ``a b``, or two long names sharing 80 characters, never share a folder.
+    """
     if any(c in name for c in "/\\\x00") or name.strip() in {".", ".."}:
         raise InputError(f"place name {name!r} looks like a path",
                          "give a city name, not a path (files go to --pois / --boundary)")
     ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")[:80]
-    return check_slug(slug or "place")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")
+    lossy = (not slug or len(slug) > SLUG_MAX
+             or any(unicodedata.category(c)[0] == "C" for c in name))
+    if lossy:
+        tag = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        slug = f"{slug[:SLUG_MAX - len(tag) - 1].rstrip('-') or 'place'}-{tag}"
+    return check_slug(slug)
 
 
 def place_from_polygon(name: str, boundary: Any, slug: str | None = None, *,

@@ -129,9 +129,11 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
 
     from aether.pois.taxonomy import poi_text
 
-    geoms = gpd.GeoSeries(raw.geometry.values, crs="EPSG:4326")
-    keep = geoms.notna() & ~geoms.is_empty
-    df = raw[keep.values].copy()
+    keep = _has_geometry(raw.geometry.values)
+    if not keep.all():
+        log.warning("%s: %d of %d row(s) have no usable geometry (missing, empty or NaN "
+                    "coordinates); dropped", label, int((~keep).sum()), len(keep))
+    df = raw[keep].copy()
     df["geometry"] = _points(gpd.GeoSeries(df.geometry.values, crs="EPSG:4326")).values
     df = gpd.GeoDataFrame(df, geometry="geometry", crs="EPSG:4326")
     if place is not None:
@@ -157,6 +159,21 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
     for col in ("poi_id", "name", "category", "top_category", "text", "source"):
         out[col] = out[col].astype(pd.StringDtype())
     return gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")
+
+
+def _has_geometry(arr: Any) -> Any:
+    """Which geometries are usable: present, not empty, every coordinate finite (an Overture
+    point of NaN coordinates is read as an empty point)."""
+    import numpy as np
+    import shapely
+
+    arr = np.asarray(arr, dtype=object)
+    ok = ~(shapely.is_missing(arr) | shapely.is_empty(arr))
+    if ok.any():
+        coords, where = shapely.get_coordinates(arr[ok], return_index=True)
+        bad = np.unique(where[~np.isfinite(coords).all(axis=1)])
+        ok[np.flatnonzero(ok)[bad]] = False
+    return ok
 
 
 def _points(geoms: gpd.GeoSeries) -> gpd.GeoSeries:

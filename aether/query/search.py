@@ -8,6 +8,7 @@ how often the top-k places hold a real POI of that category, against the base ra
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,19 @@ FLAT_SPREAD = 0.01
 TIE = 5e-4
 
 
+def _unreadable(q: str) -> str | None:
+    """What makes a query no text: a control character (NUL, ESC, ...; white space aside), or
+    bytes that were not UTF-8 (U+FFFD from the web server, lone surrogates on a command
+    line)."""
+    for c in q:
+        kind = unicodedata.category(c)
+        if kind == "Cc" and c not in "\t\n\r":
+            return f"a control character ({c.encode('unicode_escape').decode('ascii')})"
+        if kind == "Cs" or c == "\ufffd":
+            return "bytes that are not UTF-8"
+    return None
+
+
 def check_queries(queries: list[str]) -> list[str]:
     """Queries stripped; an empty or over-long one is an InputError."""
     if not queries:
@@ -39,6 +53,10 @@ def check_queries(queries: list[str]) -> list[str]:
     for q in out:
         if not q:
             raise InputError("the query is empty", 'give some words, e.g. "coffee shop"')
+        bad = _unreadable(q)
+        if bad is not None:
+            raise InputError(f"the query holds {bad}", "give words as UTF-8 text, e.g. "
+                             '"coffee shop"')
         if len(q) > MAX_QUERY_CHARS:
             raise InputError(f"a query is {len(q)} characters long",
                              f"keep queries under {MAX_QUERY_CHARS} characters")

@@ -87,5 +87,24 @@ def test_train_returns_a_run_model_load_reads(sample_runs) -> None:
     assert path == city_dir / "models" / "api_1" and (path / "model.safetensors").is_file()
     model = aether.Model.load(path)
     assert model.name == "api_1" and model.encode_text(["cafe"]).shape == (1, 128)
-    with pytest.raises(ModelError, match="no trained model"):
+    with pytest.raises(ModelError, match="no trained model") as e:
         aether.Model.load(city_dir / "models" / "nope")
+    runs = sorted(p.name for p in (city_dir / "models").iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
+    assert len(runs) >= 3 and f"(runs here: {', '.join(runs)})" in str(e.value)
+    assert "`aether.train()`" in str(e.value)  # the Python call, not the command
+
+
+def test_python_api_errors_name_keyword_arguments_and_the_cli_names_flags(cli,
+                                                                         tmp_path) -> None:
+    """One hint, rendered per surface: ``pois=FILE and tiles=DIR`` from Python, ``--pois FILE
+    and --tiles DIR`` from the command line, for the same mistake."""
+    from aether.errors import PlaceError
+
+    with pytest.raises(PlaceError) as e:
+        aether.pois("Nowhere", offline=True, data_dir=tmp_path)
+    assert "give pois=FILE and tiles=DIR" in str(e.value) and "--" not in str(e.value)
+    assert "city=Helsinki with offline=True" in str(e.value)
+    r = cli("extract", "--city", "Nowhere", "--offline", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "give --pois FILE and --tiles DIR" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []

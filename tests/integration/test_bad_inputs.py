@@ -32,6 +32,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
                             "--ee-concurrency", "-1"], {}),
     ("ee-batch-huge", ["extract", "--city", "Helsinki", "--offline", "--source", "ee",
                        "--ee-batch", "99999999"], {}),
+    ("window-empty-entry", ["extract", "--city", "Helsinki", "--offline", "--window",
+                            "square:4,,9"], {}),
     ("source-unknown", ["extract", "--city", "Helsinki", "--offline", "--source", "nope"], {}),
     ("option-for-other-source", ["extract", "--city", "Helsinki", "--offline", "--ee-batch",
                                  "5"], {}),
@@ -67,6 +69,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("train-temperature-0", ["train", "--city", "Helsinki", "--set", "temperature=0"], {}),
     ("train-unknown-set", ["train", "--city", "Helsinki", "--set", "nope=1"], {}),
     ("train-epochs-0", ["train", "--city", "Helsinki", "--epochs", "0"], {}),
+    ("train-epochs-huge", ["train", "--city", "Helsinki", "--epochs", "99999999999"], {}),
     ("train-preset", ["train", "--city", "Helsinki", "--preset", "nope"], {}),
     ("train-threads-neg", ["train", "--city", "Helsinki", "--threads", "-1"], {}),
     ("train-not-extracted", ["train", "--city", "Nowhere"], {}),
@@ -93,11 +96,14 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("run-radius-negative", ["run", "{F}/negative.yaml"], {}),
     ("run-year-1999", ["run", "{F}/y1999.yaml"], {}),
     ("run-duplicate-key", ["run", "{F}/dup.yaml"], {}),
+    ("run-epochs-huge", ["run", "{F}/epochs.yaml"], {}),
+    ("run-window-empty-entry", ["run", "{F}/window.yaml"], {}),
     ("settings-duplicate-key", ["--settings", "{F}/dup-settings.yaml", "extract", "--city",
                                 "Helsinki", "--offline"], {}),
     # demo, sample, emulator
     ("demo-seeds-0", ["demo", "--seeds", "0"], {}),
     ("demo-epochs-0", ["demo", "--epochs", "0"], {}),
+    ("demo-epochs-huge", ["demo", "--epochs", "99999999999"], {}),
     ("sample-year", ["sample", "build", "--year", "1999"], {}),
     ("emulator-port", ["emulator", "serve", "--port", "99999"], {}),
     ("emulator-latency-nan", ["emulator", "serve", "--latency", "nan"], {}),
@@ -159,6 +165,10 @@ def world(tmp_path_factory, cli) -> tuple[Path, Path, Path]:
                                       "cities: [{name: Helsinki, sample: true}]\n")
     (files / "dup.yaml").write_text("source: {name: cog}\nradii: [100]\nradii: [200]\n"
                                     "cities: [{name: Helsinki, sample: true}]\n")
+    (files / "epochs.yaml").write_text("train: {epochs: 99999999999}\nsource: {name: cog}\n"
+                                       "cities: [{name: Helsinki, sample: true}]\n")
+    (files / "window.yaml").write_text("radii: ['square:4,,9']\nsource: {name: cog}\n"
+                                       "cities: [{name: Helsinki, sample: true}]\n")
     (files / "dup-settings.yaml").write_text("max_area_km2: 5\nmax_area_km2: 50000\n")
     os.mkfifo(files / "fifo.yaml")  # no writer: a blocking read would hang
     (files / "badcrs").mkdir()

@@ -103,10 +103,17 @@ def test_query_output_has_no_terminal_escapes_and_figures_take_mathtext(sample_r
     pois["name"] = "Caf\x1b[31mé\x1b]0;owned\x07\x9b2J"
     pois.to_parquet(copy / "pois.parquet")
     stem = tmp_path / "q"
-    r = cli("query", "a $_^$ b \x1b[2J", "coffee", "--city", "Helsinki", "--model", names[1],
+    r = cli("query", "a $_^$ b", "coffee", "--city", "Helsinki", "--model", names[1],
             "--k", "3", "--out", str(stem), "--no-tiles", "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
-    assert "Caf[31mé]0;owned2J" in r.stdout
+    assert r"Caf\x1b[31mé\x1b]0;owned\x07\x9b2J" in r.stdout  # seen, not obeyed
+    for q, why in (("b \x1b[2J", r"a control character (\x1b)"),
+                   ("caf\udce9", "bytes that are not UTF-8")):  # as Python gets b"caf\xe9"
+        bad = cli("query", q, "--city", "Helsinki", "--model", names[1], "--data-dir",
+                  str(data))
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and why in lines[0], bad.stderr
+        assert "\x1b" not in bad.stderr
     for control in ("\x1b", "\x07", "\x9b"):
         assert control not in r.stdout
     assert stem.with_suffix(".png").stat().st_size > 10_000
@@ -148,3 +155,24 @@ def test_full_or_read_only_data_dir_is_one_line_naming_the_path(sample_extract, 
     # the first write refused names its path inside the data dir (the lock, since every
     # writer takes it first)
     assert needle in lines[0] and f"{m}/d/" in lines[0]
+
+
+def test_names_that_slugified_alike_get_their_own_folders_and_print_escaped(
+        cli, sample_city, tmp_path) -> None:
+    """``a\\x01b\\nc\\x1b[31m`` no longer reuses the folder of ``a b c 31m``, and its control
+    characters are printed as escapes: on stdout, and in a one-line error."""
+    pois = tmp_path / "pois.csv"
+    pois.write_text("name,category,lon,lat\ncafe a,cafe,24.94,60.17\ncafe b,cafe,24.945,60.171\n")
+    data = tmp_path / "data"
+    common = ["--pois", str(pois), "--no-geocode", "--source", "cog", "--tiles",
+              str(sample_city.tiles), "--data-dir", str(data)]
+    plain = cli("extract", "--city", "a b c 31m", *common)
+    hostile = cli("extract", "--city", "a\x01b\nc\x1b[31m", *common)
+    assert plain.returncode == 0 and hostile.returncode == 0, (plain.stderr, hostile.stderr)
+    folders = sorted(p.name for p in data.iterdir() if not p.name.startswith((".", "_")))
+    assert len(folders) == 2 and "a-b-c-31m" in folders, folders
+    assert r"a\x01b" in hostile.stdout and "\x1b" not in hostile.stdout + hostile.stderr
+    bad = cli("extract", "--pois", str(tmp_path / "no\nsuch\x1b[31m.csv"), *common[2:])
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1, bad.stderr
+    assert r"no\nsuch\x1b[31m.csv" in lines[0] and "\x1b" not in bad.stderr

@@ -159,3 +159,42 @@ def test_duplicate_request_id_modes(tmp_path) -> None:
             assert again[0] == 409 and again[1]["error"]["status"] == "ALREADY_EXISTS"
             assert first[1]["name"] in again[1]["error"]["message"]
         assert len(emu.operations) == 1
+
+
+@pytest.mark.parametrize("prefix", ["/".join(["a"] * 2000), "x" * 1100, "/".join(["a"] * 33)])
+def test_export_prefix_too_deep_or_too_long_is_refused_and_writes_nothing(served,
+                                                                          prefix) -> None:
+    """A 2,000-level prefix would be 2,000 folders on the emulator's disk: refused, as Cloud
+    Storage refuses an object name over 1024 bytes, with one short message."""
+    emu, port, tmp = served
+    before = sorted(tmp.rglob("*"))
+    for dest in ({"cloudStorageDestination": {"bucket": "b", "filenamePrefix": prefix}},
+                 {"driveDestination": {"folder": prefix, "filenamePrefix": "x"}}):
+        status, body = _export(port, dest)
+        message = body["error"]["message"]
+        assert status == 400 and message.startswith("Invalid") and len(message) < 300, message
+    assert emu.operations == {} and sorted(tmp.rglob("*")) == before  # no file, no folder
+
+
+def test_a_body_above_the_payload_limit_is_refused_unread(served) -> None:
+    """The declared length decides: 413 before the body is read (a client claiming 1 GiB and
+    sending nothing gets its answer at once), and a length that is no number is a 400."""
+    from aether.testing.emulator.server import MAX_BODY_BYTES
+
+    emu, port, _ = served
+    for length, status in ((str(1 << 30), 413), (str(MAX_BODY_BYTES + 1), 413),
+                           ("-5", 400), ("lots", 400)):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.putrequest("POST", "/v1/projects/p/table:computeFeatures")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", length)
+        conn.endheaders()  # no body follows
+        t0 = time.monotonic()
+        resp = conn.getresponse()
+        got = json.loads(resp.read())
+        conn.close()
+        assert resp.status == status and time.monotonic() - t0 < 5, (length, got)
+        assert "\n" not in got["error"]["message"]
+    assert emu.operations == {}
+    ok, _ = _post(port, "/v1/projects/p/table:computeFeatures", {"expression": EXPR})
+    assert ok == 200  # the server still answers

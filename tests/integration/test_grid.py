@@ -166,3 +166,27 @@ def test_cli_bad_cell(cli, own_data: Path, cell: str, msg: str) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0]
     assert not (own_data / "helsinki").exists()
+
+
+def test_cli_grid_unchanged_is_not_written_again(cli, own_data: Path) -> None:
+    """As extract: the same place, source, cells and data give the same grid, so a second
+    `aether grid` computes and writes nothing; another cell size, a lost file or --zarr
+    asked for the first time do the work."""
+    env = {"AETHER_DATA_DIR": str(own_data)}
+    out = own_data / "helsinki" / "2024"
+    grid = out / "grid_embeddings_200m.parquet"
+    first = cli("grid", "--city", "Helsinki", "--offline", "--cell", "200m", env=env)
+    assert first.returncode == 0 and "up to date" not in first.stdout, first.stderr
+    stamp = grid.stat().st_mtime_ns, grid.stat().st_ino
+    second = cli("grid", "--city", "Helsinki", "--offline", "--cell", "200m", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "(up to date, nothing to do)" in second.stdout
+    assert (grid.stat().st_mtime_ns, grid.stat().st_ino) == stamp
+    assert first.stdout.split(" cells")[0] == second.stdout.split(" cells")[0]  # same count
+    zarr = cli("grid", "--city", "Helsinki", "--offline", "--cell", "200m", "--zarr", env=env)
+    assert zarr.returncode == 0 and "up to date" not in zarr.stdout, zarr.stderr
+    assert grid.with_suffix(".zarr").is_dir()
+    grid.write_bytes(b"damaged")  # a changed output is made again
+    third = cli("grid", "--city", "Helsinki", "--offline", "--cell", "200m", env=env)
+    assert third.returncode == 0 and "up to date" not in third.stdout, third.stderr
+    assert len(pd.read_parquet(grid)) > 10

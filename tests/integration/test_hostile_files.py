@@ -307,7 +307,7 @@ def test_yes_accepts_a_large_place_from_pois_but_not_one_across_180() -> None:
     from aether.places.place import place_from_polygon
 
     far = MultiPoint([(24.94, 60.17), (24.95, 60.18), (139.7, 35.7)]).convex_hull
-    with pytest.raises(PlaceError, match="pass --yes"):
+    with pytest.raises(PlaceError, match="pass yes=True"):  # as the Python API says it
         place_from_polygon("far", far)
     assert place_from_polygon("far", far, yes=True).area_km2 > 2_500
     wrap = MultiPoint([(179.99, -16.8), (-179.99, -16.7), (179.9, -16.9)]).convex_hull
@@ -326,3 +326,17 @@ def test_antimeridian_and_area_checks_leave_ordinary_places_alone() -> None:
     assert not crosses_antimeridian(box(24.9, 60.1, 25.0, 60.2))
     helsinki = place_from_polygon("Helsinki", box(24.9, 60.1, 25.0, 60.2))
     assert 50 < helsinki.area_km2 < 70
+
+
+@pytest.mark.parametrize("command", ["extract", "grid"])
+def test_corrupt_tiles_are_refused_before_the_sample_is_built(place, cli, command) -> None:
+    """``--offline --tiles corrupt.tif`` on an empty data dir: the named tiles are read first,
+    so nothing (not even the offline sample the POIs come from) is written."""
+    root, data = place
+    corrupt = root / "corrupt.tif"
+    corrupt.write_bytes(os.urandom(5000))
+    before = snapshot(root)
+    refused(cli(command, "--city", "Helsinki", "--offline", "--tiles", str(corrupt),
+                "--source", "cog", "--data-dir", str(data), cwd=root),
+            r"cannot read AlphaEarth index .*corrupt\.tif")
+    assert snapshot(root) == before

@@ -82,3 +82,41 @@ def test_extract_with_overture_pois_from_loopback_s3(release, sample_city, cli, 
     emb = pd.read_parquet(out)
     assert len(emb) == len(osm) and emb["poi_id"].str.startswith("overture:").all()
     assert (emb["valid_fraction"] > 0.99).mean() > 0.95
+
+
+def test_rows_without_geometry_are_counted_in_one_log_line(sample_extract, sample_city,
+                                                           tmp_path, monkeypatch,
+                                                           caplog) -> None:
+    """Half a release's rows with NaN (empty) points are dropped and said once, with their
+    count: no GeoPandas warning reaches the user."""
+    import warnings
+
+    import geopandas as gpd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    from aether.pois.load import load_pois
+
+    osm = gpd.read_parquet(sample_extract / "pois.parquet").head(100)
+    root = tmp_path / "release"
+    write_release(root, osm)
+    nan_point = shapely.to_wkb(shapely.Point(float("nan"), float("nan")))
+    emptied = 0
+    for part in sorted((root / RELEASE).rglob("*.parquet")):
+        table = pq.read_table(part)
+        wkb = table.column("geometry").to_pylist()
+        wkb = [nan_point if (emptied + i) % 2 else b for i, b in enumerate(wkb)]
+        emptied += len(wkb)
+        pq.write_table(table.set_column(table.schema.get_field_index("geometry"), "geometry",
+                                        pa.array(wkb, pa.binary())), part)
+    assert emptied == 100
+    monkeypatch.setenv("AETHER_OVERTURE_ROOT", str(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a library warning would fail here
+        with caplog.at_level("WARNING", logger="aether"):
+            got = load_pois(f"overture:{RELEASE}", sample_city.place)
+    dropped = [r.getMessage() for r in caplog.records if "no usable geometry" in r.getMessage()]
+    assert dropped == [f"overture:{RELEASE}: 50 of 100 row(s) have no usable geometry "
+                       "(missing, empty or NaN coordinates); dropped"]
+    assert 0 < len(got) <= 50

@@ -70,8 +70,9 @@ def write_run_file(path: Path, inputs: dict[str, Path], url: str, exports: Path,
     return path
 
 
-def run(runfile: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aether", "run", str(runfile)],
+def run(runfile: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aether", "run", str(runfile), *args],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
 
@@ -240,9 +241,13 @@ def test_train_and_encode_steps_are_done_once(inputs, tmp_path):
     rf = tmp_path / "cities.yaml"
     rf.write_text(yaml.safe_dump(sg_only(inputs, steps=["extract", "train", "encode"],
                                          train={"epochs": 1}, encode={"cell": "100m"})))
+    data = tmp_path / "data"
+    dry = run(rf, args=("--dry-run",))  # says what the run would do, writes nothing
+    assert dry.returncode == 0 and not data.exists(), dry.stderr
+    assert dry.stdout.count("redo: never completed") == 3, dry.stdout
+    assert "dry run: 3 of 3 steps would be done" in dry.stdout
     first = run(rf)
     assert first.returncode == 0, first.stderr
-    data = tmp_path / "data"
     assert statuses(data, first) == {f"{SG_SLUG}/{s}": "done"
                                      for s in ("extract", "train", "encode")}
     city = data / SG_SLUG / "2024"
@@ -252,6 +257,18 @@ def test_train_and_encode_steps_are_done_once(inputs, tmp_path):
     second = run(rf)
     assert second.returncode == 0, second.stderr
     assert "nothing to do: all 3 tasks up to date" in second.stdout
+    before = sorted(p for p in data.rglob("*"))
+    dry = run(rf, args=("--dry-run",))
+    assert dry.returncode == 0 and "dry run: 0 of 3 steps would be done" in dry.stdout
+    assert sorted(p for p in data.rglob("*")) == before
+    # the train step's record lost: the model of this config is still there, and kept
+    from aether.io.store import CityStore
+
+    CityStore.at(city).step("train").unlink()
+    third = run(rf)
+    assert third.returncode == 0, third.stderr
+    assert statuses(data, third)[f"{SG_SLUG}/train"] == "kept"
+    assert f"{SG_SLUG}/2024/train: kept" in third.stderr and "1 kept" in third.stdout
 
 
 def test_second_concurrent_run_is_refused_in_one_line(inputs, tmp_path):

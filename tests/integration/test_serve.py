@@ -91,6 +91,21 @@ def test_query_api_answers_top_k_as_geojson_without_a_list_per_cell(server) -> N
     assert res["lo"] < res["hi"]
 
 
+@pytest.mark.parametrize(("raw", "why"), [("%00", "a control character"),
+                                           ("caf%E9", "bytes that are not UTF-8"),
+                                           ("%FF%FE", "bytes that are not UTF-8"),
+                                           ("a%1B%5B2J", "a control character")])
+def test_query_that_is_not_text_is_a_400_in_one_line(server, raw, why) -> None:
+    """NUL, escapes and bytes that are not UTF-8 are refused as the command line refuses
+    them: a 400 whose error is one line, never an answer."""
+    url, names, _ = server
+    for path in ("api/query", "api/answer"):
+        status, body, kind = _get(f"{url}{path}?q={raw}&model={names[1]}")
+        assert status == 400 and kind.startswith("application/json"), (path, status, body)
+        err = json.loads(body)
+        assert why in err["error"] and "\n" not in err["error"] + err["hint"], err
+
+
 def test_answer_is_a_compact_binary_raster(server) -> None:
     """/api/answer: the JSON head and one byte per pixel of the heat raster, the top cell
     coloured with the top value; the reply stays within the raster budget."""

@@ -116,7 +116,7 @@ def test_an_xee_chunk_over_the_limit_is_refused_in_one_line() -> None:
 
     with pytest.raises(InputError) as err:
         XeeSource(EESettings(), chunk=384)  # fitted 5-byte float32 values, not what is served
-    assert "--xee-chunk 384" in str(err.value) and "\n" not in str(err.value)
+    assert "xee_chunk=384" in str(err.value) and "\n" not in str(err.value)  # Python's name
     with pytest.raises(InputError):
         XeeSource(EESettings(), chunk=0)
     assert XeeSource(EESettings(), chunk=128).chunk == 128

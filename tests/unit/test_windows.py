@@ -41,9 +41,19 @@ def _ours(vals, x, y, p):
 def test_parse_window_spec():
     assert windows.parse_window("square:4,9") == (-45.0, -95.0)
     assert windows.parse_window("circle:100,200") == (100.0, 200.0)
-    for bad in ("square:", "square:1.5", "hex:3", "circle:-5", "square:a"):
+    for bad in ("square:", "square:1.5", "hex:3", "circle:-5", "square:a", "square:4,,9",
+                "square:4,", "circle:,100"):
         with pytest.raises(InputError):
             windows.parse_window(bad)
+
+
+def test_extract_option_names_the_window_a_hint_asks_for():
+    """A hint's remedy for a missing window is the option that makes it: a square is
+    ``--window square:P``, never a negative ``--radius``."""
+    assert windows.extract_option(-45.0) == "--window square:4"
+    assert windows.extract_option(-95.0) == "--window square:9"
+    assert windows.extract_option(windows.square_radius(0)) == "--window square:0"
+    assert windows.extract_option(100.0) == "--radius 100"
 
 
 @pytest.mark.parametrize("p", [4, 9])

@@ -35,13 +35,23 @@ def extension(fmt: str) -> str:
     return _EXT.get(fmt, "csv")
 
 
+#: Cloud Storage's limit on an object name (1024 bytes of UTF-8), and the emulator's own on
+#: the folders a prefix nests (each one a directory it would create on this disk).
+MAX_NAME_BYTES = 1024
+MAX_DEPTH = 32
+
+
 def _check(name: str, what: str) -> str:
     decoded = name
     for _ in range(3):  # %252e%252e decodes twice
         decoded = unquote(decoded)
+    parts = decoded.replace("\\", "/").split("/")
     if not name or "\0" in decoded or decoded.startswith(("/", "\\")) or any(
-            part in ("", ".", "..") for part in decoded.replace("\\", "/").split("/")):
-        raise EEError(f"Invalid {what}: '{name}'.")
+            part in ("", ".", "..") for part in parts):
+        raise EEError(f"Invalid {what}: '{name[:200]}'.")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or len(parts) > MAX_DEPTH:
+        raise EEError(f"Invalid {what}: '{name[:80]}...' is longer than {MAX_NAME_BYTES} "
+                      f"bytes or nests more than {MAX_DEPTH} folders.")
     return name
 
 

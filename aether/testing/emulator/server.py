@@ -68,6 +68,10 @@ def _json(status: int, payload: Any) -> Reply:
     return Reply(status, json.dumps(payload).encode())
 
 
+#: Google APIs' limit on a request's payload (10 MiB): a larger body is refused unread.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
 def error_reply(status: int, message: str, ee_status: str = "INVALID_ARGUMENT") -> Reply:
     return _json(status, {"error": {"code": status, "message": message, "status": ee_status}})
 
@@ -588,7 +592,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
+        n, reply = self._body_length()
+        if reply is not None:  # the body is never read: the connection cannot be reused
+            self.close_connection = True
+            self._send(reply)
+            return
         body = self.rfile.read(n) if n else b""
         reply = self._refusal()
         try:
@@ -598,9 +606,29 @@ class _Handler(BaseHTTPRequestHandler):
         except Dropped:
             self.close_connection = True
             return
+        self._send(reply)
+
+    def _body_length(self) -> tuple[int, Reply | None]:
+        """The request body's declared length, or the refusal of a length that is not a
+        number (400) or above the API's payload limit (413, before any of it is read)."""
+        raw = self.headers.get("Content-Length") or "0"
+        try:
+            n = int(raw)
+        except ValueError:
+            n = -1
+        if n < 0:
+            return 0, error_reply(400, f"Invalid Content-Length: '{raw[:40]}'.")
+        if n > MAX_BODY_BYTES:
+            return 0, error_reply(413, "Request payload size exceeds the limit: "
+                                  f"{MAX_BODY_BYTES} bytes.")
+        return n, None
+
+    def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(reply.body)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Literal
 
 Surface = Literal["cli", "python"]
@@ -49,6 +50,9 @@ _SWITCHES = {"offline", "yes", "force", "overwrite", "geocode", "zarr", "tiles",
              "shuffle", "include-examples"}
 #: Flags whose keyword argument has another name.
 _KEYWORDS = {"radius": "radii", "window": "radii", "set": "options", "seeds": "seeds"}
+#: A flag's value as the Python argument it stands for, registered by the module that parses
+#: it (this module sits below them all): ``--window square:4`` is ``radii=[-45]``.
+PYTHON_VALUES: dict[str, Callable[[str], str]] = {}
 _FLAG = re.compile(r"(?<![\w-])--(?P<no>no-)?(?P<name>[a-z][a-z0-9-]*)"
                    r"(?:[ =](?P<value>[A-Z0-9'\"./~-][^\s,;)`]*|[a-z0-9_]+[:=,./][^\s;)`]*))?")
 _COMMAND = re.compile(r"`aether (?P<cmd>[a-z][a-z-]*)(?P<args>[^`]*)`")
@@ -88,11 +92,9 @@ def _keyword_of(no: bool, name: str, value: str | None) -> str:
     if name == "set" and "=" in value:
         k, _, v = value.partition("=")
         return f"options={{{k!r}: {v}}}"
-    if name == "window":
-        from aether.core.windows import parse_window  # its own module: imported when used
-
+    if name in PYTHON_VALUES:
         try:
-            return f"{key}=[{', '.join(f'{r:g}' for r in parse_window(value))}]"
+            return f"{key}={PYTHON_VALUES[name](value)}"
         except AetherError:
             return f"{key}=[...]"
     if name == "radius":

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from aether import errors
 from aether.core import zonal
 from aether.core.aef import PIXEL_SIZE_M
 from aether.errors import InputError
@@ -110,3 +111,11 @@ def radii_partial_sums(block: zonal.PixelBlock, x: np.ndarray, y: np.ndarray,
 def finalize(partial: zonal.Partial, radius_m: float, pixel_area: float) -> zonal.Means:
     """Means of one window shape from combined partial sums."""
     return zonal.finalize_area(partial, area_px(radius_m, pixel_area))
+
+
+def _as_radii(spec: str) -> str:
+    """``--window SPEC`` as the Python API's ``radii`` list (for errors' Python hints)."""
+    return f"[{', '.join(f'{r:g}' for r in parse_window(spec))}]"
+
+
+errors.PYTHON_VALUES["window"] = _as_radii

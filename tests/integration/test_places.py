@@ -75,7 +75,7 @@ def test_boundary_file(tmp_path):
 
 def test_nothing_or_too_much_given():
     fails("no place given")
-    fails("--osm-id and --bbox both given", osm_id="R1", bbox="1,2,3,4")
+    fails(r"osm_id=\.\.\. and bbox=\.\.\. both given", osm_id="R1", bbox="1,2,3,4")
 
 
 def test_city_name_prefers_the_polygon(osm_env):

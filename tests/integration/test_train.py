@@ -160,7 +160,7 @@ def test_bad_options_and_checkpoints(city, tmp_path):
     for bad in ("lr", "lr=fast", "learn_temperature=maybe", "nope=1"):
         with pytest.raises(ConfigError):
             parse_options([bad])
-    with pytest.raises(TableError, match="no rows at radius 300 m"):
+    with pytest.raises(TableError, match="no rows at 300 m"):
         train(city, preset="paper", aug_radius_m=300.0)
     run = train(city, preset="paper", run_name="compat", **FAST)
     config = read_json(run / CONFIG_FILE)
@@ -225,7 +225,7 @@ def test_cli_bad_tables(tmp_path, cli, kind, message):
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("radius", "no rows at radius 200 m"),
+    ("radius", "no rows at 200 m"),
     ("empty", "is empty"),
 ])
 def test_bad_tables(tmp_path, kind, message):

@@ -59,13 +59,8 @@ def bar(description: str, total: float | None = None) -> Iterator[Bar]:
     if not enabled():
         yield Bar()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     if _live is None:
-        _live = Progress("[progress.description]{task.description}", BarColumn(),
-                         MofNCompleteColumn(), TimeElapsedColumn(), "{task.fields[note]}",
-                         console=Console(stderr=True), transient=True)
+        _live = _progress()
         _live.start()
     _open += 1
     task = _live.add_task(description, total=total, note="")
@@ -78,6 +73,39 @@ def bar(description: str, total: float | None = None) -> Iterator[Bar]:
         if _open == 0:
             _live.stop()
             _live = None
+
+
+#: Columns a bar's count, time and bar itself always get; description and note share the
+#: rest of the terminal's width, cut with an ellipsis (never the count: no "0/…" at 80).
+_COUNT_W, _TIME_W, _NOTE_W = 13, 7, 18
+
+
+def _progress() -> Any:
+    """The one rich Progress display: description, bar, count, time, note on one line that
+    fits the terminal (80 columns and up: the bar narrows, then the texts are cut)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Column
+
+    console = Console(stderr=True)
+    width = console.width
+    bar_w = 40 if width >= 120 else 20 if width >= 90 else 10
+    text_w = max(12, width - bar_w - _COUNT_W - _TIME_W - _NOTE_W - 5)  # 5: the gaps
+    return Progress(
+        TextColumn("{task.description}", style="progress.description", markup=False,
+                   table_column=Column(max_width=text_w, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=bar_w),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=3)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[note]}", markup=False,
+                   table_column=Column(max_width=_NOTE_W, no_wrap=True, overflow="ellipsis")),
+        console=console, transient=True)
 
 
 @contextlib.contextmanager

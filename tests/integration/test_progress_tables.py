@@ -16,11 +16,17 @@ import pandas as pd
 import pytest
 
 
-def run_in_terminal(*args: str, timeout: float = 600, python: tuple[str, ...] = ("-m", "aether")
-                    ) -> tuple[int, str]:
-    """The real CLI with stdin/stdout/stderr on a pseudo-terminal; (exit code, all output)."""
+def run_in_terminal(*args: str, timeout: float = 600, python: tuple[str, ...] = ("-m", "aether"),
+                    columns: int = 200) -> tuple[int, str]:
+    """The real CLI with stdin/stdout/stderr on a pseudo-terminal ``columns`` wide; (exit
+    code, all output)."""
+    import fcntl
+    import struct
+    import termios
+
     master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm-256color"}
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "50", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen([sys.executable, *python, *args], stdin=slave, stdout=slave,
                             stderr=slave, env=env, close_fds=True)
@@ -54,6 +60,30 @@ print("end")
 """))
     assert code == 0 and "end" in out, out
     assert ("counting things" in out and "3/3" in out) is shown, out
+
+
+def test_bars_and_tables_fit_80_columns(tmp_path) -> None:
+    """At 80 columns a long description is cut, never the count ("12/12", not "0/…"), and a
+    run's table is drawn in the terminal's width (no line the terminal would wrap)."""
+    code, out = run_in_terminal(python=("-c", """
+import time
+from aether.execution.progress import bar
+with bar("evaluate land_use: split × seed × method × probe, a long description", 12) as b:
+    for _ in range(12):
+        time.sleep(0.02)
+        b.update(note="a rather long note about the current probe")
+        b.advance()
+print("end")
+"""), columns=80)
+    assert code == 0 and "end" in out, out
+    lines = [ln for ln in re.split(r"[\r\n]", out) if ln.strip()]
+    assert any("12/12" in ln for ln in lines), out
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
+    code, out = run_in_terminal("run", "status", "pipelines/sample.yaml", "--data-dir",
+                                str(tmp_path / "data"), columns=80)
+    assert code == 0 and "never run" in out, out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """The one place progress is shown: rich bars on stderr, one live display for all of them.
 
-``bar`` is a counted step (features, epochs, seeds); bars opened while another is open stack
-in the same display. Bars are shown only when stderr is a terminal and the ``aether`` logger
-lets warnings through (``--quiet`` raises it to errors), so logs, pipes and tests stay clean.
+``bar`` is a counted step (features, epochs, seeds, texts; no total: a step of unknown
+length, such as loading a model); bars opened while another is open stack in the same
+display. Bars are shown when stderr is a terminal or the code runs in a Jupyter notebook
+(rich draws them there as a widget), and the ``aether`` logger lets warnings through
+(``--quiet`` raises it to errors), so logs, pipes and tests stay clean. Libraries' own bars
+(sentence-transformers, transformers) are turned off: this is the one owner.
 
 ``dask_progress`` follows Dask's work, whatever the scheduler. On the local scheduler a Dask
 callback counts finished tasks (its bar appears when a graph starts, not before). On a
@@ -13,6 +16,7 @@ the graph and tasks finishing, and a thread here polls those counts (``follow_cl
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import threading
@@ -29,8 +33,21 @@ _open = 0  # bars open in it
 
 
 def enabled() -> bool:
-    """Whether bars are shown: stderr is a terminal and aether is not told to be quiet."""
-    return sys.stderr.isatty() and logging.getLogger("aether").isEnabledFor(logging.WARNING)
+    """Whether bars are shown: stderr is a terminal or a notebook's, and aether is not told to
+    be quiet."""
+    return (sys.stderr.isatty() or in_notebook()) and logging.getLogger(
+        "aether").isEnabledFor(logging.WARNING)
+
+
+@functools.cache
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's, already imported by it: a plain
+    script never imports IPython for this)."""
+    if "IPython" not in sys.modules:
+        return False
+    from rich.console import Console
+
+    return bool(Console().is_jupyter)
 
 
 class Bar:
@@ -59,13 +76,8 @@ def bar(description: str, total: float | None = None) -> Iterator[Bar]:
     if not enabled():
         yield Bar()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     if _live is None:
-        _live = Progress("[progress.description]{task.description}", BarColumn(),
-                         MofNCompleteColumn(), TimeElapsedColumn(), "{task.fields[note]}",
-                         console=Console(stderr=True), transient=True)
+        _live = _progress()
         _live.start()
     _open += 1
     task = _live.add_task(description, total=total, note="")
@@ -78,6 +90,41 @@ def bar(description: str, total: float | None = None) -> Iterator[Bar]:
         if _open == 0:
             _live.stop()
             _live = None
+
+
+#: Columns a bar's count, time and bar itself always get; description and note share the
+#: rest of the terminal's width, cut with an ellipsis (never the count: no "0/…" at 80).
+_COUNT_W, _TIME_W, _NOTE_W = 13, 7, 18
+
+
+def _progress() -> Any:
+    """The one rich Progress display: description, bar, count, time, note on one line that
+    fits the terminal (80 columns and up: the bar narrows, then the texts are cut)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Column
+
+    console = Console(stderr=True)
+    width = console.width
+    bar_w = 40 if width >= 120 else 20 if width >= 90 else 10
+    text_w = max(12, width - bar_w - _COUNT_W - _TIME_W - _NOTE_W - 5)  # 5: the gaps
+    return Progress(
+        TextColumn("{task.description}", style="progress.description", markup=False,
+                   table_column=Column(max_width=text_w, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=bar_w),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=3)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[note]}", markup=False,
+                   table_column=Column(max_width=_NOTE_W, no_wrap=True, overflow="ellipsis")),
+        console=console, transient=True,
+        # a notebook shows the bars as a widget of their own: print() is left to the cell
+        redirect_stdout=not in_notebook(), redirect_stderr=not in_notebook())
 
 
 @contextlib.contextmanager

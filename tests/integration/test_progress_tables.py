@@ -16,11 +16,17 @@ import pandas as pd
 import pytest
 
 
-def run_in_terminal(*args: str, timeout: float = 600, python: tuple[str, ...] = ("-m", "aether")
-                    ) -> tuple[int, str]:
-    """The real CLI with stdin/stdout/stderr on a pseudo-terminal; (exit code, all output)."""
+def run_in_terminal(*args: str, timeout: float = 600, python: tuple[str, ...] = ("-m", "aether"),
+                    columns: int = 200) -> tuple[int, str]:
+    """The real CLI with stdin/stdout/stderr on a pseudo-terminal ``columns`` wide; (exit
+    code, all output)."""
+    import fcntl
+    import struct
+    import termios
+
     master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm-256color"}
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "50", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen([sys.executable, *python, *args], stdin=slave, stdout=slave,
                             stderr=slave, env=env, close_fds=True)
@@ -54,6 +60,82 @@ print("end")
 """))
     assert code == 0 and "end" in out, out
     assert ("counting things" in out and "3/3" in out) is shown, out
+
+
+#: A notebook's kernel shell as IPython runs it, minus the ZMQ socket: Jupyter's kernel
+#: shell class has this name (what rich's notebook check reads); display() output is
+#: published through IPython's display machinery, here printed on stdout.
+NOTEBOOK = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+
+class ZMQInteractiveShell(InteractiveShell):
+    pass
+
+ZMQInteractiveShell.instance().run_cell(sys.argv[1]).raise_error()
+"""
+
+
+def test_bars_are_shown_in_a_notebook_and_not_in_a_pipe() -> None:
+    """In a notebook (stderr no terminal) aether's bars are drawn through IPython's display
+    as rich's notebook widget; the same code in a plain pipe draws nothing."""
+    cell = ("import sys, time\n"
+            "from aether.execution import progress\n"
+            "print('shown', progress.enabled(), 'tty', sys.stderr.isatty())\n"
+            "with progress.bar('counting things', 3) as b:\n"
+            "    for _ in range(3):\n"
+            "        time.sleep(0.05)\n"
+            "        b.advance()\n"
+            "print('end')\n")
+    r = subprocess.run([sys.executable, "-c", NOTEBOOK, cell], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.stdout)
+    assert "shown True tty False" in out and "counting things" in out and "3/3" in out, out
+    assert out.rstrip().endswith("end"), out
+    r = subprocess.run([sys.executable, "-c", cell], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "shown False" in r.stdout, r.stderr
+    assert "counting" not in r.stdout + r.stderr
+
+
+def test_text_encoding_shows_one_bar_counting_texts() -> None:
+    """The first training's POI texts (minutes on a CPU) are counted by aether's bar, after
+    one while the model loads; no library bar of its own (sentence-transformers' "Batches",
+    transformers' "Loading weights") is drawn beside it."""
+    code, out = run_in_terminal(python=("-c", """
+from aether.ml.text import encode_texts
+x = encode_texts([f"A place of cafe number {i}" for i in range(600)], batch_size=64)
+print("encoded", x.shape)
+"""))
+    assert code == 0 and "encoded (600, 384)" in out, out
+    assert "text model all-MiniLM-L6-v2: loading" in out, out
+    assert "text model: encoding texts" in out and "600/600" in out, out
+    assert "Batches" not in out and "Loading weights" not in out, out
+
+
+def test_bars_and_tables_fit_80_columns(tmp_path) -> None:
+    """At 80 columns a long description is cut, never the count ("12/12", not "0/…"), and a
+    run's table is drawn in the terminal's width (no line the terminal would wrap)."""
+    code, out = run_in_terminal(python=("-c", """
+import time
+from aether.execution.progress import bar
+with bar("evaluate land_use: split × seed × method × probe, a long description", 12) as b:
+    for _ in range(12):
+        time.sleep(0.02)
+        b.update(note="a rather long note about the current probe")
+        b.advance()
+print("end")
+"""), columns=80)
+    assert code == 0 and "end" in out, out
+    lines = [ln for ln in re.split(r"[\r\n]", out) if ln.strip()]
+    assert any("12/12" in ln for ln in lines), out
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
+    code, out = run_in_terminal("run", "status", "pipelines/sample.yaml", "--data-dir",
+                                str(tmp_path / "data"), columns=80)
+    assert code == 0 and "never run" in out, out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
 
 
 @pytest.fixture(scope="module")

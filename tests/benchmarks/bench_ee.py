@@ -28,7 +28,8 @@ The two loops run ``--naive-requests`` requests and are extrapolated (they are s
 each request costs the same; their ``ee.Initialize`` is timed once, not extrapolated).
 Printed and written to ``results/ee.json``: wall time, the client's CPU (this process, all
 threads), requests, the modelled server seconds, the floor (latency + server time spread over
-the slots in flight), peak requests in flight and a timeline of them from the emulator's log,
+the slots in flight), peak requests in flight and a timeline of them (the mean in flight in
+each twentieth of the run) from the emulator's log,
 for every latency in ``--latency``.
 """
 
@@ -282,7 +283,7 @@ def _print(runs: list[dict], latency: float) -> None:
             ratio = f"(extrapolated ×{r['extrapolated']:g})"
         print(f"{label:>16}{r['wall_s']:>9.1f}{r['floor_s']:>9.1f}{r['client_cpu_s']:>13.1f}"
               f"{r['requests']:>9.0f}{r['server_s']:>9.1f}{r['peak_in_flight']:>6}  {ratio:<22}  "
-              + " ".join(map(str, r["timeline"])))
+              + " ".join(f"{v:g}" for v in r["timeline"]))
 
 
 if __name__ == "__main__":

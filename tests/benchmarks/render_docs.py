@@ -209,7 +209,7 @@ def ee(r: dict) -> str:
               f"{base['naive'] / x['wall_s']:.1f}×", str(x["load"])] for x in rows])
         flights = "; ".join(
             f"{x['concurrency']} in flight ({x['step_s']:.2f} s steps): "
-            f"`{' '.join(map(str, x['timeline']))}`"
+            f"`{' '.join(f'{v:g}' for v in x['timeline'])}`"
             for x in rows if x["method"] == "aether")
         parts += [f"Latency **{lat * 1000:.0f} ms**:", table,
                   f"Requests in flight over aether's runs — {flights}."]

@@ -46,7 +46,7 @@ request (EECU from the emulator's meter, ``reduce.metered``: a price per feature
 band-pixel), so requests in flight overlap as on Google's servers; the log adds ``eecu``,
 ``server_ms``, ``cached``, ``cpu_ms`` (a computed answer's thread CPU) and ``late_ms`` (a
 computation that overran its modelled time). ``in_flight(log)`` gives the peak and a
-timeline of requests in flight. ``export_delay`` keeps an export
+timeline (mean per step) of requests in flight. ``export_delay`` keeps an export
 RUNNING that long (to poll or cancel it). Exports land, confined, in
 ``<exports>/gcs/<bucket>/<prefix>.csv`` or ``<exports>/drive/<folder>/<prefix>.csv`` (Drive
 names literal, see ``exports.py``; ``.geojson`` for GeoJSON; ``selectors`` honoured); the

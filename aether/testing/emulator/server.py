@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -443,12 +444,13 @@ class Emulator:
 
 
 def in_flight(log: list[dict[str, Any]], routes: tuple[str, ...] = COMPUTE_ROUTES,
-              since: float = 0.0, samples: int = 20) -> dict[str, Any]:
+              since: float = 0.0, steps: int = 20) -> dict[str, Any]:
     """Requests in flight over time, from a log's start times and durations.
 
-    ``peak``: the most at once; ``timeline``: how many were in flight at ``samples`` evenly
-    spaced instants from the first start to the last end (``step_s`` apart); ``requests``
-    counted, those of ``routes`` started at or after ``since`` (a ``time.time()``).
+    ``peak``: the most at once; ``timeline``: the mean number in flight in each of ``steps``
+    equal steps from the first start to the last end (``step_s`` long; a mean, not a sample
+    at one instant, which would alias with a steady request rhythm); ``requests`` counted:
+    those of ``routes`` started at or after ``since`` (a ``time.time()``).
     """
     spans = sorted((e["start"], e["start"] + e["ms"] / 1000) for e in log
                    if e.get("route") in routes and e["start"] >= since and "ms" in e)
@@ -460,9 +462,10 @@ def in_flight(log: list[dict[str, Any]], routes: tuple[str, ...] = COMPUTE_ROUTE
         now += d
         peak = max(peak, now)
     t0, t1 = spans[0][0], max(b for _, b in spans)
-    step = (t1 - t0) / samples
-    timeline = [sum(1 for a, b in spans if a <= t < b)
-                for t in (t0 + step * (i + 0.5) for i in range(samples))]
+    step = (t1 - t0) / steps
+    edges = [t0 + step * i for i in range(steps + 1)] if step > 0 else []
+    timeline = [round(sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans) / step, 1)
+                for lo, hi in itertools.pairwise(edges)]
     return {"requests": len(spans), "peak": peak, "timeline": timeline,
             "step_s": round(step, 3)}
 

@@ -600,5 +600,5 @@ def run(run_file: PathLike, data_dir: PathLike | None = None, *,
     """
     from aether.pipeline.scheduled import execute
 
-    return execute(run_file, Path(data_dir) if data_dir is not None else None, say=say,
+    return execute(run_file, data_dir, say=say,
                    scheduler=scheduler, max_eecu_hours=max_eecu_hours)

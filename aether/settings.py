@@ -133,8 +133,15 @@ def use_settings(settings: Settings | None = None, **overrides: Any) -> Iterator
 
 def data_dir(value: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: the option, else the settings' (``AETHER_DATA_DIR``, default
-    ``./aether-data``)."""
-    return Path(value) if value else current().data_dir
+    ``./aether-data``). A URL (``s3://…``, seen here as ``s3:/…`` once made a path) is
+    refused: only ``aether run`` works on a remote data directory (``io.remote``)."""
+    chosen = Path(value) if value else current().data_dir
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(chosen)):
+        raise InputError(f"the data directory {value or chosen} is a URL; only `aether run` "
+                         "works on a remote data directory",
+                         "run the steps from a run file (`aether run FILE --data-dir URL`), "
+                         "or give a local folder")
+    return chosen
 
 
 def tiles(value: str | os.PathLike[str] | None = None) -> str:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import FLEET_CITIES, REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -238,3 +238,25 @@ def dask_cluster(tmp_path: Path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@pytest.fixture
+def fleet(sample_extract: Path, sample_city, tmp_path: Path) -> Path:
+    """A three-city run file (extract at 100 m, COG tiles), each city 40 of the sample
+    city's real OSM POIs, so each city's table can be compared byte for byte."""
+    import geopandas as gpd
+    import yaml
+
+    pois = gpd.read_parquet(sample_extract / "pois.parquet")
+    cities = []
+    for i, name in enumerate(FLEET_CITIES):
+        part = pois.iloc[i::3].head(40).reset_index(drop=True)
+        path = tmp_path / f"{name.lower()}.parquet"
+        part.to_parquet(path)
+        cities.append({"name": name, "pois": f"file:{path}"})
+    body = {"years": [2024], "radii": [100],
+            "source": {"name": "cog", "options": {"tiles": str(sample_city.tiles)}},
+            "cities": cities}
+    runfile = tmp_path / "fleet.yaml"
+    runfile.write_text(yaml.safe_dump(body, sort_keys=False))
+    return runfile

@@ -7,10 +7,13 @@ import re
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: The cities of the ``fleet`` fixture's run file (tests/conftest.py).
+FLEET_CITIES = ("Alpha", "Beta", "Gamma")
 REQUIRE_SHARED = bool(os.environ.get("AETHER_REQUIRE_SHARED"))  # CI sets it
 
 
@@ -79,3 +82,16 @@ def kill_once_tasks_start(args: list[str], operations: dict, n: int = 2,
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
+
+
+def fleet_tables(data: Path) -> dict[str, pd.DataFrame]:
+    """A fleet run's POI embeddings per city folder."""
+    return {p.parents[1].name: pd.read_parquet(p) for p in data.rglob("poi_embeddings.parquet")}
+
+
+def fleet_report(stdout: str) -> dict:
+    """The run report `aether run` names on its last line."""
+    from aether.io.tables import read_json
+
+    path = stdout.strip().splitlines()[-1].split("report:", 1)[1].strip()
+    return read_json(Path(path))

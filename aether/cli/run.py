@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aether.cli._app import DataDirOpt, SchedulerOpt, app, print_tables, printable
+from aether.cli._app import SchedulerOpt, app, print_tables, printable
 from aether.errors import BudgetError
 
 
@@ -30,6 +30,13 @@ run_app = typer.Typer(cls=_RunGroup, no_args_is_help=True,
                            "`aether run status FILE`.")
 app.add_typer(run_app, name="run")
 
+#: A run's data directory may be remote: a local folder or an fsspec URL (not a Path, which
+#: would turn ``s3://b`` into ``s3:/b``).
+RunDataDirOpt = Annotated[str | None, typer.Option(
+    "--data-dir", help="Data directory: a folder, or an fsspec URL (s3://bucket/prefix, "
+                       "gs://…) the cluster's workers share [env AETHER_DATA_DIR, run file "
+                       "data_dir, default ./aether-data]")]
+
 RunFileArg = Annotated[Path, typer.Argument(
     metavar="RUNFILE", help="Run file (YAML), e.g. pipelines/cities.yaml")]
 
@@ -37,7 +44,7 @@ RunFileArg = Annotated[Path, typer.Argument(
 @run_app.command("start")
 def run_cmd(
     runfile: RunFileArg,
-    data_dir: DataDirOpt = None,
+    data_dir: RunDataDirOpt = None,
     scheduler: SchedulerOpt = None,
     max_eecu_hours: Annotated[float | None, typer.Option(
         min=0, help="Earth Engine budget of the whole run, in EECU-hours of export tasks: "
@@ -88,7 +95,7 @@ def run_cmd(
 @run_app.command("status")
 def status_cmd(
     runfile: RunFileArg,
-    data_dir: DataDirOpt = None,
+    data_dir: RunDataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
 ) -> None:
     """Where each city × year × step of a run file stands: the last run's word, rows, the

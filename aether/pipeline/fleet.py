@@ -12,7 +12,9 @@ every step is idempotent, so the outputs are those of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,15 +35,18 @@ log = logging.getLogger(__name__)
 
 def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path,
                    settings: Settings, scheduler: str | None, step: StepFn,
-                   say: Callable[[str], None]) -> None:
+                   say: Callable[[str], None], *, lend: bool = True) -> None:
     """Do every city's steps as tasks on the cluster ``scheduler`` names; fills in the
-    ``Step`` records in place (the report's rows), in the order they were planned."""
+    ``Step`` records in place (the report's rows), in the order they were planned.
+
+    ``lend``: the tasks write into ``root`` under the lock this process holds on it; else
+    (a remote data directory) ``step`` syncs its own mirror and checks the run's lease."""
     from distributed import as_completed
 
     from aether.execution.cluster import check_versions, dask_scheduler
     from aether.io.store import lock_token
 
-    token = lock_token(root)
+    token = lock_token(root) if lend else None
     with dask_scheduler(scheduler) as client:
         assert client is not None
         check_versions(client)
@@ -50,12 +55,13 @@ def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Pa
         say(f"cluster {info.get('address')}: {len(info.get('workers', {}))} workers"
             + (f", dashboard {link}" if link else ""))
         futures: dict[Any, Step] = {}
+        run_key = token or uuid.uuid4().hex
         for city, steps in cities:
             before: dict[int, Any] = {}
             for task in steps:
                 future = client.submit(
                     _remote_step, step, run, city, task, root, settings, token,
-                    before.get(task.year), key=f"aether-{task.key}-{token}", pure=False)
+                    before.get(task.year), key=f"aether-{task.key}-{run_key}", pure=False)
                 before[task.year] = future
                 futures[future] = task
         total: dict[str, int] = {}
@@ -73,7 +79,7 @@ def run_on_cluster(run: RunFile, cities: list[tuple[City, list[Step]]], root: Pa
 
 
 def _remote_step(step: StepFn, run: RunFile, city: City, task: Step, root: Path,
-                 settings: Settings, token: str,
+                 settings: Settings, token: str | None,
                  before: tuple[Step, Path | None, list[str]] | None
                  ) -> tuple[Step, Path | None, list[str]]:
     """One step on a worker: (its record, the folder for the next step, what it said)."""
@@ -87,6 +93,7 @@ def _remote_step(step: StepFn, run: RunFile, city: City, task: Step, root: Path,
 
     worker = get_worker()
     task.worker = str(worker.address)
-    with lent_lock(root, token), use_settings(settings), local_threads(worker.state.nthreads):
+    lent = lent_lock(root, token) if token else contextlib.nullcontext(root)
+    with lent, use_settings(settings), local_threads(worker.state.nthreads):
         out = step(run, city, task, root, city_dir, lines.append)
     return task, out, lines

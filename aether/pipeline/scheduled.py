@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from aether.errors import AetherError, BudgetError, ConfigError
 from aether.io.store import CityStore, new_run_id, runs_dir
-from aether.io.store import data_lock as run_lock
 from aether.pipeline.runfile import City, RunFile, Year, load_run_file
 from aether.pipeline.steps import step_fresh, step_record
 from aether.settings import DEFAULT_YEAR
 
 if TYPE_CHECKING:
+    from aether.io.remote import RemoteDir
     from aether.pipeline.extract import ExtractRequest
+    from aether.pipeline.fleet import StepFn
 
 KILL_ENV = "AETHER_RUN_KILL_AT"
 
@@ -156,14 +157,17 @@ def resolve_latest(run: RunFile, root: Path) -> RunFile:
                                              for c in run.cities]})
 
 
-def run_root(run: RunFile, data_dir: Path | None) -> Path:
+def run_root(run: RunFile, data_dir: str | os.PathLike[str] | None) -> Path | RemoteDir:
     """The run's data directory: ``--data-dir``, then the settings' ``data_dir``
-    (``AETHER_DATA_DIR``, a settings file), then the run file's ``data_dir``."""
+    (``AETHER_DATA_DIR``, a settings file), then the run file's ``data_dir``; a URL other
+    than ``file://`` is a remote one (``io.remote``)."""
+    from aether.io.remote import RemoteDir, as_url, is_url, local_path
     from aether.settings import current
 
     settings = current()
     given = "data_dir" in settings.model_fields_set or not run.data_dir
-    return Path(data_dir) if data_dir else settings.data_dir if given else Path(str(run.data_dir))
+    chosen = data_dir if data_dir else settings.data_dir if given else str(run.data_dir)
+    return RemoteDir.of(as_url(chosen)) if is_url(chosen) else local_path(chosen)
 
 
 def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
@@ -192,7 +196,7 @@ def check_requests(run: RunFile, cities: list[tuple[City, list[Step]]], root: Pa
             extract_request(run, city, steps[0].year, root)
 
 
-def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
+def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
             say: Callable[[str], None] = lambda s: None, *,
             scheduler: str | None = None, max_eecu_hours: float | None = None) -> RunReport:
     """Run a run file (see the module doc); returns the report (also written to disk).
@@ -206,48 +210,67 @@ def execute(run_file: str | os.PathLike[str], data_dir: Path | None = None,
     """
     from aether.execution.budget import EecuBudget
     from aether.execution.cluster import parse_scheduler
+    from aether.io.remote import RemoteDir
     from aether.io.store import run_ledger
+    from aether.pipeline.synced import SyncedStep, local_root, one_writer
     from aether.settings import current, use_settings
 
     run = load_run_file(run_file, strict=True)
     settings = current()
-    root = run_root(run, data_dir)
+    target = run_root(run, data_dir)
+    remote = target if isinstance(target, RemoteDir) else None
     where = scheduler or run.scheduler or settings.dask_scheduler
     spread = parse_scheduler(where).kind != "threads"
+    budget = max_eecu_hours if max_eecu_hours is not None else run.ee.max_eecu_hours
+    if remote is not None and spread and budget is not None:
+        raise ConfigError(f"an Earth Engine budget on a cluster needs a data directory the "
+                          f"workers share on disk; {remote.url} is remote",
+                          "drop max_eecu_hours, or run on a shared filesystem")
     run_id = new_run_id()
-    ee = run.ee.model_copy(update={
-        k: v for k, v in (("max_eecu_hours", max_eecu_hours),
-                          ("budget_file", run.ee.budget_file
-                           or str(run_ledger(root, run_id).resolve()))) if v is not None})
-    run = resolve_latest(run.model_copy(update={"ee": ee}), root)
-    cities = plan(run)
-    check_requests(run, cities, root)
-    with run_lock(root), use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
-        _hook("locked")
-        report = RunReport(
-            run_id=run_id,
-            run_file=str(Path(run_file).resolve()), data_dir=str(root.resolve()),
-            started=_now(), steps=[t for _, steps in cities for t in steps])
-        if spread:
-            from aether.pipeline.fleet import run_on_cluster
+    with local_root(target) as root:
+        ee = run.ee.model_copy(update={
+            k: v for k, v in (("max_eecu_hours", max_eecu_hours),
+                              ("budget_file", run.ee.budget_file
+                               or str(run_ledger(root, run_id).resolve()))) if v is not None})
+        run = resolve_latest(run.model_copy(update={"ee": ee}), root)
+        cities = plan(run)
+        check_requests(run, cities, root)
+        with one_writer(target) as lease, \
+                use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
+            _hook("locked")
+            report = RunReport(
+                run_id=run_id, run_file=str(Path(run_file).resolve()),
+                data_dir=remote.url if remote else str(root.resolve()),
+                started=_now(), steps=[t for _, steps in cities for t in steps])
+            step: StepFn = (run_step if remote is None or lease is None
+                            else SyncedStep(remote, lease, run_step))
+            if spread:
+                from aether.pipeline.fleet import run_on_cluster
 
-            run_on_cluster(run, cities, root, chosen, where, run_step, say)
-        else:
-            for city, steps in cities:
-                _run_city(run, city, steps, root, say)
-        report.eecu_hours = EecuBudget(Path(str(ee.budget_file))).spent() / 3600
-        report.finished = _now()
-        _hook("report")
-        report.path = _write_report(report, root)
+                run_on_cluster(run, cities, root, chosen, where, step, say,
+                               lend=remote is None)
+            else:
+                for city, steps in cities:
+                    _run_city(steps, root, say, step, run, city)
+            report.eecu_hours = (EecuBudget(Path(str(ee.budget_file))).spent() / 3600
+                                 if remote is None
+                                 else sum(t.eecu_s or 0.0 for t in report.steps) / 3600)
+            report.finished = _now()
+            _hook("report")
+            report.path = _write_report(report, root)
+            if remote is not None:
+                from aether.io.store import RUNS_DIR
+
+                remote.push(root, RUNS_DIR, lease)  # report.path: its local copy
     return report
 
 
-def _run_city(run: RunFile, city: City, steps: list[Step], root: Path,
-              say: Callable[[str], None]) -> None:
+def _run_city(steps: list[Step], root: Path, say: Callable[[str], None], step: StepFn,
+              run: RunFile, city: City) -> None:
     """The city's steps in order; a failure skips that year's later steps, nothing else."""
     out_dirs: dict[int, Path | None] = {}
     for task in steps:
-        out_dirs[task.year] = run_step(run, city, task, root, out_dirs.get(task.year), say)
+        out_dirs[task.year] = step(run, city, task, root, out_dirs.get(task.year), say)
 
 
 def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | None,

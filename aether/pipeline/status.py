@@ -29,29 +29,37 @@ class StepStatus:
     redo: str  # what the next run would do with it, and why
 
 
-def run_status(run_file: str | os.PathLike[str], data_dir: Path | None = None, *,
+def run_status(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *,
                strict: bool = False) -> list[StepStatus]:
     """Per planned step: the last report's word on it, and whether its outputs still stand
     (missing or changed outputs are redone; inputs are compared when the run starts).
 
     ``strict`` (``aether run --dry-run``) checks the run file as ``aether run`` does before
     any work: unset variables, options of another source, every city's request."""
+    from aether.io.remote import RemoteDir
+    from aether.pipeline.synced import city_rel, local_root, pull_for_reading
+
     run = load_run_file(run_file, strict=strict)
-    root = run_root(run, data_dir)
-    run = resolve_latest(run, root)
-    planned = plan(run)
-    if strict:
-        check_requests(run, planned, root)
-    last = _last_reports(root)
-    out = []
-    for _, steps in planned:
-        for task in steps:
-            row, finished = last.get(task.key, ({}, ""))
-            store = CityStore.of(root, task.slug, task.year)
-            out.append(StepStatus(task.city, task.year, task.step,
-                                  str(row.get("status", "never run")), finished,
-                                  row.get("rows"), _version(store) if task.step == "extract"
-                                  else None, row.get("eecu_s"), _redo(store, task.step)))
+    target = run_root(run, data_dir)
+    with local_root(target) as root:  # a remote directory is read from a fresh mirror
+        run = resolve_latest(run, root)
+        planned = plan(run)
+        if strict:
+            check_requests(run, planned, root)
+        if isinstance(target, RemoteDir):
+            pull_for_reading(target, root, sorted({city_rel(t.slug, t.year)
+                                                   for _, steps in planned for t in steps}))
+        last = _last_reports(root)
+        out = []
+        for _, steps in planned:
+            for task in steps:
+                row, finished = last.get(task.key, ({}, ""))
+                store = CityStore.of(root, task.slug, task.year)
+                out.append(StepStatus(
+                    task.city, task.year, task.step, str(row.get("status", "never run")),
+                    finished, row.get("rows"),
+                    _version(store) if task.step == "extract" else None,
+                    row.get("eecu_s"), _redo(store, task.step)))
     return out
 
 

@@ -17,39 +17,9 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
-from support import REPO, free_port, kill_once_tasks_start
-
-from aether.io.tables import read_json
+from support import FLEET_CITIES, REPO, fleet_report, fleet_tables, free_port, kill_once_tasks_start
 
 pytest.importorskip("distributed")
-CITIES = ("Alpha", "Beta", "Gamma")
-
-
-@pytest.fixture
-def fleet(sample_extract: Path, sample_city, tmp_path: Path) -> Path:
-    """A three-city run file (extract at 100 m, COG tiles), each city ~40 POIs."""
-    pois = gpd.read_parquet(sample_extract / "pois.parquet")
-    cities = []
-    for i, name in enumerate(CITIES):
-        part = pois.iloc[i::3].head(40).reset_index(drop=True)
-        path = tmp_path / f"{name.lower()}.parquet"
-        part.to_parquet(path)
-        cities.append({"name": name, "pois": f"file:{path}"})
-    body = {"years": [2024], "radii": [100],
-            "source": {"name": "cog", "options": {"tiles": str(sample_city.tiles)}},
-            "cities": cities}
-    runfile = tmp_path / "fleet.yaml"
-    runfile.write_text(yaml.safe_dump(body, sort_keys=False))
-    return runfile
-
-
-def tables(data: Path) -> dict[str, pd.DataFrame]:
-    return {p.parents[1].name: pd.read_parquet(p) for p in data.rglob("poi_embeddings.parquet")}
-
-
-def report(stdout: str) -> dict:
-    path = stdout.strip().splitlines()[-1].split("report:", 1)[1].strip()
-    return read_json(Path(path))
 
 
 def test_cities_spread_over_the_workers_and_give_the_threaded_tables(
@@ -60,14 +30,14 @@ def test_cities_spread_over_the_workers_and_give_the_threaded_tables(
     assert threads.returncode == 0, threads.stderr
     spread = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
     assert spread.returncode == 0, spread.stderr
-    want, got = tables(tmp_path / "t"), tables(tmp_path / "c")
+    want, got = fleet_tables(tmp_path / "t"), fleet_tables(tmp_path / "c")
     assert sorted(got) == ["alpha", "beta", "gamma"]
     for city in want:
         pd.testing.assert_frame_equal(want[city], got[city])
-    rows = report(spread.stdout)["tasks"]
+    rows = fleet_report(spread.stdout)["tasks"]
     assert [r["status"] for r in rows] == ["done"] * 3
     assert len({r["worker"] for r in rows}) == 2  # both workers ran cities
-    assert all(r["worker"] is None for r in report(threads.stdout)["tasks"])
+    assert all(r["worker"] is None for r in fleet_report(threads.stdout)["tasks"])
     assert "extract 3/3" in spread.stderr  # the progress fed by the cluster
 
     # a second run does nothing; a changed POI file redoes that city alone
@@ -77,9 +47,9 @@ def test_cities_spread_over_the_workers_and_give_the_threaded_tables(
     gpd.read_parquet(beta).iloc[:-1].to_parquet(beta)
     changed = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
     assert changed.returncode == 0, changed.stderr
-    status = {r["city"]: r["status"] for r in report(changed.stdout)["tasks"]}
+    status = {r["city"]: r["status"] for r in fleet_report(changed.stdout)["tasks"]}
     assert status == {"Alpha": "up to date", "Beta": "done", "Gamma": "up to date"}
-    assert len(tables(tmp_path / "c")["beta"]) == 39
+    assert len(fleet_tables(tmp_path / "c")["beta"]) == 39
 
     # `aether run status` reads what the runs left
     st = cli("run", "status", str(fleet), "--data-dir", str(tmp_path / "c"), "--json")
@@ -97,15 +67,15 @@ def test_a_killed_worker_changes_nothing(fleet: Path, dask_cluster, cli,
                                          tmp_path: Path) -> None:
     """Worker 0 SIGKILLs itself as it starts any city's extract: Dask runs that task again
     on worker 1, and the tables are the threaded run's."""
-    kill = ",".join(f"before:{c.lower()}/2024/extract" for c in CITIES)
+    kill = ",".join(f"before:{c.lower()}/2024/extract" for c in FLEET_CITIES)
     address, _ = dask_cluster(2, lambda i: {"AETHER_RUN_KILL_AT": kill} if i == 0 else {})
     threads = cli("run", str(fleet), "--data-dir", str(tmp_path / "t"))
     spread = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
     assert threads.returncode == 0 and spread.returncode == 0, spread.stderr
-    rows = report(spread.stdout)["tasks"]
+    rows = fleet_report(spread.stdout)["tasks"]
     assert [r["status"] for r in rows] == ["done"] * 3
     assert len({r["worker"] for r in rows}) == 1  # all on the worker left alive
-    want, got = tables(tmp_path / "t"), tables(tmp_path / "c")
+    want, got = fleet_tables(tmp_path / "t"), fleet_tables(tmp_path / "c")
     for city in want:
         pd.testing.assert_frame_equal(want[city], got[city])
 
@@ -175,7 +145,7 @@ def test_earth_engine_requests_in_flight_stay_under_one_cap_for_the_cluster(
     address, _ = dask_cluster(2)
     r = cli("run", str(fleet), "--data-dir", str(tmp_path / "c"), "--scheduler", address)
     assert r.returncode == 0, r.stderr
-    assert len({row["worker"] for row in report(r.stdout)["tasks"]}) == 2
+    assert len({row["worker"] for row in fleet_report(r.stdout)["tasks"]}) == 2
     calls = [e for e in emulator.log if e.get("route", "").endswith("table:computeFeatures")]
     assert len(calls) >= 15  # 3 cities × 5 batches of 8 POIs
     assert in_flight(emulator.log) == 2
@@ -207,5 +177,5 @@ def test_a_killed_client_leaves_no_export_task_to_start_twice(
     # 3 cities × 40 POIs × 1 radius in batches of 10
     assert len(emu.operations) == 12
     assert len({op["metadata"]["description"] for op in emu.operations.values()}) == 12
-    for city, emb in tables(data).items():
+    for city, emb in fleet_tables(data).items():
         assert len(emb) == 40 and not emb.duplicated(["poi_id", "radius_m"]).any(), city

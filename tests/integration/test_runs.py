@@ -24,9 +24,10 @@ import yaml
 from support import REPO, free_port, kill_once_tasks_start, shared_file
 
 from aether.errors import ConfigError
+from aether.io.store import data_lock as run_lock
 from aether.io.tables import MANIFEST_FILE, read_json, sha256_file
 from aether.pipeline.runfile import load_run_file
-from aether.pipeline.scheduled import KILL_ENV, run_lock
+from aether.pipeline.scheduled import KILL_ENV
 from aether.testing.emulator import Emulator, Faults, running
 from aether.testing.emulator.server import COMPUTE_ROUTES
 

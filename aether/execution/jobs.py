@@ -27,11 +27,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-import pandas as pd
-
-from aether.io.tables import write_parquet
+if TYPE_CHECKING:  # pandas is imported where a frame is made: a run's client never needs it
+    import pandas as pd
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -174,6 +173,8 @@ def resilient_call(
     halves = [resilient_call(fn, part, classify, policy, stats=stats, rng=rng, sleep=sleep,
                              level=state["level"])
               for part in (items[:mid], items[mid:])]
+    import pandas as pd
+
     return cast(R, pd.concat(halves, ignore_index=True))
 
 
@@ -213,6 +214,8 @@ class CheckpointStore:
         return self.path(key).is_file()
 
     def save(self, key: str, df: pd.DataFrame) -> Path:
+        from aether.io.tables import write_parquet
+
         return write_parquet(df, self.path(key))
 
 
@@ -271,6 +274,7 @@ def read_checkpoints(paths: Sequence[Path]) -> pd.DataFrame:
     (``dask.delayed`` rather than ``dask.dataframe``: the latter costs seconds to import.)
     """
     import dask
+    import pandas as pd
 
     if not paths:
         return pd.DataFrame()

@@ -25,7 +25,6 @@ import numpy as np
 from aether.errors import ModelError, TableError
 from aether.execution.progress import bar
 from aether.io.store import TEXT_EMBEDDINGS_FILE as TEXT_EMBEDDINGS_FILE  # the layout's name
-from aether.io.tables import atomic_path
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_CACHE_COLUMNS: tuple[str, ...] = ("text_hash", "model", "dim", "vector")
@@ -162,6 +161,8 @@ def cache_vectors(
         fresh = set(hashes)
         keep = [h not in fresh for h in old.column("text_hash").to_pylist()]
         new = pa.concat_tables([old.filter(pa.array(keep, pa.bool_())).cast(new.schema), new])
+    from aether.io.tables import atomic_path  # pandas with it: not for a run's client
+
     with atomic_path(cache_path) as tmp:
         pq.write_table(new, tmp)
 

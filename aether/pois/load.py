@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aether.errors import PoiError
-from aether.io.tables import POI_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +153,8 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
     df["text"] = [poi_text(c, t, n) for c, t, n in
                   zip(df["category"], df["top_category"], df["name"], strict=True)]
     df["source"] = label
+    from aether.io.tables import POI_COLUMNS  # with pandas: not for a run's client
+
     extra = [c for c in OPTIONAL_COLUMNS if c in df.columns]
     out = df[[*POI_COLUMNS, *extra]].reset_index(drop=True)
     for col in ("poi_id", "name", "category", "top_category", "text", "source"):

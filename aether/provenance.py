@@ -63,7 +63,8 @@ def dataset(city_dir: Path) -> dict[str, Any]:
         return {"extract": None}
     inputs = m.get("inputs") or {}
     return {"extract": m.get("run_id"), "source": inputs.get("source"),
-            "pois": inputs.get("pois"), "tiles": inputs.get("tiles"),
+            "pois": inputs.get("pois"), "pois_snapshot": inputs.get("pois_snapshot"),
+            "tiles": inputs.get("tiles"),
             "tiles_index_sha256": inputs.get("tiles_index_sha256"),
             "outputs_sha256": {k: v.get("sha256") for k, v in (m.get("outputs") or {}).items()}}
 

@@ -229,13 +229,14 @@ def _extract(req: ExtractRequest) -> ExtractResult:
 
             write_basemap(poi_spec.split(":", 1)[1], place, store.basemap)
         write_json(_manifest(store, chash, config, req, poi_spec, source_name, options, place,
-                             len(pois), n_rows), store.manifest)
+                             len(pois), n_rows, pois.attrs.get("snapshot")), store.manifest)
     return ExtractResult(out, place, len(pois), n_rows, False, time.perf_counter() - t0)
 
 
 def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: ExtractRequest,
               poi_spec: str, source_name: str, options: dict[str, Any], place: Place,
-              n_pois: int, n_rows: int) -> dict[str, Any]:
+              n_pois: int, n_rows: int, pois_snapshot: dict[str, Any] | None
+              ) -> dict[str, Any]:
     """What was made, from what: read back by ``_up_to_date`` and by later steps."""
     from aether.io.tiles import index_sha256
 
@@ -246,6 +247,8 @@ def _manifest(store: CityStore, chash: str, config: dict[str, Any], req: Extract
         "config": config,
         "config_hash": chash,
         "inputs": {"city": req.city, "pois": _poi_record(poi_spec),
+                   # the OSM / Overture state the POIs are as of (None for a user's file)
+                   "pois_snapshot": pois_snapshot,
                    "source": source_name, "tiles": None if tiles is None else str(tiles),
                    "tiles_index_sha256": None if tiles is None else index_sha256(tiles)},
         "versions": _versions(),

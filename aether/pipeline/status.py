@@ -90,7 +90,9 @@ def _version(store: CityStore) -> str | None:
     data = m.get("config", {}).get("dataset") or {}
     made = (f", {len(data['tiles'])} tiles" if "tiles" in data
             else f", {len(data['images'])} images" if "images" in data else "")
-    return f"{m.get('inputs', {}).get('source')}{made}"
+    snapshot = (m.get("inputs", {}).get("pois_snapshot") or {}).get("as_of")
+    return f"{m.get('inputs', {}).get('source')}{made}" + (
+        f", POIs as of {snapshot[:10]}" if snapshot else "")
 
 
 def _redo(store: CityStore, step: str) -> str:

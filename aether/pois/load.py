@@ -159,7 +159,10 @@ def normalise(raw: gpd.GeoDataFrame, place: Place | None, label: str) -> gpd.Geo
     out = df[[*POI_COLUMNS, *extra]].reset_index(drop=True)
     for col in ("poi_id", "name", "category", "top_category", "text", "source"):
         out[col] = out[col].astype(pd.StringDtype())
-    return gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")
+    table = gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")
+    if "snapshot" in raw.attrs:  # the date the reader says its data is as of (readers.base)
+        table.attrs["snapshot"] = raw.attrs["snapshot"]
+    return table
 
 
 def _has_geometry(arr: Any) -> Any:

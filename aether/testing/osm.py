@@ -55,6 +55,8 @@ class OsmData:
     relations: dict[int, list[tuple[str, int, str]]] = field(default_factory=dict)
     tags: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
     by_key: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    #: what the database is as of: the newest edit it holds (Overpass's timestamp_osm_base)
+    osm_base: str | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> OsmData:
@@ -62,7 +64,10 @@ class OsmData:
 
         data = cls()
         obj: Any  # a Node, Way or Relation: the is_*() checks below tell which
+        newest = None
         for obj in osmium.FileProcessor(str(path)):
+            if obj.timestamp and (newest is None or obj.timestamp > newest):
+                newest = obj.timestamp
             if obj.is_node():
                 kind = "node"
                 data.nodes[obj.id] = (obj.location.lon, obj.location.lat)
@@ -76,6 +81,7 @@ class OsmData:
                 data.tags[(kind, obj.id)] = dict(obj.tags)
                 for k in obj.tags:
                     data.by_key[k.k].append((kind, obj.id))
+        data.osm_base = newest.strftime("%Y-%m-%dT%H:%M:%SZ") if newest else None
         return data
 
     def geometry(self, kind: str, oid: int) -> Any:
@@ -210,7 +216,8 @@ def overpass_answer(data: OsmData, query: str) -> dict[str, Any]:
                 if (k == "node" and i in data.nodes) or (k == "way" and i in data.ways)
                 or (k == "relation" and i in data.relations)]
     return {"version": 0.6, "generator": "aether loopback Overpass stand-in",
-            "osm3s": {"copyright": LICENCE}, "elements": elements}
+            "osm3s": {"timestamp_osm_base": data.osm_base, "copyright": LICENCE},
+            "elements": elements}
 
 
 def _element(data: OsmData, kind: str, oid: int) -> dict[str, Any]:

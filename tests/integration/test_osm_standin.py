@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -17,6 +18,14 @@ def helsinki(osm_env):
     return resolve_place("Helsinki")
 
 
+def newest_edit(pbf) -> str:
+    """What the extract is as of: its newest edit, read here with osmium directly."""
+    import osmium
+
+    stamps = [o.timestamp for o in osmium.FileProcessor(str(pbf)) if o.timestamp]
+    return max(stamps).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_osm_source_equals_pbf_source(osm_env, helsinki, helsinki_pbf):
     before = osm_env.count("overpass")
     osm = load_pois("osm", helsinki)
@@ -29,10 +38,19 @@ def test_osm_source_equals_pbf_source(osm_env, helsinki, helsinki_pbf):
     assert (osm.geometry.x - pbf.geometry.x).abs().max() < 1e-9
     assert (osm.geometry.y - pbf.geometry.y).abs().max() < 1e-9
     assert set(osm["source"]) == {"osm"}
-    # the second load is answered by osmnx's own HTTP cache: no request reaches the server
+    # the data's date: Overpass's timestamp_osm_base; the PBF without a replication time
+    # in its header is as of its newest POI edit, which is no later
+    as_of = newest_edit(helsinki_pbf)
+    assert osm.attrs["snapshot"]["as_of"] == as_of
+    assert "timestamp_osm_base" in osm.attrs["snapshot"]["from"]
+    assert "newest edit among its POIs" in pbf.attrs["snapshot"]["from"]
+    assert "2000" < pbf.attrs["snapshot"]["as_of"] <= as_of
+    # the second load is answered by osmnx's own HTTP cache: no request reaches the server,
+    # and the cached response keeps the date it was made with
     again = load_pois("osm", helsinki)
     assert osm_env.count("overpass") == before + 1
     assert list(again["poi_id"]) == list(osm["poi_id"])
+    assert again.attrs["snapshot"] == osm.attrs["snapshot"]
 
 
 def test_overpass_failures_are_retried_politely(osm_env, helsinki, monkeypatch):
@@ -111,6 +129,8 @@ def test_cli_extract_through_osmnx_equals_pbf(osm_env, cli, sample_city, helsink
     assert list(pois["top_category"]) == list(pbf["top_category"])
     emb = pd.read_parquet(out / "poi_embeddings.parquet")
     assert len(emb) == 2 * len(pois)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["pois_snapshot"]["as_of"] == newest_edit(helsinki_pbf)
 
 
 def test_cli_overpass_failure_leaves_nothing(osm_env, cli, sample_city, tmp_path):

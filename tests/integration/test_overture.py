@@ -26,6 +26,8 @@ def test_overture_pois_have_the_contract_of_osm_pois(release, sample_city, monke
     root, osm = release
     monkeypatch.setenv("AETHER_OVERTURE_ROOT", str(root))
     ovt = load_pois(f"overture:{RELEASE}", sample_city.place)
+    assert ovt.attrs["snapshot"] == {"as_of": RELEASE.split(".")[0],
+                                     "from": f"the Overture release {RELEASE}"}
     assert list(ovt.columns) == [*osm.columns, "confidence"]
     assert dict(ovt.dtypes.drop("confidence")) == dict(osm.dtypes)
     assert ovt.crs == osm.crs and len(ovt) == len(osm)

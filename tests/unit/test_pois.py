@@ -121,6 +121,34 @@ def test_tiny_pbf_geometries_and_dedup(tmp_path):
         "A place of park, a type of leisure, named Puisto.")
 
 
+def test_a_pbf_says_what_date_its_pois_are_as_of(tmp_path):
+    """The header's replication time when it has one (Geofabrik's extracts do), else the
+    newest edit among the POIs; kept on the table through the contract's normalisation."""
+    import osmium
+    from osmium.osm.mutable import Node
+
+    def write(path: Path, header: str | None) -> Path:
+        h = osmium.io.Header()
+        if header:
+            h.set("osmosis_replication_timestamp", header)
+        w = osmium.SimpleWriter(str(path), 0, h)
+        for nid, stamp, tags in [(1, "2021-03-04T05:06:07Z", {"amenity": "cafe"}),
+                                 (2, "2022-01-02T00:00:00Z", {"shop": "bakery"}),
+                                 (3, "2023-09-09T09:09:09Z", {"highway": "crossing"})]:
+            w.add_node(Node(id=nid, location=(24.9 + nid / 1000, 60.1), tags=tags,
+                            timestamp=stamp, version=1))
+        w.close()
+        return path
+
+    plain = load_pois(f"pbf:{write(tmp_path / 'a.osm.pbf', None)}")
+    assert len(plain) == 2
+    assert plain.attrs["snapshot"]["as_of"] == "2022-01-02T00:00:00Z"  # not the crossing's
+    assert "newest edit" in plain.attrs["snapshot"]["from"]
+    dated = load_pois(f"pbf:{write(tmp_path / 'b.osm.pbf', '2024-05-01T00:00:00Z')}")
+    assert dated.attrs["snapshot"] == {"as_of": "2024-05-01T00:00:00Z",
+                                       "from": "the PBF header's replication time"}
+
+
 @pytest.mark.parametrize("content", [None, b"", b"not a pbf at all"])
 def test_bad_pbf(tmp_path, content):
     path = tmp_path / "x.osm.pbf"

@@ -19,6 +19,14 @@ def raw_frame(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> Any:
     return gpd.GeoDataFrame(rows, columns=columns, geometry="geometry", crs="EPSG:4326")
 
 
+def with_snapshot(frame: Any, as_of: str | None, how: str) -> Any:
+    """``frame`` with the date its data is as of (``attrs["snapshot"]``): which OSM or
+    Overture state the POIs were read from, recorded in the extract's manifest. ``how`` says
+    what the date is (a replication time, a release, the newest edit among the POIs)."""
+    frame.attrs["snapshot"] = {"as_of": as_of, "from": how}
+    return frame
+
+
 def osm_rows(elements: Iterable[tuple[str, Mapping[str, str], Any]]) -> list[dict[str, Any]]:
     """Rows for elements ``(poi_id, OSM tags, geometry)`` the taxonomy classifies as POIs."""
     from aether.pois.taxonomy import load_taxonomy

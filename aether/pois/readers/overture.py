@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aether.errors import PoiError
-from aether.pois.readers.base import raw_frame
+from aether.pois.readers.base import raw_frame, with_snapshot
 
 if TYPE_CHECKING:
     from aether.places.place import Place
@@ -93,7 +93,8 @@ def read(place: Place | None, *, release: str | None = None, root: str | None = 
         raise PoiError(f"cannot read Overture places at {path}: {str(e).splitlines()[0]}",
                        "check the release name (overture:YYYY-MM-DD.N) and the network") from e
     log.info("read %d Overture places of release %s", table.num_rows, release)
-    return _frame(table.to_pylist())
+    return with_snapshot(_frame(table.to_pylist()), release.split(".")[0],
+                         f"the Overture release {release}")
 
 
 def _frame(records: list[dict[str, Any]]) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aether.errors import PoiError
-from aether.pois.readers.base import osm_rows, raw_frame
+from aether.pois.readers.base import osm_rows, raw_frame, with_snapshot
 
 
 def read(path: str) -> Any:
@@ -19,15 +19,35 @@ def read(path: str) -> Any:
     p = Path(path)
     if not p.is_file() or p.stat().st_size == 0:
         raise PoiError(f"PBF file {p} is missing or empty", "pass an existing .osm.pbf extract")
+    newest: list[Any] = []
     try:
-        elements = list(_elements(p))
+        elements = list(_elements(p, newest))
+        as_of = _replication_time(p)
     except RuntimeError as e:  # osmium reports corrupt input as RuntimeError
         raise PoiError(f"cannot read PBF file {p}: {e}", "check that it is an OSM PBF") from e
-    return raw_frame(osm_rows(elements))
+    frame = raw_frame(osm_rows(elements))
+    if as_of:
+        return with_snapshot(frame, as_of, "the PBF header's replication time")
+    return with_snapshot(frame, newest[0].strftime("%Y-%m-%dT%H:%M:%SZ") if newest else None,
+                         "the newest edit among its POIs (the PBF header names no "
+                         "replication time)")
 
 
-def _elements(path: Path) -> Any:
-    """(poi_id, tags, shapely geometry) for every tagged element with a POI key."""
+def _replication_time(path: Path) -> str | None:
+    """The time the extract is as of, when its header says (``osmosis_replication_timestamp``,
+    which Geofabrik and planet extracts set)."""
+    import osmium
+
+    reader = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING)
+    try:
+        return reader.header().get("osmosis_replication_timestamp") or None
+    finally:
+        reader.close()
+
+
+def _elements(path: Path, newest: list[Any]) -> Any:
+    """(poi_id, tags, shapely geometry) for every tagged element with a POI key; the latest
+    edit time among them is kept in ``newest``."""
     import osmium
     from shapely import wkb
     from shapely.geometry import LineString, Point
@@ -42,6 +62,8 @@ def _elements(path: Path) -> Any:
     obj: Any  # a Node, Way or Area: the is_*() checks below tell which
     for obj in reader:
         tags = dict(obj.tags)
+        if obj.timestamp and (not newest or obj.timestamp > newest[0]):
+            newest[:] = [obj.timestamp]
         if obj.is_node():
             if obj.location.valid():
                 yield f"osm:node/{obj.id}", tags, Point(obj.location.lon, obj.location.lat)

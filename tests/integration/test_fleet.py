@@ -179,3 +179,52 @@ def test_a_killed_client_leaves_no_export_task_to_start_twice(
     assert len({op["metadata"]["description"] for op in emu.operations.values()}) == 12
     for city, emb in fleet_tables(data).items():
         assert len(emb) == 40 and not emb.duplicated(["poi_id", "radius_m"]).any(), city
+
+
+def test_a_worker_killed_mid_export_leaves_no_task_to_start_twice(
+        fleet: Path, dask_cluster, sample_city, tmp_path: Path) -> None:
+    """SIGKILL a worker while its city's Earth Engine export tasks run: Dask runs that step
+    again on the other worker, which adopts the tasks already started (the task book is in
+    the shared data directory) instead of starting them again. One task per batch, ever,
+    and the tables are whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    from aether.testing.emulator import Emulator, running
+
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports", export_delay=1.0)
+    address, _ = dask_cluster(2)
+    data = tmp_path / "c"
+    with running(emu) as url, Client(address, timeout=30) as watcher:
+        body = yaml.safe_load(fleet.read_text())
+        body["source"] = {"name": "ee", "options": {
+            "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
+            "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
+            "export_read": f"file://{emu.exports}/gcs/bucket"}}
+        fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+        run = subprocess.Popen([sys.executable, "-m", "aether", "run", str(fleet),
+                                "--data-dir", str(data), "--scheduler", address],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while len(emu.operations) < 2:
+            assert run.poll() is None and time.monotonic() - t0 < 120, "no export started"
+            time.sleep(0.02)
+        busy = [w for w, keys in watcher.processing().items()
+                if any(str(k).startswith("aether-") for k in keys)]
+        assert busy, "no worker is running a step"
+        pid = watcher.run(os.getpid, workers=busy[:1])[busy[0]]
+        started = len(emu.operations)
+        os.kill(pid, signal.SIGKILL)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert started < 12
+    rows = fleet_report(out)["tasks"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert len(emu.operations) == 12  # 3 cities × 40 POIs × 1 radius in batches of 10
+    assert len({op["metadata"]["description"] for op in emu.operations.values()}) == 12
+    for city, emb in fleet_tables(data).items():
+        assert len(emb) == 40 and not emb.duplicated(["poi_id", "radius_m"]).any(), city

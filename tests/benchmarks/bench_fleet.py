@@ -11,7 +11,10 @@ synthetic). Each mode runs ``aether run`` as a subprocess on its own data direct
 - **sequential**: ``--scheduler threads`` (the cities one after another in the client, its
   Dask work on the client's threads);
 - **cluster ×1 / ×2**: a ``dask scheduler`` and 1 or 2 ``dask worker --nthreads 1`` processes
-  on loopback; ``aether run --scheduler tcp://…`` sends one task per (city, year, step).
+  on loopback; ``aether run --scheduler tcp://…`` sends one task per (city, year, step);
+- **cluster ×2, s3**: the same on a data directory in an S3 bucket (moto's S3 server on
+  loopback, in this process: its CPU is in neither figure), every step pulling its city-year
+  into a mirror and pushing what it wrote (``io.remote``).
 
 Measured: wall time and cities per hour; CPU seconds of the client (``aether run``) and of the
 workers (psutil, their whole process trees), so the client's share of all CPU; worker
@@ -139,23 +142,24 @@ def _cpu(procs: list) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
-def run_mode(rf: Path, scheduler: str, workers: list) -> dict:
-    """One ``aether run`` (a fresh data dir): wall, client CPU, workers' CPU, the report."""
+def run_mode(rf: Path, scheduler: str, workers: list, data_dir: str | None = None) -> dict:
+    """One ``aether run`` (a fresh data dir: the run file's, or ``data_dir``): wall, client
+    CPU, workers' CPU, the report."""
     shutil.rmtree(rf.parent / "data", ignore_errors=True)
     env = dict(os.environ)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     w0 = _cpu(workers)
     t0 = time.perf_counter()
+    where = ["--data-dir", data_dir] if data_dir else []
     proc = subprocess.run([sys.executable, "-m", "aether", "run", str(rf), "--scheduler",
-                           scheduler], capture_output=True, text=True, env=env)
+                           scheduler, *where], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"aether run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     worker_cpu = _cpu(workers) - w0
-    name = proc.stdout.split("report: ")[1].split()[0].rsplit("/", 1)[1]
-    report = json.loads((rf.parent / "data" / "runs" / name).read_text())
+    report = json.loads(Path(proc.stdout.split("report: ")[1].split()[0]).read_text())
     spread: dict[str, int] = {}
     for t in report["tasks"]:
         spread[t.get("worker") or "client"] = spread.get(t.get("worker") or "client", 0) + 1
@@ -173,6 +177,50 @@ def tables(data: Path) -> dict[str, str]:
 
     return {p.parent.parent.name: sha256_file(p)
             for p in sorted(data.glob("*/2024/poi_embeddings.parquet"))}
+
+
+@contextlib.contextmanager
+def loopback_s3(bucket: str) -> Iterator[object]:
+    """An S3 service on 127.0.0.1 with an empty bucket, the environment (this process's,
+    so the workers started after it inherit it) pointing s3fs at it; yields a boto3 client."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        client.create_bucket(Bucket=bucket)
+        yield client
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def s3_tables(client: object, bucket: str, prefix: str) -> dict[str, str]:
+    """``tables`` of a data directory in a bucket."""
+    import hashlib
+
+    out = {}
+    pages = client.get_paginator("list_objects_v2").paginate(  # type: ignore[attr-defined]
+        Bucket=bucket, Prefix=prefix)
+    for key in sorted(o["Key"] for p in pages for o in p.get("Contents", [])):
+        if key.endswith("/2024/poi_embeddings.parquet"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+            out[key.split("/")[-3]] = hashlib.sha256(body).hexdigest()
+    return out
 
 
 def ee_in_flight(work: Path, cities: list[dict], tiles: Path) -> dict:
@@ -212,6 +260,10 @@ def main() -> None:
         with cluster(k) as (address, workers):
             modes[f"cluster x{k}"] = run_mode(rf, address, workers)
         modes[f"cluster x{k}"]["tables_equal"] = tables(rf.parent / "data") == reference
+    with loopback_s3("aether-bench") as s3, cluster(2) as (address, workers):
+        modes["cluster x2, s3"] = run_mode(rf, address, workers, "s3://aether-bench/data")
+        modes["cluster x2, s3"]["tables_equal"] = s3_tables(s3, "aether-bench", "data/") \
+            == reference
     for name, m in modes.items():
         m["cities_per_hour"] = round(3600 * len(cities) / m["wall_s"])
         print(f"{name}: {m['wall_s']:.1f} s wall, {m['cities_per_hour']} cities/h, client "

@@ -91,6 +91,8 @@ class _YamlFile(PydanticBaseSettingsSource):
         from aether.yamlfile import load_yaml
 
         data, _ = load_yaml(Path(path), what="settings file")
+        if data is None:  # empty, or only comments: a settings file that sets nothing
+            return {}
         if not isinstance(data, dict):
             raise ConfigError(f"settings file {path} is not a mapping",
                               "write `key: value` lines, see docs/settings.md")

@@ -4,8 +4,12 @@
  * The same computation as `aether extract --source ee`: the year's mosaic of
  * GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL (filtered by date and by the POIs' bounds), its 64
  * bands A00..A63, a weighted Reducer.mean over a circle of each radius around each POI, at
- * 10 m in the POIs' UTM zone (found on the server from the POIs' centroid). The circles are
- * drawn in that UTM projection with a maxError that keeps their area within 1e-3 of the true
+ * 10 m in the POI's own UTM zone, as the Python route does: the POIs are grouped by zone on
+ * the server (each POI's zone from its longitude and hemisphere, as aether.core.aef.utm_epsg)
+ * and each group is reduced in its zone's projection; the groups' rows are one table again.
+ * A city across a zone edge gets on each side the pixels Earth Engine stores there, not
+ * pixels resampled into a neighbouring zone. The circles are drawn in that UTM projection
+ * with a maxError that keeps their area within 1e-3 of the true
  * circle's (EE's default, 1% of the radius, loses ~1.3%). Earth Engine weights each pixel by
  * the fraction of it inside the circle, as aether's zonal kernel does, so the numbers match
  * poi_embeddings.parquet (aether asks for sums plus a valid-pixel band instead, to also get
@@ -24,8 +28,8 @@
 var POI_TABLE = 'projects/YOUR-PROJECT/assets/pois';
 var YEAR = 2024;
 var RADII = [100, 200];
-// The crs to reduce in. null: the WGS84 UTM zone holding the POIs' centroid, found on the
-// server (what aether does); or force one, e.g. 'EPSG:32648'.
+// The crs to reduce in. null: each POI in its own WGS84 UTM zone, found on the server
+// (what aether does); or force one for every POI, e.g. 'EPSG:32648'.
 var CRS = null;
 
 // ---- the computation (what the tests check) ------------------------------------------
@@ -42,22 +46,36 @@ function utmCrs(lon, lat) {
   return 'EPSG:' + ((lat >= 0 ? 32600 : 32700) + zone);
 }
 
+/** The 120 WGS84 UTM zones' crs: index zone - 1 in the north, 60 + zone - 1 in the south. */
+var UTM_CRS = [];
+for (var h = 0; h < 2; h++) {
+  for (var z = 0; z < 60; z++) UTM_CRS.push(utmCrs(-177 + 6 * z, h ? -1 : 1));
+}
+
 /**
- * The UTM crs of the POIs, as a server-side string: the one of the 120 zones (60 bands of
- * 6 degrees, north and south) that holds the POIs' centroid. Computed by Earth Engine, so a
- * table asset of any city needs no edit here.
+ * Each POI with a `utm_zone` property: the index in UTM_CRS of the zone holding it (its
+ * 6-degree band from -180, north for a latitude >= 0: utmCrs), computed by Earth Engine, so
+ * a table asset of any city, or of many, needs no edit here.
  */
+function withUtmZone(pois) {
+  return pois.map(function(f) {
+    var xy = ee.List(f.geometry().centroid(1).coordinates());
+    var lon = ee.Number(xy.get(0));
+    var lat = ee.Number(xy.get(1));
+    var band = lon.add(180).divide(6).floor().mod(60);
+    return f.set('utm_zone', band.add(lat.lt(0).multiply(60)).int());
+  });
+}
+
+/** The UTM zones the POIs lie in, as a server-side list of indices into UTM_CRS. */
+function utmZonesOf(tagged) {
+  return ee.List(tagged.aggregate_array('utm_zone')).distinct();
+}
+
+/** The crs of the UTM zones the POIs lie in (a server-side list of strings). */
 function utmCrsOf(pois) {
-  var zones = [];
-  for (var z = 0; z < 60; z++) {
-    var west = -180 + 6 * z;
-    zones.push(ee.Feature(ee.Geometry.Rectangle([west, 0, west + 6, 84], null, false),
-                          {crs: utmCrs(west + 3, 1)}));
-    zones.push(ee.Feature(ee.Geometry.Rectangle([west, -80, west + 6, 0], null, false),
-                          {crs: utmCrs(west + 3, -1)}));
-  }
-  var centroid = pois.geometry().centroid(1);
-  return ee.FeatureCollection(zones).filterBounds(centroid).first().get('crs');
+  var crs = ee.List(UTM_CRS);
+  return utmZonesOf(withUtmZone(pois)).map(function(zone) { return crs.get(zone); });
 }
 
 /** Largest relative area a buffer polygon may lack against the true circle. */
@@ -86,24 +104,35 @@ function embeddingImage(year, region) {
 /**
  * Buffer means of every POI for each radius: one FeatureCollection per radius, rows of
  * poi_id, radius_m, A00..A63 (a POI over no valid pixel has no A.. properties).
- * `crs` null or undefined: the POIs' UTM zone (utmCrsOf).
+ * `crs` null or undefined: each POI in its own UTM zone (the POIs grouped by zone, one
+ * reduceRegions per zone, the rows flattened into one table); else every POI in `crs`.
  */
 function poiBufferMeans(pois, radii, year, crs) {
-  crs = crs || utmCrsOf(pois);
-  var proj = ee.Projection(crs);
   var maxRadius = Math.max.apply(null, radii);
   var region = pois.geometry().bounds().buffer(maxRadius * 1.1);
   var image = embeddingImage(year, region);
+  var tagged = withUtmZone(pois);
+  var zones = utmZonesOf(tagged);
+  var zoneCrs = ee.List(UTM_CRS);
   return radii.map(function(radius) {
-    var buffers = pois.map(function(f) {
-      return ee.Feature(f.geometry().buffer(radius, bufferMaxError(radius), proj),
-                        {poi_id: f.get('poi_id'), radius_m: radius});
-    });
-    var means = image.reduceRegions({
-      collection: buffers, reducer: ee.Reducer.mean(), scale: SCALE, crs: proj, tileScale: 1});
-    // properties only: the circles would be most of the exported bytes
-    return means.map(function(f) { return ee.Feature(null, f.toDictionary()); });
+    if (crs) return reduceIn(image, pois, radius, ee.Projection(crs));
+    return ee.FeatureCollection(zones.map(function(zone) {
+      var members = tagged.filter(ee.Filter.eq('utm_zone', zone));
+      return reduceIn(image, members, radius, ee.Projection(zoneCrs.get(zone)));
+    })).flatten();
   });
+}
+
+/** The buffer means of `pois` at one radius, the circles drawn and reduced in `proj`. */
+function reduceIn(image, pois, radius, proj) {
+  var buffers = pois.map(function(f) {
+    return ee.Feature(f.geometry().buffer(radius, bufferMaxError(radius), proj),
+                      {poi_id: f.get('poi_id'), radius_m: radius});
+  });
+  var means = image.reduceRegions({
+    collection: buffers, reducer: ee.Reducer.mean(), scale: SCALE, crs: proj, tileScale: 1});
+  // properties only: the circles would be most of the exported bytes
+  return means.map(function(f) { return ee.Feature(null, f.toDictionary()); });
 }
 
 function run() {
@@ -123,7 +152,8 @@ function run() {
 // In Node (tests) this file is a module; in the Code Editor it runs.
 if (typeof module !== 'undefined' && module.exports) {
   module.exports = {poiBufferMeans: poiBufferMeans, embeddingImage: embeddingImage,
-                    utmCrs: utmCrs, utmCrsOf: utmCrsOf, bufferMaxError: bufferMaxError,
+                    utmCrs: utmCrs, utmCrsOf: utmCrsOf, withUtmZone: withUtmZone,
+                    UTM_CRS: UTM_CRS, bufferMaxError: bufferMaxError,
                     BANDS: BANDS, COLLECTION: COLLECTION, SCALE: SCALE};
 } else {
   run();

@@ -51,6 +51,10 @@ class ModelRun:
     model: Any  # aether.ml.heads.AetherModel (torch is imported lazily)
     config: dict[str, Any]
 
+    def __repr__(self) -> str:  # not the dataclass's: the torch module and the whole config
+        return (f"ModelRun({self.name!r}: {self.out_dim}-d, preset {self.preset}, "
+                f"base radius {self.base_radius_m:g} m, {self.path})")
+
     @property
     def base_radius_m(self) -> float:
         return float(self.config["base_radius_m"])

@@ -27,7 +27,7 @@ from pydantic import (
 
 from aether.embeddings.earthengine.options import MAX_CONCURRENCY
 from aether.errors import ConfigError, InputError
-from aether.ml.config import MAX_EPOCHS, MAX_SEED
+from aether.ml.config import MAX_EPOCHS, MAX_SEED, PRESETS
 from aether.pois.load import PoiOptions
 from aether.settings import DEFAULT_RADII, DEFAULT_YEAR, check_radii, check_year
 
@@ -135,11 +135,45 @@ class TrainSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        """As ``aether train --preset``: a name the file cannot misspell unnoticed."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (use one of {', '.join(PRESETS)})")
+        return preset
+
+    @field_validator("run")
+    @classmethod
+    def _usable_run_name(cls, run: str | None) -> str | None:
+        """As ``aether train --run``: a name that is a folder of ``models/``, no path."""
+        from aether.settings import check_slug
+
+        if run is not None:
+            try:
+                check_slug(run)
+            except InputError:
+                raise ValueError(f"{run!r} is not a usable run name (use lower-case "
+                                 "letters, digits, '-' and '_')") from None
+        return run
+
 
 class EncodeSpec(_Strict):
     """The optional ``encode`` step: a grid of ``cell`` and AETHER vectors for it."""
 
     cell: str = "100m"
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, cell: str) -> str:
+        """As ``aether encode --cell``, before any step runs (not when encode is reached)."""
+        from aether.core.cells import parse_cell
+
+        try:
+            parse_cell(cell)
+        except InputError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return cell
 
 
 class City(_Strict):

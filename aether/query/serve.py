@@ -57,6 +57,9 @@ class Panel:
     run: ModelRun | None  # None: raw AlphaEarth, no text space
     heat: HeatRaster
 
+    def __repr__(self) -> str:  # not the dataclass's: grids, vectors and a torch module
+        return f"Panel({self.name!r}: {self.about}; {len(self.index.grid):,} cells)"
+
     @property
     def about(self) -> str:
         """What the model is, in a line for the page."""
@@ -171,6 +174,12 @@ class CityApp:
         self.workers = workers or os.cpu_count() or 1
         self.queue = queue
         _one_thread_per_answer(text=any(p.run is not None for p in panels))
+
+    def __repr__(self) -> str:  # a panel holds a grid and a torch module: never print them
+        cells = {len(p.index.grid) for p in self.panels.values()}
+        size = f", {cells.pop():,} cells" if len(cells) == 1 else ""
+        return (f"CityApp({self.city!r}: panels {', '.join(self.panels)}{size}; "
+                "query.serve.create_app(app) serves it)")
 
     def panel(self, name: str | None) -> Panel:
         if name is None:

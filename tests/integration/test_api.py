@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import aether
+import aether.api
 from aether.errors import ModelError, TableError
 from aether.ml.encode import AETHER_COLUMNS
 
@@ -79,6 +80,48 @@ def test_model_search_and_results_print_in_a_line(trained) -> None:
     assert repr(res) == (f"QueryResult('coffee shop': {n:,} cells scored, top 3, best "
                          f"{res.top['score'].iloc[0]:.3f} at {res.top['cell_id'].iloc[0]})")
     assert all("Linear(" not in repr(x) and "\n" not in repr(x) for x in (model, found, res))
+    # what a notebook user reaches from them: the run, the index, the served app
+    run = model.run
+    assert repr(run) == (f"ModelRun({names[1]!r}: 128-d, preset {run.preset}, base radius "
+                         f"{run.base_radius_m:g} m, {run.path})")
+    assert repr(found.index) == (f"CityIndex({n:,} cells × 128, {len(found.index.pois):,} "
+                                 f"POIs, {found.index.crs})")
+    app = aether.api.web_app("Helsinki", [names[1]], data_dir=data_root)
+    panel = app.panels[names[1]]
+    assert repr(app).startswith(f"CityApp('Helsinki': panels {names[1]}, ")
+    assert repr(panel) == f"Panel({names[1]!r}: {panel.about}; {len(panel.index.grid):,} cells)"
+    for x in (run, found.index, app, panel):
+        assert "Linear(" not in repr(x) and "\n" not in repr(x) and len(repr(x)) < 300, repr(x)
+
+
+def test_the_maps_extra_declares_what_explore_needs() -> None:
+    """GeoDataFrame.explore() imports folium, matplotlib and mapclassify: all three are in
+    the ``maps`` extra (mapclassify was in none, so explore() failed with the extras)."""
+    import re
+    import tomllib
+
+    from support import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower() for req in extras["maps"]}
+    assert {"folium", "matplotlib", "mapclassify"} <= names, names
+
+
+def test_results_explore_to_a_folium_map(trained) -> None:
+    """``.explore()`` on a query's answers and on POIs (with the declared extras): a folium
+    map with the rows on it."""
+    import folium
+
+    city_dir, names, data_root, _ = trained
+    top = aether.query("coffee shop", city="Helsinki", model=names[1], k=5, data_dir=data_root)
+    m = top.explore(column="score", tooltip=["rank", "score", "cell_id"])
+    assert isinstance(m, folium.Map)
+    html = m.get_root().render()
+    assert html.count('"cell_id"') >= 1 and str(top["cell_id"].iloc[0]) in html
+    pois = gpd.read_parquet(city_dir / "pois.parquet").head(20)
+    m2 = pois.explore(column="top_category")  # categories: another of explore()'s paths
+    assert isinstance(m2, folium.Map) and str(pois["poi_id"].iloc[0]) in m2.get_root().render()
 
 
 def test_train_returns_a_run_model_load_reads(sample_runs) -> None:

@@ -49,6 +49,16 @@ def test_yaml_file_under_env_under_overrides(tmp_path, monkeypatch) -> None:
     assert current().data_dir == Path("/from/file")  # restored after the block
 
 
+@pytest.mark.parametrize("text", ["", "# every setting commented out\n# data_dir: /d\n", "~\n"])
+def test_settings_file_that_sets_nothing_is_fine(tmp_path, monkeypatch, text) -> None:
+    """An empty settings file (or one of comments) was refused as "not a mapping"."""
+    f = tmp_path / "aether.yaml"
+    f.write_text(text)
+    monkeypatch.setenv("AETHER_SETTINGS", str(f))
+    monkeypatch.delenv("AETHER_MAX_AREA_KM2", raising=False)
+    assert current().max_area_km2 == type(current()).model_fields["max_area_km2"].default
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     ("max_aera_km2: 5\n", "max_aera_km2: unknown setting"),
     ("max_area_km2: .nan\n", "max_area_km2"),

@@ -173,6 +173,13 @@ def test_merge_keys_are_not_duplicates(tmp_path) -> None:
     ("years: [1999]\ncities: [{name: Oslo}]\n", r"r.yaml:1: years\[0\]: year 1999 is out of range"),
     ("cities:\n  - name: Oslo\n    years: [2024, 2999]\n",
      r"r.yaml:3: cities\[0\].years\[1\]: year 2999 is out of range"),
+    # found by tests/integration/test_fuzz_yaml.py: accepted, then failing at their step
+    ("encode: {cell: 'h3:99'}\ncities: [{name: Oslo}]\n", r"r.yaml:1: encode.cell: .*h3:"),
+    ("encode: {cell: -5m}\ncities: [{name: Oslo}]\n", r"r.yaml:1: encode.cell: "),
+    ("train: {preset: ../x}\ncities: [{name: Oslo}]\n",
+     r"r.yaml:1: train.preset: unknown preset '../x' \(use one of .*default"),
+    ("train:\n  run: ../../etc\ncities: [{name: Oslo}]\n",
+     r"r.yaml:2: train.run: '../../etc' is not a usable run name"),
 ])
 def test_run_file_values_get_the_command_lines_checks(tmp_path, text, where) -> None:
     f = tmp_path / "r.yaml"
@@ -188,3 +195,29 @@ def test_run_file_windows_are_the_command_lines_specs(tmp_path) -> None:
     run = load_run_file(f)
     assert run.radii == [100.0, -45.0, -95.0]
     assert run.cities[0].radii == [50.0]
+
+
+def test_many_values_are_refused_before_nodes_are_built(tmp_path) -> None:
+    """150,000 values in under 1 MB: refused from the parser's events (building the nodes
+    took 6 s; found by the fuzz test), with the line where the budget ran out."""
+    f = tmp_path / "many.yaml"
+    f.write_text("cities:\n" + "  - {name: Oslo}\n" * 50_000)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"many.yaml:3333[0-9]: YAML holds more than 100,000"):
+        load_run_file(f)
+    assert time.perf_counter() - t0 < 1.5
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    (b"cities: [{name: Os\x00lo}]\n", "r.yaml:1: invalid YAML: unacceptable character #x0000"),
+    (b"cities:\n  - {name: \x1b[31m}\n", "r.yaml:2: invalid YAML: unacceptable character #x001b"),
+    (b"cities: " + b"[" * 5000 + b"]" * 5000, "r.yaml:1: invalid YAML: "),
+])
+def test_characters_yaml_forbids_are_a_config_error(tmp_path, raw, needle) -> None:
+    """Control characters were refused by PyYAML's reader before aether's handler was in
+    place (a ReaderError traceback, found by the fuzz test)."""
+    f = tmp_path / "r.yaml"
+    f.write_bytes(raw)
+    with pytest.raises(ConfigError) as e:
+        load_run_file(f)
+    assert needle in str(e.value) and "\n" not in str(e.value)

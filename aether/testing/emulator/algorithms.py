@@ -8,6 +8,7 @@ Argument names are the REST names the client sends (see ``ee/tests/algorithms.js
 from __future__ import annotations
 
 import datetime as dt
+import math
 import operator
 import re
 from typing import Any
@@ -273,8 +274,32 @@ def _with_ids(items: list[Any]) -> list[Any]:
 
 @algo("Collection")
 def collection(ctx: Any, features: list[Any]) -> Coll:
-    items = [f if isinstance(f, Feat) else Feat(f) for f in features]
-    return Coll(_with_ids([Feat(f.geom, dict(f.props), f.id) for f in items]))
+    """Features (a geometry stands for a feature of it); collections are kept as elements
+    (a collection of collections, for ``Collection.flatten``)."""
+    items = [f if isinstance(f, Feat | Coll) else Feat(f) for f in features]
+    return Coll(_with_ids([f if isinstance(f, Coll) else Feat(f.geom, dict(f.props), f.id)
+                           for f in items]))
+
+
+@algo("Collection.flatten")
+def collection_flatten(ctx: Any, collection: Coll) -> Coll:
+    """"Flattens collections of collections": the inner collections' elements, in order, each
+    with the id ``outer_inner`` as Earth Engine names them."""
+    c = _collection(collection, "Collection.flatten")
+    out: list[Any] = []
+    for k, inner in enumerate(c.items):
+        inner = _collection(inner, "Collection.flatten")
+        outer_id = inner.id if inner.id is not None else str(k)
+        for j, e in enumerate(inner.items):
+            e_id = e.id if getattr(e, "id", None) is not None else str(j)
+            out.append(_copy_with_id(e, f"{outer_id}_{e_id}"))
+    return Coll(out, c.kind, dict(c.props))
+
+
+def _copy_with_id(e: Any, new_id: str) -> Any:
+    if isinstance(e, Feat):
+        return Feat(e.geom, dict(e.props), new_id)
+    return e
 
 
 @algo("Collection.loadTable")
@@ -412,8 +437,78 @@ def list_slice(ctx: Any, list: list, start: int, end: int | None = None, step: i
     return list[start:end:step]
 
 
+@algo("List.map")
+def list_map(ctx: Any, list: list, baseAlgorithm: Any, dropNulls: bool = False) -> list:
+    out = [baseAlgorithm(v) for v in list]
+    return [v for v in out if v is not None] if dropNulls else out
+
+
+@algo("List.distinct")
+def list_distinct(ctx: Any, list: list) -> list:
+    """"A copy of list without duplicate elements": the first of each, in order."""
+    out: Any = []
+    for v in list:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+# --- numbers: ee.Number's arithmetic (plain Python numbers on the server side) -----------
+
+
+def _num(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise EEError(f"{name}: expected a number, got {type(v).__name__}.")
+    return v
+
+
+def _binary(name: str, op: Any) -> None:
+    def number_op(ctx: Any, left: Any, right: Any) -> Any:
+        return op(_num(left, name), _num(right, name))
+
+    algo(name)(number_op)
+
+
+_binary("Number.add", operator.add)
+_binary("Number.subtract", operator.sub)
+_binary("Number.multiply", operator.mul)
+#: "returning 0 for division by 0"
+_binary("Number.divide", lambda a, b: 0 if b == 0 else a / b)
+#: "the remainder of the first value divided by the second": Java's %, the sign of the first
+_binary("Number.mod", lambda a, b: 0 if b == 0 else math.fmod(a, b))
+#: comparisons "return 1 if and only if ..."
+_binary("Number.lt", lambda a, b: int(a < b))
+_binary("Number.gte", lambda a, b: int(a >= b))
+
+
+@algo("Number.floor")
+def number_floor(ctx: Any, input: Any) -> int:
+    return math.floor(_num(input, "Number.floor"))
+
+
+@algo("Number.int")
+def number_int(ctx: Any, input: Any) -> int:
+    """"Casts the input value to a signed 32-bit integer" (toward zero, wrapping)."""
+    v = int(_num(input, "Number.int"))
+    return (v + 2**31) % 2**32 - 2**31
+
+
+@algo("Geometry.coordinates")
+def geometry_coordinates(ctx: Any, geometry: Geom) -> list:
+    """"A GeoJSON-style list of the geometry's coordinates"."""
+    from shapely.geometry import mapping
+
+    def lists(v: Any) -> Any:
+        return [lists(x) for x in v] if isinstance(v, tuple | list) else v
+
+    return lists(mapping(geometry.shape)["coordinates"])
+
+
 @algo("List.get")
 def list_get(ctx: Any, list: list, index: int) -> Any:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise EEError(f"List.get: Parameter 'index' is required to be an integer, "
+                      f"got {index!r}.")
     return list[index]
 
 

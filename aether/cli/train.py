@@ -43,10 +43,14 @@ def train_cmd(
     if not epochs_run:
         typer.echo(f"model {out.name} is already trained with this config: kept "
                    "(--run NAME trains another, --overwrite replaces one with another config)")
-    test = read_json(out / SUMMARY_FILE).get("test", {})
+    summary = read_json(out / SUMMARY_FILE)
+    test = summary.get("test", {})
     if test:
         typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "
                    f"recall@10 {test['recall@10']:.3f}  (n={test['n']})")
+    else:
+        typer.echo(f"no held-out POIs: trained on all {summary['pairs']['train']} "
+                   "(--set test_fraction=0.1 holds some out)")
     typer.echo(f"  {out}")
 
 

@@ -365,14 +365,16 @@ def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = D
 
 
 def encode(city: str, models: Sequence[str | Path] | None = None, *,
-           cells: Sequence[str | float] | None = None, year: int = DEFAULT_YEAR,
-           data_dir: PathLike | None = None) -> dict[str, EncodeResult]:
+           cells: Sequence[str | float] | None = None, pois_only: bool = False,
+           year: int = DEFAULT_YEAR, data_dir: PathLike | None = None
+           ) -> dict[str, EncodeResult]:
     """Write AETHER vectors of a city's POIs and grids (``cells``, default: every grid), for
-    each run (default: all)."""
+    each run (default: all); ``pois_only=True`` writes the POIs' alone and needs no grid."""
     from aether.ml.encode import encode_city
 
     where = city_dir(city, year, data_dir)
-    return {r.name: encode_city(where, r, None if cells is None else list(cells))
+    return {r.name: encode_city(where, r, None if cells is None else list(cells),
+                                pois_only=pois_only)
             for r in runs(city, models, year=year, data_dir=data_dir)}
 
 

@@ -43,10 +43,14 @@ def train_cmd(
     if not epochs_run:
         typer.echo(f"model {out.name} is already trained with this config: kept "
                    "(--run NAME trains another, --overwrite replaces one with another config)")
-    test = read_json(out / SUMMARY_FILE).get("test", {})
+    summary = read_json(out / SUMMARY_FILE)
+    test = summary.get("test", {})
     if test:
         typer.echo(f"held-out text->POI: recall@1 {test['recall@1']:.3f}  "
                    f"recall@10 {test['recall@10']:.3f}  (n={test['n']})")
+    else:
+        typer.echo(f"no held-out POIs: trained on all {summary['pairs']['train']} "
+                   "(--set test_fraction=0.1 holds some out)")
     typer.echo(f"  {out}")
 
 
@@ -78,6 +82,8 @@ def encode(
     city: CityOpt,
     model: ModelOpt = None,
     cell: CellOpt = None,
+    pois: Annotated[bool, typer.Option(
+        "--pois", help="Encode the POIs only (no grid needed, none written)")] = False,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -85,9 +91,10 @@ def encode(
     from aether import api
 
     cells = None if cell is None else [cell]
-    for name, res in api.encode(city, model, cells=cells, year=year, data_dir=data_dir).items():
-        typer.echo(f"{name}: {res.n_pois} POIs, {res.n_cells} cells "
-                   f"({res.n_masked} masked, kept as NaN)")
+    for name, res in api.encode(city, model, cells=cells, pois_only=pois, year=year,
+                                data_dir=data_dir).items():
+        where = "" if pois else f", {res.n_cells} cells"
+        typer.echo(f"{name}: {res.n_pois} POIs{where} ({res.n_masked} masked, kept as NaN)")
         for p in (res.pois_path, *res.grid_paths):
             typer.echo(f"  {p}")
 

@@ -160,8 +160,17 @@ def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods
     radius = radii.pop() if radii else DEFAULT_RADIUS_M
     pois = read_table(CityStore.at(city_dir).pois, ["poi_id", "text", "geometry"], "pois")
     units = _units(task, city_dir, radius, pois)
-    held = (heldout_pois(pois, runs[0]) if task.holdout and runs
-            else np.zeros(len(pois), bool))
+    held = np.zeros(len(pois), bool)
+    if task.holdout and runs:
+        held = ~held
+        for run in runs:  # held out from every model: none has seen their texts
+            mine = heldout_pois(pois, run)
+            if not mine.any():
+                raise TableError(
+                    f"task {task.name} needs held-out POIs, but run {run.name} trained on all "
+                    "of them (test_fraction 0, as the paper preset does)",
+                    "leave that run out of this task, or train it with --set test_fraction=0.1")
+            held &= mine
     if task.holdout and not held.any():
         raise TableError(f"task {task.name} needs held-out POIs but the models hold none",
                          "train with a test_fraction above 0")

@@ -20,7 +20,7 @@ import pandas as pd
 from aether.core import windows, zonal
 from aether.core.aef import BANDS, PIXEL_SIZE_M, utm_epsg
 from aether.core.cells import CellSpec, parse_cell
-from aether.errors import ModelError, TableError
+from aether.errors import InputError, ModelError, TableError
 from aether.io.store import CityStore, model_complete
 from aether.io.tables import POI_EMBEDDING_COLUMNS, read_table, write_parquet
 from aether.ml.config import TrainConfig
@@ -248,16 +248,21 @@ class EncodeResult:
 
 
 def encode_city(city_dir: Path, run: ModelRun,
-                cells: list[str | float | CellSpec] | None = None) -> EncodeResult:
+                cells: list[str | float | CellSpec] | None = None, *,
+                pois_only: bool = False) -> EncodeResult:
     """Write ``aether/<run>/pois.parquet`` and one ``grid_<cell>.parquet`` per grid (every
-    grid of the city when ``cells`` is None). Holds the data directory's lock."""
+    grid of the city when ``cells`` is None); with ``pois_only`` the POIs alone (no grid
+    needed, none read or written). Holds the data directory's lock."""
+    if pois_only and cells:
+        raise InputError("encoding the POIs only takes no grid cells",
+                         "drop --cell, or drop --pois to encode grids too")
     store = CityStore.at(city_dir)
     with store.locked():
-        return _encode(store, run, cells)
+        return _encode(store, run, [] if pois_only else cells, pois_only)
 
 
-def _encode(store: CityStore, run: ModelRun, cells: list[str | float | CellSpec] | None
-            ) -> EncodeResult:
+def _encode(store: CityStore, run: ModelRun, cells: list[str | float | CellSpec] | None,
+            pois_only: bool = False) -> EncodeResult:
     city_dir = store.dir
     r = run.base_radius_m
     pois = base_poi_means(city_dir, r)
@@ -266,8 +271,9 @@ def _encode(store: CityStore, run: ModelRun, cells: list[str | float | CellSpec]
                        axis=1)
     poi_df.insert(3, "run", run.name)
     specs = store.grids() if cells is None else [parse_cell(c) for c in cells]
-    if not specs:
-        raise TableError(f"no grid_embeddings table in {city_dir}", "run `aether grid` first")
+    if not specs and not pois_only:
+        raise TableError(f"no grid_embeddings table in {city_dir}",
+                         "run `aether grid` first, or `aether encode --pois` for the POIs only")
     grids = {c: read_grid(city_dir, c) for c in specs}
     pois_path = write_parquet(poi_df, store.encoded_pois(run.name))
     grid_paths, n_cells, n_masked = [], 0, int(np.isnan(z[:, 0]).sum())

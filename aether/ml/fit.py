@@ -11,6 +11,8 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,6 +192,31 @@ def fit(job: FitJob, options: RunOptions) -> None:
 
     cfg = job.cfg
     dev = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with matmul_precision(dev, cfg.tf32):
+        _fit(job, options, cfg, dev)
+
+
+@contextmanager
+def matmul_precision(dev: torch.device, tf32: bool) -> Iterator[None]:
+    """TF32 matmuls on CUDA while the block runs when ``tf32`` (the reference sets
+    ``torch.set_float32_matmul_precision("high")`` for its whole process); the previous
+    setting comes back after, so nothing else in the process changes. CPU: unchanged."""
+    import torch
+
+    if dev.type != "cuda" or not tf32:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _fit(job: FitJob, options: RunOptions, cfg: TrainConfig, dev: torch.device) -> None:
+    import torch
+
     t = _tensors(job.pairs, dev)
     split = {s: torch.from_numpy(np.flatnonzero(job.labels == s)).to(dev)
              for s in ("train", "val", "test")}

@@ -248,7 +248,7 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
     cfg = TrainConfig(batching="drop_last", normalize_input=True,
                       base_radius_m=square_radius(pix), aug_radius_m=square_radius(aug),
                       hidden_dim=hidden, out_dim=out_dim, temperature=tau,
-                      multiscale_weight=lam,
+                      multiscale_weight=lam, tf32=True,  # the reference always asks for it
                       text_model=text_model or _checked_text_model(reference_text_model(hp)))
     text_dim = int(state["text_proj.weight"].shape[1])
     hyper = {**dataclasses.asdict(cfg), **{k: facts[k] for k in FROM_HYPER},

@@ -100,3 +100,45 @@ def test_model_for_another_city_or_radius_is_one_line_exit_2(encoded, cli, tmp_p
     assert r.returncode == 2
     assert re.search(needle, r.stderr) and len(r.stderr.strip().splitlines()) == 1
     assert not (city_dir / "aether" / bad.name).exists()
+
+
+def test_encode_pois_only_needs_no_grid(sample_extract, cli, tmp_path) -> None:
+    """`aether encode --pois` on a fresh extract that has no grid: the POI table alone."""
+    from aether.io.store import CityStore
+    from aether.io.tables import read_table
+
+    data = tmp_path / "data"
+    r = cli("extract", "--city", "Helsinki", "--offline", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    store = CityStore.at(data / "helsinki" / "2024")
+    cached = CityStore.at(sample_extract).text_embeddings  # the same texts: skip re-encoding
+    if cached.is_file():
+        shutil.copy(cached, store.text_embeddings)
+    r = cli("train", "--city", "Helsinki", "--epochs", "1", "--run", "p", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert store.grids() == []
+    # without --pois a city with no grid is refused, and the hint names --pois
+    r = cli("encode", "--city", "Helsinki", "--model", "p", "--data-dir", str(data))
+    assert r.returncode == 2 and "aether encode --pois" in r.stderr, r.stderr
+    r = cli("encode", "--city", "Helsinki", "--model", "p", "--pois", "--cell", "50m",
+            "--data-dir", str(data))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "takes no grid cells" in r.stderr
+
+    r = cli("encode", "--city", "Helsinki", "--model", "p", "--pois", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    pois = read_table(store.pois, ["poi_id"], "pois")
+    emb = read_table(store.poi_embeddings, ["poi_id", "radius_m"], "poi_embeddings")
+    at_base = emb[np.isclose(emb["radius_m"], 100.0)]  # the default preset's base window
+    out = store.dir / "aether" / "p"
+    assert sorted(p.name for p in out.iterdir()) == ["pois.parquet"]
+    enc = pd.read_parquet(out / "pois.parquet")
+    assert len(enc) == len(at_base) == len(pois) > 1000
+    assert f"p: {len(enc)} POIs (" in r.stdout and "cells" not in r.stdout
+    assert set(enc["poi_id"]) == set(pois["poi_id"])
+    vec = enc[list(AETHER_COLUMNS)].to_numpy()
+    ok = enc["valid_fraction"].to_numpy() > 0
+    assert ok.mean() > 0.95 and np.isfinite(vec[ok]).all()
+    np.testing.assert_allclose(np.linalg.norm(vec[ok], axis=1), 1.0, atol=1e-5)
+    # and no grid was made or encoded on the way
+    assert store.grids() == [] and not list(store.dir.rglob("grid_*"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aether.errors import TableError
 from aether.evaluation import probes
 from aether.evaluation.evaluate import CONCAT, PRIOR, RAW, TEXT, evaluate
 from aether.evaluation.tasks import TASKS_DIR, load_task
@@ -119,7 +120,10 @@ def test_shuffled_labels_score_at_chance_on_the_sample(landuse_table) -> None:
 def test_poi_mix_uses_heldout_pois(landuse_table) -> None:
     city_dir, runs = landuse_table
     task = load_task(TASKS_DIR / "helsinki_poi_mix.yaml")
-    res = evaluate(city_dir, task, runs[:1], seeds=(42,), probe_kinds=("linear",), write=False)
+    # the paper preset trains on every POI, as the reference does: it has none held out
+    with pytest.raises(TableError, match="run t7_paper trained on all of them"):
+        evaluate(city_dir, task, runs, seeds=(42,), probe_kinds=("linear",), write=False)
+    res = evaluate(city_dir, task, runs[1:], seeds=(42,), probe_kinds=("linear",), write=False)
     assert res["kind"] == "distribution" and res["n_units"] > 100
     assert all(np.isfinite(r["metrics"]["kl"]["mean"]) for r in res["rows"])
 

@@ -15,7 +15,7 @@ from train_data import write_synthetic_city  # noqa: E402
 
 from aether.io.tables import sha256_file  # noqa: E402
 from aether.ml.encode import ModelRun, apply_ae  # noqa: E402
-from aether.ml.fit import batches, pick_threads  # noqa: E402
+from aether.ml.fit import batches, matmul_precision, pick_threads  # noqa: E402
 from aether.ml.heads import AetherModel  # noqa: E402
 from aether.ml.train import (  # noqa: E402
     CHECKPOINT_FILE,
@@ -108,3 +108,20 @@ def test_presets_resolve_with_windows_from_the_extract() -> None:
         assert resolve_config(preset, 5, 42).epochs == 5
     with pytest.raises(ConfigError, match="0 m is empty"):
         resolve_config("default", 5, 42, base_radius_m=0.0, aug_radius_m=200.0)
+
+
+def test_paper_preset_trains_on_every_poi_with_tf32_on_cuda():
+    paper, default = resolve_config("paper", None, 42), resolve_config("default", None, 42)
+    assert (paper.test_fraction, paper.tf32) == (0.0, True)  # as the reference's config.yaml
+    assert (default.test_fraction, default.tf32) == (0.1, False)
+    assert resolve_config("paper", None, 42, test_fraction=0.1).test_fraction == 0.1
+
+
+def test_tf32_is_set_on_cuda_only_and_restored():
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision(torch.device("cuda"), True):
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+    for dev, tf32 in ((torch.device("cpu"), True), (torch.device("cuda"), False)):
+        with matmul_precision(dev, tf32):
+            assert torch.get_float32_matmul_precision() == before

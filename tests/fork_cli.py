@@ -119,10 +119,6 @@ def run_cases(cases: list[dict[str, Any]], watch: list[str]) -> list[dict[str, A
 def run_forked(cases: list[dict[str, Any]], watch: list[Path], *,
                env: dict[str, str] | None = None, timeout: float = 600) -> list[dict[str, Any]]:
     """Run ``cases`` through this script in one subprocess; the per-case results."""
-    if not hasattr(os, "fork"):
-        import pytest
-
-        pytest.skip("needs os.fork")
     payload = json.dumps({"cases": cases, "watch": [str(w) for w in watch]})
     r = subprocess.run([sys.executable, __file__], input=payload, capture_output=True,
                        text=True, env={**os.environ, **(env or {})}, timeout=timeout)

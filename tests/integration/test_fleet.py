@@ -151,6 +151,17 @@ def test_earth_engine_requests_in_flight_stay_under_one_cap_for_the_cluster(
     assert in_flight(emulator.log) == 2
 
 
+def on_exports(fleet: Path, url: str, exports: Path) -> None:
+    """The fleet run file on the Earth Engine emulator at ``url``, through export tasks
+    (batches of 10, 2 in flight) landing in the emulator's ``exports`` folder."""
+    body = yaml.safe_load(fleet.read_text())
+    body["source"] = {"name": "ee", "options": {
+        "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
+        "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
+        "export_read": f"file://{exports}/gcs/bucket"}}
+    fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+
+
 def test_a_killed_client_leaves_no_export_task_to_start_twice(
         fleet: Path, dask_cluster, sample_city, cli, tmp_path: Path) -> None:
     """SIGKILL the client while its workers have export tasks running: the tasks it sent
@@ -162,12 +173,7 @@ def test_a_killed_client_leaves_no_export_task_to_start_twice(
     address, _ = dask_cluster(2)
     data = tmp_path / "c"
     with running(emu) as url:
-        body = yaml.safe_load(fleet.read_text())
-        body["source"] = {"name": "ee", "options": {
-            "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
-            "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
-            "export_read": f"file://{emu.exports}/gcs/bucket"}}
-        fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+        on_exports(fleet, url, emu.exports)
         args = ["run", str(fleet), "--data-dir", str(data), "--scheduler", address]
         kill_once_tasks_start(args, emu.operations)
         started = len(emu.operations)
@@ -200,12 +206,7 @@ def test_a_worker_killed_mid_export_leaves_no_task_to_start_twice(
     address, _ = dask_cluster(2)
     data = tmp_path / "c"
     with running(emu) as url, Client(address, timeout=30) as watcher:
-        body = yaml.safe_load(fleet.read_text())
-        body["source"] = {"name": "ee", "options": {
-            "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
-            "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
-            "export_read": f"file://{emu.exports}/gcs/bucket"}}
-        fleet.write_text(yaml.safe_dump(body, sort_keys=False))
+        on_exports(fleet, url, emu.exports)
         run = subprocess.Popen([sys.executable, "-m", "aether", "run", str(fleet),
                                 "--data-dir", str(data), "--scheduler", address],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

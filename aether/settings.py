@@ -133,12 +133,29 @@ def use_settings(settings: Settings | None = None, **overrides: Any) -> Iterator
         _override.reset(token)
 
 
+def as_url(value: str | os.PathLike[str]) -> str:
+    """The URL a ``Path`` made of one lost a slash of (``s3:/b/p`` → ``s3://b/p``)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", str(value))
+
+
+def is_url(value: str | os.PathLike[str] | None) -> bool:
+    """A remote data directory: ``scheme://…`` other than ``file://`` (which is a path);
+    also such a URL once made a ``Path`` (``s3:/bucket``: a setting typed as a path)."""
+    text = as_url(value or "")
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(value: str | os.PathLike[str]) -> Path:
+    """A local data directory, ``file://`` (or ``file:/`` once made a path) stripped."""
+    return Path(re.sub(r"^file:/+", "/", str(value)))
+
+
 def data_dir(value: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: the option, else the settings' (``AETHER_DATA_DIR``, default
     ``./aether-data``). A URL (``s3://…``, seen here as ``s3:/…`` once made a path) is
     refused: only ``aether run`` works on a remote data directory (``io.remote``)."""
-    chosen = Path(value) if value else current().data_dir
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(chosen)):
+    chosen = local_path(value or current().data_dir)
+    if is_url(chosen):
         raise InputError(f"the data directory {value or chosen} is a URL; only `aether run` "
                          "works on a remote data directory",
                          "run the steps from a run file (`aether run FILE --data-dir URL`), "

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -41,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aether.errors import InputError, LockedError
-from aether.io.store import LOCK_FILE, MANIFEST_FILE, STEPS_DIR, data_lock
+from aether.io.store import LOCK_FILE, MANIFEST_FILE, STEPS_DIR, confined, data_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +48,6 @@ LEASE_FILE = ".aether-run.lease"
 #: Mirror slots per data directory and machine: more processes than this at once is an error.
 SLOTS = 64
 _SYNC_DIR = ".aether-sync"  # per slot: what each pulled or pushed file was, by folder
-
-
-def is_url(value: str | os.PathLike[str] | None) -> bool:
-    """A remote data directory: ``scheme://…`` other than ``file://`` (which is a path);
-    also such a URL once made a ``Path`` (``s3:/bucket``: a setting typed as a path)."""
-    text = as_url(value or "")
-    return "://" in text and not text.startswith("file://")
-
-
-def as_url(value: str | os.PathLike[str]) -> str:
-    """The URL a ``Path`` made of one lost a slash of (``s3:/b/p`` → ``s3://b/p``)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", str(value))
-
-
-def local_path(value: str | os.PathLike[str]) -> Path:
-    """A local data directory: ``file://`` stripped."""
-    text = str(value)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
 
 
 @dataclass(frozen=True)
@@ -130,7 +111,7 @@ class RemoteDir:
         state = _State(local, rel)
         fetched = 0
         for name, info in sorted(remote.items()):
-            target = folder / _safe_rel(name)
+            target = confined(folder / _safe_rel(name), local)  # no link planted in a slot
             tag = _tag(info)
             if state.same(name, target, tag):
                 continue
@@ -141,7 +122,7 @@ class RemoteDir:
             state.mark(name, target, tag)
             fetched += 1
         for name in sorted(set(_local_files(folder)) - set(remote)):
-            (folder / name).unlink()
+            confined(folder / name, local).unlink()
             state.drop(name)
         state.save()
         log.debug("pulled %s/%s: %d objects fetched", self.url, rel, fetched)
@@ -321,7 +302,7 @@ class Lease:
         if hasattr(self.fs, "call_s3"):
             try:
                 self.fs.call_s3(method, Bucket=bucket, Key=key, IfMatch=etag, **extra)
-            except (OSError, FileNotFoundError) as e:
+            except OSError as e:  # s3fs's answer to a failed If-Match
                 raise LockedError(f"the lease of {self.remote.url} changed under this run "
                                   f"({e})", "another run holds it now; start again later") from None
             return

@@ -161,8 +161,8 @@ def run_root(run: RunFile, data_dir: str | os.PathLike[str] | None) -> Path | Re
     """The run's data directory: ``--data-dir``, then the settings' ``data_dir``
     (``AETHER_DATA_DIR``, a settings file), then the run file's ``data_dir``; a URL other
     than ``file://`` is a remote one (``io.remote``)."""
-    from aether.io.remote import RemoteDir, as_url, is_url, local_path
-    from aether.settings import current
+    from aether.io.remote import RemoteDir
+    from aether.settings import as_url, current, is_url, local_path
 
     settings = current()
     given = "data_dir" in settings.model_fields_set or not run.data_dir

@@ -16,7 +16,7 @@ import pytest
 from support import fleet_report as report
 from support import fleet_tables as tables
 
-from aether.errors import InputError, LockedError
+from aether.errors import InputError, LinkError, LockedError
 from aether.io.remote import LEASE_FILE, Lease, RemoteDir
 
 pytest.importorskip("s3fs")
@@ -156,6 +156,13 @@ def test_a_push_commits_last_and_only_under_the_lease(s3, tmp_path: Path) -> Non
     assert remote.pull(other, "x/2024") == 3
     assert (other / "x/2024/manifest.json").read_text() == '{"v": 1}'
     assert remote.pull(other, "x/2024") == 0
+    linked, outside = tmp_path / "linked", tmp_path / "outside"
+    linked.mkdir()
+    outside.mkdir()
+    (linked / "x").symlink_to(outside)  # planted in a mirror slot: never written through
+    with pytest.raises(LinkError, match="symbolic link"):
+        remote.pull(linked, "x/2024")
+    assert list(outside.iterdir()) == []
     client.put_object(Bucket=BUCKET, Key="data/x/2024/../../../escape", Body=b"!")
     with pytest.raises(InputError, match="outside its folder"):
         remote.pull(other, "x")

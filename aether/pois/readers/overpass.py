@@ -50,7 +50,9 @@ def _features(ox: Any, place: Place, tags: dict[str, Any], stamps: list[str]) ->
     """``features_from_polygon``, keeping each response's ``timestamp_osm_base``."""
     download = getattr(getattr(ox, "_overpass", None), "_download_overpass_features", None)
     create = getattr(getattr(ox, "features", None), "_create_gdf", None)
-    if download is None or create is None or not place.boundary.is_valid:
+    if not place.boundary.is_valid:  # osmnx's own check and message
+        return ox.features_from_polygon(place.boundary, tags=tags)
+    if download is None or create is None:
         log.warning("this osmnx (%s) has no _download_overpass_features/_create_gdf: the "
                     "POIs' OSM date is not recorded", getattr(ox, "__version__", "?"))
         return ox.features_from_polygon(place.boundary, tags=tags)

@@ -457,8 +457,8 @@ class Search:
     def maps(self, stem: PathLike | None = None, *, tiles: bool = True) -> tuple[Path, Path]:
         """The HTML and PNG maps of the answers (default ``<city>/maps/query``), each title
         saying a tiny spread and a generated raster when there is one."""
-        from aether.evaluation.evaluate import is_synthetic
         from aether.io.store import CityStore
+        from aether.provenance import is_synthetic
         from aether.query.maps import html_map, png_map, titled
 
         base = Path(stem) if stem is not None else CityStore.at(self.city_dir).maps_dir / "query"
@@ -531,8 +531,8 @@ def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = Tru
     ``workers`` answers at a time (default: the CPUs) and ``queue`` waiting; more get a 503."""
     import logging
 
-    from aether.evaluation.evaluate import is_synthetic
     from aether.ml.encode import encoded_cells
+    from aether.provenance import is_synthetic
     from aether.query.serve import CityApp, load_panels
 
     where = city_dir(city, year, data_dir)

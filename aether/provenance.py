@@ -62,11 +62,20 @@ def dataset(city_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {"extract": None}
     inputs = m.get("inputs") or {}
+    made_from = (m.get("config") or {}).get("dataset") or {}
     return {"extract": m.get("run_id"), "source": inputs.get("source"),
+            # set by the tiles themselves when the raster is generated (``aef.SYNTHETIC_TAG``)
+            "synthetic": made_from.get("synthetic"),
             "pois": inputs.get("pois"), "pois_snapshot": inputs.get("pois_snapshot"),
             "tiles": inputs.get("tiles"),
             "tiles_index_sha256": inputs.get("tiles_index_sha256"),
             "outputs_sha256": {k: v.get("sha256") for k, v in (m.get("outputs") or {}).items()}}
+
+
+def is_synthetic(city_dir: Path) -> bool:
+    """Whether the city's tables come from a generated raster, as its tiles say: such
+    figures test the machinery, not the method."""
+    return bool(dataset(city_dir).get("synthetic"))
 
 
 def record(city_dir: Path, *, seeds: list[int], started: str) -> dict[str, Any]:

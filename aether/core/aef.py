@@ -34,6 +34,12 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "geometry",
 )
 
+#: A generated raster says so itself: a GeoTIFF metadata tag on each tile, copied into an
+#: optional ``synthetic`` index column, then into every table's dataset version. Real tiles
+#: have neither, so nothing made from a generated raster is mistaken for real AlphaEarth.
+SYNTHETIC_TAG = "AETHER_SYNTHETIC"
+SYNTHETIC_COLUMN = "synthetic"
+
 
 def _dequant_lut() -> np.ndarray:
     q = np.arange(-128, 128, dtype=np.float64)

@@ -90,9 +90,12 @@ class CogSource:
         used = self._tiles_for(year, bbox)
         names = [Path(str(p)).name for p in used.paths]  # not where the folder is
         rows = np.column_stack([names, used.crs, used.utm.astype(str)])
+        labels = sorted({str(s) for s in used.synthetic if s})
         return {"tiles": sorted(names),
                 "index_rows": hashlib.sha256("\n".join(map(",".join, rows)).encode())
-                .hexdigest()}
+                .hexdigest(),
+                # a generated raster's label travels with its tables (real tiles: no key)
+                **({"synthetic": "; ".join(labels)} if labels else {})}
 
     def point_means(
         self, pois: gpd.GeoDataFrame, radii: Sequence[float], year: int
@@ -178,11 +181,15 @@ class _Footprints:
     crs: np.ndarray
     utm: np.ndarray  # (n, 4) west, south, east, north in each tile's own crs
     wgs84: np.ndarray  # (n, 4) the same in lon/lat
+    synthetic: np.ndarray  # (n,) a generated tile's label, else None
 
     @classmethod
     def of(cls, tiles: pd.DataFrame) -> _Footprints:
+        labels = (tiles[aef.SYNTHETIC_COLUMN].to_numpy(object)
+                  if aef.SYNTHETIC_COLUMN in tiles else np.full(len(tiles), None, object))
         return cls(tiles["path"].astype(str).to_numpy(), tiles["crs"].astype(str).to_numpy(),
-                   tiles[list(_UTM)].to_numpy(float), tiles[list(_WGS84)].to_numpy(float))
+                   tiles[list(_UTM)].to_numpy(float), tiles[list(_WGS84)].to_numpy(float),
+                   labels)
 
 
 def _tiles_under(tiles: _Footprints, crs: str, bounds: tuple[float, float, float, float]

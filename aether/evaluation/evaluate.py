@@ -220,20 +220,6 @@ def _split(kind: str, x: np.ndarray, y: np.ndarray, seed: int, block_m: float) -
     return probes.block_split(x, y, block_m, seed)
 
 
-def is_synthetic(city_dir: Path) -> bool:
-    """Whether the city's tables come from the generated sample raster (its manifest's tiles
-    are the sample's): such figures test the machinery, not the method."""
-    from aether.io.store import SAMPLE_DIR
-
-    try:
-        manifest = read_json(CityStore.at(city_dir).manifest)
-        tiles = (manifest.get("inputs", {}).get("tiles")
-                 or manifest["config"]["source_options"].get("tiles", ""))  # older manifests
-    except (OSError, ValueError, KeyError, AttributeError):
-        return False
-    return SAMPLE_DIR in Path(str(tiles)).parts
-
-
 def evaluate(
     city_dir: Path,
     task: ProbeTask,
@@ -310,7 +296,7 @@ def evaluate(
                        for r in runs],
               "replicates": {replicate_label(g): [r.name for r in g]
                              for g in replicates or []},
-              "note": SYNTHETIC_NOTE if is_synthetic(city_dir) else None,
+              "note": SYNTHETIC_NOTE if provenance.is_synthetic(city_dir) else None,
               "provenance": provenance.record(city_dir, seeds=list(seeds), started=started)}
     if write:
         write_json(result, cached)

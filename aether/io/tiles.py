@@ -29,6 +29,8 @@ from aether.core.aef import (
     N_BANDS,
     NODATA,
     PIXEL_SIZE_M,
+    SYNTHETIC_COLUMN,
+    SYNTHETIC_TAG,
     utm_zone_label,
     valid_mask,
 )
@@ -83,11 +85,13 @@ def write_tile(
     *,
     pixel_size: float = PIXEL_SIZE_M,
     south_up: bool = True,
+    synthetic: str | None = None,
 ) -> None:
     """Write int8 values ``(64, rows, cols)`` (row 0 = north) as an AlphaEarth GeoTIFF.
 
     Stored south-up by default, like the public COGs: origin bottom-left, positive y step.
-    Written atomically (temp file, then rename).
+    Written atomically (temp file, then rename). ``synthetic`` (what made a generated raster)
+    goes into the file's metadata, where ``tile_record`` finds it again.
     """
     import rasterio
     from rasterio.transform import Affine
@@ -113,10 +117,13 @@ def write_tile(
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as ds:
         ds.write(np.ascontiguousarray(data))
         ds.descriptions = BANDS
+        if synthetic:
+            ds.update_tags(**{SYNTHETIC_TAG: synthetic})
 
 
 def tile_record(path: str | os.PathLike[str], year: int) -> dict[str, object]:
-    """One ``aef_index`` row for a tile: its UTM and WGS84 bounds and footprint."""
+    """One ``aef_index`` row for a tile: its UTM and WGS84 bounds and footprint, and the
+    generated raster's label where the file carries one."""
     import rasterio
     from pyproj import Transformer
     from shapely.geometry import Polygon
@@ -124,6 +131,7 @@ def tile_record(path: str | os.PathLike[str], year: int) -> dict[str, object]:
     with rasterio.open(path) as ds:
         t, w, h = ds.transform, ds.width, ds.height
         crs = ds.crs.to_string()
+        synthetic = ds.tags().get(SYNTHETIC_TAG)
     # from the transform, not ds.bounds: south-up files have a positive y step
     west, east = sorted((t.c, t.c + w * t.a))
     south, north = sorted((t.f, t.f + h * t.e))
@@ -138,16 +146,20 @@ def tile_record(path: str | os.PathLike[str], year: int) -> dict[str, object]:
         "wgs84_west": float(min(lon)), "wgs84_south": float(min(lat)),
         "wgs84_east": float(max(lon)), "wgs84_north": float(max(lat)),
         "geometry": Polygon(zip(lon, lat, strict=True)),
+        **({SYNTHETIC_COLUMN: synthetic} if synthetic else {}),
     }
 
 
 def write_index(records: list[dict[str, object]], root: str | os.PathLike[str]) -> Path:
-    """Write ``aef_index.parquet`` in ``root``; tile paths are stored relative to it."""
+    """Write ``aef_index.parquet`` in ``root``; tile paths are stored relative to it. The
+    ``synthetic`` column is there only when some tile is generated (the public index lacks it)."""
     import geopandas as gpd
 
     root = Path(root)
     rows = [{**r, "path": os.path.relpath(str(r["path"]), root)} for r in records]
-    gdf = gpd.GeoDataFrame(rows, columns=list(INDEX_COLUMNS), geometry="geometry", crs="EPSG:4326")
+    extra = [SYNTHETIC_COLUMN] if any(r.get(SYNTHETIC_COLUMN) for r in records) else []
+    gdf = gpd.GeoDataFrame(rows, columns=[*INDEX_COLUMNS, *extra], geometry="geometry",
+                           crs="EPSG:4326")
     return write_parquet(gdf, root / INDEX_NAME)
 
 

@@ -87,10 +87,11 @@ class Registered:
 
 #: The registered sources. Adding a source is a module (options model + factory) and a line.
 SOURCES: dict[str, Registered] = {
-    "cog": Registered("aether.embeddings.cog:CogOptions", "aether.embeddings.cog:create"),
+    "cog": Registered("aether.embeddings.options:CogOptions", "aether.embeddings.cog:create"),
     "ee": Registered("aether.embeddings.earthengine.options:EeOptions",
                      "aether.embeddings.earthengine.source:create"),
-    "xee": Registered("aether.embeddings.xee:XeeOptions", "aether.embeddings.xee:create"),
+    "xee": Registered("aether.embeddings.earthengine.options:XeeOptions",
+                      "aether.embeddings.xee:create"),
 }
 
 

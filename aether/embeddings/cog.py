@@ -26,8 +26,8 @@ import pandas as pd
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
-from aether.embeddings.base import SourceOptions
 from aether.embeddings.fold import WindowSums, point_means_table
+from aether.embeddings.options import CogOptions
 from aether.errors import CoverageError
 from aether.execution import cluster
 from aether.io import tiles as tile_io
@@ -321,12 +321,6 @@ def _window_grid_sums(tiles: TileList, crs: str, origin: tuple[float, float],
     if raw is None:
         return np.zeros(0, np.int64), zonal.Partial.zeros(0, aef.N_BANDS)
     return cells.sums(tile_io.decode(raw))
-
-
-class CogOptions(SourceOptions):
-    """Options of the ``cog`` source (``--tiles``)."""
-
-    tiles: str | Path | None = None
 
 
 def create(options: CogOptions, workdir: Path | None = None) -> CogSource:

@@ -32,12 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from aether.core import aef, windows, zonal
 from aether.core import cells as grids
 from aether.embeddings.earthengine import catalog
-from aether.embeddings.earthengine.options import EeConnectionOptions
+from aether.embeddings.earthengine.options import (
+    BYTES_PER_BAND_PIXEL,
+    CHUNK_PX,
+    REQUEST_BYTES,
+    REQUEST_MARGIN,
+    XeeOptions,
+)
 from aether.embeddings.earthengine.session import EESettings, ensure
 from aether.embeddings.fold import WindowSums, point_means_table
 from aether.errors import CoverageError, InputError
@@ -47,21 +52,6 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from aether.places.place import Place
-
-#: EE refuses a computePixels answer whose "Total request size" exceeds 50,331,648 bytes;
-#: it counts (bytes per value + 1 mask byte) for every band-pixel.
-REQUEST_BYTES = 48 * 2**20
-#: The bands are cast to float32 (``.toFloat()``) so their type is known whatever the
-#: asset stores; xee then ``unmask``es them with its int32 sentinel (2**31 - 1), and a pixel
-#: type holding both float32 and that int is float64: 8 bytes a value are served.
-SERVED_DTYPE = np.dtype(np.float64)
-BYTES_PER_BAND_PIXEL = SERVED_DTYPE.itemsize + 1
-#: Fraction of the limit a request may use (headroom for EE's own accounting).
-REQUEST_MARGIN = 0.9
-#: Side of one chunk = one request (pixels): the largest multiple of 64 within the margin.
-CHUNK_PX = int(np.sqrt(REQUEST_MARGIN * REQUEST_BYTES / (aef.N_BANDS * BYTES_PER_BAND_PIXEL))
-               // 64 * 64)
-
 
 def request_bytes(chunk: int) -> int:
     """What EE counts against ``REQUEST_BYTES`` for one full chunk of all 64 bands."""
@@ -294,12 +284,6 @@ class XeeSource:
         cells = cells or grids.make_cells(place.boundary, place.crs, grids.parse_cell(100.0),
                                           place.name)
         return View.over(self.session, year, cells.crs, cells.bounds(), self.chunk)
-
-
-class XeeOptions(EeConnectionOptions):
-    """Options of the ``xee`` source: the connection and the chunk edge in pixels."""
-
-    xee_chunk: int | None = Field(None, ge=1, le=CHUNK_PX)
 
 
 def create(options: XeeOptions, workdir: Path | None = None) -> XeeSource:

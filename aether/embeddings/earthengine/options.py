@@ -1,15 +1,32 @@
-"""The options of the Earth Engine sources (``ee``, and the connection ``xee`` shares), with
-the limits they are checked against: light to import, so both sources and the registry can."""
+"""The options of the Earth Engine sources (``ee`` and ``xee``), with the limits they are
+checked against: light to import, so the registry can check a run file's options without
+loading either source (a fleet's client stays small)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from aether.core.aef import N_BANDS
 from aether.embeddings.base import SourceOptions
 from aether.embeddings.earthengine.session import EESettings
 from aether.settings import current
+
+#: EE refuses a computePixels answer whose "Total request size" exceeds 50,331,648 bytes;
+#: it counts (bytes per value + 1 mask byte) for every band-pixel.
+REQUEST_BYTES = 48 * 2**20
+#: The ``xee`` source casts the bands to float32 (``.toFloat()``) so their type is known
+#: whatever the asset stores; xee then ``unmask``es them with its int32 sentinel (2**31 - 1),
+#: and a pixel type holding both float32 and that int is float64: 8 bytes a value are served,
+#: plus the mask byte.
+BYTES_PER_BAND_PIXEL = 8 + 1
+#: Fraction of the limit a request may use (headroom for EE's own accounting).
+REQUEST_MARGIN = 0.9
+#: Side of one chunk = one request (pixels): the largest multiple of 64 within the margin.
+CHUNK_PX = math.isqrt(int(REQUEST_MARGIN * REQUEST_BYTES) // (N_BANDS * BYTES_PER_BAND_PIXEL)
+                      ) // 64 * 64
 
 #: Features per reduceRegions request: one computeFeatures page (EE's default page size),
 #: small enough to stay well under EE's interactive limits (payload, 5 min) at 200 m;
@@ -61,3 +78,9 @@ class EeOptions(EeConnectionOptions):
             raise ValueError("ee_max_eecu_hours needs export: interactive requests report no "
                              "EECU usage, only export tasks do")
         return self
+
+
+class XeeOptions(EeConnectionOptions):
+    """Options of the ``xee`` source: the connection and the chunk edge in pixels."""
+
+    xee_chunk: int | None = Field(None, ge=1, le=CHUNK_PX)

@@ -6,9 +6,16 @@
 "use strict";
 const STOPS = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"];
 const RGB = STOPS.map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
+// Opacity of the heat (of 255): the base layers under it stay readable.
+const HEAT_ALPHA = 170;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const panels = {};
+// The city's own OSM layers (/api/basemap.geojson, fetched once), drawn under the heat in
+// every panel; buildings and POIs only from DETAIL_ZOOM in, where they can be told apart.
+const DETAIL = ["building", "poi"];
+const DETAIL_ZOOM = 15;
+let baseData = null;
 let info = null;
 let last = null;  // the current request, for exports and the shareable URL
 
@@ -70,17 +77,38 @@ async function panel(name) {
   map.attributionControl.setPrefix(false);
   for (const a of info.attribution) map.attributionControl.addAttribution(a);
   L.control.scale({ imperial: false }).addTo(map);
-  if (params.get("tiles") !== "0" && info.tiles) {
+  map.createPane("base").style.zIndex = 250;  // over tiles (200), under the heat
+  map.createPane("heat").style.zIndex = 350;  // under the markers (overlayPane, 400)
+  if (info.basemap === "osm") {
     L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", { maxZoom: 19 })
-      .on("tileerror", () => { $("tiles").textContent = "OpenStreetMap tiles did not load (offline?): the heat maps are drawn without them"; })
+      .on("tileerror", () => { $("base-note").textContent = "OpenStreetMap tiles did not load (offline?): the heat maps are drawn without them; --basemap city draws the city's own OSM layers offline"; })
       .addTo(map);
   }
   map.fitBounds(info.bounds);
+  const base = baseData ? baseLayers(map) : null;
   map.on("click", (ev) => like(ev.latlng));
   map.on("moveend", () => follow(name));
   const markers = L.layerGroup().addTo(map);
-  panels[name] = { div, map, markers, title, legend, heat: null, answer: null };
+  panels[name] = { div, map, markers, title, legend, base, heat: null, answer: null };
   return panels[name];
+}
+
+// One panel's copy of the base layers (a Leaflet layer belongs to one map; the data is shared).
+function baseLayers(map) {
+  const style = (f) => info.base_style[f.properties.layer];
+  const point = (f, latlng) => L.circleMarker(latlng, { ...info.base_style.poi, pane: "base", interactive: false });
+  const part = (detail) => L.geoJSON(baseData, {
+    pane: "base", interactive: false, style, pointToLayer: point,
+    filter: (f) => DETAIL.includes(f.properties.layer) === detail,
+  });
+  const coarse = part(false).addTo(map);
+  const detail = part(true);
+  const zoomed = () => {
+    if (map.getZoom() >= DETAIL_ZOOM) detail.addTo(map); else detail.remove();
+  };
+  map.on("zoomend", zoomed);
+  zoomed();
+  return { coarse, detail };
 }
 
 // Panels pan and zoom together: the one moved leads, the others take its view.
@@ -103,7 +131,7 @@ function palette(ans, lo, hi) {
     const s = ans.lo + (v / ans.heat.levels) * (ans.hi - ans.lo);
     const t = Math.max(0, Math.min(1, (s - lo) / span));
     const c = RGB[Math.round(t * (RGB.length - 1))];
-    lut.set([c[0], c[1], c[2], 200], v * 4);
+    lut.set([c[0], c[1], c[2], HEAT_ALPHA], v * 4);
   }
   return lut;  // 255 (no cell) stays transparent
 }
@@ -127,7 +155,7 @@ function drawHeat(p, lo, hi) {
   }
   ctx.putImageData(img, 0, 0);
   if (p.heat) p.map.removeLayer(p.heat);
-  p.heat = L.imageOverlay(canvas.toDataURL(), ans.heat.bounds, { className: "heat", interactive: false }).addTo(p.map);
+  p.heat = L.imageOverlay(canvas.toDataURL(), ans.heat.bounds, { className: "heat", pane: "heat", interactive: false }).addTo(p.map);
   p.div.dataset.cells = coloured;
 }
 
@@ -249,6 +277,12 @@ async function init() {
   } catch (e) { status(e.message, "error"); return; }
   $("city").textContent = "aether · " + info.city;
   $("credits").textContent = info.attribution.join(" · ") + (info.synthetic ? " · " + info.synthetic : "");
+  if (info.base_note) $("base-note").textContent = info.base_note;
+  if (info.basemap === "city" && info.base_features) {
+    try {
+      baseData = await getJSON("/api/basemap.geojson");
+    } catch (e) { $("base-note").textContent = "the city's base map did not load: " + e.message; }
+  }
   const want = (params.get("model") || "").split(",").filter(Boolean);
   for (const m of info.models) {
     const label = el("label");

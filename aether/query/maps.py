@@ -188,12 +188,16 @@ def titled(results: list[QueryResult], *, synthetic: bool) -> list[QueryResult]:
 
 
 def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
-    """The same maps as a PNG, side by side (cells in the city's UTM crs)."""
+    """The same maps as a PNG, side by side (cells in the city's UTM crs). The titles (with
+    what they warn of: a tiny spread, a generated raster) and the credits are also the PNG's
+    Title and Copyright text, so a copy that loses its caption still says them."""
     import matplotlib.pyplot as plt
 
     fig = png_figure(index, results)
+    meta = {"Title": " | ".join(r.query for r in results),
+            "Copyright": f"{OSM_CREDIT}. {AEF_CREDIT}"}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata=meta)
     plt.close(fig)
     path.chmod(0o644)
     return path

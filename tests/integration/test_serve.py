@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -198,6 +199,13 @@ def test_exports_geojson_and_png(server) -> None:
     assert "generated raster" in doc["synthetic"]
     status, body, ctype = _get(f"{url}api/export.png?q=hotel&model={names[0]}")
     assert status == 200 and ctype == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    from aether.query.maps import AEF_CREDIT, SYNTHETIC_LABEL
+
+    text = Image.open(io.BytesIO(body)).text  # the PNG's own text, beside its drawn titles
+    assert text["Title"].startswith("hotel · ") and SYNTHETIC_LABEL in text["Title"]
+    assert "OpenStreetMap contributors" in text["Copyright"] and AEF_CREDIT in text["Copyright"]
 
 
 def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -> None:

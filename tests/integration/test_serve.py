@@ -383,6 +383,73 @@ def test_browser_draws_the_city_under_a_shared_scale_at_1280(server, chromium) -
         browser.close()
 
 
+def _percentiles(heat: np.ndarray) -> np.ndarray:
+    """Each byte's percentile among a raster's cell pixels (the page's rank scale)."""
+    count = np.bincount(heat.ravel(), minlength=256)[:255].astype(float)
+    return (np.cumsum(count) - count / 2) / count.sum()
+
+
+def test_browser_shows_how_a_model_reranks_places_against_raw_alphaearth(server,
+                                                                         chromium) -> None:
+    """"vs raw AlphaEarth" after a click: each trained panel's pixel is coloured by its
+    place's percentile under the model minus under raw AlphaEarth (recomputed here from
+    both answers' rasters): red where the model ranks it higher, blue lower, white level."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, _ = server
+    heats = {m: _answer(_get(f"{url}api/answer?at=24.945000,60.170000&model={m}")[1])[1]
+             for m in (names[1], "alphaearth")}
+    mine, raw = heats[names[1]], heats["alphaearth"]
+    ok = (mine != 255) & (raw != 255)
+    d = np.where(ok, _percentiles(mine)[np.minimum(mine, 254)]
+                 - _percentiles(raw)[np.minimum(raw, 254)], np.nan)
+    flat = np.nan_to_num(d, nan=0.0).ravel()
+    picks = {"higher": int(np.argmax(np.where(ok.ravel(), flat, -9))),
+             "lower": int(np.argmin(np.where(ok.ravel(), flat, 9))),
+             "level": int(np.argmin(np.where(ok.ravel(), abs(flat), 9))),
+             "no cell": int(np.argmin(ok.ravel()))}
+    assert d.ravel()[picks["higher"]] > 0.25 and d.ravel()[picks["lower"]] < -0.25
+    assert not ok.all()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}?at=24.945,60.170&model={names[1]},alphaearth")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        page.check("#vs-raw")
+        panel = page.locator(f'.panel[data-model="{names[1]}"]')
+        assert panel.get_attribute("data-view") == "vs-raw"
+        assert page.locator('.panel[data-model="alphaearth"]').get_attribute(
+            "data-view") == "scores"
+        assert panel.locator(".legend").inner_text().startswith("rank vs raw AlphaEarth")
+        got = page.evaluate("""async ([name, at]) => {
+            const img = panels[name].heat.getElement();
+            await img.decode();
+            const c = document.createElement("canvas");
+            [c.width, c.height] = [img.naturalWidth, img.naturalHeight];
+            const ctx = c.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const px = ctx.getImageData(0, 0, c.width, c.height).data;
+            return { size: [c.height, c.width], stops: DIVERGING,
+                     rgba: at.map((i) => [...px.slice(4 * i, 4 * i + 4)]) };
+        }""", [names[1], list(picks.values())])
+        assert got["size"] == list(mine.shape)
+        for (what, i), rgba in zip(picks.items(), got["rgba"], strict=True):
+            if what == "no cell":
+                assert rgba[3] == 0
+                continue
+            want = got["stops"][round((d.ravel()[i] + 1) / 2 * (len(got["stops"]) - 1))]
+            assert rgba[3] > 0 and np.abs(np.subtract(rgba[:3], want)).max() <= 3, what
+        assert got["rgba"][0][0] > got["rgba"][0][2]  # higher: red
+        assert got["rgba"][1][2] > got["rgba"][1][0]  # lower: blue
+        # a text query has no raw answer to compare with: said, and the scores drawn
+        page.fill("#q", "hotel")
+        page.click("button[type=submit]")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        assert panel.get_attribute("data-view") == "scores"
+        assert "click a place" in page.locator("#vs-raw-note").inner_text()
+        browser.close()
+
+
 def test_online_tiles_only_when_asked_and_a_failed_load_is_said(tiles_server,
                                                                  chromium) -> None:
     """--basemap osm: OpenStreetMap tiles instead of the city's layers; when they cannot

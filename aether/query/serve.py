@@ -195,6 +195,7 @@ def base_layers(basemap: Any, pois: Any) -> BaseLayers:
 
 
 def check_basemap(basemap: str) -> str:
+    """``basemap`` when it is one of ``BASEMAPS``: checked before minutes of loading."""
     if basemap not in BASEMAPS:
         raise InputError(f"--basemap {basemap}", f"use one of {', '.join(BASEMAPS)}")
     return basemap

@@ -522,18 +522,22 @@ def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
     return Search(run, index, [res], where)
 
 
-def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = True,
+def web_app(city: str, models: Sequence[str] | None = None, *, basemap: str = "city",
             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
             workers: int | None = None, queue: int = 16) -> CityApp:
     """The state behind ``aether serve``: each run's encoded grid (the smallest cell all of
     them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI.
     Without ``models``, every run that has an encoded grid (the others are named in the log).
-    ``workers`` answers at a time (default: the CPUs) and ``queue`` waiting; more get a 503."""
+    ``basemap``: the maps drawn on the city's own OSM layers (``city``, offline), online OSM
+    tiles (``osm``) or nothing (``none``). ``workers`` answers at a time (default: the CPUs)
+    and ``queue`` waiting; more get a 503."""
     import logging
 
     from aether.ml.encode import encoded_cells
     from aether.provenance import is_synthetic
-    from aether.query.serve import CityApp, load_panels
+    from aether.query.serve import CityApp, check_basemap, load_panels
+
+    check_basemap(basemap)  # before minutes of loading
 
     where = city_dir(city, year, data_dir)
     chosen = runs(city, models, year=year, data_dir=data_dir)
@@ -548,7 +552,7 @@ def web_app(city: str, models: Sequence[str] | None = None, *, tiles: bool = Tru
     if not common:
         raise TableError("the models share no encoded grid",
                          f"run `aether encode --city {city}` for each of them")
-    return CityApp(city, load_panels(where, chosen, common[0]), tiles=tiles,
+    return CityApp(city, load_panels(where, chosen, common[0]), basemap=basemap,
                    synthetic=is_synthetic(where), workers=workers, queue=queue)
 
 

@@ -72,7 +72,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (other than loopback: reachable "
                                            "from the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port)", min=0, max=65535)] = 8000,
-    tiles: Annotated[bool, typer.Option(help="OSM base tiles under the heat maps")] = True,
+    basemap: Annotated[str, typer.Option(
+        help="Under the heat maps: city (its own OSM layers, offline), osm (online tiles) or "
+             "none")] = "city",
     workers: Annotated[int | None, typer.Option(
         min=1, help="Answers computed at a time [the CPUs]")] = None,
     queue: Annotated[int, typer.Option(
@@ -87,7 +89,7 @@ def serve(
     from aether.query.serve import listen
     from aether.query.webapp import serve as run_server
 
-    state = api.web_app(city, model, tiles=tiles, year=year, data_dir=data_dir,
+    state = api.web_app(city, model, basemap=basemap, year=year, data_dir=data_dir,
                         workers=workers, queue=queue)
     sock, url = listen(host, port)
     typer.echo(f"{url}  ({', '.join(state.panels)}; Ctrl-C stops it)")

@@ -28,14 +28,17 @@ AEF_CREDIT = ("The AlphaEarth Foundations Satellite Embedding dataset is produce
 SYNTHETIC_LABEL = "generated raster (the offline sample): not real AlphaEarth"
 CMAP = "YlOrRd"
 POI_COLOUR = "#6a3d9a"
-#: Base-map styles (the city's own OSM data, for maps without tiles): light, thin, on top of
-#: the heat so streets and shores stay readable.
+#: Base-map styles (the city's own OSM data, for maps without tiles): light and thin, so
+#: streets and shores stay readable with the heat (over it in ``aether query``'s HTML, under
+#: it in ``aether serve``, where the heat is translucent).
 BASE_STYLE = {
     "road": {"color": "#ffffff", "weight": 1.2, "opacity": 0.7},
     "rail": {"color": "#555555", "weight": 1.0, "opacity": 0.6, "dashArray": "4 3"},
     "water": {"color": "#4a90c2", "weight": 0.8, "fillColor": "#a6cee3", "fillOpacity": 0.8},
     "green": {"color": "#6a9a4a", "weight": 0, "fillColor": "#b2df8a", "fillOpacity": 0.25},
     "building": {"color": "#777777", "weight": 0.4, "fill": False, "opacity": 0.5},
+    "poi": {"radius": 2, "color": "#555555", "weight": 0, "fillColor": "#555555",
+            "fillOpacity": 0.6},  # every POI, as the PNG draws them (``aether serve``)
 }
 OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
@@ -185,12 +188,16 @@ def titled(results: list[QueryResult], *, synthetic: bool) -> list[QueryResult]:
 
 
 def png_map(index: CityIndex, results: list[QueryResult], path: Path) -> Path:
-    """The same maps as a PNG, side by side (cells in the city's UTM crs)."""
+    """The same maps as a PNG, side by side (cells in the city's UTM crs). The titles (with
+    what they warn of: a tiny spread, a generated raster) and the credits are also the PNG's
+    Title and Copyright text, so a copy that loses its caption still says them."""
     import matplotlib.pyplot as plt
 
     fig = png_figure(index, results)
+    meta = {"Title": " | ".join(r.query for r in results),
+            "Copyright": f"{OSM_CREDIT}. {AEF_CREDIT}"}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata=meta)
     plt.close(fig)
     path.chmod(0o644)
     return path

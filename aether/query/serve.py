@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 RAW = "alphaearth"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: What the maps are drawn on: the city's own OSM layers (offline), online OSM tiles, nothing.
+BASEMAPS = ("city", "osm", "none")
 MAX_K = 200
 #: Seconds a refused client is told to wait before asking again.
 RETRY_AFTER_S = 1
@@ -67,7 +69,8 @@ class Panel:
             return (f"raw AlphaEarth: the grid's own {self.vectors.vectors.shape[1]}-d means, "
                     "no text space (more like this only)")
         text = self.run.text_model or "no text encoder"
-        return f"AETHER run {self.name}: {self.run.out_dim}-d, text encoder {text}"
+        return (f"AETHER run {self.name} (preset {self.run.preset}): {self.run.out_dim}-d, "
+                f"text encoder {text}")
 
     def answer(self, label: str, q: np.ndarray, k: int, skip: np.ndarray | None = None
                ) -> Answer:
@@ -160,15 +163,60 @@ class Gate:
                 **self.counts}
 
 
+@dataclass(frozen=True)
+class BaseLayers:
+    """The city's own OSM layers as the page draws them: GeoJSON bytes, plain and gzipped."""
+
+    geojson: bytes
+    gzipped: bytes
+    features: int
+
+
+def base_layers(basemap: Any, pois: Any) -> BaseLayers:
+    """The base map (roads, rails, water, green, buildings) and the POIs as one compact
+    GeoJSON in lon/lat, made once at load so a page load costs no work: coordinates to 1e-5°
+    (about a metre, what the layers were simplified to), the layer the only property."""
+    import gzip
+
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    parts = [gpd.GeoDataFrame({"layer": ["poi"] * len(pois)}, geometry=pois.geometry.values,
+                              crs=pois.crs).to_crs("EPSG:4326")]
+    if basemap is not None:
+        parts.insert(0, basemap[["layer", "geometry"]].to_crs("EPSG:4326"))
+    frame = pd.concat(parts, ignore_index=True)
+    frame = frame.set_geometry(shapely.transform(frame.geometry.values,
+                                                 lambda c: np.round(c, 5)))
+    frame = frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    doc = json.dumps(frame.to_geo_dict(drop_id=True), separators=(",", ":")).encode()
+    return BaseLayers(doc, gzip.compress(doc, 6), len(frame))
+
+
+def check_basemap(basemap: str) -> str:
+    """``basemap`` when it is one of ``BASEMAPS``: checked before minutes of loading."""
+    if basemap not in BASEMAPS:
+        raise InputError(f"--basemap {basemap}", f"use one of {', '.join(BASEMAPS)}")
+    return basemap
+
+
 class CityApp:
     """The state behind the web app: every panel loaded once, queries answered from memory."""
 
-    def __init__(self, city: str, panels: list[Panel], *, tiles: bool = False,
+    def __init__(self, city: str, panels: list[Panel], *, basemap: str = "city",
                  synthetic: bool = False, workers: int | None = None, queue: int = 16) -> None:
         if not panels:
             raise InputError(f"nothing to serve for {city}", "run `aether encode` first")
         self.city = city
-        self.tiles = tiles
+        self.basemap = check_basemap(basemap)
+        first = panels[0].index
+        #: the city layers (one copy for every panel), None unless ``basemap`` is "city"
+        self.base = base_layers(first.basemap, first.pois) if basemap == "city" else None
+        #: what the page says about its base map, when there is something to say
+        self.base_note = (f"no offline street map for {city} (its POIs did not come from a "
+                          "PBF): only its POIs are drawn; --basemap osm draws online tiles"
+                          if basemap == "city" and first.basemap is None else None)
         self.synthetic = synthetic
         self.panels = {p.name: p for p in panels}
         self.workers = workers or os.cpu_count() or 1
@@ -258,17 +306,19 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
     from aether.ml.encode import apply_text, read_grid
     from aether.query.search import load_index
 
-    panels = []
+    panels: list[Panel] = []
     for run in runs:
         idx = load_index(city_dir, run, cell)
+        if panels:  # the base map is the city's, not the run's: one copy for every panel
+            idx.basemap = panels[0].index.basemap
         apply_text(run, ["warm up the text encoder"])  # the first query answers fast
         panels.append(build_panel(run.name, idx, idx.vectors, run))
     if raw and panels:
         base = panels[0]
         grid = read_grid(city_dir, cell).set_index("cell_id").reindex(base.index.grid["cell_id"])
         vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
-        idx = copy.copy(base.index)  # the same cells: centres, POI tree and raster shared
-        idx.vectors, idx.poi_vectors, idx.basemap = vi.unit, None, None
+        idx = copy.copy(base.index)  # the same cells: centres, POI tree, raster, base map
+        idx.vectors, idx.poi_vectors = vi.unit, None
         panels.append(Panel(RAW, idx, vi, None, base.heat))
     return panels
 

@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aether.errors import AetherError, BusyError
-from aether.query.maps import AEF_CREDIT, OSM_CREDIT, SYNTHETIC_LABEL
+from aether.query.maps import AEF_CREDIT, BASE_STYLE, OSM_CREDIT, SYNTHETIC_LABEL
 from aether.query.serve import LOOPBACK, RETRY_AFTER_S, Answer, CityApp, Gate
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,25 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
         return {"city": state.city, "bounds": [[s, w], [n, e]],
                 "models": [{"name": p.name, "text": p.run is not None, "about": p.about}
                            for p in state.panels.values()],
-                "attribution": [OSM_CREDIT, AEF_CREDIT], "tiles": state.tiles,
+                "attribution": [OSM_CREDIT, AEF_CREDIT], "basemap": state.basemap,
+                "base_features": state.base.features if state.base else 0,
+                "base_note": state.base_note, "base_style": BASE_STYLE,
                 "synthetic": SYNTHETIC_LABEL if state.synthetic else None,
                 "load": gate.state()}
+
+    @app.get("/api/basemap.geojson")
+    def basemap(request: Request) -> Response:
+        """The city's own OSM layers, made at load: bytes sent as they are (gzipped when the
+        client takes it), so every panel of every page draws streets with no work here."""
+        base = state.base
+        if base is None:
+            return JSONResponse({"error": f"no city base map (--basemap {state.basemap})"},
+                                status_code=404)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(base.gzipped, media_type="application/geo+json",
+                            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return Response(base.geojson, media_type="application/geo+json",
+                        headers={"Vary": "Accept-Encoding"})
 
     @app.get("/api/query")
     async def query(request: Request, model: str, q: str | None = None, k: int = 10,

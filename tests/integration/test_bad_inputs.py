@@ -100,6 +100,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("run-window-empty-entry", ["run", "{F}/window.yaml"], {}),
     ("settings-duplicate-key", ["--settings", "{F}/dup-settings.yaml", "extract", "--city",
                                 "Helsinki", "--offline"], {}),
+    # serve
+    ("serve-basemap-unknown", ["serve", "--city", "Helsinki", "--basemap", "satellite"], {}),
     # demo, sample, emulator
     ("demo-seeds-0", ["demo", "--seeds", "0"], {}),
     ("demo-epochs-0", ["demo", "--epochs", "0"], {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -26,7 +27,7 @@ def _serving(data_root, names, *extra: str):
     """The real CLI server in a subprocess; yields its URL and process."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "aether", "serve", "--city", "Helsinki", "--port", "0",
-         "--no-tiles", "--model", names[0], "--model", names[1], "--data-dir", str(data_root),
+         "--model", names[0], "--model", names[1], "--data-dir", str(data_root),
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -198,6 +199,13 @@ def test_exports_geojson_and_png(server) -> None:
     assert "generated raster" in doc["synthetic"]
     status, body, ctype = _get(f"{url}api/export.png?q=hotel&model={names[0]}")
     assert status == 200 and ctype == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    from aether.query.maps import AEF_CREDIT, SYNTHETIC_LABEL
+
+    text = Image.open(io.BytesIO(body)).text  # the PNG's own text, beside its drawn titles
+    assert text["Title"].startswith("hotel · ") and SYNTHETIC_LABEL in text["Title"]
+    assert "OpenStreetMap contributors" in text["Copyright"] and AEF_CREDIT in text["Copyright"]
 
 
 def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -> None:
@@ -229,7 +237,8 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         assert int(panel.get_attribute("data-cells")) > 100  # the heat layer is drawn
         assert panel.get_attribute("data-markers") == "10"
         # the model named in full and what it is, the generated raster said, the range shown
-        assert panel.locator(".about").inner_text().startswith(f"AETHER run {names[1]}: 128-d")
+        assert panel.locator(".about").inner_text().startswith(
+            f"AETHER run {names[1]} (preset default): 128-d")
         assert "generated raster" in panel.locator(".synthetic").inner_text()
         legend = panel.locator(".legend").inner_text()
         assert "this panel: " in legend and "cells tie with the best" in legend
@@ -259,6 +268,213 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
         page.screenshot(path=str(tmp_path / "serve.png"))
         browser.close()
     assert (tmp_path / "serve.png").stat().st_size > 20_000
+
+
+@pytest.fixture(scope="module")
+def tiles_server(sample_runs):
+    """Online tiles asked for (``--basemap osm``) instead of the city's own layers."""
+    _, names, data_root = sample_runs
+    with _serving(data_root, names, "--basemap", "osm") as (url, _):
+        yield url, names
+
+
+def _layers(doc: dict) -> dict[str, int]:
+    return pd.Series([f["properties"]["layer"] for f in doc["features"]]).value_counts(
+        ).to_dict()
+
+
+def test_city_base_map_is_compact_lon_lat_geojson_made_at_load(server) -> None:
+    """/api/basemap.geojson: every road, rail, water, green and building of basemap.parquet
+    and every POI, in lon/lat to 1e-5°, the layer the only property; gzipped when the
+    client takes it, the same bytes every time (made once, at load)."""
+    import gzip
+
+    import geopandas as gpd
+
+    url, _, city_dir = server
+    status, body, ctype = _get(f"{url}api/basemap.geojson")
+    assert status == 200 and ctype == "application/geo+json"
+    doc = json.loads(body)
+    want = gpd.read_parquet(city_dir / "basemap.parquet")["layer"].value_counts().to_dict()
+    want["poi"] = len(pd.read_parquet(city_dir / "pois.parquet"))
+    assert _layers(doc) == want
+    assert {k for f in doc["features"] for k in f["properties"]} == {"layer"}
+    coords = np.array(re.findall(rb"\[(-?\d+\.?\d*),(-?\d+\.?\d*)\]", body), float)
+    assert len(coords) > len(doc["features"])
+    assert (abs(coords * 1e5 - np.round(coords * 1e5)) < 1e-6).all()  # 5 decimals at most
+    assert (coords[:, 0] > 24.9).all() and (coords[:, 0] < 25.0).all()  # lon, lat order
+    assert (coords[:, 1] > 60.1).all() and (coords[:, 1] < 60.2).all()
+    status, zipped, _ = _get(f"{url}api/basemap.geojson", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and gzip.decompress(zipped) == body and len(zipped) < len(body) / 3
+
+
+def _clipped(page, selector: str) -> list[str]:
+    """Texts of the elements that do not fit their box (cut off or scrolled)."""
+    return page.evaluate("""(sel) => [...document.querySelectorAll(sel)]
+        .filter((e) => e.offsetParent !== null && (e.scrollWidth > e.clientWidth
+                 || e.scrollHeight > e.clientHeight))
+        .map((e) => e.textContent)""", selector)
+
+
+def test_browser_draws_the_city_under_a_shared_scale_at_1280(server, chromium) -> None:
+    """At 1280 × 800 with three panels: the city's own layers are drawn in every panel
+    (its roads, rails, water and green from the start, buildings and POIs once zoomed in),
+    each panel's full model name, what it is and the generated-raster label fit their boxes,
+    the raw panel says it wants a click, and the legend's range is the answers' shared one
+    until "own scale" is ticked."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, _ = server
+    layers = _layers(json.loads(_get(f"{url}api/basemap.geojson")[1]))
+    coarse = sum(n for k, n in layers.items() if k not in ("building", "poi"))
+    q = quote("late-night bars and live music")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}?q={q}&model={names[0]},{names[1]},alphaearth")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        models = [names[0], names[1], "alphaearth"]
+        drawn = page.evaluate("""() => Object.entries(panels).map(([name, p]) => {
+            const c = p.map.getPane("base").querySelector("canvas");
+            const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let inked = 0;
+            for (let i = 3; i < px.length; i += 4) if (px[i] > 0) inked += 1;
+            return [name, p.map.hasLayer(p.base.coarse), p.base.coarse.getLayers().length,
+                    p.map.hasLayer(p.base.detail), inked, p.map.getZoom()];
+        })""")
+        assert [d[0] for d in drawn] == models
+        for _, shown, n, detail, inked, zoom in drawn:
+            assert shown and n == coarse
+            assert detail == (zoom >= 15)
+            assert inked > 2000  # the streets are on the canvas, not only in memory
+        page.evaluate("() => { Object.values(panels)[0].map.setZoom(16, { animate: false }); }")
+        page.wait_for_function("() => Object.values(panels).every((p) => p.map.getZoom() == 16)")
+        assert page.evaluate("Object.values(panels).map((p) => p.map.hasLayer(p.base.detail)"
+                             " && p.base.detail.getLayers().length)") == [
+            layers["building"] + layers["poi"]] * 3
+        assert page.locator("#base-note").inner_text() == ""
+        # full names and what each panel is, not cut off at 1280 px
+        for name in models:
+            head = page.locator(f'.panel[data-model="{name}"] .head')
+            assert head.locator("h2").inner_text().startswith(f"{name}: ")
+            assert "generated raster" in head.locator(".synthetic").inner_text()
+        assert page.locator('.panel[data-model="alphaearth"] .about').inner_text().startswith(
+            "raw AlphaEarth: the grid's own 64-d means")
+        assert "click a place" in page.locator('.panel[data-model="alphaearth"] h2').inner_text()
+        for sel in (".panel h2", ".panel .about", ".panel .synthetic", "#models label"):
+            assert page.locator(sel).count() >= 3
+            assert _clipped(page, sel) == [], sel
+        inside = page.evaluate("""() => [...document.querySelectorAll(".panel")].every((p) => {
+            const a = p.getBoundingClientRect();
+            const b = p.querySelector(".head").getBoundingClientRect();
+            return b.left >= a.left && b.right <= a.right && b.bottom <= a.bottom; })""")
+        assert inside
+        # one colour scale: the lowest and highest score of the two answers, in each legend
+        answers = [json.loads(_get(f"{url}api/query?q={q}&model={n}")[1]) for n in names]
+        shared = f"{min(a['lo'] for a in answers):.3f}\n{max(a['hi'] for a in answers):.3f}"
+        for name, a in zip(names, answers, strict=True):
+            legend = page.locator(f'.panel[data-model="{name}"] .legend')
+            assert legend.locator(".ends").inner_text() == shared
+            assert f"this panel: {a['lo']:.3f} … {a['hi']:.3f}" in legend.inner_text()
+        page.check("#own-scale")
+        for name, a in zip(names, answers, strict=True):
+            ends = page.locator(f'.panel[data-model="{name}"] .legend .ends').inner_text()
+            assert ends == f"{a['lo']:.3f}\n{a['hi']:.3f}"
+        browser.close()
+
+
+def _percentiles(heat: np.ndarray) -> np.ndarray:
+    """Each byte's percentile among a raster's cell pixels (the page's rank scale)."""
+    count = np.bincount(heat.ravel(), minlength=256)[:255].astype(float)
+    return (np.cumsum(count) - count / 2) / count.sum()
+
+
+def test_browser_shows_how_a_model_reranks_places_against_raw_alphaearth(server,
+                                                                         chromium) -> None:
+    """"vs raw AlphaEarth" after a click: each trained panel's pixel is coloured by its
+    place's percentile under the model minus under raw AlphaEarth (recomputed here from
+    both answers' rasters): red where the model ranks it higher, blue lower, white level."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, _ = server
+    heats = {m: _answer(_get(f"{url}api/answer?at=24.945000,60.170000&model={m}")[1])[1]
+             for m in (names[1], "alphaearth")}
+    mine, raw = heats[names[1]], heats["alphaearth"]
+    ok = (mine != 255) & (raw != 255)
+    d = np.where(ok, _percentiles(mine)[np.minimum(mine, 254)]
+                 - _percentiles(raw)[np.minimum(raw, 254)], np.nan)
+    flat = np.nan_to_num(d, nan=0.0).ravel()
+    picks = {"higher": int(np.argmax(np.where(ok.ravel(), flat, -9))),
+             "lower": int(np.argmin(np.where(ok.ravel(), flat, 9))),
+             "level": int(np.argmin(np.where(ok.ravel(), abs(flat), 9))),
+             "no cell": int(np.argmin(ok.ravel()))}
+    assert d.ravel()[picks["higher"]] > 0.25 and d.ravel()[picks["lower"]] < -0.25
+    assert not ok.all()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}?at=24.945,60.170&model={names[1]},alphaearth")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        page.check("#vs-raw")
+        panel = page.locator(f'.panel[data-model="{names[1]}"]')
+        assert panel.get_attribute("data-view") == "vs-raw"
+        assert page.locator('.panel[data-model="alphaearth"]').get_attribute(
+            "data-view") == "scores"
+        assert panel.locator(".legend").inner_text().startswith("rank vs raw AlphaEarth")
+        got = page.evaluate("""async ([name, at]) => {
+            const img = panels[name].heat.getElement();
+            await img.decode();
+            const c = document.createElement("canvas");
+            [c.width, c.height] = [img.naturalWidth, img.naturalHeight];
+            const ctx = c.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const px = ctx.getImageData(0, 0, c.width, c.height).data;
+            return { size: [c.height, c.width], stops: DIVERGING,
+                     rgba: at.map((i) => [...px.slice(4 * i, 4 * i + 4)]) };
+        }""", [names[1], list(picks.values())])
+        assert got["size"] == list(mine.shape)
+        for (what, i), rgba in zip(picks.items(), got["rgba"], strict=True):
+            if what == "no cell":
+                assert rgba[3] == 0
+                continue
+            want = got["stops"][round((d.ravel()[i] + 1) / 2 * (len(got["stops"]) - 1))]
+            assert rgba[3] > 0 and np.abs(np.subtract(rgba[:3], want)).max() <= 3, what
+        assert got["rgba"][0][0] > got["rgba"][0][2]  # higher: red
+        assert got["rgba"][1][2] > got["rgba"][1][0]  # lower: blue
+        # a text query has no raw answer to compare with: said, and the scores drawn
+        page.fill("#q", "hotel")
+        page.click("button[type=submit]")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        assert panel.get_attribute("data-view") == "scores"
+        assert "click a place" in page.locator("#vs-raw-note").inner_text()
+        browser.close()
+
+
+def test_online_tiles_only_when_asked_and_a_failed_load_is_said(tiles_server,
+                                                                 chromium) -> None:
+    """--basemap osm: OpenStreetMap tiles instead of the city's layers; when they cannot
+    load (here refused), the page says so in words, the maps still drawn with the credits."""
+    from playwright.sync_api import sync_playwright
+
+    url, names = tiles_server
+    assert _get(f"{url}api/basemap.geojson")[0] == 404
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        asked: list[str] = []
+        page.route("https://tile.openstreetmap.org/**",
+                   lambda route: (asked.append(route.request.url), route.abort()))
+        page.goto(f"{url}?model={names[1]}")
+        page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
+        page.wait_for_function("() => document.getElementById('base-note').textContent",
+                               timeout=30_000)
+        assert page.locator("#base-note").is_visible()
+        assert page.locator("#base-note").inner_text().startswith(
+            "OpenStreetMap tiles did not load")
+        assert asked and page.evaluate("Object.values(panels)[0].base") is None
+        assert "OpenStreetMap contributors" in page.locator(
+            ".leaflet-control-attribution").first.inner_text()
+        browser.close()
 
 
 def _load(url: str) -> dict:

@@ -428,30 +428,39 @@ def _replicate_of(name: str, names: set[str]) -> bool:
 
 @dataclass(frozen=True)
 class Search:
-    """Answers to text queries over one run's encoded grid (``table()`` for one frame)."""
+    """Answers over one run's encoded grid, or over a user's own vectors (``run`` None),
+    with ``table()`` for one frame."""
 
-    run: ModelRun
+    run: ModelRun | None
     index: CityIndex
     results: list[QueryResult]
-    city_dir: Path
+    city_dir: Path | None
+
+    @property
+    def name(self) -> str:
+        """What was searched: the run's name, or ``vectors`` for a user's own."""
+        return self.run.name if self.run is not None else "vectors"
 
     def __repr__(self) -> str:  # the run holds a torch module: never print it
         queries = ", ".join(repr(r.query) for r in self.results[:3])
         more = f" and {len(self.results) - 3} more" if len(self.results) > 3 else ""
-        return (f"Search(model {self.run.name!r}, {len(self.index.grid):,} cells, "
+        what = f"model {self.name!r}" if self.run is not None else "your vectors"
+        return (f"Search({what}, {len(self.index.grid):,} cells, "
                 f"queries {queries}{more}; .table() for the answers)")
 
     def table(self) -> gpd.GeoDataFrame:
         """One row per query × rank: query, rank, score, cell_id, lon, lat, nearest_pois,
-        model, and the cell's geometry (EPSG:4326)."""
+        model (and the file, ``source``, of a user's vectors), and the cell's geometry
+        (EPSG:4326)."""
         import geopandas as gpd
         import pandas as pd
 
         cells = self.index.grid[["cell_id", "geometry"]]
         frames = [r.top.drop(columns=["x", "y"]).assign(query=r.query) for r in self.results]
         top = pd.concat(frames, ignore_index=True).merge(cells, on="cell_id", how="left")
-        cols = ["query", "rank", "score", "cell_id", "lon", "lat", "nearest_pois", "geometry"]
-        return gpd.GeoDataFrame(top[cols].assign(model=self.run.name), geometry="geometry",
+        cols = ["query", "rank", "score", "cell_id", "lon", "lat", "nearest_pois",
+                *(["source"] if "source" in top.columns else []), "geometry"]
+        return gpd.GeoDataFrame(top[cols].assign(model=self.name), geometry="geometry",
                                 crs=self.index.grid.crs)
 
     def maps(self, stem: PathLike | None = None, *, tiles: bool = True) -> tuple[Path, Path]:
@@ -461,8 +470,13 @@ class Search:
         from aether.provenance import is_synthetic
         from aether.query.maps import html_map, png_map, titled
 
-        base = Path(stem) if stem is not None else CityStore.at(self.city_dir).maps_dir / "query"
-        results = titled(self.results, synthetic=is_synthetic(self.city_dir))
+        if stem is None and self.city_dir is None:
+            raise InputError("a search of your own vectors has no city folder for its maps",
+                             "give the maps a path: .maps('out/similar')")
+        base = (Path(stem) if stem is not None
+                else CityStore.at(Path(str(self.city_dir))).maps_dir / "query")
+        synthetic = self.city_dir is not None and is_synthetic(self.city_dir)
+        results = titled(self.results, synthetic=synthetic)
         return (html_map(self.index, results, base.with_suffix(".html"), tiles=tiles),
                 png_map(self.index, results, base.with_suffix(".png")))
 
@@ -503,18 +517,30 @@ def search(queries: Sequence[str], *, city: str, model: str | None = None, k: in
     return Search(run, index, results, where)
 
 
-def similar(*, city: str, at: Sequence[tuple[float, float]] = (),
+def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
             not_at: Sequence[tuple[float, float]] = (), pois: Sequence[str] = (),
             model: str | None = None, k: int = 10, cell: str | float | None = None,
             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
-            include_examples: bool = False) -> Search:
+            include_examples: bool = False, vectors: Sequence[PathLike] = ()) -> Search:
     """Grid cells most like example places — cells at ``at`` (lon, lat) and POIs by id — and
     unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``. The example cells
-    themselves are left out unless ``include_examples``."""
+    themselves are left out unless ``include_examples``. With ``vectors`` (files of your own
+    vectors per area, ``query.own_vectors``) instead of a city, those are searched as given."""
     from aether.query.search import load_index
     from aether.query.similar import poi_vectors
     from aether.query.similar import similar as _similar
 
+    if vectors:
+        from aether.query.own_vectors import read_vectors
+
+        if city is not None or pois or model is not None:
+            raise InputError("--vectors searches your own vectors, not a city's model or POIs",
+                             "drop --city, --model and --poi, or drop --vectors")
+        index = read_vectors(vectors)
+        res = _similar(index, at=at, not_at=not_at, k=k, include_examples=include_examples)
+        return Search(None, index, [res], None)
+    if city is None:
+        raise InputError("no city and no vectors to search", "pass --city NAME or --vectors FILE")
     run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
     index = load_index(where, run, cell_m)
     res = _similar(index, at=at, not_at=not_at, poi_vectors=poi_vectors(where, run, pois), k=k,

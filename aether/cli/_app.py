@@ -107,11 +107,13 @@ def print_tables(*renderables: Any) -> None:
 def show_answer(answer: Any, heading: str) -> None:
     """Top cells and their nearest POIs, without the terminal controls data may hold."""
     for res in answer.results:
-        typer.echo(printable(heading.format(query=res.query, model=answer.run.name)))
+        typer.echo(printable(heading.format(query=res.query, model=answer.name)))
         if res.note:
             typer.echo(f"  note: {res.note}")
         for row in res.top.itertuples():
-            near = ", ".join(str(p["name"]) for p in row.nearest_pois)
+            # the nearest POIs; a user's own vectors have none: their cell and file instead
+            near = (", ".join(str(p["name"]) for p in row.nearest_pois) if row.nearest_pois
+                    else f"{row.cell_id} ({getattr(row, 'source', '')})")
             typer.echo(printable(f"  {row.rank:>2}. {row.score:.3f}  {row.lat:.5f},{row.lon:.5f}"
                                  f"  {near}"))
 

@@ -39,7 +39,8 @@ def query(
 
 @app.command()
 def similar(
-    city: CityOpt,
+    city: Annotated[str | None, typer.Option(
+        "--city", "-c", help="City name (as extracted); or --vectors")] = None,
     at: Annotated[list[str] | None, typer.Option(
         help="LON,LAT of a place to find more of (repeatable)")] = None,
     not_at: Annotated[list[str] | None, typer.Option(
@@ -51,18 +52,23 @@ def similar(
     k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
     include_examples: Annotated[bool, typer.Option(
         help="Return the example cells themselves too")] = False,
+    vectors: Annotated[list[Path] | None, typer.Option(
+        help="Your own vectors per area instead of a city: a JSON {h3_cell: {embedding: "
+             "[...]}} or (Geo)Parquet file (repeatable: one search over all)")] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Find places like these: cosine to example places (2·pos − neg) over the encoded grid."""
+    """Find places like these: cosine to example places (2·pos − neg) over the encoded grid,
+    or over your own vectors (``--vectors``)."""
     from aether import api
     from aether.query.similar import parse_lonlat
 
     answer = api.similar(city=city, at=[parse_lonlat(a) for a in at or []],
                          not_at=[parse_lonlat(a) for a in not_at or []], pois=poi or [],
                          model=model, k=k, year=year, data_dir=data_dir,
-                         include_examples=include_examples)
-    show_answer(answer, "places like the examples (model {model}):")
+                         include_examples=include_examples, vectors=vectors or [])
+    show_answer(answer, "places like the examples (model {model}):" if answer.run else
+                "places like the examples (your vectors):")
 
 
 @app.command()

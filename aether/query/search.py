@@ -170,24 +170,34 @@ def ranked(index: CityIndex, s: np.ndarray, *, k: int, n_pois: int = 3,
     lon, lat = index.centres
     cells = index.grid.iloc[order]  # only the k rows: a string column of 1 M is slow to copy
     x, y = cells["x"].to_numpy(), cells["y"].to_numpy()
-    dist, near = index.poi_tree.query(np.column_stack([x, y]),
-                                      k=min(n_pois, len(index.pois)))
-    near = np.atleast_2d(near.reshape(len(order), -1))
-    dist = np.atleast_2d(dist.reshape(len(order), -1))
-    rows = np.unique(near)  # the POIs named, read once (not a frame lookup per name)
-    names = dict(zip(rows, [_label(v) for v in index.pois["name"].iloc[rows]], strict=True))
-    cats = dict(zip(rows, index.pois["category"].iloc[rows].astype(str), strict=True))
-    return pd.DataFrame({
+    top = pd.DataFrame({
         "rank": np.arange(1, len(order) + 1),
         "cell_id": cells["cell_id"].to_numpy(),
         "score": s[order],
         "lon": lon[order], "lat": lat[order],
         "x": x, "y": y,
-        "nearest_pois": [
-            [{"name": names[i], "category": cats[i], "distance_m": round(float(d), 1)}
-             for i, d in zip(row, drow, strict=True)]
-            for row, drow in zip(near, dist, strict=True)],
+        "nearest_pois": _nearest_pois(index, x, y, n_pois),
     })
+    if "source" in cells.columns:  # a user's vectors: which file each row came from
+        top["source"] = cells["source"].to_numpy()
+    return top
+
+
+def _nearest_pois(index: CityIndex, x: np.ndarray, y: np.ndarray, n_pois: int
+                  ) -> list[list[dict[str, Any]]]:
+    """Name, category and distance of the POIs nearest each point (none without POIs)."""
+    if not len(index.pois) or not n_pois:
+        return [[] for _ in x]
+    dist, near = index.poi_tree.query(np.column_stack([x, y]),
+                                      k=min(n_pois, len(index.pois)))
+    near = np.atleast_2d(near.reshape(len(x), -1))
+    dist = np.atleast_2d(dist.reshape(len(x), -1))
+    rows = np.unique(near)  # the POIs named, read once (not a frame lookup per name)
+    names = dict(zip(rows, [_label(v) for v in index.pois["name"].iloc[rows]], strict=True))
+    cats = dict(zip(rows, index.pois["category"].iloc[rows].astype(str), strict=True))
+    return [[{"name": names[i], "category": cats[i], "distance_m": round(float(d), 1)}
+             for i, d in zip(row, drow, strict=True)]
+            for row, drow in zip(near, dist, strict=True)]
 
 
 def spread_note(scores: np.ndarray, skip: np.ndarray | None = None) -> str | None:

@@ -22,12 +22,11 @@ import numpy as np
 
 from aether.core import aef
 
-#: Blocks are reduced in parts of at most this many pixels a side (one COG block); at most
-#: 256, which keeps the int32 sums of stored values exact (``_part_sums``).
+#: Blocks are reduced in parts of at most this many pixels a side (one COG block).
 PART_PX = 256
 #: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
 FINALIZE_ROWS = 65_536
-#: Rows of a part whose prefix sums are made at once (4 MB of int32 at 256 × 64 bands).
+#: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
 PREFIX_ROWS = 64
 #: Circles per sparse product: its index arrays stay ~25 MB per thread (200 m circles), so
 #: they are reused rather than held (2048 cost ~100 MB more peak at a million POIs).
@@ -41,8 +40,8 @@ class PixelBlock:
     ``x0``/``y0`` are the coordinates of the outer edge of column 0 / row 0; ``dy`` is
     negative for north-up rasters and positive for south-up ones (AlphaEarth COGs).
     NaN marks no data; a pixel with NaN in any band is invalid in all. A block of stored
-    AlphaEarth int8 values (``from_int8``) is not decoded: the circle kernel sums the
-    integers ``q·|q|`` in int32 and scales once (``aef.DEQUANT_SCALE``), other reducers
+    AlphaEarth int8 values (``from_int8``) is not decoded up front: the circle kernel sums
+    the exact integers ``q·|q|`` and scales once (``aef.DEQUANT_SCALE``), other reducers
     decode it on first use (``_prepared``), and ``valid`` is band 0 ≠ −128.
     """
 
@@ -187,8 +186,8 @@ def radii_partial_sums(
     """``partial_sums`` for several radii around the same centres, one Partial per radius.
 
     The block is cut into parts of at most ``PART_PX`` a side (their row prefix sums stay
-    small, exact in int32 for stored int8 values, and in cache); each part's sums of every
-    radius are two sparse products, the whole-pixel runs and the cut pixels.
+    small, precise in float32 and in cache); each part's sums of every radius are one
+    sparse product.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -238,21 +237,19 @@ def _touched_rows(r0: np.ndarray, ny: int, h: int) -> list[tuple[int, int]]:
 
 def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radius: float
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prefix sums along rows: ``(h, w + 1, B)`` of the summands, ``(h, w + 1)`` int32 of the
-    valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
+    """Prefix sums along rows: ``(h, w + 1, B)`` float32 of the values, ``(h, w + 1)`` float64
+    of the valid mask; the sum of row ``r``'s columns ``a..b-1`` is ``S[r, b] − S[r, a]``.
 
     Only what circles (centres ``cx``, windows from row ``r0``, ``ny`` rows) read is made: the
     rows they cover, a few at a time, and in those rows the columns between the circles'
     leftmost and rightmost reach (sums start at 0 there; a difference is the same). The
     rest is never read. Stored int8 values are summed as the integers ``q·|q|`` (0 where not
-    valid) in int32, with no float image made: |q·|q|| ≤ 128² = 2^14 and a part's rows are at
-    most ``PART_PX`` = 2^8 pixels, so |S| ≤ 2^22, exact. Float values are summed in float32.
+    valid), decoded in this one pass: at most 256 × 127² a row, exact in float32.
     """
     vals, valid = part.values, part.valid
     assert valid is not None
     h, w, nb = vals.shape
-    quantised = vals.dtype == np.int8
-    s = np.empty((h, w + 1, nb), dtype=np.int32 if quantised else np.float32)
+    s = np.empty((h, w + 1, nb), dtype=np.float32)
     if part.dx > 0:
         u = (cx - part.x0) / part.dx  # centres in column units
         reach = radius / part.dx + 1  # a column more than any chord reaches
@@ -269,14 +266,14 @@ def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radiu
         run[:, 0] = 0
         body = run[:, 1:]
         np.copyto(body, vals[a:b, c_lo:c_hi], casting="unsafe")
-        if quantised:
+        if vals.dtype == np.int8:
             np.multiply(body, np.abs(body), out=body)
             bad = ~valid[a:b, c_lo:c_hi]
             if bad.any():
                 body[bad] = 0
         for c in range(1, c_hi - c_lo):  # in place, column by column: no temporary
             run[:, c + 1] += run[:, c]
-    sv = np.zeros((h, w + 1), np.int32)
+    sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])
     return s, sv
 
@@ -289,71 +286,34 @@ def _part_sums(
 
     A circle covers, per pixel row, a run of whole pixels (weight 1) between two short runs
     of cut pixels (its boundary ring, exact analytic area). A run costs two entries on the
-    row prefix sums, summed in their own type (int32 for stored int8 values: exact); the cut
-    pixels are read where they are, weighted by their coverage: about 2·2r/px + 10r/px
-    entries per circle instead of πr²/px².
-
-    No overflow in int32: a circle has one run per row of the part, its two entries
-    ``+S[r, f1 + 1]`` and ``−S[r, f0]`` with ``f0 < w``, so its entries add up in absolute
-    value to at most ``PART_PX·(PART_PX + PART_PX − 1)·2^14`` (``_row_prefix``) < 2^31,
-    whatever order the product adds them in.
+    row prefix sums and a cut pixel two: about 2·(8r + 2r)/px entries per circle instead of
+    πr²/px². The valid mask is summed with the same entries in float64 (fractions stay
+    exact to 1e-12), the bands in float32.
     """
     from scipy.sparse import csr_matrix
 
     s, sv = prefix
     h, w = part.shape
     flat, flat_valid = s.reshape(h * (w + 1), -1), sv.reshape(-1)
-    valid = part.valid
-    assert valid is not None
-    pixels, stride = _pixel_rows(part.values)
     n = len(cx)
     sums = np.zeros((n * len(radii), flat.shape[1]))
     vw = np.zeros(n * len(radii))
     for k, r in enumerate(radii):
         rows = slice(k * n, (k + 1) * n)
-        (circle, index, sign), (cut, row, col, frac) = _circle_entries(part, cx, cy, r)
-        m = csr_matrix((sign.astype(s.dtype), index, _indptr(circle, n)),
-                       shape=(n, len(flat_valid)))
-        sums[rows] += m @ flat
-        vw[rows] += m @ flat_valid
-        frac = frac * valid[row, col]
-        px = pixels.take(row * stride + col, axis=0)  # the cut pixels alone
-        if px.dtype == np.int8:  # q·|q|, exact in int16: |q·|q|| ≤ 2^14
-            px = px.astype(np.int16)
-            px *= np.abs(px)
-        m = csr_matrix((frac.astype(np.float32), np.arange(len(frac)), _indptr(cut, n)),
-                       shape=(n, len(frac)))
-        sums[rows] += m @ px
-        vw[rows] += np.bincount(cut, frac, minlength=n)
+        for circle, index, coef in _circle_entries(part, cx, cy, r):  # runs, then cut pixels
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(circle, minlength=n))])
+            m = csr_matrix((coef, index, indptr), shape=(n, len(flat_valid)))
+            vw[rows] += m @ flat_valid
+            m.data = coef.astype(np.float32)
+            sums[rows] += m @ flat
     return sums, vw
-
-
-def _pixel_rows(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Band-last ``(h, w, B)`` values as one row per pixel, pixel ``(r, c)`` at row
-    ``r·stride + c``: a view when each pixel's bands are contiguous and its rows a whole
-    number of pixels apart (a window of a tile's block), else a copy."""
-    from numpy.lib.stride_tricks import as_strided
-
-    h, w, nb = values.shape
-    s_r, s_c, s_b = values.strides
-    if not (s_b == values.itemsize and s_c == nb * s_b and s_r > 0 and s_r % s_c == 0):
-        values = np.ascontiguousarray(values)
-        s_r, s_c = values.strides[:2]
-    stride = s_r // s_c
-    return as_strided(values, ((h - 1) * stride + w, nb), (s_c, s_b), writeable=False), stride
-
-
-def _indptr(circle: np.ndarray, n: int) -> np.ndarray:
-    """CSR row pointers of entries sorted by circle (``n`` circles)."""
-    return np.concatenate([[0], np.cumsum(np.bincount(circle, minlength=n))])
 
 
 def _circle_entries(
     part: PixelBlock, cx: np.ndarray, cy: np.ndarray, r: float
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
-           tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """The circles' sums over ``part``, sorted by circle: (circle, prefix index, ±1) of the
-    whole-pixel runs, and (circle, row, column, covered fraction) of the cut pixels."""
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(circle, prefix index, coefficient) of the circles' sums over ``part``, sorted by
+    circle: one triple for the whole-pixel runs, one for the cut pixels."""
     h, w = part.shape
     dx, dy = part.dx, part.dy
     _, r0, _, ny = _window(part, cx, cy, r)
@@ -378,12 +338,11 @@ def _circle_entries(
     n_left = np.where(on, np.maximum(np.minimum(f0c, t1c + 1) - t0c, 0), 0)
     right0 = np.maximum(f1c + 1, 0)
     n_right = np.where(on, np.maximum(t1c - right0 + 1, 0), 0)
-    pixel_row = np.clip(rows, 0, h - 1)
-    base = pixel_row * (w + 1)
+    base = np.clip(rows, 0, h - 1) * (w + 1)
     # whole-pixel runs: +S[f1 + 1] − S[f0]
     pi, ri = np.nonzero(on & (f0c <= f1c))
     run_i = np.stack([base[pi, ri] + f1c[pi, ri] + 1, base[pi, ri] + f0c[pi, ri]], 1).ravel()
-    run_w = np.tile(np.array([1, -1], np.int8), len(pi))
+    run_w = np.tile([1.0, -1.0], len(pi))
     # cut pixels, row by row: the run left of the whole pixels, then the one right of them
     counts = np.stack([n_left, n_right], -1).ravel()
     starts = np.stack([t0c, right0], -1).ravel()
@@ -397,7 +356,10 @@ def _circle_entries(
     q = _quadrant
     area = q(xb, yb, r) - q(xa, yb, r) - q(xb, ya, r) + q(xa, ya, r)
     frac = np.abs(area) / part.pixel_area
-    return (np.repeat(pi, 2), run_i, run_w), (p, pixel_row.ravel().take(row), col, frac)
+    at = base.ravel().take(row) + col
+    cut_i = np.stack([at + 1, at], 1).ravel()
+    cut_w = np.stack([frac, -frac], 1).ravel()
+    return [(np.repeat(pi, 2), run_i, run_w), (np.repeat(p, 2), cut_i, cut_w)]
 
 
 def _window(

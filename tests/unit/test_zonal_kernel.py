@@ -146,9 +146,10 @@ def test_int8_integer_sums_give_the_float64_means(dy: float) -> None:
         np.testing.assert_allclose(mean, want, rtol=0, atol=1e-6)
 
 
-def test_int8_blocks_are_never_decoded_to_floats(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The circle kernel sums stored int8 values in int32: no float image of the window
-    (``aef.decode``) is made, and its row prefix sums are integers."""
+def test_int8_blocks_are_summed_as_exact_integers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The circle kernel never decodes an int8 window (``aef.decode``): its row prefix sums
+    are the integers q·|q| (0 at nodata) summed exactly, up to the largest a 256 px part
+    holds (256 × 127² < 2^24, exact in float32)."""
     from aether.core import zonal
 
     def refuse(q: np.ndarray) -> None:
@@ -159,15 +160,21 @@ def test_int8_blocks_are_never_decoded_to_floats(monkeypatch: pytest.MonkeyPatch
 
     def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
         out = row_prefix(*args)
-        made.append(out[0].dtype)
+        made.append(out[0].copy())
         return out
 
     monkeypatch.setattr(aef, "decode", refuse)
     monkeypatch.setattr(zonal, "_row_prefix", spy)
-    q = np.random.default_rng(2).integers(-127, 128, (30, 30, aef.N_BANDS)).astype(np.int8)
-    block = PixelBlock.from_int8(q, _transform(0.0, 300.0, -10.0))
-    radii_partial_sums(block, np.array([150.0]), np.array([150.0]), [50.0, 100.0])
-    assert made == [np.int32]
+    q = np.full((6, zonal.PART_PX, aef.N_BANDS), 127, np.int8)  # the largest sums a part has
+    q[..., 1::2] = -127
+    q[2, 7] = aef.NODATA
+    block = PixelBlock.from_int8(q, _transform(0.0, 60.0, -10.0))
+    radii_partial_sums(block, np.array([1280.0]), np.array([30.0]), [1300.0])
+    qq = q.astype(np.int64) * np.abs(q.astype(np.int64))
+    qq[2, 7] = 0
+    want = np.concatenate([np.zeros((6, 1, aef.N_BANDS)), np.cumsum(qq, axis=1)], axis=1)
+    assert len(made) == 1 and np.abs(want).max() == zonal.PART_PX * 127**2
+    np.testing.assert_array_equal(made[0], want)
 
 
 def _transform(x0: float, y0: float, dy: float) -> object:

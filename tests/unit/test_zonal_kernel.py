@@ -106,3 +106,78 @@ def test_many_random_circles_match_the_dense_analytic_coverage(dy: float) -> Non
     for r in (7.0, 23.0, 100.0):
         got = partial_sums(block, x, y, r).weighted_sum
         np.testing.assert_allclose(got, _dense_reference(block, x, y, r), atol=1e-5)
+
+
+def _float64_means(q: np.ndarray, block: PixelBlock, x: np.ndarray, y: np.ndarray,
+                   r: float) -> np.ndarray:
+    """Reference means: every pixel dequantised in float64 with plain numpy, nodata masked,
+    weighted by its area inside an 8,192-gon of the circle; NaN where no valid pixel."""
+    v = np.sign(q) * (q.astype(np.float64) / 127.5) ** 2
+    valid = q[..., 0] != aef.NODATA
+    out = np.full((len(x), q.shape[-1]), np.nan)
+    for i in range(len(x)):
+        wts = _shapely_fractions(block, x[i], y[i], r) * valid
+        if wts.sum() > 0:
+            out[i] = np.tensordot(wts, v, axes=([0, 1], [0, 1])) / wts.sum()
+    return out
+
+
+@pytest.mark.parametrize("dy", [-10.0, 10.0])
+def test_int8_integer_sums_give_the_float64_means(dy: float) -> None:
+    """Stored int8 values summed as integers give the means of float64 dequantisation, on
+    random values with nodata pixels, a nodata patch, cut pixels, circles past the block's
+    edges and across a 256 px part edge."""
+    from aether.core.zonal import finalize
+
+    rng = np.random.default_rng(17)
+    h, w = 24, 300
+    q = rng.integers(-127, 128, (h, w, aef.N_BANDS)).astype(np.int8)
+    q[rng.random((h, w)) < 0.1] = aef.NODATA
+    q[:, 100:130] = aef.NODATA  # a circle inside it has no valid pixel
+    block = PixelBlock.from_int8(q, _transform(0.0, 0.0 if dy > 0 else h * 10.0, dy))
+    x = np.r_[rng.uniform(-40, w * 10 + 40, 9), 1150.0, 2560.0 + 3.3]
+    y = np.r_[rng.uniform(-40, h * 10 + 40, 9), 120.0, 117.0]
+    for r, got in zip((37.0, 110.0), radii_partial_sums(block, x, y, [37.0, 110.0]),
+                      strict=True):
+        mean = finalize(got, r, block.pixel_area).mean
+        want = _float64_means(q, block, x, y, r)
+        assert np.isnan(mean[9]).all()  # inside the nodata patch
+        np.testing.assert_array_equal(np.isnan(mean), np.isnan(want))
+        np.testing.assert_allclose(mean, want, rtol=0, atol=1e-6)
+
+
+def test_int8_blocks_are_summed_as_exact_integers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The circle kernel never decodes an int8 window (``aef.decode``): its row prefix sums
+    are the integers q·|q| (0 at nodata) summed exactly, up to the largest a 256 px part
+    holds (256 × 127² < 2^24, exact in float32)."""
+    from aether.core import zonal
+
+    def refuse(q: np.ndarray) -> None:
+        raise AssertionError("an int8 window was decoded to floats")
+
+    made = []
+    row_prefix = zonal._row_prefix
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        out = row_prefix(*args)
+        made.append(out[0].copy())
+        return out
+
+    monkeypatch.setattr(aef, "decode", refuse)
+    monkeypatch.setattr(zonal, "_row_prefix", spy)
+    q = np.full((6, zonal.PART_PX, aef.N_BANDS), 127, np.int8)  # the largest sums a part has
+    q[..., 1::2] = -127
+    q[2, 7] = aef.NODATA
+    block = PixelBlock.from_int8(q, _transform(0.0, 60.0, -10.0))
+    radii_partial_sums(block, np.array([1280.0]), np.array([30.0]), [1300.0])
+    qq = q.astype(np.int64) * np.abs(q.astype(np.int64))
+    qq[2, 7] = 0
+    want = np.concatenate([np.zeros((6, 1, aef.N_BANDS)), np.cumsum(qq, axis=1)], axis=1)
+    assert len(made) == 1 and np.abs(want).max() == zonal.PART_PX * 127**2
+    np.testing.assert_array_equal(made[0], want)
+
+
+def _transform(x0: float, y0: float, dy: float) -> object:
+    from affine import Affine
+
+    return Affine(10.0, 0.0, x0, 0.0, dy, y0)

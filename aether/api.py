@@ -309,7 +309,7 @@ def grid(
 
 
 def train(
-    city: str,
+    city: str | Sequence[str],
     *,
     preset: str = "default",
     year: int = DEFAULT_YEAR,
@@ -329,7 +329,8 @@ def train(
     Parameters
     ----------
     city
-        The city's name, as extracted.
+        The city's name, as extracted; or several names: the run trains on all their
+        tables (same year) and lives in the first city's folder.
     preset
         ``paper`` (the method as published) or ``default``.
     run
@@ -350,18 +351,23 @@ def train(
 
     how = RunOptions(device=device, threads=threads, checkpoint_every=checkpoint_every,
                      overwrite=overwrite, on_epoch=on_epoch)
-    return _train(city_dir(city, year, data_dir), preset=preset, run_name=run, epochs=epochs,
-                  seed=seed, options=how, **(options or {}))
+    names = [city] if isinstance(city, str) else list(city)
+    if not names:
+        raise InputError("no city to train on", "name one: aether train --city NAME")
+    home, *others = (city_dir(c, year, data_dir) for c in names)
+    return _train(home, preset=preset, run_name=run, epochs=epochs, seed=seed, options=how,
+                  also=others, **(options or {}))
 
 
 def runs(city: str, models: Sequence[str | Path] | None = None, *, year: int = DEFAULT_YEAR,
-         data_dir: PathLike | None = None) -> list[ModelRun]:
-    """The named runs of a city (or all of them), checked against its slug and year."""
+         data_dir: PathLike | None = None, transfer: bool = False) -> list[ModelRun]:
+    """The named runs of a city (or all of them), checked against its slug and year;
+    ``transfer`` admits runs trained on other cities."""
     from aether.ml.encode import load_runs
     from aether.places.place import slugify
 
     return load_runs(city_dir(city, year, data_dir), [str(m) for m in models or []] or None,
-                     slug=slugify(city), year=year)
+                     slug=slugify(city), year=year, transfer=transfer)
 
 
 def encode(city: str, models: Sequence[str | Path] | None = None, *,
@@ -382,11 +388,13 @@ def evaluate(city: str, task: str | Path | ProbeTask,
              models: Sequence[str | Path] | None = None, *, protocol: str = "default",
              seeds: int = 5, shuffle: bool = False, cell: str | None = None,
              train_seeds: int = 1, year: int = DEFAULT_YEAR,
-             data_dir: PathLike | None = None) -> dict[str, Any]:
+             data_dir: PathLike | None = None, transfer: bool = False) -> dict[str, Any]:
     """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
     (``default``, ``cityrep`` or ``spatial-blocks``); writes its report. ``cell`` (``100m``,
     ``h3:9``) replaces a grid task's cells. ``train_seeds`` > 1 trains (when missing) that
-    many seeds of each run's config and reports each run as one row over all of them."""
+    many seeds of each run's config and reports each run as one row over all of them.
+    ``transfer``: ``models`` may be runs of other cities (paths to their folders), each
+    row labelled as held-out-city transfer."""
     import dataclasses
 
     from aether.evaluation.evaluate import evaluate as _evaluate
@@ -402,7 +410,7 @@ def evaluate(city: str, task: str | Path | ProbeTask,
     if not 1 <= train_seeds <= 20:
         raise InputError(f"--train-seeds {train_seeds}", "use 1 to 20")
     where = city_dir(city, year, data_dir)
-    found = runs(city, models, year=year, data_dir=data_dir)
+    found = runs(city, models, year=year, data_dir=data_dir, transfer=transfer)
     groups = None
     if train_seeds > 1:
         from aether.ml.encode import load_run
@@ -411,8 +419,10 @@ def evaluate(city: str, task: str | Path | ProbeTask,
 
         names = {r.name for r in found}
         firsts = [r for r in found if not _replicate_of(r.name, names)]
-        groups = [[load_run(where, p, slug=slugify(city), year=year)
-                   for p in replicates(where, r.path, r.config, train_seeds)] for r in firsts]
+        # replicates train where their run lives (its home city), not where it is evaluated
+        groups = [[load_run(where, p, slug=slugify(city), year=year, transfer=transfer)
+                   for p in replicates(r.path.parent.parent, r.path, r.config, train_seeds)]
+                  for r in firsts]
         found = [r for g in groups for r in g]
     return _evaluate(where, spec, found, protocol=protocol, seeds=SEEDS[:seeds],
                      shuffle=shuffle, replicates=groups)

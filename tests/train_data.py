@@ -31,8 +31,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 def write_synthetic_city(root: Path, n: int = 600, *, seed: int = 0, year: int = 2024,
                          radii: tuple[float, ...] = (100.0, 200.0), n_texts: int | None = None,
-                         slug: str = "synthville") -> Path:
-    """Write pois, poi_embeddings and a text cache under ``root/slug/year``; return the dir."""
+                         slug: str = "synthville", first_id: int = 0) -> Path:
+    """Write pois, poi_embeddings and a text cache under ``root/slug/year``; return the dir.
+    POI ids count from ``first_id`` (cities trained together must not share ids)."""
     rng = np.random.default_rng(seed)
     city = root / slug / str(year)
     n_texts = n_texts or max(2, n // 3)
@@ -43,7 +44,7 @@ def write_synthetic_city(root: Path, n: int = 600, *, seed: int = 0, year: int =
     lon = 24.90 + rng.uniform(0, 0.05, n)
     lat = 60.15 + rng.uniform(0, 0.03, n)
     lon[1::25], lat[1::25] = lon[0::25][: len(lon[1::25])], lat[0::25][: len(lat[1::25])]
-    ids = [f"osm:node/{i}" for i in range(n)]
+    ids = [f"osm:node/{i}" for i in range(first_id, first_id + n)]
     pois = gpd.GeoDataFrame(
         {"poi_id": ids, "name": None, "category": "kind", "top_category": "thing",
          "text": texts[which], "source": "synthetic"},

@@ -12,7 +12,9 @@ from aether.cli._app import CellOpt, CityOpt, DataDirOpt, ModelOpt, app, print_t
 
 @app.command("train")
 def train_cmd(
-    city: Annotated[str, typer.Option("--city", "-c", help="City name (as extracted)")],
+    city: Annotated[list[str], typer.Option(
+        "--city", "-c", help="City name (as extracted); repeat to train on several cities "
+                             "(the run lives in the first)")],
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     preset: Annotated[str, typer.Option(help="paper (the method as published) or default")] = (
         "default"),
@@ -116,6 +118,9 @@ def evaluate_cmd(
     train_seeds: Annotated[int, typer.Option(
         help="Training seeds per model: trains replicates RUN-seedS when missing and "
              "reports each model over seeds x folds")] = 1,
+    transfer: Annotated[bool, typer.Option(
+        help="--model may name runs of other cities (their folders): held-out-city "
+             "transfer, labelled so")] = False,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -124,6 +129,7 @@ def evaluate_cmd(
     from aether.evaluation.report import rich_tables
 
     res = api.evaluate(city, task, model, protocol=protocol, seeds=seeds, shuffle=shuffle,
-                       cell=cell, train_seeds=train_seeds, year=year, data_dir=data_dir)
+                       cell=cell, train_seeds=train_seeds, year=year, data_dir=data_dir,
+                       transfer=transfer)
     print_tables(*rich_tables(res))
     typer.echo(f"  {res['paths']['markdown']}\n  {res['paths']['json']}")

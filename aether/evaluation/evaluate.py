@@ -88,10 +88,13 @@ class Units:
     raw: np.ndarray  # (N, 64) AlphaEarth means at the base radius
 
 
-def aether_label(run: ModelRun) -> str:
-    """A row per run: two runs of one preset are two rows (``AETHER (name, preset)``)."""
-    return (f"AETHER ({run.name})" if run.name == run.preset
-            else f"AETHER ({run.name}, {run.preset})")
+def aether_label(run: ModelRun, city: str) -> str:
+    """A row per run: two runs of one preset are two rows (``AETHER (name, preset)``); a
+    run of other cities says so (``transfer from a+b``): held-out-city transfer."""
+    name = run.name if run.name == run.preset else f"{run.name}, {run.preset}"
+    if city not in run.cities:
+        name += f"; transfer from {'+'.join(run.cities)}"
+    return f"AETHER ({name})"
 
 
 def _units(task: ProbeTask, city_dir: Path, radius: float, pois: Any) -> Units:
@@ -110,11 +113,14 @@ def _units(task: ProbeTask, city_dir: Path, radius: float, pois: Any) -> Units:
     return Units(frame, crs, emb.loc[frame["poi_id"], list(BANDS)].to_numpy(np.float32))
 
 
-def heldout_pois(pois: Any, run: ModelRun) -> np.ndarray:
-    """Mask of the POIs the trainer held out from every preset (its fixed test split)."""
+def heldout_pois(pois: Any, run: ModelRun, city: str) -> np.ndarray:
+    """Mask of the POIs the trainer held out from every preset (its fixed test split);
+    every POI of a city the run never trained on."""
     from aether.ml.config import TrainConfig
     from aether.ml.data import split_of
 
+    if city not in run.cities:
+        return np.ones(len(pois), bool)
     hyper = run.config["hyperparameters"]
     if "unknown" in hyper.values():
         raise ModelError(f"run {run.name} does not record how it held out POIs (an imported "
@@ -164,7 +170,7 @@ def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods
     if task.holdout and runs:
         held = ~held
         for run in runs:  # held out from every model: none has seen their texts
-            mine = heldout_pois(pois, run)
+            mine = heldout_pois(pois, run, city_dir.parent.name)
             if not mine.any():
                 raise TableError(
                     f"task {task.name} needs held-out POIs, but run {run.name} trained on all "
@@ -180,7 +186,7 @@ def features(task: ProbeTask, city_dir: Path, runs: list[ModelRun], text_methods
     labels = assign(task, units.frame, labels_table, units.crs)
     feats: dict[str, np.ndarray] = {RAW: units.raw}
     for run in runs:
-        feats[aether_label(run)] = apply_ae(run, units.raw)
+        feats[aether_label(run, city_dir.parent.name)] = apply_ae(run, units.raw)
     if text_methods:
         text_model = runs[0].text_model if runs else None
         text = _text_features(task, units, pois, ~held, city_dir, text_model)
@@ -286,15 +292,16 @@ def evaluate(
             _probe_all(task, feats, labels, places.x, places.y, splits, seeds, probe_kinds,
                        shuffle, cfg, scores, shown)
     if replicates:
-        scores = _pool(scores, replicates)
+        scores = _pool(scores, replicates, city_dir.parent.name)
     metrics = (cityrep.METRICS if protocol == "cityrep" else probes.METRICS)[task.kind]
     result = {**_table(task, scores, labels, seeds, shuffle, metrics), "inputs_key": key,
               "protocol": protocol, "probe_hidden": cfg.hidden, "spread": proto.spread,
-              "runs": [{"row": aether_label(r), "run": r.name, "preset": r.preset,
+              "runs": [{"row": aether_label(r, city_dir.parent.name), "run": r.name,
+                        "preset": r.preset, "trained_on": r.cities,
                         "config_hash": r.config.get("config_hash"),
                         "train_seed": r.config.get("hyperparameters", {}).get("seed")}
                        for r in runs],
-              "replicates": {replicate_label(g): [r.name for r in g]
+              "replicates": {replicate_label(g, city_dir.parent.name): [r.name for r in g]
                              for g in replicates or []},
               "note": SYNTHETIC_NOTE if provenance.is_synthetic(city_dir) else None,
               "provenance": provenance.record(city_dir, seeds=list(seeds), started=started)}
@@ -304,23 +311,24 @@ def evaluate(
     return result
 
 
-def replicate_label(group: list[ModelRun]) -> str:
+def replicate_label(group: list[ModelRun], city: str) -> str:
     """The row of a group of training-seed replicates."""
-    return f"{aether_label(group[0])} ×{len(group)} train seeds"
+    return f"{aether_label(group[0], city)} ×{len(group)} train seeds"
 
 
 def _pool(scores: dict[tuple[str, str, str], list[dict[str, float]]],
-          groups: list[list[ModelRun]]) -> dict[tuple[str, str, str], list[dict[str, float]]]:
+          groups: list[list[ModelRun]], city: str
+          ) -> dict[tuple[str, str, str], list[dict[str, float]]]:
     """One row per group: its runs' per-seed scores one after another (run-major, so raw
     AlphaEarth's seeds repeated once per run pair with them)."""
-    members = {aether_label(r): g for g in groups for r in g}
+    members = {aether_label(r, city): g for g in groups for r in g}
     out: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for (method, probe, split), values in scores.items():
         group = members.get(method)
         if group is None:
             out[(method, probe, split)] = values
         else:
-            out.setdefault((replicate_label(group), probe, split), []).extend(values)
+            out.setdefault((replicate_label(group, city), probe, split), []).extend(values)
     return out
 
 

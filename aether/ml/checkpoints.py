@@ -13,6 +13,7 @@ import dataclasses
 import io
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,24 +53,32 @@ def model_section(cfg: TrainConfig, text_dim: int) -> dict[str, Any]:
             "learn_temperature": cfg.learn_temperature, "normalize_input": cfg.normalize_input}
 
 
-def run_config(city_dir: Path, preset: str, cfg: TrainConfig, pairs: Pairs) -> dict[str, Any]:
-    """What defines a run; equal configs may resume each other, others may not."""
-    pois_sum, emb_sum = pairs.checksums[POIS_FILE], pairs.checksums[POI_EMBEDDINGS_FILE]
+def run_config(city_dir: Path, preset: str, cfg: TrainConfig, pairs: Pairs,
+               cities: Sequence[str] = ()) -> dict[str, Any]:
+    """What defines a run; equal configs may resume each other, others may not. ``cities``
+    (slugs, the home city first) when the run trains on several cities' tables."""
     text_dim = int(pairs.text_vectors.shape[1])
+    if cities:
+        data = {"tables_sha256": dict(sorted(pairs.checksums.items())),
+                "checksum": config_hash(pairs.checksums), **pairs.counts}
+    else:
+        pois_sum, emb_sum = pairs.checksums[POIS_FILE], pairs.checksums[POI_EMBEDDINGS_FILE]
+        data = {"pois_sha256": pois_sum, "poi_embeddings_sha256": emb_sum,
+                "checksum": config_hash({"pois": pois_sum, "emb": emb_sum}), **pairs.counts}
     return {
         "schema_version": SCHEMA_VERSION,
         "preset": preset,
         "hyperparameters": dataclasses.asdict(cfg),
         "model": model_section(cfg, text_dim),
         "city": city_dir.parent.name,
+        **({"cities": list(cities)} if cities else {}),
         "year": year_of(city_dir),
         "base_radius_m": cfg.base_radius_m,
         "aug_radius_m": cfg.aug_radius_m,
         "text_model": cfg.text_model,
         "input_schema": {"ae_columns": list(BANDS), "ae_dim": len(BANDS), "text_dim": text_dim,
                          "tables": [POIS_FILE, POI_EMBEDDINGS_FILE]},
-        "data": {"pois_sha256": pois_sum, "poi_embeddings_sha256": emb_sum,
-                 "checksum": config_hash({"pois": pois_sum, "emb": emb_sum}), **pairs.counts},
+        "data": data,
     }
 
 

@@ -150,6 +150,32 @@ def load_pairs(city_dir: Path, cfg: TrainConfig) -> Pairs:
                  vectors, xy, counts, checksums=checksums, radii=(r_base, r_aug))
 
 
+def merge_pairs(parts: dict[str, Pairs]) -> Pairs:
+    """Several cities' pairs (by city slug) as one set: rows in city order, one text vector
+    per distinct text (the same text in two cities is one positive, not two rivals), the
+    checksums of every city's tables. Cities must share their windows and no POI id."""
+    first = next(iter(parts.values()))
+    radii = {p.radii for p in parts.values()}
+    if len(radii) > 1:
+        raise TableError("the cities' tables hold different windows: "
+                         + "; ".join(f"{c} {p.radii[0]:g}/{p.radii[1]:g} m"
+                                     for c, p in parts.items()),
+                         "extract every city with the same --radius values")
+    ids = np.concatenate([p.poi_id for p in parts.values()])
+    if len(np.unique(ids)) < len(ids):
+        raise TableError("the cities share POI ids (overlapping extracts?)",
+                         "train on cities whose POIs differ, or one city at a time")
+    text_rows = np.concatenate([p.text_vectors[p.text_id] for p in parts.values()])
+    vectors, text_id = np.unique(text_rows, axis=0, return_inverse=True)
+    counts = {k: sum(p.counts[k] for p in parts.values()) for k in first.counts}
+    checksums = {f"{city}/{name}": value for city, p in parts.items()
+                 for name, value in p.checksums.items()}
+    return Pairs(ids, np.concatenate([p.base for p in parts.values()]),
+                 np.concatenate([p.aug for p in parts.values()]),
+                 text_id.astype(np.int64).ravel(), vectors.astype(np.float32),
+                 np.concatenate([p.xy for p in parts.values()]), counts, first.radii, checksums)
+
+
 def windows_for(cfg: TrainConfig, radii: np.ndarray) -> tuple[float, float]:
     """The (base, aug) windows of a config; unset ones (the paper preset) are the reference's
     squares when the table holds both, else the 100 / 200 m circles."""

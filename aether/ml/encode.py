@@ -77,6 +77,12 @@ class ModelRun:
         return str(self.config.get("preset", self.name))
 
 
+    @property
+    def cities(self) -> list[str]:
+        """The cities (slugs) whose tables it trained on: one, or several (``cities``)."""
+        return [str(c) for c in self.config.get("cities") or [self.config.get("city")] if c]
+
+
 def run_path(city_dir: Path, model: str | Path) -> Path:
     """A run directory: a path as given, else a run name under ``<city>/models/``."""
     p = Path(model)
@@ -102,18 +108,22 @@ def list_runs(city_dir: Path) -> list[str]:
     return CityStore.at(city_dir).models()
 
 
-def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None
-             ) -> ModelRun:
-    """Load a run and check it was trained for this city and year (when given)."""
+def load_run(city_dir: Path, model: str | Path, *, slug: str | None, year: int | None,
+             transfer: bool = False) -> ModelRun:
+    """Load a run and check it was trained for this city (one of its cities) and year, when
+    given; ``transfer`` lets a run of other cities be applied here (held-out-city transfer,
+    labelled so by the evaluation)."""
     path = run_path(city_dir, model)
     net, config = load_model(path)
-    for key, want in (("city", slug), ("year", year)):
-        have = config.get(key)
-        if want is not None and have is not None and str(have) != str(want):
-            raise ModelError(
-                f"model {path.name} was trained for {key} {have}, not {want}",
-                f"train a model for {slug} {year} or pass --city/--year of the model",
-            )
+    cities = [str(c) for c in config.get("cities") or [config.get("city")] if c]
+    if slug is not None and cities and slug not in cities and not transfer:
+        raise ModelError(f"model {path.name} was trained for {'+'.join(cities)}, not {slug}",
+                         f"train a model for {slug}, or pass --transfer to evaluate a model "
+                         "of other cities here")
+    have = config.get("year")
+    if year is not None and have is not None and str(have) != str(year):
+        raise ModelError(f"model {path.name} was trained for year {have}, not {year}",
+                         f"train a model for {slug} {year} or pass --year of the model")
     if "base_radius_m" not in config:
         raise ModelError(f"model {path.name} has no base_radius_m in its config",
                          "re-train it with `aether train`")
@@ -307,14 +317,14 @@ def read_aether_grid(city_dir: Path, run: ModelRun, cell: str | float | CellSpec
     return read_table(path, ("cell_id", "x", "y", *run.columns), "aether grid")
 
 
-def load_runs(city_dir: Path, models: list[str] | None, *, slug: str, year: int
-              ) -> list[ModelRun]:
+def load_runs(city_dir: Path, models: list[str] | None, *, slug: str, year: int,
+              transfer: bool = False) -> list[ModelRun]:
     """The named runs, or every trained run of the city when none is named."""
     names: list[str | Path] = list(models or list_runs(city_dir))
     if not names:
         raise ModelError(f"no trained model in {CityStore.at(city_dir).models_dir}",
                          "run `aether train` first")
-    return [load_run(city_dir, m, slug=slug, year=year) for m in names]
+    return [load_run(city_dir, m, slug=slug, year=year, transfer=transfer) for m in names]
 
 
 def encoded_cells(city_dir: Path, run_name: str) -> list[CellSpec]:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from aether.ml.checkpoints import (
     run_config,
 )
 from aether.ml.config import PRESETS, RunOptions, TrainConfig, parse_options, resolve_config
-from aether.ml.data import Pairs, load_pairs, split_labels
+from aether.ml.data import Pairs, load_pairs, merge_pairs, split_labels
 from aether.ml.reference import load_model
 from aether.settings import check_slug
 
@@ -93,12 +94,15 @@ def train(
     epochs: int | None = None,
     seed: int = 42,
     options: RunOptions | None = None,
+    also: Sequence[Path] = (),
     **overrides: Any,
 ) -> Path:
     """Train (or resume, or find finished) a run; returns ``<city_dir>/models/<run>/``.
 
     ``overrides`` set any ``TrainConfig`` field; ``options`` say how to run it (device,
-    threads, checkpoints, progress: ``RunOptions``). A run directory holding another config
+    threads, checkpoints, progress: ``RunOptions``). ``also``: more city directories (of
+    the same year) whose tables join the training set; the run lives in the first city's
+    folder and names every city it saw. A run directory holding another config
     is refused unless ``options.overwrite``. The run is built in ``models/.<run>.partial/``
     and renamed into place when complete, so readers never see half a model; an unfinished
     build with the same config resumes. Holds the data directory's lock.
@@ -109,24 +113,33 @@ def train(
     check_device(options.device)
     store = CityStore.at(city_dir)
     name = check_run_name(run_name or preset)
+    others = [Path(d) for d in also if Path(d).resolve() != city_dir.resolve()]
     with store.locked():
-        return _train(store, name, preset, cfg, options)
+        return _train(store, name, preset, cfg, options, others)
 
 
-def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: RunOptions
-           ) -> Path:
+def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: RunOptions,
+           others: list[Path]) -> Path:
     city_dir, run, work = store.dir, store.model(name), store.model_partial(name)
-    pairs = load_pairs(city_dir, cfg)
+    dirs = [city_dir, *others]
+    cities = [d.parent.name for d in dirs] if others else []
+    if len(set(cities)) < len(cities) or len({d.name for d in dirs}) > 1:
+        raise InputError("train on several cities of one year, each named once",
+                         "e.g. aether train --city Alpha --city Beta --year 2024")
+    pairs = (load_pairs(city_dir, cfg) if not others else
+             merge_pairs({d.parent.name: load_pairs(d, cfg) for d in dirs}))
     cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])
     labels = split_labels(pairs, cfg)
     if (labels == "train").sum() < 2:
         raise TableError(f"only {(labels == 'train').sum()} training pairs after the held-out "
                          "splits", "use a larger area or smaller test/val fractions")
     warn_if_few(int((labels == "train").sum()), cfg)
-    config = run_config(city_dir, preset, cfg, pairs)
+    config = run_config(city_dir, preset, cfg, pairs, cities)
     config["config_hash"] = config_hash(config)
     # after the hash: when and with what it ran does not decide whether runs may resume
-    config["provenance"] = {**provenance.software(), "dataset": provenance.dataset(city_dir),
+    dataset = (provenance.dataset(city_dir) if not others else
+               {d.parent.name: provenance.dataset(d) for d in dirs})
+    config["provenance"] = {**provenance.software(), "dataset": dataset,
                             "seeds": {"train": cfg.seed}, "started": provenance.now()}
     state = _prepare_run(run, work, config, options.overwrite)
     if state == "done":
@@ -171,9 +184,10 @@ def replicates(city_dir: Path, run_dir: Path, config: dict[str, Any], n: int,
                          "are not all known (an imported checkpoint)",
                          "replicate a run of `aether train`")
     seed, epochs = int(hyper.pop("seed")), int(hyper.pop("epochs"))
+    also = [city_dir.parent.parent / c / city_dir.name for c in config.get("cities", [])[1:]]
     return [run_dir, *(train(city_dir, preset=config["preset"],
                              run_name=check_run_name(f"{run_dir.name}-seed{s}"), epochs=epochs,
-                             seed=s, options=options, **hyper)
+                             seed=s, options=options, also=also, **hyper)
                        for s in range(seed + 1, seed + n))]
 
 

@@ -87,7 +87,7 @@ def _copy_run(city_dir, run: str, tmp_path, **changes):
 
 
 @pytest.mark.parametrize(("changes", "needle"), [
-    ({"city": "tallinn"}, "trained for city tallinn"),
+    ({"city": "tallinn"}, "trained for tallinn, not helsinki"),
     ({"base_radius_m": 300.0}, "needs 300 m buffer means"),
     ({"base_radius_m": -45.0},  # an imported square-window model: the remedy is --window
      r"needs 9×9 px square buffer means; .* re-run `aether extract --window square:4`"),

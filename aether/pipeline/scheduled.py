@@ -131,8 +131,6 @@ def resolve_latest(run: RunFile, root: Path) -> RunFile:
     """``latest`` among a city's years becomes the newest year its source holds (the tile
     index, or the Earth Engine collection: asked once per source): a new annual layer is
     picked up by the next run, and only its work is done."""
-    from aether.errors import CoverageError
-    from aether.pipeline.extract import source_for
     from aether.pipeline.runfile import LATEST
 
     newest: dict[str, int] = {}
@@ -141,6 +139,9 @@ def resolve_latest(run: RunFile, root: Path) -> RunFile:
         given: list[Year] = list(city.years or run.years)
         if LATEST not in given:
             return given
+        from aether.errors import CoverageError
+        from aether.pipeline.extract import source_for  # pandas: only when a year is latest
+
         source = source_for(extract_request(run, city, DEFAULT_YEAR, root).chosen_source)
         key = repr((source.name, sorted(source.settings.items())))
         if key not in newest:

@@ -90,8 +90,22 @@ def fleet_tables(data: Path) -> dict[str, pd.DataFrame]:
 
 
 def fleet_report(stdout: str) -> dict:
-    """The run report `aether run` names on its last line."""
+    """The run report `aether run` names (its last line, or the one before a budget's)."""
     from aether.io.tables import read_json
 
-    path = stdout.strip().splitlines()[-1].split("report:", 1)[1].strip()
+    line = next(x for x in reversed(stdout.strip().splitlines()) if "report:" in x)
+    path = line.split("report:", 1)[1].strip()
     return read_json(Path(path))
+
+
+def on_exports(fleet: Path, url: str, exports: Path) -> None:
+    """The fleet run file on the Earth Engine emulator at ``url``, through export tasks
+    (batches of 10, 2 in flight) landing in the emulator's ``exports`` folder."""
+    import yaml
+
+    body = yaml.safe_load(fleet.read_text())
+    body["source"] = {"name": "ee", "options": {
+        "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
+        "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
+        "export_read": f"file://{exports}/gcs/bucket"}}
+    fleet.write_text(yaml.safe_dump(body, sort_keys=False))

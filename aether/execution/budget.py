@@ -9,8 +9,12 @@ is written to the ledger too, so every other city and worker stops before its ne
 
 The ledger is a JSON-lines file in the data directory (the one state a cluster shares):
 one line per finished task, appended under ``flock``; a task's cost is counted once however
-often it is read back. Interactive requests (``computeFeatures``) report no usage, so only
-export tasks are counted (``ee`` refuses a budget without ``--export``).
+often it is read back. On a data directory in object storage (``aether run --data-dir
+s3://…``, whose workers share no disk) the ledger is a folder of objects instead, one per
+finished task named by the task (written once, never changed: a second write of the same
+task writes the same value) and one for the halt, so every worker reads what all have
+spent. Interactive requests (``computeFeatures``) report no usage, so only export tasks are
+counted (``ee`` refuses a budget without ``--export``).
 """
 
 from __future__ import annotations
@@ -35,14 +39,25 @@ HALT = "halt"
 @dataclass
 class EecuBudget:
     """At most ``max_eecu_s`` EECU-seconds (None: no limit, the ledger only counts), counted
-    in ``ledger`` (None: in this process only)."""
+    in ``ledger`` (None: in this process only; a URL: a folder of objects, ``RemoteLedger``)."""
 
-    ledger: Path | None
+    ledger: Path | str | None
     max_eecu_s: float | None = None
     _memory: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _remote: RemoteLedger | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from aether.settings import as_url, is_url
+
+        if self.ledger is not None and is_url(self.ledger):
+            self._remote = RemoteLedger(as_url(self.ledger))
+        elif self.ledger is not None:
+            self.ledger = Path(self.ledger)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext() if self.ledger is None else file_lock(self.ledger)
+        if self._remote is not None or self.ledger is None:
+            return contextlib.nullcontext()  # objects are written whole, once per task
+        return file_lock(Path(self.ledger))
 
     def _entries(self) -> tuple[dict[str, float], str | None]:
         """Cost per task and the halt message, if any (a torn last line is skipped)."""
@@ -56,10 +71,12 @@ class EecuBudget:
         return costs, halt
 
     def _records(self) -> list[dict[str, Any]]:
+        if self._remote is not None:
+            return self._remote.records()
         if self.ledger is None:
             return list(self._memory)
         try:
-            lines = self.ledger.read_text().splitlines()
+            lines = Path(self.ledger).read_text().splitlines()
         except FileNotFoundError:
             return []
         out = []
@@ -109,10 +126,13 @@ class EecuBudget:
         return _exhausted(message)
 
     def _append(self, rec: dict[str, Any]) -> None:
+        if self._remote is not None:
+            self._remote.put(rec)
+            return
         if self.ledger is None:
             self._memory.append(rec)
             return
-        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+        fd = os.open(Path(self.ledger), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
                      0o644)
         try:
             os.write(fd, (json.dumps(rec) + "\n").encode())
@@ -125,3 +145,37 @@ def _exhausted(message: str) -> BudgetError:
     return BudgetError(f"Earth Engine quota exhausted: {message}",
                        "no new task starts this run; re-run when the quota resets "
                        "(finished batches are kept)")
+
+
+class RemoteLedger:
+    """A ledger as a folder of objects (fsspec): ``<task hash>.json`` per finished task and
+    ``halt.json``. Objects never change once written, so each is read once per process."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self._seen: dict[str, dict[str, Any]] = {}
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far, by anyone (a torn or foreign object is skipped)."""
+        try:
+            names = sorted(self.fs.ls(self.root, detail=False, refresh=True))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name.endswith(".json") and name not in self._seen:
+                try:
+                    self._seen[name] = json.loads(self.fs.cat_file(name))
+                except (FileNotFoundError, ValueError):
+                    continue
+        return [self._seen[n] for n in names if n in self._seen]
+
+    def put(self, rec: dict[str, Any]) -> None:
+        """One object per task (named by its hash: task names hold slashes), or the halt."""
+        import hashlib
+
+        key = (HALT if HALT in rec
+               else hashlib.sha256(str(rec["task"]).encode()).hexdigest()[:32])
+        self.fs.pipe_file(f"{self.root}/{key}.json", json.dumps(rec).encode())

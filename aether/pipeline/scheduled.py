@@ -212,9 +212,9 @@ def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     from aether.execution.budget import EecuBudget
     from aether.execution.cluster import parse_scheduler
     from aether.io.remote import RemoteDir
-    from aether.io.store import run_ledger
+    from aether.io.store import RUNS_DIR, run_ledger
     from aether.pipeline.synced import SyncedStep, local_root, one_writer
-    from aether.settings import current, use_settings
+    from aether.settings import current, is_url, use_settings
 
     run = load_run_file(run_file, strict=True)
     settings = current()
@@ -222,17 +222,21 @@ def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     remote = target if isinstance(target, RemoteDir) else None
     where = scheduler or run.scheduler or settings.dask_scheduler
     spread = parse_scheduler(where).kind != "threads"
-    budget = max_eecu_hours if max_eecu_hours is not None else run.ee.max_eecu_hours
-    if remote is not None and spread and budget is not None:
-        raise ConfigError(f"an Earth Engine budget on a cluster needs a data directory the "
-                          f"workers share on disk; {remote.url} is remote",
-                          "drop max_eecu_hours, or run on a shared filesystem")
+    if (remote is not None and spread and run.ee.budget_file is not None
+            and not is_url(run.ee.budget_file)):
+        raise ConfigError(f"ee.budget_file {run.ee.budget_file} is on this machine, but the "
+                          f"cluster's workers share only {remote.url}",
+                          "leave budget_file out (the run's ledger goes beside its report), "
+                          "or name a URL")
     run_id = new_run_id()
     with local_root(target) as root:
+        # the ledger goes beside the report: in the store itself when that is remote, so
+        # every worker counts into one (execution.budget.RemoteLedger)
+        ledger = (f"{remote.url}/{RUNS_DIR}/{run_id}.eecu" if remote is not None
+                  else str(run_ledger(root, run_id).resolve()))
         ee = run.ee.model_copy(update={
             k: v for k, v in (("max_eecu_hours", max_eecu_hours),
-                              ("budget_file", run.ee.budget_file
-                               or str(run_ledger(root, run_id).resolve()))) if v is not None})
+                              ("budget_file", run.ee.budget_file or ledger)) if v is not None})
         run = resolve_latest(run.model_copy(update={"ee": ee}), root)
         cities = plan(run)
         check_requests(run, cities, root)
@@ -253,15 +257,11 @@ def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
             else:
                 for city, steps in cities:
                     _run_city(steps, root, say, step, run, city)
-            report.eecu_hours = (EecuBudget(Path(str(ee.budget_file))).spent() / 3600
-                                 if remote is None
-                                 else sum(t.eecu_s or 0.0 for t in report.steps) / 3600)
+            report.eecu_hours = EecuBudget(ee.budget_file).spent() / 3600
             report.finished = _now()
             _hook("report")
             report.path = _write_report(report, root)
             if remote is not None:
-                from aether.io.store import RUNS_DIR
-
                 remote.push(root, RUNS_DIR, lease)  # report.path: its local copy
     return report
 

@@ -41,10 +41,6 @@ class SyncedStep:
 
         rel = city_rel(task.slug, task.year)
         with self.remote.workspace() as local, use_settings(data_dir=local):
-            # the Earth Engine ledger is this machine's: a budget needs a shared disk
-            ledger = local / RUNS_DIR / Path(str(run.ee.budget_file)).name
-            run = run.model_copy(update={"ee": run.ee.model_copy(
-                update={"budget_file": str(ledger)})})
             self.remote.pull(local, rel)
             out = self.step(run, city, task, local,
                             None if city_dir is None else local / rel, say)

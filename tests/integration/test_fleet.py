@@ -17,7 +17,15 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
-from support import FLEET_CITIES, REPO, fleet_report, fleet_tables, free_port, kill_once_tasks_start
+from support import (
+    FLEET_CITIES,
+    REPO,
+    fleet_report,
+    fleet_tables,
+    free_port,
+    kill_once_tasks_start,
+    on_exports,
+)
 
 pytest.importorskip("distributed")
 
@@ -149,17 +157,6 @@ def test_earth_engine_requests_in_flight_stay_under_one_cap_for_the_cluster(
     calls = [e for e in emulator.log if e.get("route", "").endswith("table:computeFeatures")]
     assert len(calls) >= 15  # 3 cities × 5 batches of 8 POIs
     assert in_flight(emulator.log) == 2
-
-
-def on_exports(fleet: Path, url: str, exports: Path) -> None:
-    """The fleet run file on the Earth Engine emulator at ``url``, through export tasks
-    (batches of 10, 2 in flight) landing in the emulator's ``exports`` folder."""
-    body = yaml.safe_load(fleet.read_text())
-    body["source"] = {"name": "ee", "options": {
-        "ee_url": url, "ee_project": "demo-project", "ee_batch": 10, "ee_concurrency": 2,
-        "ee_backoff": 0.01, "ee_poll": 0.05, "export": "gcs://bucket/aether",
-        "export_read": f"file://{exports}/gcs/bucket"}}
-    fleet.write_text(yaml.safe_dump(body, sort_keys=False))
 
 
 def test_a_killed_client_leaves_no_export_task_to_start_twice(

@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 from support import fleet_report as report
 from support import fleet_tables as tables
+from support import on_exports
 
-from aether.errors import InputError, LinkError, LockedError
+from aether.errors import BudgetError, InputError, LinkError, LockedError
+from aether.execution.budget import EecuBudget
 from aether.io.remote import LEASE_FILE, Lease, RemoteDir
 
 pytest.importorskip("s3fs")
@@ -174,3 +176,62 @@ def test_other_commands_refuse_a_url_data_dir_in_one_line(cli, tmp_path: Path) -
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "only `aether run` works on a remote data directory" in res.stderr
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_ledger_in_the_store_is_one_for_every_process(s3) -> None:
+    """Two budgets on one URL (two workers): each reads what the other charged, a task is
+    counted once however often it is charged, and a halt stops both."""
+    _, client = s3
+    url = f"s3://{BUCKET}/data/runs/r1.eecu"
+    a, b = EecuBudget(url, max_eecu_s=100.0), EecuBudget(url, max_eecu_s=100.0)
+    a.charge("projects/p/operations/1", 30.0)
+    b.charge("projects/p/operations/2", 20.0)
+    b.charge("projects/p/operations/2", 20.0)  # read back twice: counted once
+    assert a.spent() == b.spent() == 50.0
+    assert len(keys(client, "data/runs/r1.eecu/")) == 2
+    b.check()  # 50 spent + a mean task of 25 <= 100
+    a.charge("projects/p/operations/3", 40.0)
+    with pytest.raises(BudgetError, match="budget reached"):
+        b.check()  # 90 + 30 > 100: no new task
+    b.check(new_task=False)  # running ones may finish
+    c = EecuBudget(f"s3://{BUCKET}/data/runs/r2.eecu")
+    c.halt("Quota exceeded for quota metric 'EECU' and limit 'per month'")
+    with pytest.raises(BudgetError, match="quota exhausted"):
+        EecuBudget(f"s3://{BUCKET}/data/runs/r2.eecu").check(new_task=False)
+    assert a.spent() == 90.0  # another run's ledger is another folder
+
+
+def test_an_ee_budget_on_a_cluster_over_s3_stops_every_worker(
+        fleet: Path, dask_cluster, cli, s3, sample_city, tmp_path: Path) -> None:
+    """The budget of a run whose workers share only the bucket: one ledger in the store,
+    the run stops within it (exit 3), and the next run finishes without starting a task
+    twice."""
+    from aether.testing.emulator import Emulator, running
+
+    env, client = s3
+    emu = Emulator(tiles=sample_city.tiles, exports=tmp_path / "exports")
+    address, _ = dask_cluster(2, lambda i: env)
+    url = f"s3://{BUCKET}/data"
+    with running(emu) as ee_url:
+        on_exports(fleet, ee_url, emu.exports)
+        # the price of the three cities, measured on a local run first (same emulator)
+        probe = cli("run", str(fleet), "--data-dir", str(tmp_path / "probe"))
+        assert probe.returncode == 0, probe.stderr
+        whole = [op["metadata"]["batchEecuUsageSeconds"] for op in emu.operations.values()]
+        started = len(whole)
+        budget_s = 1.5 * sum(whole) / 3  # a city and a half
+        first = cli("run", str(fleet), "--data-dir", url, "--scheduler", address,
+                    "--max-eecu-hours", f"{budget_s / 3600:.12f}", env=env)
+        assert first.returncode == 3, first.stderr
+        rep = report(first.stdout)
+        assert rep["cities_left"] and "budget reached" in first.stdout
+        ledger = [json.loads(client.get_object(Bucket=BUCKET, Key=k)["Body"].read())
+                  for k in keys(client, f"data/runs/{rep['run_id']}.eecu/")]
+        ops = list(emu.operations.values())[started:]
+        assert sorted(r["eecu_s"] for r in ledger) == sorted(
+            op["metadata"]["batchEecuUsageSeconds"] for op in ops)
+        assert rep["eecu_hours"] == pytest.approx(sum(r["eecu_s"] for r in ledger) / 3600)
+        assert len(ops) < started  # it did not do all three cities' work
+        second = cli("run", str(fleet), "--data-dir", url, "--scheduler", address, env=env)
+        assert second.returncode == 0, second.stderr
+    assert len(emu.operations) - started == started  # each batch's task started once

@@ -94,8 +94,26 @@ def pois(
 ) -> gpd.GeoDataFrame:
     """A place's POIs as the ``pois`` table (points in EPSG:4326), in memory.
 
-    ``source`` is ``osm`` (Overpass; the default), ``pbf:PATH``, ``file:PATH`` or a path.
-    ``offline=True`` with an offline sample city's name reads its bundled OSM extract.
+    Parameters
+    ----------
+    place
+        A place name (geocoded), or None with ``bbox`` / ``boundary`` / a file source.
+    source
+        ``osm`` (Overpass; the default), ``overture[:RELEASE]``, ``pbf:PATH``, ``file:PATH``
+        or a path.
+    offline
+        With an offline sample city's name: read its bundled OSM extract, no network.
+    bbox, boundary, osm_id, which_result
+        The area instead of (or to disambiguate) the name: ``W,S,E,N``, a polygon file, an
+        OSM relation, the n-th geocoder result.
+    name_column, category_column, top_category_column
+        Which columns of a ``file:`` source hold the name and categories.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        ``poi_id``, ``name``, ``category``, ``top_category``, ``text``, ``source`` and point
+        geometry; ``attrs["snapshot"]`` says how recent the OSM/Overture data is.
     """
     from aether.places.query import PlaceQuery
     from aether.pois.load import PoiSpec
@@ -137,11 +155,29 @@ def embed(
 ) -> gpd.GeoDataFrame:
     """AlphaEarth buffer means of POIs, in memory: one row per POI × radius.
 
-    Columns: the POIs' own columns, then ``year``, ``radius_m``, ``A00``..``A63``, ``weight``,
-    ``valid_fraction``, ``norm`` (the ``poi_embeddings`` contract); POIs outside coverage keep
-    NaN vectors. ``source_options`` are the source's options (``tiles=DIR_OR_URL`` for cog;
-    ``ee_project=...`` for ee and xee). Nothing is written (the source's work files, if any,
-    go to a temporary directory).
+    Nothing is written (the source's work files, if any, go to a temporary directory).
+
+    Parameters
+    ----------
+    pois
+        Points with a unique ``poi_id`` and a crs (e.g. from ``aether.pois``).
+    source
+        ``cog`` (the public COGs, or ``tiles=``), ``ee`` or ``xee`` (Earth Engine).
+    radii
+        Buffer radii in metres (or window names such as ``square:4``).
+    year
+        The AlphaEarth year.
+    scheduler
+        ``threads`` (default), ``cluster[:N]`` or a Dask scheduler address.
+    **source_options
+        The source's options: ``tiles=DIR_OR_URL`` for cog; ``ee_project=...`` for ee and xee.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        The POIs' own columns, then ``year``, ``radius_m``, ``A00``..``A63``, ``weight``,
+        ``valid_fraction``, ``norm`` (the ``poi_embeddings`` contract); POIs outside coverage
+        keep NaN vectors.
     """
     import geopandas as gpd
 
@@ -297,8 +333,26 @@ def grid(
     scheduler: str | None = None,
     **source_options: Any,
 ) -> GridResult:
-    """Write a city's ``grid_embeddings`` table of ``cell`` (``100m``, ``0.5km``, ``h3:9``);
-    the place, source and tiles of the city's extract are reused when not given."""
+    """Write a city's ``grid_embeddings`` table of ``cell``; the place, source and tiles of
+    the city's extract are reused when not given.
+
+    Parameters
+    ----------
+    city
+        The city's name, as extracted (or a place to resolve).
+    cell
+        ``100m``, ``0.5km``, ``h3:9``, or metres as a number.
+    zarr
+        Also write the grid as a Zarr store beside the table.
+    source, pois, offline, scheduler, **source_options
+        As for ``extract``, when the city's extract does not say.
+
+    Returns
+    -------
+    GridResult
+        Where the table is, how many cells, what was reused from the city's extract, and
+        whether the same grid was already there.
+    """
     from aether.execution.cluster import dask_scheduler
     from aether.pipeline.extract import run_grid
 
@@ -374,8 +428,24 @@ def encode(city: str, models: Sequence[str | Path] | None = None, *,
            cells: Sequence[str | float] | None = None, pois_only: bool = False,
            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None
            ) -> dict[str, EncodeResult]:
-    """Write AETHER vectors of a city's POIs and grids (``cells``, default: every grid), for
-    each run (default: all); ``pois_only=True`` writes the POIs' alone and needs no grid."""
+    """Write AETHER vectors of a city's POIs and grids, for each run.
+
+    Parameters
+    ----------
+    city
+        The city's name, as extracted.
+    models
+        Run names or folders (default: every trained run of the city).
+    cells
+        Grids to encode (``100m``, ``h3:9``; default: every grid the city has).
+    pois_only
+        Encode the POIs alone: no grid needed.
+
+    Returns
+    -------
+    dict[str, EncodeResult]
+        Per run: where its encoded POIs and grids were written.
+    """
     from aether.ml.encode import encode_city
 
     where = city_dir(city, year, data_dir)
@@ -389,12 +459,37 @@ def evaluate(city: str, task: str | Path | ProbeTask,
              seeds: int = 5, shuffle: bool = False, cell: str | None = None,
              train_seeds: int = 1, year: int = DEFAULT_YEAR,
              data_dir: PathLike | None = None, transfer: bool = False) -> dict[str, Any]:
-    """Probe frozen embeddings on a task (YAML file or packaged name) under a protocol
-    (``default``, ``cityrep`` or ``spatial-blocks``); writes its report. ``cell`` (``100m``,
-    ``h3:9``) replaces a grid task's cells. ``train_seeds`` > 1 trains (when missing) that
-    many seeds of each run's config and reports each run as one row over all of them.
-    ``transfer``: ``models`` may be runs of other cities (paths to their folders), each
-    row labelled as held-out-city transfer."""
+    """Probe frozen embeddings on a downstream task; writes its report.
+
+    Parameters
+    ----------
+    city
+        The city's name, as extracted.
+    task
+        A task YAML file, a packaged task's name, or a ``ProbeTask``.
+    models
+        Run names or folders (default: every trained run of the city).
+    protocol
+        ``default``, ``cityrep`` (the CityRep benchmark's protocol) or ``spatial-blocks``.
+    seeds
+        Probe seeds (1 to 5).
+    shuffle
+        Train every probe on permuted labels (what chance scores).
+    cell
+        Replaces a grid task's cells (``100m``, ``h3:9``).
+    train_seeds
+        Above 1: train (when missing) that many seeds of each run's config and report each
+        run as one row over all of them.
+    transfer
+        ``models`` may be runs of other cities (their folders): held-out-city transfer, so
+        labelled.
+
+    Returns
+    -------
+    dict
+        The result: rows of method × probe × split with metrics (mean and spread), paired
+        tests against raw AlphaEarth, provenance, and the report's ``paths``.
+    """
     import dataclasses
 
     from aether.evaluation.evaluate import evaluate as _evaluate
@@ -517,8 +612,27 @@ def _run_and_cell(city: str, model: str | None, cell: str | float | None, year: 
 def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
            cell: str | float | None = None, year: int = DEFAULT_YEAR,
            data_dir: PathLike | None = None) -> Search:
-    """Text queries against a run's encoded grid (model: ``default``, else the last run;
-    cell: the smallest encoded grid)."""
+    """Text queries against a run's encoded grid.
+
+    Parameters
+    ----------
+    queries
+        Natural-language queries (each under 500 characters).
+    city
+        The city's name, as extracted.
+    model
+        The run (default: ``default``, else the last run with an encoded grid).
+    k
+        Top cells per query.
+    cell
+        The grid (default: the smallest encoded one).
+
+    Returns
+    -------
+    Search
+        Per query the scores of every cell and the top ``k`` with their nearest POIs;
+        ``.table()`` and ``.maps()``.
+    """
     from aether.query.search import check_queries, query_city
 
     texts = check_queries(list(queries))
@@ -532,10 +646,28 @@ def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
             model: str | None = None, k: int = 10, cell: str | float | None = None,
             year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
             include_examples: bool = False, vectors: Sequence[PathLike] = ()) -> Search:
-    """Grid cells most like example places — cells at ``at`` (lon, lat) and POIs by id — and
-    unlike those at ``not_at``: cosine to ``2·mean(pos) − mean(neg)``. The example cells
-    themselves are left out unless ``include_examples``. With ``vectors`` (files of your own
-    vectors per area, ``query.own_vectors``) instead of a city, those are searched as given."""
+    """Grid cells most like example places and unlike others: cosine to
+    ``2·mean(pos) − mean(neg)`` of the examples' unit vectors.
+
+    Parameters
+    ----------
+    city
+        The city's name, as extracted; or None with ``vectors``.
+    at, not_at
+        (lon, lat) of places to be like / unlike (the grid cells holding them).
+    pois
+        POI ids whose own AETHER vectors are examples too.
+    include_examples
+        Return the example cells themselves (trivially the most alike) as well.
+    vectors
+        Files of your own vectors per area (``query.own_vectors``: JSON of H3 means, or
+        (Geo)Parquet), searched as given instead of a city's model.
+
+    Returns
+    -------
+    Search
+        One answer: the scores of every cell and the top ``k``.
+    """
     from aether.query.search import load_index
     from aether.query.similar import poi_vectors
     from aether.query.similar import similar as _similar

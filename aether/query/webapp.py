@@ -23,7 +23,14 @@ from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aether.errors import AetherError, BusyError
-from aether.query.labels import MAX_LABEL_BYTES, Labels, labels_csv, labels_geojson, read_labels
+from aether.query.labels import (
+    MAX_LABEL_BYTES,
+    MAX_LABELS,
+    Labels,
+    labels_csv,
+    labels_geojson,
+    read_labels,
+)
 from aether.query.maps import AEF_CREDIT, BASE_STYLE, OSM_CREDIT, SYNTHETIC_LABEL
 from aether.query.serve import LOOPBACK, RETRY_AFTER_S, Answer, CityApp, Gate
 
@@ -119,7 +126,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                 "base_features": state.base.features if state.base else 0,
                 "base_note": state.base_note, "base_style": BASE_STYLE,
                 "synthetic": SYNTHETIC_LABEL if state.synthetic else None,
-                "load": gate.state()}
+                "max_labels": MAX_LABELS, "load": gate.state()}
 
     @app.get("/api/basemap.geojson")
     def basemap(request: Request) -> Response:

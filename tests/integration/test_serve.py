@@ -269,7 +269,9 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
             f"AETHER run {names[1]} (preset default): 128-d")
         assert "generated raster" in panel.locator(".synthetic").inner_text()
         legend = panel.locator(".legend").inner_text()
-        assert "this panel: " in legend and "cells tie with the best" in legend
+        note = json.loads(_get(f"{url}api/query?q={quote('coffee shop')}&model={names[1]}")[1]
+                          )["note"]
+        assert "this panel: " in legend and (note is None or note in legend)
         # panels pan and zoom together
         page.evaluate("""() => { const m = Object.values(panels)[0].map;
                                  m.setZoom(m.getZoom() + 1, { animate: false }); }""")
@@ -796,7 +798,7 @@ def test_browser_labels_places_and_the_url_holds_the_state(server, chromium) -> 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{url}?model={names[1]},alphaearth&k=1&view=60.1716,24.9444,16")
+        page.goto(f"{url}?model={names[1]},alphaearth&k=1&view=60.1715,24.9440,15")
         page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
         panel = page.locator(f'.panel[data-model="{names[1]}"]')
         tops = []
@@ -839,7 +841,7 @@ def test_browser_labels_places_and_the_url_holds_the_state(server, chromium) -> 
         page.check("#classify")
         page.wait_for_function(f"Number(document.body.dataset.answered) > {n}")
         assert panel.locator(".legend").inner_text().startswith("probability of a positive")
-        page.evaluate(f"panels['{names[1]}'].map.setZoom(17, {{ animate: false }})")
+        page.evaluate(f"() => {{ panels['{names[1]}'].map.setZoom(17, {{ animate: false }}); }}")
         before = _page_state(page)
         api = json.loads(_get(f"{url}api/query?model={names[1]}&mode=classify&k=1&"
                               + "&".join(f"{k}={b:.6f},{a:.6f}" for k, pts in
@@ -854,7 +856,7 @@ def test_browser_labels_places_and_the_url_holds_the_state(server, chromium) -> 
         after = _page_state(fresh)
         for key in ("labels", "q", "models", "classify", "view", "tops", "marks"):
             assert after[key] == before[key], key
-        assert after["pos"] == pytest.approx(before["pos"], abs=1e-6)
+        assert np.ravel(after["pos"]) == pytest.approx(np.ravel(before["pos"]), abs=1e-6)
         browser.close()
 
 
@@ -931,7 +933,7 @@ def test_phone_layout_shows_one_panel_and_a_switcher(server, chromium) -> None:
         panel = page.locator(f'.panel[data-model="{names[1]}"]')
         assert int(panel.get_attribute("data-cells")) > 100
         size = page.evaluate(f"panels['{names[1]}'].map.getSize()")
-        assert size["x"] == 390 and size["y"] > 300
+        assert size["x"] >= 385 and size["y"] > 300
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         for control in ("#q", "button[type=submit]", "#neg-mode", "#classify", "#switcher"):
             box = page.locator(control).bounding_box()

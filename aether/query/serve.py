@@ -404,23 +404,25 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
         vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
         idx = copy.copy(base.index)  # the same cells: centres, POI tree, raster, base map
         idx.vectors, idx.poi_vectors = vi.unit, None
-        panels.append(Panel(RAW, idx, vi, None, base.heat))
-    for p in panels:
-        _ = p.scale  # query-independent: made at load
+        raw_panel = Panel(RAW, idx, vi, None, base.heat)
+        _ = raw_panel.scale  # query-independent: made at load
+        panels.append(raw_panel)
     return panels
 
 
 def build_panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
     """A panel with its query-independent parts built: unit vectors, centres, the POI tree,
-    the cell lookup for clicks and the heat raster. The grid keeps ids, centres and shapes
-    only, and the index holds the unit vectors: one float32 copy of the vectors, not three
-    (at a million 128-d cells each is 512 MB)."""
+    the cell lookup for clicks, the heat raster and the vectors' mean and sd. The grid keeps
+    ids, centres and shapes only, and the index holds the unit vectors: one float32 copy of
+    the vectors, not three (at a million 128-d cells each is 512 MB)."""
     vi = VectorIndex(vectors)
     idx.grid = idx.grid[["cell_id", "x", "y", "geometry"]]
     idx.vectors = vi.unit
     _ = idx.centres, idx.poi_tree, idx.grid.sindex  # each cached by its first use: now
     heat = heat_raster(idx.grid["x"].to_numpy(float), idx.grid["y"].to_numpy(float), idx.crs)
-    return Panel(name, idx, vi, run, heat)
+    panel = Panel(name, idx, vi, run, heat)
+    _ = panel.scale  # what the classifier standardises by
+    return panel
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:

@@ -108,6 +108,7 @@ def _geojson_rows(text: str) -> list[tuple[Any, str]]:
     if not isinstance(feats, list):
         raise InputError("the labels file is no GeoJSON FeatureCollection",
                          "import a GeoJSON or CSV file exported by aether serve")
+    check_count(len(feats))
     rows = []
     for i, f in enumerate(feats, 1):
         geom = f.get("geometry") if isinstance(f, dict) else None

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from aether.errors import AetherError, BusyError
+from aether.errors import AetherError, BusyError, InputError
 from aether.query.labels import (
     MAX_LABEL_BYTES,
     MAX_LABELS,
@@ -239,12 +239,17 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
     async def import_labels(request: Request) -> Response:
         """A labels file (GeoJSON or CSV, as exported) read and checked: the labels as the
         page's ``at``/``not`` values, or a 400 naming the first bad entry. The body is read
-        up to the cap and no further."""
-        data = b""
+        up to the cap and no further (a larger declared length is refused unread)."""
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_LABEL_BYTES:
+            raise InputError(f"the labels file is {declared} bytes",
+                             f"import at most {MAX_LABEL_BYTES:,} bytes")
+        parts: list[bytes] = []
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_LABEL_BYTES:
+            parts.append(chunk)
+            if sum(map(len, parts)) > MAX_LABEL_BYTES:
                 break
+        data = b"".join(parts)
 
         def work() -> dict[str, list[str]]:
             labels = read_labels(data)

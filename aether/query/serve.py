@@ -23,6 +23,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,8 +31,9 @@ import numpy as np
 
 from aether.errors import BusyError, InputError
 from aether.query.heat import LEVELS, NODATA, HeatRaster, heat_raster
+from aether.query.labels import Labels
 from aether.query.search import CityIndex, QueryResult, check_queries, ranked, spread_note, top_rows
-from aether.query.similar import VectorIndex, example_vector, parse_lonlat
+from aether.query.similar import VectorIndex, example_vector
 
 if TYPE_CHECKING:
     from aether.core.cells import CellSpec
@@ -44,6 +46,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: What the maps are drawn on: the city's own OSM layers (offline), online OSM tiles, nothing.
 BASEMAPS = ("city", "osm", "none")
 MAX_K = 200
+#: The labels' classifier: L2 strength (sklearn's C) and its bound on solver iterations.
+CLASSIFIER_C = 1.0
+CLASSIFIER_ITER = 200
+#: Rows per step when the grid's mean and sd are made.
+SCALE_CHUNK = 65_536
 #: Seconds a refused client is told to wait before asking again.
 RETRY_AFTER_S = 1
 
@@ -62,6 +69,19 @@ class Panel:
     def __repr__(self) -> str:  # not the dataclass's: grids, vectors and a torch module
         return f"Panel({self.name!r}: {self.about}; {len(self.index.grid):,} cells)"
 
+    @cached_property
+    def scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and sd of each dimension of the unit vectors over the covered cells, what
+        the classifier standardises by: made once, in chunks (no float64 copy of the grid)."""
+        unit = self.vectors.unit
+        total, squares, n = np.zeros(unit.shape[1]), np.zeros(unit.shape[1]), 0
+        for i in range(0, len(unit), SCALE_CHUNK):
+            part = unit[i:i + SCALE_CHUNK].astype(np.float64)
+            part = part[np.isfinite(part).all(axis=1)]
+            total, squares, n = total + part.sum(0), squares + (part ** 2).sum(0), n + len(part)
+        mean = total / max(n, 1)
+        return mean, np.sqrt(np.maximum(squares / max(n, 1) - mean ** 2, 0)) + 1e-6
+
     @property
     def about(self) -> str:
         """What the model is, in a line for the page."""
@@ -74,16 +94,21 @@ class Panel:
 
     def answer(self, label: str, q: np.ndarray, k: int, skip: np.ndarray | None = None
                ) -> Answer:
-        """Scores of every cell for the unit query ``q``, its range and its top-k cells
-        (never the rows ``skip``: the examples of "more like this")."""
-        scores = self.vectors.scores(q)
+        """Cosines of every cell with the unit query ``q``, their range and the top-k cells
+        (never the rows ``skip``: the labelled places)."""
+        return self.scored(label, self.vectors.scores(q), k, skip)
+
+    def scored(self, label: str, scores: np.ndarray, k: int, skip: np.ndarray | None = None,
+               *, kind: str = "cosine", span: tuple[float, float] | None = None) -> Answer:
+        """An answer of per-cell ``scores``: their range (``span`` when the scale is fixed,
+        as a probability's is) and the top-k cells but the rows ``skip``."""
         skip = np.empty(0, np.int64) if skip is None else np.unique(skip)
         order = top_rows(scores, k + len(skip))
         order = order[~np.isin(order, skip)][:k]
         lo, hi = (float(np.nanmin(scores)), float(np.nanmax(scores))) if len(order) else (0, 1)
         note = spread_note(scores, skip)
         res = QueryResult(label, scores, ranked(self.index, scores, k=k, order=order), note=note)
-        return Answer(self.name, res, lo, hi, note)
+        return Answer(self.name, res, *(span or (lo, hi)), note, kind)
 
 
 @dataclass
@@ -95,6 +120,7 @@ class Answer:
     lo: float
     hi: float
     note: str | None
+    kind: str = "cosine"  # what the scores are: "cosine", or "probability" (the classifier)
 
     def summary(self, heat: HeatRaster | None = None) -> dict[str, Any]:
         """The answer without the per-cell scores: top-k as GeoJSON points, the range, the
@@ -107,7 +133,7 @@ class Answer:
                                  "nearest_pois": r.nearest_pois}}
                  for r in top.itertuples()]
         out: dict[str, Any] = {"model": self.model, "query": self.result.query,
-                               "lo": self.lo, "hi": self.hi, "note": self.note,
+                               "lo": self.lo, "hi": self.hi, "note": self.note, "kind": self.kind,
                                "top": {"type": "FeatureCollection", "features": feats}}
         if heat is not None:
             (s, w), (n, e) = heat.bounds
@@ -145,9 +171,10 @@ class Gate:
                        f"retry in {RETRY_AFTER_S} s")
         self.admitted += 1
         try:
-            # take the request's first message now (never a whole body: these are GETs), so
-            # the server listens on the socket while this waits and sees a client hang up
-            await request.receive()
+            # take a GET's first message now (a POST's endpoint has read its bounded body),
+            # so the server listens on the socket while this waits and sees a client hang up
+            if request.method == "GET":
+                await request.receive()
             async with self._slots:
                 if await request.is_disconnected():
                     self.counts["abandoned"] += 1
@@ -237,36 +264,94 @@ class CityApp:
         return self.panels[name]
 
     def text(self, name: str, q: str, k: int) -> Answer:
+        panel = self.panel(name)
+        return panel.answer(q, self._text_vector(panel, q), _k(k))
+
+    def _text_vector(self, panel: Panel, q: str) -> np.ndarray:
+        """The unit vector of the words ``q`` in ``panel``'s space."""
         from aether.ml.encode import apply_text
 
-        panel = self.panel(name)
         (q,) = check_queries([q])
         if panel.run is None:
-            raise InputError(f"{name} has no text space: it cannot read {q!r}",
+            raise InputError(f"{panel.name} has no text space: it cannot read {q!r}",
                              "click a cell for places like it, or pick a trained model")
         vec = apply_text(panel.run, [q])[0]
-        return panel.answer(q, vec / np.linalg.norm(vec), _k(k))
+        return vec / np.linalg.norm(vec)
 
-    def like(self, name: str, at: list[str], not_at: list[str], k: int) -> Answer:
+    def _rows(self, panel: Panel, labels: Labels) -> tuple[np.ndarray, np.ndarray]:
+        """Grid rows of the positive and the negative places."""
         from aether.query.similar import cells_at
 
-        panel = self.panel(name)
-        if not at:
-            raise InputError("no example place given", "pass at=LON,LAT")
-        rows = cells_at(panel.index, [parse_lonlat(a) for a in at])
-        neg = (panel.index.vectors[cells_at(panel.index, [parse_lonlat(a) for a in not_at])]
-               if not_at else None)
-        return panel.answer("more like this", example_vector(panel.index.vectors[rows], neg),
-                            _k(k), skip=rows)
+        def rows(points: list[tuple[float, float]]) -> np.ndarray:
+            return cells_at(panel.index, points) if points else np.empty(0, np.int64)
 
-    def ask(self, model: str, q: str | None, at: list[str], not_at: list[str], k: int
-            ) -> Answer:
-        """A text query, or "more like this" when example places are given."""
-        if at:
-            return self.like(model, at, not_at, k)
+        return rows(labels.pos), rows(labels.neg)
+
+    def like(self, name: str, labels: Labels, q: str | None, k: int) -> Answer:
+        """"More like this": ``2·mean(positives) − mean(negatives)`` of the unit vectors
+        (``example_vector``), the words ``q`` (on a panel with a text space) counting as one
+        more positive. The labelled places are left out of the answer."""
+        panel = self.panel(name)
+        pos, neg = self._rows(panel, labels)
+        vecs = panel.index.vectors
+        examples, label = vecs[pos], "more like this"
+        if q is not None and panel.run is not None:
+            text = self._text_vector(panel, q)
+            examples, label = np.vstack([text[None, :], examples]), f"{q.strip()} + labels"
+        if not len(examples):
+            raise InputError("no positive place given", "click a place (shift-click adds a "
+                             "negative), or type words on a trained model")
+        return panel.answer(label, example_vector(examples, vecs[neg] if len(neg) else None),
+                            _k(k), skip=np.concatenate([pos, neg]))
+
+    def classify(self, name: str, labels: Labels, k: int) -> Answer:
+        """Each cell's probability of being positive under a logistic regression fitted on
+        the labelled cells (the panel's unit vectors, standardised by the grid's own mean and
+        sd): the fit is bounded by the label cap, and drawing it is one matrix-vector product
+        over the grid, as a search is."""
+        from scipy.special import expit
+        from sklearn.linear_model import LogisticRegression
+
+        panel = self.panel(name)
+        pos, neg = self._rows(panel, labels)
+        rows = np.concatenate([pos, neg])
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        x = panel.index.vectors[rows]
+        ok = np.isfinite(x).all(axis=1)
+        n_pos, n_neg = int(y[ok].sum()), int((1 - y[ok]).sum())
+        if n_pos < 1 or n_neg < 1:
+            raise InputError(f"the classifier needs at least 1 positive and 1 negative label "
+                             f"on covered cells (got {n_pos} and {n_neg})",
+                             "click a place for a positive, shift-click one for a negative")
+        mean, sd = panel.scale
+        fit = LogisticRegression(C=CLASSIFIER_C, class_weight="balanced",
+                                 max_iter=CLASSIFIER_ITER).fit((x[ok] - mean) / sd, y[ok])
+        w = fit.coef_[0] / sd  # folded into one product with the unit vectors
+        b = float(fit.intercept_[0] - mean @ w)
+        p = expit(panel.vectors.unit @ w.astype(np.float32) + np.float32(b))
+        return panel.scored(f"classifier ({n_pos} positive, {n_neg} negative)", p, _k(k),
+                            skip=rows, kind="probability", span=(0.0, 1.0))
+
+    def ask(self, model: str, q: str | None, at: list[str], not_at: list[str], k: int,
+            mode: str = "search") -> Answer:
+        """A text query, "more like this" when labelled places are given (with the words,
+        if any), or the classifier of the labels (``mode`` "classify")."""
+        labels = Labels.parse(at, not_at)
+        if mode == "classify":
+            return self.classify(model, labels, k)
+        if mode != "search":
+            raise InputError(f"mode {mode!r}", "use mode=search or mode=classify")
+        if labels.pos or labels.neg:
+            return self.like(model, labels, q, k)
         if q is None:
             raise InputError("no query given", "pass q=... or at=LON,LAT")
         return self.text(model, q, k)
+
+    def cell_ids(self, labels: Labels) -> list[str]:
+        """The grid cell of each label (positives first), as ``Labels.rows`` lists them."""
+        panel = self.panel(None)
+        pos, neg = self._rows(panel, labels)
+        return [str(c) for c in panel.index.grid["cell_id"].to_numpy()[np.r_[pos, neg]]]
 
     def envelope(self, ans: Answer) -> bytes:
         """The page's reply: a little-endian uint32 length, that many bytes of JSON (the
@@ -319,21 +404,25 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
         vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
         idx = copy.copy(base.index)  # the same cells: centres, POI tree, raster, base map
         idx.vectors, idx.poi_vectors = vi.unit, None
-        panels.append(Panel(RAW, idx, vi, None, base.heat))
+        raw_panel = Panel(RAW, idx, vi, None, base.heat)
+        _ = raw_panel.scale  # query-independent: made at load
+        panels.append(raw_panel)
     return panels
 
 
 def build_panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
     """A panel with its query-independent parts built: unit vectors, centres, the POI tree,
-    the cell lookup for clicks and the heat raster. The grid keeps ids, centres and shapes
-    only, and the index holds the unit vectors: one float32 copy of the vectors, not three
-    (at a million 128-d cells each is 512 MB)."""
+    the cell lookup for clicks, the heat raster and the vectors' mean and sd. The grid keeps
+    ids, centres and shapes only, and the index holds the unit vectors: one float32 copy of
+    the vectors, not three (at a million 128-d cells each is 512 MB)."""
     vi = VectorIndex(vectors)
     idx.grid = idx.grid[["cell_id", "x", "y", "geometry"]]
     idx.vectors = vi.unit
     _ = idx.centres, idx.poi_tree, idx.grid.sindex  # each cached by its first use: now
     heat = heat_raster(idx.grid["x"].to_numpy(float), idx.grid["y"].to_numpy(float), idx.crs)
-    return Panel(name, idx, vi, run, heat)
+    panel = Panel(name, idx, vi, run, heat)
+    _ = panel.scale  # what the classifier standardises by
+    return panel
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:

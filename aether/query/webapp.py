@@ -22,7 +22,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from aether.errors import AetherError, BusyError
+from aether.errors import AetherError, BusyError, InputError
+from aether.query.labels import (
+    MAX_LABEL_BYTES,
+    MAX_LABELS,
+    Labels,
+    labels_csv,
+    labels_geojson,
+    read_labels,
+)
 from aether.query.maps import AEF_CREDIT, BASE_STYLE, OSM_CREDIT, SYNTHETIC_LABEL
 from aether.query.serve import LOOPBACK, RETRY_AFTER_S, Answer, CityApp, Gate
 
@@ -118,7 +126,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                 "base_features": state.base.features if state.base else 0,
                 "base_note": state.base_note, "base_style": BASE_STYLE,
                 "synthetic": SYNTHETIC_LABEL if state.synthetic else None,
-                "load": gate.state()}
+                "max_labels": MAX_LABELS, "load": gate.state()}
 
     @app.get("/api/basemap.geojson")
     def basemap(request: Request) -> Response:
@@ -138,32 +146,34 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
     async def query(request: Request, model: str, q: str | None = None, k: int = 10,
                     at: list[str] = Query(default=[]),  # noqa: B008  (FastAPI's declaration)
                     not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                    ) -> Response:
+                    mode: str = "search") -> Response:
         """The answer as JSON: top-k as GeoJSON points and the range; no per-cell list."""
-        ans = await gate.run(request, state.ask, model, q, at, not_, k)
+        ans = await gate.run(request, state.ask, model, q, at, not_, k, mode)
         return gone() if ans is None else JSONResponse(ans.summary())
 
     @app.get("/api/answer")
     async def answer(request: Request, model: str, q: str | None = None, k: int = 10,
                      at: list[str] = Query(default=[]),  # noqa: B008
                      not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                     ) -> Response:
+                     mode: str = "search") -> Response:
         """What the page draws: the summary and the heat raster in one binary reply."""
         def work() -> bytes:
-            return state.envelope(state.ask(model, q, at, not_, k))
+            return state.envelope(state.ask(model, q, at, not_, k, mode))
 
         body = await gate.run(request, work)
         return gone() if body is None else Response(body, media_type="application/octet-stream")
 
     @app.get("/api/export.geojson")
-    async def export_geojson(request: Request, model: str, q: str | None = None, k: int = 10,
+    async def export_geojson(request: Request, model: list[str] = Query(),  # noqa: B008
+                             q: str | None = None, k: int = 10,
                              at: list[str] = Query(default=[]),  # noqa: B008
                              not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                             ) -> Response:
-        """The top-k cells as GeoJSON polygons with score and rank, and the credits."""
+                             mode: str = "search") -> Response:
+        """The top-k cells of every model named as GeoJSON polygons (model, score, rank),
+        and the credits."""
         def work() -> bytes:
-            ans = state.ask(model, q, at, not_, k)
-            return json.dumps(result_geojson(state, ans)).encode()
+            answers = [state.ask(m, q, at, not_, k, mode) for m in _models(model)]
+            return json.dumps(result_geojson(state, answers)).encode()
 
         body = await gate.run(request, work)
         return gone() if body is None else Response(
@@ -171,16 +181,23 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
             headers={"Content-Disposition": 'attachment; filename="aether-query.geojson"'})
 
     @app.get("/api/export.png")
-    async def export_png(request: Request, model: str, q: str | None = None, k: int = 10,
+    async def export_png(request: Request, model: list[str] = Query(),  # noqa: B008
+                         q: str | None = None, k: int = 10,
                          at: list[str] = Query(default=[]),  # noqa: B008
                          not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
-                         ) -> Response:
+                         mode: str = "search") -> Response:
+        """The maps of every model named, side by side, titled with the model's name."""
         def work() -> bytes:
+            import dataclasses
+
             from aether.query.maps import png_map, titled
 
-            res = titled([state.ask(model, q, at, not_, k).result], synthetic=state.synthetic)
+            answers = [state.ask(m, q, at, not_, k, mode) for m in _models(model)]
+            res = titled([dataclasses.replace(a.result, query=f"{a.model}: {a.result.query}")
+                          for a in answers], synthetic=state.synthetic)
             with tempfile.TemporaryDirectory() as tmp:
-                path = png_map(state.panel(model).index, res, Path(tmp) / "query.png")
+                path = png_map(state.panel(answers[0].model).index, res,
+                               Path(tmp) / "query.png")
                 return path.read_bytes()
 
         body = await gate.run(request, work)
@@ -188,21 +205,89 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
             body, media_type="image/png",
             headers={"Content-Disposition": 'attachment; filename="aether-query.png"'})
 
+    @app.get("/api/labels.geojson")
+    async def labels_as_geojson(request: Request,
+                                at: list[str] = Query(default=[]),  # noqa: B008
+                                not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                                ) -> Response:
+        """The labelled places as GeoJSON points (label, cell_id), to keep or share."""
+        def work() -> bytes:
+            labels = Labels.parse(at, not_)
+            return json.dumps(labels_geojson(labels, state.cell_ids(labels),
+                                             [OSM_CREDIT, AEF_CREDIT])).encode()
+
+        body = await gate.run(request, work)
+        return gone() if body is None else Response(
+            body, media_type="application/geo+json",
+            headers={"Content-Disposition": 'attachment; filename="aether-labels.geojson"'})
+
+    @app.get("/api/labels.csv")
+    async def labels_as_csv(request: Request, at: list[str] = Query(default=[]),  # noqa: B008
+                            not_: list[str] = Query(default=[], alias="not"),  # noqa: B008
+                            ) -> Response:
+        """The labelled places as CSV rows: label, lon, lat, cell_id."""
+        def work() -> bytes:
+            labels = Labels.parse(at, not_)
+            return labels_csv(labels, state.cell_ids(labels)).encode()
+
+        body = await gate.run(request, work)
+        return gone() if body is None else Response(
+            body, media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="aether-labels.csv"'})
+
+    @app.post("/api/labels")
+    async def import_labels(request: Request) -> Response:
+        """A labels file (GeoJSON or CSV, as exported) read and checked: the labels as the
+        page's ``at``/``not`` values, or a 400 naming the first bad entry. The body is read
+        up to the cap and no further (a larger declared length is refused unread)."""
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_LABEL_BYTES:
+            raise InputError(f"the labels file is {declared} bytes",
+                             f"import at most {MAX_LABEL_BYTES:,} bytes")
+        parts: list[bytes] = []
+        async for chunk in request.stream():
+            parts.append(chunk)
+            if sum(map(len, parts)) > MAX_LABEL_BYTES:
+                break
+        data = b"".join(parts)
+
+        def work() -> dict[str, list[str]]:
+            labels = read_labels(data)
+            state.cell_ids(labels)  # every place on the grid, or a 400 naming it
+            return labels.params()
+
+        out = await gate.run(request, work)
+        return gone() if out is None else JSONResponse(out)
+
     return app
 
 
-def result_geojson(state: CityApp, ans: Answer) -> dict[str, Any]:
-    """The top-k cells of an answer as GeoJSON polygons (score, rank), with the credits."""
-    grid = state.panel(ans.model).index.grid
-    top = ans.result.top
-    hit = grid[grid["cell_id"].isin(top["cell_id"])]  # the k rows first: no 1 M-row index
-    cells = hit.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
-    out = cells.assign(rank=top["rank"].to_numpy(), score=top["score"].astype(float).to_numpy())
+def result_geojson(state: CityApp, answers: list[Answer]) -> dict[str, Any]:
+    """The top-k cells of each answer as GeoJSON polygons (model, score, rank), each answer's
+    query, range and note under ``models``, with the credits."""
+    import pandas as pd
+
+    frames = []
+    for ans in answers:
+        grid = state.panel(ans.model).index.grid
+        top = ans.result.top
+        hit = grid[grid["cell_id"].isin(top["cell_id"])]  # the k rows first: no 1 M-row index
+        cells = hit.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
+        frames.append(cells.assign(model=ans.model, rank=top["rank"].to_numpy(),
+                                   score=top["score"].astype(float).to_numpy()))
+    out = pd.concat(frames, ignore_index=True)
     doc = json.loads(out.to_json(drop_id=True, to_wgs84=True))
-    doc.update(query=ans.result.query, model=ans.model, lo=ans.lo, hi=ans.hi, note=ans.note,
+    doc.update(query=answers[0].result.query,
+               models=[{"model": a.model, "query": a.result.query, "kind": a.kind, "lo": a.lo,
+                        "hi": a.hi, "note": a.note} for a in answers],
                attribution=[OSM_CREDIT, AEF_CREDIT],
                synthetic=SYNTHETIC_LABEL if state.synthetic else None)
     return doc
+
+
+def _models(names: list[str]) -> list[str]:
+    """The models named once each, in order; at most the panels served."""
+    return list(dict.fromkeys(names))
 
 
 def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:

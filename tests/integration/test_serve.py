@@ -170,7 +170,11 @@ def test_refuses_cross_site_calls_of_the_api(server) -> None:
     q = f"{url}api/answer?q=hotel&model={names[0]}"
     for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                     {"Origin": "http://evil.example"}, {"Origin": "null"}):
-        for path in (q, f"{url}api/export.png?q=hotel&model={names[0]}", f"{url}api/info"):
+        for path in (q, f"{url}api/export.png?q=hotel&model={names[0]}", f"{url}api/info",
+                     f"{url}api/labels.geojson?at=24.945,60.170",
+                     f"{url}api/labels.csv?at=24.945,60.170",
+                     f"{url}api/query?mode=classify&at=24.945,60.170&not=24.948,60.176"
+                     f"&model={names[0]}"):
             status, body, ctype = _get(path, headers=headers)
             assert status == 403 and ctype == "application/json", (path, headers)
             assert json.loads(body)["error"].startswith("cross-site request refused")
@@ -204,8 +208,32 @@ def test_exports_geojson_and_png(server) -> None:
     from aether.query.maps import AEF_CREDIT, SYNTHETIC_LABEL
 
     text = Image.open(io.BytesIO(body)).text  # the PNG's own text, beside its drawn titles
-    assert text["Title"].startswith("hotel · ") and SYNTHETIC_LABEL in text["Title"]
+    assert text["Title"].startswith(f"{names[0]}: hotel · ") and SYNTHETIC_LABEL in text["Title"]
     assert "OpenStreetMap contributors" in text["Copyright"] and AEF_CREDIT in text["Copyright"]
+
+
+def test_exports_cover_every_model_named(server) -> None:
+    """Export of several ticked models: the GeoJSON holds each model's top-k (its ranks and
+    scores as /api/query gives them), the PNG one titled panel per model, side by side."""
+    from PIL import Image
+
+    url, names, _ = server
+    both = f"model={names[0]}&model={names[1]}"
+    doc = json.loads(_get(f"{url}api/export.geojson?at=24.945,60.170&k=3&{both}")[1])
+    for name in names:
+        mine = [f["properties"] for f in doc["features"] if f["properties"]["model"] == name]
+        alone = json.loads(_get(f"{url}api/query?at=24.945,60.170&k=3&model={name}")[1])
+        assert [m["rank"] for m in mine] == [1, 2, 3]
+        assert [round(m["score"], 4) for m in mine] == [
+            f["properties"]["score"] for f in alone["top"]["features"]]
+    assert [m["model"] for m in doc["models"]] == names
+    status, body, _ = _get(f"{url}api/export.png?at=24.945,60.170&{both}")
+    image = Image.open(io.BytesIO(body))
+    one = Image.open(io.BytesIO(_get(f"{url}api/export.png?at=24.945,60.170&model={names[0]}"
+                                     )[1]))
+    assert status == 200 and image.width > 1.8 * one.width
+    titles = image.text["Title"].split(" | ")
+    assert [t.split(":")[0] for t in titles] == names
 
 
 def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -> None:
@@ -241,7 +269,9 @@ def test_browser_types_a_query_and_sees_the_answer(server, tmp_path, chromium) -
             f"AETHER run {names[1]} (preset default): 128-d")
         assert "generated raster" in panel.locator(".synthetic").inner_text()
         legend = panel.locator(".legend").inner_text()
-        assert "this panel: " in legend and "cells tie with the best" in legend
+        note = json.loads(_get(f"{url}api/query?q={quote('coffee shop')}&model={names[1]}")[1]
+                          )["note"]
+        assert "this panel: " in legend and (note is None or note in legend)
         # panels pan and zoom together
         page.evaluate("""() => { const m = Object.values(panels)[0].map;
                                  m.setZoom(m.getZoom() + 1, { animate: false }); }""")
@@ -442,6 +472,7 @@ def test_browser_shows_how_a_model_reranks_places_against_raw_alphaearth(server,
         assert got["rgba"][0][0] > got["rgba"][0][2]  # higher: red
         assert got["rgba"][1][2] > got["rgba"][1][0]  # lower: blue
         # a text query has no raw answer to compare with: said, and the scores drawn
+        page.click("#clear-labels")
         page.fill("#q", "hotel")
         page.click("button[type=submit]")
         page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
@@ -559,3 +590,357 @@ def test_many_clients_are_answered_or_refused_and_memory_stays_bounded(busy_serv
         statuses = list(pool.map(lambda _: _get(q)[0], range(400)))
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
     assert peak_mb() - base < 100
+
+
+# Labelled places: two positives and a negative inside the sample city (lon, lat).
+POS = [(24.9450, 60.1700), (24.9400, 60.1670)]
+NEG = [(24.9480, 60.1760)]
+
+
+def _post(url: str, data: bytes, headers: dict[str, str] | None = None
+          ) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _unit_grid(city_dir: Path, name: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The encoded grid as written, and its vectors scaled to unit length (numpy only)."""
+    grid = pd.read_parquet(city_dir / "aether" / name / "grid_50m.parquet")
+    v = np.array(grid[[c for c in grid.columns if c.startswith("E")]], np.float64)
+    return grid, v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _rows_at(grid: pd.DataFrame, places: list[tuple[float, float]]) -> list[int]:
+    """The row of the 50 m cell holding each (lon, lat): the nearest cell centre."""
+    from pyproj import Transformer
+
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32635", always_xy=True)
+    out = []
+    for lon, lat in places:
+        x, y = to_utm.transform(lon, lat)
+        out.append(int(np.argmin((grid["x"] - x) ** 2 + (grid["y"] - y) ** 2)))
+    return out
+
+
+def _like_scores(v: np.ndarray, pos: list[int], neg: list[int]) -> np.ndarray:
+    """Cosine of every cell with 2·unit(mean(positives)) − mean(negatives), as the docs say."""
+    p = v[pos].mean(axis=0)
+    q = 2 * p / np.linalg.norm(p) - v[neg].mean(axis=0) if neg else p
+    return v @ (q / np.linalg.norm(q))
+
+
+def _params(pos: list[tuple[float, float]], neg: list[tuple[float, float]]) -> str:
+    return "&".join([f"at={lon},{lat}" for lon, lat in pos]
+                    + [f"not={lon},{lat}" for lon, lat in neg])
+
+
+def test_labels_search_matches_numpy_and_bad_labels_are_400(server) -> None:
+    """Positives and negatives: the answer is numpy's cosine with 2·mean(pos) − mean(neg)
+    (top cells, scores and the range), the labelled cells left out; a negative changes the
+    top. Bad coordinates, a place off the grid, too many labels: a 400 in one line."""
+    url, names, city_dir = server
+    grid, v = _unit_grid(city_dir, names[1])
+    pos, neg = _rows_at(grid, POS), _rows_at(grid, NEG)
+    tops = []
+    for n in ([], neg):
+        cos = _like_scores(v, pos, n)
+        res = json.loads(_get(f"{url}api/query?{_params(POS, NEG[:len(n)])}&model={names[1]}"
+                              "&k=3")[1])
+        assert res["lo"] == pytest.approx(cos.min(), abs=1e-4)
+        assert res["hi"] == pytest.approx(cos.max(), abs=1e-4)
+        cos[pos + n] = -np.inf
+        want = np.argsort(-cos, kind="stable")[:3]
+        got = [f["properties"] for f in res["top"]["features"]]
+        assert [g["cell_id"] for g in got] == grid["cell_id"].iloc[want].tolist()
+        assert [g["score"] for g in got] == pytest.approx(cos[want], abs=1e-4)
+        tops.append(got[0]["cell_id"])
+    assert tops[0] != tops[1]
+    many = "&".join(["at=24.945,60.170"] * 300 + ["not=24.948,60.176"] * 201)
+    for query, why in ((f"{many}", "501 labelled places"),
+                       ("at=999,60.17", "is not a place on Earth"),
+                       ("at=24.945", "is not LON,LAT"),
+                       ("at=25.5,60.17", "outside the encoded grid"),
+                       ("not=24.948,60.176", "no positive place given")):
+        status, body, _ = _get(f"{url}api/query?{query}&model={names[1]}")
+        err = json.loads(body)
+        assert status == 400 and why in err["error"], (query, err)
+        assert "\n" not in err["error"] + err["hint"]
+
+
+def test_classifier_matches_sklearn_and_needs_both_kinds_of_label(server) -> None:
+    """mode=classify: each cell's probability under a logistic regression fitted here with
+    sklearn on the same labelled vectors (unit, standardised by the grid's mean and sd, C=1,
+    balanced classes) — the top cells' probabilities and the best one agree within 1e-3;
+    with positives only it is refused in one line."""
+    from sklearn.linear_model import LogisticRegression
+
+    url, names, city_dir = server
+    pos_places, neg_places = [*POS, (24.9430, 60.1690)], [*NEG, (24.9500, 60.1740)]
+    for name in (names[1], "alphaearth"):
+        if name == "alphaearth":  # the raw panel: the grid's own 64-d means, A00..A63
+            grid, _ = _unit_grid(city_dir, names[1])
+            raw = pd.read_parquet(city_dir / "grid_embeddings_50m.parquet").set_index("cell_id")
+            v = raw.reindex(grid["cell_id"])[[f"A{i:02d}" for i in range(64)]].to_numpy(float)
+            v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        else:
+            grid, v = _unit_grid(city_dir, name)
+        pos, neg = _rows_at(grid, pos_places), _rows_at(grid, neg_places)
+        mean, sd = v.mean(axis=0), v.std(axis=0)
+        fit = LogisticRegression(C=1.0, class_weight="balanced").fit(
+            (v[pos + neg] - mean) / sd, [1] * len(pos) + [0] * len(neg))
+        prob = fit.predict_proba((v - mean) / sd)[:, 1]
+        prob[pos + neg] = np.nan
+        res = json.loads(_get(f"{url}api/query?mode=classify&k=10&model={name}&"
+                              f"{_params(pos_places, neg_places)}")[1])
+        assert res["kind"] == "probability" and (res["lo"], res["hi"]) == (0.0, 1.0)
+        top = [f["properties"] for f in res["top"]["features"]]
+        rows = grid.reset_index().set_index("cell_id").loc[[t["cell_id"] for t in top], "index"]
+        assert [t["score"] for t in top] == pytest.approx(prob[rows.to_numpy()], abs=1e-3)
+        assert top[0]["score"] == pytest.approx(np.nanmax(prob), abs=1e-3)
+        assert not set(rows) & set(pos + neg)
+        assert np.nanmin(prob) < 0.1 and np.nanmax(prob) > 0.9  # not a flat map
+    status, body, _ = _get(f"{url}api/query?mode=classify&model={names[1]}&{_params(POS, [])}")
+    err = json.loads(body)["error"]
+    assert status == 400 and "at least 1 positive and 1 negative" in err and "(got 2 and 0)" in err
+
+
+def test_labels_export_and_import_round_trip(server) -> None:
+    """Labels as GeoJSON and CSV name each place's cell (numpy's cell under it); both files
+    read back as the same labels; a bad file (not the format, a wrong label, a place not on
+    Earth or off the grid, too many, too big) is a 400 in one line."""
+    url, names, city_dir = server
+    grid, _ = _unit_grid(city_dir, names[1])
+    cells = grid["cell_id"].iloc[_rows_at(grid, POS + NEG)].tolist()
+    query = _params(POS, NEG)
+    status, body, ctype = _get(f"{url}api/labels.geojson?{query}")
+    doc = json.loads(body)
+    assert status == 200 and ctype == "application/geo+json"
+    assert [f["properties"]["label"] for f in doc["features"]] == ["positive"] * 2 + ["negative"]
+    assert [f["properties"]["cell_id"] for f in doc["features"]] == cells
+    assert [tuple(f["geometry"]["coordinates"]) for f in doc["features"]] == POS + NEG
+    assert any("OpenStreetMap" in a for a in doc["attribution"])
+    status, text, ctype = _get(f"{url}api/labels.csv?{query}")
+    rows = pd.read_csv(io.BytesIO(text), dtype={"cell_id": str})
+    assert status == 200 and ctype.startswith("text/csv")
+    assert rows["cell_id"].tolist() == cells and rows["label"].tolist()[-1] == "negative"
+    want = {"at": [f"{lon:.6f},{lat:.6f}" for lon, lat in POS],
+            "not": [f"{lon:.6f},{lat:.6f}" for lon, lat in NEG]}
+    assert _post(f"{url}api/labels", body) == (200, want)
+    assert _post(f"{url}api/labels", text) == (200, want)
+    many = "label,lon,lat\n" + "positive,24.945,60.17\n" * 501
+    for bad, why in ((b"hello", "no label, lon and lat columns"),
+                     (b'{"type": "FeatureCollection"', "not JSON"),
+                     (b"label,lon,lat\nmaybe,24.945,60.17\n", "label 1 is 'maybe'"),
+                     (b"label,lon,lat\npositive,24.945,60.17\nnegative,999,60.17\n",
+                      "label 2: '999,60.17' is not a place on Earth"),
+                     (b"label,lon,lat\npositive,25.5,60.17\n", "outside the encoded grid"),
+                     (many.encode(), "501 labelled places"),
+                     (b"x" * 1_000_001, "bytes"),
+                     (b"\xff\xfe", "not UTF-8")):
+        status, err = _post(f"{url}api/labels", bad)
+        assert status == 400 and why in err["error"], (bad[:40], err)
+        assert "\n" not in err["error"] + err["hint"]
+
+
+def test_new_endpoints_refuse_cross_site_requests(server) -> None:
+    """The labels import (a POST) from another site: a 403, the body never read as labels."""
+    url, _, _ = server
+    body = f"label,lon,lat\npositive,{POS[0][0]},{POS[0][1]}\n".encode()
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}):
+        status, err = _post(f"{url}api/labels", body, headers)
+        assert status == 403 and err["error"].startswith("cross-site request refused")
+    assert _post(f"{url}api/labels", body, {"Sec-Fetch-Site": "same-origin"})[0] == 200
+
+
+def _answered(page) -> int:
+    return int(page.evaluate("Number(document.body.dataset.answered || 0)"))
+
+
+def _click(page, model: str, lon: float, lat: float, *, shift: bool = False) -> None:
+    """A click (or shift-click) on a panel's map at (lon, lat), then the answer it asks."""
+    x, y = page.evaluate("""([m, lat, lon]) => {
+        const p = panels[m].map.latLngToContainerPoint([lat, lon]); return [p.x, p.y]; }""",
+                         [model, lat, lon])
+    n = _answered(page)
+    page.locator(f'.panel[data-model="{model}"] .map').click(
+        position={"x": x, "y": y}, modifiers=["Shift"] if shift else [])
+    page.wait_for_function(f"Number(document.body.dataset.answered) > {n}", timeout=60_000)
+
+
+def _page_state(page) -> dict:
+    return page.evaluate("""() => ({
+        labels: [...document.querySelectorAll("#label-list li")].map((li) => li.textContent),
+        pos: labels.pos, neg: labels.neg, q: document.getElementById("q").value,
+        models: [...document.querySelectorAll("#models input:checked")].map((c) => c.value),
+        classify: document.getElementById("classify").checked,
+        view: Object.values(panels).filter((p) => !p.div.hidden).map((p) => [
+            p.map.getCenter().lat.toFixed(4), p.map.getCenter().lng.toFixed(4), p.map.getZoom()]),
+        tops: Object.fromEntries(Object.values(panels).map((p) => [p.div.dataset.model,
+                                                                   p.div.dataset.top])),
+        marks: document.querySelectorAll(".panel:not([hidden]) .mark.pos").length
+               + "/" + document.querySelectorAll(".panel:not([hidden]) .mark.neg").length})""")
+
+
+def test_browser_labels_places_and_the_url_holds_the_state(server, chromium) -> None:
+    """Click two places (positives), shift-click a third (a negative): each is marked on
+    every panel and listed, and the top cell after each is numpy's for the labels the page
+    holds; the heat's range is numpy's. Removing a label asks again without it. The
+    classifier's top is the API's. The URL, reloaded, gives the same labels, words, models,
+    classifier and view."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, city_dir = server
+    grid, v = _unit_grid(city_dir, names[1])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}?model={names[1]},alphaearth&k=1&view=60.1715,24.9440,15")
+        page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
+        panel = page.locator(f'.panel[data-model="{names[1]}"]')
+        tops = []
+        for (lon, lat), shift in ((POS[0], False), (POS[1], False), (NEG[0], True)):
+            _click(page, names[1], lon, lat, shift=shift)
+            state = _page_state(page)
+            pos = _rows_at(grid, [(b, a) for a, b in state["pos"]])
+            neg = _rows_at(grid, [(b, a) for a, b in state["neg"]])
+            cos = _like_scores(v, pos, neg)
+            lo, hi = page.evaluate(f"[panels['{names[1]}'].answer.lo, "
+                                   f"panels['{names[1]}'].answer.hi]")
+            assert (lo, hi) == pytest.approx((cos.min(), cos.max()), abs=1e-4)
+            cos[pos + neg] = -np.inf
+            assert state["tops"][names[1]] == grid["cell_id"].iloc[int(np.argmax(cos))]
+            tops.append(state["tops"][names[1]])
+        assert len(state["pos"]) == 2 and len(state["neg"]) == 1  # the shift-click: negative
+        assert state["marks"] == "4/2"  # both labels of each kind on both panels
+        assert [li.split(" ")[0] for li in state["labels"]] == ["+", "+", "−"]
+        assert tops[1] != tops[2]  # the negative moved the best place
+        assert "not=" in page.url and page.url.count("at=") == 2
+        # remove the first positive: asked again with the other two labels only
+        n = _answered(page)
+        page.click('#label-list li[data-kind="pos"] .remove >> nth=0')
+        page.wait_for_function(f"Number(document.body.dataset.answered) > {n}")
+        state = _page_state(page)
+        pos = _rows_at(grid, [(b, a) for a, b in state["pos"]])
+        assert pos == _rows_at(grid, [POS[1]]) and page.url.count("at=") == 1
+        cos = _like_scores(v, pos, neg)
+        cos[pos + neg] = -np.inf
+        assert state["tops"][names[1]] == grid["cell_id"].iloc[int(np.argmax(cos))]
+        assert panel.get_attribute("data-labels") == "2"
+        # words with the labels, then the classifier; then a zoom: all of it in the URL
+        page.fill("#q", "coffee shop")
+        n = _answered(page)
+        page.click("button[type=submit]")
+        page.wait_for_function(f"Number(document.body.dataset.answered) > {n}")
+        assert "coffee shop + labels" in panel.locator("h2").inner_text()
+        _click(page, names[1], *POS[0])  # back again, a positive
+        n = _answered(page)
+        page.check("#classify")
+        page.wait_for_function(f"Number(document.body.dataset.answered) > {n}")
+        assert panel.locator(".legend").inner_text().startswith("probability of a positive")
+        page.evaluate(f"() => {{ panels['{names[1]}'].map.setZoom(17, {{ animate: false }}); }}")
+        before = _page_state(page)
+        api = json.loads(_get(f"{url}api/query?model={names[1]}&mode=classify&k=1&"
+                              + "&".join(f"{k}={b:.6f},{a:.6f}" for k, pts in
+                                         (("at", before["pos"]), ("not", before["neg"]))
+                                         for a, b in pts))[1])
+        assert before["tops"][names[1]] == api["top"]["features"][0]["properties"]["cell_id"]
+        assert before["view"][0][2] == 17 and before["classify"]
+        shared = page.url
+        fresh = browser.new_page(viewport={"width": 1280, "height": 800})
+        fresh.goto(shared)
+        fresh.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        after = _page_state(fresh)
+        for key in ("labels", "q", "models", "classify", "view", "tops", "marks"):
+            assert after[key] == before[key], key
+        assert np.ravel(after["pos"]) == pytest.approx(np.ravel(before["pos"]), abs=1e-6)
+        browser.close()
+
+
+def test_browser_exports_and_imports_labels(server, chromium, tmp_path) -> None:
+    """The labels' GeoJSON and CSV links download the listed labels; cleared and imported
+    back, the list is the same; a bad file says why in one line and changes nothing; the
+    results' export links name every ticked model."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}?model={names[0]},{names[1]}&k=3&{_params(POS, NEG)}")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+        listed = _page_state(page)["labels"]
+        assert len(listed) == 3
+        for link in ("#export-geojson", "#export-png"):
+            href = page.get_attribute(link, "href")
+            assert f"model={names[0]}" in href and f"model={names[1]}" in href
+        files = {}
+        for kind in ("geojson", "csv"):
+            with page.expect_download() as dl:
+                page.click(f"#labels-{kind}")
+            files[kind] = tmp_path / f"labels.{kind}"
+            dl.value.save_as(files[kind])
+        doc = json.loads(files["geojson"].read_text())
+        assert [f["properties"]["label"] for f in doc["features"]] == [
+            "positive", "positive", "negative"]
+        assert pd.read_csv(files["csv"])["label"].tolist() == ["positive", "positive", "negative"]
+        for kind in ("geojson", "csv"):
+            page.click("#clear-labels")
+            page.wait_for_selector('#status[data-state="ready"]')
+            assert _page_state(page)["labels"] == []
+            n = _answered(page)
+            page.set_input_files("#import-labels", str(files[kind]))
+            page.wait_for_function(f"Number(document.body.dataset.answered) > {n}")
+            assert _page_state(page)["labels"] == listed, kind
+        bad = tmp_path / "bad.csv"
+        bad.write_text("label,lon,lat\npositive,24.945,60.17\nnegative,999,60.17\n")
+        page.set_input_files("#import-labels", str(bad))
+        page.wait_for_function("document.getElementById('labels-note').textContent")
+        note = page.locator("#labels-note")
+        assert note.is_visible() and "\n" not in note.inner_text()
+        assert note.inner_text().startswith("not imported: label 2: '999,60.17' is not a place")
+        assert _page_state(page)["labels"] == listed
+        browser.close()
+
+
+def test_phone_layout_shows_one_panel_and_a_switcher(server, chromium) -> None:
+    """At 390 × 844: one panel shown at a time, filling the width; the switcher lists the
+    ticked models and shows the one picked (its map drawn); nothing is wider than the
+    screen; the toggle makes a tap add a negative."""
+    from playwright.sync_api import sync_playwright
+
+    url, names, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True)
+        page.goto(f"{url}?q={quote('coffee shop')}&model={names[0]},{names[1]}&k=1")
+        page.wait_for_selector('#status[data-state="done"]', timeout=60_000)
+
+        def shown() -> list[tuple[str, float]]:
+            return page.evaluate("""() => [...document.querySelectorAll(".panel")]
+                .filter((p) => p.getBoundingClientRect().width > 0)
+                .map((p) => [p.dataset.model, p.getBoundingClientRect().width])""")
+
+        assert shown() == [[names[0], 390]]
+        assert page.locator("#switcher").is_visible()
+        assert page.eval_on_selector_all("#switcher option", "os => os.map((o) => o.value)"
+                                         ) == names
+        page.select_option("#switcher", names[1])
+        assert shown() == [[names[1], 390]]
+        panel = page.locator(f'.panel[data-model="{names[1]}"]')
+        assert int(panel.get_attribute("data-cells")) > 100
+        size = page.evaluate(f"panels['{names[1]}'].map.getSize()")
+        assert size["x"] >= 385 and size["y"] > 300
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for control in ("#q", "button[type=submit]", "#neg-mode", "#classify", "#switcher"):
+            box = page.locator(control).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+            assert box["y"] + box["height"] <= 844, control
+        page.tap("#neg-mode")
+        assert page.get_attribute("#neg-mode", "aria-pressed") == "true"
+        _click(page, names[1], *NEG[0])
+        assert _page_state(page)["neg"] and not _page_state(page)["pos"]
+        browser.close()

@@ -1,5 +1,9 @@
 // aether serve: one Leaflet map per model, a heat raster per answer, top-k markers.
 // Every string from the server or the user is put into the page as text, never as HTML.
+// Labels: a click adds a positive place, a shift-click (or a click with the toggle on) a
+// negative; the server turns them into a query vector or a classifier (mode=classify), and
+// owns their files (export and import). The URL carries the whole state (words asked,
+// labels, models, classifier, map view), rewritten with history.replaceState.
 // An answer (/api/answer) is binary: a uint32 length, that much JSON (top-k, range, how to
 // read the raster), then one byte per pixel of a Web Mercator raster (0..254 over the
 // answer's range, 255 nothing): a million cells arrive as ~2 MB and draw in one canvas.
@@ -20,7 +24,13 @@ const DETAIL = ["building", "poi"];
 const DETAIL_ZOOM = 15;
 let baseData = null;
 let info = null;
-let last = null;  // the current request, for exports and the shareable URL
+const labels = { pos: [], neg: [] };  // [lat, lng] of each labelled place, in order
+let asked = null;  // the words last asked, or null
+let negative = false;  // the toggle: a click adds a negative
+let view = null;  // { center: [lat, lng], zoom } of the panels, once known
+let active = null;  // the panel shown on a phone
+let runs = 0;  // answers asked for: a late reply to an older question is dropped
+let ready = false;  // the URL is only written once the state it read is applied
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -72,6 +82,7 @@ async function panel(name) {
   if (panels[name]) return panels[name];
   const div = el("section", undefined, "panel");
   div.dataset.model = name;
+  div.classList.toggle("active", name === active);  // a phone shows it: the map has a size
   const mapDiv = el("div", undefined, "map");
   const head = el("div", undefined, "head");
   const title = el("h2", name);
@@ -80,7 +91,8 @@ async function panel(name) {
   const legend = el("div", undefined, "legend");
   div.append(mapDiv, head, legend);
   $("panels").append(div);
-  const map = L.map(mapDiv, { preferCanvas: true });
+  // no box zoom: shift-click labels a negative place
+  const map = L.map(mapDiv, { preferCanvas: true, boxZoom: false });
   map.attributionControl.setPrefix(false);
   for (const a of info.attribution) map.attributionControl.addAttribution(a);
   L.control.scale({ imperial: false }).addTo(map);
@@ -91,12 +103,14 @@ async function panel(name) {
       .on("tileerror", () => { $("base-note").textContent = "OpenStreetMap tiles did not load (offline?): the heat maps are drawn without them; --basemap city draws the city's own OSM layers offline"; })
       .addTo(map);
   }
-  map.fitBounds(info.bounds);
+  if (view) map.setView(view.center, view.zoom); else map.fitBounds(info.bounds);
   const base = baseData ? baseLayers(map) : null;
-  map.on("click", (ev) => like(ev.latlng));
+  map.on("click", (ev) => addLabel(ev.latlng, ev.originalEvent.shiftKey || negative));
   map.on("moveend", () => follow(name));
   const markers = L.layerGroup().addTo(map);
-  panels[name] = { div, map, markers, title, legend, base, heat: null, answer: null };
+  const marks = L.layerGroup().addTo(map);
+  panels[name] = { div, map, markers, marks, title, legend, base, heat: null, answer: null };
+  drawMarks(panels[name]);
   return panels[name];
 }
 
@@ -124,10 +138,13 @@ function follow(name) {
   if (following) return;
   following = true;
   const lead = panels[name].map;
+  const c = lead.getCenter();
+  view = { center: [c.lat, c.lng], zoom: lead.getZoom() };
   for (const [other, p] of Object.entries(panels)) {
     if (other !== name && !p.div.hidden) p.map.setView(lead.getCenter(), lead.getZoom(), { animate: false });
   }
   following = false;
+  writeURL();
 }
 
 // The colour of each byte of a panel's raster, on the range [lo, hi] shared by the panels.
@@ -204,7 +221,8 @@ function legendBar(p, title, stops, lo, hi) {
 }
 
 function drawLegend(p, lo, hi, shared) {
-  const [bar, ends] = legendBar(p, "cosine similarity", STOPS, lo.toFixed(3), hi.toFixed(3));
+  const what = p.answer.kind === "probability" ? "probability of a positive (classifier)" : "cosine similarity";
+  const [bar, ends] = legendBar(p, what, STOPS, lo.toFixed(3), hi.toFixed(3));
   if (shared) p.legend.append(el("div", "one scale for all panels"));
   p.legend.append(bar, ends);
   const ans = p.answer;
@@ -218,7 +236,7 @@ function drawDiffLegend(p) {
   p.legend.append(bar, ends, el("div", "percentile points: red ranks higher here than raw AlphaEarth, blue lower", "explain"));
 }
 
-function drawTop(p, ans, example) {
+function drawTop(p, ans) {
   p.markers.clearLayers();
   for (const f of ans.top.features) {
     const row = f.properties;
@@ -230,12 +248,9 @@ function drawTop(p, ans, example) {
     }
     box.append(ul);
     const [lon, lat] = f.geometry.coordinates;
-    L.circleMarker([lat, lon], { radius: 7, color: "#08306b", weight: 2, fillColor: "#2171b5", fillOpacity: 0.9 })
+    // a click on a top place opens its popup; it does not label the place under it
+    L.circleMarker([lat, lon], { radius: 7, color: "#08306b", weight: 2, fillColor: "#2171b5", fillOpacity: 0.9, bubblingMouseEvents: false })
       .bindPopup(box).bindTooltip("#" + row.rank + " " + row.score.toFixed(3)).addTo(p.markers);
-  }
-  if (example) {
-    L.circleMarker(example, { radius: 9, color: "#000", weight: 3, fill: false })
-      .bindTooltip("the example place").addTo(p.markers);
   }
   p.title.textContent = p.div.dataset.model + ": " + ans.query;
   p.div.dataset.top = ans.top.features.length ? ans.top.features[0].properties.cell_id : "";
@@ -271,64 +286,197 @@ function drawAll() {
   }
 }
 
+// Every label on a panel: a green "+" for a positive, a red "−" for a negative.
+function drawMarks(p) {
+  p.marks.clearLayers();
+  for (const kind of ["pos", "neg"]) {
+    labels[kind].forEach((ll, i) => {
+      const icon = L.divIcon({ className: "mark " + kind, html: kind === "pos" ? "+" : "−", iconSize: [20, 20] });
+      L.marker(ll, { icon, keyboard: false }).bindTooltip((kind === "pos" ? "positive " : "negative ") + (i + 1)).addTo(p.marks);
+    });
+  }
+  p.div.dataset.labels = labels.pos.length + labels.neg.length;
+}
+
+const lonlat = (ll) => ll[1].toFixed(6) + "," + ll[0].toFixed(6);
+
+function labelParams() {
+  return [...labels.pos.map((ll) => "at=" + lonlat(ll)), ...labels.neg.map((ll) => "not=" + lonlat(ll))];
+}
+
+// The side list: each label with its own remove button, and the labels' export links.
+function listLabels() {
+  const list = $("label-list");
+  list.replaceChildren();
+  for (const kind of ["pos", "neg"]) {
+    labels[kind].forEach((ll, i) => {
+      const li = el("li", undefined, kind);
+      li.dataset.kind = kind;
+      li.append(el("span", (kind === "pos" ? "+ " : "− ") + ll[0].toFixed(5) + ", " + ll[1].toFixed(5), "where"));
+      const remove = el("button", "×", "remove");
+      remove.type = "button";
+      remove.title = "remove this label";
+      remove.setAttribute("aria-label", "remove " + (kind === "pos" ? "positive " : "negative ") + (i + 1));
+      remove.addEventListener("click", () => { labels[kind].splice(i, 1); changed(); });
+      li.append(remove);
+      list.append(li);
+    });
+  }
+  const [np, nn] = [labels.pos.length, labels.neg.length];
+  $("label-count").textContent = np + nn ? np + " positive, " + nn + " negative" : "no labels: click a place to add a positive, shift-click a negative";
+  const query = labelParams().join("&");
+  $("labels-geojson").href = "/api/labels.geojson?" + query;
+  $("labels-csv").href = "/api/labels.csv?" + query;
+  document.querySelector(".label-exports").hidden = !(np + nn);
+}
+
+function addLabel(latlng, neg) {
+  if (labels.pos.length + labels.neg.length >= info.max_labels) {
+    $("labels-note").textContent = "at most " + info.max_labels + " labels: remove some first";
+    return;
+  }
+  labels[neg ? "neg" : "pos"].push([latlng.lat, latlng.lng]);
+  changed();
+}
+
+function changed() {
+  $("labels-note").textContent = "";
+  listLabels();
+  for (const p of Object.values(panels)) drawMarks(p);
+  run();
+}
+
+// A labels file (GeoJSON or CSV) is read and checked by the server: on any fault its one
+// line is shown and the labels stay as they were.
+async function importLabels(ev) {
+  const file = ev.target.files[0];
+  ev.target.value = "";
+  if (!file) return;
+  try {
+    const r = await fetch("/api/labels", { method: "POST", body: await file.arrayBuffer() });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error + (body.hint ? " — " + body.hint : ""));
+    const parse = (a) => { const [lng, lat] = a.split(",").map(Number); return [lat, lng]; };
+    labels.pos = body.at.map(parse);
+    labels.neg = body.not.map(parse);
+  } catch (e) {
+    $("labels-note").textContent = "not imported: " + e.message;
+    return;
+  }
+  changed();
+}
+
+// Ticked panels share the row; on a phone only the active one is shown (the switcher picks
+// it). After any change of what is shown, each map re-measures itself and takes the view.
 function layout(models) {
-  // panels share the row: after any change of which are shown, each map re-measures itself
   for (const [name, p] of Object.entries(panels)) p.div.hidden = !models.includes(name);
-  for (const name of models) panels[name].map.invalidateSize();
+  if (!models.includes(active)) active = models[0];
+  const sw = $("switcher");
+  sw.replaceChildren(...models.map((m) => { const o = el("option", m); o.value = m; return o; }));
+  sw.value = active;
+  for (const name of models) {
+    const p = panels[name];
+    p.div.classList.toggle("active", name === active);
+    p.map.invalidateSize();  // keeps the centre as the panel's size changes
+    if (view) p.map.setView(view.center, view.zoom, { animate: false });
+  }
 }
 
-function exportLinks(query, model) {
-  $("export-geojson").href = "/api/export.geojson?" + query + "&model=" + encodeURIComponent(model);
-  $("export-png").href = "/api/export.png?" + query + "&model=" + encodeURIComponent(model);
+function exportLinks(query, models) {
+  const named = models.map((m) => "&model=" + encodeURIComponent(m)).join("");
+  $("export-geojson").href = "/api/export.geojson?" + query + named;
+  $("export-png").href = "/api/export.png?" + query + named;
 }
 
-async function run(query, shareable, example) {
+// What the panels are asked: the words, the labels, k and the classifier.
+function apiQuery() {
+  const parts = asked ? ["q=" + encodeURIComponent(asked)] : [];
+  parts.push(...labelParams(), "k=" + encodeURIComponent($("k").value));
+  if ($("classify").checked) parts.push("mode=classify");
+  return parts.join("&");
+}
+
+function writeURL() {
+  if (!ready) return;
+  const v = view ? "&view=" + view.center.map((x) => x.toFixed(5)).join(",") + "," + view.zoom : "";
+  history.replaceState(null, "", "?" + apiQuery() + "&model=" + selected().map(encodeURIComponent).join(",") + v);
+}
+
+function clearPanel(p, title) {
+  p.answer = null;
+  p.title.textContent = title;
+  p.markers.clearLayers();
+  if (p.heat) { p.map.removeLayer(p.heat); p.heat = null; }
+  p.legend.replaceChildren();
+  p.div.dataset.top = "";
+}
+
+async function run() {
   const models = selected();
   if (!models.length) { status("pick at least one model", "error"); return; }
-  status("asking…", "busy");
-  last = query;
-  const errors = [];
-  let done = 0;
-  const text = query.startsWith("q=");
+  const seq = ++runs;
+  const query = apiQuery();
+  const classify = $("classify").checked;
+  if (!models.includes(active)) active = models[0];
   for (const name of models) await panel(name);
   layout(models);
-  await Promise.all(models.map(async (name) => {
-    const p = panels[name];
-    p.answer = null;
-    if (text && !isText(name)) {
-      p.title.textContent = name + ": raw AlphaEarth answers “more like this”: click a place";
-      p.markers.clearLayers();
-      if (p.heat) { p.map.removeLayer(p.heat); p.heat = null; }
-      p.legend.replaceChildren();
-      return;
-    }
+  writeURL();
+  if (!asked && !labels.pos.length && !labels.neg.length) {
+    for (const name of models) clearPanel(panels[name], name);
+    drawAll();
+    status("ready", "ready");
+    return;
+  }
+  status("asking…", "busy");
+  const errors = [];
+  let done = 0;
+  const got = await Promise.all(models.map(async (name) => {
+    if (!classify && !isText(name) && !labels.pos.length) return [name, null, "raw AlphaEarth answers “more like this”: click a place"];
     try {
-      p.answer = await getAnswer("/api/answer?" + query + "&model=" + encodeURIComponent(name));
-      drawTop(p, p.answer, example);
-      done += 1;
+      return [name, await getAnswer("/api/answer?" + query + "&model=" + encodeURIComponent(name)), null];
     } catch (e) {
-      p.title.textContent = name + ": " + e.message;
       errors.push(name + ": " + e.message);
+      return [name, null, name + ": " + e.message];
     }
   }));
+  if (seq !== runs) return;  // a newer question was asked meanwhile
+  for (const [name, ans, why] of got) {
+    const p = panels[name];
+    if (!ans) { clearPanel(p, name + ": " + why.replace(name + ": ", "")); continue; }
+    p.answer = ans;
+    drawTop(p, ans);
+    done += 1;
+  }
   drawAll();
-  exportLinks(query, models[0]);
-  history.replaceState(null, "", "?" + shareable + "&model=" + models.map(encodeURIComponent).join(","));
+  exportLinks(query, models);
   status(errors.length ? errors.join("; ") : "answered by " + done + " model(s)", errors.length && !done ? "error" : "done");
+  document.body.dataset.answered = seq;
 }
 
 function ask(ev) {
   if (ev) ev.preventDefault();
-  const q = $("q").value.trim();
-  if (!q) { status("type a question first", "error"); return; }
-  const query = "q=" + encodeURIComponent(q) + "&k=" + encodeURIComponent($("k").value);
-  run(query, query);
+  asked = $("q").value.trim() || null;
+  if (!asked && !labels.pos.length && !labels.neg.length) { status("type a question or click a place first", "error"); return; }
+  run();
 }
 
-function like(latlng) {
-  const at = latlng.lng.toFixed(6) + "," + latlng.lat.toFixed(6);
-  const query = "at=" + encodeURIComponent(at) + "&k=" + encodeURIComponent($("k").value);
-  run(query, query, [latlng.lat, latlng.lng]);
+function setNegative(on) {
+  negative = on;
+  $("neg-mode").setAttribute("aria-pressed", String(on));
+  $("neg-mode").textContent = on ? "tap adds: − negative" : "tap adds: + positive";
+}
+
+// The state a shared URL holds: words, labels, k, models, classifier and view.
+function readURL(params) {
+  asked = (params.get("q") || "").trim() || null;
+  $("q").value = asked || "";
+  const place = (a) => { const [lng, lat] = a.split(",").map(Number); return [lat, lng]; };
+  labels.pos = params.getAll("at").map(place);
+  labels.neg = params.getAll("not").map(place);
+  if (params.get("k")) $("k").value = params.get("k");
+  $("classify").checked = params.get("mode") === "classify";
+  const v = (params.get("view") || "").split(",").map(Number);
+  if (v.length === 3 && v.every(Number.isFinite)) view = { center: [v[0], v[1]], zoom: v[2] };
 }
 
 async function init() {
@@ -357,13 +505,15 @@ async function init() {
   $("ask").addEventListener("submit", ask);
   $("own-scale").addEventListener("change", drawAll);
   $("vs-raw").addEventListener("change", drawAll);
-  if (params.get("k")) $("k").value = params.get("k");
-  if (params.get("q")) { $("q").value = params.get("q"); ask(); }
-  else if (params.get("at")) { const [lng, lat] = params.get("at").split(",").map(Number); like({ lng, lat }); }
-  else {
-    for (const name of selected()) await panel(name);
-    layout(selected());
-    status("ready", "ready");
-  }
+  $("models").addEventListener("change", run);
+  $("classify").addEventListener("change", run);
+  $("neg-mode").addEventListener("click", () => setNegative(!negative));
+  $("clear-labels").addEventListener("click", () => { labels.pos = []; labels.neg = []; changed(); });
+  $("import-labels").addEventListener("change", importLabels);
+  $("switcher").addEventListener("change", () => { active = $("switcher").value; layout(selected()); });
+  readURL(params);
+  listLabels();
+  ready = true;
+  await run();
 }
 init();

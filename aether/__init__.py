@@ -14,7 +14,7 @@ from aether._version import VERSION as __version__  # noqa: F401 (the package at
 #: The names of ``aether.api`` offered as ``aether.<name>``; ``aether.pois`` and ``aether.query``
 #: are the subpackages of those names, made callable as the API functions (``_callable``).
 __all__ = ["Model", "Search", "build_sample", "demo", "embed", "encode", "evaluate", "extract",
-           "grid", "pois", "query", "run", "runs", "search", "similar", "train"]
+           "grid", "pois", "query", "run", "runs", "search", "serve", "similar", "train"]
 
 if TYPE_CHECKING:
     from aether.api import (
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         run,
         runs,
         search,
+        serve,
         similar,
         train,
     )

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from aether.pois.load import PoiSpec
     from aether.query.search import CityIndex, QueryResult
     from aether.query.serve import CityApp
+    from aether.query.webapp import ServedApp
     from aether.sample.city import SampleCity
 
 PathLike = str | os.PathLike[str]
@@ -688,6 +689,36 @@ def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
     res = _similar(index, at=at, not_at=not_at, poi_vectors=poi_vectors(where, run, pois), k=k,
                    include_examples=include_examples)
     return Search(run, index, [res], where)
+
+
+def serve(city: str, models: Sequence[str] | None = None, *, port: int = 0,
+          height: int = 640, basemap: str = "city", year: int = DEFAULT_YEAR,
+          data_dir: PathLike | None = None) -> ServedApp:
+    """``aether serve`` inside Python: the web app served on loopback from a background
+    thread, shown in a notebook cell as an iframe.
+
+    Parameters
+    ----------
+    city
+        The city's name, as extracted.
+    models
+        Runs to show side by side (default: every run with an encoded grid).
+    port
+        The loopback port (0: any free one).
+    height
+        The iframe's height in pixels.
+    basemap
+        ``city`` (its own OSM layers, offline), ``osm`` (online tiles) or ``none``.
+
+    Returns
+    -------
+    ServedApp
+        ``.url``; shown in a notebook as the app; ``.stop()`` ends it.
+    """
+    from aether.query.webapp import ServedApp
+
+    return ServedApp(web_app(city, models, basemap=basemap, year=year, data_dir=data_dir),
+                     port=port, height=height)
 
 
 def web_app(city: str, models: Sequence[str] | None = None, *, basemap: str = "city",

@@ -290,14 +290,62 @@ def _models(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
-    """Run the app on a listening socket until interrupted. A host other than loopback
-    admits any Host header."""
+def _server(state: CityApp, host: str) -> Any:
+    """A uvicorn server of the app. A host other than loopback admits any Host header."""
     import uvicorn
 
     allowed = list(LOOPBACK) if host in LOOPBACK else ["*"]
     # a backstop on open connections (the gate bounds the work): beyond it uvicorn says 503
     config = uvicorn.Config(create_app(state, allowed_hosts=allowed), log_level="warning",
                             limit_concurrency=state.workers + state.queue + 64)
+    return uvicorn.Server(config)
+
+
+def serve(state: CityApp, *, host: str, sock: socket.socket) -> None:
+    """Run the app on a listening socket until interrupted."""
     log.info("serving %s on %s:%d", state.city, host, sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])
+    _server(state, host).run(sockets=[sock])
+
+
+class ServedApp:
+    """The app served from a background thread on loopback, for a notebook: the cell shows
+    it in an iframe (``_repr_html_``), a script prints its URL; ``stop()`` ends it."""
+
+    #: How long the server may take to accept connections.
+    START_S = 30.0
+
+    def __init__(self, state: CityApp, *, port: int = 0, height: int = 640) -> None:
+        import threading
+        import time
+
+        from aether.query.serve import listen
+
+        self.city, self.height = state.city, int(height)
+        sock, self.url = listen("127.0.0.1", port)
+        self._server = _server(state, "127.0.0.1")
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name=f"aether-serve-{state.city}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.START_S
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise InputError("the app did not start within "
+                                 f"{self.START_S:.0f} s", "see the log for why")
+            time.sleep(0.02)
+        if not self._thread.is_alive():
+            raise InputError("the app stopped as it started", "see the log for why")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f'<iframe src="{html.escape(self.url)}" width="100%" height="{self.height}" '
+                f'style="border:0" title="aether · {html.escape(self.city)}"></iframe>')
+
+    def stop(self) -> None:
+        """Stop serving (the port is free again)."""
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __repr__(self) -> str:
+        state = "serving" if self._thread.is_alive() else "stopped"
+        return f"ServedApp({self.city}: {state} at {self.url})"

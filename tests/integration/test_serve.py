@@ -944,3 +944,36 @@ def test_phone_layout_shows_one_panel_and_a_switcher(server, chromium) -> None:
         _click(page, names[1], *NEG[0])
         assert _page_state(page)["neg"] and not _page_state(page)["pos"]
         browser.close()
+
+
+def test_the_app_in_a_notebook_cell(sample_runs, chromium) -> None:
+    """``aether.serve`` in Python: a notebook cell's value shows the app (an iframe on the
+    loopback URL, which answers); ``stop()`` frees the port."""
+    from playwright.sync_api import sync_playwright
+
+    import aether
+
+    _, names, data_root = sample_runs
+    app = aether.serve("Helsinki", [names[0]], data_dir=data_root, height=500)
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", app.url)
+        assert repr(app) == f"ServedApp(Helsinki: serving at {app.url})"
+        with urllib.request.urlopen(app.url + "api/info", timeout=30) as r:
+            assert [m["name"] for m in json.load(r)["models"]] == [names[0], "alphaearth"]
+        cell = app._repr_html_()
+        assert cell.startswith(f'<iframe src="{app.url}"') and 'height="500"' in cell
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.set_content(f"<html><body><h1>notebook</h1>{cell}</body></html>")
+            frame = page.frame_locator("iframe")
+            frame.locator("#q").fill("hotel")
+            frame.locator("#q").press("Enter")
+            frame.locator(".legend", has_text="cosine").first.wait_for(timeout=60_000)
+            assert "OpenStreetMap contributors" in frame.locator("body").inner_text()
+            browser.close()
+    finally:
+        app.stop()
+    assert repr(app).endswith(f"stopped at {app.url})")
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(app.url + "api/info", timeout=5)

@@ -114,11 +114,11 @@ PRESETS: dict[str, TrainConfig] = {
     # PROTOCOL.md's city experiments): relational distillation 0.5 at temperature 0.1 over at
     # most 512 rows, distance-ring batches 0.5/0.2/0.2/0.1, and its optimisation: 10 epochs of
     # batches of 512 (its city runs; 2,048 globally) at a fixed lr 1e-4, weight decay 1e-4,
-    # hidden width 2,048, diagonal targets. docs/training.md lists what it sets that aether
-    # does not (position encoding, text model, windows, anchor regions).
+    # hidden width 2,048, diagonal targets, every POI trains. docs/training.md lists what it
+    # sets that aether does not (position encoding, text model, windows, anchor regions).
     "pure": TrainConfig(relational_weight=0.5, relational_temperature=0.1,
                         relational_sample=512, batch_sampler="rings", epochs=10, lr=1e-4,
-                        lr_min_ratio=1.0, hidden_dim=2048),
+                        lr_min_ratio=1.0, hidden_dim=2048, test_fraction=0.0),
 }
 
 #: Options added after runs were made, by the switch that puts them to use: a run's

@@ -144,7 +144,7 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
 #: Options that must be > 0 and >= 0 (a zero temperature divides by zero in the loss).
 _POSITIVE = ("lr", "temperature", "block_m")  # radii: None or negative (squares) too
 _NON_NEGATIVE = ("weight_decay", "multiscale_weight", "same_place_m", "patience",
-                 "min_epochs_fraction", "relational_weight", "relational_sample")
+                 "min_epochs_fraction", "relational_sample")
 _LISTS = ("ring_half_sides_m", "ring_shares")  # comma-separated floats on the command line
 
 
@@ -241,9 +241,12 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
 
 
 def check_pure(cfg: TrainConfig) -> None:
-    """PURE's options: a positive temperature, a known sampler, rings that grow, one share
-    per ring plus one for beyond them, none negative, summing to 1."""
-    if not cfg.relational_temperature > 0:
+    """PURE's options: a finite weight >= 0 and temperature > 0, a known sampler, finite rings
+    that grow, one share per ring plus one for beyond them, none negative, summing to 1."""
+    if not (math.isfinite(cfg.relational_weight) and cfg.relational_weight >= 0):
+        raise ConfigError(f"relational_weight must be >= 0, not {cfg.relational_weight}",
+                          "e.g. --set relational_weight=0.5 (0: off)")
+    if not (math.isfinite(cfg.relational_temperature) and cfg.relational_temperature > 0):
         raise ConfigError(f"relational_temperature must be > 0, not {cfg.relational_temperature}",
                           "e.g. --set relational_temperature=0.1")
     if cfg.relational_sample == 1:
@@ -253,7 +256,8 @@ def check_pure(cfg: TrainConfig) -> None:
         raise ConfigError(f"unknown batch_sampler {cfg.batch_sampler!r}",
                           f"use one of {', '.join(SAMPLERS)}")
     sides, shares = cfg.ring_half_sides_m, cfg.ring_shares
-    if not sides or any(not b > a for a, b in zip((0.0, *sides[:-1]), sides, strict=True)):
+    if not sides or not math.isfinite(sides[-1]) or any(
+            not b > a for a, b in zip((0.0, *sides[:-1]), sides, strict=True)):
         raise ConfigError(f"ring_half_sides_m must grow from > 0, not {list(sides)}",
                           "e.g. --set ring_half_sides_m=10000,100000,1000000")
     if (len(shares) != len(sides) + 1 or min(shares) < 0

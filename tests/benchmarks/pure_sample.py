@@ -71,7 +71,8 @@ def main() -> None:
              f"({time.strftime('%Y-%m-%d')}, {time.perf_counter() - t0:.0f} s, load average "
              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), training seed 42, every "
              "run on the 100 / 200 m circles and holding out the same 10% of POIs:", "",
-             "| run | preset | what it changes | epochs | seconds of training steps |", "|---|---|---|---|---|"]
+             "| run | preset | what it changes | epochs | seconds of training steps |",
+             "|---|---|---|---|---|"]
     what = {"default": "nothing (AETHER `default`)",
             "pure-as-shipped": "PURE's config as aether can run it, its 10 epochs",
             "pure": f"the same, {args.epochs} epochs",

@@ -172,7 +172,9 @@ def test_ring_batches_are_a_function_of_seed_and_epoch():
 
 
 @pytest.mark.parametrize("bad", [
-    {"relational_weight": -0.5}, {"relational_temperature": 0.0}, {"relational_sample": 1},
+    {"relational_weight": -0.5}, {"relational_weight": float("nan")},
+    {"relational_temperature": 0.0}, {"relational_temperature": float("inf")},
+    {"relational_sample": 1}, {"ring_half_sides_m": (100.0, float("inf"))},
     {"relational_sample": -3}, {"batch_sampler": "grid"}, {"ring_shares": (0.5, 0.5)},
     {"ring_shares": (0.5, 0.2, 0.2, 0.2)}, {"ring_shares": (1.1, 0.1, -0.2, 0.0)},
     {"ring_half_sides_m": (1000.0, 100.0, 5000.0)}, {"ring_half_sides_m": (0.0, 1.0, 2.0)},

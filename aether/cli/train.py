@@ -16,9 +16,11 @@ def train_cmd(
         "--city", "-c", help="City name (as extracted); repeat to train on several cities "
                              "(the run lives in the first)")],
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
-    preset: Annotated[str, typer.Option(help="paper (the method as published) or default")] = (
+    preset: Annotated[str, typer.Option(
+        help="paper (the method as published), default, or pure (PURE's additions)")] = (
         "default"),
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [preset: 100]")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Epochs [preset: 100; pure: 10]")] = None,
     run: Annotated[str | None, typer.Option(help="Run name [default: the preset]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 42,
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if any]")] = None,

@@ -9,7 +9,6 @@ data checksum; the model section is the one place the head's sizes are read from
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import os
 import shutil
@@ -27,7 +26,7 @@ from aether.io.tables import (
     config_hash,
     read_json,
 )
-from aether.ml.config import TrainConfig
+from aether.ml.config import TrainConfig, hyperparameters
 from aether.ml.data import Pairs, year_of
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ def run_config(city_dir: Path, preset: str, cfg: TrainConfig, pairs: Pairs,
     return {
         "schema_version": SCHEMA_VERSION,
         "preset": preset,
-        "hyperparameters": dataclasses.asdict(cfg),
+        "hyperparameters": hyperparameters(cfg),
         "model": model_section(cfg, text_dim),
         "city": city_dir.parent.name,
         **({"cities": list(cities)} if cities else {}),

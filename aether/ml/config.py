@@ -16,6 +16,14 @@ from aether.errors import ConfigError, InputError
 from aether.ml.text import DEFAULT_TEXT_MODEL
 
 BATCHING = ("even", "drop_last")
+#: "random": the epoch's shuffled order cut into batches; "rings": PURE's distance-ring batches
+#: (``aether.ml.rings``).
+SAMPLERS = ("random", "rings")
+#: PURE (inwind0212/PURE @ fddee25, code/configs/train_pure.yaml): square rings of half-side
+#: 100, 1,000 and 10,000 px of its 100 m grid, and the shares of a batch drawn from each ring
+#: and from beyond the last ("others").
+PURE_RING_HALF_SIDES_M = (10_000.0, 100_000.0, 1_000_000.0)
+PURE_RING_SHARES = (0.5, 0.2, 0.2, 0.1)
 #: Seeds are 0 to 2**32 - 1: what numpy's and torch's generators take on every platform
 #: (torch's per-epoch seed, seed × 100003 + epoch, stays inside 64 bits).
 MAX_SEED = 2**32 - 1
@@ -64,6 +72,25 @@ class TrainConfig:
     #: about 10 bits of mantissa in the products); no effect on CPU.
     tf32: bool = False
     seed: int = 42
+    #: PURE's relational distillation (``heads.relational_loss``): weight of the KL term
+    #: between the frozen AlphaEarth inputs' and the base view's within-batch neighbour
+    #: distributions; 0 = off, as in AETHER. ``relational_sample``: at most this many rows of a
+    #: batch enter it (0 = all).
+    relational_weight: float = 0.0
+    relational_temperature: float = 0.1
+    relational_sample: int = 0
+    #: "random" or PURE's "rings" (``aether.ml.rings``): each batch drawn around one anchor
+    #: POI, ``ring_shares`` of it from the square rings of ``ring_half_sides_m`` (Chebyshev
+    #: distance in metres) and the last share from beyond them.
+    batch_sampler: str = "random"
+    ring_half_sides_m: tuple[float, ...] = PURE_RING_HALF_SIDES_M
+    ring_shares: tuple[float, ...] = PURE_RING_SHARES
+
+    def __post_init__(self) -> None:
+        # a config read back from JSON has lists; keep the fields hashable and comparable
+        for name in ("ring_half_sides_m", "ring_shares"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def lr_min(self) -> float:
@@ -83,13 +110,42 @@ PRESETS: dict[str, TrainConfig] = {
     # (val_fraction=0.1) are options: on ~2k POIs both did worse (a noisy 200-POI validation
     # set, 10% less training data).
     "default": TrainConfig(same_text_positive=True, same_place_m=10.0),
+    # PURE's additions to AETHER (inwind0212/PURE @ fddee25: code/configs/train_pure.yaml and
+    # PROTOCOL.md's city experiments): relational distillation 0.5 at temperature 0.1 over at
+    # most 512 rows, distance-ring batches 0.5/0.2/0.2/0.1, and its optimisation: 10 epochs of
+    # batches of 512 (its city runs; 2,048 globally) at a fixed lr 1e-4, weight decay 1e-4,
+    # hidden width 2,048, diagonal targets, every POI trains. docs/training.md lists what it
+    # sets that aether does not (position encoding, text model, windows, anchor regions).
+    "pure": TrainConfig(relational_weight=0.5, relational_temperature=0.1,
+                        relational_sample=512, batch_sampler="rings", epochs=10, lr=1e-4,
+                        lr_min_ratio=1.0, hidden_dim=2048, test_fraction=0.0),
 }
+
+#: Options added after runs were made, by the switch that puts them to use: a run's
+#: ``hyperparameters`` (and so its config hash) leave them out while they hold their default
+#: and their switch is off, so earlier runs keep their hashes.
+_LATER_OPTIONS = {
+    "relational_weight": ("relational_weight", "relational_temperature", "relational_sample"),
+    "batch_sampler": ("batch_sampler", "ring_half_sides_m", "ring_shares"),
+}
+
+
+def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a run records it: every field but later options left as they were."""
+    default, out = TrainConfig(), dataclasses.asdict(cfg)
+    for switch, names in _LATER_OPTIONS.items():
+        if getattr(cfg, switch) == getattr(default, switch):
+            for k in names:
+                if out[k] == getattr(default, k):
+                    del out[k]
+    return out
 
 
 #: Options that must be > 0 and >= 0 (a zero temperature divides by zero in the loss).
 _POSITIVE = ("lr", "temperature", "block_m")  # radii: None or negative (squares) too
 _NON_NEGATIVE = ("weight_decay", "multiscale_weight", "same_place_m", "patience",
-                 "min_epochs_fraction")
+                 "min_epochs_fraction", "relational_sample")
+_LISTS = ("ring_half_sides_m", "ring_shares")  # comma-separated floats on the command line
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
@@ -104,7 +160,11 @@ def parse_options(items: list[str]) -> dict[str, Any]:
                               f"use KEY=VALUE with KEY one of {', '.join(sorted(types))}")
         kind = types[key]
         try:
-            if kind is bool:
+            if key in _LISTS:
+                out[key] = tuple(float(v) for v in value.split(","))
+                if not all(math.isfinite(v) for v in out[key]):
+                    raise ValueError(value)
+            elif kind is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 out[key] = value.lower() in ("true", "1", "yes")
@@ -113,8 +173,12 @@ def parse_options(items: list[str]) -> dict[str, Any]:
                 if kind is float and not math.isfinite(out[key]):
                     raise ValueError(value)
         except ValueError as e:
-            raise ConfigError(f"{key} wants a {kind.__name__}, not {value!r}",
-                              f"e.g. --set {key}={getattr(TrainConfig(), key)}") from e
+            example = getattr(TrainConfig(), key)
+            if key in _LISTS:
+                example = ",".join(f"{v:g}" for v in example)
+            want = "list of numbers" if key in _LISTS else kind.__name__
+            raise ConfigError(f"{key} wants a {want}, not {value!r}",
+                              f"e.g. --set {key}={example}") from e
     return out
 
 
@@ -172,7 +236,35 @@ def resolve_config(preset: str, epochs: int | None, seed: int, **overrides: Any)
     if min(cfg.hidden_dim, cfg.out_dim) < 1 or not 0 <= cfg.lr_min_ratio <= 1:
         raise ConfigError("hidden_dim and out_dim must be >= 1, lr_min_ratio in [0, 1]",
                           "e.g. --set out_dim=128")
+    check_pure(cfg)
     return cfg
+
+
+def check_pure(cfg: TrainConfig) -> None:
+    """PURE's options: a finite weight >= 0 and temperature > 0, a known sampler, finite rings
+    that grow, one share per ring plus one for beyond them, none negative, summing to 1."""
+    if not (math.isfinite(cfg.relational_weight) and cfg.relational_weight >= 0):
+        raise ConfigError(f"relational_weight must be >= 0, not {cfg.relational_weight}",
+                          "e.g. --set relational_weight=0.5 (0: off)")
+    if not (math.isfinite(cfg.relational_temperature) and cfg.relational_temperature > 0):
+        raise ConfigError(f"relational_temperature must be > 0, not {cfg.relational_temperature}",
+                          "e.g. --set relational_temperature=0.1")
+    if cfg.relational_sample == 1:
+        raise ConfigError("relational_sample must be 0 (the whole batch) or >= 2",
+                          "e.g. --set relational_sample=512")
+    if cfg.batch_sampler not in SAMPLERS:
+        raise ConfigError(f"unknown batch_sampler {cfg.batch_sampler!r}",
+                          f"use one of {', '.join(SAMPLERS)}")
+    sides, shares = cfg.ring_half_sides_m, cfg.ring_shares
+    if not sides or not math.isfinite(sides[-1]) or any(
+            not b > a for a, b in zip((0.0, *sides[:-1]), sides, strict=True)):
+        raise ConfigError(f"ring_half_sides_m must grow from > 0, not {list(sides)}",
+                          "e.g. --set ring_half_sides_m=10000,100000,1000000")
+    if (len(shares) != len(sides) + 1 or min(shares) < 0
+            or not math.isclose(sum(shares), 1.0, abs_tol=1e-6)):
+        raise ConfigError(f"ring_shares must be {len(sides) + 1} shares >= 0 summing to 1 (one "
+                          f"per ring and one beyond), not {list(shares)}",
+                          "e.g. --set ring_shares=0.5,0.2,0.2,0.1")
 
 
 @dataclass(frozen=True)

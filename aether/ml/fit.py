@@ -65,7 +65,7 @@ def batches(order: torch.Tensor, cfg: TrainConfig) -> list[torch.Tensor]:
 
 
 def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
-    if cfg.batching == "drop_last":
+    if cfg.batching == "drop_last" or cfg.batch_sampler == "rings":  # rings: PURE's epoch
         return max(1, n_train // cfg.batch_size)
     return math.ceil(n_train / cfg.batch_size)
 
@@ -128,7 +128,10 @@ def _step(model: AetherModel, opt: torch.optim.Optimizer, t: dict[str, torch.Ten
     rows = t["text_id"].index_select(0, idx)  # index_select: 4x faster than [idx] here
     return train_step(model, opt, t["base"].index_select(0, idx), t["aug"].index_select(0, idx),
                       t["text_vectors"].index_select(0, rows),
-                      multiscale_weight=cfg.multiscale_weight, **_masks(t, idx, cfg))
+                      multiscale_weight=cfg.multiscale_weight, **_masks(t, idx, cfg),
+                      relational_weight=cfg.relational_weight,
+                      relational_temperature=cfg.relational_temperature,
+                      relational_rows=cfg.relational_sample)
 
 
 def pick_threads(model: AetherModel, cfg: TrainConfig, t: dict[str, torch.Tensor],
@@ -234,7 +237,8 @@ def _fit(job: FitJob, options: RunOptions, cfg: TrainConfig, dev: torch.device) 
 
     use_val = len(split["val"]) > 0
     for epoch in range(ckpt["epoch"] + 1, cfg.epochs + 1):
-        row = _epoch(model, opt, sched, t, split, cfg, epoch)
+        parts = _epoch_batches(job, split, cfg, epoch)
+        row = _epoch(model, opt, sched, t, split, cfg, epoch, parts)
         if use_val and row["val_mrr"] > ckpt["best_score"]:
             ckpt.update(best_score=row["val_mrr"], best_epoch=epoch,
                         best_model={k: v.detach().clone() for k, v in
@@ -285,19 +289,33 @@ def _restore(job: FitJob, model: AetherModel, opt: torch.optim.Optimizer, sched:
     return ckpt
 
 
+def _epoch_batches(job: FitJob, split: dict[str, torch.Tensor], cfg: TrainConfig,
+                   epoch: int) -> list[torch.Tensor]:
+    """The epoch's batches of row indices: the seeded order cut into batches, or PURE's
+    distance rings around anchors (``aether.ml.rings``)."""
+    import torch
+
+    train = split["train"]
+    if cfg.batch_sampler == "rings":
+        from aether.ml.rings import ring_epoch
+
+        return [torch.from_numpy(b).to(train.device) for _, b in
+                ring_epoch(job.pairs.xy, train.cpu().numpy(), cfg, epoch)]
+    return batches(train[epoch_order(cfg.seed, epoch, len(train)).to(train.device)], cfg)
+
+
 def _epoch(model: AetherModel, opt: torch.optim.Optimizer, sched: Any,
            t: dict[str, torch.Tensor], split: dict[str, torch.Tensor], cfg: TrainConfig,
-           epoch: int) -> dict[str, Any]:
-    """One epoch's steps; its metrics row (losses, temperature, lr, validation, seconds)."""
+           epoch: int, parts: list[torch.Tensor]) -> dict[str, Any]:
+    """One epoch's steps over its batches; its metrics row (losses, temperature, lr,
+    validation, seconds)."""
     import torch
 
     t0 = time.perf_counter()
-    n_train = len(split["train"])
-    order = split["train"][epoch_order(cfg.seed, epoch, n_train).to(split["train"].device)]
-    parts = batches(order, cfg)
     seen = sum(len(b) for b in parts)
-    sums = {k: torch.zeros((), device=order.device)
-            for k in ("loss", "multiscale", "crossmodal")}
+    keys = ("loss", "multiscale", "crossmodal") + (("relational",) if cfg.relational_weight
+                                                   else ())
+    sums = {k: torch.zeros((), device=split["train"].device) for k in keys}
     for idx in parts:
         losses = _step(model, opt, t, idx, cfg)
         sched.step()

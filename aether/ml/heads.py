@@ -114,8 +114,14 @@ def aether_losses(
     multiscale_weight: float = 0.2,
     same_text: Tensor | None = None,
     same_place: Tensor | None = None,
+    relational_weight: float = 0.0,
+    relational_temperature: float = 0.1,
+    relational_rows: int = 0,
 ) -> dict[str, Tensor]:
-    """The training objective: ``w·L_multiscale + (1-w)·L_crossmodal``.
+    """The training objective: ``w·L_multiscale + (1-w)·L_crossmodal``, plus
+    ``relational_weight·L_relational`` (PURE's ``relational_loss`` of the base view against
+    the base input, over the first ``relational_rows`` rows; 0: all) when that weight is
+    not 0.
 
     ``same_text`` / ``same_place`` are (N, N) bool masks of false negatives to treat as
     positives (None: the method's diagonal targets). Both views go through the AE head in one
@@ -131,7 +137,30 @@ def aether_losses(
     l_ii = info_nce_logits(logits[:, :n], ii_pos)
     l_xt = info_nce_logits(logits[:, n:], xt_pos)
     total = multiscale_weight * l_ii + (1.0 - multiscale_weight) * l_xt
-    return {"loss": total, "multiscale": l_ii, "crossmodal": l_xt}
+    if not relational_weight:
+        return {"loss": total, "multiscale": l_ii, "crossmodal": l_xt}
+    k = relational_rows if 0 < relational_rows < n else n
+    l_rel = relational_loss(z_base[:k], base[:k], relational_temperature)
+    return {"loss": total + relational_weight * l_rel, "multiscale": l_ii, "crossmodal": l_xt,
+            "relational": l_rel}
+
+
+def relational_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """PURE's relational distillation (inwind0212/PURE @ fddee25,
+    code/training/train_global_aether.py, ``relational_preservation_loss``): each row's
+    softmax over its cosines to the other rows of the batch, divided by ``temperature``, in
+    the frozen ``teacher`` (the AlphaEarth input) and in the ``student`` (the base view's
+    vectors); the loss is KL(teacher ‖ student) summed over a row, averaged over the rows.
+    It keeps the head from reordering places that AlphaEarth finds alike; the teacher gets
+    no gradient. A row is not its own neighbour (the diagonal is left out of both)."""
+    off = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+
+    def log_p(v: Tensor) -> Tensor:
+        u = F.normalize(v, dim=-1)
+        return F.log_softmax((u @ u.T / temperature).masked_fill(~off, -math.inf), 1)
+
+    ls, lt = log_p(student), log_p(teacher.detach())
+    return torch.where(off, lt.exp() * (lt - ls), 0.0).sum() / len(student)
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ hyper-parameters name. The run directory records where the weights came from, so
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import re
@@ -36,7 +35,7 @@ from aether.ml.checkpoints import (
 from aether.ml.checkpoints import (
     load_model as load_run_model,
 )
-from aether.ml.config import TrainConfig
+from aether.ml.config import TrainConfig, hyperparameters
 from aether.ml.data import year_of
 from aether.ml.text import DEFAULT_TEXT_MODEL
 from aether.provenance import now, software
@@ -251,7 +250,7 @@ def reference_model(path: Path, city_dir: Path | None = None, *,
                       multiscale_weight=lam, tf32=True,  # the reference always asks for it
                       text_model=text_model or _checked_text_model(reference_text_model(hp)))
     text_dim = int(state["text_proj.weight"].shape[1])
-    hyper = {**dataclasses.asdict(cfg), **{k: facts[k] for k in FROM_HYPER},
+    hyper = {**hyperparameters(cfg), **{k: facts[k] for k in FROM_HYPER},
              **dict.fromkeys(NOT_IN_REFERENCE, UNKNOWN)}
     config: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -115,13 +115,34 @@ def info_nce_blocks(blocks: Tensor, scale: float, weights: tuple[float, ...],
     return torch.stack(losses), grad
 
 
+def relational_grad(s: Tensor, x: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``heads.relational_loss(s, x, temperature)`` for unit rows ``s`` and its gradient with
+    respect to ``s``. With P, Q the student's and teacher's row softmaxes (diagonal 0), the
+    loss's gradient with respect to the logits is G = (P − Q) / k, and the logits are
+    s sᵀ / T, so ds = (G + Gᵀ) s / T."""
+    import torch
+
+    k = len(s)
+    diag = torch.eye(k, dtype=torch.bool, device=s.device)
+    log_p = torch.log_softmax(torch.mm(s, s.T).div_(temperature).masked_fill_(diag, -math.inf), 1)
+    xn = _unit(x, NORM_EPS)[0]
+    log_q = torch.log_softmax(torch.mm(xn, xn.T).div_(temperature).masked_fill_(diag, -math.inf),
+                              1)
+    p, q = log_p.exp(), log_q.exp()
+    loss = torch.where(diag, 0.0, q * (log_q - log_p)).sum() / k
+    g = (p - q).div_(k)
+    return loss, torch.mm(g.add_(g.T.clone()), s).div_(temperature)
+
+
 def train_step(model: AetherModel, opt: torch.optim.Optimizer, base: Tensor, aug: Tensor,
                text: Tensor, *, multiscale_weight: float, same_text: Tensor | None = None,
-               same_place: Tensor | None = None) -> dict[str, Tensor]:
+               same_place: Tensor | None = None, relational_weight: float = 0.0,
+               relational_temperature: float = 0.1, relational_rows: int = 0
+               ) -> dict[str, Tensor]:
     """Forward, backward (into each weight's ``.grad``) and ``opt.step()`` for one batch.
 
     The same objective, targets and arguments as ``heads.aether_losses``; returns its losses
-    (detached).
+    (detached). With ``relational_weight`` 0 (AETHER) the relational term is not computed.
     """
     import torch
     import torch.nn.functional as F
@@ -170,6 +191,10 @@ def train_step(model: AetherModel, opt: torch.optim.Optimizer, base: Tensor, aug
         torch.mm(g_t.T, zc, out=dz[:n])
         torch.mm(g_t, zb, out=dz[n:])
         dz.mul_(scale)
+        if relational_weight:
+            k = relational_rows if 0 < relational_rows < n else n
+            l_rel, d_s = relational_grad(zb[:k], base[:k], relational_temperature)
+            dz[:k].add_(d_s, alpha=relational_weight)
 
         d_tt = _unit_grad(dz[2 * n:], z[2 * n:], t_norm, NORM_EPS)
         grads[tp.weight], grads[tp.bias] = d_tt.T @ text, d_tt.sum(0)
@@ -188,4 +213,7 @@ def train_step(model: AetherModel, opt: torch.optim.Optimizer, base: Tensor, aug
             p.grad = grads[p]
     opt.step()
     total = w * losses[0] + (1.0 - w) * losses[1]
-    return {"loss": total, "multiscale": losses[0], "crossmodal": losses[1]}
+    if not relational_weight:
+        return {"loss": total, "multiscale": losses[0], "crossmodal": losses[1]}
+    return {"loss": total + relational_weight * l_rel, "multiscale": losses[0],
+            "crossmodal": losses[1], "relational": l_rel}

@@ -126,6 +126,9 @@ def _train(store: CityStore, name: str, preset: str, cfg: TrainConfig, options: 
     if len(set(cities)) < len(cities) or len({d.name for d in dirs}) > 1:
         raise InputError("train on several cities of one year, each named once",
                          "e.g. aether train --city Alpha --city Beta --year 2024")
+    if others and cfg.batch_sampler == "rings":
+        raise InputError("batch_sampler=rings measures distances within one city's metres",
+                         "train several cities with batch_sampler=random")
     pairs = (load_pairs(city_dir, cfg) if not others else
              merge_pairs({d.parent.name: load_pairs(d, cfg) for d in dirs}))
     cfg = dataclasses.replace(cfg, base_radius_m=pairs.radii[0], aug_radius_m=pairs.radii[1])
@@ -183,6 +186,8 @@ def replicates(city_dir: Path, run_dir: Path, config: dict[str, Any], n: int,
         raise ModelError(f"run {run_dir.name} cannot be replicated: its training settings "
                          "are not all known (an imported checkpoint)",
                          "replicate a run of `aether train`")
+    # every field, those a run leaves out at their default too: the preset may set them
+    hyper = dataclasses.asdict(TrainConfig(**hyper))
     seed, epochs = int(hyper.pop("seed")), int(hyper.pop("epochs"))
     also = [city_dir.parent.parent / c / city_dir.name for c in config.get("cities", [])[1:]]
     return [run_dir, *(train(city_dir, preset=config["preset"],

@@ -61,7 +61,10 @@ def test_embed_equals_the_extracted_table(helsinki, sample_city, sample_extract)
     table = pd.read_parquet(sample_extract / "poi_embeddings.parquet")
     want = table[(table.radius_m == 100) & table.poi_id.isin(some.poi_id)].reset_index(drop=True)
     cols = list(POI_EMBEDDING_COLUMNS)
-    pd.testing.assert_frame_equal(pd.DataFrame(emb[cols]), want[cols], check_dtype=False)
+    # 40 POIs are cut into other windows than all of them: float32 sums in another order
+    # (the means' parity with exactextract is 1e-6; rtol alone fails near zero)
+    pd.testing.assert_frame_equal(pd.DataFrame(emb[cols]), want[cols], check_dtype=False,
+                                  rtol=1e-5, atol=1e-6)
 
 
 def test_embed_own_points_without_ids(sample_city) -> None:

@@ -3,10 +3,11 @@
     .venv/bin/python tests/benchmarks/bench_fleet.py              # 24 shards + 48 small cities
     .venv/bin/python tests/benchmarks/bench_fleet.py --quick      # 8 shards + 16 small cities
 
-Cities: the real OpenStreetMap POIs of central Singapore (``/work/shared/data``, ODbL) cut
-into ``--cities`` longitude strips, and ``--small`` cities of 20 POIs each, all over one
-generated raster in the AlphaEarth format (``synthetic_tiles_for_bbox``; the values are
-synthetic). Each mode runs ``aether run`` as a subprocess on its own data directory:
+Cities: the real OpenStreetMap POIs of Singapore (``/work/shared/data``, ODbL; the whole
+island, or its centre with ``--quick``) cut into ``--cities`` longitude strips, and
+``--small`` cities of 20 POIs each, all over one generated raster in the AlphaEarth format
+(``synthetic_tiles_for_bbox``; the values are synthetic). Each mode runs ``aether run`` as a
+subprocess on its own data directory:
 
 - **sequential**: ``--scheduler threads`` (the cities one after another in the client, its
   Dask work on the client's threads);
@@ -48,19 +49,23 @@ from results import measured_at, write_results
 
 SHP = "/vsizip//work/shared/data/singapore_osm_pois_2023-01-24.zip/poi_osm_sg-2023-01-24"
 QUICK = (103.80, 1.27, 103.91, 1.33)
+#: The whole island (the Singapore bbox of ../shared/data/README.md): 27,568 POIs.
+WHOLE = (103.59, 1.15, 104.10, 1.48)
 SMALL_POIS = 20
 EE_LATENCY_S = 0.3
 EE_CAP = 2
 
 
-def make_cities(work: Path, n_strips: int, n_small: int) -> tuple[list[dict], Path]:
-    """POI files of the cities (strips, then small ones) and the raster under them."""
+def make_cities(work: Path, n_strips: int, n_small: int,
+                bbox: tuple[float, float, float, float] = QUICK) -> tuple[list[dict], Path]:
+    """POI files of the cities (strips of the POIs in ``bbox``, then small ones) and the
+    raster under them."""
     import geopandas as gpd
 
     from aether.sample.city import synthetic_tiles_for_bbox
 
     raw = gpd.read_file(SHP)
-    w, s, e, n = QUICK
+    w, s, e, n = bbox
     pois = raw.cx[w:e, s:n].sort_values("osm_id")[["osm_id", "name", "category", "detail",
                                                     "geometry"]].reset_index(drop=True)
     tiles = synthetic_tiles_for_bbox(work / "tiles", tuple(pois.total_bounds), year=2024,
@@ -248,7 +253,7 @@ def main() -> None:
     args = ap.parse_args()
     n_strips, n_small = (8, 16) if args.quick else (args.cities, args.small)
     work = Path(args.work)
-    cities, tiles = make_cities(work, n_strips, n_small)
+    cities, tiles = make_cities(work, n_strips, n_small, QUICK if args.quick else WHOLE)
     print(f"# {len(cities)} cities ({n_strips} strips of {sum(c['n'] for c in cities[:n_strips]):,}"
           f" POIs, {n_small} of {SMALL_POIS}), 2 radii", flush=True)
     rf = run_file(work / "cog" / "r.yaml", cities, {"name": "cog",
@@ -273,6 +278,7 @@ def main() -> None:
     print(f"earth engine: {ee['requests']} requests at {ee['latency_s']} s latency, peak "
           f"{ee['peak_in_flight']} in flight (cap {ee['cap']}), {ee['wall_s']:.1f} s", flush=True)
     write_results(args.out, {"cities": len(cities), "strips": n_strips, "small": n_small,
+                             "area": "the centre of Singapore" if args.quick else "Singapore",
                              "pois": sum(c["n"] for c in cities), "modes": modes, "ee": ee,
                              **measured_at()})
 

@@ -223,7 +223,8 @@ def ee(r: dict) -> str:
 def fleet(r: dict) -> str:
     m = r["modes"]
     head = (f"**{r['cities']} cities** ({r['date']}, {r['cpus']} CPUs): {r['strips']} strips of "
-            f"central Singapore and {r['small']} small cities, {r['pois']:,} real POIs × 2 radii "
+            f"{r.get('area', 'the centre of Singapore')} and {r['small']} small cities, "
+            f"{r['pois']:,} real POIs × 2 radii "
             "on a generated raster (synthetic values).")
     rows = [[name, _s(x["wall_s"]), f"{x['cities_per_hour']:,}", _s(x["client_cpu_s"]),
              _s(x["worker_cpu_s"]), f"{100 * x['client_share']:.1f}%",

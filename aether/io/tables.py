@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from aether.core.aef import BANDS
 from aether.errors import TableError
@@ -29,6 +28,7 @@ from aether.io.store import POIS_FILE as POIS_FILE
 from aether.io.store import SAMPLE_DIR as SAMPLE_DIR
 
 if TYPE_CHECKING:
+    import pandas as pd  # imported where used: the client of a fleet reads no table
     import pyarrow as pa
 
 POI_COLUMNS: tuple[str, ...] = (
@@ -199,6 +199,7 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], what: str) 
     p = Path(path)
     if not p.is_file():
         raise TableError(f"{what} not found at {p}", "run `aether extract` first")
+    import pandas as pd
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(p).metadata or {}
@@ -228,6 +229,7 @@ def poi_embeddings_frame(
     The band columns are ``mean`` itself (no copy): callers hand over a fresh array. The
     ids may be an Arrow string array, kept as the column's storage (no Python strings).
     """
+    import pandas as pd
     import pyarrow as pa
 
     df = pd.DataFrame(np.asarray(mean, dtype=np.float32), columns=list(BANDS), copy=False)
@@ -270,6 +272,8 @@ def sort_poi_embeddings(df: pd.DataFrame) -> pd.DataFrame:
     A table already in that order (what ``point_means_table`` makes) is returned as is:
     sorting a million rows would copy all of them.
     """
+    import pandas as pd
+
     if _in_canonical_order(df):
         return df if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 \
             and df.index.step == 1 else df.reset_index(drop=True)

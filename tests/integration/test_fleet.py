@@ -15,11 +15,18 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
-import pytest
 import yaml
-from support import FLEET_CITIES, REPO, fleet_report, fleet_tables, free_port, kill_once_tasks_start
+from support import (
+    FLEET_CITIES,
+    REPO,
+    fleet_report,
+    fleet_tables,
+    free_port,
+    kill_once_tasks_start,
+    require,
+)
 
-pytest.importorskip("distributed")
+require("distributed")
 
 
 def test_cities_spread_over_the_workers_and_give_the_threaded_tables(

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from support import fleet_report as report
 from support import fleet_tables as tables
+from support import require
 
 from aether.errors import InputError, LinkError, LockedError
 from aether.io.remote import LEASE_FILE, Lease, RemoteDir
 
-pytest.importorskip("s3fs")
+require("s3fs")
 BUCKET = "aether-fleet"
 
 

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from aether.ml.heads import AetherModel, aether_losses, info_nce, recall_at, retrieval_ranks  # noqa: E402
 from aether.ml.train import PRESETS  # noqa: E402

@@ -11,8 +11,9 @@ import os
 import platform
 
 import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from aether.ml.heads import AetherModel, aether_losses  # noqa: E402
 from aether.ml.step import kept_freed_memory, train_step  # noqa: E402

@@ -15,8 +15,8 @@ from support import require
 
 torch = require("torch")
 
-from aether.ml.heads import AetherModel, aether_losses  # noqa: E402
-from aether.ml.step import kept_freed_memory, train_step  # noqa: E402
+from aether.ml.heads import AetherModel, aether_losses, info_nce_logits  # noqa: E402
+from aether.ml.step import info_nce_blocks, kept_freed_memory, train_step  # noqa: E402
 
 N = 96
 
@@ -70,6 +70,25 @@ def test_losses_and_every_gradient_equal_autograd(kind):
         scale = float(want.abs().max())
         assert scale > 0, k
         assert float((got_grads[k] - want).abs().max()) <= 1e-5 * max(scale, 1e-2), k
+
+
+@pytest.mark.parametrize("scale", [14.0, 100.0])
+def test_info_nce_blocks_equal_autograd_where_every_logit_is_far_below_the_scale(scale):
+    """Cosines all in [-0.9, -0.8]: at scale 100 (τ = 0.01, the cap) one shift by +scale
+    for rows and columns alike would underflow every exp (e⁻¹⁸⁰ is 0 in float32, its log
+    -inf); each row's and column's own maximum keeps the losses and gradients finite. The
+    oracle is autograd of ``heads.info_nce_logits`` (torch's log-softmax)."""
+    n, weights = 16, (0.2, 0.8)
+    g = torch.Generator().manual_seed(3)
+    blocks = (scale * (-0.9 + 0.1 * torch.rand(2, n, n, generator=g))).requires_grad_()
+    pos = (torch.rand(n, n, generator=g) < 0.2) | torch.eye(n, dtype=torch.bool)  # asymmetric
+    want = torch.stack([info_nce_logits(blocks[0]), info_nce_logits(blocks[1], pos)])
+    (weights[0] * want[0] + weights[1] * want[1]).backward()
+    losses, grad = info_nce_blocks(blocks.detach(), scale, weights, (None, pos))
+    want = want.detach()
+    assert bool(torch.isfinite(want).all()) and float(want.min()) > 0
+    torch.testing.assert_close(losses, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, blocks.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_a_run_of_steps_follows_the_autograd_run():

@@ -37,6 +37,19 @@ def test_every_path_of_a_city_year(tmp_path: Path) -> None:
     assert s.encoded("paper", 50) == city / "aether" / "paper" / "grid_50m.parquet"
     assert s.work("ee") == city / ".work" / "ee"
     assert s.step("train") == city / ".aether-steps" / "train.json"
+    assert s.steps == city / ".aether-steps"
+    assert s.basemap == city / "basemap.parquet"
+    assert s.models_dir == city / "models"
+    assert s.model_partial("paper") == city / "models" / ".paper.partial"
+    assert s.encoded_dir("paper") == city / "aether" / "paper"
+    assert s.encoded_pois("paper") == city / "aether" / "paper" / "pois.parquet"
+    assert s.evaluation_dir == city / "evaluation"
+    assert s.evaluation("landuse", "md") == city / "evaluation" / "landuse.md"
+    # one cached result per inputs key: the key is in the name
+    assert s.evaluation_cache("landuse", "k1") == city / "evaluation" / ".cache" / "landuse-k1.json"
+    assert s.evaluation_cache("landuse", "k1") != s.evaluation_cache("landuse", "k2")
+    assert s.maps_dir == city / "maps"
+    assert s.labels("landuse") == city / "labels" / "landuse.parquet"
     assert s.lock == tmp_path / ".aether-run.lock"
     assert CityStore.at(city).dir == city and CityStore.at(city).slug == "helsinki"
 

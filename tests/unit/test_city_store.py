@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def test_grids_are_found_by_cell_spec_h3_included(tmp_path: Path) -> None:
         s.encoded("m", spec).parent.mkdir(parents=True, exist_ok=True)
         s.encoded("m", spec).write_bytes(b"")
     (s.dir / "grid_embeddings_notes.parquet").write_bytes(b"")  # not a cell spec: ignored
+    for spec in ("20m", "30m", "40m"):  # links aether did not make: ignored, the rest still seen
+        s.grid(spec).symlink_to(s.grid("50m"))
     want = [parse_cell(c) for c in ("50m", "200m", "h3:10", "h3:9")]
     assert s.grids() == want
     assert s.encoded_cells("m") == want
@@ -77,9 +80,55 @@ def test_incomplete_model_dirs_are_skipped_and_named(tmp_path: Path, caplog) -> 
     (good / "model.safetensors").write_bytes(b"x")
     (good / "summary.json").write_text("{}")
     s.model_partial("building").mkdir()
+    (s.models_dir / "notes.txt").write_text("not a model")
+    (s.models_dir / "linked").symlink_to(good)  # complete, but a link aether did not make
+    (s.models_dir / "broken2").mkdir()
     with caplog.at_level(logging.WARNING):
         assert s.models() == ["good"]
-    assert "broken" in caplog.text and "building" not in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping incomplete model(s) in {s.models_dir}: broken, broken2 (re-run `aether train`)"]
+
+
+def test_a_link_or_dotdot_inside_the_data_directory_is_refused(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from aether.errors import LinkError
+    from aether.io.store import confined
+
+    root = tmp_path / "data"
+    (root / "real").mkdir(parents=True)
+    (root / "helsinki").symlink_to(root / "real")
+    new = root / "espoo" / "2024" / "pois.parquet"
+    assert confined(new, root) == new  # not there yet: aether makes it
+    assert confined(tmp_path / "elsewhere", root) == tmp_path / "elsewhere"  # not inside
+    with pytest.raises(LinkError) as e:
+        confined(root / "espoo" / ".." / "x", root)
+    assert (e.value.message, e.value.hint) == (
+        f"{root / 'espoo' / '..' / 'x'} leaves the data directory {root}",
+        "name a place inside the data directory")
+    link = root / "helsinki"
+    with pytest.raises(LinkError) as e:
+        confined(link / "2024" / "pois.parquet", root)
+    assert (e.value.message, e.value.hint) == (
+        f"{link} is a symbolic link (to {root / 'real'}) inside the data directory; aether "
+        "does not follow links it did not make",
+        f"remove the link (rm {link}) or move the real folder there")
+
+    def unreadable(path):
+        raise OSError("no")
+
+    monkeypatch.setattr("aether.io.store.os.readlink", unreadable)
+    with pytest.raises(LinkError, match=r"is a symbolic link \(to \?\) inside"):
+        confined(link, root)
+
+
+def test_a_store_at_a_folder_reads_its_slug_and_year_or_keeps_the_folder(tmp_path: Path) -> None:
+    s = CityStore.at(tmp_path / "helsinki" / "2024")
+    assert (s.root, s.slug, s.year) == (tmp_path, "helsinki", 2024)
+    assert s.lock == tmp_path / ".aether-run.lock"  # the data directory's
+    own = CityStore.at(tmp_path / "pois" / "shops-1a2b")  # a POI file's folder, no year
+    assert (own.slug, own.year, own.dir) == ("pois", None, tmp_path / "pois" / "shops-1a2b")
+    assert own.pois == tmp_path / "pois" / "shops-1a2b" / "pois.parquet"
+    assert own.lock == tmp_path / "pois" / "shops-1a2b" / ".aether-run.lock"  # its own
 
 
 def test_a_symlinked_lock_is_refused_and_its_target_survives(tmp_path: Path) -> None:
@@ -170,3 +219,49 @@ def test_one_name_per_meaning() -> None:
     # the names they replaced, each of which meant two things, are gone
     assert not hasattr(tasks, "Task") and not hasattr(encode, "Run")
     assert not hasattr(extract, "parse_cell")  # one cell parser: aether.core.cells
+
+
+def test_a_lent_lock_holds_only_while_its_lender_does(tmp_path: Path) -> None:
+    """A Dask task writes under the run's lock by its token; once the run lets go, the
+    task's checks fail."""
+    from aether.io.store import lease_check, lent_lock, lock_token
+
+    with pytest.raises(LockedError, match=f"this process holds no lock on {tmp_path}"):
+        lock_token(tmp_path)
+    assert lease_check()() is None  # not lent: the process holds the lock itself
+    lock = tmp_path / ".aether-run.lock"
+    with CityStore.of(tmp_path, "helsinki", 2024).locked() as held:
+        assert held == lock and lock.read_text() == f"{os.getpid()}\n"
+        token = lock_token(tmp_path)
+        assert token == f"{lock.stat().st_ino}:{os.getpid()}"
+        with lent_lock(tmp_path, token) as path:
+            assert path == lock
+            check = lease_check()
+            check()  # the lender still holds it
+            with data_lock(tmp_path) as again:  # the task's own step, re-entrant
+                assert again == lock
+        with pytest.raises(LockedError, match="no longer holds the lock on"), \
+                lent_lock(tmp_path, f"{lock.stat().st_ino}:1"):
+            pass  # another holder's token
+    assert not lock.exists()
+    with pytest.raises(LockedError) as e:
+        check()  # the run let go
+    assert (e.value.message, e.value.hint) == (
+        f"the run that sent this task no longer holds the lock on {tmp_path}",
+        "start the run again (`aether run`)")
+    with pytest.raises(LockedError, match="no longer holds"), lent_lock(tmp_path, token):
+        pass
+
+
+def test_run_reports_and_ledgers_and_their_ids(tmp_path: Path) -> None:
+    from aether.errors import LinkError
+    from aether.io.store import new_run_id, run_ledger, runs_dir
+
+    assert runs_dir(tmp_path) == tmp_path / "runs"
+    assert run_ledger(tmp_path, "r1") == tmp_path / "runs" / "r1.eecu.jsonl"
+    assert re.fullmatch(rf"nightly-\d{{8}}T\d{{6}}Z-{os.getpid()}", new_run_id("nightly-"))
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{os.getpid()}", new_run_id())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LinkError):
+        runs_dir(tmp_path)

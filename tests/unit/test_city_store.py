@@ -226,8 +226,10 @@ def test_a_lent_lock_holds_only_while_its_lender_does(tmp_path: Path) -> None:
     task's checks fail."""
     from aether.io.store import lease_check, lent_lock, lock_token
 
-    with pytest.raises(LockedError, match=f"this process holds no lock on {tmp_path}"):
+    with pytest.raises(LockedError) as e:
         lock_token(tmp_path)
+    assert (e.value.message, e.value.hint) == (f"this process holds no lock on {tmp_path}",
+                                               "take it with data_lock")
     assert lease_check()() is None  # not lent: the process holds the lock itself
     lock = tmp_path / ".aether-run.lock"
     with CityStore.of(tmp_path, "helsinki", 2024).locked() as held:
@@ -243,6 +245,13 @@ def test_a_lent_lock_holds_only_while_its_lender_does(tmp_path: Path) -> None:
         with pytest.raises(LockedError, match="no longer holds the lock on"), \
                 lent_lock(tmp_path, f"{lock.stat().st_ino}:1"):
             pass  # another holder's token
+        # the lock file swapped for a link to it: not the lock (links are not followed)
+        lock.rename(tmp_path / "moved")
+        lock.symlink_to(tmp_path / "moved")
+        with pytest.raises(LockedError, match="no longer holds"):
+            check()
+        lock.unlink()
+        (tmp_path / "moved").rename(lock)
     assert not lock.exists()
     with pytest.raises(LockedError) as e:
         check()  # the run let go
@@ -253,7 +262,19 @@ def test_a_lent_lock_holds_only_while_its_lender_does(tmp_path: Path) -> None:
         pass
 
 
-def test_run_reports_and_ledgers_and_their_ids(tmp_path: Path) -> None:
+def test_a_lock_file_of_another_tool_names_its_bytes_in_the_token(tmp_path: Path) -> None:
+    """A lock file aether did not write is locked as it is (never rewritten); its bytes,
+    whatever they are, go into the token."""
+    from aether.io.store import lock_token
+
+    lock = tmp_path / ".aether-run.lock"
+    lock.write_bytes(b"\xff\xfe")
+    with data_lock(tmp_path):
+        assert lock_token(tmp_path) == f"{lock.stat().st_ino}:\ufffd\ufffd"
+    assert lock.read_bytes() == b"\xff\xfe"
+
+
+def test_run_reports_and_ledgers_and_their_ids(tmp_path: Path, monkeypatch) -> None:
     from aether.errors import LinkError
     from aether.io.store import new_run_id, run_ledger, runs_dir
 
@@ -261,6 +282,18 @@ def test_run_reports_and_ledgers_and_their_ids(tmp_path: Path) -> None:
     assert run_ledger(tmp_path, "r1") == tmp_path / "runs" / "r1.eecu.jsonl"
     assert re.fullmatch(rf"nightly-\d{{8}}T\d{{6}}Z-{os.getpid()}", new_run_id("nightly-"))
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{os.getpid()}", new_run_id())
+    import time
+
+    monkeypatch.setenv("TZ", "XYZ-05:30")  # a local time 5½ hours ahead of UTC
+    time.tzset()
+    try:
+        before, run_id, after = time.gmtime(), new_run_id(), time.gmtime()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = time.strptime(run_id.split("-")[0], "%Y%m%dT%H%M%SZ")
+    assert time.strftime("%Y%m%d%H%M%S", before) <= time.strftime("%Y%m%d%H%M%S", stamp) \
+        <= time.strftime("%Y%m%d%H%M%S", after)  # the id is in UTC, as its Z says
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "runs").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(LinkError):

@@ -70,6 +70,7 @@ def test_retry_escalate_split_recover_every_item_once():
     out = resilient_call(fn, list(range(10)), classify, RetryPolicy(base_s=0.01), stats=stats,
                          rng=random.Random(1), sleep=slept.append)
     assert out["item"].tolist() == list(range(10))  # none lost, none twice, in order
+    assert out.index.tolist() == list(range(10))  # one frame, not the halves' indexes
     assert (stats.retries, stats.escalations, stats.splits) == (2, 1, 3)
     assert len(slept) == 2
     whole = list(range(10))
@@ -104,6 +105,66 @@ def test_backoff_waits_follow_the_documented_schedule():
     assert out["item"].tolist() == [1] and calls == [0, 0, 0, 1, 1, 1, 1, 1]
     assert slept == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]  # 0.5·2ⁿ, capped at 4
     assert bounds == [(0.0, s) for s in slept]  # full jitter: from zero
+
+
+def test_halves_wait_with_the_callers_jitter_and_sleep():
+    draws: list[float] = []
+
+    class Top:
+        def uniform(self, a: float, b: float) -> float:
+            draws.append(b)
+            return b
+
+    calls: list[list[int]] = []
+
+    def fn(items, level):
+        calls.append(list(items))
+        if len(items) > 1:
+            raise TooBig("Computation timed out.")
+        if calls.count(list(items)) == 1:
+            raise ConnectionError("connection reset")
+        return frame(items, level)
+
+    slept: list[float] = []
+    out = resilient_call(fn, [1, 2], classify, RetryPolicy(base_s=0.25), rng=Top(),
+                         sleep=slept.append)
+    assert out["item"].tolist() == [1, 2]
+    assert calls == [[1, 2], [1], [1], [2], [2]]
+    assert slept == draws == [0.25, 0.25]  # each half's first retry, through the given hooks
+
+
+def test_a_transient_error_at_the_top_level_is_retried_not_split():
+    calls: list[tuple[list[int], int]] = []
+
+    def fn(items, level):
+        calls.append((list(items), level))
+        if len(calls) == 1:
+            raise Heavy("User memory limit exceeded.")
+        if len(calls) == 2:
+            raise ConnectionError("connection reset")
+        return frame(items, level)
+
+    stats = Stats()
+    resilient_call(fn, [1, 2], classify, RetryPolicy(max_level=1), stats=stats,
+                   sleep=lambda s: None)
+    assert calls == [([1, 2], 0), ([1, 2], 1), ([1, 2], 1)]
+    assert (stats.escalations, stats.retries, stats.splits) == (1, 1, 0)
+
+
+def test_escalation_stops_at_max_level_then_splits():
+    calls: list[tuple[list[int], int]] = []
+
+    def fn(items, level):
+        calls.append((list(items), level))
+        if len(calls) > 8:  # escalating without end: stop it (a fatal error)
+            raise RuntimeError("runaway escalation")
+        if len(items) > 1:
+            raise Heavy("User memory limit exceeded.")
+        return frame(items, level)
+
+    out = resilient_call(fn, [1, 2], classify, RetryPolicy(max_level=1), sleep=lambda s: None)
+    assert out["item"].tolist() == [1, 2]
+    assert calls == [([1, 2], 0), ([1, 2], 1), ([1], 1), ([2], 1)]
 
 
 def test_split_falls_back_to_escalation_then_gives_up():

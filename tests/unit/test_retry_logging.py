@@ -42,6 +42,20 @@ def test_each_retry_and_escalation_is_logged_at_debug(caplog) -> None:
     assert (stats.retries, stats.escalations, stats.attempts) == (2, 1, 4)
 
 
+def test_a_split_is_logged_at_debug(caplog) -> None:
+    def fn(items, level):
+        if len(items) > 2:
+            raise TimeoutError("Computation timed out.")
+        return pd.DataFrame({"item": list(items)})
+
+    with caplog.at_level(logging.DEBUG, logger="aether.execution.jobs"):
+        out = resilient_call(fn, [1, 2, 3, 4], lambda e: Verdict.SPLIT, RetryPolicy(),
+                             sleep=lambda s: None)
+    assert out["item"].tolist() == [1, 2, 3, 4]
+    assert [r.getMessage() for r in caplog.records if r.name == "aether.execution.jobs"] == [
+        "splitting 4 items in two"]
+
+
 def test_library_installs_no_handler() -> None:
     import aether.execution.jobs
     import aether.places.osm_http  # noqa: F401

@@ -137,18 +137,76 @@ def test_a_symlinked_lock_is_refused_and_its_target_survives(tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     (data / ".aether-run.lock").symlink_to(precious)
-    with pytest.raises(LockedError, match="symbolic link"), data_lock(data):
+    with pytest.raises(LockedError) as e, data_lock(data):
         pass
+    assert (e.value.message, e.value.hint) == (
+        f"the lock file {data / '.aether-run.lock'} is a symbolic link",
+        "remove it; aether creates its own lock file")
     assert precious.read_text() == "keep me\n"
+    (data / ".aether-run.lock").unlink()
+    (data / ".aether-run.lock").mkdir()  # not a file at all
+    with pytest.raises(LockedError) as e, data_lock(data):
+        pass
+    assert (e.value.message, e.value.hint) == (
+        f"cannot open the lock file {data / '.aether-run.lock'}: Is a directory",
+        "check the data directory's permissions")
 
 
-def test_a_lock_file_aether_did_not_write_is_never_truncated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["not a pid: someone else's file\n", "a12\n",
+                                  "1" * 32 + "\n"])  # the last: a pid is at most 32 bytes
+def test_a_lock_file_aether_did_not_write_is_never_truncated(tmp_path: Path, text) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / ".aether-run.lock").write_text("not a pid: someone else's file\n")
+    (data / ".aether-run.lock").write_text(text)
     with data_lock(data):
         pass
-    assert (data / ".aether-run.lock").read_text() == "not a pid: someone else's file\n"
+    assert (data / ".aether-run.lock").read_text() == text
+
+
+def test_a_hard_linked_lock_file_is_not_aethers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".aether-run.lock").write_text("123\n")
+    os.link(data / ".aether-run.lock", tmp_path / "other-name")
+    with data_lock(data):
+        pass
+    assert (data / ".aether-run.lock").read_text() == (tmp_path / "other-name").read_text() \
+        == "123\n"
+
+
+def test_aethers_own_lock_file_is_rewritten_and_removed(tmp_path: Path) -> None:
+    """A lock file left by an aether that died (a pid, up to 32 bytes): taken over, then
+    removed; a new one is made with mode 644 under umask 022."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lock = data / ".aether-run.lock"
+    lock.write_text("1" * 31 + "\n")
+    with data_lock(data):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+    old = os.umask(0o022)
+    try:
+        with data_lock(data):
+            assert stat.S_IMODE(lock.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_same_file_while_the_path_names_the_open_file(tmp_path: Path) -> None:
+    from aether.io.store import _same_file
+
+    path = tmp_path / "f"
+    path.write_text("a")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _same_file(fd, path)
+        (tmp_path / "g").write_text("b")
+        os.replace(tmp_path / "g", path)  # another file under the same name, same device
+        assert not _same_file(fd, path)
+        path.unlink()
+        assert not _same_file(fd, path)
+    finally:
+        os.close(fd)
 
 
 def test_the_lock_is_reentrant_in_a_process_and_exclusive_across(tmp_path: Path) -> None:

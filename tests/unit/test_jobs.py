@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -218,9 +219,30 @@ def test_checkpoints_resume_without_redoing_work(tmp_path):
     assert stats.batches_skipped == 3 and stats.batches_done == 3
     out = read_checkpoints(paths)
     assert sorted(out["item"]) == list(range(18))
+    assert out.index.tolist() == list(range(18))  # one frame's index, not the parts'
+
+
+def test_one_batch_at_a_time_with_concurrency_one_and_each_reported(tmp_path):
+    active, most, reported = [0], [0], []
+    lock = threading.Lock()
+
+    def work(batch):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return frame(batch.items)
+
+    batches = [Batch(f"b{i}", [i]) for i in range(5)]
+    run_batches(batches, work, CheckpointStore(tmp_path), concurrency=1,
+                on_done=lambda b: reported.append(b.key))
+    assert most[0] == 1
+    assert reported == ["b0", "b1", "b2", "b3", "b4"]
 
 
 def test_duplicate_keys_are_refused(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^batch keys must be unique$"):
         run_batches([Batch("a", [1]), Batch("a", [2])], lambda b: frame(b.items),
                     CheckpointStore(tmp_path))

@@ -113,6 +113,9 @@ def test_false_negative_targets(batch):
     za, zt = m.encode_ae(x).detach(), m.encode_text(t).detach()
     assert float(info_nce(za, zt, 1 / 0.07, torch.eye(7, dtype=torch.bool))) == pytest.approx(
         float(info_nce(za, zt, 1 / 0.07)), rel=1e-6)
+    # and with them, the formula's value
+    assert float(info_nce(za, zt, 1 / 0.07, torch.from_numpy(xt_pos))) == pytest.approx(
+        _nce(za.double().numpy(), zt.double().numpy(), 0.07, xt_pos), rel=1e-5)
 
 
 def test_learnt_temperature_is_capped():

@@ -16,7 +16,13 @@ from support import require
 torch = require("torch")
 
 from aether.ml.heads import AetherModel, aether_losses, info_nce_logits  # noqa: E402
-from aether.ml.step import info_nce_blocks, kept_freed_memory, train_step  # noqa: E402
+from aether.ml.step import (  # noqa: E402
+    _unit,
+    _unit_grad,
+    info_nce_blocks,
+    kept_freed_memory,
+    train_step,
+)
 
 N = 96
 
@@ -89,6 +95,16 @@ def test_info_nce_blocks_equal_autograd_where_every_logit_is_far_below_the_scale
     assert bool(torch.isfinite(want).all()) and float(want.min()) > 0
     torch.testing.assert_close(losses, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, blocks.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_unit_grad_equals_autograd_of_normalize_on_both_sides_of_eps():
+    """A row shorter than eps is divided by eps (no radial part removed), as F.normalize's
+    clamp does; a longer one is projected."""
+    x = torch.tensor([[3e-13, 4e-13], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+    dy = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
+    torch.nn.functional.normalize(x, dim=1, eps=1e-12).backward(dy)
+    y, norm = _unit(x.detach(), 1e-12)
+    torch.testing.assert_close(_unit_grad(dy, y, norm, 1e-12), x.grad, rtol=1e-12, atol=0.0)
 
 
 def test_a_run_of_steps_follows_the_autograd_run():

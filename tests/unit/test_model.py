@@ -118,6 +118,20 @@ def test_false_negative_targets(batch):
         _nce(za.double().numpy(), zt.double().numpy(), 0.07, xt_pos), rel=1e-5)
 
 
+def test_positives_of_either_mask_alone():
+    """Same place: a positive of both losses; same text: of the cross-modal one only."""
+    from aether.ml.heads import positives
+
+    eye = torch.eye(3, dtype=torch.bool)
+    pair = torch.zeros(3, 3, dtype=torch.bool)
+    pair[0, 1] = pair[1, 0] = True
+    assert positives(3, None, None) == (None, None)
+    ii, xt = positives(3, pair, None)
+    assert ii is None and torch.equal(xt, eye | pair)
+    ii, xt = positives(3, None, pair)
+    assert torch.equal(ii, eye | pair) and torch.equal(xt, eye | pair)
+
+
 def test_learnt_temperature_is_capped():
     m = AetherModel(learn_temperature=True)
     assert m.logit_scale().item() == pytest.approx(1 / 0.07, rel=1e-5)

@@ -80,13 +80,19 @@ def test_losses_and_every_gradient_equal_autograd(kind):
 
 @pytest.mark.parametrize("scale", [14.0, 100.0])
 def test_info_nce_blocks_equal_autograd_where_every_logit_is_far_below_the_scale(scale):
-    """Cosines all in [-0.9, -0.8]: at scale 100 (τ = 0.01, the cap) one shift by +scale
-    for rows and columns alike would underflow every exp (e⁻¹⁸⁰ is 0 in float32, its log
-    -inf); each row's and column's own maximum keeps the losses and gradients finite. The
-    oracle is autograd of ``heads.info_nce_logits`` (torch's log-softmax)."""
+    """Cosines in [-0.9, -0.8] (one row, one column in [0.8, 0.9]): at scale 100 (τ = 0.01,
+    the cap) one shift by +scale for rows and columns alike, or by a whole block's maximum,
+    would underflow every exp of some row or column (e⁻¹⁸⁰ is 0 in float32, its log -inf);
+    each row's and column's own maximum keeps the losses and gradients finite. The oracle is
+    autograd of ``heads.info_nce_logits`` (torch's log-softmax)."""
     n, weights = 16, (0.2, 0.8)
     g = torch.Generator().manual_seed(3)
-    blocks = (scale * (-0.9 + 0.1 * torch.rand(2, n, n, generator=g))).requires_grad_()
+    cos = -0.9 + 0.1 * torch.rand(2, n, n, generator=g)
+    # one row of block 0 and one column of block 1 near +1: a single shift for the whole
+    # block (its maximum) would underflow every other row's (column's) exp
+    cos[0, 3] *= -1
+    cos[1, :, 5] *= -1
+    blocks = (scale * cos).requires_grad_()
     pos = (torch.rand(n, n, generator=g) < 0.2) | torch.eye(n, dtype=torch.bool)  # asymmetric
     want = torch.stack([info_nce_logits(blocks[0]), info_nce_logits(blocks[1], pos)])
     (weights[0] * want[0] + weights[1] * want[1]).backward()

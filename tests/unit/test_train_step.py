@@ -7,6 +7,7 @@ separate forward, built from nn modules) is the oracle for its losses and every 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 
@@ -152,3 +153,21 @@ def test_freed_memory_is_kept_while_training_and_handed_back_after():
     after = rss_mb()
     assert held - freed < 8
     assert freed - after > 30
+
+
+@pytest.mark.parametrize("log_scale", [math.log(100.0) - 0.005, math.log(100.0) + 0.005])
+def test_the_temperature_gradient_below_and_past_its_cap(log_scale):
+    """Below the cap (1/τ = 100) the learnt temperature gets autograd's gradient; past it
+    the clamp passes none."""
+    torch.manual_seed(5)
+    model = AetherModel(learn_temperature=True)
+    with torch.no_grad():
+        model.log_scale.fill_(log_scale)
+    base, aug, text, _ = _batch(7, dup=False)
+    _, want = _autograd(model, base, aug, text, {}, 0.2)
+    ours = copy.deepcopy(model)
+    train_step(ours, torch.optim.SGD(ours.parameters(), lr=0.0), base, aug, text,
+               multiscale_weight=0.2)
+    got = float(ours.log_scale.grad)
+    assert got == pytest.approx(float(want["log_scale"]), rel=1e-5, abs=1e-9)
+    assert (got != 0.0) == (log_scale < math.log(100.0))

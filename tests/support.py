@@ -1,11 +1,14 @@
-"""Helpers both test tiers import: where the repository and ../shared/data are, free ports."""
+"""Helpers both test tiers import: where the repository and ../shared/data are, optional
+dependencies, free ports."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -15,6 +18,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 #: The cities of the ``fleet`` fixture's run file (tests/conftest.py).
 FLEET_CITIES = ("Alpha", "Beta", "Gamma")
 REQUIRE_SHARED = bool(os.environ.get("AETHER_REQUIRE_SHARED"))  # CI sets it
+#: CI installs every extra (``.[dev]``): there an optional dependency that does not import is
+#: a broken install, not a reason to skip.
+REQUIRE_EXTRAS = bool(os.environ.get("AETHER_REQUIRE_EXTRAS"))
+
+
+def require(module: str) -> ModuleType:
+    """``module`` imported; skips the test (or module) when it does not import, and fails
+    instead where AETHER_REQUIRE_EXTRAS is set (CI), so a broken install hides no test."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if REQUIRE_EXTRAS:
+            pytest.fail(f"AETHER_REQUIRE_EXTRAS is set but {module} does not import: {e}",
+                        pytrace=False)
+        pytest.skip(f"needs {module} (pip install -e '.[dev]')", allow_module_level=True)
 
 
 def optional_shared_file(name: str) -> Path | None:

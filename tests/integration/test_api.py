@@ -8,13 +8,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
 import aether
 import aether.api
 from aether.errors import ModelError, TableError
 from aether.ml.encode import AETHER_COLUMNS
 
-pytest.importorskip("torch")
+require("torch")
 
 
 @pytest.fixture(scope="module")

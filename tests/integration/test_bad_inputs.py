@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import require
 
 #: (id, argv, extra environment)
 CASES: list[tuple[str, list[str], dict[str, str]]] = [
@@ -193,7 +194,7 @@ def test_at_least_forty_cases_covering_every_command() -> None:
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, cli, argv, env) -> None:
     data, files, tiles = world
     if "cuda" in argv:
-        torch = pytest.importorskip("torch")
+        torch = require("torch")
         if torch.cuda.is_available():
             pytest.skip("this torch has a GPU: --device cuda is valid here")
 

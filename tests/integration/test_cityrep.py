@@ -9,12 +9,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from support import require
 
-pytest.importorskip("torch")
+require("torch")
 
-from aether.evaluation.evaluate import CITYREP_SPLIT, PRIOR, RAW, SYNTHETIC_NOTE, evaluate
-from aether.evaluation.tasks import TASKS_DIR, load_task
-from aether.io.tables import read_json
+from aether.evaluation.evaluate import CITYREP_SPLIT, PRIOR, RAW, SYNTHETIC_NOTE, evaluate  # noqa: E402
+from aether.evaluation.tasks import TASKS_DIR, load_task  # noqa: E402
+from aether.io.tables import read_json  # noqa: E402
 
 
 def test_cityrep_protocol_on_the_sample(sample_runs, cli):

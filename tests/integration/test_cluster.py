@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import free_port, share_sample
+from support import free_port, require, share_sample
 
 from aether.errors import InputError
 from aether.execution.cluster import Scheduler, dask_scheduler, parse_scheduler
 
-pytest.importorskip("distributed")
-pytest.importorskip("xee")
+require("distributed")
+require("xee")
 
 KEY = ["poi_id", "radius_m"]
 

@@ -8,7 +8,6 @@ nginx's access log), revalidate the cached index (304), and every failure of the
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import geopandas as gpd
@@ -188,18 +187,17 @@ def test_tiles_default_to_aether_tiles_then_the_public_index(big_tile, nginx, tm
               str(tmp_path / "d"), env=env)
     assert res.returncode == 0, res.stderr
     assert any(r.uri == "/aef_index.parquet" for r in server.requests())
-    # no flag, no AETHER_TILES: the public index, named in the one-line error when offline
-    host = PUBLIC_INDEX.split("/")[2]
-    try:
-        socket.getaddrinfo(host, 443)
-        pytest.skip(f"{host} resolves: the public index would really be downloaded")
-    except OSError:
-        pass
-    env = {"AETHER_CACHE_DIR": str(tmp_path / "cache2"), "AETHER_TILES": ""}
+    # no flag, no AETHER_TILES: the public index, asked for through a proxy that is the
+    # local nginx (it refuses to tunnel), so the network is never used: one line naming it
+    proxy = {k: server.url for k in ("https_proxy", "HTTPS_PROXY")}
+    env = {"AETHER_CACHE_DIR": str(tmp_path / "cache2"), "AETHER_TILES": "", "no_proxy": "",
+           "NO_PROXY": "", **proxy}
+    server.clear_log()
     res = cli("extract", "--pois", str(csv), "--source", "cog", "--data-dir",
               str(tmp_path / "d2"), env=env)
     line = _one_line_exit_2(res)
-    assert PUBLIC_INDEX in line
+    assert PUBLIC_INDEX in line and "Tunnel connection failed: 400" in line
+    assert [r.status for r in server.requests()] == [400]  # the one request: nginx's refusal
 
 
 def test_the_same_tiles_from_a_mirror_are_the_same_extraction(big_tile, nginx, tmp_path: Path,

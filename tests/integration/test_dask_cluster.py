@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 from aef_tiles import smooth_q, write
 from pyproj import Transformer
+from support import require
 
 from aether.io import tiles as tile_io
 
-pytest.importorskip("distributed")
+require("distributed")
 
 
 

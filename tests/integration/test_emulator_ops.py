@@ -11,12 +11,13 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
 from aether.core import aef
 from aether.testing.emulator import ALL_KINDS, Faults
 from aether.testing.emulator.faults import KINDS
 
-ee = pytest.importorskip("ee")
+ee = require("ee")
 
 CRS = "EPSG:32635"
 

@@ -14,12 +14,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
+from support import require
 
 from aether.core import aef
 from aether.testing.emulator import Emulator, connect, in_flight
 
-ee = pytest.importorskip("ee")
+ee = require("ee")
 
 #: Seconds per EECU-second: ~0.5 s for one of the requests below (10 buffers of 100 m).
 SERVER_TIME = 2.5

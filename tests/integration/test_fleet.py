@@ -15,7 +15,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
-import pytest
 import yaml
 from support import (
     FLEET_CITIES,
@@ -25,9 +24,10 @@ from support import (
     free_port,
     kill_once_tasks_start,
     on_exports,
+    require,
 )
 
-pytest.importorskip("distributed")
+require("distributed")
 
 
 def test_cities_spread_over_the_workers_and_give_the_threaded_tables(

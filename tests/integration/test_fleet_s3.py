@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from support import fleet_report as report
 from support import fleet_tables as tables
-from support import on_exports
+from support import on_exports, require
 
 from aether.errors import BudgetError, InputError, LinkError, LockedError
 from aether.execution.budget import EecuBudget
 from aether.io.remote import LEASE_FILE, Lease, RemoteDir
 
-pytest.importorskip("s3fs")
+require("s3fs")
 BUCKET = "aether-fleet"
 
 

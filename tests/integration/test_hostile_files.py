@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from reference_checkpoint import reference_state, save, small_state
+from support import require
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -93,7 +94,7 @@ def test_run_file_is_checked_like_the_command_line_before_any_work(place, cli, b
 def _checkpoint(path: Path, spoil=None, hyper: dict | None = None) -> None:
     """A small reference-format checkpoint (random heads), changed by ``spoil(ae, txt)``;
     ``hyper`` replaces its hyper-parameters."""
-    pytest.importorskip("torch")
+    require("torch")
     ae, txt = reference_state(small_state())
     if spoil is not None:
         spoil(ae, txt)

@@ -9,8 +9,9 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from reference_checkpoint import reference_state, save, small_state  # noqa: E402
 

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from support import has_map_credits
+from support import has_map_credits, require
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_empty_query_is_one_line_exit_2(sample_runs, cli, text) -> None:
 
 
 def test_geemap_layers_for_notebooks(sample_runs) -> None:
-    pytest.importorskip("geemap")
+    require("geemap")
     from aether.ml.encode import load_run
     from aether.query.maps import AEF_CREDIT, geemap_map
     from aether.query.search import load_index, search

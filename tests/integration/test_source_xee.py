@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
 from aether.core import aef
 from aether.embeddings import get_source
 from aether.embeddings.xee import CHUNK_PX, REQUEST_BYTES, View
 from aether.errors import CoverageError
 
-pytest.importorskip("xee")
+require("xee")
 
 KEY = ["poi_id", "radius_m"]
 BANDS = list(aef.BANDS)

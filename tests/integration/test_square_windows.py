@@ -8,13 +8,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
 from aether.core.aef import BANDS
 from aether.core.windows import parse_window
 from aether.embeddings import get_source
 from aether.io.tables import sort_poi_embeddings
 
-pytest.importorskip("ee")
+require("ee")
 
 
 def test_cog_and_ee_agree_on_square_windows(sample_city, sample_extract, ee_server, tmp_path,

@@ -197,9 +197,20 @@ def test_evaluate_cache_is_keyed_by_the_set_of_models(sample_runs, sample_city) 
     task = load_task(TASKS_DIR / "helsinki_landuse.yaml")
     kw = {"probe_kinds": ("linear",), "splits": ("random",)}
     a = evaluate(city_dir, task, runs, seeds=(42, 24), **kw)
-    cached = sorted(store.evaluation_dir.glob(".cache/helsinki_landuse-*.json"))
+    cache = store.evaluation_dir / ".cache"
+    cached = sorted(cache.glob("helsinki_landuse-*.json"))
+    assert cached == [cache / f"helsinki_landuse-{a['inputs_key']}.json"]
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     b = evaluate(city_dir, task, runs[::-1], seeds=(24, 42), **kw)  # same set, other order
-    assert sorted(store.evaluation_dir.glob(".cache/helsinki_landuse-*.json")) == cached
+    assert sorted(cache.glob("helsinki_landuse-*.json")) == cached
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # nothing recomputed
     assert a["inputs_key"] == b["inputs_key"] and a["rows"] == b["rows"]
+    # another set of models is another key, another file, another result
+    c = evaluate(city_dir, task, runs[:1], seeds=(42, 24), **kw)
+    assert c["inputs_key"] != a["inputs_key"]
+    assert sorted(cache.glob("helsinki_landuse-*.json")) == sorted(
+        [*cached, cache / f"helsinki_landuse-{c['inputs_key']}.json"])
+    assert {r["method"] for r in c["rows"]} < {r["method"] for r in a["rows"]}
+    # and the first set is still read from its own file
+    again = evaluate(city_dir, task, runs, seeds=(42, 24), **kw)
+    assert again["rows"] == a["rows"] and cached[0].stat().st_mtime_ns == stamps[cached[0]]

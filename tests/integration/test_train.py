@@ -9,13 +9,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from support import require
 
-pytest.importorskip("torch")
+require("torch")
 
-from train_data import write_synthetic_city
+from train_data import write_synthetic_city  # noqa: E402
 
-from aether.errors import ConfigError, ModelError, TableError
-from aether.io.tables import (
+from aether.errors import ConfigError, ModelError, TableError  # noqa: E402
+from aether.io.tables import (  # noqa: E402
     MANIFEST_FILE,
     POI_EMBEDDINGS_FILE,
     POIS_FILE,
@@ -24,7 +25,7 @@ from aether.io.tables import (
     write_json,
     write_parquet,
 )
-from aether.ml.train import (
+from aether.ml.train import (  # noqa: E402
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,

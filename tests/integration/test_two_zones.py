@@ -18,12 +18,13 @@ import pytest
 from aef_tiles import smooth_q, write
 from pyproj import Transformer
 from shapely.geometry import Point
+from support import require
 
 from aether.core import aef
 from aether.embeddings import get_source
 from aether.io import tiles as tile_io
 
-pytest.importorskip("xee")
+require("xee")
 
 LAT, EDGE = 60.17, 24.0
 BANDS = list(aef.BANDS)

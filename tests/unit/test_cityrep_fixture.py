@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import require
 
 from aether.evaluation import cityrep
 
@@ -48,7 +49,7 @@ def test_the_folds_are_theirs_unit_for_unit():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_probe_and_metrics_are_theirs(kind):
-    pytest.importorskip("torch")
+    require("torch")
     x = cityrep.l2_rows(np.asarray(INPUTS["vectors"]))
     y = cityrep.targets(kind, np.asarray(INPUTS["labels"][kind]))
     n_out = int(y.max()) + 1 if kind == "classification" else y.shape[1]

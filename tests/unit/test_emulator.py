@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import require
 
 from aether.core import aef, zonal
 from aether.io import tiles as tile_io
 
-ee = pytest.importorskip("ee")
+ee = require("ee")
 
 YEAR = 2024
 CRS = "EPSG:32635"
@@ -241,8 +242,8 @@ def test_compute_pixels_answers_and_counts_the_real_pixel_types(ee_emulator, sam
 
 
 def test_xee_opens_the_collection(ee_emulator, sample_city) -> None:
-    xr = pytest.importorskip("xarray")
-    xee = pytest.importorskip("xee")
+    xr = require("xarray")
+    xee = require("xee")
     import shapely
 
     block = _block(sample_city)

@@ -8,8 +8,9 @@ import csv
 
 import numpy as np
 import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from train_data import write_synthetic_city  # noqa: E402
 

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from aether.ml.heads import AetherModel, aether_losses, info_nce, recall_at, retrieval_ranks  # noqa: E402
 from aether.ml.train import PRESETS  # noqa: E402
@@ -112,6 +113,23 @@ def test_false_negative_targets(batch):
     za, zt = m.encode_ae(x).detach(), m.encode_text(t).detach()
     assert float(info_nce(za, zt, 1 / 0.07, torch.eye(7, dtype=torch.bool))) == pytest.approx(
         float(info_nce(za, zt, 1 / 0.07)), rel=1e-6)
+    # and with them, the formula's value
+    assert float(info_nce(za, zt, 1 / 0.07, torch.from_numpy(xt_pos))) == pytest.approx(
+        _nce(za.double().numpy(), zt.double().numpy(), 0.07, xt_pos), rel=1e-5)
+
+
+def test_positives_of_either_mask_alone():
+    """Same place: a positive of both losses; same text: of the cross-modal one only."""
+    from aether.ml.heads import positives
+
+    eye = torch.eye(3, dtype=torch.bool)
+    pair = torch.zeros(3, 3, dtype=torch.bool)
+    pair[0, 1] = pair[1, 0] = True
+    assert positives(3, None, None) == (None, None)
+    ii, xt = positives(3, pair, None)
+    assert ii is None and torch.equal(xt, eye | pair)
+    ii, xt = positives(3, None, pair)
+    assert torch.equal(ii, eye | pair) and torch.equal(xt, eye | pair)
 
 
 def test_learnt_temperature_is_capped():

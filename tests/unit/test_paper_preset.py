@@ -25,9 +25,9 @@ import csv
 import json
 
 import numpy as np
-import pytest
+from support import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 nn, F = torch.nn, torch.nn.functional
 
 from train_data import write_synthetic_city  # noqa: E402

@@ -11,14 +11,16 @@ from aether.execution.jobs import RetryPolicy, Stats, Verdict, resilient_call
 
 
 def test_each_retry_and_escalation_is_logged_at_debug(caplog) -> None:
+    """One line each, naming the error by its type and its first line cut at 120 characters
+    (an error without a message by its type alone)."""
+    errors = [ConnectionError("connection reset by peer\nsecond line"), ConnectionError(),
+              MemoryError("User memory limit exceeded. " + "x" * 200)]
     calls = []
 
     def fn(items, level):
         calls.append(level)
-        if len(calls) <= 2:
-            raise ConnectionError("connection reset by peer")
-        if len(calls) == 3:
-            raise MemoryError("User memory limit exceeded.")
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
         return pd.DataFrame({"level": [level]})
 
     def classify(e):
@@ -29,10 +31,29 @@ def test_each_retry_and_escalation_is_logged_at_debug(caplog) -> None:
         out = resilient_call(fn, [1], classify, RetryPolicy(base_s=0.01), stats=stats,
                              rng=random.Random(0), sleep=lambda s: None)
     assert out["level"].tolist() == [1]
-    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert sum("retry" in m and "connection reset by peer" in m for m in lines) == 2
-    assert sum("escalating to level 1" in m for m in lines) == 1
+    lines = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.DEBUG and r.name == "aether.execution.jobs"]
+    assert lines == [
+        "retry 1 of 7 in a moment after: ConnectionError: connection reset by peer",
+        "retry 2 of 7 in a moment after: ConnectionError: ",
+        "escalating to level 1 after: MemoryError: "
+        + ("User memory limit exceeded. " + "x" * 200)[:120],
+    ]
     assert (stats.retries, stats.escalations, stats.attempts) == (2, 1, 4)
+
+
+def test_a_split_is_logged_at_debug(caplog) -> None:
+    def fn(items, level):
+        if len(items) > 2:
+            raise TimeoutError("Computation timed out.")
+        return pd.DataFrame({"item": list(items)})
+
+    with caplog.at_level(logging.DEBUG, logger="aether.execution.jobs"):
+        out = resilient_call(fn, [1, 2, 3, 4], lambda e: Verdict.SPLIT, RetryPolicy(),
+                             sleep=lambda s: None)
+    assert out["item"].tolist() == [1, 2, 3, 4]
+    assert [r.getMessage() for r in caplog.records if r.name == "aether.execution.jobs"] == [
+        "splitting 4 items in two"]
 
 
 def test_library_installs_no_handler() -> None:

@@ -7,7 +7,15 @@ from importlib import resources
 
 import pytest
 
-from aether.pois.taxonomy import classify, load_taxonomy, poi_tags, poi_text
+from aether.pois.taxonomy import (
+    OTHER_TOP,
+    classify,
+    classify_values,
+    load_taxonomy,
+    map_category,
+    poi_tags,
+    poi_text,
+)
 
 REQUIRED_KEYS = ("amenity", "shop", "office", "tourism", "leisure", "healthcare", "craft",
                  "public_transport", "railway", "historic", "sport")
@@ -36,11 +44,28 @@ def test_table_covers_the_required_keys_and_is_well_formed():
     ({"public_transport": "station"}, ("public transport station", "transport")),
     ({"shop": "deli", "amenity": "restaurant"}, ("restaurant", "food and drink")),
     ({"shop": "bakery;cafe"}, ("bakery", "food and drink")),  # first of a multi-value
+    ({"shop": "bakery;cafe;deli"}, ("bakery", "food and drink")),
     # an exact row of a later key beats a wildcard of an earlier key
     ({"amenity": "fancy_thing", "tourism": "hotel"}, ("hotel", "accommodation")),
 ])
 def test_classify(tags, expected):
     assert classify(tags) == expected
+
+
+def test_other_sources_codes_are_classified_by_the_first_known_osm_value():
+    assert classify_values(["nope", " Cafe "]) == ("cafe", "food and drink")
+    assert classify_values(["FAST_FOOD", "cafe"]) == ("fast food", "food and drink")
+    assert classify_values(["nope", "also not"]) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("Clothes Shop", ("clothes shop", "retail")),  # a category name of the table
+    ("Fast_Food", ("fast food", "food and drink")),  # an OSM value, as words
+    ("clothes", ("clothes", "retail")),  # an OSM value: the user's words, the table's top
+    ("  weird__thing ", ("weird thing", OTHER_TOP)),  # unknown: kept, under OTHER_TOP
+])
+def test_a_users_own_category_is_mapped_where_the_table_knows_it(value, expected):
+    assert map_category(value) == expected
 
 
 @pytest.mark.parametrize("tags", [

@@ -6,11 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import require
 
 from aether.errors import ModelError
 from aether.ml.text import DEFAULT_TEXT_MODEL, cache_vectors, encode_texts, text_hash
 
-pytest.importorskip("sentence_transformers")
+require("sentence_transformers")
 
 TEXTS = [
     "A place of cafe, a type of amenity, named Kahvila.",

@@ -1,6 +1,6 @@
 """Scheduled runs as a fleet: many cities, one after another vs on a local Dask cluster.
 
-    .venv/bin/python tests/benchmarks/bench_fleet.py              # 24 shards + 48 small cities
+    .venv/bin/python tests/benchmarks/bench_fleet.py              # 24 shards + 200 small cities
     .venv/bin/python tests/benchmarks/bench_fleet.py --quick      # 8 shards + 16 small cities
 
 Cities: the real OpenStreetMap POIs of Singapore (``/work/shared/data``, ODbL; the whole
@@ -247,7 +247,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="8 strips and 16 small cities")
     ap.add_argument("--cities", type=int, default=24, help="longitude strips of the POIs")
-    ap.add_argument("--small", type=int, default=48, help="cities of 20 POIs each")
+    ap.add_argument("--small", type=int, default=200, help="cities of 20 POIs each")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "aether-bench-fleet"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fleet.json"))
     args = ap.parse_args()

@@ -14,14 +14,17 @@ import argparse
 import csv
 import json
 import math
-import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import markers, replace_block
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
-START, END = "<!-- demo:start -->", "<!-- demo:end -->"
+START, END = markers("demo")
 TASK_ROWS = {"helsinki_landuse": "land use, macro-F1 ↑", "helsinki_poi_mix": "POI mix, KL ↓"}
 METHODS = ("prior (no features)", "AlphaEarth (raw)", "AETHER (paper)", "AETHER (default)",
            "POI text only", "AlphaEarth ⊕ POI text")
@@ -120,11 +123,7 @@ def main() -> None:
     t0 = time.perf_counter()
     city = run_demo(data, say=lambda s: None).city_dir
     block = render(city, time.perf_counter() - t0)
-    text = DOC.read_text()
-    if START not in text:
-        raise SystemExit(f"{DOC} has no {START} … {END} block")
-    DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END),
-                          lambda _: f"{START}\n{block}\n{END}", text, flags=re.S))
+    replace_block(DOC, "demo", block)
     print(block)
 
 

@@ -84,3 +84,21 @@ def in_child(target: Callable[..., None], *args: Any) -> Any:
     if isinstance(res, _Failed):
         raise SystemExit(f"{target.__name__} failed in its child process:\n{res.text}")
     return res
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments around a generated block named ``name`` on a docs page."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_block(doc: Path, name: str, block: str) -> None:
+    """Put ``block`` between the ``markers(name)`` of ``doc`` (written atomically): how
+    generated figures land on a page typed by hand."""
+    start, end = markers(name)
+    text = doc.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{doc} has no {start} … {end} block")
+    a, b = text.index(start) + len(start), text.index(end)
+    tmp = doc.with_suffix(".tmp")
+    tmp.write_text(text[:a] + "\n" + block + "\n" + text[b:])
+    tmp.replace(doc)

@@ -9,6 +9,7 @@ replaces the block between the ``calibration`` markers of docs/sample.md.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +23,12 @@ from aether.sample.stats import (
     reference_stats,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import replace_block
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "sample.md"
 DATA = ROOT.parent / "shared" / "data"
-START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
 REAL = {"Medford": "alphaearth_2021_h3r8_means_medford.json",
         **{town: f"alphaearth_2021_h3r8_cascadia/alphaearth_2021_h3r8_means_{stem}.json"
            for town, stem in (("Chico east", "chico_east"), ("Chico west", "chico_west"),
@@ -80,9 +83,7 @@ def render() -> str:
 
 
 def main() -> None:
-    text = DOC.read_text()
-    a, b = text.index(START) + len(START), text.index(END)
-    DOC.write_text(text[:a] + "\n" + render() + "\n" + text[b:])
+    replace_block(DOC, "calibration", render())
     print(f"wrote {DOC}")
 
 

@@ -113,3 +113,53 @@ def test_circles_still_go_to_the_circle_kernel(raster, tmp_path):
     b = zonal.partial_sums(block, x, y, 100.0)
     assert np.array_equal(a.weighted_sum, b.weighted_sum)
     assert exactextract_means  # the circle oracle lives in the shared parity test
+
+
+def test_window_specs_at_their_limits():
+    assert windows.parse_window("square:0") == (-5.0,)
+    assert windows.parse_window("square:4.0") == (-45.0,)
+    assert windows.parse_window("circle:100.5,12") == (100.5, 12.0)
+    for bad in ("circle:0", "square:-1", "circle", "square", "", "circle:100:200"):
+        with pytest.raises(InputError, match="bad window") as e:
+            windows.parse_window(bad)
+        assert "square:P" in e.value.hint and "circle:R" in e.value.hint
+    # the Python API's spelling of a --window, for hints
+    assert errors_python_value("window", "square:4,9") == "[-45, -95]"
+    assert errors_python_value("window", "circle:100,200") == "[100, 200]"
+
+
+def errors_python_value(option: str, value: str) -> str:
+    from aether import errors
+
+    return errors.PYTHON_VALUES[option](value)
+
+
+def test_reach_label_and_area_of_each_shape():
+    assert windows.reach(100.0) == 100.0
+    assert windows.reach(-45.0) == pytest.approx(45.0 * 2**0.5 + 10.0)
+    assert [windows.label(r) for r in (-45.0, -95.0, -5.0, 100.0, 12.5)] == [
+        "9×9 px square", "19×19 px square", "1×1 px square", "100 m", "12.5 m"]
+    assert windows.area_px(100.0, 100.0) == pytest.approx(np.pi * 100.0)
+    assert windows.area_px(-45.0, 100.0) == pytest.approx(81.0)
+    assert windows.area_px(-45.0, 25.0) == pytest.approx(324.0)
+    assert windows.is_square(-5.0) and not windows.is_square(5.0)
+
+
+def test_a_point_on_a_pixel_edge_takes_the_pixel_after_it():
+    # north-up grid from (0, 100), 10 m pixels: x = 20 starts column 2, y = 80 starts row 2
+    boxes = windows.snapped_squares(np.array([20.0, 19.99]), np.array([80.0, 80.01]), 5.0,
+                                    0.0, 100.0, 10.0, -10.0)
+    assert boxes.tolist() == [[20.0, 70.0, 30.0, 80.0], [10.0, 80.0, 20.0, 90.0]]
+
+
+def test_mixed_windows_come_back_in_the_order_asked(raster):
+    block = zonal.PixelBlock(raster, X0, Y0, PX, -PX)
+    x, y = _points(20)
+    radii = [-45.0, 100.0, -95.0, 50.0, 100.0]
+    mixed = windows.radii_partial_sums(block, x, y, radii)
+    assert len(mixed) == len(radii)
+    for r, part in zip(radii, mixed, strict=True):
+        alone = windows.partial_sums(block, x, y, r)
+        np.testing.assert_allclose(part.weighted_sum, alone.weighted_sum, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(part.valid_weight, alone.valid_weight, rtol=1e-12)
+    assert not np.allclose(mixed[0].valid_weight, mixed[2].valid_weight)

@@ -241,7 +241,7 @@ class Model:
         import pandas as pd
 
         from aether.core.aef import BANDS
-        from aether.ml.encode import aether_frame, apply_ae, grid_window_means
+        from aether.ml.encode import aether_frame, apply_ae, encode_grid
 
         if "radius_m" in frame:
             rows = frame[np.isclose(frame["radius_m"].astype(float), self.base_radius_m)]
@@ -253,8 +253,7 @@ class Model:
             keys = [c for c in rows.columns if c not in BANDS and c not in ("weight", "norm")]
         elif {"cell_id", "x", "y"} <= set(frame.columns):
             rows = frame.reset_index(drop=True)
-            means = grid_window_means(rows, self.base_radius_m)
-            z = apply_ae(self.run, means.mean)
+            z, means = encode_grid(self.run, rows)
             rows = rows.assign(valid_fraction=means.valid_fraction.astype(np.float32))
             keys = [c for c in rows.columns if c not in BANDS and c != "weight"]
         else:
@@ -610,36 +609,76 @@ def _run_and_cell(city: str, model: str | None, cell: str | float | None, year: 
     return run, cells[0] if cell is None else parse_cell(cell), where
 
 
-def search(queries: Sequence[str], *, city: str, model: str | None = None, k: int = 10,
-           cell: str | float | None = None, year: int = DEFAULT_YEAR,
-           data_dir: PathLike | None = None) -> Search:
-    """Text queries against a run's encoded grid.
+def search(queries: Sequence[str], *, city: str | None = None, model: str | None = None,
+           k: int = 10, cell: str | float | None = None, year: int = DEFAULT_YEAR,
+           data_dir: PathLike | None = None, vectors: Sequence[PathLike] = ()) -> Search:
+    """Text queries against a run's encoded grid, or against your own AlphaEarth means
+    encoded by a run.
 
     Parameters
     ----------
     queries
         Natural-language queries (each under 500 characters).
     city
-        The city's name, as extracted.
+        The city's name, as extracted; or None with ``vectors``.
     model
-        The run (default: ``default``, else the last run with an encoded grid).
+        The run (default: ``default``, else the last run with an encoded grid); with
+        ``vectors``, a run's directory (of any city), which is required.
     k
         Top cells per query.
     cell
         The grid (default: the smallest encoded one).
+    vectors
+        Files of your own AlphaEarth means per area (``query.own_vectors``: JSON of H3
+        means, or (Geo)Parquet), encoded by ``model``'s image head as ``aether encode``
+        encodes a grid, then searched instead of a city's grid.
 
     Returns
     -------
     Search
-        Per query the scores of every cell and the top ``k`` with their nearest POIs;
-        ``.table()`` and ``.maps()``.
+        Per query the scores of every cell and the top ``k`` with their nearest POIs (with
+        ``vectors``: the file, ``source``, of each); ``.table()`` and ``.maps()``.
     """
     from aether.query.search import check_queries, query_city
+    from aether.query.search import search as search_index
 
     texts = check_queries(list(queries))
+    if vectors:
+        from aether.query.own_vectors import encode_vectors, read_vectors
+
+        if city is not None or cell is not None:
+            raise InputError("--vectors searches your own vectors, not a city's grid",
+                             "drop --city and --cell (give --model as a run directory), "
+                             "or drop --vectors")
+        if model is None:
+            raise InputError("your vectors have no text space: words cannot be matched to "
+                             "them without a trained model",
+                             "give --model RUN_DIR to encode them with a run's image head, "
+                             "or find places like a place with `aether similar --vectors`")
+        own = _run_dir(model)
+        index = encode_vectors(read_vectors(vectors), own)
+        return Search(own, index, search_index(index, own, texts, k=k), None)
+    if city is None:
+        raise InputError("no city and no vectors to search",
+                         "pass --city NAME, or --vectors FILE with --model RUN_DIR")
     run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)
     index, results = query_city(where, run, texts, cell=cell_m, k=k)
     return Search(run, index, results, where)
+
+
+def _run_dir(model: PathLike) -> ModelRun:
+    """A trained run given by its directory (of any city): what your own vectors are
+    encoded with, where there is no city to name a run in."""
+    from aether.errors import ModelError
+    from aether.io.store import model_complete
+
+    path = Path(model)
+    if not path.is_dir() or not model_complete(path):
+        raise ModelError(f"no trained run at {path}" if not path.is_dir() else
+                         f"{path} holds no complete trained run",
+                         "with --vectors, --model is a run's directory, e.g. "
+                         "aether-data/helsinki/2024/models/default")
+    return Model.load(path).run
 
 
 def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
@@ -691,24 +730,29 @@ def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
     return Search(run, index, [res], where)
 
 
-def serve(city: str, models: Sequence[str] | None = None, *, port: int = 0,
-          height: int = 640, basemap: str = "city", year: int = DEFAULT_YEAR,
-          data_dir: PathLike | None = None) -> ServedApp:
+def serve(city: str | None = None, models: Sequence[str] | None = None, *, port: int = 0,
+          height: int = 640, basemap: str | None = None, year: int = DEFAULT_YEAR,
+          data_dir: PathLike | None = None, vectors: Sequence[PathLike] = ()) -> ServedApp:
     """``aether serve`` inside Python: the web app served on loopback from a background
     thread, shown in a notebook cell as an iframe.
 
     Parameters
     ----------
     city
-        The city's name, as extracted.
+        The city's name, as extracted; or None with ``vectors``.
     models
-        Runs to show side by side (default: every run with an encoded grid).
+        Runs to show side by side (default: every run with an encoded grid); with
+        ``vectors``, run directories (of any city), each a panel of your vectors encoded.
     port
         The loopback port (0: any free one).
     height
         The iframe's height in pixels.
     basemap
-        ``city`` (its own OSM layers, offline), ``osm`` (online tiles) or ``none``.
+        ``city`` (its own OSM layers, offline; the default for a city), ``osm`` (online
+        tiles) or ``none`` (the default for your own vectors).
+    vectors
+        Files of your own vectors per area (as ``similar``): a panel of them as given
+        ("more like this"), and one per model encoded (words too).
 
     Returns
     -------
@@ -717,26 +761,35 @@ def serve(city: str, models: Sequence[str] | None = None, *, port: int = 0,
     """
     from aether.query.webapp import ServedApp
 
-    return ServedApp(web_app(city, models, basemap=basemap, year=year, data_dir=data_dir),
-                     port=port, height=height)
+    return ServedApp(web_app(city, models, basemap=basemap, year=year, data_dir=data_dir,
+                             vectors=vectors), port=port, height=height)
 
 
-def web_app(city: str, models: Sequence[str] | None = None, *, basemap: str = "city",
-            year: int = DEFAULT_YEAR, data_dir: PathLike | None = None,
-            workers: int | None = None, queue: int = 16) -> CityApp:
+def web_app(city: str | None = None, models: Sequence[str] | None = None, *,
+            basemap: str | None = None, year: int = DEFAULT_YEAR,
+            data_dir: PathLike | None = None, workers: int | None = None, queue: int = 16,
+            vectors: Sequence[PathLike] = ()) -> CityApp:
     """The state behind ``aether serve``: each run's encoded grid (the smallest cell all of
     them have) and raw AlphaEarth, loaded once; ``query.serve.create_app`` makes it ASGI.
     Without ``models``, every run that has an encoded grid (the others are named in the log).
-    ``basemap``: the maps drawn on the city's own OSM layers (``city``, offline), online OSM
-    tiles (``osm``) or nothing (``none``). ``workers`` answers at a time (default: the CPUs)
-    and ``queue`` waiting; more get a 503."""
+    ``basemap``: the maps drawn on the city's own OSM layers (``city``, offline, the
+    default), online OSM tiles (``osm``) or nothing (``none``). ``workers`` answers at a
+    time (default: the CPUs) and ``queue`` waiting; more get a 503. With ``vectors``: your
+    own vectors as given, and encoded by each run directory in ``models``
+    (``query.serve.own_panels``); no city, no base map unless ``osm``."""
     import logging
 
     from aether.ml.encode import encoded_cells
     from aether.provenance import is_synthetic
     from aether.query.serve import CityApp, check_basemap, load_panels
 
-    check_basemap(basemap)  # before minutes of loading
+    if vectors:
+        return _own_app(vectors, models, city=city, basemap=basemap, workers=workers,
+                        queue=queue)
+    if city is None:
+        raise InputError("no city and no vectors to serve",
+                         "pass --city NAME, or --vectors FILE (with --model RUN_DIR for words)")
+    basemap = check_basemap(basemap or "city")  # before minutes of loading
 
     where = city_dir(city, year, data_dir)
     chosen = runs(city, models, year=year, data_dir=data_dir)
@@ -755,13 +808,34 @@ def web_app(city: str, models: Sequence[str] | None = None, *, basemap: str = "c
                    synthetic=is_synthetic(where), workers=workers, queue=queue)
 
 
-def query(queries: str | Sequence[str], *, city: str, model: str | None = None, k: int = 10,
-          cell: str | float | None = None, year: int = DEFAULT_YEAR,
-          data_dir: PathLike | None = None) -> gpd.GeoDataFrame:
-    """The top-k grid cells of each text query, as one frame (see ``Search.table``)."""
+def _own_app(vectors: Sequence[PathLike], models: Sequence[str] | None, *, city: str | None,
+             basemap: str | None, workers: int | None, queue: int) -> CityApp:
+    """The web app over a user's own vectors: a panel of them as given and one per run."""
+    from aether.query.own_vectors import OWN, read_vectors
+    from aether.query.serve import CityApp, check_basemap, own_panels
+
+    if city is not None:
+        raise InputError("--vectors serves your own vectors, not a city's grid",
+                         "drop --city (give --model as a run directory), or drop --vectors")
+    basemap = check_basemap(basemap or "none")
+    if basemap == "city":
+        raise InputError("your vectors have no city base map (no city's OSM layers)",
+                         "use --basemap osm (online tiles) or --basemap none")
+    runs = [_run_dir(m) for m in models or []]
+    index = read_vectors(vectors)
+    return CityApp(OWN, own_panels(index, runs), basemap=basemap, workers=workers,
+                   queue=queue)
+
+
+def query(queries: str | Sequence[str], *, city: str | None = None, model: str | None = None,
+          k: int = 10, cell: str | float | None = None, year: int = DEFAULT_YEAR,
+          data_dir: PathLike | None = None, vectors: Sequence[PathLike] = ()
+          ) -> gpd.GeoDataFrame:
+    """The top-k grid cells of each text query, as one frame (see ``Search.table``); with
+    ``vectors`` (and ``model``, a run directory) over your own AlphaEarth means."""
     texts = [queries] if isinstance(queries, str) else list(queries)
     return search(texts, city=city, model=model, k=k, cell=cell, year=year,
-                  data_dir=data_dir).table()
+                  data_dir=data_dir, vectors=vectors).table()
 
 
 def demo(data_dir: PathLike | None = None, *, epochs: int | None = None, seeds: int = 5,

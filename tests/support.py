@@ -1,15 +1,24 @@
 """Helpers both test tiers import: where the repository and ../shared/data are, optional
-dependencies, free ports."""
+dependencies, free ports, and the served web app (start it, GET, read an answer)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
 import re
 import socket
+import struct
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -52,6 +61,46 @@ def shared_file(name: str) -> Path:
         pytest.skip(f"needs {SHARED_DATA / name} (../shared/data beside the clone)",
                     allow_module_level=True)
     return path
+
+
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``aether serve ARGS --port 0`` (the real CLI) in a subprocess; yields its URL and
+    process, and stops it."""
+    proc = subprocess.Popen([sys.executable, "-m", "aether", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    m = re.match(r"(http://127\.0\.0\.1:\d+/)", line)
+    if not m:
+        proc.wait(timeout=30)
+        pytest.fail(f"serve did not start: {line!r} {proc.stderr.read()}")
+    try:
+        yield m.group(1), proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def http_get(url: str, host: str | None = None, headers: dict[str, str] | None = None
+             ) -> tuple[int, bytes, str]:
+    """Status, body and content type of a GET (an HTTP error is an answer, not raised)."""
+    req = urllib.request.Request(url, headers={**({"Host": host} if host else {}),
+                                               **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def served_answer(body: bytes) -> tuple[dict, np.ndarray]:
+    """The page's binary reply: its JSON head and its heat raster (height × width bytes)."""
+    n = struct.unpack("<I", body[:4])[0]
+    head = json.loads(body[4:4 + n])
+    heat = np.frombuffer(body[4 + n:], np.uint8)
+    return head, heat.reshape(head["heat"]["height"], head["heat"]["width"])
 
 
 def free_port() -> int:

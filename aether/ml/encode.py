@@ -69,6 +69,11 @@ class ModelRun:
         return int(self.config["model"]["out_dim"])
 
     @property
+    def in_dim(self) -> int:
+        """The image head's input size: 64 for AlphaEarth means (A00..A63)."""
+        return int(self.config["model"].get("ae_dim", len(BANDS)))
+
+    @property
     def columns(self) -> tuple[str, ...]:
         return aether_columns(self.out_dim)
 
@@ -185,18 +190,30 @@ def cell_arg(spec: CellSpec) -> str:
     return spec.label if spec.kind == "square" else f"h3:{int(spec.size)}"
 
 
+def encode_grid(run: ModelRun, grid: pd.DataFrame, cell: str | float | CellSpec | None = None,
+                *, crs: str | None = None) -> tuple[np.ndarray, zonal.Means]:
+    """AETHER vectors of grid cells (and the window means they come from): each cell's mean
+    over the run's window around its centre (``grid_window_means``), through the image head.
+    The one path of ``aether encode``, ``Model.encode`` and a user's own area means
+    (``query.own_vectors``), so a cell is encoded the same whichever way it came."""
+    means = grid_window_means(grid, run.base_radius_m, cell, crs=crs)
+    return apply_ae(run, means.mean), means
+
+
 def grid_window_means(grid: pd.DataFrame, radius_m: float,
-                      cell: str | float | CellSpec | None = None) -> zonal.Means:
+                      cell: str | float | CellSpec | None = None, *,
+                      crs: str | None = None) -> zonal.Means:
     """Means over the window of ``radius_m`` (a circle, or a square when negative, see
     ``aether.core.windows``) around each cell centre, from the cell means.
 
     A square grid is turned into a raster whose pixels are the cells and whose last band is
     each cell's valid pixel count, so the kernel's coverage weights times that count give
-    the exact pixel-area weighting; H3 cells are weighted by the area of each hexagon the
-    window covers. Masked cells (NaN) contribute nothing.
+    the exact pixel-area weighting; H3 cells, and any areas given with ``crs`` (the metric
+    crs their ``x``, ``y`` are in: a user's own polygons), are weighted by the area of each
+    polygon the window covers. Masked cells (NaN) contribute nothing.
     """
-    if cell is not None and parse_cell(cell).kind == "h3":
-        return _polygon_window_means(grid, radius_m)
+    if crs is not None or (cell is not None and parse_cell(cell).kind == "h3"):
+        return _polygon_window_means(grid, radius_m, crs)
     x = grid["x"].to_numpy(float)
     y = grid["y"].to_numpy(float)
     xs, ys = np.unique(x), np.unique(y)
@@ -217,14 +234,17 @@ def grid_window_means(grid: pd.DataFrame, radius_m: float,
     return windows.finalize(summed, radius_m, PIXEL_SIZE_M**2)
 
 
-def _polygon_window_means(grid: Any, radius_m: float) -> zonal.Means:
+def _polygon_window_means(grid: Any, radius_m: float, crs: str | None = None) -> zonal.Means:
     """Window means over cells that are polygons (H3): each cell weighted by the share of it
-    the window covers times its valid pixel count, as the raster path does for squares."""
+    the window covers times its valid pixel count, as the raster path does for squares.
+    ``crs``: the one ``x``, ``y`` are in (default: the UTM zone of the grid's middle)."""
     import shapely
 
     x, y = grid["x"].to_numpy(float), grid["y"].to_numpy(float)
-    c = grid.geometry.union_all().centroid
-    polys = np.asarray(grid.geometry.to_crs(f"EPSG:{utm_epsg(c.x, c.y)}").values, dtype=object)
+    if crs is None:
+        c = grid.geometry.union_all().centroid
+        crs = f"EPSG:{utm_epsg(c.x, c.y)}"
+    polys = np.asarray(grid.geometry.to_crs(crs).values, dtype=object)
     r = abs(radius_m)
     shapes = (shapely.box(x - r, y - r, x + r, y + r) if windows.is_square(radius_m)
               else shapely.buffer(shapely.points(x, y), r, quad_segs=32))
@@ -288,8 +308,7 @@ def _encode(store: CityStore, run: ModelRun, cells: list[str | float | CellSpec]
     pois_path = write_parquet(poi_df, store.encoded_pois(run.name))
     grid_paths, n_cells, n_masked = [], 0, int(np.isnan(z[:, 0]).sum())
     for spec, grid in grids.items():
-        means = grid_window_means(grid, r, spec)
-        zg = apply_ae(run, means.mean)
+        zg, means = encode_grid(run, grid, spec)
         df = pd.concat([grid[["cell_id", "x", "y"]].reset_index(drop=True), aether_frame(zg)],
                        axis=1)
         df.insert(3, "valid_fraction", means.valid_fraction.astype(np.float32))

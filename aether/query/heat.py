@@ -36,6 +36,13 @@ class HeatRaster:
     def shape(self) -> tuple[int, int]:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
+    def cells_drawn(self, n_cells: int) -> int:
+        """How many of the grid's ``n_cells`` some pixel shows: all but a few, unless the
+        cells lie so far apart (towns hundreds of km apart) that the bounded raster's pixels
+        outgrow them."""
+        counts = np.bincount(self.pixels.ravel(), minlength=n_cells + 1)
+        return int(np.count_nonzero(counts[:n_cells]))
+
     def encode(self, scores: np.ndarray, lo: float, hi: float) -> bytes:
         """The answer's bytes, row-major from the north-west corner: a score ``s`` is
         ``round(254·(s − lo)/(hi − lo))``, 255 where there is no score (float32 throughout:

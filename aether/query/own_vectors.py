@@ -3,8 +3,10 @@ exported elsewhere (the ``{cell: {"embedding": [...]}}`` JSON of ../shared/data)
 table of one vector per area (GeoParquet with polygons, or Parquet keyed by H3 cell).
 
 Several files make one table (``source`` says which file a row came from), so places in one
-town can be compared with places in others. Nothing is encoded: "more like this" is the
-cosine of the vectors as given (``aether similar --vectors``).
+town can be compared with places in others. As given, "more like this" is the cosine of the
+vectors themselves (``aether similar --vectors``). Raw vectors have no text space: for words
+(``aether query --vectors --model RUN``) AlphaEarth means are encoded by a trained run's
+image head (``encode_vectors``), through the path ``aether encode`` takes for a grid.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aether.errors import InputError, TableError
 from aether.query.search import CityIndex
+
+if TYPE_CHECKING:
+    from aether.ml.encode import ModelRun
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,10 @@ MAX_JSON_BYTES = 512 * 2**20
 #: Column names taken as the vector, in order of preference: AlphaEarth's bands, aether's.
 VECTOR_COLUMNS = (re.compile(r"A\d{2}"), re.compile(r"E\d{3}"))
 ID_COLUMNS = ("cell_id", "h3", "h3_cell", "h3_index", "id")
+#: Columns taken as each area's valid pixel count (how much its mean weighs in a window).
+WEIGHT_COLUMNS = ("pixel_count", "weight")
+#: The name of a user's own vectors wherever a model's would stand (a panel, a table).
+OWN = "your vectors"
 HINT = ("give a JSON {h3_cell: {\"embedding\": [...]}} file, or a (Geo)Parquet table with a "
         "cell id or geometry and columns A00..A63 (or E000.., or an 'embedding' list)")
 
@@ -74,8 +83,8 @@ def _read_one(path: Path) -> tuple[Any, np.ndarray]:
     if not path.is_file():
         raise InputError(f"no vector file {path}", "check the path")
     if path.suffix.lower() == ".json":
-        ids, vectors = _from_json(path)
-        frame = _cells_frame(ids, path)
+        ids, vectors, weight = _from_json(path)
+        frame = _cells_frame(ids, path).assign(weight=weight)
     elif path.suffix.lower() in (".parquet", ".geoparquet"):
         frame, vectors = _from_parquet(path)
     else:
@@ -86,7 +95,7 @@ def _read_one(path: Path) -> tuple[Any, np.ndarray]:
     return frame.assign(source=path.stem), vectors
 
 
-def _from_json(path: Path) -> tuple[list[str], np.ndarray]:
+def _from_json(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise InputError(f"{path.name} is over {MAX_JSON_BYTES // 2**20} MB of JSON",
                          "convert it to Parquet")
@@ -105,7 +114,17 @@ def _from_json(path: Path) -> tuple[list[str], np.ndarray]:
     if vectors.ndim != 2 or vectors.shape[1] < 2:
         raise TableError(f"{path.name}: the vectors are not lists of numbers of one length",
                          HINT)
-    return [str(k) for k in data], vectors
+    return [str(k) for k in data], vectors, _weights([
+        v.get("pixel_count") if isinstance(v, dict) else None for v in data.values()])
+
+
+def _weights(counts: Sequence[Any]) -> np.ndarray:
+    """Each area's pixel count as a float (1 where not given: the areas weigh alike)."""
+    try:
+        out = np.array([1.0 if c is None else c for c in counts], dtype=np.float64)
+    except (ValueError, TypeError):
+        return np.ones(len(counts))
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 def _from_parquet(path: Path) -> tuple[Any, np.ndarray]:
@@ -134,7 +153,9 @@ def _from_parquet(path: Path) -> tuple[Any, np.ndarray]:
     else:
         raise TableError(f"{path.name} says nowhere where its rows are (no polygon geometry "
                          "or H3 cell id)", HINT)
-    return frame, vectors
+    counts = next((c for c in WEIGHT_COLUMNS if c in table.columns), None)
+    weight = (_weights(table[counts].tolist()) if counts else np.ones(len(table)))
+    return frame.assign(weight=weight), vectors
 
 
 def _vector_block(table: Any, path: Path) -> np.ndarray:
@@ -167,3 +188,39 @@ def _cells_frame(ids: list[str], path: Path) -> Any:
                          "key rows by H3 cell, or give a GeoParquet table with geometry")
     polygons = [Polygon([(lon, lat) for lat, lon in h3.cell_to_boundary(c)]) for c in ids]
     return gpd.GeoDataFrame({"cell_id": ids}, geometry=polygons, crs="EPSG:4326")
+
+
+def encode_vectors(index: CityIndex, run: ModelRun) -> CityIndex:
+    """The index with every area's AlphaEarth mean through the run's image head: ``aether
+    encode``'s own path (``ml.encode.encode_grid``), so each area is the mean over the run's
+    window around its centre, weighted over the areas the window meets, then encoded. Rows
+    keep their order, ids and files; an area without a finite mean stays NaN."""
+    import pandas as pd
+
+    from aether.core.aef import BANDS
+    from aether.ml.encode import encode_grid
+
+    width = index.vectors.shape[1]
+    if width != run.in_dim or width != len(BANDS):
+        raise InputError(f"your vectors are {width}-d; model {run.name} takes {run.in_dim}-d "
+                         "AlphaEarth means",
+                         "give AlphaEarth means (64 values per area, or columns A00..A63), "
+                         "or search them as given with `aether similar --vectors`")
+    _say_scale(index, run)
+    bands = pd.DataFrame(index.vectors, columns=list(BANDS), index=index.grid.index)
+    z, _ = encode_grid(run, pd.concat([index.grid, bands], axis=1), crs=index.crs)
+    return CityIndex(index.grid, z, index.pois, index.crs)
+
+
+def _say_scale(index: CityIndex, run: ModelRun) -> None:
+    """Log when the areas are wider than the run's window: each is then encoded from its
+    own mean alone, a coarser scale than the buffer means the head was trained on."""
+    from aether.core import windows
+    from aether.core.aef import PIXEL_SIZE_M
+
+    area = float(np.median(index.grid.geometry.to_crs(index.crs).area))
+    window = windows.area_px(run.base_radius_m, PIXEL_SIZE_M**2) * PIXEL_SIZE_M**2
+    if area > 2 * window:
+        log.warning("your areas (median %.2f km²) are wider than the %s window model %s was "
+                    "trained on: each is encoded from its own mean, a coarser scale than "
+                    "training saw", area / 1e6, windows.label(run.base_radius_m), run.name)

@@ -6,6 +6,10 @@ and heads, and the page (Leaflet from the package, no CDN) draws one heat map pe
 by side. Raw AlphaEarth (the grid's own 64-d means) is a panel too: it has no text space, so it
 answers "more like this" only, which is exactly what shows what the alignment adds.
 
+A user's own vectors (``--vectors``) are served the same way, with no city: a panel of them
+as given ("more like this") and one per trained run, the vectors encoded by its image head
+(``own_panels``), so words work there.
+
 This module is the state: panels whose query-independent parts (unit vectors, centres, POI
 tree, heat raster) are built once at load, so an answer is one matrix-vector product, a
 partial sort and a gather (``heat``); and the ``Gate`` that bounds the work in flight. The
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import socket
 import struct
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from aether.ml.encode import ModelRun
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RAW = "alphaearth"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -83,14 +89,27 @@ class Panel:
         return mean, np.sqrt(np.maximum(squares / max(n, 1) - mean ** 2, 0)) + 1e-6
 
     @property
+    def own(self) -> bool:
+        """Whether the cells are a user's own vectors (each row names its file)."""
+        return "source" in self.index.grid.columns
+
+    @property
     def about(self) -> str:
         """What the model is, in a line for the page."""
         if self.run is None:
-            return (f"raw AlphaEarth: the grid's own {self.vectors.vectors.shape[1]}-d means, "
+            width = self.vectors.vectors.shape[1]
+            if self.own:
+                return (f"your vectors as given: {width}-d, no text space (more like this "
+                        "only)")
+            return (f"raw AlphaEarth: the grid's own {width}-d means, "
                     "no text space (more like this only)")
         text = self.run.text_model or "no text encoder"
-        return (f"AETHER run {self.name} (preset {self.run.preset}): {self.run.out_dim}-d, "
-                f"text encoder {text}")
+        about = (f"AETHER run {self.name} (preset {self.run.preset}): {self.run.out_dim}-d, "
+                 f"text encoder {text}")
+        if self.own:
+            trained = "+".join(self.run.cities) or "its own city"
+            about += f"; your vectors through its image head (trained on {trained})"
+        return about
 
     def answer(self, label: str, q: np.ndarray, k: int, skip: np.ndarray | None = None
                ) -> Answer:
@@ -130,7 +149,8 @@ class Answer:
                   "geometry": {"type": "Point", "coordinates": [float(r.lon), float(r.lat)]},
                   "properties": {"rank": int(r.rank), "cell_id": str(r.cell_id),
                                  "score": round(float(r.score), 4),
-                                 "nearest_pois": r.nearest_pois}}
+                                 "nearest_pois": r.nearest_pois,
+                                 **({"source": str(r.source)} if "source" in top else {})}}
                  for r in top.itertuples()]
         out: dict[str, Any] = {"model": self.model, "query": self.result.query,
                                "lo": self.lo, "hi": self.hi, "note": self.note, "kind": self.kind,
@@ -240,10 +260,14 @@ class CityApp:
         first = panels[0].index
         #: the city layers (one copy for every panel), None unless ``basemap`` is "city"
         self.base = base_layers(first.basemap, first.pois) if basemap == "city" else None
+        #: the files of a user's own vectors and their cells, in order (none for a city)
+        self.sources = _sources(first.grid)
         #: what the page says about its base map, when there is something to say
         self.base_note = (f"no offline street map for {city} (its POIs did not come from a "
                           "PBF): only its POIs are drawn; --basemap osm draws online tiles"
-                          if basemap == "city" and first.basemap is None else None)
+                          if basemap == "city" and first.basemap is None else
+                          "no base map under your vectors: --basemap osm draws OpenStreetMap's "
+                          "online tiles" if self.sources and basemap == "none" else None)
         self.synthetic = synthetic
         self.panels = {p.name: p for p in panels}
         self.workers = workers or os.cpu_count() or 1
@@ -273,7 +297,7 @@ class CityApp:
 
         (q,) = check_queries([q])
         if panel.run is None:
-            raise InputError(f"{panel.name} has no text space: it cannot read {q!r}",
+            raise InputError(f"{panel.name}: no text space, so it cannot read {q!r}",
                              "click a cell for places like it, or pick a trained model")
         vec = apply_text(panel.run, [q])[0]
         return vec / np.linalg.norm(vec)
@@ -362,6 +386,14 @@ class CityApp:
                                                                  ans.hi)
 
 
+def _sources(grid: Any) -> list[dict[str, Any]]:
+    """Each file of a user's own vectors (``source``) with its number of cells, in order."""
+    if "source" not in grid.columns:
+        return []
+    counts = grid["source"].value_counts(sort=False)
+    return [{"file": str(f), "cells": int(n)} for f, n in counts.items()]
+
+
 def _one_thread_per_answer(*, text: bool) -> None:
     """Answers run side by side, one per worker, so each gets one thread: the BLAS and torch
     pools would oversubscribe the cores. Measured on a busy 2-core machine: two concurrent
@@ -401,25 +433,59 @@ def load_panels(city_dir: Path, runs: list[ModelRun], cell: str | float | CellSp
     if raw and panels:
         base = panels[0]
         grid = read_grid(city_dir, cell).set_index("cell_id").reindex(base.index.grid["cell_id"])
-        vi = VectorIndex(grid[list(BANDS)].to_numpy(np.float32))
-        idx = copy.copy(base.index)  # the same cells: centres, POI tree, raster, base map
-        idx.vectors, idx.poi_vectors = vi.unit, None
-        raw_panel = Panel(RAW, idx, vi, None, base.heat)
-        _ = raw_panel.scale  # query-independent: made at load
-        panels.append(raw_panel)
+        panels.append(same_cells(base, RAW, grid[list(BANDS)].to_numpy(np.float32), None))
     return panels
+
+
+def own_panels(index: CityIndex, runs: list[ModelRun]) -> list[Panel]:
+    """A user's own vectors as given (``OWN``, "more like this") and, per run, the same
+    cells encoded by its image head (``own_vectors.encode_vectors``: text works there);
+    every panel shares the first's cells, centres and heat raster."""
+    from aether.ml.encode import apply_text
+    from aether.query.own_vectors import OWN, encode_vectors
+
+    names = [r.name for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1 or n == OWN})
+    if twice:
+        raise InputError(f"two panels would be named {twice[0]!r}",
+                         "serve runs of distinct names (rename a run directory)")
+    encoded = [encode_vectors(index, run) for run in runs]  # a width refused before any build
+    first = build_panel(OWN, index, index.vectors, None)
+    panels = [first]
+    for run, enc in zip(runs, encoded, strict=True):
+        apply_text(run, ["warm up the text encoder"])  # the first query answers fast
+        panels.append(same_cells(first, run.name, enc.vectors, run))
+    return panels
+
+
+def same_cells(base: Panel, name: str, vectors: np.ndarray, run: ModelRun | None) -> Panel:
+    """A panel of other vectors over ``base``'s cells: its centres, POI tree, click lookup,
+    heat raster and base map are shared, not made again."""
+    vi = VectorIndex(vectors)
+    idx = copy.copy(base.index)
+    idx.vectors, idx.poi_vectors = vi.unit, None
+    panel = Panel(name, idx, vi, run, base.heat)
+    _ = panel.scale  # query-independent: made at load
+    return panel
 
 
 def build_panel(name: str, idx: CityIndex, vectors: np.ndarray, run: ModelRun | None) -> Panel:
     """A panel with its query-independent parts built: unit vectors, centres, the POI tree,
     the cell lookup for clicks, the heat raster and the vectors' mean and sd. The grid keeps
-    ids, centres and shapes only, and the index holds the unit vectors: one float32 copy of
-    the vectors, not three (at a million 128-d cells each is 512 MB)."""
+    ids, centres, shapes and (a user's own vectors) files only, and the index holds the unit
+    vectors: one float32 copy of the vectors, not three (at a million 128-d cells each is
+    512 MB)."""
     vi = VectorIndex(vectors)
-    idx.grid = idx.grid[["cell_id", "x", "y", "geometry"]]
+    keep = ["cell_id", "x", "y", "geometry", *(["source"] if "source" in idx.grid else [])]
+    idx.grid = idx.grid[keep]
     idx.vectors = vi.unit
     _ = idx.centres, idx.poi_tree, idx.grid.sindex  # each cached by its first use: now
     heat = heat_raster(idx.grid["x"].to_numpy(float), idx.grid["y"].to_numpy(float), idx.crs)
+    drawn = heat.cells_drawn(len(idx.grid))
+    if drawn < 0.9 * len(idx.grid):
+        log.warning("the heat map draws %d of %d cells: they lie so far apart that many are "
+                    "smaller than one of its %d × %d pixels (the top places are all marked)",
+                    drawn, len(idx.grid), *heat.shape[::-1])
     panel = Panel(name, idx, vi, run, heat)
     _ = panel.scale  # what the classifier standardises by
     return panel

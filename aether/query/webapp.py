@@ -126,7 +126,7 @@ def create_app(state: CityApp, *, allowed_hosts: list[str] | None = None) -> Any
                 "base_features": state.base.features if state.base else 0,
                 "base_note": state.base_note, "base_style": BASE_STYLE,
                 "synthetic": SYNTHETIC_LABEL if state.synthetic else None,
-                "max_labels": MAX_LABELS, "load": gate.state()}
+                "sources": state.sources, "max_labels": MAX_LABELS, "load": gate.state()}
 
     @app.get("/api/basemap.geojson")
     def basemap(request: Request) -> Response:
@@ -272,7 +272,8 @@ def result_geojson(state: CityApp, answers: list[Answer]) -> dict[str, Any]:
         grid = state.panel(ans.model).index.grid
         top = ans.result.top
         hit = grid[grid["cell_id"].isin(top["cell_id"])]  # the k rows first: no 1 M-row index
-        cells = hit.set_index("cell_id").loc[top["cell_id"], ["geometry"]].reset_index()
+        cols = ["geometry", *(["source"] if "source" in grid else [])]  # a user's file
+        cells = hit.set_index("cell_id").loc[top["cell_id"], cols].reset_index()
         frames.append(cells.assign(model=ans.model, rank=top["rank"].to_numpy(),
                                    score=top["score"].astype(float).to_numpy()))
     out = pd.concat(frames, ignore_index=True)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import re
 import socket
-import struct
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,27 +15,15 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import pytest
+from support import http_get as _get
+from support import served_answer as _answer
+from support import serving
 
 
-@contextlib.contextmanager
 def _serving(data_root, names, *extra: str):
-    """The real CLI server in a subprocess; yields its URL and process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aether", "serve", "--city", "Helsinki", "--port", "0",
-         "--model", names[0], "--model", names[1], "--data-dir", str(data_root),
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    line = proc.stdout.readline()
-    m = re.match(r"(http://127\.0\.0\.1:\d+/)", line)
-    if not m:
-        proc.wait(timeout=30)
-        pytest.fail(f"serve did not start: {line!r} {proc.stderr.read()}")
-    try:
-        yield m.group(1), proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    """The real CLI server over the sample city's two runs; yields its URL and process."""
+    return serving("--city", "Helsinki", "--model", names[0], "--model", names[1],
+                   "--data-dir", str(data_root), *extra)
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +39,6 @@ def busy_server(sample_runs):
     _, names, data_root = sample_runs
     with _serving(data_root, names, "--workers", "1", "--queue", "1") as (url, proc):
         yield url, names, proc
-
-
-def _get(url: str, host: str | None = None, headers: dict[str, str] | None = None
-         ) -> tuple[int, bytes, str]:
-    req = urllib.request.Request(url, headers={**({"Host": host} if host else {}),
-                                               **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read(), r.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), e.headers.get("Content-Type", "")
-
-
-def _answer(body: bytes) -> tuple[dict, np.ndarray]:
-    """The page's binary reply: its JSON head and its heat raster (height × width bytes)."""
-    n = struct.unpack("<I", body[:4])[0]
-    head = json.loads(body[4:4 + n])
-    heat = np.frombuffer(body[4 + n:], np.uint8)
-    return head, heat.reshape(head["heat"]["height"], head["heat"]["width"])
 
 
 def test_query_api_answers_top_k_as_geojson_without_a_list_per_cell(server) -> None:

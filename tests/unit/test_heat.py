@@ -51,3 +51,25 @@ def test_encode_quantises_over_the_range_and_marks_no_data() -> None:
     assert [flat[_pixel_of(h, a, b)] for a, b in zip(lon, lat, strict=True)] == [0, NODATA,
                                                                                    LEVELS]
     assert len(out) == h.shape[0] * h.shape[1]
+
+
+def _hexes(x0: float, y0: float, n: int = 20, d: float = 800.0) -> tuple[np.ndarray, np.ndarray]:
+    """An n × n patch of hexagonally packed centres ``d`` apart (H3 r8 is ~800 m)."""
+    i, j = np.meshgrid(np.arange(n), np.arange(n))
+    return x0 + d * (i + 0.5 * (j % 2)).ravel(), y0 + d * np.sqrt(3) / 2 * j.ravel()
+
+
+def test_towns_far_apart_stay_within_the_pixel_budget() -> None:
+    """Patches of cells 300 km apart (a user's towns): the raster stays within MAX_PIXELS
+    and still draws every cell; 3,000 km apart the pixels outgrow the cells, and
+    ``cells_drawn`` says how many are still drawn (serve logs it)."""
+    near = [_hexes(400_000 + dx, 4_400_000 + dy) for dx, dy in ((0, 0), (300_000, 200_000))]
+    x, y = np.concatenate([a for a, _ in near]), np.concatenate([b for _, b in near])
+    h = heat_raster(x, y, "EPSG:32610")
+    assert h.shape[0] * h.shape[1] <= MAX_PIXELS
+    assert h.cells_drawn(len(x)) == len(x)
+    far = [_hexes(300_000 + dx, 4_000_000 + dy) for dx, dy in ((0, 0), (0, 3_000_000))]
+    x, y = np.concatenate([a for a, _ in far]), np.concatenate([b for _, b in far])
+    h = heat_raster(x, y, "EPSG:32610")
+    assert h.shape[0] * h.shape[1] <= MAX_PIXELS
+    assert 0 < h.cells_drawn(len(x)) < len(x)

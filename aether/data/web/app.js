@@ -246,6 +246,7 @@ function drawTop(p, ans) {
     for (const poi of row.nearest_pois) {
       ul.append(el("li", poi.name + " (" + poi.category + ", " + Math.round(poi.distance_m) + " m)"));
     }
+    if (row.source !== undefined) ul.append(el("li", row.cell_id + " (" + row.source + ")"));  // your vectors: cell and file
     box.append(ul);
     const [lon, lat] = f.geometry.coordinates;
     // a click on a top place opens its popup; it does not label the place under it
@@ -431,7 +432,7 @@ async function run() {
   const errors = [];
   let done = 0;
   const got = await Promise.all(models.map(async (name) => {
-    if (!classify && !isText(name) && !labels.pos.length) return [name, null, "raw AlphaEarth answers “more like this”: click a place"];
+    if (!classify && !isText(name) && !labels.pos.length) return [name, null, (info.sources.length ? "your vectors" : "raw AlphaEarth") + " answers “more like this”: click a place"];
     try {
       return [name, await getAnswer("/api/answer?" + query + "&model=" + encodeURIComponent(name)), null];
     } catch (e) {
@@ -486,6 +487,9 @@ async function init() {
   $("city").textContent = "aether · " + info.city;
   $("credits").textContent = info.attribution.join(" · ") + (info.synthetic ? " · " + info.synthetic : "");
   if (info.base_note) $("base-note").textContent = info.base_note;
+  if (info.sources.length) {
+    $("sources").textContent = "serving your vectors from " + info.sources.map((s) => s.file + " (" + s.cells.toLocaleString("en") + " cells)").join(", ");
+  }
   if (info.basemap === "city" && info.base_features) {
     try {
       baseData = await getJSON("/api/basemap.geojson");

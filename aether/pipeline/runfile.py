@@ -326,7 +326,7 @@ def _check_together(run: RunFile, root: Any, path: Path) -> None:
         if name not in known:
             raise ConfigError(f"{path.name}:{_line(root, ('train', 'cities', i))}: "
                               f"train.cities[{i}]: {name!r} is not one of the file's cities",
-                              f"name cities as their name: says ({', '.join(known)})")
+                              f"use the name: of a city in the file ({', '.join(known)})")
     years = {c.name: list(c.years or run.years) for c in run.cities if c.name in names}
     mixed = None if any(LATEST in y for y in years.values()) else unequal_years(years)
     if mixed:  # a `latest` is compared once it is a year, when the run is planned

@@ -12,7 +12,8 @@ Why it can run unattended on a timer:
   standalone ``extract``/``grid``/``train``/``encode`` on the same data directory, is refused
   with one line (exit 2). See ``aether.io.store.data_lock``.
 * **Failures stay local.** A city that fails (geocoding, POIs, the source) is reported and
-  the others go on; its later steps are skipped. The run ends with a table and exit 1 if
+  the others go on; its later steps are skipped (and a train it shares with other cities,
+  ``train: {cities}``: see ``pipeline.plan``). The run ends with a table and exit 1 if
   anything failed.
 * **Resumable.** Every write is atomic and sources checkpoint their batches, so a killed run
   is finished by the next one. Earth Engine export tasks live in the source's task book

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import FLEET_CITIES, REPO, require
+from support import FLEET_CITIES, REPO, S3_BUCKET, require
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -260,3 +261,28 @@ def fleet(sample_extract: Path, sample_city, tmp_path: Path) -> Path:
     runfile = tmp_path / "fleet.yaml"
     runfile.write_text(yaml.safe_dump(body, sort_keys=False))
     return runfile
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], object]]:
+    """An S3 service (moto's server) on 127.0.0.1 with an empty private bucket
+    ``S3_BUCKET``: (the environment that points s3fs and boto3 at it, a boto3 client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        client.create_bucket(Bucket=S3_BUCKET)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # one made for an earlier test's endpoint
+        yield env, client
+    finally:
+        server.stop()

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 #: The cities of the ``fleet`` fixture's run file (tests/conftest.py).
 FLEET_CITIES = ("Alpha", "Beta", "Gamma")
+#: The bucket of the ``s3`` fixture's loopback S3 service (tests/conftest.py).
+S3_BUCKET = "aether-fleet"
 REQUIRE_SHARED = bool(os.environ.get("AETHER_REQUIRE_SHARED"))  # CI sets it
 #: CI installs every extra (``.[dev]``): there an optional dependency that does not import is
 #: a broken install, not a reason to skip.

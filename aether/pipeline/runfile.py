@@ -128,12 +128,30 @@ class EeSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """The optional ``train`` step (``aether train``)."""
+    """The optional ``train`` step (``aether train``). ``cities``: names of the file's
+    cities trained together, one run on all their tables per year (``aether train --city A
+    --city B``), kept in the first one's folder; the other cities train alone."""
 
     preset: str = "default"
     run: str | None = None
     epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    cities: list[str] | None = None
+
+    @field_validator("cities")
+    @classmethod
+    def _several_once(cls, cities: list[str] | None) -> list[str] | None:
+        """Two cities or more, each once: one city is the ordinary per-city train, and a
+        repeated name is a slip the merged tables would refuse later, after the extracts."""
+        if cities is None:
+            return cities
+        if len(cities) < 2:
+            raise ValueError("name two or more cities to train together (one city trains "
+                             "alone without this key)")
+        twice = sorted({c for c in cities if cities.count(c) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(repr, twice))} named more than once")
+        return cities
 
     @field_validator("preset")
     @classmethod
@@ -250,6 +268,7 @@ def load_run_file(path: str | os.PathLike[str], *, strict: bool = False) -> RunF
         raise ConfigError(f"{p.name}:{_line(root, loc)}: {_dotted(loc)}: {what}{more}",
                           "see the keys documented in pipelines/README.md") from None
     _check_sources(run, root, p, strict)
+    _check_together(run, root, p)
     return _relative_to(run, p.resolve().parent)
 
 
@@ -296,6 +315,33 @@ def _check_sources(run: RunFile, root: Any, path: Path, strict: bool) -> None:
             message, hint = option_error(spec.name, model, e)
             where = (*loc, "options", *key)
             raise ConfigError(f"{path.name}:{_line(root, where)}: {message}", hint) from None
+
+
+def _check_together(run: RunFile, root: Any, path: Path) -> None:
+    """``train.cities`` names cities of this file, all of the same years (each year's joint
+    train needs every one's extract of that year)."""
+    names = run.train.cities or []
+    known = [c.name for c in run.cities]
+    for i, name in enumerate(names):
+        if name not in known:
+            raise ConfigError(f"{path.name}:{_line(root, ('train', 'cities', i))}: "
+                              f"train.cities[{i}]: {name!r} is not one of the file's cities",
+                              f"use the name: of a city in the file ({', '.join(known)})")
+    years = {c.name: list(c.years or run.years) for c in run.cities if c.name in names}
+    mixed = None if any(LATEST in y for y in years.values()) else unequal_years(years)
+    if mixed:  # a `latest` is compared once it is a year, when the run is planned
+        raise ConfigError(f"{path.name}:{_line(root, ('train', 'cities'))}: train.cities: "
+                          f"{mixed}", "give them the same years, or train them apart")
+
+
+def unequal_years(years: dict[str, list[Any]]) -> str | None:
+    """What is wrong with the years of cities trained together (by name), or None: each
+    year's joint train needs every one of their extracts of that year."""
+    sets = {name: sorted({int(y) for y in ys}) for name, ys in years.items()}
+    if len({tuple(y) for y in sets.values()}) < 2:
+        return None
+    return ("cities trained together need the same years ("
+            + "; ".join(f"{c} {', '.join(map(str, y))}" for c, y in sets.items()) + ")")
 
 
 def _line(node: Any, loc: tuple[Any, ...]) -> int:

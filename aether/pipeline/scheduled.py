@@ -12,7 +12,8 @@ Why it can run unattended on a timer:
   standalone ``extract``/``grid``/``train``/``encode`` on the same data directory, is refused
   with one line (exit 2). See ``aether.io.store.data_lock``.
 * **Failures stay local.** A city that fails (geocoding, POIs, the source) is reported and
-  the others go on; its later steps are skipped. The run ends with a table and exit 1 if
+  the others go on; its later steps are skipped (and a train it shares with other cities,
+  ``train: {cities}``: see ``pipeline.plan``). The run ends with a table and exit 1 if
   anything failed.
 * **Resumable.** Every write is atomic and sources checkpoint their batches, so a killed run
   is finished by the next one. Earth Engine export tasks live in the source's task book
@@ -33,12 +34,26 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aether.errors import AetherError, BudgetError, ConfigError
 from aether.io.store import CityStore, new_run_id, runs_dir
+from aether.pipeline.plan import (
+    BUDGET,
+    DONE,
+    FAILED,
+    KEPT,
+    SKIPPED,
+    UP_TO_DATE,
+    Planned,
+    Step,
+    StepState,
+    model_home,
+    plan,
+    step_input,
+    step_slugs,
+)
 from aether.pipeline.runfile import City, RunFile, Year, load_run_file
 from aether.pipeline.steps import step_fresh, step_record
 from aether.settings import DEFAULT_YEAR
@@ -49,46 +64,6 @@ if TYPE_CHECKING:
     from aether.pipeline.fleet import StepFn
 
 KILL_ENV = "AETHER_RUN_KILL_AT"
-
-
-class StepState(StrEnum):
-    """What became of a step (the ``status`` of the run report)."""
-
-    PENDING = "pending"
-    DONE = "done"
-    KEPT = "kept"  # the step's output was already there (a model of this config): recorded
-    UP_TO_DATE = "up to date"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    BUDGET = "budget reached"  # the run's Earth Engine budget or quota stopped it
-
-
-DONE, KEPT, UP_TO_DATE, FAILED, SKIPPED, BUDGET = (
-    StepState.DONE, StepState.KEPT, StepState.UP_TO_DATE, StepState.FAILED, StepState.SKIPPED,
-    StepState.BUDGET)
-
-
-@dataclass
-class Step:
-    """One (city, year, step) of a run and what became of it."""
-
-    city: str
-    slug: str
-    year: int
-    step: str
-    status: StepState = StepState.PENDING
-    seconds: float = 0.0
-    rows: int | None = None
-    out_dir: str | None = None
-    error: str | None = None
-    config_hash: str | None = None
-    export_tasks: list[str] = field(default_factory=list)
-    eecu_s: float | None = None  # what its Earth Engine export tasks reported using
-    worker: str | None = None  # the Dask worker that ran it (cluster runs)
-
-    @property
-    def key(self) -> str:
-        return f"{self.slug}/{self.year}/{self.step}"
 
 
 @dataclass
@@ -171,30 +146,14 @@ def run_root(run: RunFile, data_dir: str | os.PathLike[str] | None) -> Path | Re
     return RemoteDir.of(as_url(chosen)) if is_url(chosen) else local_path(chosen)
 
 
-def plan(run: RunFile) -> list[tuple[City, list[Step]]]:
-    """Every city's steps, in order: for each year, the run's steps."""
-    from aether.places.place import slugify
-
-    seen: dict[str, str] = {}
-    out = []
-    for city in run.cities:
-        slug = slugify(city.name)
-        if slug in seen:
-            raise ConfigError(f"cities {seen[slug]!r} and {city.name!r} share the folder {slug!r}",
-                              "give them distinct names")
-        seen[slug] = city.name
-        years = sorted({int(y) for y in city.years or run.years})  # after resolve_latest
-        steps = [Step(city.name, slug, year, step) for year in years for step in run.steps]
-        out.append((city, steps))
-    return out
-
-
-def check_requests(run: RunFile, cities: list[tuple[City, list[Step]]], root: Path) -> None:
+def check_requests(run: RunFile, planned: list[Planned], root: Path) -> None:
     """Every city's request checked (place, POI source, embedding source and its options),
     before any work starts: a mistake in the tenth city stops the run before the first."""
-    for city, steps in cities:
-        if steps:
-            extract_request(run, city, steps[0].year, root)
+    checked: set[str] = set()
+    for p in planned:
+        if p.task.step == "extract" and p.city.name not in checked:
+            checked.add(p.city.name)
+            extract_request(run, p.city, p.task.year, root)
 
 
 def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
@@ -238,25 +197,24 @@ def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
             k: v for k, v in (("max_eecu_hours", max_eecu_hours),
                               ("budget_file", run.ee.budget_file or ledger)) if v is not None})
         run = resolve_latest(run.model_copy(update={"ee": ee}), root)
-        cities = plan(run)
-        check_requests(run, cities, root)
+        planned = plan(run)
+        check_requests(run, planned, root)
         with one_writer(target) as lease, \
                 use_settings(settings, data_dir=root) as chosen:  # osmnx cache there
             _hook("locked")
             report = RunReport(
                 run_id=run_id, run_file=str(Path(run_file).resolve()),
                 data_dir=remote.url if remote else str(root.resolve()),
-                started=_now(), steps=[t for _, steps in cities for t in steps])
+                started=_now(), steps=[p.task for p in planned])
             step: StepFn = (run_step if remote is None or lease is None
                             else SyncedStep(remote, lease, run_step))
             if spread:
                 from aether.pipeline.fleet import run_on_cluster
 
-                run_on_cluster(run, cities, root, chosen, where, step, say,
+                run_on_cluster(run, planned, root, chosen, where, step, say,
                                lend=remote is None)
             else:
-                for city, steps in cities:
-                    _run_city(steps, root, say, step, run, city)
+                _run_here(planned, root, say, step, run)
             report.eecu_hours = EecuBudget(ee.budget_file).spent() / 3600
             report.finished = _now()
             _hook("report")
@@ -266,12 +224,14 @@ def execute(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     return report
 
 
-def _run_city(steps: list[Step], root: Path, say: Callable[[str], None], step: StepFn,
-              run: RunFile, city: City) -> None:
-    """The city's steps in order; a failure skips that year's later steps, nothing else."""
-    out_dirs: dict[int, Path | None] = {}
-    for task in steps:
-        out_dirs[task.year] = step(run, city, task, root, out_dirs.get(task.year), say)
+def _run_here(planned: list[Planned], root: Path, say: Callable[[str], None], step: StepFn,
+              run: RunFile) -> None:
+    """The steps one after another, in the plan's order; a failure skips the steps that
+    run after it (that city-year's later steps, a joint train), nothing else."""
+    outputs: dict[str, Path | None] = {}
+    for p in planned:
+        given = step_input([outputs[k] for k in p.after])
+        outputs[p.task.key] = step(run, p.city, p.task, root, given, say)
 
 
 def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | None,
@@ -288,7 +248,7 @@ def run_step(run: RunFile, city: City, task: Step, root: Path, city_dir: Path | 
         if task.step == "extract":
             city_dir = _extract(run, city, task, root)
         elif task.step == "train":
-            _train(run, task, _given(city_dir))
+            _train(run, task, _given(city_dir), root)
         else:
             _encode(run, city, task, _given(city_dir), root)
     except BudgetError as e:  # the run's Earth Engine budget: the city is left for later
@@ -364,21 +324,29 @@ def _given(city_dir: Path | None) -> Path:
     return city_dir
 
 
-def _train(run: RunFile, task: Step, city_dir: Path) -> None:
+def _train(run: RunFile, task: Step, city_dir: Path, root: Path) -> None:
+    """``aether train`` on the city-year's tables; a joint train (``train: {cities}``) on
+    every one of its cities' tables too, as ``aether train --city A --city B`` does."""
     from aether.errors import ModelError
     from aether.io.tables import config_hash, read_json
     from aether.ml.train import RunOptions, train
 
     spec = run.train
+    also = [CityStore.of(root, slug, task.year).dir for slug in step_slugs(run, task)[1:]]
+    if also:  # every city's tables and the cities themselves
+        tables = {d.parent.name: read_json(CityStore.at(d).manifest)["outputs"]
+                  for d in [city_dir, *also]}
+        inputs = config_hash({"tables": tables, "train": spec.model_dump()})
+    else:  # the hash a per-city train always had (no cities key)
+        inputs = config_hash({"tables": read_json(CityStore.at(city_dir).manifest)["outputs"],
+                              "train": spec.model_dump(exclude={"cities"})})
     store = CityStore.at(city_dir)
-    inputs = config_hash({"tables": read_json(store.manifest)["outputs"],
-                          "train": spec.model_dump()})
     task.out_dir = str(city_dir)
     if step_fresh(city_dir, "train", inputs):
         task.status = UP_TO_DATE
         return
     kwargs: dict[str, Any] = {"preset": spec.preset, "run_name": spec.run,
-                              "epochs": spec.epochs, "seed": spec.seed}
+                              "epochs": spec.epochs, "seed": spec.seed, "also": also}
     epochs: list[dict[str, Any]] = []  # none: the model of this config was there, and kept
     try:  # resumes an interrupted run of the same config
         path = train(city_dir, options=RunOptions(on_epoch=epochs.append), **kwargs)
@@ -394,6 +362,8 @@ def _train(run: RunFile, task: Step, city_dir: Path) -> None:
 
 
 def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) -> None:
+    """The city's grid and AETHER vectors from its model: its own, or the joint one in the
+    first folder of the cities it was trained with."""
     from aether.core.cells import parse_cell
     from aether.io.tables import config_hash
     from aether.ml.encode import encode_city, load_run
@@ -402,14 +372,17 @@ def _encode(run: RunFile, city: City, task: Step, city_dir: Path, root: Path) ->
     spec = parse_cell(run.encode.cell)
     # a square cell keeps the key it always had (its size), so old step records still hold
     cell: float | str = spec.size if spec.kind == "square" else spec.label
-    inputs = config_hash({"model": _step_outputs_hash(city_dir, "train"), "cell": cell})
+    home = model_home(run, task)
+    model_dir = city_dir if home == task.slug else CityStore.of(root, home, task.year).dir
+    inputs = config_hash({"model": _step_outputs_hash(model_dir, "train"), "cell": cell})
     task.out_dir = str(city_dir)
     if step_fresh(city_dir, "encode", inputs):
         task.status = UP_TO_DATE
         return
     grid_path = run_grid(extract_request(run, city, task.year, root), spec).path
-    model = load_run(city_dir, run.train.run or run.train.preset, slug=city_dir.parent.name,
-                     year=task.year)
+    name = run.train.run or run.train.preset
+    model = load_run(city_dir, CityStore.at(model_dir).model(name) if home != task.slug
+                     else name, slug=city_dir.parent.name, year=task.year)
     res = encode_city(city_dir, model, [spec])
     step_record(city_dir, "encode", inputs, [grid_path, res.pois_path, *res.grid_paths])
     task.status, task.rows = DONE, res.n_pois

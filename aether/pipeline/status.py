@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from aether.io.store import CityStore, runs_dir
+from aether.pipeline.plan import plan
 from aether.pipeline.runfile import load_run_file
-from aether.pipeline.scheduled import check_requests, plan, resolve_latest, run_root
+from aether.pipeline.scheduled import check_requests, resolve_latest, run_root
 
 
 @dataclass
@@ -47,19 +48,18 @@ def run_status(run_file: str | os.PathLike[str], data_dir: str | os.PathLike[str
         if strict:
             check_requests(run, planned, root)
         if isinstance(target, RemoteDir):
-            pull_for_reading(target, root, sorted({city_rel(t.slug, t.year)
-                                                   for _, steps in planned for t in steps}))
+            pull_for_reading(target, root, sorted({city_rel(p.task.slug, p.task.year)
+                                                   for p in planned}))
         last = _last_reports(root)
         out = []
-        for _, steps in planned:
-            for task in steps:
-                row, finished = last.get(task.key, ({}, ""))
-                store = CityStore.of(root, task.slug, task.year)
-                out.append(StepStatus(
-                    task.city, task.year, task.step, str(row.get("status", "never run")),
-                    finished, row.get("rows"),
-                    _version(store) if task.step == "extract" else None,
-                    row.get("eecu_s"), _redo(store, task.step)))
+        for task in (p.task for p in planned):
+            row, finished = last.get(task.key, ({}, ""))
+            store = CityStore.of(root, task.slug, task.year)
+            out.append(StepStatus(
+                task.city, task.year, task.step, str(row.get("status", "never run")),
+                finished, row.get("rows"),
+                _version(store) if task.step == "extract" else None,
+                row.get("eecu_s"), _redo(store, task.step)))
     return out
 
 

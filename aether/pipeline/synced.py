@@ -16,8 +16,8 @@ from aether.io.store import RUNS_DIR, data_lock
 
 if TYPE_CHECKING:
     from aether.pipeline.fleet import StepFn
+    from aether.pipeline.plan import Step
     from aether.pipeline.runfile import City, RunFile
-    from aether.pipeline.scheduled import Step
 
 
 def city_rel(slug: str, year: int) -> str:
@@ -27,9 +27,11 @@ def city_rel(slug: str, year: int) -> str:
 
 @dataclass(frozen=True)
 class SyncedStep:
-    """``step`` (``scheduled.run_step``) around a pull and a push of its city-year; the
-    push commits only while the run still holds the lease named ``lease``. Picklable: a
-    Dask task carries it."""
+    """``step`` (``scheduled.run_step``) around a pull and a push of its city-year (and of
+    the other city-years it reads: a joint train's cities, the folder of the model an
+    encode applies; ``plan.step_slugs``); the push commits only while the run still
+    holds the lease named ``lease``, its own city-year last. Picklable: a Dask task
+    carries it."""
 
     remote: RemoteDir
     lease: str
@@ -37,14 +39,17 @@ class SyncedStep:
 
     def __call__(self, run: RunFile, city: City, task: Step, root: Path,
                  city_dir: Path | None, say: Callable[[str], None]) -> Path | None:
+        from aether.pipeline.plan import step_slugs
         from aether.settings import use_settings
 
-        rel = city_rel(task.slug, task.year)
+        rels = [city_rel(slug, task.year) for slug in step_slugs(run, task)]
         with self.remote.workspace() as local, use_settings(data_dir=local):
-            self.remote.pull(local, rel)
+            for rel in rels:
+                self.remote.pull(local, rel)
             out = self.step(run, city, task, local,
-                            None if city_dir is None else local / rel, say)
-            self.remote.push(local, rel, self.lease)
+                            None if city_dir is None else local / rels[0], say)
+            for rel in reversed(rels):  # its own records last
+                self.remote.push(local, rel, self.lease)
         if task.out_dir:  # the report names the remote objects, not this machine's mirror
             task.out_dir = task.out_dir.replace(str(local), self.remote.url, 1)
         return out

@@ -8,11 +8,11 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import S3_BUCKET as BUCKET
 from support import fleet_report as report
 from support import fleet_tables as tables
 from support import on_exports, require
@@ -22,32 +22,6 @@ from aether.execution.budget import EecuBudget
 from aether.io.remote import LEASE_FILE, Lease, RemoteDir
 
 require("s3fs")
-BUCKET = "aether-fleet"
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], object]]:
-    """An S3 service on 127.0.0.1 with an empty private bucket: (the environment that points
-    s3fs and boto3 at it, a boto3 client)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-        client.create_bucket(Bucket=BUCKET)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()  # one made for an earlier test's endpoint
-        yield env, client
-    finally:
-        server.stop()
 
 
 def keys(client, prefix: str) -> list[str]:

@@ -181,3 +181,44 @@ def _transform(x0: float, y0: float, dy: float) -> object:
     from affine import Affine
 
     return Affine(10.0, 0.0, x0, 0.0, dy, y0)
+
+
+@pytest.mark.parametrize("dy", [-10.0, 10.0])
+def test_blocks_taller_and_wider_than_a_part_match_the_dense_sums(dy: float) -> None:
+    """Four parts (256 + 44 rows, 256 + 34 columns): circles on the parts' corner and edges,
+    inside each part and past the block."""
+    rng = np.random.default_rng(8)
+    h, w = 300, 290
+    vals = rng.uniform(-0.3, 0.3, (h, w, 3)).astype(np.float32)
+    block = PixelBlock(vals, 0.0, 0.0 if dy > 0 else h * 10.0, 10.0, dy)
+    row_edge = 2560.0 if dy > 0 else h * 10.0 - 2560.0  # where part row 1 starts
+    x = np.r_[2560 + rng.uniform(-5, 5, 6), rng.uniform(-100, 3000, 30)]
+    y = np.r_[row_edge + rng.uniform(-5, 5, 6), rng.uniform(-100, 3100, 30)]
+    for r, part in zip((60.0, 150.0), radii_partial_sums(block, x, y, [60.0, 150.0]),
+                       strict=True):
+        np.testing.assert_allclose(part.weighted_sum, _dense_reference(block, x, y, r),
+                                   atol=1e-4)
+
+
+def test_circles_only_in_the_later_parts_are_summed() -> None:
+    """The first part (top-left) holds no circle: the parts after it are still reduced."""
+    rng = np.random.default_rng(9)
+    vals = rng.uniform(-0.3, 0.3, (280, 300, 2)).astype(np.float32)
+    block = PixelBlock(vals, 0.0, 2800.0, 10.0, -10.0)
+    x = rng.uniform(2560 + 200, 2950, 12)
+    y = rng.uniform(50, 2750, 12)
+    got = radii_partial_sums(block, x, y, [120.0])[0]
+    np.testing.assert_allclose(got.weighted_sum, _dense_reference(block, x, y, 120.0),
+                               atol=1e-4)
+    assert (got.valid_weight > 100).all()
+
+
+def test_radii_at_and_below_zero_are_empty_and_tiny_ones_are_not() -> None:
+    vals = np.ones((20, 20, 2), np.float32)
+    block = PixelBlock(vals, 0.0, 200.0, 10.0, -10.0)
+    x, y = np.array([103.0, 57.0]), np.array([96.0, 150.0])
+    zero, tiny, neg = radii_partial_sums(block, x, y, [0.0, 0.5, -3.0])
+    assert not zero.valid_weight.any() and not neg.valid_weight.any()
+    np.testing.assert_allclose(tiny.valid_weight, np.pi * 0.25 / 100.0, rtol=1e-9)
+    empty = radii_partial_sums(block, np.zeros(0), np.zeros(0), [50.0])[0]
+    assert empty.weighted_sum.shape == (0, 2) and empty.valid_weight.shape == (0,)

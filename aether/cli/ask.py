@@ -12,8 +12,9 @@ from aether.cli._app import DataDirOpt, ModelOpt, app, show_answer
 
 #: ``--vectors`` of ``query``: a user's own AlphaEarth means per area, encoded by a run.
 VectorsOpt = Annotated[list[Path] | None, typer.Option(
-    help="Your own AlphaEarth means per area instead of a city: a JSON {h3_cell: {embedding: "
-         "[...]}} or (Geo)Parquet file (repeatable), encoded by --model (a run directory)")]
+    help="Your own AlphaEarth means per area instead of a city: a JSON file of H3 cells, each "
+         "with an 'embedding' list, or a (Geo)Parquet file (repeatable), encoded by --model "
+         "(a run directory)")]
 OptionalCity = Annotated[str | None, typer.Option(
     "--city", "-c", help="City name (as extracted); or --vectors")]
 
@@ -66,8 +67,9 @@ def similar(
     include_examples: Annotated[bool, typer.Option(
         help="Return the example cells themselves too")] = False,
     vectors: Annotated[list[Path] | None, typer.Option(
-        help="Your own vectors per area instead of a city: a JSON {h3_cell: {embedding: "
-             "[...]}} or (Geo)Parquet file (repeatable: one search over all)")] = None,
+        help="Your own vectors per area instead of a city: a JSON file of H3 cells, each with "
+             "an 'embedding' list, or a (Geo)Parquet file (repeatable: one search over all)")
+    ] = None,
     year: Annotated[int, typer.Option(help="AlphaEarth year")] = 2024,
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -10,7 +10,8 @@ import time
 import pytest
 
 HELP_COMMANDS = [[], ["extract"], ["grid"], ["train"], ["encode"], ["evaluate"], ["query"],
-                 ["run"], ["demo"], ["sample", "build"], ["emulator", "serve"]]
+                 ["similar"], ["serve"], ["run"], ["demo"], ["sample", "build"],
+                 ["emulator", "serve"]]
 
 
 def _closed_port() -> int:

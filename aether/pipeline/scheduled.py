@@ -405,19 +405,52 @@ def _write_report(report: RunReport, root: Path) -> Path:
     return write_json(body, runs_dir(root) / f"{report.run_id}.json")
 
 
+#: Up to this many steps the run's table has a row per step; above it (a fleet), each step's
+#: statuses are counted and only the steps that did not finish get a row of their own.
+SUMMARY_ROWS = 40
+_COLOUR = {DONE: "green", KEPT: "dim", UP_TO_DATE: "dim", FAILED: "bold red",
+           SKIPPED: "yellow", BUDGET: "magenta"}
+
+
 def summary_table(report: RunReport) -> Any:
-    """A rich table: one row per step."""
+    """What ``aether run`` prints: a rich table of the run's steps, one row each; for a run of
+    more than ``SUMMARY_ROWS`` steps, the counts per step and status, then a row for each
+    step that failed, was skipped or was left by the budget (every step is in the report
+    and in ``aether run status``)."""
+    from rich.console import Group
     from rich.table import Table
 
-    colour = {DONE: "green", KEPT: "dim", UP_TO_DATE: "dim", FAILED: "bold red", SKIPPED: "yellow",
-              BUDGET: "magenta"}
-    table = Table(title=f"aether run {report.run_id}")
+    if len(report.steps) <= SUMMARY_ROWS:
+        return _step_rows(f"aether run {report.run_id}", report.steps)
+    counts = Table(title=f"aether run {report.run_id}: {len(report.steps)} steps",
+                   caption="one row per step: the report, or `aether run status RUNFILE`")
+    statuses = [s for s in _COLOUR if report.count(s)]
+    counts.add_column("step")
+    for s in statuses:
+        counts.add_column(f"[{_COLOUR[s]}]{s}", justify="right")
+    counts.add_column("rows", justify="right")
+    counts.add_column("seconds", justify="right")
+    for name in dict.fromkeys(t.step for t in report.steps):
+        mine = [t for t in report.steps if t.step == name]
+        counts.add_row(name, *(str(sum(t.status == s for t in mine)) for s in statuses),
+                       str(sum(t.rows or 0 for t in mine)), f"{sum(t.seconds for t in mine):.1f}")
+    unfinished = [t for t in report.steps if t.status in (FAILED, SKIPPED, BUDGET)]
+    if not unfinished:
+        return counts
+    return Group(counts, _step_rows("steps that did not finish", unfinished))
+
+
+def _step_rows(title: str, steps: list[Step]) -> Any:
+    """One row per step: city, year, step, status, rows, seconds, error or exports."""
+    from rich.table import Table
+
+    table = Table(title=title)
     for col in ("city", "year", "step", "status", "rows", "seconds", "error or exports"):
         table.add_column(col, justify="right" if col in ("year", "rows", "seconds") else "left")
-    for t in report.steps:
+    for t in steps:
         note = t.error or (f"{len(t.export_tasks)} export tasks" if t.export_tasks else "")
         if t.eecu_s:
             note += f", {t.eecu_s / 3600:.3g} EECU-h"
-        table.add_row(t.city, str(t.year), t.step, f"[{colour.get(t.status, '')}]{t.status}",
+        table.add_row(t.city, str(t.year), t.step, f"[{_COLOUR.get(t.status, '')}]{t.status}",
                       "" if t.rows is None else str(t.rows), f"{t.seconds:.1f}", note)
     return table

@@ -256,3 +256,69 @@ def test_h3_cells_are_those_centred_in_the_place_with_sampled_coverage() -> None
         assert part.valid_weight[k] == pytest.approx(per_px.sum(), rel=0.002, abs=0.01)
         np.testing.assert_allclose(part.weighted_sum[k] / part.valid_weight[k],
                                    want_sum / per_px.sum(), atol=0.01)
+
+
+def test_h3_cells_sit_where_h3_puts_them_and_make_a_table() -> None:
+    import h3
+    from pyproj import Transformer
+
+    c = cells.make_cells(BOX, CRS, cells.parse_cell("h3:10"))
+    back = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    lon, lat = back.transform(c.x, c.y)
+    for i, cid in enumerate(c.ids):  # centres and areas from h3 itself, not from the module
+        want_lat, want_lon = h3.cell_to_latlng(cid)
+        assert (lon[i], lat[i]) == (pytest.approx(want_lon, abs=2e-6),
+                                    pytest.approx(want_lat, abs=2e-6))
+        # h3 measures on a sphere, the UTM plane on WGS84's ellipsoid: ~0.5% apart at 60° N
+        assert c.area_px[i] * 100.0 == pytest.approx(h3.cell_area(cid, "m^2"), rel=1e-2)
+        assert c.polygons[i].centroid.x == pytest.approx(c.x[i])
+    total = zonal.Partial(np.repeat(c.area_px[:, None], 64, 1), c.area_px.copy(), 64)
+    frame = c.frame(total)
+    assert list(frame.columns[:3]) == ["cell_id", "A00", "A01"]
+    assert frame.columns[-1] == "geometry"
+    assert {"weight", "valid_fraction", "norm", "x", "y"} <= set(frame.columns)
+    for col in ("weight", "valid_fraction", "norm", "A00"):
+        assert frame[col].dtype == np.float32, col
+    np.testing.assert_allclose(frame["valid_fraction"], 1.0)
+    np.testing.assert_allclose(frame["norm"], 8.0, rtol=1e-6)  # |(1, …, 1)| in 64-d
+    np.testing.assert_array_equal(frame["x"], c.x)
+    np.testing.assert_array_equal(frame["y"], c.y)
+    # the hexagons themselves, back in lon/lat
+    for cid, g in zip(frame["cell_id"], frame.geometry, strict=True):
+        lat0, lon0 = h3.cell_to_latlng(cid)
+        assert g.contains(shapely.Point(lon0, lat0)) and len(g.exterior.coords) == 7
+
+
+def test_a_place_with_no_h3_centre_and_h3_missing_are_one_line() -> None:
+    import sys
+
+    tiny = shapely.box(24.9300, 60.1650, 24.9301, 60.1651)
+    with pytest.raises(InputError, match="no H3 cell of resolution 5 has its centre in Tiny"
+                       ) as e:
+        cells.make_cells(tiny, CRS, cells.parse_cell("h3:5"), name="Tiny")
+    assert "finer resolution" in e.value.hint
+    saved = sys.modules.get("h3")
+    sys.modules["h3"] = None  # type: ignore[assignment]  # as if not installed
+    try:
+        with pytest.raises(InputError, match="H3 cells need the h3 package") as e:
+            cells.parse_cell("h3:9")
+        assert e.value.hint == "pip install 'aether[grid]'"
+        assert cells.parse_cell("100m").size == 100.0  # squares need no h3
+    finally:
+        sys.modules["h3"] = saved  # type: ignore[assignment]
+    with pytest.raises(InputError) as e:
+        cells.parse_cell("lots")
+    assert e.value.hint == "use e.g. --cell 100m, --cell 0.5km or --cell h3:9"
+
+
+def test_a_block_on_the_cells_edges_touches_only_the_cells_it_covers() -> None:
+    c = cells.make_cells(BOX, CRS, cells.parse_cell("50m"))
+    assert c.x_edges is not None and c.y_edges is not None
+    ncol = len(c.x_edges) - 1
+    # exactly cells (row 1..2, column 2..4): a 150 x 100 m block on their edges
+    block = zonal.PixelBlock(np.ones((10, 15, 64), np.float32), c.x_edges[2], c.y_edges[1],
+                             10.0, -10.0)
+    idx, part = c.sums(block)
+    want = sorted(r * ncol + col for r in (1, 2) for col in (2, 3, 4))
+    assert sorted(idx.tolist()) == want and idx.dtype == np.int64
+    np.testing.assert_allclose(part.valid_weight, 25.0)

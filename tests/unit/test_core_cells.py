@@ -80,6 +80,26 @@ def test_zone_labels_and_year_ranges() -> None:
     assert (end - start) == 365 * 86_400_000 and start == 1_483_228_800_000
 
 
+def test_year_ranges_do_not_depend_on_the_machine_time_zone(monkeypatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert aef.year_range_ms(2024) == (1_704_067_200_000, 1_735_689_600_000)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_decode_gives_a_c_ordered_block_from_any_layout() -> None:
+    q = (np.arange(2 * 3 * 64) % 255 - 127).reshape(2, 3, 64).astype(np.int8).transpose(1, 0, 2)
+    assert not q.flags.c_contiguous
+    v, _ = aef.decode(q)
+    assert v.flags.c_contiguous
+    np.testing.assert_array_equal(v, aef.dequantize(q))
+
+
 # --- cell specs ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("spec", "kind", "size", "label"), [

@@ -118,11 +118,12 @@ def test_circles_still_go_to_the_circle_kernel(raster, tmp_path):
 def test_window_specs_at_their_limits():
     assert windows.parse_window("square:0") == (-5.0,)
     assert windows.parse_window("square:4.0") == (-45.0,)
-    assert windows.parse_window("circle:100.5,12") == (100.5, 12.0)
+    assert windows.parse_window("circle:100.5,12,0.5") == (100.5, 12.0, 0.5)
     for bad in ("circle:0", "square:-1", "circle", "square", "", "circle:100:200"):
         with pytest.raises(InputError, match="bad window") as e:
             windows.parse_window(bad)
-        assert "square:P" in e.value.hint and "circle:R" in e.value.hint
+        assert e.value.hint == ("use square:P,... (pixel half-widths, e.g. square:4,9) or "
+                                "circle:R,... (metres, e.g. circle:100,200)")
     # the Python API's spelling of a --window, for hints
     assert errors_python_value("window", "square:4,9") == "[-45, -95]"
     assert errors_python_value("window", "circle:100,200") == "[100, 200]"
@@ -143,6 +144,7 @@ def test_reach_label_and_area_of_each_shape():
     assert windows.area_px(-45.0, 100.0) == pytest.approx(81.0)
     assert windows.area_px(-45.0, 25.0) == pytest.approx(324.0)
     assert windows.is_square(-5.0) and not windows.is_square(5.0)
+    assert not windows.is_square(0.5)
 
 
 def test_a_point_on_a_pixel_edge_takes_the_pixel_after_it():

@@ -130,7 +130,7 @@ def _disk_quadrant_area(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     Inclusion–exclusion of this function at a pixel's four corners gives the exact area
     of the pixel inside the circle.
     """
-    return _quadrant(_x_terms(x, r), _y_terms(y, r), r)
+    return _quadrant(_x_terms(x, r), _y_terms(y, r))
 
 
 def _prim(t: np.ndarray, r: float) -> np.ndarray:
@@ -152,7 +152,7 @@ def _y_terms(y: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
     return np.sign(y), ay, xs, _prim(xs, r)
 
 
-def _quadrant(xt: tuple[np.ndarray, ...], yt: tuple[np.ndarray, ...], r: float) -> np.ndarray:
+def _quadrant(xt: tuple[np.ndarray, ...], yt: tuple[np.ndarray, ...]) -> np.ndarray:
     sx, ax, pa = xt
     sy, ay, xs, ps = yt
     return sx * sy * np.where(ax <= xs, ax * ay, xs * ay + pa - ps)
@@ -354,7 +354,7 @@ def _circle_entries(
     xa, xb = _x_terms(xl, r), _x_terms(xl + dx, r)  # two arcsines per cut pixel, not eight
     ya, yb = (tuple(t.ravel().take(row) for t in _y_terms(v, r)) for v in (yl, yh))
     q = _quadrant
-    area = q(xb, yb, r) - q(xa, yb, r) - q(xb, ya, r) + q(xa, ya, r)
+    area = q(xb, yb) - q(xa, yb) - q(xb, ya) + q(xa, ya)
     frac = np.abs(area) / part.pixel_area
     at = base.ravel().take(row) + col
     cut_i = np.stack([at + 1, at], 1).ravel()
@@ -365,13 +365,17 @@ def _circle_entries(
 def _window(
     block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """First column and row whose pixel may touch each circle, and the window's size."""
+    """First column and row whose pixel may touch each circle, and the window's size. Either
+    edge of the circle may be the first: columns run west when ``dx`` < 0, rows north when
+    ``dy`` < 0."""
     nx = int(np.ceil(2 * radius / abs(block.dx))) + 1
     ny = int(np.ceil(2 * radius / abs(block.dy))) + 1
-    c0 = np.floor((x - radius - block.x0) / block.dx).astype(np.int64)
+    c_a = np.floor((x - radius - block.x0) / block.dx)
+    c_b = np.floor((x + radius - block.x0) / block.dx)
     r_a = np.floor((y - radius - block.y0) / block.dy)
     r_b = np.floor((y + radius - block.y0) / block.dy)
-    return c0, np.minimum(r_a, r_b).astype(np.int64), nx, ny
+    return (np.minimum(c_a, c_b).astype(np.int64), np.minimum(r_a, r_b).astype(np.int64),
+            nx, ny)
 
 
 def finalize(partial: Partial, radius: float, pixel_area: float) -> Means:

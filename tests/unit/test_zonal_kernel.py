@@ -222,3 +222,15 @@ def test_radii_at_and_below_zero_are_empty_and_tiny_ones_are_not() -> None:
     np.testing.assert_allclose(tiny.valid_weight, np.pi * 0.25 / 100.0, rtol=1e-9)
     empty = radii_partial_sums(block, np.zeros(0), np.zeros(0), [50.0])[0]
     assert empty.weighted_sum.shape == (0, 2) and empty.valid_weight.shape == (0,)
+
+
+def test_columns_running_west_match_the_dense_sums() -> None:
+    """A raster whose x pixel size is negative: whole rows of prefix sums, same sums."""
+    rng = np.random.default_rng(12)
+    vals = rng.uniform(-0.3, 0.3, (30, 40, 3)).astype(np.float32)
+    block = PixelBlock(vals, 400.0, 300.0, -10.0, -10.0)
+    x, y = rng.uniform(-30, 430, 60), rng.uniform(-30, 330, 60)
+    for r in (9.0, 45.0):
+        got = partial_sums(block, x, y, r)
+        np.testing.assert_allclose(got.weighted_sum, _dense_reference(block, x, y, r), atol=1e-5)
+        assert (got.valid_weight > 0).sum() > 40

@@ -283,6 +283,7 @@ def test_h3_cells_sit_where_h3_puts_them_and_make_a_table() -> None:
     from pyproj import Transformer
 
     c = cells.make_cells(BOX, CRS, cells.parse_cell("h3:10"))
+    assert c.spec == cells.CellSpec("h3", 10.0) and c.spec.label == "h3r10"
     back = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
     lon, lat = back.transform(c.x, c.y)
     for i, cid in enumerate(c.ids):  # centres and areas from h3 itself, not from the module
@@ -316,7 +317,7 @@ def test_a_place_with_no_h3_centre_and_h3_missing_are_one_line() -> None:
     with pytest.raises(InputError, match="no H3 cell of resolution 5 has its centre in Tiny"
                        ) as e:
         cells.make_cells(tiny, CRS, cells.parse_cell("h3:5"), name="Tiny")
-    assert "finer resolution" in e.value.hint
+    assert e.value.hint == "use a finer resolution, e.g. --cell h3:9"
     saved = sys.modules.get("h3")
     sys.modules["h3"] = None  # type: ignore[assignment]  # as if not installed
     try:
@@ -342,3 +343,15 @@ def test_a_block_on_the_cells_edges_touches_only_the_cells_it_covers() -> None:
     want = sorted(r * ncol + col for r in (1, 2) for col in (2, 3, 4))
     assert sorted(idx.tolist()) == want and idx.dtype == np.int64
     np.testing.assert_allclose(part.valid_weight, 25.0)
+
+
+def test_a_block_past_the_whole_grid_touches_every_cell() -> None:
+    c = cells.make_cells(BOX, CRS, cells.parse_cell("100m"))
+    assert c.x_edges is not None and c.y_edges is not None
+    w = int((c.x_edges[-1] - c.x_edges[0]) / 10) + 8
+    h = int((c.y_edges[0] - c.y_edges[-1]) / 10) + 8
+    block = zonal.PixelBlock(np.ones((h, w, 64), np.float32), c.x_edges[0] - 40.0,
+                             c.y_edges[0] + 40.0, 10.0, -10.0)
+    idx, part = c.sums(block)
+    assert sorted(idx.tolist()) == list(range(len(c)))
+    np.testing.assert_allclose(part.valid_weight, 100.0)

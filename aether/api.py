@@ -701,7 +701,9 @@ def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
         Return the example cells themselves (trivially the most alike) as well.
     vectors
         Files of your own vectors per area (``query.own_vectors``: JSON of H3 means, or
-        (Geo)Parquet), searched as given instead of a city's model.
+        (Geo)Parquet), searched as given instead of a city's grid; with ``model`` (then a
+        run's directory, of any city) searched in that run's space, each area's AlphaEarth
+        mean encoded as ``aether encode`` encodes a grid.
 
     Returns
     -------
@@ -713,14 +715,18 @@ def similar(*, city: str | None = None, at: Sequence[tuple[float, float]] = (),
     from aether.query.similar import similar as _similar
 
     if vectors:
-        from aether.query.own_vectors import read_vectors
+        from aether.query.own_vectors import encode_vectors, read_vectors
 
-        if city is not None or pois or model is not None:
-            raise InputError("--vectors searches your own vectors, not a city's model or POIs",
-                             "drop --city, --model and --poi, or drop --vectors")
+        if city is not None or pois or cell is not None:
+            raise InputError("--vectors searches your own vectors, not a city's grid or POIs",
+                             "drop --city, --cell and --poi, or drop --vectors")
         index = read_vectors(vectors)
+        run = None
+        if model is not None:  # alike in the run's space: your vectors through its head
+            run = _run_dir(model)
+            index = encode_vectors(index, run)
         res = _similar(index, at=at, not_at=not_at, k=k, include_examples=include_examples)
-        return Search(None, index, [res], None)
+        return Search(run, index, [res], None)
     if city is None:
         raise InputError("no city and no vectors to search", "pass --city NAME or --vectors FILE")
     run, cell_m, where = _run_and_cell(city, model, cell, year, data_dir)

@@ -61,8 +61,9 @@ def similar(
         "--not", help="LON,LAT of a place to be unlike (repeatable)")] = None,
     poi: Annotated[list[str] | None, typer.Option(
         help="A POI id whose AETHER vector is an example (repeatable)")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Run [default, else any]")] = (
-        None),
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Run [default, else any]; with --vectors a run directory: your "
+                              "vectors are compared in its space")] = None,
     k: Annotated[int, typer.Option(min=1, max=10_000, help="Top cells to return")] = 10,
     include_examples: Annotated[bool, typer.Option(
         help="Return the example cells themselves too")] = False,
@@ -74,7 +75,7 @@ def similar(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Find places like these: cosine to example places (2·pos − neg) over the encoded grid,
-    or over your own vectors (``--vectors``)."""
+    or over your own vectors (``--vectors``, as given or encoded by ``--model RUN_DIR``)."""
     from aether import api
     from aether.query.similar import parse_lonlat
 
@@ -82,8 +83,9 @@ def similar(
                          not_at=[parse_lonlat(a) for a in not_at or []], pois=poi or [],
                          model=model, k=k, year=year, data_dir=data_dir,
                          include_examples=include_examples, vectors=vectors or [])
-    show_answer(answer, "places like the examples (model {model}):" if answer.run else
-                "places like the examples (your vectors):")
+    whose = ("your vectors" + (", in model {model}'s space" if answer.run else "") if vectors
+             else "model {model}")
+    show_answer(answer, f"places like the examples ({whose}):")
 
 
 @app.command()

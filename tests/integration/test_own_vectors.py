@@ -15,6 +15,7 @@ from shapely.geometry import Polygon
 from support import shared_file
 
 import aether
+from aether.errors import InputError
 
 TOWNS = ("chico_east", "chico_west", "eureka_arcata", "medford_west_centralpoint", "redding")
 FILES = ["alphaearth_2021_h3r8_means_medford.json",
@@ -361,3 +362,32 @@ def test_browser_serves_your_vectors_click_and_words(own_server, files, run_dirs
         popup = page.locator(".leaflet-popup-content").first.inner_text()
         assert f"{top['cell_id']} ({top['source']})" in popup
         browser.close()
+
+
+def test_similar_over_your_vectors_in_a_runs_space_ranks_as_numpy(files, run_dirs, cli):
+    """`aether similar --vectors --model RUN_DIR`: the cells' vectors through the run's image
+    head (numpy, from the saved weights), then the cosine to the example's; the example
+    itself is left out; a grid cell size with --vectors is refused."""
+    run = run_dirs[1]
+    ids, x, src = _cells(files)
+    z, _ = _heads(run, x, ["unused"])
+    own = h3.latlng_to_cell(DOWNTOWN_REDDING[1], DOWNTOWN_REDDING[0], 8)
+    cos = z @ z[ids.index(own)]
+    expected = [i for i in np.argsort(-cos) if ids[i] != own][:6]
+    args = ["similar", *(a for f in files for a in ("--vectors", f)), "--model", str(run),
+            "--at", f"{DOWNTOWN_REDDING[0]},{DOWNTOWN_REDDING[1]}", "--k", "6"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"your vectors, in model {run.name}'s space" in r.stdout
+    rows = ROW.findall(r.stdout)
+    assert [row[3] for row in rows] == [ids[i] for i in expected]
+    assert [row[4] for row in rows] == [src[i] for i in expected]
+    np.testing.assert_allclose([float(row[0]) for row in rows], cos[expected], atol=6e-4)
+    api = aether.similar(vectors=files, model=str(run), at=[DOWNTOWN_REDDING], k=6).table()
+    assert api["cell_id"].tolist() == [ids[i] for i in expected]
+    assert set(api["model"]) == {run.name}
+    raw = aether.similar(vectors=files, at=[DOWNTOWN_REDDING], k=6).table()
+    assert set(raw["model"]) == {"vectors"}  # as given: another space, other scores
+    assert np.abs(raw["score"].to_numpy() - cos[expected]).max() > 1e-3
+    with pytest.raises(InputError, match="searches your own vectors, not a city"):
+        aether.similar(vectors=files, model=str(run), at=[DOWNTOWN_REDDING], cell="h3:8")

@@ -78,6 +78,14 @@ def is_synthetic(city_dir: Path) -> bool:
     return bool(dataset(city_dir).get("synthetic"))
 
 
+def run_is_synthetic(config: dict[str, Any]) -> bool:
+    """Whether a trained run learnt from a generated raster, as its config's provenance says
+    (one city's dataset, or one per city for a run of several)."""
+    made_from = (config.get("provenance") or {}).get("dataset") or {}
+    parts = [made_from] if "extract" in made_from else list(made_from.values())
+    return any(isinstance(d, dict) and bool(d.get("synthetic")) for d in parts)
+
+
 def record(city_dir: Path, *, seeds: list[int], started: str) -> dict[str, Any]:
     """The provenance block of an output begun at ``started`` and finished now."""
     return {**software(), "dataset": dataset(city_dir), "seeds": seeds,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from aether.errors import BusyError, InputError
+from aether.provenance import run_is_synthetic
 from aether.query.heat import LEVELS, NODATA, HeatRaster, heat_raster
 from aether.query.labels import Labels
 from aether.query.search import CityIndex, QueryResult, check_queries, ranked, spread_note, top_rows
@@ -108,7 +109,9 @@ class Panel:
                  f"text encoder {text}")
         if self.own:
             trained = "+".join(self.run.cities) or "its own city"
-            about += f"; your vectors through its image head (trained on {trained})"
+            about += f"; your vectors through its image head (trained on {trained}"
+            about += (", a generated raster: synthetic, its words say nothing about real "
+                      "places)" if run_is_synthetic(self.run.config) else ")")
         return about
 
     def answer(self, label: str, q: np.ndarray, k: int, skip: np.ndarray | None = None

@@ -333,6 +333,10 @@ def test_browser_serves_your_vectors_click_and_words(own_server, files, run_dirs
         assert "no base map under your vectors" in page.locator("#base-note").inner_text()
         raw = page.locator('.panel[data-model="your vectors"]')
         assert raw.locator(".about").inner_text().startswith("your vectors as given: 64-d")
+        # the run learnt from the sample's generated raster: its panel says so, yours do not
+        about = page.locator(f'.panel[data-model="{run}"] .about').inner_text()
+        assert "a generated raster: synthetic" in about, about
+        assert "synthetic" not in raw.locator(".about").inner_text()
         page.fill("#q", "forest")
         page.click("button[type=submit]")
         page.wait_for_selector('#status[data-state="done"]', timeout=60_000)

@@ -432,7 +432,7 @@ async function run() {
   const errors = [];
   let done = 0;
   const got = await Promise.all(models.map(async (name) => {
-    if (!classify && !isText(name) && !labels.pos.length) return [name, null, (info.sources.length ? "your vectors" : "raw AlphaEarth") + " answers “more like this”: click a place"];
+    if (!classify && !isText(name) && !labels.pos.length) return [name, null, "no text space, “more like this” only: click a place"];
     try {
       return [name, await getAnswer("/api/answer?" + query + "&model=" + encodeURIComponent(name)), null];
     } catch (e) {

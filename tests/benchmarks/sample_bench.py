@@ -5,20 +5,8 @@ are measured on the same city the same way."""
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 from typing import Any
-
-
-def sample_args(prefix: str) -> tuple[Path, int]:
-    """The scripts' shared options: ``--data-dir`` (default: a fresh temporary directory
-    named ``prefix``…) and ``--epochs`` (default 100)."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir", type=Path)
-    ap.add_argument("--epochs", type=int, default=100)
-    args = ap.parse_args()
-    return args.data_dir or Path(tempfile.mkdtemp(prefix=prefix)), args.epochs
 
 
 def prepared_sample(data: Path, radii: tuple[float, ...]) -> Path:

@@ -28,9 +28,6 @@ PART_PX = 256
 FINALIZE_ROWS = 65_536
 #: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
 PREFIX_ROWS = 64
-#: Circles per sparse product: its index arrays stay ~25 MB per thread (200 m circles), so
-#: they are reused rather than held (2048 cost ~100 MB more peak at a million POIs).
-BATCH_CIRCLES = 512
 
 
 @dataclass(frozen=True)
@@ -124,51 +121,19 @@ class Means:
     norm: np.ndarray  # (P,) length of the mean vector
 
 
-def _disk_quadrant_area(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    """Signed area of {disk(0, r)} ∩ [0, x] × [0, y]; odd in x and in y.
-
-    Inclusion–exclusion of this function at a pixel's four corners gives the exact area
-    of the pixel inside the circle.
-    """
-    return _quadrant(_x_terms(x, r), _y_terms(y, r))
-
-
-def _prim(t: np.ndarray, r: float) -> np.ndarray:
-    """∫_0^t sqrt(r² − s²) ds."""
-    return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
-
-
-def _x_terms(x: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
-    """What the quadrant area needs of x alone (shared by a pixel column's corners)."""
-    ax = np.minimum(np.abs(x), r)
-    return np.sign(x), ax, _prim(ax, r)
-
-
-def _y_terms(y: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
-    """What it needs of y alone: |y|, and where the circle's height equals it (shared by
-    a pixel row's corners)."""
-    ay = np.minimum(np.abs(y), r)
-    xs = np.sqrt(r * r - ay * ay)
-    return np.sign(y), ay, xs, _prim(xs, r)
-
-
-def _quadrant(xt: tuple[np.ndarray, ...], yt: tuple[np.ndarray, ...]) -> np.ndarray:
-    sx, ax, pa = xt
-    sy, ay, xs, ps = yt
-    return sx * sy * np.where(ax <= xs, ax * ay, xs * ay + pa - ps)
-
-
 def coverage(
     cx: np.ndarray, cy: np.ndarray, r: float, x_edges: np.ndarray, y_edges: np.ndarray
 ) -> np.ndarray:
     """Area of each pixel inside each circle: (P, ny, nx) from edges (P, ny+1) and (P, nx+1).
 
-    Edges may decrease (north-up rows); areas are returned positive, in map units².
+    Edges may decrease (north-up rows); areas are returned positive, in map units². The
+    area is analytic: inclusion–exclusion of the signed quadrant areas at the four corners.
     """
-    gx = (x_edges - cx[:, None])[:, None, :]
-    gy = (y_edges - cy[:, None])[:, :, None]
-    g = _disk_quadrant_area(gx, gy, r)
-    return np.abs(np.diff(np.diff(g, axis=1), axis=2))
+    from aether.core import compiled
+
+    f64 = np.float64
+    return compiled.coverage(np.asarray(cx, f64), np.asarray(cy, f64), float(r),
+                             np.asarray(x_edges, f64), np.asarray(y_edges, f64))
 
 
 def partial_sums(block: PixelBlock, x: np.ndarray, y: np.ndarray, radius: float) -> Partial:
@@ -186,9 +151,11 @@ def radii_partial_sums(
     """``partial_sums`` for several radii around the same centres, one Partial per radius.
 
     The block is cut into parts of at most ``PART_PX`` a side (their row prefix sums stay
-    small, precise in float32 and in cache); each part's sums of every radius are one
-    sparse product.
+    small, precise in float32 and in cache); each circle of each radius then reads its
+    rows' sums from its part's prefix sums (``compiled.circle_sums``).
     """
+    from aether.core import compiled
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     h, w = block.shape
@@ -211,13 +178,10 @@ def radii_partial_sums(
                               block.y0 + pr * block.dy, block.dx, block.dy,
                               valid[pr : pr + ph, pc : pc + pw])
             prefix = _row_prefix(part, r0[sel] - pr, ny, x[sel], max(radii[k] for k in live))
-            for s in range(0, len(sel), BATCH_CIRCLES):
-                batch = sel[s : s + BATCH_CIRCLES]
-                sums, vw = _part_sums(part, prefix, x[batch], y[batch], [radii[k] for k in live])
-                for j, k in enumerate(live):
-                    rows = slice(j * len(batch), (j + 1) * len(batch))
-                    outs[k].weighted_sum[batch] += sums[rows]
-                    outs[k].valid_weight[batch] += vw[rows]
+            for k in live:
+                compiled.circle_sums(*prefix, part.x0, part.y0, part.dx, part.dy, x[sel],
+                                     y[sel], sel, float(radii[k]), outs[k].weighted_sum,
+                                     outs[k].valid_weight)
     if quantised:  # the sums are of q·|q|: one division decodes them
         for k in live:
             outs[k].weighted_sum /= aef.DEQUANT_SCALE
@@ -246,6 +210,8 @@ def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radiu
     rest is never read. Stored int8 values are summed as the integers ``q·|q|`` (0 where not
     valid), decoded in this one pass: at most 256 × 127² a row, exact in float32.
     """
+    from aether.core import compiled
+
     vals, valid = part.values, part.valid
     assert valid is not None
     h, w, nb = vals.shape
@@ -258,108 +224,15 @@ def _row_prefix(part: PixelBlock, r0: np.ndarray, ny: int, cx: np.ndarray, radiu
     else:  # columns running west: whole rows
         lo_c, hi_c = np.zeros(len(cx), np.int64), np.full(len(cx), w, np.int64)
     runs = _touched_rows(r0, ny, h)
-    chunks = ((a, min(a + PREFIX_ROWS, b)) for r, b in runs for a in range(r, b, PREFIX_ROWS))
-    for a, b in chunks:  # a few rows at a time: each chunk stays in cache through its passes
+    chunks = [(a, min(a + PREFIX_ROWS, b)) for r, b in runs for a in range(r, b, PREFIX_ROWS)]
+    bounds = np.empty((len(chunks), 4), np.int64)
+    for k, (a, b) in enumerate(chunks):  # each chunk's columns: its circles' reach
         near = (r0 < b) & (r0 + ny > a)
-        c_lo, c_hi = int(lo_c[near].min()), int(hi_c[near].max())
-        run = s[a:b, c_lo : c_hi + 1]
-        run[:, 0] = 0
-        body = run[:, 1:]
-        np.copyto(body, vals[a:b, c_lo:c_hi], casting="unsafe")
-        if vals.dtype == np.int8:
-            np.multiply(body, np.abs(body), out=body)
-            bad = ~valid[a:b, c_lo:c_hi]
-            if bad.any():
-                body[bad] = 0
-        for c in range(1, c_hi - c_lo):  # in place, column by column: no temporary
-            run[:, c + 1] += run[:, c]
+        bounds[k] = a, b, lo_c[near].min(), hi_c[near].max()
+    compiled.row_prefix(vals, valid, bounds, vals.dtype == np.int8, s)
     sv = np.zeros((h, w + 1))
     np.cumsum(valid, axis=1, out=sv[:, 1:])
     return s, sv
-
-
-def _part_sums(
-    part: PixelBlock, prefix: tuple[np.ndarray, np.ndarray], cx: np.ndarray, cy: np.ndarray,
-    radii: list[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(circles·radii, B) float64 weighted sums and (circles·radii,) valid weights.
-
-    A circle covers, per pixel row, a run of whole pixels (weight 1) between two short runs
-    of cut pixels (its boundary ring, exact analytic area). A run costs two entries on the
-    row prefix sums and a cut pixel two: about 2·(8r + 2r)/px entries per circle instead of
-    πr²/px². The valid mask is summed with the same entries in float64 (fractions stay
-    exact to 1e-12), the bands in float32.
-    """
-    from scipy.sparse import csr_matrix
-
-    s, sv = prefix
-    h, w = part.shape
-    flat, flat_valid = s.reshape(h * (w + 1), -1), sv.reshape(-1)
-    n = len(cx)
-    sums = np.zeros((n * len(radii), flat.shape[1]))
-    vw = np.zeros(n * len(radii))
-    for k, r in enumerate(radii):
-        rows = slice(k * n, (k + 1) * n)
-        for circle, index, coef in _circle_entries(part, cx, cy, r):  # runs, then cut pixels
-            indptr = np.concatenate([[0], np.cumsum(np.bincount(circle, minlength=n))])
-            m = csr_matrix((coef, index, indptr), shape=(n, len(flat_valid)))
-            vw[rows] += m @ flat_valid
-            m.data = coef.astype(np.float32)
-            sums[rows] += m @ flat
-    return sums, vw
-
-
-def _circle_entries(
-    part: PixelBlock, cx: np.ndarray, cy: np.ndarray, r: float
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(circle, prefix index, coefficient) of the circles' sums over ``part``, sorted by
-    circle: one triple for the whole-pixel runs, one for the cut pixels."""
-    h, w = part.shape
-    dx, dy = part.dx, part.dy
-    _, r0, _, ny = _window(part, cx, cy, r)
-    rows = r0[:, None] + np.arange(ny)  # (P, ny)
-    yl = part.y0 + rows * dy - cy[:, None]
-    yh = yl + dy
-    near_y2 = np.where(yl * yh <= 0, 0.0, np.minimum(yl * yl, yh * yh))
-    far_y2 = np.maximum(yl * yl, yh * yh)
-    r2 = r * r
-    on = (rows >= 0) & (rows < h) & (near_y2 < r2)
-    u = ((cx - part.x0) / dx)[:, None]  # the centre in column units
-    ht = np.sqrt(np.maximum(r2 - near_y2, 0.0)) / abs(dx)  # half chord touching the row
-    hf = np.sqrt(np.maximum(r2 - far_y2, 0.0)) / abs(dx)  # half chord across the whole row
-    t0 = np.floor(u - ht).astype(np.int64)
-    t1 = np.ceil(u + ht).astype(np.int64) - 1
-    full = far_y2 <= r2
-    f0 = np.where(full, np.ceil(u - hf), t1 + 1).astype(np.int64)
-    f1 = np.where(full, np.floor(u + hf) - 1, t1).astype(np.int64)
-    f1 = np.maximum(f1, f0 - 1)  # a chord shorter than a pixel: no whole pixel, no overlap
-    t0c, t1c = np.clip(t0, 0, w), np.clip(t1, -1, w - 1)
-    f0c, f1c = np.clip(f0, 0, w), np.clip(f1, -1, w - 1)
-    n_left = np.where(on, np.maximum(np.minimum(f0c, t1c + 1) - t0c, 0), 0)
-    right0 = np.maximum(f1c + 1, 0)
-    n_right = np.where(on, np.maximum(t1c - right0 + 1, 0), 0)
-    base = np.clip(rows, 0, h - 1) * (w + 1)
-    # whole-pixel runs: +S[f1 + 1] − S[f0]
-    pi, ri = np.nonzero(on & (f0c <= f1c))
-    run_i = np.stack([base[pi, ri] + f1c[pi, ri] + 1, base[pi, ri] + f0c[pi, ri]], 1).ravel()
-    run_w = np.tile([1.0, -1.0], len(pi))
-    # cut pixels, row by row: the run left of the whole pixels, then the one right of them
-    counts = np.stack([n_left, n_right], -1).ravel()
-    starts = np.stack([t0c, right0], -1).ravel()
-    seg = np.repeat(np.arange(len(counts)), counts)
-    col = starts[seg] + np.arange(len(seg)) - np.repeat(np.cumsum(counts) - counts, counts)
-    row = seg // 2  # flat (circle, window row)
-    p = row // ny
-    xl = part.x0 + col * dx - cx[p]
-    xa, xb = _x_terms(xl, r), _x_terms(xl + dx, r)  # two arcsines per cut pixel, not eight
-    ya, yb = (tuple(t.ravel().take(row) for t in _y_terms(v, r)) for v in (yl, yh))
-    q = _quadrant
-    area = q(xb, yb) - q(xa, yb) - q(xb, ya) + q(xa, ya)
-    frac = np.abs(area) / part.pixel_area
-    at = base.ravel().take(row) + col
-    cut_i = np.stack([at + 1, at], 1).ravel()
-    cut_w = np.stack([frac, -frac], 1).ravel()
-    return [(np.repeat(pi, 2), run_i, run_w), (np.repeat(p, 2), cut_i, cut_w)]
 
 
 def _window(

@@ -128,9 +128,8 @@ def run_aether(tiles: str, lon: np.ndarray, lat: np.ndarray, keep: int, threads:
     import pyarrow.parquet  # noqa: F401
     import pyproj  # noqa: F401
     import rasterio  # noqa: F401
-    import scipy.sparse  # noqa: F401
 
-    from aether.core import aef
+    from aether.core import aef, compiled  # noqa: F401  (numba's machine code loads here)
     from aether.embeddings import write_point_means
     from aether.embeddings.cog import CogSource
 

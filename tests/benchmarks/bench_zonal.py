@@ -33,6 +33,7 @@ RADII = (100.0, 200.0)
 
 
 def _ours_kernel(tile: str, x: np.ndarray, y: np.ndarray, q) -> None:
+    from aether.core import compiled  # noqa: F401  (numba's machine code loads here, as imports)
     from aether.core.zonal import buffer_means
 
     t0 = time.process_time()
@@ -44,6 +45,7 @@ def _ours_kernel(tile: str, x: np.ndarray, y: np.ndarray, q) -> None:
 def _ours_source(tiles: str, lon: np.ndarray, lat: np.ndarray, year: int, q) -> None:
     import geopandas as gpd
 
+    from aether.core import compiled  # noqa: F401  (numba's machine code loads here, as imports)
     from aether.embeddings.cog import CogSource
 
     pois = gpd.GeoDataFrame({"poi_id": [f"p{i:07d}" for i in range(len(lon))]},

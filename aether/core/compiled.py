@@ -118,13 +118,19 @@ def circle_sums(s: np.ndarray, sv: np.ndarray, x0: float, y0: float, dx: float, 
     """
     h, w = sv.shape[0], sv.shape[1] - 1
     nb = s.shape[2]
-    r2, area = r * r, abs(dx * dy)
+    r2, area, reach = r * r, abs(dx * dy), r / abs(dx)
     acc = np.empty(nb)
+    edge = np.empty((2 * math.ceil(reach) + 4, 3))  # x terms of the circle's column edges
     for p in range(len(cx)):
         u = (cx[p] - x0) / dx  # the centre in column units
+        e0, e1 = max(math.floor(u - reach), 0), min(math.ceil(u + reach), w)
+        for e in range(e0, e1 + 1):  # each edge's arcsine once, for every row that cuts it
+            edge[e - e0, 0], edge[e - e0, 1], edge[e - e0, 2] = _x_side(x0 + e * dx - cx[p], r)
         ra, rb = math.floor((cy[p] - r - y0) / dy), math.floor((cy[p] + r - y0) / dy)
         acc[:] = 0
         weight = 0.0
+        last = -2  # the row whose far edge's y terms ``yb`` hold: the next row's near edge
+        yb = (0.0, 0.0, 0.0, 0.0)
         for row in range(max(min(ra, rb), 0), min(max(ra, rb) + 1, h)):
             yl = y0 + row * dy - cy[p]
             yh = yl + dy
@@ -146,16 +152,14 @@ def circle_sums(s: np.ndarray, sv: np.ndarray, x0: float, y0: float, dx: float, 
                 weight += sv[row, f1 + 1] - sv[row, f0]
                 for j in range(nb):
                     acc[j] += s[row, f1 + 1, j] - s[row, f0, j]
-            ya, yb = _y_side(yl, r), _y_side(yh, r)
+            ya = yb if row == last + 1 else _y_side(yl, r)
+            yb, last = _y_side(yh, r), row
             for lo, hi in ((t0, min(f0, t1 + 1)), (max(f1 + 1, 0), t1 + 1)):  # cut pixels
-                if lo >= hi:
-                    continue
-                xa = _x_side(x0 + lo * dx - cx[p], r)
                 for col in range(lo, hi):
-                    xb = _x_side(x0 + (col + 1) * dx - cx[p], r)
+                    xa = (edge[col - e0, 0], edge[col - e0, 1], edge[col - e0, 2])
+                    xb = (edge[col + 1 - e0, 0], edge[col + 1 - e0, 1], edge[col + 1 - e0, 2])
                     frac = abs(_quadrant(xb, yb) - _quadrant(xa, yb)
                                - _quadrant(xb, ya) + _quadrant(xa, ya)) / area
-                    xa = xb
                     weight += frac * (sv[row, col + 1] - sv[row, col])
                     for j in range(nb):
                         acc[j] += frac * (s[row, col + 1, j] - s[row, col, j])

@@ -205,3 +205,41 @@ def test_every_method_on_the_same_folds(kind, shuffle, monkeypatch):
         if shuffle:
             assert not np.array_equal(y_fit, y)
             np.testing.assert_array_equal(y_fit[fold.test], y[fold.test])
+
+
+def test_the_probe_uses_its_settings():
+    require("torch")
+    from dataclasses import replace
+
+    feats, cls, lon, lat = _units(60, seed=2)
+    fold = cityrep.block_fold(cityrep.block_ids(lon, lat), 5)
+    x = cityrep.l2_rows(feats["raw"])
+    s = cityrep.ProbeSettings(hidden=8, lr=1e-3, batch=16, epochs=3, patience=2)
+    out = cityrep.fit_predict("classification", x, cls, fold, 3, s)
+    assert out.shape == (len(fold.test), 3)
+    np.testing.assert_array_equal(out, cityrep.fit_predict("classification", x, cls, fold, 3, s))
+    assert not np.allclose(out, cityrep.fit_predict("classification", x, cls, fold, 3,
+                                                    replace(s, lr=0.05)))
+
+
+def test_the_probe_stops_after_patience_epochs_without_a_better_loss(monkeypatch):
+    torch = require("torch")
+    steps = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    feats, cls, lon, lat = _units(60, seed=2)
+    fold = cityrep.block_fold(cityrep.block_ids(lon, lat), 5)
+    x = cityrep.l2_rows(feats["raw"])
+    for patience in (1, 3):
+        steps.clear()
+        # lr 0: the validation loss never changes after the first epoch; one batch per epoch
+        s = cityrep.ProbeSettings(hidden=4, lr=0.0, batch=512, epochs=40, patience=patience)
+        cityrep.fit_predict("classification", x, cls, fold, 3, s)
+        assert len(steps) == 1 + patience
+    # no validation blocks: every epoch runs
+    steps.clear()
+    empty = cityrep.Fold(5, fold.train, np.array([], np.int64), fold.test)
+    s = cityrep.ProbeSettings(hidden=4, lr=0.0, batch=512, epochs=7, patience=1)
+    cityrep.fit_predict("classification", x, cls, empty, 3, s)
+    assert len(steps) == 7

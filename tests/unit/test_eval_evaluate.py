@@ -77,6 +77,10 @@ def test_paired_over_training_seeds():
     assert ev._paired(pooled, raw) == {"t": pytest.approx(ref.statistic),
                                        "p": pytest.approx(ref.pvalue)}
     assert ev._paired([0.5], []) == {"t": None, "p": None}
+    # one probe seed, two training seeds: two pairs
+    ref = stats.ttest_rel([0.5, 0.7], [0.4, 0.4])
+    assert ev._paired([0.5, 0.7], [0.4]) == {"t": pytest.approx(ref.statistic),
+                                             "p": pytest.approx(ref.pvalue)}
 
 
 def _scores(values):
@@ -148,6 +152,7 @@ def test_a_lower_is_better_metric_and_an_untestable_row():
     assert row["relative_to_raw"]["kl"] == pytest.approx(0.1 / 0.6)
     assert row["paired_vs_raw"] == {"kl": {"t": None, "p": None}}  # no p_holm: not in a family
     assert row["metrics"]["kl"]["values"] == [0.4, 0.6]
+    assert row["metrics"]["kl"]["sd"] == pytest.approx(stats.tstd([0.4, 0.6]))
 
 
 def test_holm_per_table_ignores_rows_without_p():
@@ -155,8 +160,10 @@ def test_holm_per_table_ignores_rows_without_p():
             {"split": "s", "paired_vs_raw": {"m": {"p": None}}},
             {"split": "s", "paired_vs_raw": {}},
             {"split": "s", "paired_vs_raw": {"m": {"p": 0.04}}},
-            {"split": "t", "paired_vs_raw": {"m": {"p": 0.3}}}]
+            {"split": "t", "paired_vs_raw": {"m": {"p": 0.3}}},
+            {"split": "u", "paired_vs_raw": {"m": {"p": 0.2}}}]
     ev._holm_per_table(rows, {"m": True})
+    assert rows[5]["paired_vs_raw"]["m"] == {"p": 0.2, "p_holm": 0.2, "family": 1}
     assert rows[0]["paired_vs_raw"]["m"] == {"p": 0.01, "p_holm": 0.02, "family": 2}
     assert rows[1]["paired_vs_raw"]["m"] == {"p": None}
     assert rows[3]["paired_vs_raw"]["m"] == {"p": 0.04, "p_holm": 0.04, "family": 2}
@@ -208,6 +215,8 @@ def test_the_inputs_key_changes_with_every_input(tmp_path):
         key(ProbeTask("lu", "classification", "labels.parquet", "landuse", cell_m=50.0,
                       min_class_units=3)),
         key(TASK, runs[:1]),
+        key(TASK, [_run("c", tmp=tmp_path)]),  # no config hash: its name
+        key(TASK, [_run("d", tmp=tmp_path)]),
         key(TASK, [_run("a", tmp=tmp_path, config_hash="h2"), runs[1]]),
         key(TASK, runs, (1, 3), ("mlp",), ("random",), False, probes.ProbeSettings()),
         key(TASK, runs, (1, 2), ("linear",), ("random",), False, probes.ProbeSettings()),
@@ -294,25 +303,51 @@ def _places(n=60, seed=0):
 FAST = probes.ProbeSettings(lr=0.05, batch=32, max_epochs=5, patience=2, hidden=4)
 
 
+class _Bars(list):
+    """The progress bars ``evaluate`` opened: [description, total, steps advanced]."""
+
+    def __call__(self, description, total=None):
+        import contextlib
+        from types import SimpleNamespace
+
+        shown = [description, total, 0]
+        self.append(shown)
+
+        def advance(n=1):
+            shown[2] += n
+
+        return contextlib.nullcontext(SimpleNamespace(advance=advance))
+
+
+class _Calls(list):
+    bars: _Bars
+
+
 @pytest.fixture
 def given_features(monkeypatch):
-    calls = []
+    calls = _Calls()
 
     def features(task, city_dir, runs, text_methods=True):
         calls.append((task.name, [r.name for r in runs], text_methods))
+        assert city_dir.name == "2024" and city_dir.is_dir()
         return _places()
 
     monkeypatch.setattr(ev, "features", features)
+    bars = _Bars()
+    monkeypatch.setattr(ev, "bar", bars)
+    calls.bars = bars
     return calls
 
 
 def test_evaluate_probes_every_split_seed_method_and_probe(tmp_path, given_features):
     require("torch")
     city = _city(tmp_path)
-    runs = [_run("a", tmp=tmp_path)]
+    runs = [_run("a", tmp=tmp_path, config_hash="h9", hyperparameters={"seed": 7})]
     res = ev.evaluate(city, TASK, runs, seeds=(3, 1), probe_kinds=("linear",),
                       splits=("random", "spatial"), settings=FAST)
     assert given_features == [("lu", ["a"], True)]
+    # 2 splits x 2 seeds x 2 methods x 1 probe, a step each
+    assert given_features.bars == [["evaluate lu: split × seed × method × probe", 8, 8]]
     keys = [(r["method"], r["probe"], r["split"]) for r in res["rows"]]
     assert keys == [(ev.PRIOR, "-", "random"), (RAW, "linear", "random"),
                     ("AETHER (a)", "linear", "random"), (ev.PRIOR, "-", "spatial"),
@@ -320,10 +355,12 @@ def test_evaluate_probes_every_split_seed_method_and_probe(tmp_path, given_featu
     assert res["seeds"] == [3, 1] and res["protocol"] == "default"
     assert res["probe_hidden"] == 4 and res["spread"] == "std" and res["note"] is None
     assert res["runs"] == [{"row": "AETHER (a)", "run": "a", "preset": "a",
-                            "trained_on": ["helsinki"], "config_hash": None,
-                            "train_seed": None}]
+                            "trained_on": ["helsinki"], "config_hash": "h9",
+                            "train_seed": 7}]
     assert res["replicates"] == {}
     assert res["provenance"]["seeds"] == [3, 1]
+    started, finished = res["provenance"]["started"], res["provenance"]["finished"]
+    assert isinstance(started, str) and started[:4].isdigit() and started <= finished
     # each value is the probe's score on that split and seed, by hand
     feats, places = _places()
     for i, seed in enumerate((3, 1)):
@@ -336,6 +373,12 @@ def test_evaluate_probes_every_split_seed_method_and_probe(tmp_path, given_featu
         prior = probes.prior_predict("classification", y[~test], int(test.sum()))
         want = probes.score("classification", y[test], prior)["accuracy"]
         assert res["rows"][3]["metrics"]["accuracy"]["values"][i] == round(want, 6)
+    assert res["inputs_key"] == ev._inputs_key(TASK, city, runs, [1, 3], ("linear",),
+                                               ("random", "spatial"), False, FAST)
+    from aether.io.store import CityStore
+
+    assert json.loads(CityStore.at(city).evaluation_cache("lu", res["inputs_key"]).read_text(
+        ))["rows"] == res["rows"]
     latest = Path(res["paths"]["json"])
     assert latest.name == "lu.json" and json.loads(latest.read_text())["inputs_key"] == (
         res["inputs_key"])
@@ -353,11 +396,19 @@ def test_evaluate_probes_every_split_seed_method_and_probe(tmp_path, given_featu
     assert fresh["rows"] == res["rows"]
 
 
-def test_evaluate_shuffled_and_the_protocols(tmp_path, given_features):
+def test_evaluate_shuffled_and_the_protocols(tmp_path, given_features, monkeypatch):
     require("torch")
     city = _city(tmp_path)
+    fit, asked = probes.fit_predict, []
+
+    def spy(*a, **k):
+        asked.append(k.get("n_classes"))
+        return fit(*a, **k)
+
+    monkeypatch.setattr(probes, "fit_predict", spy)
     res = ev.evaluate(city, TASK, [], seeds=(5,), probe_kinds=("linear",),
                       splits=("random",), settings=FAST, shuffle=True)
+    assert asked == [2, 2]  # two methods; the task's classes, not only those in the training labels
     assert res["shuffled_labels"] is True
     assert Path(res["paths"]["json"]).name == "lu_shuffled.json"
     assert Path(res["paths"]["runs_json"]).name == "lu_shuffled__no-models.json"
@@ -368,8 +419,8 @@ def test_evaluate_shuffled_and_the_protocols(tmp_path, given_features):
                               feats[RAW][test], 5, FAST, 2)
     want = probes.score("classification", places.labels.y[test], pred)["macro_f1"]
     assert res["rows"][1]["metrics"]["macro_f1"]["values"] == [round(want, 6)]
-    sb = ev.evaluate(city, TASK, [], protocol="spatial-blocks", seeds=(5,), write=False,
-                     settings=FAST)
+    sb = ev.evaluate(city, TASK, [], protocol="spatial-blocks", seeds=(5,), settings=FAST)
+    assert Path(sb["paths"]["json"]).name == "lu_spatial-blocks.json"
     assert given_features[-1] == ("lu", [], False)
     assert {r["split"] for r in sb["rows"]} == {"blocks10x10"}
     assert {r["probe"] for r in sb["rows"]} == {"-", "mlp"}
@@ -383,6 +434,50 @@ def test_evaluate_shuffled_and_the_protocols(tmp_path, given_features):
             ev.evaluate(city, TASK, [], protocol="cityrep", **kw)
         assert e.value.message == ("the cityrep protocol fixes its splits, probe and probe "
                                    "settings")
+        assert e.value.hint == "leave them out, or use the default or spatial-blocks protocol"
+
+
+def test_evaluate_by_the_cityrep_protocol(tmp_path, given_features, monkeypatch):
+    require("sklearn")
+    from aether.evaluation import cityrep
+
+    def fake_fit(kind, x, y, fold, n_out, settings=None):
+        """Predicts the training labels in their order (so shuffling shows), nudged by x."""
+        seen = np.resize(y[fold.train], len(fold.test))
+        return np.eye(n_out, dtype=np.float32)[seen] + x[fold.test][:, :n_out] * 0.01
+
+    monkeypatch.setattr(cityrep, "fit_predict", fake_fit)
+    city = _city(tmp_path)
+    from aether.io.store import CityStore
+
+    # tables from a generated raster, as the extract manifest says
+    CityStore.at(city).manifest.write_text(json.dumps({"config": {"dataset": {
+        "synthetic": True}}}))
+    res = ev.evaluate(city, TASK, [_run("a", tmp=tmp_path)], protocol="cityrep", seeds=(42, 7))
+    assert given_features[-1] == ("lu", ["a"], False)
+    assert given_features.bars == [["evaluate lu: split × seed × method × probe", 4, 4]]
+    assert [(r["method"], r["probe"], r["split"]) for r in res["rows"]] == [
+        (ev.PRIOR, "-", "cityrep-blocks"), (RAW, "mlp", "cityrep-blocks"),
+        ("AETHER (a)", "mlp", "cityrep-blocks")]
+    assert res["metrics"] == ["F1_macro", "precision_macro", "recall_macro"]
+    assert (res["protocol"], res["probe_hidden"], res["spread"]) == ("cityrep", 1024, "std")
+    assert res["note"] == ev.SYNTHETIC_NOTE
+    assert Path(res["paths"]["json"]).name == "lu_cityrep.json"
+    feats, places = _places()
+    want = cityrep.probe_methods("classification", feats, places.labels.y, *places.lonlat(),
+                                 (42, 7), False, ev.PRIOR, lambda: None)
+    for row in res["rows"]:
+        for m in res["metrics"]:
+            assert row["metrics"][m]["values"] == [round(v[m], 6) for v in want[row["method"]]]
+    shuffled = ev.evaluate(city, TASK, [], protocol="cityrep", seeds=(42,), shuffle=True,
+                           write=False)
+    want = cityrep.probe_methods("classification", {RAW: feats[RAW]}, places.labels.y,
+                                 *places.lonlat(), (42,), True, ev.PRIOR, lambda: None)
+    got = shuffled["rows"][1]["metrics"]["F1_macro"]["values"]
+    assert got == [round(want[RAW][0]["F1_macro"], 6)]
+    assert got != res["rows"][1]["metrics"]["F1_macro"]["values"][:1]
+    assert res["rows"][1]["paired_vs_raw"] == {}
+    assert "p" in res["rows"][2]["paired_vs_raw"]["F1_macro"]
 
 
 def test_the_protocols():
@@ -489,7 +584,7 @@ def city_tables(tmp_path, monkeypatch):
 
         from aether.core.aef import BANDS
 
-        calls["poi_means"] = radius
+        calls["poi_means"] = (city_dir, radius)
         ids = ["p5", "p3", "p1", "p0", "p9"]  # p2 and p4 have none; p9 is not a POI
         return pd.DataFrame({"poi_id": ids, **{b: [float(k) + i / 10 for i in range(5)]
                                                for k, b in enumerate(BANDS)}})
@@ -574,6 +669,13 @@ def test_features_without_models_and_with_a_radius(city_tables):
         if len(near):
             want[r] = near.mean(0)
     np.testing.assert_allclose(feats[ev.TEXT], want[places.labels.index])
+    # half a metre: only p2 and p3, at the centres of units 4 and 8 (frame rows 4 and 0)
+    half = ProbeTask("lu", "classification", "labels.parquet", "landuse", min_class_units=1,
+                     radius_m=0.5)
+    feats, places = ev.features(half, city, [])
+    want = np.zeros((9, 2), np.float32)
+    want[4], want[0] = [3, 1], [4, 1]
+    np.testing.assert_allclose(feats[ev.TEXT], want[places.labels.index])
     with pytest.raises(ev.ModelError) as e:
         ev.features(task, city, [_run("a", base_radius_m=100.0), _run("b", base_radius_m=200.0)])
     assert e.value.message == "models trained at different base radii [100.0, 200.0]"
@@ -587,7 +689,7 @@ def test_poi_features(city_tables):
     task = ProbeTask("lu", "classification", "labels.parquet", "landuse", unit="poi",
                      min_class_units=1)
     feats, places = ev.features(task, city, [_run("a", base_radius_m=50.0)])
-    assert calls["poi_means"] == 50.0
+    assert calls["poi_means"] == (city, 50.0)
     # POIs with means, in the POI table's order: p0, p1, p3, p5; green, green, shop, green
     # (p5: the smaller polygon)
     assert places.labels.index.tolist() == [0, 1, 2, 3]
@@ -678,10 +780,13 @@ def test_which_pois_a_run_held_out():
                             geometry=gpd.points_from_xy(rng.uniform(24.9, 25.0, 200),
                                                         rng.uniform(60.1, 60.2, 200)),
                             crs="EPSG:4326")
-    assert ev.heldout_pois(pois, _run("a", city="oslo"), "helsinki").tolist() == [True] * 200
+    other = ev.heldout_pois(pois, _run("a", city="oslo"), "helsinki")
+    assert other.dtype == bool and other.tolist() == [True] * 200
     with pytest.raises(ev.ModelError) as e:
         ev.heldout_pois(pois, _run("a", hyperparameters={"seed": "unknown"}), "helsinki")
-    assert e.value.message.startswith("run a does not record how it held out POIs")
+    assert e.value.message == ("run a does not record how it held out POIs (an imported "
+                               "checkpoint)")
+    assert e.value.hint == "use a task without holdout, or a run of `aether train`"
     for hyper in ({"test_fraction": 0.3}, {"split": "blocks", "block_m": 500.0}):
         got = ev.heldout_pois(pois, _run("a", hyperparameters=hyper), "helsinki")
         xy = pois.to_crs("EPSG:32635").geometry

@@ -136,6 +136,8 @@ def test_grid_block_split_cuts_the_extent():
     assert np.array_equal(probes.grid_block_split(x * 3 - 100, y, 5, 2),
                           probes.grid_block_split(x, y, 5, 2))
     assert probes.grid_block_split(x, y, 5, 2).sum() == 2  # default fraction 0.2
+    # a unit per block: exactly a fifth, block by block
+    assert probes.grid_block_split(np.arange(10.0), np.zeros(10), 10, 0).sum() == 2
 
 
 def test_paired_test_against_scipy():
@@ -272,11 +274,57 @@ def test_the_probe_is_the_stated_protocol(kind, probe, s):
 
 def test_classification_probe_with_more_classes_than_seen():
     require("torch")
-    x, x_test = _data(seed=3)
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(40, 3)), rng.normal(size=(300, 3))
     y = (x[:, 0] > 0).astype(int)
     s = probes.ProbeSettings(lr=0.05, batch=8, max_epochs=6, patience=2)
     got = probes.fit_predict("classification", "linear", x, y, x_test, 2, s, n_classes=3)
     assert np.array_equal(got, _reference("classification", "linear", x, y, x_test, 2, s, 3))
+    # a third output unit (never a target) changes the initial weights, so some of the 300
+    # test points near the boundary fall the other way than with two outputs
+    assert not np.array_equal(got, _reference("classification", "linear", x, y, x_test, 2, s))
+
+
+def test_a_probe_that_stops_learning_stops_after_patience_epochs(monkeypatch):
+    torch = require("torch")
+    steps = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    x, x_test = _data(n=20)
+    y = x[:, 0] * 2
+    for patience in (1, 3):
+        steps.clear()
+        # lr 0: the validation loss never changes after the first epoch; one batch per epoch
+        s = probes.ProbeSettings(lr=0.0, batch=64, max_epochs=50, patience=patience)
+        probes.fit_predict("regression", "linear", x, y, x_test, 0, s)
+        assert len(steps) == 1 + patience
+    steps.clear()
+    probes.fit_predict("regression", "linear", x, y, x_test, 0,
+                       probes.ProbeSettings(lr=0.0, batch=5, max_epochs=50, patience=2))
+    assert len(steps) == 3 * 4  # 18 training rows (2 held for validation) in batches of 5
+
+
+def test_distribution_targets_with_a_zero_in_every_row():
+    require("torch")
+    x, x_test = _data(n=40, seed=2)
+    z = np.exp(np.stack([x[:, 0], -x[:, 0]], 1))
+    y = np.concatenate([z / z.sum(1, keepdims=True), np.zeros((40, 1))], 1)
+    s = probes.ProbeSettings(lr=0.05, batch=8, max_epochs=8, patience=2)
+    got = probes.fit_predict("distribution", "mlp", x, y, x_test, 1, s)
+    np.testing.assert_allclose(got, _reference("distribution", "mlp", x, y, x_test, 1, s),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)
+
+
+def test_one_validation_unit_of_a_small_set():
+    require("torch")
+    x, x_test = _data(n=12, seed=5)  # round(0.1 * 12) = 1 validation unit
+    y = x[:, 0] + 0.5 * x[:, 1]
+    s = probes.ProbeSettings(lr=0.05, batch=4, max_epochs=10, patience=3)
+    got = probes.fit_predict("regression", "mlp", x, y, x_test, 3, s)
+    np.testing.assert_allclose(got, _reference("regression", "mlp", x, y, x_test, 3, s),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_the_default_settings_are_the_documented_protocol():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from aether.errors import ConfigError, TableError
@@ -69,6 +70,10 @@ def test_bad_task_files_are_named(tmp_path):
     e = _config_error(tmp_path / "nope.yaml")
     assert e.message == f"task file {tmp_path / 'nope.yaml'} not found"
     assert e.hint == "packaged tasks: helsinki_landuse, helsinki_poi_mix"
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes(b"name: caf\xe9\n")
+    e = _config_error(p)
+    assert e.message == "latin1.yaml:1: task file is not UTF-8 text (byte 9)"
     p = _write(tmp_path, "- a\n- b\n")
     e = _config_error(p)
     assert (e.message, e.hint) == (f"task file {p} is not a mapping",
@@ -135,7 +140,7 @@ def _points_gdf(xy, values, column="landuse", crs=CRS):
 
 def test_read_labels_checks_and_renames(tmp_path):
     df = _points_gdf([(0, 0), (10, 0), (20, 0), (30, 0)], ["retail", None, "grass", "water"])
-    df.to_parquet(tmp_path / "lab.parquet")
+    df.assign(note=[None, "a", "b", "c"]).to_parquet(tmp_path / "lab.parquet")
     task = ProbeTask("lu", "classification", "lab.parquet", "landuse")
     got = tasks.read_labels(task, tmp_path)
     assert got.crs.to_epsg() == 4326
@@ -147,7 +152,7 @@ def test_read_labels_checks_and_renames(tmp_path):
     with pytest.raises(TableError) as e:
         tasks.read_labels(ProbeTask("lu", "classification", "lab.parquet", "kind"), tmp_path)
     assert (e.value.message, e.value.hint) == ("label table lab.parquet has no column 'kind'",
-                                               "columns: landuse")
+                                               "columns: landuse, note")
     with pytest.raises(TableError) as e:
         tasks.read_labels(ProbeTask("lu", "classification", "lab.parquet", "landuse",
                                     classes={"road": "x"}), tmp_path)
@@ -159,6 +164,8 @@ def test_read_labels_checks_and_renames(tmp_path):
     assert e.value.message.startswith(f"label table {tmp_path / 'bad.parquet'} is not "
                                       "GeoParquet: ")
     assert e.value.hint == "labels need a geometry column (points or polygons)"
+    assert e.value.message.endswith(f": {type(e.value.__cause__).__name__}")
+    assert "NoneType" not in e.value.message
 
 
 def _grid(n=3, size=100.0):
@@ -244,6 +251,14 @@ def test_points_in_grid_cells():
     got = tasks.assign(_task(), units, labels, CRS)
     assert got.index.tolist() == [0, 4, 5, 8]
     assert got.classes == ["park", "shop"] and got.y.tolist() == [1, 0, 1, 0]
+    # a point put on the edge of units 0 and 1 (in UTM) counts for neither
+    edge = pd.concat([labels, _pts([(100, 50)], ["park"])], ignore_index=True)
+    again = tasks.assign(_task(), units, edge, CRS)
+    assert (again.index.tolist(), again.y.tolist()) == ([0, 4, 5, 8], [1, 0, 1, 0])
+    # a radius, however small, replaces the cell: within half a metre of a centre
+    near = tasks.assign(_task("distribution", radius_m=0.5), units,
+                        _pts([(150.2, 150), (10, 10), (250, 250)], ["a", "b", "b"]), CRS)
+    assert near.index.tolist() == [4, 8] and near.y.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     # at least two points per unit
     got = tasks.assign(_task(min_count=2), units, labels, CRS)
     assert got.index.tolist() == [0, 8] and got.y.tolist() == [1, 0]

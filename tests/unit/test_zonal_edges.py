@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 from affine import Affine
 
 from aether.core import zonal
@@ -27,12 +28,13 @@ def _pixel_areas(block: PixelBlock, g: object) -> np.ndarray:
     return out / block.pixel_area
 
 
+@pytest.mark.parametrize("x0", [1000.0, -1090.0])  # west of the origin: negative columns
 @pytest.mark.parametrize("dy", [-10.0, 10.0])
-def test_polygons_and_points_against_pixel_areas(dy: float) -> None:
+def test_polygons_and_points_against_pixel_areas(dy: float, x0: float) -> None:
     rng = np.random.default_rng(2)
     vals = rng.normal(size=(8, 9, 3)).astype(np.float32)
     vals[2, 3] = np.nan
-    block = PixelBlock(vals, 1000.0, 1000.0 if dy > 0 else 1080.0, 10.0, dy)
+    block = PixelBlock(vals, x0, 1000.0 if dy > 0 else 1080.0, 10.0, dy)
     shapes = [
         shapely.box(500.0, 500.0, 600.0, 600.0),  # outside the block, before the others
         shapely.Polygon([(1012, 1013), (1067, 1021), (1044, 1071)]),
@@ -40,6 +42,7 @@ def test_polygons_and_points_against_pixel_areas(dy: float) -> None:
         shapely.Point(1033.0, 1047.0),
         shapely.box(1020.0, 1020.0, 1040.0, 1040.0),  # on pixel edges
     ]
+    shapes = [shapely.affinity.translate(g, x0 - 1000.0) for g in shapes]
     got = polygon_partial_sums(block, shapes)
     valid = ~np.isnan(vals).any(-1)
     filled = np.where(valid[..., None], vals, 0).astype(np.float64)
@@ -126,3 +129,32 @@ def test_only_rows_some_circle_reads_get_prefix_sums() -> None:
     assert touched(np.array([-2, 18]), 4, 20) == [(0, 2), (18, 20)]  # clipped at both ends
     assert touched(np.array([25, 5]), 3, 20) == [(5, 8)]  # a window below the part
     assert touched(np.array([7, 7, 7]), 2, 20) == [(7, 9)]
+
+
+def test_integer_centres_radii_and_edges_give_the_float_results() -> None:
+    """The compiled loops take float64 arrays: integer inputs are converted where they come
+    in, not refused."""
+    rng = np.random.default_rng(4)
+    block = PixelBlock(rng.normal(size=(30, 40, 3)).astype(np.float32), 0.0, 300.0, 10.0, -10.0)
+    xi, yi = np.array([105, 250, 333]), np.array([150, 77, 201])
+    got = zonal.radii_partial_sums(block, xi, yi, [50, 80])
+    want = zonal.radii_partial_sums(block, xi.astype(float), yi.astype(float), [50.0, 80.0])
+    for g, w in zip(got, want, strict=True):
+        assert w.valid_weight.min() > 0
+        np.testing.assert_array_equal(g.weighted_sum, w.weighted_sum)
+        np.testing.assert_array_equal(g.valid_weight, w.valid_weight)
+    xe, ye = np.arange(-60, 71, 10)[None, :], np.arange(-70, 61, 10)[None, :]
+    areas = zonal.coverage(np.array([3]), np.array([-1]), 47, xe, ye)
+    assert areas.sum() == pytest.approx(np.pi * 47**2, abs=1e-6)
+    np.testing.assert_array_equal(areas, zonal.coverage(np.array([3.0]), np.array([-1.0]), 47.0,
+                                                        xe.astype(float), ye.astype(float)))
+
+
+def test_radii_of_zero_give_zero_sums_for_every_point() -> None:
+    block = PixelBlock(np.ones((10, 10, 2), np.float32), 0.0, 100.0, 10.0, -10.0)
+    out = zonal.radii_partial_sums(block, np.array([50.0, 20.0]), np.array([50.0, 20.0]),
+                                   [0.0, 0.0])
+    assert len(out) == 2
+    for part in out:
+        assert part.weighted_sum.shape == (2, 2)
+        assert not part.weighted_sum.any() and not part.valid_weight.any()

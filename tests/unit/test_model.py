@@ -149,3 +149,14 @@ def test_retrieval_ranks():
     assert ranks.tolist() == [1, 2, 1, 3]  # the tie with key 0 counts for the true key
     r = recall_at(ranks, (1, 2))
     assert r == {"recall@1": 0.5, "recall@2": 0.75, "mrr": pytest.approx((1 + 0.5 + 1 + 1 / 3) / 4)}
+
+
+def test_a_head_that_normalises_its_input_ignores_the_input_scale() -> None:
+    torch.manual_seed(0)
+    m = AetherModel(normalize_input=True)
+    x = torch.nn.functional.normalize(torch.randn(5, 64), dim=-1)
+    with torch.no_grad():
+        for s in (0.3, 3.0):  # shorter and longer than unit: each mean is made unit first
+            torch.testing.assert_close(m.encode_ae(s * x), m.encode_ae(x), atol=1e-6, rtol=1e-5)
+        m.normalize_input = False  # the same weights without it see the scale
+        assert not torch.allclose(m.encode_ae(0.3 * x), m.encode_ae(x), atol=1e-4)

@@ -239,3 +239,17 @@ def test_rings_refuse_several_cities(city, tmp_path):
         train(city, preset="pure", epochs=1, also=[other])
     with pytest.raises(InputError):
         train(city, preset="default", epochs=1, also=[other], batch_sampler="rings")
+
+
+def test_the_relational_term_defaults_to_every_row_at_temperature_0_1() -> None:
+    """With only a weight given, the term covers the whole batch at PURE's τ = 0.1 (the
+    term itself is checked against numpy above)."""
+    torch.manual_seed(1)
+    m = AetherModel()
+    base, aug, text = torch.randn(6, 64), torch.randn(6, 64), torch.randn(6, 384)
+    with torch.no_grad():
+        got = aether_losses(m, base, aug, text, relational_weight=0.5)
+        want = relational_loss(m.encode_ae(base), base, 0.1)
+    torch.testing.assert_close(got["relational"], want)
+    torch.testing.assert_close(got["loss"],
+                               0.2 * got["multiscale"] + 0.8 * got["crossmodal"] + 0.5 * want)

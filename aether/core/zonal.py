@@ -26,7 +26,7 @@ from aether.core import aef
 PART_PX = 256
 #: Rows finalised at a time (bounds the float64 temporaries of a million buffers).
 FINALIZE_ROWS = 65_536
-#: Rows of a part whose prefix sums are made at once (4 MB of float32 at 256 × 64 bands).
+#: Rows of a part that share one column range of prefix sums (their circles' reach).
 PREFIX_ROWS = 64
 
 
